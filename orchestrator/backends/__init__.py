@@ -1,0 +1,1 @@
+"""Runner backends: where a job's container runs (the local engine now; Swarm later)."""

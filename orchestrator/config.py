@@ -1,0 +1,198 @@
+"""config.yaml: loaded and validated once, at start, into frozen pydantic models.
+
+Any problem is reported as one line naming the file, the key path and what was expected
+(``ConfigError``, exit 2). Relative paths are resolved against the config file's folder,
+so the same file works from any working directory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$", re.IGNORECASE)
+_MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RepositoryConfig(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    url: Annotated[str, Field(min_length=1)]
+    branches: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)] = ["*"]
+
+    @field_validator("branches")
+    @classmethod
+    def _globs(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            if any(ord(c) < 32 for c in p) or p.count("[") != p.count("]"):
+                raise ValueError(f"{p!r} is not a valid glob pattern")
+            fnmatch.translate(p)
+        return patterns
+
+    def tracks(self, branch: str) -> bool:
+        return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)
+
+
+class DispatcherConfig(_Strict):
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8888
+    api_token: Annotated[str, Field(min_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> "DispatcherConfig":
+        if not is_loopback(self.host) and self.api_token is None:
+            raise ValueError(f"binding {self.host} (not loopback) requires dispatcher.api_token")
+        return self
+
+
+class RunnerConfig(_Strict):
+    docker_host: str | None = None
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*$")] = "ci-runner:latest"
+    base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = "python:3.12-slim"
+    parallelism: Annotated[int, Field(ge=1, le=256)] = 2
+    timeout: Annotated[float, Field(gt=0)] = 600
+    memory: str = "1g"
+    cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    pids: Annotated[int, Field(ge=16)] = 512
+    network: Annotated[str, Field(min_length=1)] = "none"
+    max_log_bytes: Annotated[int, Field(ge=1024)] = 10_000_000
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not _MEMORY.match(value) or memory_bytes(value) < 6 * 1024**2:
+            raise ValueError(f"{value!r} is not a memory size of at least 6m like 512m or 1g")
+        return value
+
+
+class Config(_Strict):
+    repositories: Annotated[list[RepositoryConfig], Field(min_length=1)]
+    poll_interval: Annotated[float, Field(gt=0)] = 5
+    state_dir: Path = Path(".orchestrator")
+    results_dir: Path = Path("test_results")
+    dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    retries: Annotated[int, Field(ge=0, le=100)] = 2
+    stop_grace: Annotated[float, Field(ge=0)] = 0
+    source: Path = Path("config.yaml")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        names = [r.name for r in self.repositories]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"repository name {sorted(dup)[0]!r} is used twice")
+        return self
+
+    def repository(self, name: str) -> RepositoryConfig | None:
+        return next((r for r in self.repositories if r.name == name), None)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "orchestrator.db"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def memory_bytes(value: str) -> int:
+    unit = value[-1].lower()
+    if unit.isdigit():
+        return int(value)
+    return int(value[:-1]) * _MEMORY_UNITS[unit]
+
+
+def is_local_url(url: str) -> bool:
+    return "://" not in url and not _SCP_LIKE.match(url)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a config file, or raise ConfigError with one line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    if "source" in raw:
+        raise ConfigError(f"{path}: source: unknown key")
+    base = path.resolve().parent
+    try:
+        raw = _resolve_paths(raw, base)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        config = Config.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
+    for i, repo in enumerate(config.repositories):
+        if is_local_url(repo.url) and not Path(repo.url).is_dir():
+            raise ConfigError(f"{path}: repositories[{i}].url: no such repository directory {repo.url}")
+    return config
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    raw = dict(raw)
+    for key in ("state_dir", "results_dir"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise ValueError(f"{key}: expected a directory path, got {raw[key]!r}"[:120])
+            raw[key] = base / raw[key]
+        else:
+            raw[key] = base / Config.model_fields[key].default
+    repos = raw.get("repositories")
+    if isinstance(repos, list):
+        resolved = []
+        for repo in repos:
+            if isinstance(repo, dict) and isinstance(repo.get("url"), str) and is_local_url(repo["url"]):
+                repo = {**repo, "url": str((base / Path(repo["url"]).expanduser()).resolve())}
+            resolved.append(repo)
+        raw["repositories"] = resolved
+    return raw
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ""
+    for part in first["loc"]:
+        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    elif first["type"] != "missing":
+        got = repr(first.get("input"))
+        msg = f"{msg} (got {got[:60]})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{loc or 'config'}: {msg}{more}"

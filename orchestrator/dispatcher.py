@@ -1,0 +1,198 @@
+"""Schedules queued jobs onto at most ``runner.parallelism`` containers, and reconciles
+what an earlier process left behind before taking new work.
+
+The store is the queue: the dispatcher keeps no list of pending jobs of its own, only
+the futures of the attempts it is running right now.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+
+from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, Backend, ContainerState
+from orchestrator.config import Config
+from orchestrator.errors import EngineUnavailable
+from orchestrator.execution import Context, Execution
+from orchestrator.mirror import Mirror
+from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
+from orchestrator.observer import mirror_for
+from orchestrator.results import ResultFiles
+from orchestrator.store import Store
+from orchestrator.workspace import Workspaces
+
+log = logging.getLogger("orchestrator.dispatcher")
+
+IDLE_POLL = 0.2
+MAX_ENGINE_BACKOFF = 30.0
+
+
+class Dispatcher:
+    def __init__(self, config: Config, store: Store, backend: Backend):
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.abandon = threading.Event()
+        self.ctx = Context(
+            config=config, store=store, backend=backend,
+            results=ResultFiles(config.results_dir),
+            workspaces=Workspaces(config.state_dir / "work"),
+            mirrors={r.name: mirror_for(config, r) for r in config.repositories},
+            instance=store.instance_id(), stop=self.abandon,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism, thread_name_prefix="job")
+        self._active: dict[int, Future[Job]] = {}
+        self._wake = threading.Event()
+        self._engine_backoff = 0.0
+        self._engine_retry_at = 0.0
+        self._reconciled = False
+        self.touched: set[int] = set()   # jobs this process ran or adopted (for --once)
+
+    @property
+    def mirrors(self) -> dict[str, Mirror]:
+        return self.ctx.mirrors
+
+    def wake(self) -> None:
+        """New work was queued: look at the store now rather than at the next poll."""
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Match every job the store says is running to its container by label:
+        running -> re-attached, exited -> collected, result files complete -> adopted,
+        gone -> re-queued as a new attempt. Containers of this instance that belong to no
+        running job are removed, and so are stale workspaces."""
+        containers: dict[int, list[ContainerState]] = defaultdict(list)
+        for state in self.backend.find({LABEL_INSTANCE: self.ctx.instance}):
+            try:
+                containers[int(state.labels.get(LABEL_JOB, ""))].append(state)
+            except ValueError:
+                self._remove(state)
+        running = self.store.with_status(JobStatus.RUNNING)
+        for job in running:
+            current = None
+            for state in containers.pop(job.id, []):
+                if state.labels.get(LABEL_ATTEMPT) == str(job.attempts) and state.status != "created":
+                    current = state
+                else:
+                    self._remove(state)
+            self._recover(job, current)
+        for states in containers.values():
+            for state in states:
+                self._remove(state)
+        alive = {job.id for job in running}
+        for job_id in self.ctx.workspaces.job_ids():
+            if job_id not in alive and job_id not in self._active:
+                self.ctx.workspaces.remove(job_id)
+        self._reconciled = True
+
+    def _recover(self, job: Job, container: ContainerState | None) -> None:
+        if container is not None:
+            self._submit(job, container)
+            return
+        if self._adopt_result_files(job):
+            return
+        reason = "the dispatcher stopped before its container ran" if job.container_id is None \
+            else f"container {job.container_id[:12]} is gone"
+        log.warning("job %s: %s; re-queued", job.id, reason)
+        if job.attempts > self.config.retries:
+            Execution(self.ctx, job)._conclude_error(f"gave up after {job.attempts} attempts: {reason}")
+        else:
+            self.store.move(job, JobStatus.QUEUED, message=f"attempt {job.attempts}: {reason}")
+
+    def _adopt_result_files(self, job: Job) -> bool:
+        """A crash after ``result.json`` was written but before the state was committed:
+        the files are complete, so they are the result."""
+        doc = self.ctx.results.read(job.repository, job.commit)
+        if not doc or doc.get("attempts") != job.attempts or doc.get("status") not in {
+                s.value for s in JobStatus if s.final}:
+            return False
+        tests = doc.get("tests") or {}
+        done = transition(
+            job, JobStatus(doc["status"]), utcnow(), exit_code=doc.get("exit_code"),
+            message=doc.get("message"), log_truncated=bool(doc.get("log_truncated")),
+            tests=TestCounts(**{k: int(tests.get(k, 0)) for k in ("total", "passed", "failed", "errors", "skipped")}),
+            finished_at=_parse_time(doc.get("finished_at")) or utcnow(),
+            started_at=_parse_time(doc.get("started_at")) or job.started_at,
+        )
+        self.store.apply(job, done)
+        self.ctx.workspaces.remove(job.id)
+        log.info("job %s: adopted the complete result files of attempt %s", job.id, job.attempts)
+        return True
+
+    def _remove(self, state: ContainerState) -> None:
+        log.info("removing leftover container %s", state.id[:12])
+        self.backend.remove(state.id)
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Collect finished attempts, then start queued jobs while slots are free."""
+        for job_id, future in list(self._active.items()):
+            if future.done():
+                del self._active[job_id]
+        if time.monotonic() < self._engine_retry_at:
+            return
+        try:
+            if not self._reconciled:
+                self.reconcile()
+            elif self.store.count(JobStatus.QUEUED) and len(self._active) < self.config.runner.parallelism:
+                self.backend.ping()
+        except EngineUnavailable as exc:
+            self._engine_backoff = min(MAX_ENGINE_BACKOFF, max(1.0, self._engine_backoff * 2))
+            self._engine_retry_at = time.monotonic() + self._engine_backoff
+            log.error("%s; retrying in %.0f s", exc, self._engine_backoff)
+            return
+        if self._engine_backoff:
+            log.info("Docker engine reachable again")
+            self._engine_backoff = 0.0
+        while len(self._active) < self.config.runner.parallelism and not self.abandon.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                break
+            self._submit(job, None)
+
+    def _submit(self, job: Job, adopt: ContainerState | None) -> None:
+        self.touched.add(job.id)
+        self._active[job.id] = self._pool.submit(Execution(self.ctx, job, adopt).run)
+
+    def idle(self) -> bool:
+        return self._reconciled and not self._active and self.store.count(JobStatus.QUEUED) == 0
+
+    def run(self, stop: threading.Event, until_idle: bool = False) -> None:
+        """Schedule until ``stop`` (or, with ``until_idle``, until nothing is queued or
+        running). Then wait up to ``stop_grace`` for running jobs and leave the rest
+        running, to be re-attached by the next start."""
+        while not stop.is_set():
+            self.step()
+            if until_idle and self.idle():
+                break
+            self._wake.wait(IDLE_POLL)
+            self._wake.clear()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        deadline = time.monotonic() + self.config.stop_grace
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.1)
+            self._active = {k: f for k, f in self._active.items() if not f.done()}
+        self.abandon.set()
+        self._pool.shutdown(wait=True)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,59 @@
+"""The one exception root of the orchestrator.
+
+Every error a user can cause or meet derives from ``OrchestratorError`` and carries the
+exit status the command line uses for it, so the edge (``cli.py``) prints one line and
+exits without a traceback. Library exceptions (docker-py, GitPython, sqlite3) are turned
+into these at the module that calls the library.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error the orchestrator reports to a user."""
+
+    exit_code = 3
+
+
+class ConfigError(OrchestratorError):
+    """config.yaml is unreadable or invalid: exit 2, as for bad usage."""
+
+    exit_code = 2
+
+
+class UsageError(OrchestratorError):
+    """The command line or a request names something malformed."""
+
+    exit_code = 2
+
+
+class UnknownCommit(OrchestratorError):
+    """A revision, sha prefix or job that does not exist (or is ambiguous)."""
+
+
+class InfrastructureError(OrchestratorError):
+    """Not the code under test speaking: a job that meets one is retried as a new attempt."""
+
+
+class RepositoryError(InfrastructureError):
+    """A repository could not be fetched or read."""
+
+
+class EngineUnavailable(InfrastructureError):
+    """The Docker engine did not answer."""
+
+
+class ContainerGone(InfrastructureError):
+    """A job's container disappeared before it could be collected."""
+
+
+class ImageMissing(OrchestratorError):
+    """The runner image is not on the engine: the user has to build it."""
+
+
+class InvalidTransition(OrchestratorError):
+    """A job status change that the lifecycle does not allow."""
+
+
+class DispatcherUnavailable(OrchestratorError):
+    """The dispatcher's HTTP API did not answer or refused a request."""

@@ -1,0 +1,239 @@
+"""One attempt of one job, from checkout to result files, through a runner backend.
+
+Order matters for crash safety: the container id is committed before the container
+starts; result files are written (``result.json`` last) before the final state is
+committed; only then are the container and the checkout removed. Whatever line a crash
+hits, reconciling on the next start finds a consistent picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from orchestrator.backends.base import (
+    LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, Backend,
+    ContainerSpec, ContainerState,
+)
+from orchestrator.config import Config
+from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError
+from orchestrator.logcapture import CappedLog
+from orchestrator.mirror import Mirror
+from orchestrator.models import Job, JobStatus, transition, utcnow
+from orchestrator.results import MAX_JUNIT_BYTES, ResultFiles, classify, parse_junit, read_regular_file
+from orchestrator.store import Store
+from orchestrator.workspace import Workspace, Workspaces
+
+log = logging.getLogger("orchestrator.dispatcher")
+
+KILL_GRACE = 30.0       # seconds a killed container may take to be reported exited
+ENGINE_GRACE = 60.0     # how long past the timeout an unreachable engine is waited for
+WAIT_SLICE = 2.0
+
+
+class Abandoned(Exception):
+    """The dispatcher is stopping: leave the container running, to be re-adopted."""
+
+
+@dataclass(frozen=True)
+class Context:
+    config: Config
+    store: Store
+    backend: Backend
+    results: ResultFiles
+    workspaces: Workspaces
+    mirrors: dict[str, Mirror]
+    instance: str
+    stop: threading.Event
+
+
+class LogPump(threading.Thread):
+    """Copies a container's log into a CappedLog while the container runs."""
+
+    def __init__(self, backend: Backend, container_id: str, sink: CappedLog):
+        super().__init__(daemon=True, name=f"log-{container_id[:12]}")
+        self._backend = backend
+        self._id = container_id
+        self._sink = sink
+        self.failed = False
+
+    def run(self) -> None:
+        try:
+            for chunk in self._backend.logs(self._id, follow=True):
+                self._sink.write(chunk)
+        except Exception:  # engine cut mid-stream: the log is read again later
+            self.failed = True
+
+
+class Execution:
+    """Runs (or, with ``adopt``, resumes) the current attempt of ``job``."""
+
+    def __init__(self, ctx: Context, job: Job, adopt: ContainerState | None = None):
+        self.ctx = ctx
+        self.job = job
+        self.adopt = adopt
+        self.ws: Workspace = ctx.workspaces.get(job.id)
+        self.container_id: str | None = adopt.id if adopt else None
+
+    def run(self) -> Job:
+        try:
+            return self._run()
+        except Abandoned:
+            log.info("job %s: left running for the next start", self.job.id)
+            return self.job
+        except ImageMissing as exc:
+            return self._conclude_error(str(exc))
+        except InfrastructureError as exc:
+            return self._infrastructure_failure(str(exc))
+        except Exception as exc:  # a bug must not stop the dispatcher or lose the job
+            log.exception("job %s: internal error", self.job.id)
+            return self._infrastructure_failure(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _run(self) -> Job:
+        cfg = self.ctx.config.runner
+        if self.adopt is None:
+            state = self._start()
+        else:
+            state = self.adopt
+            log.info("job %s: re-attached to container %s", self.job.id, state.id[:12])
+        self.ws.root.mkdir(parents=True, exist_ok=True)
+        capped = CappedLog(self.ws.spool, cfg.max_log_bytes)
+        try:
+            started = state.started_at or self.job.started_at or utcnow()
+            final, timed_out, pump = self._wait(state, capped, started)
+            pump.join(timeout=10)
+            if pump.failed or pump.is_alive():
+                self._reread_log(capped)
+            junit = read_regular_file(self.ws.out / "junit.xml", MAX_JUNIT_BYTES)
+            status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=timed_out,
+                                       timeout=cfg.timeout, memory=cfg.memory)
+            done = transition(
+                self.job, status, utcnow(), exit_code=final.exit_code, message=message,
+                tests=parse_junit(junit) if junit else None, log_truncated=capped.truncated,
+                started_at=started, finished_at=final.finished_at or utcnow(),
+            )
+            self.ctx.results.write(done, capped.write_to, junit)
+        finally:
+            capped.close()
+        self.job = self.ctx.store.apply(self.job, done)
+        log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value,
+                 self.job.message or "")
+        self._clean_up()
+        return self.job
+
+    def _start(self) -> ContainerState:
+        ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
+        ws = ctx.workspaces.prepare(job.id)
+        mirror = ctx.mirrors[job.repository]
+        if not mirror.has_commit(job.commit):
+            mirror.fetch()
+        mirror.checkout(job.commit, ws.src)
+        ctx.workspaces.hand_over(ws)
+        image = ctx.backend.image(cfg.image)
+        spec = ContainerSpec(
+            name=f"orchestrator-{ctx.instance}-{job.id}-{job.attempts}",
+            image=image.id,
+            labels={
+                LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(job.attempts),
+                LABEL_REPOSITORY: job.repository, LABEL_COMMIT: job.commit,
+            },
+            workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
+            memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network,
+            log_max_bytes=cfg.max_log_bytes,
+            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit},
+        )
+        self.container_id = ctx.backend.create(spec)
+        self.job = ctx.store.update_running(
+            job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+        state = ctx.backend.start(self.container_id)
+        self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
+        log.info("job %s: %s started in container %s", job.id, job.commit[:12], self.container_id[:12])
+        return state
+
+    def _wait(self, state: ContainerState, capped: CappedLog, started: datetime
+              ) -> tuple[ContainerState, bool, LogPump]:
+        """Wait for the container to exit, killing it at the timeout; keep the clock of
+        the container's own start, so a re-attached job keeps its original deadline."""
+        backend, timeout = self.ctx.backend, self.ctx.config.runner.timeout
+        cid = state.id
+        pump = LogPump(backend, cid, capped)
+        pump.start()
+        killed_at: float | None = None
+        engine_down_since: float | None = None
+        backoff = 0.5
+        while True:
+            if self.ctx.stop.is_set():
+                raise Abandoned()
+            elapsed = (utcnow() - started).total_seconds()
+            if killed_at is None and elapsed >= timeout:
+                log.warning("job %s: timeout of %g s reached, killing", self.job.id, timeout)
+                try:
+                    backend.kill(cid)
+                    killed_at = time.monotonic()
+                except EngineUnavailable:
+                    pass
+            try:
+                final = backend.wait(cid, WAIT_SLICE if killed_at else min(WAIT_SLICE, max(timeout - elapsed, 0.05)))
+            except EngineUnavailable as exc:
+                if engine_down_since is None:
+                    engine_down_since = time.monotonic()
+                    log.warning("job %s: %s; waiting for it", self.job.id, exc)
+                if elapsed > timeout + ENGINE_GRACE:
+                    raise
+                self.ctx.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if engine_down_since is not None:
+                log.info("job %s: engine reachable again", self.job.id)
+                engine_down_since, backoff = None, 0.5
+            if final is not None and final.exited:
+                return final, killed_at is not None, pump
+            if final is None and backend.inspect(cid) is None:
+                raise ContainerGone(f"container {cid[:12]} disappeared while running")
+            if killed_at is not None and time.monotonic() - killed_at > KILL_GRACE:
+                raise EngineUnavailable(f"container {cid[:12]} did not stop {KILL_GRACE:g} s after kill")
+            if not pump.is_alive():  # stream cut while the container runs: read it all again
+                capped.reset()
+                pump = LogPump(backend, cid, capped)
+                pump.start()
+
+    def _reread_log(self, capped: CappedLog) -> None:
+        capped.reset()
+        for chunk in self.ctx.backend.logs(self.container_id, follow=False):
+            capped.write(chunk)
+
+    def _clean_up(self) -> None:
+        if self.container_id:
+            try:
+                self.ctx.backend.remove(self.container_id)
+            except EngineUnavailable as exc:
+                log.warning("job %s: container %s not removed yet (%s)", self.job.id, self.container_id[:12], exc)
+        self.ctx.workspaces.remove(self.job.id)
+
+    def _conclude_error(self, reason: str) -> Job:
+        """A final error without a verdict from the container (image missing, retries spent)."""
+        done = transition(self.job, JobStatus.ERROR, utcnow(), message=reason,
+                          container_id=self.container_id or self.job.container_id)
+        self.ctx.results.write(done, lambda fh: fh.write(f"[orchestrator: {reason}]\n".encode()), None)
+        self.job = self.ctx.store.apply(self.job, done)
+        log.error("job %s: %s error: %s", self.job.id, self.job.commit[:12], reason)
+        self._clean_up_quietly()
+        return self.job
+
+    def _infrastructure_failure(self, reason: str) -> Job:
+        """Re-queue as a new attempt, unless ``retries`` are spent."""
+        if self.job.attempts > self.ctx.config.retries:
+            return self._conclude_error(f"gave up after {self.job.attempts} attempts: {reason}")
+        log.warning("job %s: attempt %s failed (%s); re-queued", self.job.id, self.job.attempts, reason)
+        self._clean_up_quietly()
+        self.job = self.ctx.store.move(self.job, JobStatus.QUEUED, message=f"attempt {self.job.attempts}: {reason}")
+        return self.job
+
+    def _clean_up_quietly(self) -> None:
+        try:
+            self._clean_up()
+        except Exception as exc:  # reconciling later removes what is left
+            log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)

@@ -1,0 +1,120 @@
+"""``orchestrator image build``: the runner image, built from ``Dockerfile.runner``.
+
+Works where no registry is reachable: Python packages come from a wheelhouse the host
+fills with ``pip download``, and when the configured base image is neither on the
+engine nor pullable, ``runner_image/bootstrap-base.sh`` builds a Debian base locally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from orchestrator.backends.base import ImageInfo
+from orchestrator.config import Config
+from orchestrator.errors import EngineUnavailable, OrchestratorError
+
+FALLBACK_BASE = "orchestrator-base:bookworm"
+WHEEL_PYTHON = "3.9"  # oldest Python the wheelhouse serves; newer ones need a subset
+
+Say = Callable[[str], None]
+
+
+def build_context(config: Config) -> Path:
+    """The folder holding Dockerfile.runner: beside config.yaml, else the source tree."""
+    for candidate in (config.source.resolve().parent, Path(__file__).resolve().parents[1]):
+        if (candidate / "Dockerfile.runner").is_file() and (candidate / "runner_image").is_dir():
+            return candidate
+    raise OrchestratorError("Dockerfile.runner and runner_image/ not found beside the config file or the package")
+
+
+def fill_wheelhouse(context: Path, say: Say) -> None:
+    """pip download the runner's requirements on the host, once per requirements file."""
+    requirements = context / "runner_image" / "requirements.txt"
+    wheelhouse = context / "runner_image" / "wheelhouse"
+    digest = hashlib.sha256(requirements.read_bytes() + WHEEL_PYTHON.encode()).hexdigest()
+    stamp = wheelhouse / ".filled"
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        return
+    say(f"Downloading runner packages into {wheelhouse} (pip download)")
+    wheelhouse.mkdir(exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+         "--only-binary=:all:", "--python-version", WHEEL_PYTHON, "--dest", str(wheelhouse),
+         "-r", str(requirements)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise OrchestratorError(f"pip download of the runner packages failed: {last}")
+    stamp.write_text(digest + "\n")
+
+
+def ensure_base(api: docker.APIClient, base: str, context: Path, say: Say) -> str:
+    """The base image to build FROM: the configured one if present or pullable, else the
+    local Debian fallback (built once with bootstrap-base.sh)."""
+    if _exists(api, base):
+        return base
+    repo, _, tag = base.partition(":")
+    try:
+        api.pull(repo, tag=tag or "latest")
+        say(f"Pulled base image {base}")
+        return base
+    except (APIError, requests.exceptions.RequestException) as exc:
+        reason = getattr(exc, "explanation", None) or str(exc)
+        say(f"Base image {base} is not on this engine and cannot be pulled ({reason.splitlines()[0][:120]})")
+    if _exists(api, FALLBACK_BASE):
+        say(f"Using the local Debian base {FALLBACK_BASE} built earlier by runner_image/bootstrap-base.sh")
+        return FALLBACK_BASE
+    say(f"Building a Debian base image {FALLBACK_BASE} with runner_image/bootstrap-base.sh (debootstrap, a few minutes)")
+    script = context / "runner_image" / "bootstrap-base.sh"
+    proc = subprocess.run(["bash", str(script), FALLBACK_BASE], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not _exists(api, FALLBACK_BASE):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise OrchestratorError(f"building the Debian base image failed: {last}")
+    return FALLBACK_BASE
+
+
+def _exists(api: docker.APIClient, tag: str) -> bool:
+    try:
+        api.inspect_image(tag)
+        return True
+    except (NotFound, ImageNotFound):
+        return False
+
+
+def build(config: Config, say: Say) -> ImageInfo:
+    context = build_context(config)
+    try:
+        api = (docker.APIClient(base_url=config.runner.docker_host) if config.runner.docker_host
+               else docker.from_env().api)
+        api.ping()
+    except (DockerException, requests.exceptions.RequestException) as exc:
+        raise EngineUnavailable(f"Docker engine unreachable: {str(exc).splitlines()[0][:200]}") from None
+    fill_wheelhouse(context, say)
+    base = ensure_base(api, config.runner.base_image, context, say)
+    say(f"Building {config.runner.image} from Dockerfile.runner on {base}")
+    image_id = None
+    try:
+        for chunk in api.build(path=str(context), dockerfile="Dockerfile.runner", tag=config.runner.image,
+                               buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True, decode=True,
+                               labels={"orchestrator.runner": "1"}):
+            if "error" in chunk:
+                raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
+            text = chunk.get("stream", "").rstrip()
+            if text:
+                say(text)
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+    except APIError as exc:
+        raise OrchestratorError(f"image build failed: {exc.explanation or exc}") from None
+    info = api.inspect_image(config.runner.image)
+    return ImageInfo(tag=config.runner.image, id=image_id or info["Id"])

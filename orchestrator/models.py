@@ -1,0 +1,130 @@
+"""Jobs, their status, and the one function that changes a job's status.
+
+A *job* is one commit of one repository tested in one container; each time it is started
+is an *attempt*. ``transition`` is pure: it returns a new ``Job`` or raises, and the store
+saves its result with a compare-and-swap on the old status, so two actors (a finishing
+worker and a cancel request, say) can never both win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+
+from orchestrator.errors import InvalidTransition
+
+
+class JobStatus(str, Enum):
+    """Stored by value; ``error`` (infrastructure or pytest itself) is kept apart from
+    ``failed`` (the tests said no)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def bad(self) -> bool:
+        """A verdict that makes ``run --once`` exit 1."""
+        return self in (JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT)
+
+
+FINAL_STATUSES = frozenset(
+    {JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT, JobStatus.CANCELLED}
+)
+
+# running -> queued is a re-queue after an infrastructure failure (a new attempt follows);
+# final -> queued is a retry asked for by a user.
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: FINAL_STATUSES | {JobStatus.QUEUED},
+    **{s: frozenset({JobStatus.QUEUED}) for s in FINAL_STATUSES},
+}
+
+
+@dataclass(frozen=True)
+class TestCounts:
+    """Counts read from the JUnit report, never from the log."""
+
+    __test__ = False  # not a pytest test class
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    repository: str
+    commit: str
+    branches: tuple[str, ...]
+    subject: str
+    status: JobStatus
+    queued_at: datetime
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    message: str | None = None
+    container_id: str | None = None
+    image_tag: str | None = None
+    image_id: str | None = None
+    tests: TestCounts | None = None
+    log_truncated: bool = False
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds(), 3)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one finished attempt produced; the input of the final transition."""
+
+    status: JobStatus
+    exit_code: int | None = None
+    message: str | None = None
+    tests: TestCounts | None = None
+    log_truncated: bool = False
+    finished_at: datetime | None = field(default=None)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Job:
+    """Return ``job`` moved to ``new`` with its timestamps set, or raise InvalidTransition.
+
+    Entering ``running`` starts a new attempt and clears the previous attempt's outcome;
+    entering ``queued`` keeps the attempt count so retries stay visible.
+    """
+    if new not in _ALLOWED[job.status]:
+        raise InvalidTransition(f"job {job.id}: cannot go from {job.status.value} to {new.value}")
+    if new is JobStatus.RUNNING:
+        base = dict(
+            attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
+            message=None, container_id=None, tests=None, log_truncated=False,
+        )
+    elif new is JobStatus.QUEUED:
+        base = dict(started_at=None, finished_at=None, container_id=None)
+        if job.status.final:
+            base.update(exit_code=None, tests=None, log_truncated=False, message=None)
+    else:
+        base = dict(finished_at=now)
+    base.update(changes)
+    return dataclasses.replace(job, status=new, **base)

@@ -1,0 +1,178 @@
+"""The files users read: ``<results_dir>/<repo>/<sha>/``, and the verdict they hold.
+
+The verdict comes from the container's exit status, the engine's OOM flag and whether we
+killed it for the timeout, never from the log text; test counts come from the JUnit
+report, read as a regular file without following links and with a size cap, since the
+code under test could have replaced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from orchestrator.models import Job, JobStatus, TestCounts
+
+MAX_JUNIT_BYTES = 20 * 1024 * 1024
+RESULT_FILES = ("result.json", "output.log", "junit.xml")
+
+# Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5.
+EXIT_NO_TESTS_DIR = 100
+EXIT_NO_PYTEST = 101
+
+_PYTEST_ERRORS = {
+    2: "collection error or interrupted run (pytest exit 2)",
+    3: "pytest internal error (exit 3)",
+    4: "pytest usage error (exit 4)",
+    5: "no tests collected (pytest exit 5)",
+    EXIT_NO_TESTS_DIR: "tests directory missing in this commit",
+    EXIT_NO_PYTEST: "pytest is not installed in the runner image",
+}
+
+
+def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeout: float,
+             memory: str) -> tuple[JobStatus, str | None]:
+    """Status and reason for one finished container."""
+    if timed_out:
+        return JobStatus.TIMED_OUT, f"killed after the {timeout:g} s timeout"
+    if oom_killed:
+        return JobStatus.ERROR, f"out of memory: killed at the {memory} memory limit"
+    if exit_code == 0:
+        return JobStatus.PASSED, None
+    if exit_code == 1:
+        return JobStatus.FAILED, None
+    if exit_code in _PYTEST_ERRORS:
+        return JobStatus.ERROR, _PYTEST_ERRORS[exit_code]
+    if exit_code is not None and exit_code > 128:
+        try:
+            name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            name = f"signal {exit_code - 128}"
+        return JobStatus.ERROR, f"killed by {name} (exit {exit_code})"
+    return JobStatus.ERROR, f"the runner exited with status {exit_code}"
+
+
+def read_regular_file(path: Path, limit: int) -> bytes | None:
+    """The file's bytes if it is a regular file (not a link, FIFO or device) no larger
+    than ``limit``, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = fh.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def parse_junit(data: bytes) -> TestCounts | None:
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    if root.tag not in ("testsuite", "testsuites"):
+        return None
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in totals:
+            try:
+                totals[key] += int(suite.get(key, "0"))
+            except ValueError:
+                return None
+    passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
+    return TestCounts(total=totals["tests"], passed=max(passed, 0), failed=totals["failures"],
+                      errors=totals["errors"], skipped=totals["skipped"])
+
+
+def result_document(job: Job) -> dict[str, Any]:
+    """The ``result.json`` object; also what ``--json`` and the API return for a job."""
+    tests = job.tests or TestCounts()
+    return {
+        "id": job.id,
+        "repository": job.repository,
+        "commit": job.commit,
+        "branches": list(job.branches),
+        "subject": job.subject,
+        "status": job.status.value,
+        "exit_code": job.exit_code,
+        "tests": {"total": tests.total, "passed": tests.passed, "failed": tests.failed,
+                  "errors": tests.errors, "skipped": tests.skipped},
+        "queued_at": _iso(job.queued_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "duration_s": job.duration_s,
+        "attempts": job.attempts,
+        "image": {"tag": job.image_tag, "id": job.image_id},
+        "container": job.container_id,
+        "log_truncated": job.log_truncated,
+        "message": job.message,
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+class ResultFiles:
+    """Writes one attempt's files; ``result.json`` last, each one atomically."""
+
+    def __init__(self, results_dir: Path):
+        self.root = results_dir
+
+    def directory(self, repository: str, commit: str) -> Path:
+        return self.root / repository / commit
+
+    def read(self, repository: str, commit: str) -> dict[str, Any] | None:
+        data = read_regular_file(self.directory(repository, commit) / "result.json", 1 << 20)
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            return None
+
+    def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None) -> Path:
+        """Write ``job``'s files; an earlier attempt's files move to ``attempts/<n>/``."""
+        directory = self.directory(job.repository, job.commit)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._archive_older(directory, job.attempts)
+        _atomic(directory / "output.log", log)
+        if junit is not None:
+            _atomic(directory / "junit.xml", lambda fh: fh.write(junit))
+        else:
+            (directory / "junit.xml").unlink(missing_ok=True)
+        document = json.dumps(result_document(job), indent=2, ensure_ascii=False).encode() + b"\n"
+        _atomic(directory / "result.json", lambda fh: fh.write(document))
+        return directory
+
+    def _archive_older(self, directory: Path, attempt: int) -> None:
+        previous = self.read(directory.parent.name, directory.name)
+        if not previous or not isinstance(previous.get("attempts"), int) or previous["attempts"] >= attempt:
+            return
+        target = directory / "attempts" / str(previous["attempts"])
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RESULT_FILES:
+            if (directory / name).exists():
+                os.replace(directory / name, target / name)
+
+
+def _atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

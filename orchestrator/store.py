@@ -1,0 +1,298 @@
+"""SQLite (WAL): the job queue and the only source of truth for job state.
+
+A job row is written when its commit is queued. Every status change goes through
+``models.transition`` and is saved with a compare-and-swap on the previous status, in its
+own transaction, before the caller acts on it. Observer progress (the last seen head of
+each branch) is saved in the same transaction as the jobs it produced, so a crash can
+neither skip a commit nor queue it twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
+from orchestrator.models import Job, JobStatus, Outcome, TestCounts, transition, utcnow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS repositories (name TEXT PRIMARY KEY, first_seen_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS heads (
+    repository TEXT NOT NULL, branch TEXT NOT NULL, sha TEXT NOT NULL,
+    PRIMARY KEY (repository, branch)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repository TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    branches TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    queued_at TEXT NOT NULL,
+    started_at TEXT, finished_at TEXT,
+    exit_code INTEGER, message TEXT, container_id TEXT,
+    image_tag TEXT, image_id TEXT, tests TEXT,
+    log_truncated INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (repository, commit_sha)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
+"""
+
+_COLUMNS = (
+    "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
+    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated"
+)
+
+
+@dataclass(frozen=True)
+class NewCommit:
+    """A commit to queue: what the observer found, or what a user submitted."""
+
+    sha: str
+    subject: str
+    branches: tuple[str, ...]
+
+
+class Store:
+    """One connection shared by the threads of one process, serialised by a lock;
+    other processes (``orchestrator submit`` beside a running dispatcher) wait on
+    SQLite's own lock through ``busy_timeout``."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- identity ---------------------------------------------------------------------
+
+    def instance_id(self) -> str:
+        """A random id made once per state_dir: the ``orchestrator.instance`` label."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            if row:
+                return row[0]
+            value = uuid.uuid4().hex[:16]
+            db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (value,))
+            return value
+
+    # -- observer progress ------------------------------------------------------------
+
+    def heads(self, repository: str) -> dict[str, str] | None:
+        """The branch heads seen last, or None if the repository was never observed."""
+        with self._lock:
+            if not self._db.execute("SELECT 1 FROM repositories WHERE name = ?", (repository,)).fetchone():
+                return None
+            rows = self._db.execute("SELECT branch, sha FROM heads WHERE repository = ?", (repository,))
+            return dict(rows.fetchall())
+
+    def record_commits(
+        self, repository: str, commits: Sequence[NewCommit], heads: dict[str, str] | None = None
+    ) -> list[int]:
+        """Queue each commit once (a known commit gains the new branch names) and, when
+        ``heads`` is given, make it the repository's observed progress, atomically.
+        Returns the ids of the jobs that were created."""
+        now = utcnow().isoformat()
+        created: list[int] = []
+        with self._tx() as db:
+            for commit in commits:
+                row = db.execute(
+                    "SELECT id, branches FROM jobs WHERE repository = ? AND commit_sha = ?",
+                    (repository, commit.sha),
+                ).fetchone()
+                if row is None:
+                    cur = db.execute(
+                        "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (repository, commit.sha, json.dumps(sorted(set(commit.branches))),
+                         commit.subject, JobStatus.QUEUED.value, now),
+                    )
+                    created.append(cur.lastrowid)
+                else:
+                    merged = sorted(set(json.loads(row[1])) | set(commit.branches))
+                    db.execute("UPDATE jobs SET branches = ? WHERE id = ?", (json.dumps(merged), row[0]))
+            if heads is not None:
+                db.execute("INSERT OR IGNORE INTO repositories (name, first_seen_at) VALUES (?, ?)", (repository, now))
+                db.execute("DELETE FROM heads WHERE repository = ?", (repository,))
+                db.executemany(
+                    "INSERT INTO heads (repository, branch, sha) VALUES (?, ?, ?)",
+                    [(repository, b, s) for b, s in heads.items()],
+                )
+        return created
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def find(self, prefix: str, repository: str | None = None) -> Job:
+        """The one job whose commit starts with ``prefix``; raise if none or several."""
+        prefix = prefix.lower()
+        if not (4 <= len(prefix) <= 40) or any(c not in "0123456789abcdef" for c in prefix):
+            raise UsageError(f"{prefix[:50]!r} is not a commit sha or a prefix of one (4 to 40 hex digits)")
+        sql = f"SELECT {_COLUMNS} FROM jobs WHERE commit_sha >= ? AND commit_sha < ?"
+        args: list[object] = [prefix, prefix + "g"]
+        if repository:
+            sql += " AND repository = ?"
+            args.append(repository)
+        with self._lock:
+            rows = self._db.execute(sql + " LIMIT 2", args).fetchall()
+        if not rows:
+            raise UnknownCommit(f"no job for a commit starting with {prefix}")
+        if len(rows) > 1:
+            raise UnknownCommit(f"commit prefix {prefix} is ambiguous: give more digits or --repo")
+        return _job(rows[0])
+
+    def list_jobs(
+        self, repository: str | None = None, status: JobStatus | None = None,
+        branch: str | None = None, limit: int = 50, offset: int = 0,
+    ) -> list[Job]:
+        """Newest first."""
+        where, args = [], []
+        if repository:
+            where.append("repository = ?")
+            args.append(repository)
+        if status:
+            where.append("status = ?")
+            args.append(status.value)
+        if branch:
+            where.append("EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)")
+            args.append(branch)
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
+        return [_job(r) for r in rows]
+
+    def with_status(self, *statuses: JobStatus) -> list[Job]:
+        """Oldest first."""
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY id",
+                [s.value for s in statuses],
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def count(self, status: JobStatus) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
+
+    def claim_next(self) -> Job | None:
+        """Move the oldest queued job to running (a new attempt) and return it."""
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            job = _job(row)
+            new = transition(job, JobStatus.RUNNING, utcnow())
+            self._save(db, job, new)
+            return new
+
+    def move(self, job: Job, status: JobStatus, **changes: object) -> Job:
+        """Apply one transition, if nobody else changed the job meanwhile."""
+        with self._tx() as db:
+            current = _job(db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone())
+            if current.status is not job.status or current.attempts != job.attempts:
+                raise InvalidTransition(
+                    f"job {job.id} is {current.status.value} (attempt {current.attempts}), "
+                    f"not {job.status.value} (attempt {job.attempts})"
+                )
+            new = transition(current, status, utcnow(), **changes)
+            self._save(db, current, new)
+            return new
+
+    def finish(self, job: Job, outcome: Outcome) -> Job:
+        return self.move(
+            job, outcome.status, exit_code=outcome.exit_code, message=outcome.message,
+            tests=outcome.tests, log_truncated=outcome.log_truncated,
+            **({"finished_at": outcome.finished_at} if outcome.finished_at else {}),
+        )
+
+    def apply(self, old: Job, new: Job) -> Job:
+        """Save a transition made by ``models.transition``, if the job is still ``old``."""
+        with self._tx() as db:
+            self._save(db, old, new)
+        return new
+
+    def update_running(self, job: Job, **fields: object) -> Job:
+        """Record facts about a running attempt (container id, start time, image)."""
+        with self._tx() as db:
+            current = _job(db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone())
+            if current.status is not JobStatus.RUNNING or current.attempts != job.attempts:
+                raise InvalidTransition(f"job {job.id} is no longer running attempt {job.attempts}")
+            new = dataclasses.replace(current, **fields)
+            self._save(db, current, new)
+            return new
+
+    @staticmethod
+    def _save(db: sqlite3.Connection, old: Job, new: Job) -> None:
+        cur = db.execute(
+            "UPDATE jobs SET branches = ?, subject = ?, status = ?, attempts = ?, started_at = ?,"
+            " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
+            " image_id = ?, tests = ?, log_truncated = ? WHERE id = ? AND status = ? AND attempts = ?",
+            (
+                json.dumps(list(new.branches)), new.subject, new.status.value, new.attempts,
+                _iso(new.started_at), _iso(new.finished_at), new.exit_code, new.message,
+                new.container_id, new.image_tag, new.image_id,
+                json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
+                old.id, old.status.value, old.attempts,
+            ),
+        )
+        if cur.rowcount != 1:
+            raise InvalidTransition(f"job {old.id} changed underneath (was {old.status.value})")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _job(row: tuple) -> Job:
+    (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
+     exit_code, message, container_id, image_tag, image_id, tests, log_truncated) = row
+    return Job(
+        id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
+        status=JobStatus(status), attempts=attempts, queued_at=_dt(queued_at),
+        started_at=_dt(started_at), finished_at=_dt(finished_at), exit_code=exit_code,
+        message=message, container_id=container_id, image_tag=image_tag, image_id=image_id,
+        tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
+    )

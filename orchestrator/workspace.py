@@ -1,0 +1,86 @@
+"""Per-job folders under ``<state_dir>/work/<job>/``: the checkout (``src``) mounted at
+/workspace, the output folder (``out``) mounted at /ci-out, and the log spool.
+
+The container runs as a non-root user. When the orchestrator is root, the folders are
+handed to the image's ``runner`` user (uid 1000); otherwise the container runs as the
+orchestrator's own uid. Either way the orchestrator can delete everything afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RUNNER_UID = 1000
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "output.log.part"
+
+
+class Workspaces:
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+
+    def container_user(self) -> str:
+        uid = os.getuid()
+        return f"{RUNNER_UID}:{RUNNER_UID}" if uid == 0 else f"{uid}:{os.getgid()}"
+
+    def get(self, job_id: int) -> Workspace:
+        return Workspace(self.work_dir / str(job_id))
+
+    def prepare(self, job_id: int) -> Workspace:
+        """An empty workspace (whatever an earlier attempt left is removed first)."""
+        ws = self.get(job_id)
+        remove_tree(ws.root)
+        ws.src.mkdir(parents=True)
+        ws.out.mkdir()
+        return ws
+
+    def hand_over(self, ws: Workspace) -> None:
+        """Give the checkout and output folder to the container's user."""
+        if os.getuid() != 0:
+            return
+        for top in (ws.src, ws.out):
+            for dirpath, dirnames, filenames in os.walk(top):
+                os.lchown(dirpath, RUNNER_UID, RUNNER_UID)
+                for name in filenames + dirnames:
+                    os.lchown(os.path.join(dirpath, name), RUNNER_UID, RUNNER_UID)
+
+    def remove(self, job_id: int) -> None:
+        remove_tree(self.get(job_id).root)
+
+    def job_ids(self) -> list[int]:
+        if not self.work_dir.is_dir():
+            return []
+        return [int(p.name) for p in self.work_dir.iterdir() if p.name.isdigit()]
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder whatever the container left in it (read-only folders included),
+    never following links out of it."""
+    def _make_writable(func: Callable[..., Any], p: str, _exc: object) -> None:
+        os.chmod(os.path.dirname(p), 0o700)
+        func(p)
+
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=_make_writable)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds a minimal Debian image with Python 3 and pip, for hosts that reach no container
+# registry: debootstrap fills a root file system from the host's own Debian mirror and
+# `docker import` turns it into an image. Usage: bootstrap-base.sh TAG [SUITE]
+set -euo pipefail
+
+tag=${1:?usage: bootstrap-base.sh TAG [SUITE]}
+suite=${2:-bookworm}
+
+if ! command -v debootstrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap-base: installing debootstrap" >&2
+    apt-get install -y -qq debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+  else
+    echo "bootstrap-base: debootstrap is not installed (apt-get install debootstrap)" >&2
+    exit 1
+  fi
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap-base: debootstrap needs root" >&2
+  exit 1
+fi
+
+# Use the mirror the host's apt already uses, so this works wherever apt does.
+mirror=${DEBIAN_MIRROR:-}
+if [ -z "$mirror" ]; then
+  mirror=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '$2 !~ /security/ {print $2; exit}' || true)
+fi
+if [ -z "$mirror" ]; then
+  mirror=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '$2 !~ /security/ {print $2; exit}' || true)
+fi
+
+rootfs=$(mktemp -d "${TMPDIR:-/tmp}/orchestrator-rootfs.XXXXXX")
+trap 'rm -rf "$rootfs"' EXIT
+
+echo "bootstrap-base: debootstrap $suite from ${mirror:-the default mirror} (a few minutes)" >&2
+debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
+  "$suite" "$rootfs" ${mirror:+"$mirror"} >&2
+
+# Keep the image small: package caches and docs are not needed to run tests.
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+       "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
+
+echo "bootstrap-base: importing as $tag" >&2
+tar --numeric-owner -C "$rootfs" -c . | docker import \
+  --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$tag" >/dev/null
+echo "$tag"
