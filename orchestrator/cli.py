@@ -223,17 +223,19 @@ def _print_table(jobs: list[Job]) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("commit", "repository", "branch", "status", "tests", "duration", "attempts", "subject"):
-        table.add_column(column, no_wrap=column != "subject", overflow="ellipsis")
+    for column in ("commit", "repository", "branch", "status", "tests", "duration", "attempts", "subject", "message"):
+        table.add_column(column, no_wrap=column not in ("subject", "message", "branch"))
     for job in jobs:
         t = job.tests
         tests = f"{t.passed}/{t.total}" + (f" ({t.failed} failed)" if t.failed else "") if t else "-"
         duration = f"{job.duration_s:.1f}s" if job.duration_s is not None else "-"
-        status = job.status.value + (f": {job.message}" if job.message and job.status.final else "")
-        table.add_row(job.commit[:10], job.repository, ", ".join(job.branches)[:30],
-                      f"[{_STYLE[job.status.value]}]{status}[/]", tests, duration, str(job.attempts),
-                      job.subject)
-    Console(width=max(100, Console().width), highlight=False).print(table)
+        table.add_row(job.commit[:10], job.repository, ", ".join(job.branches),
+                      f"[{_STYLE[job.status.value]}]{job.status.value}[/]", tests, duration, str(job.attempts),
+                      job.subject, job.message or "")
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    console.print(table)
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import docker
 import requests
+import urllib3
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
@@ -24,14 +25,24 @@ _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Chunk
 def _engine(what: str) -> Iterator[None]:
     try:
         yield
-    except (NotFound, ImageNotFound, requests.exceptions.ReadTimeout):
+    except (NotFound, ImageNotFound):
         raise
+    except requests.exceptions.RequestException as exc:
+        if _is_read_timeout(exc):
+            raise
+        raise EngineUnavailable(f"Docker engine unreachable ({what}): {_short(exc)}") from None
     except APIError as exc:
         if exc.status_code is not None and exc.status_code < 500:
             raise
         raise EngineUnavailable(f"Docker engine failed to {what}: {exc.explanation or exc}") from None
     except _ENGINE_ERRORS as exc:
         raise EngineUnavailable(f"Docker engine unreachable ({what}): {_short(exc)}") from None
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """docker-py's unix-socket adapter reports a read timeout as a ConnectionError."""
+    return isinstance(exc, requests.exceptions.ReadTimeout) or any(
+        isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
 
 
 def _short(exc: BaseException) -> str:
@@ -130,8 +141,10 @@ class DockerBackend(Backend):
         try:
             with _engine("wait for a container"):
                 api.wait(container_id, timeout=max(seconds, 0.01))
-        except requests.exceptions.ReadTimeout:
-            return None  # still running
+        except requests.exceptions.RequestException as exc:
+            if _is_read_timeout(exc):
+                return None  # still running
+            raise EngineUnavailable(f"Docker engine unreachable (wait for a container): {_short(exc)}") from None
         except NotFound:
             return None
         return self.inspect(container_id)

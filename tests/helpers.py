@@ -1,0 +1,73 @@
+"""Real Git repositories and config files for the tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import textwrap
+from pathlib import Path
+
+import yaml
+
+
+class GitRepo:
+    """A real repository made with the git command, as a user's would be."""
+
+    def __init__(self, path: Path, branch: str = "main"):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", branch)
+        self.git("config", "user.email", "dev@example.invalid")
+        self.git("config", "user.name", "Dev")
+        self.git("config", "commit.gpgsign", "false")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True, text=True).stdout.strip()
+
+    def commit(self, subject: str, files: dict[str, str | None] | None = None) -> str:
+        """Write (or, with None, delete) files and commit them; return the sha."""
+        for name, content in (files or {}).items():
+            target = self.path / name
+            if content is None:
+                self.git("rm", "-q", "-r", name)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(content))
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", subject)
+        return self.head()
+
+    def head(self, rev: str = "HEAD") -> str:
+        return self.git("rev-parse", rev)
+
+    def checkout(self, branch: str, create: bool = False) -> None:
+        self.git("checkout", "-q", *(["-b"] if create else []), branch)
+
+
+PASSING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n"}
+FAILING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n\ndef test_bad():\n    assert 2 + 2 == 5, 'arithmetic'\n"}
+
+
+def write_config(directory: Path, repos: dict[str, Path], **overrides: object) -> Path:
+    """A config.yaml for the tests: state and results inside ``directory``."""
+    runner = {"image": "ci-runner:latest", "timeout": 60, "parallelism": 2, "memory": "256m", "pids": 128}
+    runner.update(overrides.pop("runner", {}))  # type: ignore[arg-type]
+    data: dict[str, object] = {
+        "repositories": [{"name": name, "url": str(path)} for name, path in repos.items()],
+        "poll_interval": 0.2,
+        "state_dir": str(directory / "state"),
+        "results_dir": str(directory / "results"),
+        "dispatcher": {"host": "127.0.0.1", "port": free_port()},
+        "runner": runner,
+        "retries": 1,
+    }
+    data.update(overrides)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,90 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.errors import ConfigError
+
+GOOD = "repositories:\n  - name: demo\n    url: {repo}\n"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "repo").mkdir()
+    return tmp_path / "repo"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path: Path, repo: Path) -> None:
+    config = load_config(write(tmp_path, "repositories:\n  - name: demo\n    url: ./repo\n"))
+    assert config.repositories[0].url == str(repo)
+    assert config.state_dir == tmp_path / ".orchestrator"
+    assert config.results_dir == tmp_path / "test_results"
+    assert config.runner.parallelism == 2 and config.runner.network == "none"
+    assert config.repositories[0].tracks("anything/at-all")
+
+
+BAD = [
+    ("runner:\n  parallelism: abc\n", "runner.parallelism"),
+    ("runner:\n  parallelism: 0\n", "runner.parallelism"),
+    ("runner:\n  timeout: -5\n", "runner.timeout"),
+    ("runner:\n  memory: lots\n", "runner.memory"),
+    ("runner:\n  pids: 2\n", "runner.pids"),
+    ("runner:\n  max_log_bytes: '10'\n", "runner.max_log_bytes"),
+    ("runner:\n  cpus: 0\n", "runner.cpus"),
+    ("runner:\n  colour: red\n", "runner.colour: unknown key"),
+    ("surprise: 1\n", "surprise: unknown key"),
+    ("poll_interval: soon\n", "poll_interval"),
+    ("retries: -1\n", "retries"),
+    ("dispatcher:\n  port: 70000\n", "dispatcher.port"),
+    ("dispatcher:\n  host: 0.0.0.0\n", "requires dispatcher.api_token"),
+    ("state_dir: 5\n", "state_dir"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", BAD)
+def test_bad_values_name_the_key(tmp_path: Path, repo: Path, extra: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD.format(repo=repo) + extra))
+    message = str(info.value)
+    assert expected in message and str(tmp_path / "config.yaml") in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("repositories:\n  - name: Demo!\n    url: {repo}\n", "repositories[0].name"),
+    ("repositories:\n  - name: ../x\n    url: {repo}\n", "repositories[0].name"),
+    ("repositories:\n  - name: demo\n    url: ./missing\n", "repositories[0].url: no such repository"),
+    ("repositories:\n  - name: demo\n    url: {repo}\n    branches: ['[unclosed']\n", "repositories[0].branches"),
+    ("repositories:\n  - name: demo\n    url: {repo}\n    branches: []\n", "repositories[0].branches"),
+    ("repositories:\n  - {{name: a, url: {repo}}}\n  - {{name: a, url: {repo}}}\n", "used twice"),
+    ("repositories: []\n", "repositories"),
+    ("poll_interval: 5\n", "repositories: Field required"),
+    ("- just a list\n", "expected a mapping"),
+    ("repositories: [\n", "not valid YAML at line"),
+])
+def test_bad_structure(tmp_path: Path, repo: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text.format(repo=repo)))
+    assert expected in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path, repo: Path) -> None:
+    path = write(tmp_path, GOOD.format(repo=repo) + "runner:\n  parallelism: many\n")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "status", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "runner.parallelism" in proc.stderr
+    assert "Traceback" not in proc.stderr

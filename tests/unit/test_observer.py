@@ -1,0 +1,156 @@
+"""The observer against real Git repositories and a real store."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.observer import Observer
+from orchestrator.store import Store
+from tests.helpers import GitRepo, write_config
+
+
+@pytest.fixture
+def world(tmp_path: Path, repo: GitRepo):
+    repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
+    config = load_config(write_config(tmp_path, {"demo": repo.path}))
+    store = Store(config.db_path)
+    yield repo, store, Observer(config, store)
+    store.close()
+
+
+def queued(store: Store) -> list[tuple[str, tuple[str, ...]]]:
+    return [(j.commit, j.branches) for j in reversed(store.list_jobs(limit=1000))]
+
+
+def test_first_sight_tests_only_the_heads(world) -> None:
+    repo, store, observer = world
+    repo.commit("second")
+    third = repo.commit("third")
+    repo.checkout("other", create=True)
+    other = repo.commit("other work")
+    assert observer.poll_once() == 2
+    assert sorted(queued(store)) == sorted([(third, ("main",)), (other, ("other",))])
+    assert observer.poll_once() == 0  # nothing new: nothing queued again
+
+
+def test_every_new_commit_oldest_first(world) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    shas = [repo.commit(f"c{i}") for i in range(4)]
+    assert observer.poll_once() == 4
+    assert [sha for sha, _ in queued(store)[1:]] == shas
+    assert store.get(2).subject == "c0"
+
+
+def test_restart_neither_retests_nor_skips(world, tmp_path: Path) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    new = repo.commit("while down")
+    config = load_config(tmp_path / "config.yaml")
+    fresh = Observer(config, Store(config.db_path))  # a new process, same state
+    assert fresh.poll_once() == 1
+    assert queued(store)[-1][0] == new
+    assert fresh.poll_once() == 0
+
+
+def test_shared_commits_list_every_branch(world) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    repo.checkout("a", create=True)
+    shared = repo.commit("shared")
+    repo.checkout("b", create=True)
+    only_b = repo.commit("only on b")
+    observer.poll_once()
+    jobs = dict(queued(store))
+    assert jobs[shared] == ("a", "b") and jobs[only_b] == ("b",)
+
+
+def test_branch_at_known_commit_adds_its_name(world) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    head = repo.head()
+    repo.git("branch", "release")
+    assert observer.poll_once() == 1  # the commit gains a branch, no new job
+    assert dict(queued(store))[head] == ("main", "release")
+    assert len(store.list_jobs()) == 1
+
+
+def test_merge_queues_the_merged_commits_and_the_merge(world) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    repo.checkout("feature", create=True)
+    feat = repo.commit("feature work")
+    observer.poll_once()
+    repo.checkout("main")
+    main_work = repo.commit("main work")
+    repo.git("merge", "-q", "--no-ff", "-m", "merge feature", "feature")
+    merge = repo.head()
+    observer.poll_once()
+    jobs = dict(queued(store))
+    assert len(jobs) == 4  # root, feature work, main work, merge: each once
+    assert jobs[feat] == ("feature",)  # tested when first seen; main merged it later
+    assert [s for s, _ in queued(store)][-2:] == [main_work, merge]
+    assert jobs[merge] == ("main",)
+
+
+def test_force_push_tests_the_rewritten_commits(world) -> None:
+    repo, store, observer = world
+    base = repo.head()
+    repo.commit("to be rewritten")
+    observer.poll_once()
+    repo.git("reset", "-q", "--hard", base)
+    rewritten = [repo.commit("rewritten 1"), repo.commit("rewritten 2")]
+    observer.poll_once()
+    assert [s for s, _ in queued(store)][-2:] == rewritten
+
+
+def test_deleted_branch_is_dropped(world) -> None:
+    repo, store, observer = world
+    repo.checkout("gone", create=True)
+    repo.commit("on gone")
+    observer.poll_once()
+    repo.checkout("main")
+    repo.git("branch", "-D", "gone")
+    observer.poll_once()
+    assert set(store.heads("demo")) == {"main"}
+
+
+def test_untracked_branches_are_ignored(tmp_path: Path, repo: GitRepo) -> None:
+    repo.commit("root")
+    repo.checkout("wip/x", create=True)
+    repo.commit("wip")
+    path = write_config(tmp_path, {"demo": repo.path})
+    path.write_text(path.read_text().replace(f"url: {repo.path}", f"url: {repo.path}\n  branches: [main, 'release/*']"))
+    config = load_config(path)
+    store = Store(config.db_path)
+    Observer(config, store).poll_once()
+    assert [j.branches for j in store.list_jobs()] == [("main",)]
+
+
+def test_hostile_branch_names_are_only_data(world, tmp_path: Path) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    names = ["x;touch${IFS}pwned", "ünïcødé/ветка", "$(touch${IFS}pwned)", "a" * 200, "we'ird\"quote|&>"]
+    for name in names:
+        repo.git("branch", name)
+    repo.checkout(names[0])
+    sha = repo.commit("hostile")
+    observer.poll_once()
+    assert dict(queued(store))[sha] == (names[0],)
+    assert set(store.heads("demo")) == {"main", *names}
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_unreachable_repository_backs_off_and_catches_up(world, tmp_path: Path, caplog) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    moved = repo.path.with_name("moved")
+    repo.path.rename(moved)
+    assert observer.poll_once() == 0
+    assert "retrying in" in caplog.text
+    moved.rename(repo.path)
+    made = [repo.commit("while unreachable 1"), repo.commit("while unreachable 2")]
+    observer._retry_at.clear()  # skip the wait of the back-off
+    assert observer.poll_once() == 2
+    assert [s for s, _ in queued(store)][-2:] == made

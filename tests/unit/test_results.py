@@ -1,0 +1,124 @@
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.logcapture import CappedLog
+from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
+from orchestrator.results import ResultFiles, classify, parse_junit, read_regular_file
+
+JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="1" tests="7" time="0.1">
+<testcase classname="t" name="a"/></testsuite></testsuites>"""
+
+
+def test_junit_counts() -> None:
+    assert parse_junit(JUNIT) == TestCounts(total=7, passed=3, failed=2, errors=1, skipped=1)
+    single = b'<testsuite tests="2" failures="0" errors="0" skipped="0"/>'
+    assert parse_junit(single) == TestCounts(total=2, passed=2)
+
+
+@pytest.mark.parametrize("data", [b"", b"not xml", b"<html/>", b'<testsuite tests="many"/>'])
+def test_junit_garbage_is_no_counts(data: bytes) -> None:
+    assert parse_junit(data) is None
+
+
+def test_junit_billion_laughs_is_refused() -> None:
+    bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' + b"".join(
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(8)
+    ) + b']><testsuite tests="&i;"/>'
+    assert parse_junit(bomb) is None
+
+
+def test_junit_read_refuses_links_and_oversize(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(JUNIT)
+    link = tmp_path / "junit.xml"
+    link.symlink_to(secret)
+    assert read_regular_file(link, 1 << 20) is None
+    big = tmp_path / "big.xml"
+    big.write_bytes(b"x" * 2048)
+    assert read_regular_file(big, 1024) is None
+    os.mkfifo(tmp_path / "fifo")
+    assert read_regular_file(tmp_path / "fifo", 1024) is None
+    assert read_regular_file(secret, 1 << 20) == JUNIT
+
+
+@pytest.mark.parametrize("exit_code, oom, timed_out, status, words", [
+    (0, False, False, JobStatus.PASSED, None),
+    (1, False, False, JobStatus.FAILED, None),
+    (2, False, False, JobStatus.ERROR, "collection error"),
+    (3, False, False, JobStatus.ERROR, "internal error"),
+    (4, False, False, JobStatus.ERROR, "usage error"),
+    (5, False, False, JobStatus.ERROR, "no tests collected"),
+    (100, False, False, JobStatus.ERROR, "tests directory missing"),
+    (137, True, False, JobStatus.ERROR, "out of memory"),
+    (137, False, True, JobStatus.TIMED_OUT, "timeout"),
+    (137, False, False, JobStatus.ERROR, "killed by SIGKILL"),
+    (143, False, False, JobStatus.ERROR, "SIGTERM"),
+    (42, False, False, JobStatus.ERROR, "status 42"),
+])
+def test_status_from_outcome(exit_code, oom, timed_out, status, words) -> None:
+    got, message = classify(exit_code, oom_killed=oom, timed_out=timed_out, timeout=10, memory="256m")
+    assert got is status
+    assert (message is None) if words is None else (words in message)
+
+
+def test_capped_log_keeps_head_and_tail(tmp_path: Path) -> None:
+    log = CappedLog(tmp_path / "spool", 1000)
+    for i in range(1000):
+        log.write(f"line {i:04d}\n".encode())
+    out = io.BytesIO()
+    log.write_to(out)
+    log.close()
+    text = out.getvalue().decode()
+    assert log.truncated and text.startswith("line 0000\n") and text.endswith("line 0999\n")
+    assert "log truncated" in text and len(out.getvalue()) < 1100
+    assert not (tmp_path / "spool").exists()
+
+
+def test_capped_log_small_output_is_whole(tmp_path: Path) -> None:
+    log = CappedLog(tmp_path / "spool", 1000)
+    log.write(b"hello\n")
+    out = io.BytesIO()
+    log.write_to(out)
+    assert out.getvalue() == b"hello\n" and not log.truncated
+
+
+def _job(attempts: int = 1) -> Job:
+    job = Job(id=3, repository="demo", commit="b" * 40, branches=("main",), subject="s",
+              status=JobStatus.QUEUED, queued_at=utcnow(), attempts=attempts - 1)
+    running = transition(job, JobStatus.RUNNING, utcnow())
+    return transition(running, JobStatus.FAILED, utcnow(), exit_code=1, tests=TestCounts(2, 1, 1, 0, 0))
+
+
+def test_result_files_written_and_older_attempt_archived(tmp_path: Path) -> None:
+    files = ResultFiles(tmp_path)
+    first = files.write(_job(1), lambda fh: fh.write(b"first log\n"), JUNIT)
+    doc = json.loads((first / "result.json").read_text())
+    assert doc["status"] == "failed" and doc["commit"] == "b" * 40 and doc["attempts"] == 1
+    assert doc["tests"] == {"total": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0}
+    assert set(doc) >= {"repository", "branches", "subject", "exit_code", "queued_at", "started_at",
+                        "finished_at", "duration_s", "image", "container", "log_truncated", "message"}
+    assert oct((first / "result.json").stat().st_mode & 0o777) == "0o644"
+    files.write(_job(2), lambda fh: fh.write(b"second log\n"), None)
+    assert (first / "output.log").read_bytes() == b"second log\n"
+    assert not (first / "junit.xml").exists()
+    assert (first / "attempts" / "1" / "output.log").read_bytes() == b"first log\n"
+    assert (first / "attempts" / "1" / "junit.xml").read_bytes() == JUNIT
+    assert not [p for p in first.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_write_leaves_no_half_file(tmp_path: Path) -> None:
+    files = ResultFiles(tmp_path)
+
+    def explode(fh) -> None:
+        fh.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        files.write(_job(1), explode, None)
+    directory = files.directory("demo", "b" * 40)
+    assert list(directory.iterdir()) == []
