@@ -25,7 +25,7 @@ def main() -> int:
         return 101
     sys.path.insert(0, WORKSPACE)
     args = ["tests", f"--junitxml={JUNIT}", "-o", "junit_family=xunit2",
-            "-p", "no:cacheprovider", "-rfE"]
+            "-p", "no:cacheprovider", "-v", "-rfE"]
     return int(pytest.main(args))
 
 

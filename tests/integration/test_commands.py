@@ -1,0 +1,98 @@
+"""The commands a user types: submit, logs --follow, status, and the two separate processes."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.helpers import FAILING, PASSING
+
+pytestmark = pytest.mark.docker
+
+CHATTY = "".join(f"def test_tick_{i}():\n    __import__('time').sleep(0.5)\n" for i in range(6))
+
+
+def test_submit_by_prefix_and_unknown_revisions(orch) -> None:
+    old = orch.repo.commit("old", PASSING)
+    orch.repo.commit("head", FAILING)
+    orch.configure()
+    orch.cli("run", "--once")
+    assert orch.cli("logs", old[:8]).returncode != 0  # first sight tests only the head
+    proc = orch.cli("submit", old[:10])
+    assert proc.returncode == 0 and "queued" in proc.stdout and old in proc.stdout
+    assert "already known" in orch.cli("submit", old).stdout
+    done = orch.cli("run", "--once")
+    assert done.returncode == 0 and old[:10] in done.stdout
+    assert orch.result(old)["status"] == "passed"
+    unknown = orch.cli("submit", "deadbeef" * 5)
+    assert unknown.returncode == 3 and "unknown revision" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1
+    hostile = orch.cli("submit", "--upload-pack=touch /tmp/pwned")
+    assert hostile.returncode == 2 and "not a revision" in hostile.stderr
+
+
+def test_status_table_and_json(orch) -> None:
+    sha = orch.repo.commit("failing", FAILING)
+    orch.configure()
+    orch.cli("run", "--once")
+    table = orch.cli("status")
+    assert table.returncode == 0 and sha[:10] in table.stdout and "failed" in table.stdout
+    jobs = json.loads(orch.cli("status", "--json").stdout)
+    assert jobs[0]["commit"] == sha and jobs[0]["status"] == "failed" and jobs[0]["tests"]["failed"] == 1
+    bad_repo = orch.cli("status", "--repo", "nope")
+    assert bad_repo.returncode == 2 and "unknown repository" in bad_repo.stderr
+
+
+def test_logs_follow_a_running_container(orch) -> None:
+    sha = orch.repo.commit("chatty", {"tests/test_chatty.py": CHATTY})
+    orch.configure()
+    run = orch.start("run", "--once")
+    orch.wait_for(lambda: orch.containers(), timeout=60)
+    follow = subprocess.run([sys.executable, "-m", "orchestrator", "logs", sha[:12], "--follow",
+                             "-c", str(orch.config_path)], capture_output=True, text=True, timeout=60)
+    assert follow.returncode == 0
+    assert all(f"test_tick_{i} PASSED" in follow.stdout for i in range(6)), follow.stdout
+    assert "6 passed" in follow.stdout  # it followed until the container ended
+    assert run.wait(timeout=60) == 0
+    after = orch.cli("logs", sha[:12])
+    assert "test_tick_5 PASSED" in after.stdout and "6 passed" in after.stdout
+
+
+def test_dispatcher_and_observer_as_separate_processes(orch) -> None:
+    orch.repo.commit("root", PASSING)
+    config_path = orch.configure()
+    port = orch.config.dispatcher.port
+    base = f"http://127.0.0.1:{port}"
+    dispatcher = orch.start("dispatcher")
+    orch.wait_for(lambda: _get(f"{base}/healthz"), timeout=30)
+    observer = orch.start("observer", "--dispatcher-server", f"127.0.0.1:{port}")
+    first = orch.wait_for(lambda: [j for j in _get(f"{base}/api/jobs").json() if j["status"] == "passed"], timeout=60)
+    assert len(first) == 1
+    new = orch.repo.commit("second", FAILING)
+    job = orch.wait_for(lambda: [j for j in _get(f"{base}/api/jobs").json()
+                                 if j["commit"] == new and j["status"] == "failed"], timeout=60)[0]
+    assert _get(f"{base}/api/jobs/{job['id']}").json()["tests"]["failed"] == 1
+    # bad input is a 4xx with a reason
+    assert requests.post(f"{base}/api/commits", data=b"{not json", timeout=10).status_code == 422
+    assert requests.post(f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "../../x"}]},
+                         timeout=10).status_code == 422
+    unknown = requests.post(f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "0" * 40}]},
+                            timeout=10)
+    assert unknown.status_code == 404 and "unknown commit" in unknown.json()["detail"]
+    assert requests.get(f"{base}/api/jobs/999", timeout=10).status_code == 404
+    assert requests.post(f"{base}/api/commits", data=b"x" * (9 * 1024 * 1024), timeout=30).status_code == 413
+    for proc in (observer, dispatcher):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert config_path.exists()
+
+
+def _get(url: str):
+    try:
+        resp = requests.get(url, timeout=5)
+        return resp if resp.ok else None
+    except requests.RequestException:
+        return None

@@ -1,0 +1,143 @@
+"""Each verdict from a real container, and what the container is allowed to do."""
+
+import time
+
+import pytest
+
+from tests.helpers import FAILING, PASSING
+
+pytestmark = pytest.mark.docker
+
+
+def test_every_verdict_from_real_containers(orch) -> None:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"timeout": 4})
+    assert orch.cli("run", "--once").returncode == 0
+    shas = {
+        "fail": orch.repo.commit("fail", FAILING),
+        "collect": orch.repo.commit("collect", {"tests/test_broken.py": "import no_such_module\n"}),
+        "fixed": orch.repo.commit("fixed", {"tests/test_broken.py": None, **PASSING}),
+        "none": orch.repo.commit("no tests", {"tests/test_ok.py": "def helper():\n    pass\n"}),
+        "nodir": orch.repo.commit("no tests dir", {"tests": None}),
+        "hang": orch.repo.commit("hang", {"tests/test_hang.py": "import time\ndef test_hang():\n    time.sleep(600)\n"}),
+    }
+    started = time.monotonic()
+    proc = orch.cli("run", "--once")
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started < 60
+    results = {name: orch.result(sha) for name, sha in shas.items()}
+    assert results["fail"]["status"] == "failed" and results["fail"]["exit_code"] == 1
+    assert results["fail"]["tests"] == {"total": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0}
+    assert b"arithmetic" in orch.log(shas["fail"])
+    assert results["collect"]["status"] == "error" and "collection error" in results["collect"]["message"]
+    assert results["fixed"]["status"] == "passed" and results["fixed"]["tests"]["passed"] == 1
+    assert results["none"]["status"] == "error" and "no tests collected" in results["none"]["message"]
+    assert results["nodir"]["status"] == "error" and "tests directory missing" in results["nodir"]["message"]
+    hang = results["hang"]
+    assert hang["status"] == "timed_out" and "timeout" in hang["message"]
+    assert 4 <= hang["duration_s"] < 4 + 10
+    for name, doc in results.items():
+        assert doc["commit"] == shas[name] and doc["attempts"] == 1 and doc["subject"]
+        assert doc["branches"] == ["main"] and len(doc["container"]) == 64
+    # the summary table names every commit of this run
+    for sha in shas.values():
+        assert sha[:10] in proc.stdout
+
+
+def test_parallelism_two_never_three(orch) -> None:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 2})
+    assert orch.cli("run", "--once").returncode == 0
+    shas = [orch.repo.commit(f"slow {i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep(1.5)  # {i}\n"})
+            for i in range(5)]
+    assert orch.cli("run", "--once").returncode == 0
+    spans = [(orch.result(s)["started_at"], orch.result(s)["finished_at"]) for s in shas]
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2
+
+
+ISOLATION = '''
+import os, pathlib, pytest
+
+def test_not_root():
+    assert os.getuid() != 0 and os.geteuid() != 0
+
+def test_no_network_but_loopback():
+    assert sorted(os.listdir("/sys/class/net")) == ["lo"]
+
+def test_no_capabilities():
+    status = pathlib.Path("/proc/self/status").read_text()
+    assert "CapEff:\\t0000000000000000" in status
+    assert "NoNewPrivs:\\t1" in status
+
+def test_root_file_system_read_only_outside_workspace():
+    for target in ("/etc/evil", "/usr/evil", "/opt/evil"):
+        with pytest.raises(OSError):
+            open(target, "w")
+    pathlib.Path("/tmp/ok").write_text("tmp is writable")
+    pathlib.Path("/workspace/ok").write_text("workspace is writable")
+'''
+
+
+def test_container_is_confined(orch) -> None:
+    sha = orch.repo.commit("isolation", {"tests/test_iso.py": ISOLATION})
+    orch.configure()
+    proc = orch.cli("run", "--once")
+    result = orch.result(sha)
+    assert proc.returncode == 0, orch.log(sha).decode()
+    assert result["status"] == "passed" and result["tests"]["passed"] == 4
+
+
+def test_labels_limits_and_removal(orch) -> None:
+    sha = orch.repo.commit("slow", {"tests/test_slow.py": "import time\ndef test_slow():\n    time.sleep(4)\n"})
+    orch.configure(runner={"memory": "300m", "pids": 100, "cpus": 0.5})
+    run = orch.start("run", "--once")
+    container = orch.wait_for(lambda: next(iter(orch.containers()), None), timeout=60)
+    container.reload()
+    labels = container.labels
+    assert labels["orchestrator.instance"] == orch.instance()
+    assert labels["orchestrator.repository"] == "demo" and labels["orchestrator.commit"] == sha
+    assert labels["orchestrator.job"] == "1"
+    host = container.attrs["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"][0]
+    assert host["Memory"] == 300 * 1024 * 1024 and host["PidsLimit"] == 100 and host["NanoCpus"] == 5 * 10**8
+    assert host["LogConfig"]["Config"]["max-size"]
+    assert container.attrs["Config"]["User"] not in ("", "0", "root", "0:0")
+    assert run.wait(timeout=60) == 0
+    assert orch.containers() == []
+    assert orch.result(sha)["container"] == container.id
+
+
+def test_log_is_capped_and_says_so(orch) -> None:
+    flood = "import sys\ndef test_flood():\n    for i in range(200000):\n        sys.stdout.write(f'line {i:06d} ' + 'x' * 40 + '\\n')\n    assert False\n"
+    sha = orch.repo.commit("flood", {"tests/test_flood.py": flood})
+    orch.configure(runner={"max_log_bytes": 100_000})
+    orch.cli("run", "--once")
+    result = orch.result(sha)
+    log = orch.log(sha)
+    assert result["log_truncated"] is True and result["status"] == "failed"
+    assert len(log) < 100_000 + 200 and b"log truncated" in log
+    assert log.rstrip().endswith(b"=") or b"failed" in log[-2000:]  # the tail keeps pytest's summary
+
+
+def test_memory_hog_is_an_error_in_words(orch) -> None:
+    hog = "def test_hog():\n    blocks = []\n    while True:\n        blocks.append(bytearray(16 * 1024 * 1024))\n"
+    sha = orch.repo.commit("hog", {"tests/test_hog.py": hog})
+    orch.configure(runner={"memory": "96m"})
+    assert orch.cli("run", "--once").returncode == 1
+    result = orch.result(sha)
+    assert result["status"] == "error" and "out of memory" in result["message"]
+
+
+def test_missing_image_is_an_error_not_a_retry_loop(orch) -> None:
+    sha = orch.repo.commit("root", PASSING)
+    orch.configure(runner={"image": "no-such-runner:never"})
+    proc = orch.cli("run", "--once")
+    assert proc.returncode == 1
+    result = orch.result(sha)
+    assert result["status"] == "error" and "image build" in result["message"] and result["attempts"] == 1
