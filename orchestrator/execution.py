@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,18 +52,17 @@ class Context:
 
 
 class LogPump(threading.Thread):
-    """Copies a container's log into a CappedLog while the container runs."""
+    """Copies a container's output into a CappedLog while the container runs."""
 
-    def __init__(self, backend: Backend, container_id: str, sink: CappedLog):
-        super().__init__(daemon=True, name=f"log-{container_id[:12]}")
-        self._backend = backend
-        self._id = container_id
+    def __init__(self, source: Iterator[bytes], sink: CappedLog):
+        super().__init__(daemon=True, name="log")
+        self._source = source
         self._sink = sink
         self.failed = False
 
     def run(self) -> None:
         try:
-            for chunk in self._backend.logs(self._id, follow=True):
+            for chunk in self._source:
                 self._sink.write(chunk)
         except Exception:  # engine cut mid-stream: the log is read again later
             self.failed = True
@@ -95,15 +95,15 @@ class Execution:
     def _run(self) -> Job:
         cfg = self.ctx.config.runner
         if self.adopt is None:
-            state = self._start()
+            state, output = self._start()
         else:
-            state = self.adopt
+            state, output = self.adopt, self.ctx.backend.logs(self.adopt.id, follow=True)
             log.info("job %s: re-attached to container %s", self.job.id, state.id[:12])
         self.ws.root.mkdir(parents=True, exist_ok=True)
         capped = CappedLog(self.ws.spool, cfg.max_log_bytes)
         try:
             started = state.started_at or self.job.started_at or utcnow()
-            final, timed_out, pump = self._wait(state, capped, started)
+            final, timed_out, pump = self._wait(state, output, capped, started)
             pump.join(timeout=10)
             if pump.failed or pump.is_alive():
                 self._reread_log(capped)
@@ -124,7 +124,7 @@ class Execution:
         self._clean_up()
         return self.job
 
-    def _start(self) -> ContainerState:
+    def _start(self) -> tuple[ContainerState, Iterator[bytes]]:
         ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
         ws = ctx.workspaces.prepare(job.id)
         mirror = ctx.mirrors[job.repository]
@@ -148,18 +148,19 @@ class Execution:
         self.container_id = ctx.backend.create(spec)
         self.job = ctx.store.update_running(
             job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+        output = ctx.backend.attach(self.container_id)
         state = ctx.backend.start(self.container_id)
         self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
         log.info("job %s: %s started in container %s", job.id, job.commit[:12], self.container_id[:12])
-        return state
+        return state, output
 
-    def _wait(self, state: ContainerState, capped: CappedLog, started: datetime
+    def _wait(self, state: ContainerState, output: Iterator[bytes], capped: CappedLog, started: datetime
               ) -> tuple[ContainerState, bool, LogPump]:
         """Wait for the container to exit, killing it at the timeout; keep the clock of
         the container's own start, so a re-attached job keeps its original deadline."""
         backend, timeout = self.ctx.backend, self.ctx.config.runner.timeout
         cid = state.id
-        pump = LogPump(backend, cid, capped)
+        pump = LogPump(output, capped)
         pump.start()
         killed_at: float | None = None
         engine_down_since: float | None = None
@@ -195,9 +196,9 @@ class Execution:
                 raise ContainerGone(f"container {cid[:12]} disappeared while running")
             if killed_at is not None and time.monotonic() - killed_at > KILL_GRACE:
                 raise EngineUnavailable(f"container {cid[:12]} did not stop {KILL_GRACE:g} s after kill")
-            if not pump.is_alive():  # stream cut while the container runs: read it all again
+            if pump.failed:  # stream cut while the container runs: read it all again
                 capped.reset()
-                pump = LogPump(backend, cid, capped)
+                pump = LogPump(backend.logs(cid, follow=True), capped)
                 pump.start()
 
     def _reread_log(self, capped: CappedLog) -> None:

@@ -3,8 +3,9 @@
 Lifecycle, as the dispatcher drives it::
 
     create(spec) -> id        container exists, labelled, not started
+    attach(id) -> stream      opened before start: every byte of output, live, until exit
     start(id)                 begins the clock of the job's timeout
-    logs(id)                  the output so far and then as it comes, until exit
+    logs(id)                  the retained output (and, following, what comes), for re-attaching
     wait(id, seconds)         the final state, or None if still running then
     kill(id)                  best effort, for timeouts and cancels
     remove(id)                idempotent: safe whatever state (or absence) the container is in
@@ -83,6 +84,10 @@ class Backend(ABC):
 
     @abstractmethod
     def create(self, spec: ContainerSpec) -> str: ...
+
+    @abstractmethod
+    def attach(self, container_id: str) -> Iterator[bytes]:
+        """Opens the output stream now (not lazily), so nothing written after start is missed."""
 
     @abstractmethod
     def start(self, container_id: str) -> ContainerState: ...

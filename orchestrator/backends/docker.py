@@ -127,6 +127,13 @@ class DockerBackend(Backend):
             raise EngineUnavailable(f"container {container_id[:12]} vanished right after it started")
         return state
 
+    def attach(self, container_id: str) -> Iterator[bytes]:
+        # The engine's json-file log loses lines when it rotates under a follower (a
+        # flooding test suite makes it rotate); an attach stream reads the output itself.
+        with _engine("attach to a container"):
+            stream = self._api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
+        return _guarded(stream, "stream a container log")
+
     def logs(self, container_id: str, follow: bool = True) -> Iterator[bytes]:
         with _engine("stream a container log"):
             stream = self._api.logs(container_id, stdout=True, stderr=True, stream=True, follow=follow)
@@ -184,6 +191,14 @@ class DockerBackend(Backend):
             if state is not None:
                 states.append(state)
         return states
+
+
+def _guarded(stream, what: str) -> Iterator[bytes]:
+    try:
+        with _engine(what):
+            yield from stream
+    finally:
+        stream.close()
 
 
 def _state(data: dict) -> ContainerState:
