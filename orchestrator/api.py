@@ -126,14 +126,14 @@ def create_app(config: Config, store: Store, mirrors: dict[str, Mirror],
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> list[dict[str, Any]]:
         jobs = store.list_jobs(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
-        return [result_document(j) for j in jobs]
+        return [result_document(j, store.attempt_history(j.id)) for j in jobs]
 
     @app.get("/api/jobs/{job_id}")
     def get_job(job_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
         job = store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
-        return result_document(job)
+        return result_document(job, store.attempt_history(job.id))
 
     return app
 

@@ -206,9 +206,10 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
     if args.repo and config.repository(args.repo) is None:
         raise UsageError(f"unknown repository {args.repo!r}")
-    jobs = _store(config).list_jobs(repository=args.repo, limit=max(1, args.limit))
+    store = _store(config)
+    jobs = store.list_jobs(repository=args.repo, limit=max(1, args.limit))
     if args.json:
-        print(json.dumps([result_document(j) for j in jobs], indent=2, ensure_ascii=False))
+        print(json.dumps([result_document(j, store.attempt_history(j.id)) for j in jobs], indent=2, ensure_ascii=False))
     else:
         _print_table(jobs)
     return 0

@@ -28,7 +28,7 @@ from orchestrator.workspace import Workspaces
 log = logging.getLogger("orchestrator.dispatcher")
 
 IDLE_POLL = 0.2
-MAX_ENGINE_BACKOFF = 30.0
+MAX_ENGINE_BACKOFF = 10.0
 
 
 class Dispatcher:

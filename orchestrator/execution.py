@@ -21,6 +21,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.config import Config
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError
+from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.mirror import Mirror
 from orchestrator.models import Job, JobStatus, transition, utcnow
@@ -77,6 +78,7 @@ class Execution:
         self.adopt = adopt
         self.ws: Workspace = ctx.workspaces.get(job.id)
         self.container_id: str | None = adopt.id if adopt else None
+        self._engine_trouble = False  # the output stream may have been cut: read it again
 
     def run(self) -> Job:
         try:
@@ -105,7 +107,7 @@ class Execution:
             started = state.started_at or self.job.started_at or utcnow()
             final, timed_out, pump = self._wait(state, output, capped, started)
             pump.join(timeout=10)
-            if pump.failed or pump.is_alive():
+            if pump.failed or pump.is_alive() or self._engine_trouble:
                 self._reread_log(capped)
             junit = read_regular_file(self.ws.out / "junit.xml", MAX_JUNIT_BYTES)
             status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=timed_out,
@@ -115,10 +117,12 @@ class Execution:
                 tests=parse_junit(junit) if junit else None, log_truncated=capped.truncated,
                 started_at=started, finished_at=final.finished_at or utcnow(),
             )
-            self.ctx.results.write(done, capped.write_to, junit)
+            self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id))
+            crash_point("result-written")
         finally:
             capped.close()
         self.job = self.ctx.store.apply(self.job, done)
+        crash_point("job-finished")
         log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value,
                  self.job.message or "")
         self._clean_up()
@@ -126,6 +130,7 @@ class Execution:
 
     def _start(self) -> tuple[ContainerState, Iterator[bytes]]:
         ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
+        crash_point("job-claimed")
         ws = ctx.workspaces.prepare(job.id)
         mirror = ctx.mirrors[job.repository]
         if not mirror.has_commit(job.commit):
@@ -148,9 +153,11 @@ class Execution:
         self.container_id = ctx.backend.create(spec)
         self.job = ctx.store.update_running(
             job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+        crash_point("container-created")
         output = ctx.backend.attach(self.container_id)
         state = ctx.backend.start(self.container_id)
         self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
+        crash_point("container-started")
         log.info("job %s: %s started in container %s", job.id, job.commit[:12], self.container_id[:12])
         return state, output
 
@@ -179,6 +186,7 @@ class Execution:
             try:
                 final = backend.wait(cid, WAIT_SLICE if killed_at else min(WAIT_SLICE, max(timeout - elapsed, 0.05)))
             except EngineUnavailable as exc:
+                self._engine_trouble = True
                 if engine_down_since is None:
                     engine_down_since = time.monotonic()
                     log.warning("job %s: %s; waiting for it", self.job.id, exc)
@@ -218,7 +226,8 @@ class Execution:
         """A final error without a verdict from the container (image missing, retries spent)."""
         done = transition(self.job, JobStatus.ERROR, utcnow(), message=reason,
                           container_id=self.container_id or self.job.container_id)
-        self.ctx.results.write(done, lambda fh: fh.write(f"[orchestrator: {reason}]\n".encode()), None)
+        self.ctx.results.write(done, lambda fh: fh.write(f"[orchestrator: {reason}]\n".encode()), None,
+                               self.ctx.store.attempt_history(self.job.id))
         self.job = self.ctx.store.apply(self.job, done)
         log.error("job %s: %s error: %s", self.job.id, self.job.commit[:12], reason)
         self._clean_up_quietly()

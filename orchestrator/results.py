@@ -14,7 +14,7 @@ import signal
 import stat
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -94,8 +94,9 @@ def parse_junit(data: bytes) -> TestCounts | None:
                       errors=totals["errors"], skipped=totals["skipped"])
 
 
-def result_document(job: Job) -> dict[str, Any]:
-    """The ``result.json`` object; also what ``--json`` and the API return for a job."""
+def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The ``result.json`` object; also what ``--json`` and the API return for a job.
+    ``history`` lists the earlier attempts (why each was retried)."""
     tests = job.tests or TestCounts()
     return {
         "id": job.id,
@@ -116,6 +117,7 @@ def result_document(job: Job) -> dict[str, Any]:
         "container": job.container_id,
         "log_truncated": job.log_truncated,
         "message": job.message,
+        "attempt_history": [h for h in history if h["attempt"] < job.attempts],
     }
 
 
@@ -139,7 +141,8 @@ class ResultFiles:
         except ValueError:
             return None
 
-    def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None) -> Path:
+    def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
+              history: Sequence[dict[str, Any]] = ()) -> Path:
         """Write ``job``'s files; an earlier attempt's files move to ``attempts/<n>/``."""
         directory = self.directory(job.repository, job.commit)
         directory.mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,7 @@ class ResultFiles:
             _atomic(directory / "junit.xml", lambda fh: fh.write(junit))
         else:
             (directory / "junit.xml").unlink(missing_ok=True)
-        document = json.dumps(result_document(job), indent=2, ensure_ascii=False).encode() + b"\n"
+        document = json.dumps(result_document(job, history), indent=2, ensure_ascii=False).encode() + b"\n"
         _atomic(directory / "result.json", lambda fh: fh.write(document))
         return directory
 

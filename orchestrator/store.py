@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     log_truncated INTEGER NOT NULL DEFAULT 0,
     UNIQUE (repository, commit_sha)
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    message TEXT,
+    container_id TEXT,
+    started_at TEXT,
+    ended_at TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 """
@@ -207,6 +217,15 @@ class Store:
             ).fetchall()
         return [_job(r) for r in rows]
 
+    def attempt_history(self, job_id: int) -> list[dict[str, object]]:
+        """Every ended attempt of a job, oldest first: why each retry happened."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT attempt, outcome, message, container_id, started_at, ended_at FROM attempts"
+                " WHERE job_id = ? ORDER BY attempt", (job_id,)).fetchall()
+        keys = ("attempt", "outcome", "message", "container", "started_at", "ended_at")
+        return [dict(zip(keys, row)) for row in rows]
+
     def count(self, status: JobStatus) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
@@ -276,6 +295,13 @@ class Store:
         )
         if cur.rowcount != 1:
             raise InvalidTransition(f"job {old.id} changed underneath (was {old.status.value})")
+        if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
+            db.execute(
+                "INSERT OR REPLACE INTO attempts (job_id, attempt, outcome, message, container_id,"
+                " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (old.id, old.attempts, "retried" if new.status is JobStatus.QUEUED else new.status.value,
+                 new.message, old.container_id, _iso(old.started_at), _iso(new.finished_at or utcnow())),
+            )
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,10 +1,123 @@
+"""Shared fixtures. ``orch`` drives the real orchestrator command against the real Docker
+engine and real Git repositories.
+
+Every test gets its own state_dir, hence its own ``orchestrator.instance`` label; the
+fixture removes any container left with that label and fails the test if there was one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import docker
 import pytest
 
-from tests.helpers import GitRepo
+from orchestrator.config import load_config
+from orchestrator.image import build
+from orchestrator.store import Store
+from tests.helpers import GitRepo, write_config
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> GitRepo:
     return GitRepo(tmp_path / "upstream")
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    client = docker.from_env(timeout=60)
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
+    """Build (or, when cached, just confirm) the runner image once per session."""
+    directory = tmp_path_factory.mktemp("image")
+    (directory / "repo").mkdir()
+    config = load_config(write_config(directory, {"demo": directory / "repo"}))
+    build(config, lambda _line: None)
+    return config.runner.image
+
+
+class Orchestrated:
+    """One orchestrator set-up: a repository, a config file, and its processes."""
+
+    def __init__(self, tmp_path: Path, engine: docker.DockerClient):
+        self.dir = tmp_path
+        self.engine = engine
+        self.repo = GitRepo(tmp_path / "upstream")
+        self.config_path: Path | None = None
+        self.processes: list[subprocess.Popen] = []
+
+    def configure(self, **overrides: object) -> Path:
+        self.config_path = write_config(self.dir, {"demo": self.repo.path}, **overrides)
+        return self.config_path
+
+    @property
+    def config(self):
+        return load_config(self.config_path)
+
+    def cli(self, *args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(self.config_path)],
+                              capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args, "-c", str(self.config_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {})})
+        self.processes.append(proc)
+        return proc
+
+    def result(self, sha: str) -> dict:
+        return json.loads((self.config.results_dir / "demo" / sha / "result.json").read_text())
+
+    def log(self, sha: str) -> bytes:
+        return (self.config.results_dir / "demo" / sha / "output.log").read_bytes()
+
+    def instance(self) -> str:
+        store = Store(self.config.db_path)
+        try:
+            return store.instance_id()
+        finally:
+            store.close()
+
+    def containers(self) -> list:
+        return self.engine.containers.list(all=True, filters={"label": f"orchestrator.instance={self.instance()}"})
+
+    def wait_for(self, predicate, timeout: float = 60, interval: float = 0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"condition not met within {timeout} s")
+
+    def close(self) -> list[str]:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+        if self.config_path is None or not self.config.db_path.exists():
+            return []
+        leaked = [c.id for c in self.containers()]
+        for container in self.containers():
+            container.remove(force=True)
+        return leaked
+
+
+@pytest.fixture
+def orch(tmp_path: Path, engine: docker.DockerClient, runner_image: str):
+    o = Orchestrated(tmp_path, engine)
+    yield o
+    leaked = o.close()
+    assert not leaked, f"containers left behind: {leaked}"
+    if o.config_path is not None:
+        work = o.config.state_dir / "work"
+        assert not work.exists() or not os.listdir(work), f"workspaces left behind: {os.listdir(work)}"

@@ -1,0 +1,18 @@
+"""Named crash points for the fault-injection tests (the failpoint pattern).
+
+With ``ORCHESTRATOR_CRASH_AT=<name>`` in its environment, the process kills itself with
+SIGKILL when it reaches that point, exactly as a power cut or an OOM kill would, so the
+tests can show that recovery works from each step of a job's life.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = frozenset({"job-claimed", "container-created", "container-started", "result-written", "job-finished"})
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get("ORCHESTRATOR_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,116 @@
+"""The dispatcher killed (SIGKILL) or stopped at each step of a job's life: on restart every
+commit ends with exactly one final result, running containers are re-adopted, nothing is
+half-written and nothing is left behind."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.helpers import PASSING
+
+pytestmark = pytest.mark.docker
+
+SLOW = "import time\ndef test_slow():\n    time.sleep({seconds})\n"
+
+
+def _three_commits(orch, seconds: float = 0.5) -> list[str]:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 2}, retries=2)
+    assert orch.cli("run", "--once").returncode == 0  # first sight: the root only
+    return [orch.repo.commit(f"c{i}", {"tests/test_slow.py": SLOW.format(seconds=seconds + i / 10)})
+            for i in range(3)]
+
+
+def _one_final_result_each(orch, shas: list[str]) -> list[dict]:
+    results = [orch.result(sha) for sha in shas]
+    assert [r["status"] for r in results] == ["passed"] * len(shas)
+    for sha in shas:
+        directory = orch.config.results_dir / "demo" / sha
+        assert not [p.name for p in directory.iterdir() if p.name.startswith(".")], "half-written file"
+        json.loads((directory / "result.json").read_text())
+    jobs = json.loads(orch.cli("status", "--json", "--limit", "100").stdout)
+    assert sorted(j["commit"] for j in jobs if j["commit"] in shas) == sorted(shas)  # one job per commit
+    return results
+
+
+@pytest.mark.parametrize("point, attempts", [
+    ("job-claimed", 2),         # no container yet: re-queued as a new attempt
+    ("container-created", 2),   # created, never started: removed and re-queued
+    ("container-started", 1),   # running: re-adopted, not re-run
+    ("result-written", 1),      # exited, files written: collected, not re-run
+    ("job-finished", 1),        # final state committed: only the clean-up is left
+])
+def test_sigkill_at_each_step(orch, point: str, attempts: int) -> None:
+    shas = _three_commits(orch)
+    crashed = orch.cli("run", "--once", env={"ORCHESTRATOR_CRASH_AT": point})
+    assert crashed.returncode == -signal.SIGKILL
+    restarted = orch.cli("run", "--once")
+    assert restarted.returncode == 0, restarted.stderr
+    results = _one_final_result_each(orch, shas)
+    assert results[0]["attempts"] == attempts
+    if attempts == 2:  # the earlier attempt is kept, and says why it was repeated
+        (earlier,) = results[0]["attempt_history"]
+        assert earlier["attempt"] == 1 and earlier["outcome"] == "retried"
+        assert "dispatcher stopped" in earlier["message"] or "is gone" in earlier["message"]
+    else:
+        assert results[0]["attempt_history"] == []
+    assert orch.containers() == []
+
+
+def test_sigkill_while_containers_run_readopts_them(orch) -> None:
+    shas = _three_commits(orch, seconds=4)
+    run = orch.start("run")
+    running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    seen = {c.labels["orchestrator.commit"]: c.id for c in running}
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+    assert {c.id for c in orch.containers()} >= set(seen.values())  # still running, unsupervised
+    restarted = orch.cli("run", "--once")
+    assert restarted.returncode == 0, restarted.stderr
+    assert "re-attached" in restarted.stderr
+    results = _one_final_result_each(orch, shas)
+    by_sha = dict(zip(shas, results))
+    for sha, container_id in seen.items():
+        assert by_sha[sha]["container"] == container_id and by_sha[sha]["attempts"] == 1
+
+
+def test_sigterm_leaves_containers_for_the_next_start(orch) -> None:
+    shas = _three_commits(orch, seconds=3)
+    run = orch.start("run")
+    orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=20) == 0
+    restarted = orch.cli("run", "--once")
+    assert restarted.returncode == 0, restarted.stderr
+    results = _one_final_result_each(orch, shas)
+    assert all(r["attempts"] == 1 for r in results)
+
+
+def test_second_interrupt_exits_at_once_without_damage(orch) -> None:
+    shas = _three_commits(orch, seconds=3)
+    path = orch.config_path
+    path.write_text(path.read_text() + "stop_grace: 120\n")
+    run = orch.start("run")
+    orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # two signals sent at once would merge into one
+    assert run.poll() is None  # waiting for the running jobs (stop_grace)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=10) == 130
+    assert orch.cli("run", "--once").returncode == 0
+    _one_final_result_each(orch, shas)
+
+
+def test_stop_grace_waits_for_running_jobs(orch) -> None:
+    shas = _three_commits(orch, seconds=1)
+    path = orch.config_path
+    path.write_text(path.read_text() + "stop_grace: 60\n")
+    run = orch.start("run")
+    orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 0
+    finished = [orch.config.results_dir / "demo" / sha / "result.json" for sha in shas]
+    assert any(p.exists() for p in finished)  # the running ones were waited for
+    assert orch.containers() == []
