@@ -20,6 +20,8 @@ from orchestrator.models import Job, JobStatus
 
 log = logging.getLogger("orchestrator")
 
+ONCE_ENGINE_PATIENCE = 120.0  # seconds `run --once` waits for an engine that went away
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Test every new commit in its own container.")
@@ -122,8 +124,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     if args.once:
         stop = _stop_on_signals()
         dispatcher.step()  # reconciles first, so an earlier process's jobs are collected
-        observer.poll_once()
-        dispatcher.run(stop, until_idle=True)
+        observer.poll_once()  # new commits are queued durably even if the engine is away
+        if dispatcher.engine_error is not None:
+            dispatcher.shutdown()
+            raise dispatcher.engine_error
+        dispatcher.run(stop, until_idle=True, give_up_after=ONCE_ENGINE_PATIENCE)
         if stop.is_set():
             return 130
         jobs = [store.get(i) for i in sorted(dispatcher.touched)]

@@ -49,6 +49,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._engine_backoff = 0.0
         self._engine_retry_at = 0.0
+        self._engine_down_since: float | None = None
+        self.engine_error: EngineUnavailable | None = None
         self._reconciled = False
         self.touched: set[int] = set()   # jobs this process ran or adopted (for --once)
 
@@ -148,13 +150,16 @@ class Dispatcher:
             elif self.store.count(JobStatus.QUEUED) and len(self._active) < self.config.runner.parallelism:
                 self.backend.ping()
         except EngineUnavailable as exc:
+            self.engine_error = exc
+            if self._engine_down_since is None:
+                self._engine_down_since = time.monotonic()
             self._engine_backoff = min(MAX_ENGINE_BACKOFF, max(1.0, self._engine_backoff * 2))
             self._engine_retry_at = time.monotonic() + self._engine_backoff
             log.error("%s; retrying in %.0f s", exc, self._engine_backoff)
             return
-        if self._engine_backoff:
+        if self._engine_down_since is not None:
             log.info("Docker engine reachable again")
-            self._engine_backoff = 0.0
+            self._engine_backoff, self._engine_down_since, self.engine_error = 0.0, None, None
         while len(self._active) < self.config.runner.parallelism and not self.abandon.is_set():
             job = self.store.claim_next()
             if job is None:
@@ -168,17 +173,25 @@ class Dispatcher:
     def idle(self) -> bool:
         return self._reconciled and not self._active and self.store.count(JobStatus.QUEUED) == 0
 
-    def run(self, stop: threading.Event, until_idle: bool = False) -> None:
+    def engine_down_for(self) -> float:
+        return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since
+
+    def run(self, stop: threading.Event, until_idle: bool = False, give_up_after: float | None = None) -> None:
         """Schedule until ``stop`` (or, with ``until_idle``, until nothing is queued or
         running). Then wait up to ``stop_grace`` for running jobs and leave the rest
-        running, to be re-attached by the next start."""
-        while not stop.is_set():
-            self.step()
-            if until_idle and self.idle():
-                break
-            self._wake.wait(IDLE_POLL)
-            self._wake.clear()
-        self.shutdown()
+        running, to be re-attached by the next start. With ``give_up_after``, an engine
+        unreachable for that long raises EngineUnavailable (the queue stays as it is)."""
+        try:
+            while not stop.is_set():
+                self.step()
+                if until_idle and self.idle():
+                    break
+                if give_up_after is not None and self.engine_error and self.engine_down_for() > give_up_after:
+                    raise self.engine_error
+                self._wake.wait(IDLE_POLL)
+                self._wake.clear()
+        finally:
+            self.shutdown()
 
     def shutdown(self) -> None:
         deadline = time.monotonic() + self.config.stop_grace

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -43,6 +44,13 @@ def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
     build(config, lambda _line: None)
     return config.runner.image
+
+
+@dataclass(frozen=True)
+class Seen:
+    id: str
+    status: str
+    labels: dict
 
 
 class Orchestrated:
@@ -87,8 +95,10 @@ class Orchestrated:
         finally:
             store.close()
 
-    def containers(self) -> list:
-        return self.engine.containers.list(all=True, filters={"label": f"orchestrator.instance={self.instance()}"})
+    def containers(self) -> list["Seen"]:
+        """This set-up's containers, as listed (no per-container inspect that could race a removal)."""
+        found = self.engine.api.containers(all=True, filters={"label": f"orchestrator.instance={self.instance()}"})
+        return [Seen(c["Id"], c["State"], c.get("Labels") or {}) for c in found]
 
     def wait_for(self, predicate, timeout: float = 60, interval: float = 0.1):
         deadline = time.monotonic() + timeout
@@ -107,8 +117,8 @@ class Orchestrated:
         if self.config_path is None or not self.config.db_path.exists():
             return []
         leaked = [c.id for c in self.containers()]
-        for container in self.containers():
-            container.remove(force=True)
+        for container_id in leaked:
+            self.engine.api.remove_container(container_id, force=True)
         return leaked
 
 

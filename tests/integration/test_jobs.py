@@ -96,8 +96,8 @@ def test_labels_limits_and_removal(orch) -> None:
     sha = orch.repo.commit("slow", {"tests/test_slow.py": "import time\ndef test_slow():\n    time.sleep(4)\n"})
     orch.configure(runner={"memory": "300m", "pids": 100, "cpus": 0.5})
     run = orch.start("run", "--once")
-    container = orch.wait_for(lambda: next(iter(orch.containers()), None), timeout=60)
-    container.reload()
+    seen = orch.wait_for(lambda: next(iter(orch.containers()), None), timeout=60)
+    container = orch.engine.containers.get(seen.id)
     labels = container.labels
     assert labels["orchestrator.instance"] == orch.instance()
     assert labels["orchestrator.repository"] == "demo" and labels["orchestrator.commit"] == sha

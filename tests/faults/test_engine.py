@@ -1,0 +1,84 @@
+"""The Docker engine unreachable for 30 s, through a socket proxy the test controls (the
+machine's daemon is never stopped): the dispatcher stays up, says what is wrong, backs
+off, resumes, and loses nothing."""
+
+import signal
+import time
+
+import pytest
+import requests
+
+from tests.faults.proxy import SocketProxy
+from tests.helpers import PASSING
+
+pytestmark = pytest.mark.docker
+
+OUTAGE = 30
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    p = SocketProxy(tmp_path / "engine.sock")
+    p.start()
+    yield p
+    p.close()
+
+
+def test_engine_outage_loses_nothing(orch, proxy) -> None:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"docker_host": proxy.url, "parallelism": 2}, retries=1)
+    assert orch.cli("run", "--once").returncode == 0
+    slow = [orch.repo.commit(f"slow {i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep({5 + i})\n"})
+            for i in range(2)]
+    run = orch.start("run")
+    def two_running():
+        running = [c for c in orch.containers() if c.status == "running"]
+        return running if len(running) == 2 else None
+
+    running = orch.wait_for(two_running, timeout=60)
+    adopted = {c.labels["orchestrator.commit"]: c.id for c in running}
+    proxy.cut()
+    later = orch.repo.commit("made during the outage", PASSING)
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    time.sleep(OUTAGE / 2)
+    assert requests.get(f"{base}/healthz", timeout=5).ok  # the dispatcher stays up meanwhile
+    time.sleep(OUTAGE / 2)
+    proxy.restore()
+    orch.wait_for(lambda: all((orch.config.results_dir / "demo" / s / "result.json").exists()
+                              for s in [*slow, later]), timeout=90)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 0
+    assert "Docker engine unreachable" in stderr and "reachable again" in stderr
+    for sha in slow:
+        result = orch.result(sha)
+        assert result["status"] == "passed" and result["attempts"] == 1
+        assert result["container"] == adopted[sha]  # waited for, not re-run
+        assert "test_slow PASSED" in orch.log(sha).decode()  # the log survived the cut
+    assert orch.result(later)["status"] == "passed"
+
+
+def test_engine_down_at_start_then_back(orch, proxy) -> None:
+    sha = orch.repo.commit("root", PASSING)
+    orch.configure(runner={"docker_host": proxy.url})
+    proxy.cut()
+    run = orch.start("run")
+    time.sleep(3)
+    assert run.poll() is None  # waits for the engine instead of dying
+    proxy.restore()
+    orch.wait_for(lambda: (orch.config.results_dir / "demo" / sha / "result.json").exists(), timeout=60)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=30)
+    assert "unreachable" in stderr and orch.result(sha)["status"] == "passed"
+    assert orch.result(sha)["attempts"] == 1  # no attempt burnt while the engine was away
+
+
+def test_once_with_engine_unreachable_is_exit_3_and_keeps_the_queue(orch, proxy) -> None:
+    sha = orch.repo.commit("root", PASSING)
+    orch.configure(runner={"docker_host": proxy.url})
+    proxy.cut()
+    proc = orch.cli("run", "--once", timeout=60)
+    assert proc.returncode == 3 and "unreachable" in proc.stderr.splitlines()[-1]
+    proxy.restore()
+    assert orch.cli("run", "--once").returncode == 0
+    assert orch.result(sha)["status"] == "passed"

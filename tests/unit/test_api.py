@@ -1,0 +1,97 @@
+"""The HTTP API with the real app and a real store (no engine needed)."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from orchestrator.api import create_app
+from orchestrator.config import load_config
+from orchestrator.observer import Observer, mirror_for
+from orchestrator.store import Store
+from tests.helpers import GitRepo, write_config
+
+
+@pytest.fixture
+def api(tmp_path: Path, repo: GitRepo):
+    sha = repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
+    config = load_config(write_config(tmp_path, {"demo": repo.path}))
+    store = Store(config.db_path)
+    Observer(config, store).poll_once()
+    woken = []
+    app = create_app(config, store, {r.name: mirror_for(config, r) for r in config.repositories},
+                     on_queued=lambda: woken.append(1))
+    with TestClient(app) as client:
+        yield client, repo, sha, woken
+    store.close()
+
+
+def test_jobs_and_filters(api) -> None:
+    client, _, sha, _ = api
+    jobs = client.get("/api/jobs").json()
+    assert [j["commit"] for j in jobs] == [sha] and jobs[0]["status"] == "queued"
+    assert client.get("/api/jobs", params={"status": "passed"}).json() == []
+    assert client.get("/api/jobs", params={"branch": "main"}).json()[0]["commit"] == sha
+    assert client.get(f"/api/jobs/{jobs[0]['id']}").json()["commit"] == sha
+    assert client.get("/healthz").json()["queued"] == 1
+
+
+def test_submit_known_commit_wakes_dispatcher(api) -> None:
+    client, repo, _, woken = api
+    new = repo.commit("second")
+    resp = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new, "branches": ["main"]}]})
+    assert resp.status_code == 201 and resp.json()["created"] == [2] and woken == [1]
+    again = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new}]})
+    assert again.json()["created"] == [] and again.json()["jobs"] == [2]
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("post", "/api/commits", b"{", 422),
+    ("post", "/api/commits", json.dumps({"repository": "demo"}), 422),
+    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "XYZ"}]}), 422),
+    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40, "extra": 1}]}), 422),
+    ("post", "/api/commits", json.dumps({"repository": "nope", "commits": []}), 404),
+    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40}]}), 404),
+    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40, "branches": ["x\ny"]}]}), 422),
+    ("post", "/api/commits", json.dumps([1, 2, 3]), 422),
+    ("get", "/api/jobs/../../etc/passwd", None, 404),
+    ("get", "/api/jobs/abc", None, 422),
+    ("get", "/api/jobs/-1", None, 422),
+    ("get", "/api/jobs/99999999999999999999999", None, 422),
+    ("get", "/api/jobs?limit=100000", None, 422),
+    ("get", "/api/jobs?status=exploded", None, 422),
+    ("get", "/api/repositories/..%2F..%2Fetc/heads", None, 404),
+])
+def test_bad_requests_are_4xx_with_a_reason(api, method, path, body, status) -> None:
+    client = api[0]
+    resp = client.request(method.upper(), path, content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == status
+    assert resp.json()["detail"]
+
+
+def test_oversized_body_is_413(api) -> None:
+    client = api[0]
+    resp = client.post("/api/commits", content=b"[" + b"0," * (5 * 1024 * 1024) + b"0]",
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+
+
+def test_random_bodies_never_500(api) -> None:
+    client = api[0]
+    rng = random.Random(7)
+    atoms = [None, True, 0, -1, 2**70, 1.5, "", "demo", "a" * 40, "x" * 300, "\u0000", [], {}]
+
+    def value(depth: int = 0):
+        kind = rng.random()
+        if depth < 3 and kind < 0.25:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        if depth < 3 and kind < 0.5:
+            keys = ["repository", "commits", "heads", "sha", "branches", "subject", "zzz"]
+            return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 4))}
+        return rng.choice(atoms)
+
+    for _ in range(300):
+        resp = client.post("/api/commits", json=value())
+        assert resp.status_code < 500, resp.text
