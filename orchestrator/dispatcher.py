@@ -43,6 +43,7 @@ class Dispatcher:
             workspaces=Workspaces(config.state_dir / "work"),
             mirrors={r.name: mirror_for(config, r) for r in config.repositories},
             instance=store.instance_id(), stop=self.abandon,
+            cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"),
         )
         self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism, thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
@@ -95,6 +96,7 @@ class Dispatcher:
         for job_id in self.ctx.workspaces.job_ids():
             if job_id not in alive and job_id not in self._active:
                 self.ctx.workspaces.remove(job_id)
+        self.ctx.workspaces.remove_discarded()
         self._reconciled = True
 
     def _recover(self, job: Job, container: ContainerState | None) -> None:
@@ -131,6 +133,19 @@ class Dispatcher:
         log.info("job %s: adopted the complete result files of attempt %s", job.id, job.attempts)
         return True
 
+    def _sweep(self) -> None:
+        """Remove this instance's containers that no attempt in progress owns (left when
+        the engine went away during a removal or a retry)."""
+        try:
+            for state in self.backend.find({LABEL_INSTANCE: self.ctx.instance}):
+                job = self.store.get(int(state.labels.get(LABEL_JOB, "0") or 0))
+                owned = (job is not None and job.id in self._active and job.status is JobStatus.RUNNING
+                         and state.labels.get(LABEL_ATTEMPT) == str(job.attempts))
+                if not owned:
+                    self._remove(state)
+        except (EngineUnavailable, ValueError) as exc:
+            log.warning("sweeping leftover containers failed: %s", exc)
+
     def _remove(self, state: ContainerState) -> None:
         log.info("removing leftover container %s", state.id[:12])
         self.backend.remove(state.id)
@@ -160,6 +175,7 @@ class Dispatcher:
         if self._engine_down_since is not None:
             log.info("Docker engine reachable again")
             self._engine_backoff, self._engine_down_since, self.engine_error = 0.0, None, None
+            self._sweep()
         while len(self._active) < self.config.runner.parallelism and not self.abandon.is_set():
             job = self.store.claim_next()
             if job is None:
@@ -168,7 +184,9 @@ class Dispatcher:
 
     def _submit(self, job: Job, adopt: ContainerState | None) -> None:
         self.touched.add(job.id)
-        self._active[job.id] = self._pool.submit(Execution(self.ctx, job, adopt).run)
+        future = self._pool.submit(Execution(self.ctx, job, adopt).run)
+        future.add_done_callback(lambda _f: self._wake.set())  # a slot is free: schedule now
+        self._active[job.id] = future
 
     def idle(self) -> bool:
         return self._reconciled and not self._active and self.store.count(JobStatus.QUEUED) == 0
@@ -200,6 +218,7 @@ class Dispatcher:
             self._active = {k: f for k, f in self._active.items() if not f.done()}
         self.abandon.set()
         self._pool.shutdown(wait=True)
+        self.ctx.cleaner.shutdown(wait=True)
 
 
 def _parse_time(value: object) -> datetime | None:

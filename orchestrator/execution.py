@@ -8,12 +8,15 @@ hits, reconciling on the next start finds a consistent picture.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from orchestrator.backends.base import (
     LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, Backend,
@@ -27,7 +30,7 @@ from orchestrator.mirror import Mirror
 from orchestrator.models import Job, JobStatus, transition, utcnow
 from orchestrator.results import MAX_JUNIT_BYTES, ResultFiles, classify, parse_junit, read_regular_file
 from orchestrator.store import Store
-from orchestrator.workspace import Workspace, Workspaces
+from orchestrator.workspace import Workspace, Workspaces, remove_tree
 
 log = logging.getLogger("orchestrator.dispatcher")
 
@@ -50,6 +53,7 @@ class Context:
     mirrors: dict[str, Mirror]
     instance: str
     stop: threading.Event
+    cleaner: Executor  # removes finished containers and checkouts off the critical path
 
 
 class LogPump(threading.Thread):
@@ -69,6 +73,16 @@ class LogPump(threading.Thread):
             self.failed = True
 
 
+def _remove(backend: Backend, container_id: str | None, trash: Path | None, job_id: int) -> None:
+    if container_id:
+        try:
+            backend.remove(container_id)
+        except EngineUnavailable as exc:
+            log.warning("job %s: container %s not removed yet (%s)", job_id, container_id[:12], exc)
+    if trash is not None:
+        remove_tree(trash)
+
+
 class Execution:
     """Runs (or, with ``adopt``, resumes) the current attempt of ``job``."""
 
@@ -79,6 +93,15 @@ class Execution:
         self.ws: Workspace = ctx.workspaces.get(job.id)
         self.container_id: str | None = adopt.id if adopt else None
         self._engine_trouble = False  # the output stream may have been cut: read it again
+        self.timings: dict[str, float] = {}  # seconds per phase, in result.json for tuning
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[f"{name}_s"] = round(time.perf_counter() - began, 4)
 
     def run(self) -> Job:
         try:
@@ -105,7 +128,9 @@ class Execution:
         capped = CappedLog(self.ws.spool, cfg.max_log_bytes)
         try:
             started = state.started_at or self.job.started_at or utcnow()
-            final, timed_out, pump = self._wait(state, output, capped, started)
+            with self._phase("run"):
+                final, timed_out, pump = self._wait(state, output, capped, started)
+            collecting = time.perf_counter()
             pump.join(timeout=10)
             if pump.failed or pump.is_alive() or self._engine_trouble:
                 self._reread_log(capped)
@@ -117,7 +142,9 @@ class Execution:
                 tests=parse_junit(junit) if junit else None, log_truncated=capped.truncated,
                 started_at=started, finished_at=final.finished_at or utcnow(),
             )
-            self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id))
+            self.timings["collect_s"] = round(time.perf_counter() - collecting, 4)
+            self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
+                                   self.timings)
             crash_point("result-written")
         finally:
             capped.close()
@@ -131,12 +158,14 @@ class Execution:
     def _start(self) -> tuple[ContainerState, Iterator[bytes]]:
         ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
         crash_point("job-claimed")
-        ws = ctx.workspaces.prepare(job.id)
-        mirror = ctx.mirrors[job.repository]
-        if not mirror.has_commit(job.commit):
-            mirror.fetch()
-        mirror.checkout(job.commit, ws.src)
-        ctx.workspaces.hand_over(ws)
+        with self._phase("checkout"):
+            ws = ctx.workspaces.prepare(job.id)
+            mirror = ctx.mirrors[job.repository]
+            if not mirror.has_commit(job.commit):
+                mirror.fetch()
+            mirror.checkout(job.commit, ws.src)
+            ctx.workspaces.hand_over(ws)
+        creating = time.perf_counter()
         image = ctx.backend.image(cfg.image)
         spec = ContainerSpec(
             name=f"orchestrator-{ctx.instance}-{job.id}-{job.attempts}",
@@ -153,10 +182,12 @@ class Execution:
         self.container_id = ctx.backend.create(spec)
         self.job = ctx.store.update_running(
             job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+        self.timings["create_s"] = round(time.perf_counter() - creating, 4)
         crash_point("container-created")
-        output = ctx.backend.attach(self.container_id)
-        state = ctx.backend.start(self.container_id)
-        self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
+        with self._phase("start"):
+            output = ctx.backend.attach(self.container_id)
+            state = ctx.backend.start(self.container_id)
+            self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
         crash_point("container-started")
         log.info("job %s: %s started in container %s", job.id, job.commit[:12], self.container_id[:12])
         return state, output
@@ -215,12 +246,11 @@ class Execution:
             capped.write(chunk)
 
     def _clean_up(self) -> None:
-        if self.container_id:
-            try:
-                self.ctx.backend.remove(self.container_id)
-            except EngineUnavailable as exc:
-                log.warning("job %s: container %s not removed yet (%s)", self.job.id, self.container_id[:12], exc)
-        self.ctx.workspaces.remove(self.job.id)
+        """Set the container and the checkout aside for removal in the background, so the
+        slot is free for the next job at once; a crash before removal leaves them to the
+        next start's reconciling."""
+        trash = self.ctx.workspaces.discard(self.job.id)
+        self.ctx.cleaner.submit(_remove, self.ctx.backend, self.container_id, trash, self.job.id)
 
     def _conclude_error(self, reason: str) -> Job:
         """A final error without a verdict from the container (image missing, retries spent)."""

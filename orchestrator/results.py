@@ -142,7 +142,7 @@ class ResultFiles:
             return None
 
     def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
-              history: Sequence[dict[str, Any]] = ()) -> Path:
+              history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None) -> Path:
         """Write ``job``'s files; an earlier attempt's files move to ``attempts/<n>/``."""
         directory = self.directory(job.repository, job.commit)
         directory.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ class ResultFiles:
             _atomic(directory / "junit.xml", lambda fh: fh.write(junit))
         else:
             (directory / "junit.xml").unlink(missing_ok=True)
-        document = json.dumps(result_document(job, history), indent=2, ensure_ascii=False).encode() + b"\n"
+        document = json.dumps({**result_document(job, history), "timings": timings or {}}, indent=2, ensure_ascii=False).encode() + b"\n"
         _atomic(directory / "result.json", lambda fh: fh.write(document))
         return directory
 

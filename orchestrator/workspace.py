@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 RUNNER_UID = 1000
+TRASH_PREFIX = ".discarded-"
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,28 @@ class Workspaces:
     def remove(self, job_id: int) -> None:
         remove_tree(self.get(job_id).root)
 
+    def discard(self, job_id: int) -> Path | None:
+        """Move a workspace out of the way (cheap, atomic) and return where it went, for
+        removal later; None if there was none."""
+        root = self.get(job_id).root
+        trash = self.work_dir / f"{TRASH_PREFIX}{job_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(root, trash)
+        except FileNotFoundError:
+            return None
+        return trash
+
     def job_ids(self) -> list[int]:
         if not self.work_dir.is_dir():
             return []
         return [int(p.name) for p in self.work_dir.iterdir() if p.name.isdigit()]
+
+    def remove_discarded(self) -> None:
+        """What a crash left set aside but not yet removed."""
+        if self.work_dir.is_dir():
+            for path in self.work_dir.iterdir():
+                if path.name.startswith(TRASH_PREFIX):
+                    remove_tree(path)
 
 
 def remove_tree(path: Path) -> None:
