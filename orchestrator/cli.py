@@ -47,9 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--repo")
     p.add_argument("-f", "--follow", action="store_true", help="follow a running container live")
-    p = command("submit", "queue a commit by hand (what a post-receive hook calls)")
+    p = command("submit", "queue a commit by hand")
     p.add_argument("rev", metavar="REV")
     p.add_argument("--repo")
+    p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)")
+    p.add_argument("--repo", help="only this repository")
+    for name, help_ in (("retry", "test a finished commit again, as a new attempt"),
+                        ("cancel", "cancel a queued or running job")):
+        p = command(name, help_)
+        p.add_argument("sha", metavar="SHA")
+        p.add_argument("--repo")
     return parser
 
 
@@ -102,7 +109,7 @@ def _serve_api(config: Config, dispatcher) -> object:
 
     from orchestrator.api import create_app
 
-    app = create_app(config, dispatcher.store, dispatcher.mirrors, on_queued=dispatcher.wake)
+    app = create_app(dispatcher)
     server = uvicorn.Server(uvicorn.Config(app, host=config.dispatcher.host, port=config.dispatcher.port,
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="api", daemon=True)
@@ -120,7 +127,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.observer import Observer
 
     store, dispatcher = _services(config)
-    observer = Observer(config, _WakingSink(store, dispatcher))
+    observer = Observer(config, dispatcher)
     if args.once:
         stop = _stop_on_signals()
         dispatcher.step()  # reconciles first, so an earlier process's jobs are collected
@@ -143,22 +150,6 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     finally:
         server.should_exit = True
     return 0
-
-
-class _WakingSink:
-    """The store as the observer's sink, waking the dispatcher when commits are queued."""
-
-    def __init__(self, store, dispatcher):
-        self._store, self._dispatcher = store, dispatcher
-
-    def heads(self, repository: str) -> dict[str, str] | None:
-        return self._store.heads(repository)
-
-    def record_commits(self, repository, commits, heads=None):
-        created = self._store.record_commits(repository, commits, heads)
-        if created:
-            self._dispatcher.wake()
-        return created
 
 
 def cmd_dispatcher(config: Config, args: argparse.Namespace) -> int:
@@ -267,7 +258,7 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.observer import mirror_for
-    from orchestrator.store import NewCommit, Store
+    from orchestrator.store import NewCommit
 
     if args.repo:
         repo = config.repository(args.repo)
@@ -282,14 +273,54 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     sha = mirror.resolve(args.rev)
     branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
     subject = mirror.subjects([sha]).get(sha, "")
-    store = Store(config.db_path)
+    store = _writable_store(config)
     created = store.record_commits(repo.name, [NewCommit(sha, subject, branches)])
     job = store.find(sha, repo.name)
     print(f"{'queued' if created else 'already known'}: job {job.id} {sha} ({job.status.value})")
     return 0
 
 
+def cmd_poll(config: Config, args: argparse.Namespace) -> int:
+    from orchestrator.observer import Observer
+
+    if args.repo and config.repository(args.repo) is None:
+        raise UsageError(f"unknown repository {args.repo!r}")
+    observer = Observer(config, _writable_store(config))
+    names = [args.repo] if args.repo else [r.name for r in config.repositories]
+    queued = sum(observer.poll_repository(name) for name in names)
+    print(f"queued {queued} new commit{'s' if queued != 1 else ''}")
+    return 0
+
+
+def cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    store = _store(config)
+    job = store.find(args.sha, args.repo)
+    if not job.status.final:
+        raise UsageError(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
+    store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}")
+    print(f"queued job {job.id} {job.commit} again (attempt {job.attempts + 1})")
+    return 0
+
+
+def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
+    store = _store(config)
+    job = store.find(args.sha, args.repo)
+    if job.status.final:
+        raise UsageError(f"job {job.id} ({job.commit[:12]}) is already {job.status.value}")
+    store.request_cancel(job)
+    done = "cancelled" if job.status is JobStatus.QUEUED else "cancel requested (the dispatcher stops its container)"
+    print(f"job {job.id} {job.commit}: {done}")
+    return 0
+
+
+def _writable_store(config: Config):
+    from orchestrator.store import Store
+
+    return Store(config.db_path)
+
+
 COMMANDS = {
     "run": cmd_run, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "image": cmd_image,
-    "status": cmd_status, "logs": cmd_logs, "submit": cmd_submit,
+    "status": cmd_status, "logs": cmd_logs, "submit": cmd_submit, "poll": cmd_poll,
+    "retry": cmd_retry, "cancel": cmd_cancel,
 }

@@ -11,7 +11,7 @@ import fnmatch
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,6 +78,13 @@ class RunnerConfig(_Strict):
         return value
 
 
+class NotifyConfig(_Strict):
+    webhooks: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]], Field(max_length=50)] = []
+    on: Literal["all", "failures"] = "failures"
+    timeout: Annotated[float, Field(gt=0, le=300)] = 5
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
 class Config(_Strict):
     repositories: Annotated[list[RepositoryConfig], Field(min_length=1)]
     poll_interval: Annotated[float, Field(gt=0)] = 5
@@ -86,6 +93,7 @@ class Config(_Strict):
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     retries: Annotated[int, Field(ge=0, le=100)] = 2
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     stop_grace: Annotated[float, Field(ge=0)] = 0
     source: Path = Path("config.yaml")
 

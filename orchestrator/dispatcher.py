@@ -18,8 +18,10 @@ from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB,
 from orchestrator.config import Config
 from orchestrator.errors import EngineUnavailable
 from orchestrator.execution import Context, Execution
+from orchestrator.metrics import Metrics
 from orchestrator.mirror import Mirror
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
+from orchestrator.notify import Notifier
 from orchestrator.observer import mirror_for
 from orchestrator.results import ResultFiles
 from orchestrator.store import Store
@@ -27,7 +29,7 @@ from orchestrator.workspace import Workspaces
 
 log = logging.getLogger("orchestrator.dispatcher")
 
-IDLE_POLL = 0.2
+IDLE_POLL = 0.05  # how often an idle dispatcher looks for work queued by another process
 MAX_ENGINE_BACKOFF = 10.0
 
 
@@ -37,6 +39,8 @@ class Dispatcher:
         self.store = store
         self.backend = backend
         self.abandon = threading.Event()
+        self.metrics = Metrics(store)
+        self.notifier = Notifier(config.notify)
         self.ctx = Context(
             config=config, store=store, backend=backend,
             results=ResultFiles(config.results_dir),
@@ -44,6 +48,7 @@ class Dispatcher:
             mirrors={r.name: mirror_for(config, r) for r in config.repositories},
             instance=store.instance_id(), stop=self.abandon,
             cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"),
+            finished=self._finished, engine_error=self.metrics.engine_error,
         )
         self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism, thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
@@ -58,6 +63,17 @@ class Dispatcher:
     @property
     def mirrors(self) -> dict[str, Mirror]:
         return self.ctx.mirrors
+
+    # -- the observer's sink: queue commits in the store, and start them now ---------------
+
+    def heads(self, repository: str) -> dict[str, str] | None:
+        return self.store.heads(repository)
+
+    def record_commits(self, repository: str, commits: list, heads: dict[str, str] | None = None) -> list[int]:
+        created = self.store.record_commits(repository, commits, heads)
+        if created:
+            self.wake()
+        return created
 
     def wake(self) -> None:
         """New work was queued: look at the store now rather than at the next poll."""
@@ -133,6 +149,12 @@ class Dispatcher:
         log.info("job %s: adopted the complete result files of attempt %s", job.id, job.attempts)
         return True
 
+    def _finished(self, job: Job) -> None:
+        self.metrics.job_finished(job)
+        earlier = [self.store.latest_on_branch(job.repository, b, final=True, before=job.id) for b in job.branches]
+        newest = max((j for j in earlier if j is not None), key=lambda j: j.id, default=None)
+        self.notifier.job_finished(job, newest.status if newest else None)
+
     def _sweep(self) -> None:
         """Remove this instance's containers that no attempt in progress owns (left when
         the engine went away during a removal or a retry)."""
@@ -162,10 +184,11 @@ class Dispatcher:
         try:
             if not self._reconciled:
                 self.reconcile()
-            elif self.store.count(JobStatus.QUEUED) and len(self._active) < self.config.runner.parallelism:
+            elif len(self._active) < self.config.runner.parallelism and self.store.has_queued():
                 self.backend.ping()
         except EngineUnavailable as exc:
             self.engine_error = exc
+            self.metrics.engine_error()
             if self._engine_down_since is None:
                 self._engine_down_since = time.monotonic()
             self._engine_backoff = min(MAX_ENGINE_BACKOFF, max(1.0, self._engine_backoff * 2))
@@ -189,7 +212,7 @@ class Dispatcher:
         self._active[job.id] = future
 
     def idle(self) -> bool:
-        return self._reconciled and not self._active and self.store.count(JobStatus.QUEUED) == 0
+        return self._reconciled and not self._active and not self.store.has_queued()
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since
@@ -219,6 +242,7 @@ class Dispatcher:
         self.abandon.set()
         self._pool.shutdown(wait=True)
         self.ctx.cleaner.shutdown(wait=True)
+        self.notifier.close()
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +36,7 @@ log = logging.getLogger("orchestrator.dispatcher")
 
 KILL_GRACE = 30.0       # seconds a killed container may take to be reported exited
 ENGINE_GRACE = 60.0     # how long past the timeout an unreachable engine is waited for
-WAIT_SLICE = 2.0
+WAIT_SLICE = 1.0     # also how soon a cancel request is noticed
 
 
 class Abandoned(Exception):
@@ -54,6 +54,8 @@ class Context:
     instance: str
     stop: threading.Event
     cleaner: Executor  # removes finished containers and checkouts off the critical path
+    finished: Callable[[Job], None] = lambda job: None   # metrics, notifications
+    engine_error: Callable[[], None] = lambda: None
 
 
 class LogPump(threading.Thread):
@@ -129,14 +131,16 @@ class Execution:
         try:
             started = state.started_at or self.job.started_at or utcnow()
             with self._phase("run"):
-                final, timed_out, pump = self._wait(state, output, capped, started)
+                final, killed, pump = self._wait(state, output, capped, started)
             collecting = time.perf_counter()
             pump.join(timeout=10)
             if pump.failed or pump.is_alive() or self._engine_trouble:
                 self._reread_log(capped)
             junit = read_regular_file(self.ws.out / "junit.xml", MAX_JUNIT_BYTES)
-            status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=timed_out,
+            status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed == "timeout",
                                        timeout=cfg.timeout, memory=cfg.memory)
+            if killed == "cancel":
+                status, message = JobStatus.CANCELLED, "cancelled while running"
             done = transition(
                 self.job, status, utcnow(), exit_code=final.exit_code, message=message,
                 tests=parse_junit(junit) if junit else None, log_truncated=capped.truncated,
@@ -150,6 +154,7 @@ class Execution:
             capped.close()
         self.job = self.ctx.store.apply(self.job, done)
         crash_point("job-finished")
+        self.ctx.finished(self.job)
         log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value,
                  self.job.message or "")
         self._clean_up()
@@ -193,52 +198,60 @@ class Execution:
         return state, output
 
     def _wait(self, state: ContainerState, output: Iterator[bytes], capped: CappedLog, started: datetime
-              ) -> tuple[ContainerState, bool, LogPump]:
-        """Wait for the container to exit, killing it at the timeout; keep the clock of
+              ) -> tuple[ContainerState, str | None, LogPump]:
+        """Wait for the container to exit, killing it at the timeout or on a cancel
+        request; return its final state and why it was killed, if it was. The clock is
         the container's own start, so a re-attached job keeps its original deadline."""
         backend, timeout = self.ctx.backend, self.ctx.config.runner.timeout
         cid = state.id
         pump = LogPump(output, capped)
         pump.start()
-        killed_at: float | None = None
+        killed: str | None = None
+        killed_at = 0.0
         engine_down_since: float | None = None
-        backoff = 0.5
         while True:
             if self.ctx.stop.is_set():
                 raise Abandoned()
             elapsed = (utcnow() - started).total_seconds()
-            if killed_at is None and elapsed >= timeout:
-                log.warning("job %s: timeout of %g s reached, killing", self.job.id, timeout)
-                try:
-                    backend.kill(cid)
-                    killed_at = time.monotonic()
-                except EngineUnavailable:
-                    pass
+            if killed is None:
+                reason = "timeout" if elapsed >= timeout else (
+                    "cancel" if self.ctx.store.cancel_requested(self.job.id) else None)
+                if reason and self._kill(cid, reason):
+                    killed, killed_at = reason, time.monotonic()
             try:
-                final = backend.wait(cid, WAIT_SLICE if killed_at else min(WAIT_SLICE, max(timeout - elapsed, 0.05)))
+                final = backend.wait(cid, WAIT_SLICE if killed else min(WAIT_SLICE, max(timeout - elapsed, 0.05)))
             except EngineUnavailable as exc:
                 self._engine_trouble = True
+                self.ctx.engine_error()
                 if engine_down_since is None:
                     engine_down_since = time.monotonic()
                     log.warning("job %s: %s; waiting for it", self.job.id, exc)
                 if elapsed > timeout + ENGINE_GRACE:
                     raise
-                self.ctx.stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                self.ctx.stop.wait(min(5.0, 0.5 + (time.monotonic() - engine_down_since) / 4))  # back off
                 continue
             if engine_down_since is not None:
                 log.info("job %s: engine reachable again", self.job.id)
-                engine_down_since, backoff = None, 0.5
+                engine_down_since = None
             if final is not None and final.exited:
-                return final, killed_at is not None, pump
+                return final, killed, pump
             if final is None and backend.inspect(cid) is None:
                 raise ContainerGone(f"container {cid[:12]} disappeared while running")
-            if killed_at is not None and time.monotonic() - killed_at > KILL_GRACE:
+            if killed and time.monotonic() - killed_at > KILL_GRACE:
                 raise EngineUnavailable(f"container {cid[:12]} did not stop {KILL_GRACE:g} s after kill")
             if pump.failed:  # stream cut while the container runs: read it all again
                 capped.reset()
                 pump = LogPump(backend.logs(cid, follow=True), capped)
                 pump.start()
+
+    def _kill(self, container_id: str, reason: str) -> bool:
+        log.warning("job %s: %s, killing its container", self.job.id,
+                    f"timeout of {self.ctx.config.runner.timeout:g} s reached" if reason == "timeout" else "cancelled")
+        try:
+            self.ctx.backend.kill(container_id)
+            return True
+        except EngineUnavailable:
+            return False  # tried again on the next round
 
     def _reread_log(self, capped: CappedLog) -> None:
         capped.reset()
@@ -259,6 +272,7 @@ class Execution:
         self.ctx.results.write(done, lambda fh: fh.write(f"[orchestrator: {reason}]\n".encode()), None,
                                self.ctx.store.attempt_history(self.job.id))
         self.job = self.ctx.store.apply(self.job, done)
+        self.ctx.finished(self.job)
         log.error("job %s: %s error: %s", self.job.id, self.job.commit[:12], reason)
         self._clean_up_quietly()
         return self.job

@@ -116,6 +116,13 @@ class Observer:
                 self._retry_at.pop(repo.name, None)
         return delivered
 
+    def poll_repository(self, name: str) -> int:
+        """Poll one repository now (the instant trigger); errors are raised, not backed off."""
+        repo = self._config.repository(name)
+        if repo is None:
+            raise KeyError(name)
+        return self._poll(repo)
+
     def _poll(self, repo: RepositoryConfig) -> int:
         mirror = self._mirrors[repo.name]
         mirror.fetch()

@@ -179,3 +179,27 @@ def _atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def failures(data: bytes, limit: int = 50) -> list[dict[str, str]]:
+    """The failed and errored test cases of a JUnit report, with their messages, for the
+    job page: what a user wants to see first."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return []
+    found = []
+    for case in root.iter("testcase"):
+        for kind in ("failure", "error"):
+            node = case.find(kind)
+            if node is not None:
+                found.append({
+                    "test": f"{case.get('classname', '')}::{case.get('name', '')}".strip(":"),
+                    "kind": kind,
+                    "message": (node.get("message") or "")[:2000],
+                    "details": (node.text or "")[:8000],
+                })
+                break
+        if len(found) >= limit:
+            break
+    return found

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER, message TEXT, container_id TEXT,
     image_tag TEXT, image_id TEXT, tests TEXT,
     log_truncated INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     UNIQUE (repository, commit_sha)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -87,6 +88,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "cancel_requested" not in columns:  # a state_dir made by version 0.1.0
+            self._db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -230,8 +234,45 @@ class Store:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
 
+    def has_queued(self) -> bool:
+        """A read without the write lock: cheap enough to ask many times a second."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
+
+    def request_cancel(self, job: Job) -> Job:
+        """Cancel a job: at once if queued; if running, flag it for the dispatcher, which
+        kills the container and records the result."""
+        if job.status is JobStatus.QUEUED:
+            return self.move(job, JobStatus.CANCELLED, message="cancelled before it ran")
+        if job.status is not JobStatus.RUNNING:
+            raise InvalidTransition(f"job {job.id} is already {job.status.value}")
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job.id,))
+        return job
+
+    def cancel_requested(self, job_id: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def latest_on_branch(self, repository: str, branch: str, final: bool = False, before: int | None = None) -> Job | None:
+        """The newest job of ``branch`` (optionally only final ones, older than ``before``)."""
+        sql = (f"SELECT {_COLUMNS} FROM jobs WHERE repository = ? AND "
+               "EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)")
+        args: list[object] = [repository, branch]
+        if final:
+            sql += " AND status IN ('passed', 'failed', 'error', 'timed_out')"
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        with self._lock:
+            row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return _job(row) if row else None
+
     def claim_next(self) -> Job | None:
         """Move the oldest queued job to running (a new attempt) and return it."""
+        if not self.has_queued():
+            return None
         with self._tx() as db:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
@@ -284,13 +325,15 @@ class Store:
         cur = db.execute(
             "UPDATE jobs SET branches = ?, subject = ?, status = ?, attempts = ?, started_at = ?,"
             " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-            " image_id = ?, tests = ?, log_truncated = ? WHERE id = ? AND status = ? AND attempts = ?",
+            " image_id = ?, tests = ?, log_truncated = ?,"
+            " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
+            " WHERE id = ? AND status = ? AND attempts = ?",
             (
                 json.dumps(list(new.branches)), new.subject, new.status.value, new.attempts,
                 _iso(new.started_at), _iso(new.finished_at), new.exit_code, new.message,
                 new.container_id, new.image_tag, new.image_id,
                 json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
-                old.id, old.status.value, old.attempts,
+                new.status.value, old.id, old.status.value, old.attempts,
             ),
         )
         if cur.rowcount != 1:

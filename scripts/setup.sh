@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "Installing Debian's chromium and chromium-driver (the dashboard's browser tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium and chromium-driver are missing; the browser tests will fail without them" >&2
+  fi
+fi
+
 say "Installing the orchestrator and its test tools (pip)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 

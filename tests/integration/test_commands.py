@@ -96,3 +96,25 @@ def _get(url: str):
         return resp if resp.ok else None
     except requests.RequestException:
         return None
+
+
+def test_cancel_a_running_job_and_retry_it(orch) -> None:
+    sha = orch.repo.commit("slow", {"tests/test_slow.py": "import time\ndef test_slow():\n    time.sleep(60)\n"})
+    orch.configure()
+    run = orch.start("run", "--once")
+    orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    cancel = orch.cli("cancel", sha[:8])
+    assert cancel.returncode == 0 and "cancel requested" in cancel.stdout
+    assert run.wait(timeout=30) == 0  # cancelled is not a failure
+    result = orch.result(sha)
+    assert result["status"] == "cancelled" and "cancelled" in result["message"] and result["duration_s"] < 30
+    assert orch.cli("cancel", sha[:8]).returncode == 2  # already final
+    orch.configure(runner={"timeout": 3})  # the same commit sleeps again: let the timeout end it
+    retry = orch.cli("retry", sha[:8])
+    assert retry.returncode == 0 and "attempt 2" in retry.stdout
+    assert orch.cli("run", "--once").returncode == 1
+    second = orch.result(sha)
+    assert second["status"] == "timed_out" and second["attempts"] == 2
+    assert second["attempt_history"][0]["outcome"] == "cancelled"
+    earlier = orch.config.results_dir / "demo" / sha / "attempts" / "1"
+    assert json.loads((earlier / "result.json").read_text())["status"] == "cancelled"

@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 
 from orchestrator.api import create_app
 from orchestrator.config import load_config
-from orchestrator.observer import Observer, mirror_for
+from orchestrator.backends.docker import DockerBackend
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.observer import Observer
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
 
@@ -20,11 +22,12 @@ def api(tmp_path: Path, repo: GitRepo):
     config = load_config(write_config(tmp_path, {"demo": repo.path}))
     store = Store(config.db_path)
     Observer(config, store).poll_once()
+    dispatcher = Dispatcher(config, store, DockerBackend())  # the engine is never called here
     woken = []
-    app = create_app(config, store, {r.name: mirror_for(config, r) for r in config.repositories},
-                     on_queued=lambda: woken.append(1))
-    with TestClient(app) as client:
+    dispatcher.wake = lambda: woken.append(1)
+    with TestClient(create_app(dispatcher)) as client:
         yield client, repo, sha, woken
+    dispatcher.shutdown()
     store.close()
 
 

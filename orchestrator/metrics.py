@@ -1,0 +1,53 @@
+"""Prometheus metrics of one dispatcher, in its own registry (no process-global state).
+
+Queue depth and running jobs are read from the store at scrape time, so they are right
+even when another process queued the work; finished jobs, durations and engine errors are
+counted as they happen in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orchestrator.models import Job, JobStatus
+from orchestrator.store import Store
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StoreGauges(Collector):
+    def __init__(self, store: Store):
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("orchestrator_queue_depth", "Jobs queued and not yet started",
+                                value=self._store.count(JobStatus.QUEUED))
+        yield GaugeMetricFamily("orchestrator_running_jobs", "Jobs whose container is running",
+                                value=self._store.count(JobStatus.RUNNING))
+
+
+class Metrics:
+    def __init__(self, store: Store):
+        self.registry = CollectorRegistry()
+        self.finished = Counter("orchestrator_jobs_finished_total", "Jobs finished, by final status",
+                                ["status"], registry=self.registry)
+        self.duration = Histogram("orchestrator_job_duration_seconds", "Container run time of finished jobs",
+                                  buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=self.registry)
+        self.engine_errors = Counter("orchestrator_engine_errors_total", "Docker engine calls that failed",
+                                     registry=self.registry)
+        self.registry.register(_StoreGauges(store))
+
+    def job_finished(self, job: Job) -> None:
+        self.finished.labels(status=job.status.value).inc()
+        if job.duration_s is not None:
+            self.duration.observe(job.duration_s)
+
+    def engine_error(self) -> None:
+        self.engine_errors.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

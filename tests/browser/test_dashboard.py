@@ -1,0 +1,96 @@
+"""The dashboard in a real headless browser (Debian's chromium, driven by Selenium)
+against the real orchestrator, real containers and real commits."""
+
+import shutil
+import signal
+import time
+
+import pytest
+
+from tests.helpers import PASSING
+
+pytestmark = pytest.mark.docker
+
+selenium = pytest.importorskip("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHATTY_FAILING = (
+    "import time\n"
+    + "".join(f"def test_step_{i}():\n    time.sleep(0.7)\n" for i in range(6))
+    + "def test_answer():\n    assert 6 * 7 == 41, 'the answer should be 42'\n"
+)
+
+
+@pytest.fixture
+def browser():
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.fail("chromium and chromedriver are needed (scripts/setup.sh installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    yield chrome
+    chrome.quit()
+
+
+def wait(predicate, timeout: float = 60, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not seen within {timeout} s")
+
+
+def row_status(browser, sha: str) -> str | None:
+    """The status shown in the commit list (read in one go: the rows are re-rendered live)."""
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#jobs tbody tr')].map(r => [r.textContent, r.dataset.status]);")
+    return next((status for text, status in rows if sha[:10] in text), None)
+
+
+def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 1})
+    assert orch.cli("run", "--once").returncode == 0
+    run = orch.start("run")
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    wait(lambda: orch.cli("status").returncode == 0 and _up(base), timeout=30)
+    browser.get(base + "/")
+    assert "orchestrator" in browser.title
+    slow = orch.repo.commit("slow and chatty", {"tests/test_chatty.py": CHATTY_FAILING})
+    later = orch.repo.commit("queued behind it", {"tests/test_chatty.py": None, **PASSING})
+    assert wait(lambda: row_status(browser, later) == "queued")  # appears by itself, queued
+    assert wait(lambda: row_status(browser, slow) == "running")
+    # the job page: the live log grows while the container runs
+    browser.find_element(By.LINK_TEXT, slow[:10]).click()
+    log = browser.find_element(By.ID, "log")
+    first = wait(lambda: len(log.text) if "test_step_1" in log.text else 0, timeout=30)
+    assert browser.find_element(By.ID, "status").text == "running"
+    grown = wait(lambda: len(log.text) if len(log.text) > first and "test_step_4" in log.text else 0, timeout=30)
+    assert grown > first
+    # then it fails, and the failing test's message is shown on top
+    assert wait(lambda: browser.find_element(By.ID, "status").text == "failed", timeout=60)
+    failure = wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".failure"), timeout=15)[0]
+    assert "test_answer" in failure.text and "the answer should be 42" in failure.text
+    assert "1 failed" in wait(lambda: log.text if "1 failed" in log.text else "", timeout=15)
+    browser.get(base + "/")
+    assert wait(lambda: row_status(browser, slow) == "failed")
+    assert wait(lambda: row_status(browser, later) == "passed"), orch.cli("status").stdout
+    browser.get(base + "/badge/demo/main.svg")
+    assert "passing" in browser.page_source
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 0
+
+
+def _up(base: str) -> bool:
+    import requests
+    try:
+        return requests.get(base + "/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False

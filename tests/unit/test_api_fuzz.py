@@ -1,0 +1,45 @@
+"""A property-based fuzz of the whole API from its own OpenAPI description (schemathesis):
+whatever a client sends, the answer is never a 5xx."""
+
+from pathlib import Path
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from orchestrator.api import create_app  # noqa: E402
+from orchestrator.backends.docker import DockerBackend  # noqa: E402
+from orchestrator.config import load_config  # noqa: E402
+from orchestrator.dispatcher import Dispatcher  # noqa: E402
+from orchestrator.observer import Observer  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
+from tests.helpers import GitRepo, write_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory):
+    base: Path = tmp_path_factory.mktemp("fuzz")
+    repo = GitRepo(base / "upstream")
+    repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
+    config = load_config(write_config(base, {"demo": repo.path}))
+    store = Store(config.db_path)
+    Observer(config, store).poll_once()
+    dispatcher = Dispatcher(config, store, DockerBackend())  # no job runs: the engine is not called
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(dispatcher))
+    dispatcher.shutdown()
+    store.close()
+
+
+def test_no_server_errors(api_schema) -> None:
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 10
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def no_5xx(case) -> None:
+            response = case.call()
+            assert response.status_code < 500, (
+                f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
+
+        no_5xx()
