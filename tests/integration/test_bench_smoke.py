@@ -1,0 +1,27 @@
+"""A tiny run of bench/run.py, so the benchmark keeps working (its figures are not asserted:
+timings belong in the README, not in test assertions)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["cores"] >= 1 and result["smoke"] is True
+    assert result["overhead"]["io"]["all_passed"] and result["overhead"]["cpu"]["all_passed"]
+    assert all(row["all_passed"] for row in result["scaling"]["by_parallelism"].values())
+    assert set(result["latency"]) == {"polling", "instant"}
+    assert result["scale"]["burst_queued"] == result["scale"]["burst_commits"]
+    assert "| figure | measured | goal |" in proc.stdout
