@@ -97,7 +97,6 @@ class Dispatcher:
             except ValueError:
                 self._remove(state)
         running = self.store.with_status(JobStatus.RUNNING)
-        kept: list[tuple[Job, ContainerState | None]] = []
         for job in running:
             current = None
             for state in containers.pop(job.id, []):
@@ -105,13 +104,10 @@ class Dispatcher:
                     current = state
                 else:
                     self._remove(state)
-            kept.append((job, current))
+            self._recover(job, current)
         for states in containers.values():
             for state in states:
                 self._remove(state)
-        self.backend.adopt(self.ctx.instance, [state for _, state in kept if state is not None])
-        for job, current in kept:
-            self._recover(job, current)
         alive = {job.id for job in running}
         for job_id in self.ctx.workspaces.job_ids():
             if job_id not in alive and job_id not in self._active:
@@ -246,10 +242,6 @@ class Dispatcher:
         self.abandon.set()
         self._pool.shutdown(wait=True)
         self.ctx.cleaner.shutdown(wait=True)
-        try:
-            self.backend.close()
-        except EngineUnavailable as exc:
-            log.warning("could not release the backend's resources: %s", exc)
         self.notifier.close()
 
 

@@ -95,11 +95,9 @@ class Orchestrated:
         finally:
             store.close()
 
-    def containers(self, everything: bool = False) -> list["Seen"]:
-        """This set-up's job containers (with ``everything``, its network sandboxes too), as
-        listed: no per-container inspect that could race a removal."""
-        labels = [f"orchestrator.instance={self.instance()}"] + ([] if everything else ["orchestrator.job"])
-        found = self.engine.api.containers(all=True, filters={"label": labels})
+    def containers(self) -> list["Seen"]:
+        """This set-up's containers, as listed (no per-container inspect that could race a removal)."""
+        found = self.engine.api.containers(all=True, filters={"label": f"orchestrator.instance={self.instance()}"})
         return [Seen(c["Id"], c["State"], c.get("Labels") or {}) for c in found]
 
     def wait_for(self, predicate, timeout: float = 60, interval: float = 0.1):
@@ -118,7 +116,7 @@ class Orchestrated:
             proc.communicate(timeout=30)
         if self.config_path is None or not self.config.db_path.exists():
             return []
-        leaked = [c.id for c in self.containers(everything=True)]
+        leaked = [c.id for c in self.containers()]
         for container_id in leaked:
             self.engine.api.remove_container(container_id, force=True)
         return leaked

@@ -109,12 +109,4 @@ class Backend(ABC):
     def remove(self, container_id: str) -> None: ...
 
     @abstractmethod
-    def find(self, labels: dict[str, str]) -> list[ContainerState]:
-        """Job containers (those labelled ``orchestrator.job``) carrying all these labels."""
-
-    def adopt(self, instance: str, jobs: list[ContainerState]) -> None:
-        """After a restart: take over (or drop) what the backend keeps for ``instance``
-        beside the job containers, given the job containers still alive."""
-
-    def close(self) -> None:
-        """Release what the backend keeps that no running job container needs."""
+    def find(self, labels: dict[str, str]) -> list[ContainerState]: ...

@@ -14,12 +14,9 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
 from orchestrator.backends.base import (
-    LABEL_INSTANCE, LABEL_JOB, OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo,
+    OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo,
 )
 from orchestrator.errors import EngineUnavailable, ImageMissing
-
-LABEL_ROLE = "orchestrator.role"
-LABEL_SANDBOX = "orchestrator.sandbox"
 
 _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, DockerException)
 
@@ -61,7 +58,6 @@ class DockerBackend(Backend):
         self._timeout = timeout
         self._lock = threading.Lock()
         self._client: docker.APIClient | None = None
-        self._sandboxes = _Sandboxes()
 
     @property
     def _api(self) -> docker.APIClient:
@@ -73,6 +69,12 @@ class DockerBackend(Backend):
                     else:
                         self._client = docker.from_env(timeout=self._timeout).api
             return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def ping(self) -> None:
         with _engine("answer a ping"):
@@ -88,23 +90,10 @@ class DockerBackend(Backend):
 
     def create(self, spec: ContainerSpec) -> str:
         api = self._api
-        sandbox = self._sandboxes.take(self, spec) if spec.network == "none" else None
-        labels = {**spec.labels, **({LABEL_SANDBOX: sandbox} if sandbox else {})}
-        try:
-            created = self._create(api, spec, labels, f"container:{sandbox}" if sandbox else spec.network)
-        except BaseException:
-            if sandbox:
-                self._sandboxes.put_back(sandbox)
-            raise
-        if sandbox:
-            self._sandboxes.lend(sandbox, created)
-        return created
-
-    def _create(self, api: docker.APIClient, spec: ContainerSpec, labels: dict[str, str], network: str) -> str:
         host_config = api.create_host_config(
             binds={str(spec.workspace): {"bind": WORKSPACE, "mode": "rw"},
                    str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"}},
-            network_mode=network,
+            network_mode=spec.network,
             mem_limit=spec.memory,
             memswap_limit=spec.memory,
             nano_cpus=int(spec.cpus * 1e9),
@@ -122,9 +111,9 @@ class DockerBackend(Backend):
         try:
             with _engine("create a container"):
                 created = api.create_container(
-                    image=spec.image, name=spec.name, labels=labels, user=spec.user,
+                    image=spec.image, name=spec.name, labels=spec.labels, user=spec.user,
                     working_dir=WORKSPACE, environment=spec.environment, host_config=host_config,
-                    detach=True,
+                    network_disabled=spec.network == "none", detach=True,
                 )
         except (NotFound, ImageNotFound):
             raise ImageMissing(f"runner image {spec.image} is missing: run `orchestrator image build`") from None
@@ -165,10 +154,7 @@ class DockerBackend(Backend):
             raise EngineUnavailable(f"Docker engine unreachable (wait for a container): {_short(exc)}") from None
         except NotFound:
             return None
-        state = self.inspect(container_id)
-        if state is not None and state.exited:
-            self._sandboxes.returned(container_id)  # no process of it is left in the namespace
-        return state
+        return self.inspect(container_id)
 
     def inspect(self, container_id: str) -> ContainerState | None:
         try:
@@ -186,7 +172,6 @@ class DockerBackend(Backend):
             pass  # already gone or already stopped
 
     def remove(self, container_id: str) -> None:
-        self._sandboxes.returned(container_id)
         try:
             with _engine("remove a container"):
                 self._api.remove_container(container_id, force=True, v=True)
@@ -197,7 +182,7 @@ class DockerBackend(Backend):
                 raise
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()] + [LABEL_JOB]}
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         with _engine("list containers"):
             found = self._api.containers(all=True, filters=filters)
         states = []
@@ -206,103 +191,6 @@ class DockerBackend(Backend):
             if state is not None:
                 states.append(state)
         return states
-
-
-    def adopt(self, instance: str, jobs: list[ContainerState]) -> None:
-        self._sandboxes.adopt(self, instance, jobs)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._sandboxes.drain(self)
-
-    def sandbox_alive(self, sandbox_id: str) -> bool:
-        state = self.inspect(sandbox_id)
-        return state is not None and state.running
-
-    def start_sandbox(self, spec: ContainerSpec) -> str:
-        """A container that only holds a network namespace with loopback in it."""
-        api = self._api
-        host_config = api.create_host_config(
-            network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            pids_limit=8, mem_limit="32m", memswap_limit="32m", nano_cpus=int(0.1 * 1e9),
-            log_config=LogConfig(type="json-file", config={"max-size": "64k", "max-file": "1"}),
-        )
-        with _engine("create a network sandbox"):
-            created = api.create_container(
-                image=spec.image, entrypoint=["sleep", "infinity"], user=spec.user, host_config=host_config,
-                labels={LABEL_INSTANCE: spec.labels[LABEL_INSTANCE], LABEL_ROLE: "sandbox"}, detach=True,
-            )["Id"]
-            api.start(created)
-        return created
-
-    def sandboxes(self, instance: str) -> list[ContainerState]:
-        filters = {"label": [f"{LABEL_INSTANCE}={instance}", f"{LABEL_ROLE}=sandbox"]}
-        with _engine("list network sandboxes"):
-            found = self._api.containers(all=True, filters=filters)
-        return [s for s in (self.inspect(c["Id"]) for c in found) if s is not None]
-
-
-class _Sandboxes:
-    """Network namespaces kept ready for jobs with network ``none``.
-
-    Creating a network namespace is most of a container's start (about 0.1 s of 0.2 s
-    here). A job container that joins an idle sandbox's namespace (``container:<id>``)
-    skips it. Each sandbox serves one job at a time, so jobs running side by side never
-    share a loopback, and a job's processes are all gone (its PID namespace ended with
-    it) before the next job joins. The namespace has only loopback, as with ``none``.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[str] = []
-        self._lent: dict[str, str] = {}  # job container -> sandbox
-
-    def take(self, backend: "DockerBackend", spec: ContainerSpec) -> str:
-        while True:
-            with self._lock:
-                candidate = self._idle.pop() if self._idle else None
-            if candidate is None:
-                return backend.start_sandbox(spec)
-            if backend.sandbox_alive(candidate):
-                return candidate
-            backend.remove(candidate)
-
-    def lend(self, sandbox: str, container_id: str) -> None:
-        with self._lock:
-            self._lent[container_id] = sandbox
-
-    def put_back(self, sandbox: str) -> None:
-        with self._lock:
-            self._idle.append(sandbox)
-
-    def returned(self, container_id: str) -> None:
-        with self._lock:
-            sandbox = self._lent.pop(container_id, None)
-            if sandbox is not None:
-                self._idle.append(sandbox)
-
-    def adopt(self, backend: "DockerBackend", instance: str, jobs: list[ContainerState]) -> None:
-        """Sandboxes a running job container still uses are lent to it; the rest are idle."""
-        lent = {job.labels.get(LABEL_SANDBOX): job.id for job in jobs if job.running}
-        with self._lock:
-            self._idle, self._lent = [], {}
-        for sandbox in backend.sandboxes(instance):
-            if sandbox.id in lent:
-                self.lend(sandbox.id, lent[sandbox.id])
-            elif sandbox.running:
-                self.put_back(sandbox.id)
-            else:
-                backend.remove(sandbox.id)
-
-    def drain(self, backend: "DockerBackend") -> None:
-        """Remove the idle sandboxes (lent ones serve jobs left running for the next start)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for sandbox in idle:
-            try:
-                backend.remove(sandbox)
-            except EngineUnavailable:
-                pass  # the next start's reconciling removes it
 
 
 def _guarded(stream, what: str) -> Iterator[bytes]:
