@@ -3,7 +3,6 @@ against the real orchestrator, real containers and real commits."""
 
 import shutil
 import signal
-import time
 
 import pytest
 
@@ -37,16 +36,6 @@ def browser():
     chrome.quit()
 
 
-def wait(predicate, timeout: float = 60, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not seen within {timeout} s")
-
-
 def row_status(browser, sha: str) -> str | None:
     """The status shown in the commit list (read in one go: the rows are re-rendered live)."""
     rows = browser.execute_script(
@@ -60,28 +49,28 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     assert orch.cli("run", "--once").returncode == 0
     run = orch.start("run")
     base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
-    wait(lambda: orch.cli("status").returncode == 0 and _up(base), timeout=30)
+    orch.wait_for(lambda: _up(base), timeout=30)
     browser.get(base + "/")
     assert "orchestrator" in browser.title
     slow = orch.repo.commit("slow and chatty", {"tests/test_chatty.py": CHATTY_FAILING})
     later = orch.repo.commit("queued behind it", {"tests/test_chatty.py": None, **PASSING})
-    assert wait(lambda: row_status(browser, later) == "queued")  # appears by itself, queued
-    assert wait(lambda: row_status(browser, slow) == "running")
+    assert orch.wait_for(lambda: row_status(browser, later) == "queued")  # appears by itself, queued
+    assert orch.wait_for(lambda: row_status(browser, slow) == "running")
     # the job page: the live log grows while the container runs
     browser.find_element(By.LINK_TEXT, slow[:10]).click()
     log = browser.find_element(By.ID, "log")
-    first = wait(lambda: len(log.text) if "test_step_1" in log.text else 0, timeout=30)
+    first = orch.wait_for(lambda: len(log.text) if "test_step_1" in log.text else 0, timeout=30)
     assert browser.find_element(By.ID, "status").text == "running"
-    grown = wait(lambda: len(log.text) if len(log.text) > first and "test_step_4" in log.text else 0, timeout=30)
+    grown = orch.wait_for(lambda: len(log.text) if len(log.text) > first and "test_step_4" in log.text else 0, timeout=30)
     assert grown > first
     # then it fails, and the failing test's message is shown on top
-    assert wait(lambda: browser.find_element(By.ID, "status").text == "failed", timeout=60)
-    failure = wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".failure"), timeout=15)[0]
+    assert orch.wait_for(lambda: browser.find_element(By.ID, "status").text == "failed", timeout=60)
+    failure = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".failure"), timeout=15)[0]
     assert "test_answer" in failure.text and "the answer should be 42" in failure.text
-    assert "1 failed" in wait(lambda: log.text if "1 failed" in log.text else "", timeout=15)
+    assert "1 failed" in orch.wait_for(lambda: log.text if "1 failed" in log.text else "", timeout=15)
     browser.get(base + "/")
-    assert wait(lambda: row_status(browser, slow) == "failed")
-    assert wait(lambda: row_status(browser, later) == "passed"), orch.cli("status").stdout
+    assert orch.wait_for(lambda: row_status(browser, slow) == "failed")
+    assert orch.wait_for(lambda: row_status(browser, later) == "passed"), orch.cli("status").stdout
     browser.get(base + "/badge/demo/main.svg")
     assert "passing" in browser.page_source
     run.send_signal(signal.SIGTERM)

@@ -88,12 +88,18 @@ def test_sigterm_leaves_containers_for_the_next_start(orch) -> None:
     assert all(r["attempts"] == 1 for r in results)
 
 
-def test_second_interrupt_exits_at_once_without_damage(orch) -> None:
-    shas = _three_commits(orch, seconds=3)
+def _running_with_grace(orch, grace: float):
+    """`orchestrator run` with ``stop_grace``, once a container runs."""
     path = orch.config_path
-    path.write_text(path.read_text() + "stop_grace: 120\n")
+    path.write_text(path.read_text() + f"stop_grace: {grace}\n")
     run = orch.start("run")
     orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    return run
+
+
+def test_second_interrupt_exits_at_once_without_damage(orch) -> None:
+    shas = _three_commits(orch, seconds=3)
+    run = _running_with_grace(orch, 120)
     run.send_signal(signal.SIGINT)
     time.sleep(0.5)  # two signals sent at once would merge into one
     assert run.poll() is None  # waiting for the running jobs (stop_grace)
@@ -105,10 +111,7 @@ def test_second_interrupt_exits_at_once_without_damage(orch) -> None:
 
 def test_stop_grace_waits_for_running_jobs(orch) -> None:
     shas = _three_commits(orch, seconds=1)
-    path = orch.config_path
-    path.write_text(path.read_text() + "stop_grace: 60\n")
-    run = orch.start("run")
-    orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    run = _running_with_grace(orch, 60)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 0
     finished = [orch.config.results_dir / "demo" / sha / "result.json" for sha in shas]

@@ -141,3 +141,22 @@ def test_missing_image_is_an_error_not_a_retry_loop(orch) -> None:
     assert proc.returncode == 1
     result = orch.result(sha)
     assert result["status"] == "error" and "image build" in result["message"] and result["attempts"] == 1
+
+
+def test_parallel_jobs_never_share_a_loopback(orch) -> None:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 2})
+    assert orch.cli("run", "--once").returncode == 0
+    server = ("import socket, time\n"
+              "def test_listen():\n"
+              "    s = socket.socket()\n"
+              "    s.bind(('127.0.0.1', 45678))  # the same port in every job\n"
+              "    s.listen()\n"
+              "    time.sleep(2.5)\n"
+              "    s.close()\n")
+    shas = [orch.repo.commit(f"listen {i}", {"tests/test_listen.py": server + f"# {i}\n"}) for i in range(4)]
+    assert orch.cli("run", "--once").returncode == 0
+    results = [orch.result(s) for s in shas]
+    assert [r["status"] for r in results] == ["passed"] * 4
+    spans = sorted((r["started_at"], r["finished_at"]) for r in results)
+    assert spans[1][0] < spans[0][1]  # two of them did listen at the same time
