@@ -17,7 +17,7 @@ from datetime import datetime
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, Backend, ContainerState
 from orchestrator.config import Config
 from orchestrator.errors import EngineUnavailable
-from orchestrator.execution import Context, Execution
+from orchestrator.execution import GO_FILE, LABEL_GATED, Context, Execution, Release
 from orchestrator.metrics import Metrics
 from orchestrator.mirror import Mirror
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
@@ -31,6 +31,7 @@ log = logging.getLogger("orchestrator.dispatcher")
 
 IDLE_POLL = 0.05  # how often an idle dispatcher looks for work queued by another process
 MAX_ENGINE_BACKOFF = 10.0
+PREPARE_BACKOFF = 2.0  # after a failed preparation (engine away, say), before the next one
 
 
 class Dispatcher:
@@ -50,8 +51,11 @@ class Dispatcher:
             cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"),
             finished=self._finished, engine_error=self.metrics.engine_error,
         )
-        self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism, thread_name_prefix="job")
+        # one worker more than slots: the prepared job waits in it for a slot to free
+        self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + 1, thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
+        self._prepared: tuple[Job, Release, Future[Job]] | None = None
+        self._prepare_after = 0.0
         self._wake = threading.Event()
         self._engine_backoff = 0.0
         self._engine_retry_at = 0.0
@@ -116,6 +120,9 @@ class Dispatcher:
         self._reconciled = True
 
     def _recover(self, job: Job, container: ContainerState | None) -> None:
+        if container is not None and self._never_released(job, container):
+            self._remove(container)  # its tests never began: treat it as gone
+            container = None
         if container is not None:
             self._submit(job, container)
             return
@@ -128,6 +135,11 @@ class Dispatcher:
             Execution(self.ctx, job)._conclude_error(f"gave up after {job.attempts} attempts: {reason}")
         else:
             self.store.move(job, JobStatus.QUEUED, message=f"attempt {job.attempts}: {reason}")
+
+    def _never_released(self, job: Job, container: ContainerState) -> bool:
+        """A warm container whose go file was never written: its tests have not begun."""
+        gated = container.labels.get(LABEL_GATED) == "1"
+        return gated and not (self.ctx.workspaces.get(job.id).out / GO_FILE).exists()
 
     def _adopt_result_files(self, job: Job) -> bool:
         """A crash after ``result.json`` was written but before the state was committed:
@@ -179,6 +191,9 @@ class Dispatcher:
         for job_id, future in list(self._active.items()):
             if future.done():
                 del self._active[job_id]
+        if self._prepared is not None and self._prepared[2].done():
+            self._prepared = None  # preparing it failed; it is still queued: try again later
+            self._prepare_after = time.monotonic() + PREPARE_BACKOFF
         if time.monotonic() < self._engine_retry_at:
             return
         try:
@@ -200,10 +215,37 @@ class Dispatcher:
             self._engine_backoff, self._engine_down_since, self.engine_error = 0.0, None, None
             self._sweep()
         while len(self._active) < self.config.runner.parallelism and not self.abandon.is_set():
+            if self._prepared is not None:
+                self._release_prepared()
+                continue
             job = self.store.claim_next()
             if job is None:
                 break
             self._submit(job, None)
+        if self._prepared is None and not self.abandon.is_set():
+            self._prepare_next()
+
+    def _prepare_next(self) -> None:
+        """All slots busy and work waiting: check the next queued job out and start its
+        container warm, so it begins the moment a slot frees. It stays queued meanwhile."""
+        if time.monotonic() < self._prepare_after:
+            return
+        job = self.store.next_queued()
+        if job is None:
+            return
+        gate = Release()
+        future = self._pool.submit(Execution(self.ctx, job, gate=gate).run)
+        future.add_done_callback(lambda _f: self._wake.set())
+        self._prepared = (job, gate, future)
+
+    def _release_prepared(self) -> None:
+        job, gate, future = self._prepared
+        self._prepared = None
+        claimed = self.store.claim(job)  # None if it was cancelled meanwhile: then discarded
+        gate.give(claimed)
+        if claimed is not None:
+            self.touched.add(job.id)
+            self._active[job.id] = future
 
     def _submit(self, job: Job, adopt: ContainerState | None) -> None:
         self.touched.add(job.id)
@@ -212,7 +254,7 @@ class Dispatcher:
         self._active[job.id] = future
 
     def idle(self) -> bool:
-        return self._reconciled and not self._active and not self.store.has_queued()
+        return self._reconciled and not self._active and self._prepared is None and not self.store.has_queued()
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from orchestrator.backends.base import (
-    LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, Backend,
+    LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, OUTPUT_DIR, Backend,
     ContainerSpec, ContainerState,
 )
 from orchestrator.config import Config
@@ -41,6 +41,29 @@ WAIT_SLICE = 1.0     # also how soon a cancel request is noticed
 
 class Abandoned(Exception):
     """The dispatcher is stopping: leave the container running, to be re-adopted."""
+
+
+class NotReleased(Exception):
+    """A prepared job was not released (the dispatcher stops, or the job was cancelled)."""
+
+
+class Release:
+    """Hands a prepared execution its job, claimed when a slot freed (None: discard)."""
+
+    def __init__(self) -> None:
+        self._given = threading.Event()
+        self.job: Job | None = None
+
+    def give(self, job: Job | None) -> None:
+        self.job = job
+        self._given.set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._given.wait(seconds)
+
+
+GO_FILE = ".go"
+LABEL_GATED = "orchestrator.gated"
 
 
 @dataclass(frozen=True)
@@ -86,12 +109,20 @@ def _remove(backend: Backend, container_id: str | None, trash: Path | None, job_
 
 
 class Execution:
-    """Runs (or, with ``adopt``, resumes) the current attempt of ``job``."""
+    """Runs (or, with ``adopt``, resumes) the current attempt of ``job``.
 
-    def __init__(self, ctx: Context, job: Job, adopt: ContainerState | None = None):
+    With a ``gate``, the next attempt of a still queued job is prepared while every slot
+    is busy: the checkout is made and the container started warm (its entrypoint imports
+    pytest, then waits for the go file). Nothing is written to the store until the
+    dispatcher claims the job and hands it over through the gate; the job's clock starts
+    then. A prepared job that is not released is undone and stays queued."""
+
+    def __init__(self, ctx: Context, job: Job, adopt: ContainerState | None = None,
+                 gate: Release | None = None):
         self.ctx = ctx
         self.job = job
         self.adopt = adopt
+        self.gate = gate
         self.ws: Workspace = ctx.workspaces.get(job.id)
         self.container_id: str | None = adopt.id if adopt else None
         self._engine_trouble = False  # the output stream may have been cut: read it again
@@ -107,16 +138,33 @@ class Execution:
 
     def run(self) -> Job:
         try:
+            return self._attempt()
+        except Exception as exc:
+            if not self._only_prepared():
+                raise
+            if not isinstance(exc, NotReleased):
+                log.warning("job %s: preparing it failed (%s); it stays queued", self.job.id, exc)
+            self._clean_up_quietly()
+            return self.job
+
+    def _only_prepared(self) -> bool:
+        """Prepared but never handed over: the store still has the job queued."""
+        return self.gate is not None and self.gate.job is None
+
+    def _attempt(self) -> Job:
+        try:
             return self._run()
         except Abandoned:
             log.info("job %s: left running for the next start", self.job.id)
             return self.job
-        except ImageMissing as exc:
-            return self._conclude_error(str(exc))
-        except InfrastructureError as exc:
-            return self._infrastructure_failure(str(exc))
-        except Exception as exc:  # a bug must not stop the dispatcher or lose the job
-            log.exception("job %s: internal error", self.job.id)
+        except Exception as exc:
+            if self._only_prepared():
+                raise
+            if isinstance(exc, ImageMissing):
+                return self._conclude_error(str(exc))
+            if isinstance(exc, InfrastructureError):
+                return self._infrastructure_failure(str(exc))
+            log.exception("job %s: internal error", self.job.id)  # a bug must not lose the job
             return self._infrastructure_failure(f"internal error: {type(exc).__name__}: {exc}")
 
     def _run(self) -> Job:
@@ -129,7 +177,7 @@ class Execution:
         self.ws.root.mkdir(parents=True, exist_ok=True)
         capped = CappedLog(self.ws.spool, cfg.max_log_bytes)
         try:
-            started = state.started_at or self.job.started_at or utcnow()
+            started = self.job.started_at or state.started_at or utcnow()
             with self._phase("run"):
                 final, killed, pump = self._wait(state, output, capped, started)
             collecting = time.perf_counter()
@@ -172,30 +220,49 @@ class Execution:
             ctx.workspaces.hand_over(ws)
         creating = time.perf_counter()
         image = ctx.backend.image(cfg.image)
+        attempt = job.attempts + 1 if self.gate else job.attempts  # a prepared job is not claimed yet
         spec = ContainerSpec(
-            name=f"orchestrator-{ctx.instance}-{job.id}-{job.attempts}",
+            name=f"orchestrator-{ctx.instance}-{job.id}-{attempt}",
             image=image.id,
             labels={
-                LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(job.attempts),
+                LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(attempt),
                 LABEL_REPOSITORY: job.repository, LABEL_COMMIT: job.commit,
+                **({LABEL_GATED: "1"} if self.gate else {}),
             },
             workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network,
             log_max_bytes=cfg.max_log_bytes,
-            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit},
+            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
+                         **({"ORCHESTRATOR_GO_FILE": f"{OUTPUT_DIR}/{GO_FILE}"} if self.gate else {})},
         )
         self.container_id = ctx.backend.create(spec)
-        self.job = ctx.store.update_running(
-            job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+        if self.gate is None:
+            self.job = ctx.store.update_running(
+                job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
         self.timings["create_s"] = round(time.perf_counter() - creating, 4)
         crash_point("container-created")
         with self._phase("start"):
             output = ctx.backend.attach(self.container_id)
             state = ctx.backend.start(self.container_id)
+        if self.gate is None:
             self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
+        else:
+            self.job = ctx.store.update_running(
+                self._await_release(), container_id=self.container_id, image_tag=image.tag,
+                image_id=image.id, started_at=utcnow())
+            (ws.out / GO_FILE).touch()
         crash_point("container-started")
         log.info("job %s: %s started in container %s", job.id, job.commit[:12], self.container_id[:12])
         return state, output
+
+    def _await_release(self) -> Job:
+        """Hold the warm container until the dispatcher claims the job for a free slot."""
+        while not self.gate.wait(0.2):
+            if self.ctx.stop.is_set():
+                raise NotReleased()
+        if self.gate.job is None:
+            raise NotReleased()
+        return self.gate.job
 
     def _wait(self, state: ContainerState, output: Iterator[bytes], capped: CappedLog, started: datetime
               ) -> tuple[ContainerState, str | None, LogPump]:

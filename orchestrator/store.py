@@ -269,6 +269,20 @@ class Store:
             row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return _job(row) if row else None
 
+    def next_queued(self) -> Job | None:
+        """The job ``claim_next`` would take, without taking it."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+        return _job(row) if row else None
+
+    def claim(self, job: Job) -> Job | None:
+        """Move this queued job to running (a new attempt), unless it changed meanwhile."""
+        try:
+            return self.move(job, JobStatus.RUNNING)
+        except InvalidTransition:
+            return None
+
     def claim_next(self) -> Job | None:
         """Move the oldest queued job to running (a new attempt) and return it."""
         if not self.has_queued():

@@ -62,8 +62,12 @@ def test_sigkill_at_each_step(orch, point: str, attempts: int) -> None:
 def test_sigkill_while_containers_run_readopts_them(orch) -> None:
     shas = _three_commits(orch, seconds=4)
     run = orch.start("run")
-    running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
-    seen = {c.labels["orchestrator.commit"]: c.id for c in running}
+
+    def started() -> dict[str, str]:  # jobs whose tests run (a warm, prepared container is not one)
+        jobs = json.loads(orch.cli("status", "--json").stdout or "[]")
+        return {j["commit"]: j["container"] for j in jobs if j["status"] == "running" and j["container"]}
+
+    seen = orch.wait_for(lambda: started() if len(started()) == 2 else None, timeout=60)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=10)
     assert {c.id for c in orch.containers()} >= set(seen.values())  # still running, unsupervised

@@ -118,3 +118,21 @@ def test_cancel_a_running_job_and_retry_it(orch) -> None:
     assert second["attempt_history"][0]["outcome"] == "cancelled"
     earlier = orch.config.results_dir / "demo" / sha / "attempts" / "1"
     assert json.loads((earlier / "result.json").read_text())["status"] == "cancelled"
+
+
+def test_cancel_a_job_prepared_behind_a_running_one(orch) -> None:
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 1})
+    assert orch.cli("run", "--once").returncode == 0
+    slow = orch.repo.commit("slow", {"tests/test_slow.py": "import time\ndef test_slow():\n    time.sleep(4)\n"})
+    waiting = orch.repo.commit("waiting", {"tests/test_slow.py": None})
+    run = orch.start("run", "--once")
+    # the waiting job's container is started warm while the slow one runs; the job stays queued
+    orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"]) == 2, timeout=60)
+    status = {j["commit"]: j["status"] for j in json.loads(orch.cli("status", "--json").stdout)}
+    assert status[slow] == "running" and status[waiting] == "queued"
+    assert orch.cli("cancel", waiting[:10]).returncode == 0
+    assert run.wait(timeout=60) == 0
+    assert orch.result(slow)["status"] == "passed"
+    assert json.loads(orch.cli("status", "--json").stdout)[0]["status"] == "cancelled"
+    assert orch.containers() == []  # the warm container was discarded
