@@ -173,8 +173,9 @@ class Dispatcher:
         try:
             for state in self.backend.find({LABEL_INSTANCE: self.ctx.instance}):
                 job = self.store.get(int(state.labels.get(LABEL_JOB, "0") or 0))
-                owned = (job is not None and job.id in self._active and job.status is JobStatus.RUNNING
-                         and state.labels.get(LABEL_ATTEMPT) == str(job.attempts))
+                prepared = self._prepared is not None and job is not None and self._prepared[0].id == job.id
+                owned = prepared or (job is not None and job.id in self._active and job.status is JobStatus.RUNNING
+                                     and state.labels.get(LABEL_ATTEMPT) == str(job.attempts))
                 if not owned:
                     self._remove(state)
         except (EngineUnavailable, ValueError) as exc:

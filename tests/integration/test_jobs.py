@@ -2,6 +2,7 @@
 
 import time
 
+import docker
 import pytest
 
 from tests.helpers import FAILING, PASSING
@@ -96,8 +97,16 @@ def test_labels_limits_and_removal(orch) -> None:
     sha = orch.repo.commit("slow", {"tests/test_slow.py": "import time\ndef test_slow():\n    time.sleep(4)\n"})
     orch.configure(runner={"memory": "300m", "pids": 100, "cpus": 0.5})
     run = orch.start("run", "--once")
-    seen = orch.wait_for(lambda: next(iter(orch.containers()), None), timeout=60)
-    container = orch.engine.containers.get(seen.id)
+    def inspected():
+        # a container can be listed a moment before the engine lets it be inspected
+        for seen in orch.containers():
+            try:
+                return orch.engine.containers.get(seen.id)
+            except docker.errors.NotFound:
+                return None
+        return None
+
+    container = orch.wait_for(inspected, timeout=60)
     labels = container.labels
     assert labels["orchestrator.instance"] == orch.instance()
     assert labels["orchestrator.repository"] == "demo" and labels["orchestrator.commit"] == sha
