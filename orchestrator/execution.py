@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orchestrator.backends.base import (
     LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, OUTPUT_DIR, Backend,
-    ContainerSpec, ContainerState,
+    ContainerSpec, ContainerState, ImageInfo,
 )
 from orchestrator.config import Config
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError
@@ -168,14 +168,25 @@ class Execution:
             return self._infrastructure_failure(f"internal error: {type(exc).__name__}: {exc}")
 
     def _run(self) -> Job:
-        cfg = self.ctx.config.runner
         if self.adopt is None:
             state, output = self._start()
         else:
             state, output = self.adopt, self.ctx.backend.logs(self.adopt.id, follow=True)
             log.info("job %s: re-attached to container %s", self.job.id, state.id[:12])
+        done = self._collect(state, output)
+        self.job = self.ctx.store.apply(self.job, done)
+        crash_point("job-finished")
+        self.ctx.finished(self.job)
+        log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value,
+                 self.job.message or "")
+        self._clean_up()
+        return self.job
+
+    def _collect(self, state: ContainerState, output: Iterator[bytes]) -> Job:
+        """Wait for the container, then write the result files; return the final job,
+        not yet saved (the files come first)."""
         self.ws.root.mkdir(parents=True, exist_ok=True)
-        capped = CappedLog(self.ws.spool, cfg.max_log_bytes)
+        capped = CappedLog(self.ws.spool, self.ctx.config.runner.max_log_bytes)
         try:
             started = self.job.started_at or state.started_at or utcnow()
             with self._phase("run"):
@@ -185,60 +196,40 @@ class Execution:
             if pump.failed or pump.is_alive() or self._engine_trouble:
                 self._reread_log(capped)
             junit = read_regular_file(self.ws.out / "junit.xml", MAX_JUNIT_BYTES)
-            status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed == "timeout",
-                                       timeout=cfg.timeout, memory=cfg.memory)
-            if killed == "cancel":
-                status, message = JobStatus.CANCELLED, "cancelled while running"
-            done = transition(
-                self.job, status, utcnow(), exit_code=final.exit_code, message=message,
-                tests=parse_junit(junit) if junit else None, log_truncated=capped.truncated,
-                started_at=started, finished_at=final.finished_at or utcnow(),
-            )
+            done = self._verdict(final, killed, started, junit, capped.truncated)
             self.timings["collect_s"] = round(time.perf_counter() - collecting, 4)
             self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
                                    self.timings)
             crash_point("result-written")
+            return done
         finally:
             capped.close()
-        self.job = self.ctx.store.apply(self.job, done)
-        crash_point("job-finished")
-        self.ctx.finished(self.job)
-        log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value,
-                 self.job.message or "")
-        self._clean_up()
-        return self.job
+
+    def _verdict(self, final: ContainerState, killed: str | None, started: datetime,
+                 junit: bytes | None, log_truncated: bool) -> Job:
+        cfg = self.ctx.config.runner
+        status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed == "timeout",
+                                   timeout=cfg.timeout, memory=cfg.memory)
+        if killed == "cancel":
+            status, message = JobStatus.CANCELLED, "cancelled while running"
+        return transition(
+            self.job, status, utcnow(), exit_code=final.exit_code, message=message,
+            tests=parse_junit(junit) if junit else None, log_truncated=log_truncated,
+            started_at=started, finished_at=final.finished_at or utcnow(),
+        )
 
     def _start(self) -> tuple[ContainerState, Iterator[bytes]]:
-        ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
+        """Check out, create and start the container; with a gate, wait for the release."""
+        ctx = self.ctx
         crash_point("job-claimed")
         with self._phase("checkout"):
-            ws = ctx.workspaces.prepare(job.id)
-            mirror = ctx.mirrors[job.repository]
-            if not mirror.has_commit(job.commit):
-                mirror.fetch()
-            mirror.checkout(job.commit, ws.src)
-            ctx.workspaces.hand_over(ws)
+            ws = self._checkout()
         creating = time.perf_counter()
-        image = ctx.backend.image(cfg.image)
-        attempt = job.attempts + 1 if self.gate else job.attempts  # a prepared job is not claimed yet
-        spec = ContainerSpec(
-            name=f"orchestrator-{ctx.instance}-{job.id}-{attempt}",
-            image=image.id,
-            labels={
-                LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(attempt),
-                LABEL_REPOSITORY: job.repository, LABEL_COMMIT: job.commit,
-                **({LABEL_GATED: "1"} if self.gate else {}),
-            },
-            workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
-            memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network,
-            log_max_bytes=cfg.max_log_bytes,
-            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
-                         **({"ORCHESTRATOR_GO_FILE": f"{OUTPUT_DIR}/{GO_FILE}"} if self.gate else {})},
-        )
-        self.container_id = ctx.backend.create(spec)
+        image = ctx.backend.image(ctx.config.runner.image)
+        self.container_id = ctx.backend.create(self._spec(ws, image))
         if self.gate is None:
             self.job = ctx.store.update_running(
-                job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+                self.job, container_id=self.container_id, image_tag=image.tag, image_id=image.id)
         self.timings["create_s"] = round(time.perf_counter() - creating, 4)
         crash_point("container-created")
         with self._phase("start"):
@@ -252,8 +243,36 @@ class Execution:
                 image_id=image.id, started_at=utcnow())
             (ws.out / GO_FILE).touch()
         crash_point("container-started")
-        log.info("job %s: %s started in container %s", job.id, job.commit[:12], self.container_id[:12])
+        log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
         return state, output
+
+    def _checkout(self) -> Workspace:
+        ws = self.ctx.workspaces.prepare(self.job.id)
+        mirror = self.ctx.mirrors[self.job.repository]
+        if not mirror.has_commit(self.job.commit):
+            mirror.fetch()
+        mirror.checkout(self.job.commit, ws.src)
+        self.ctx.workspaces.hand_over(ws)
+        return ws
+
+    def _spec(self, ws: Workspace, image: ImageInfo) -> ContainerSpec:
+        ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
+        attempt = job.attempts + 1 if self.gate else job.attempts  # a prepared job is not claimed yet
+        gated = self.gate is not None
+        return ContainerSpec(
+            name=f"orchestrator-{ctx.instance}-{job.id}-{attempt}",
+            image=image.id,
+            labels={
+                LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(attempt),
+                LABEL_REPOSITORY: job.repository, LABEL_COMMIT: job.commit,
+                **({LABEL_GATED: "1"} if gated else {}),
+            },
+            workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
+            memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network,
+            log_max_bytes=cfg.max_log_bytes,
+            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
+                         **({"ORCHESTRATOR_GO_FILE": f"{OUTPUT_DIR}/{GO_FILE}"} if gated else {})},
+        )
 
     def _await_release(self) -> Job:
         """Hold the warm container until the dispatcher claims the job for a free slot."""
