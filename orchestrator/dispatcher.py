@@ -83,10 +83,6 @@ class Dispatcher:
         """New work was queued: look at the store now rather than at the next poll."""
         self._wake.set()
 
-    @property
-    def busy(self) -> int:
-        return len(self._active)
-
     # -- start-up ---------------------------------------------------------------------
 
     def reconcile(self) -> None:

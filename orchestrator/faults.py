@@ -14,5 +14,6 @@ POINTS = frozenset({"job-claimed", "container-created", "container-started", "re
 
 
 def crash_point(name: str) -> None:
+    assert name in POINTS, name
     if os.environ.get("ORCHESTRATOR_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
