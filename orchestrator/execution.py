@@ -36,6 +36,7 @@ log = logging.getLogger("orchestrator.dispatcher")
 
 KILL_GRACE = 30.0       # seconds a killed container may take to be reported exited
 ENGINE_GRACE = 60.0     # how long past the timeout an unreachable engine is waited for
+REREAD_DELAYS = (0, 1, 2, 4, 8)  # seconds between tries to read a log again after an outage
 WAIT_SLICE = 1.0     # also how soon a cancel request is noticed
 
 
@@ -304,8 +305,9 @@ class Execution:
                     "cancel" if self.ctx.store.cancel_requested(self.job.id) else None)
                 if reason and self._kill(cid, reason):
                     killed, killed_at = reason, time.monotonic()
-            try:
+            try:  # every engine call of the round: a cut anywhere in it means "wait for the engine"
                 final = backend.wait(cid, WAIT_SLICE if killed else min(WAIT_SLICE, max(timeout - elapsed, 0.05)))
+                gone = final is None and backend.inspect(cid) is None
             except EngineUnavailable as exc:
                 self._engine_trouble = True
                 self.ctx.engine_error()
@@ -321,7 +323,7 @@ class Execution:
                 engine_down_since = None
             if final is not None and final.exited:
                 return final, killed, pump
-            if final is None and backend.inspect(cid) is None:
+            if gone:
                 raise ContainerGone(f"container {cid[:12]} disappeared while running")
             if killed and time.monotonic() - killed_at > KILL_GRACE:
                 raise EngineUnavailable(f"container {cid[:12]} did not stop {KILL_GRACE:g} s after kill")
@@ -340,9 +342,19 @@ class Execution:
             return False  # tried again on the next round
 
     def _reread_log(self, capped: CappedLog) -> None:
-        capped.reset()
-        for chunk in self.ctx.backend.logs(self.container_id, follow=False):
-            capped.write(chunk)
+        """Read the whole log again from the engine (the live stream was cut); if the
+        engine stays away, keep what was captured and say so in the log."""
+        for delay in REREAD_DELAYS:
+            if self.ctx.stop.wait(delay):
+                break
+            try:
+                capped.reset()
+                for chunk in self.ctx.backend.logs(self.container_id, follow=False):
+                    capped.write(chunk)
+                return
+            except EngineUnavailable:
+                continue
+        capped.write(b"\n[orchestrator: the log could not be read again after an engine outage; it may be incomplete]\n")
 
     def _clean_up(self) -> None:
         """Set the container and the checkout aside for removal in the background, so the
