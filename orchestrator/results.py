@@ -146,6 +146,8 @@ class ResultFiles:
         """Write ``job``'s files; an earlier attempt's files move to ``attempts/<n>/``."""
         directory = self.directory(job.repository, job.commit)
         directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(".*.tmp"):  # a write a crash cut short; this job is its only writer
+            stale.unlink(missing_ok=True)
         self._archive_older(directory, job.attempts)
         _atomic(directory / "output.log", log)
         if junit is not None:

@@ -122,3 +122,12 @@ def test_failed_write_leaves_no_half_file(tmp_path: Path) -> None:
         files.write(_job(1), explode, None)
     directory = files.directory("demo", "b" * 40)
     assert list(directory.iterdir()) == []
+
+
+def test_a_write_cut_short_by_a_crash_leaves_no_litter_after_the_next(tmp_path: Path) -> None:
+    files = ResultFiles(tmp_path)
+    directory = files.directory("demo", "b" * 40)
+    directory.mkdir(parents=True)
+    (directory / ".result.json.abc123.tmp").write_bytes(b'{"half')  # SIGKILL mid-write
+    files.write(_job(1), lambda fh: fh.write(b"log\n"), None)
+    assert sorted(p.name for p in directory.iterdir()) == ["output.log", "result.json"]
