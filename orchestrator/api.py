@@ -187,6 +187,8 @@ def create_app(dispatcher: "Dispatcher") -> FastAPI:
             job = store.request_cancel(job_or_404(job_id))
         except InvalidTransition as exc:
             raise HTTPException(409, str(exc)) from None
+        if job.status is JobStatus.CANCELLED:  # it never ran: its files say so
+            results.write_without_run(job, store.attempt_history(job.id))
         return document(store.get(job.id) or job)
 
     @app.post("/api/jobs/{job_id}/retry", status_code=202, dependencies=[Depends(authorised)])

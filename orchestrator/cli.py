@@ -307,7 +307,11 @@ def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
     job = store.find(args.sha, args.repo)
     if job.status.final:
         raise UsageError(f"job {job.id} ({job.commit[:12]}) is already {job.status.value}")
-    store.request_cancel(job)
+    cancelled = store.request_cancel(job)
+    if cancelled.status is JobStatus.CANCELLED:  # it never ran: its files say so
+        from orchestrator.results import ResultFiles
+
+        ResultFiles(config.results_dir).write_without_run(cancelled, store.attempt_history(job.id))
     done = "cancelled" if job.status is JobStatus.QUEUED else "cancel requested (the dispatcher stops its container)"
     print(f"job {job.id} {job.commit}: {done}")
     return 0

@@ -367,8 +367,7 @@ class Execution:
         """A final error without a verdict from the container (image missing, retries spent)."""
         done = transition(self.job, JobStatus.ERROR, utcnow(), message=reason,
                           container_id=self.container_id or self.job.container_id)
-        self.ctx.results.write(done, lambda fh: fh.write(f"[orchestrator: {reason}]\n".encode()), None,
-                               self.ctx.store.attempt_history(self.job.id))
+        self.ctx.results.write_without_run(done, self.ctx.store.attempt_history(self.job.id))
         self.job = self.ctx.store.apply(self.job, done)
         self.ctx.finished(self.job)
         log.error("job %s: %s error: %s", self.job.id, self.job.commit[:12], reason)

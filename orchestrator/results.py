@@ -158,6 +158,11 @@ class ResultFiles:
         _atomic(directory / "result.json", lambda fh: fh.write(document))
         return directory
 
+    def write_without_run(self, job: Job, history: Sequence[dict[str, Any]] = ()) -> Path:
+        """Files for a job that ended with no verdict from a container (image missing,
+        retries spent, cancelled before it ran): its reason is its log."""
+        return self.write(job, lambda fh: fh.write(f"[orchestrator: {job.message}]\n".encode()), None, history)
+
     def _archive_older(self, directory: Path, attempt: int) -> None:
         previous = self.read(directory.parent.name, directory.name)
         if not previous or not isinstance(previous.get("attempts"), int) or previous["attempts"] >= attempt:

@@ -136,3 +136,6 @@ def test_cancel_a_job_prepared_behind_a_running_one(orch) -> None:
     assert orch.result(slow)["status"] == "passed"
     assert json.loads(orch.cli("status", "--json").stdout)[0]["status"] == "cancelled"
     assert orch.containers() == []  # the warm container was discarded
+    cancelled = orch.result(waiting)  # a job that never ran still ends with its files
+    assert cancelled["status"] == "cancelled" and cancelled["message"] == "cancelled before it ran"
+    assert b"cancelled before it ran" in orch.log(waiting)

@@ -65,6 +65,7 @@ def test_cancel_queued_then_retry(web) -> None:
     client, store, _, _ = web
     cancelled = client.post("/api/jobs/1/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert client.get("/api/jobs/1/log").content == b"[orchestrator: cancelled before it ran]\n"
     assert client.post("/api/jobs/1/cancel").status_code == 409
     retried = client.post("/api/jobs/1/retry")
     assert retried.status_code == 202 and retried.json()["status"] == "queued"
