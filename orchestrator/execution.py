@@ -235,7 +235,10 @@ class Execution:
         crash_point("container-created")
         with self._phase("start"):
             output = ctx.backend.attach(self.container_id)
-            state = ctx.backend.start(self.container_id)
+            try:
+                state = ctx.backend.start(self.container_id)
+            except EngineUnavailable:
+                state = self._settle_start(self.container_id)
         if self.gate is None:
             self.job = ctx.store.update_running(self.job, started_at=state.started_at or utcnow())
         else:
@@ -246,6 +249,22 @@ class Execution:
         crash_point("container-started")
         log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
         return state, output
+
+    def _settle_start(self, container_id: str) -> ContainerState:
+        """The engine went away while starting the container, which may or may not run
+        now: wait for the engine (up to ENGINE_GRACE), then start it if it never was."""
+        self._engine_trouble = True
+        deadline, delay = time.monotonic() + ENGINE_GRACE, 0.5
+        while True:
+            try:
+                state = self.ctx.backend.inspect(container_id)
+                if state is None:
+                    raise ContainerGone(f"container {container_id[:12]} disappeared while starting")
+                return self.ctx.backend.start(container_id) if state.status == "created" else state
+            except EngineUnavailable:
+                if time.monotonic() > deadline or self.ctx.stop.wait(delay):
+                    raise
+                delay = min(5.0, delay * 2)
 
     def _checkout(self) -> Workspace:
         ws = self.ctx.workspaces.prepare(self.job.id)

@@ -84,3 +84,14 @@ def test_log_unreadable_after_an_outage_keeps_the_verdict(tmp_path: Path, monkey
     assert done.status is JobStatus.FAILED and done.attempts == 1  # the verdict stands
     log = (ctx.results.directory("demo", "a" * 40) / "output.log").read_bytes()
     assert b"may be incomplete" in log
+
+
+def test_engine_cut_while_starting_does_not_start_a_second_attempt(tmp_path: Path) -> None:
+    running = ContainerState("c" * 64, "running", {}, started_at=utcnow())
+    engine = ScriptedEngine(waits=[None], inspects=[running], logs=[[b"ok\n"]])
+    cut = EngineUnavailable("Docker engine unreachable (inspect a container): refused")
+    engine.start = lambda container_id: (_ for _ in ()).throw(cut)  # started, but no answer came back
+    ctx, job, _, cleaner = _adopted(tmp_path, engine)
+    state = Execution(ctx, job)._settle_start("c" * 64)
+    cleaner.shutdown(wait=True)
+    assert state is running  # it runs: waited for, not re-queued
