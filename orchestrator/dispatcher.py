@@ -126,11 +126,7 @@ class Dispatcher:
             return
         reason = "the dispatcher stopped before its container ran" if job.container_id is None \
             else f"container {job.container_id[:12]} is gone"
-        log.warning("job %s: %s; re-queued", job.id, reason)
-        if job.attempts > self.config.retries:
-            Execution(self.ctx, job)._conclude_error(f"gave up after {job.attempts} attempts: {reason}")
-        else:
-            self.store.move(job, JobStatus.QUEUED, message=f"attempt {job.attempts}: {reason}")
+        Execution(self.ctx, job).retry_or_give_up(reason)  # the same policy as a failure seen live
 
     def _never_released(self, job: Job, container: ContainerState) -> bool:
         """A warm container whose go file was never written: its tests have not begun."""
@@ -219,7 +215,8 @@ class Dispatcher:
             if job is None:
                 break
             self._submit(job, None)
-        if self._prepared is None and not self.abandon.is_set():
+        if (self._prepared is None and len(self._active) >= self.config.runner.parallelism
+                and not self.abandon.is_set()):
             self._prepare_next()
 
     def _prepare_next(self) -> None:

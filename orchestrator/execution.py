@@ -164,9 +164,9 @@ class Execution:
             if isinstance(exc, ImageMissing):
                 return self._conclude_error(str(exc))
             if isinstance(exc, InfrastructureError):
-                return self._infrastructure_failure(str(exc))
+                return self.retry_or_give_up(str(exc))
             log.exception("job %s: internal error", self.job.id)  # a bug must not lose the job
-            return self._infrastructure_failure(f"internal error: {type(exc).__name__}: {exc}")
+            return self.retry_or_give_up(f"internal error: {type(exc).__name__}: {exc}")
 
     def _run(self) -> Job:
         if self.adopt is None:
@@ -393,7 +393,7 @@ class Execution:
         self._clean_up_quietly()
         return self.job
 
-    def _infrastructure_failure(self, reason: str) -> Job:
+    def retry_or_give_up(self, reason: str) -> Job:
         """Re-queue as a new attempt, unless ``retries`` are spent."""
         if self.job.attempts > self.ctx.config.retries:
             return self._conclude_error(f"gave up after {self.job.attempts} attempts: {reason}")
