@@ -1,22 +1,24 @@
 """The ``orchestrator`` command. Errors end here as one line and an exit status:
 0 success, 1 a tested commit failed / errored / timed out, 2 bad usage or configuration,
-3 the operation itself failed."""
+3 the operation itself failed.
+
+Commands that act on jobs go through ``jobs.py``: on the local state_dir, or, with
+``--server URL`` (or ``dispatcher.url`` in the config), through the HTTP API of a
+dispatcher on another machine.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
 from orchestrator.config import Config, load_config
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.models import Job, JobStatus
+from orchestrator.jobs import JobRef, Jobs
 
 log = logging.getLogger("orchestrator")
 
@@ -27,9 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Test every new commit in its own container.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_: str) -> argparse.ArgumentParser:
+    def command(name: str, help_: str, remote: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("-c", "--config", default="config.yaml", help="config file (default ./config.yaml)")
+        if remote:
+            p.add_argument("--server", metavar="URL", help="a dispatcher's address (default: dispatcher.url, "
+                                                            "else this machine's state_dir)")
         return p
 
     p = command("run", "observe, dispatch and serve the API in one process")
@@ -39,22 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dispatcher-server", default="localhost:8888", metavar="HOST:PORT")
     p = command("image", "manage the runner image")
     p.add_argument("action", choices=["build"])
-    p = command("status", "recent jobs as a table")
+    p = command("status", "recent jobs as a table", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array of job objects")
     p.add_argument("--limit", type=int, default=30)
-    p = command("logs", "a commit's container log")
+    p = command("logs", "a commit's container log", remote=True)
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--repo")
     p.add_argument("-f", "--follow", action="store_true", help="follow a running container live")
-    p = command("submit", "queue a commit by hand")
+    p = command("submit", "queue a commit by hand", remote=True)
     p.add_argument("rev", metavar="REV")
     p.add_argument("--repo")
-    p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)")
+    p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)", remote=True)
     p.add_argument("--repo", help="only this repository")
     for name, help_ in (("retry", "test a finished commit again, as a new attempt"),
                         ("cancel", "cancel a queued or running job")):
-        p = command(name, help_)
+        p = command(name, help_, remote=True)
         p.add_argument("sha", metavar="SHA")
         p.add_argument("--repo")
     return parser
@@ -78,96 +83,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- long-running commands ----------------------------------------------------------------
 
 
-def _stop_on_signals() -> threading.Event:
-    """First SIGINT/SIGTERM: stop taking work and leave running containers to be
-    re-attached next time. Second: exit at once (state is always consistent on disk)."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            os._exit(130)
-        log.info("stopping (%s); running containers are re-attached on the next start",
-                 signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def _services(config: Config):
-    from orchestrator.backends.docker import DockerBackend
-    from orchestrator.dispatcher import Dispatcher
-    from orchestrator.store import Store
-
-    store = Store(config.db_path)
-    return store, Dispatcher(config, store, DockerBackend(config.runner.docker_host))
-
-
-def _serve_api(config: Config, dispatcher) -> object:
-    import uvicorn
-
-    from orchestrator.api import create_app
-
-    app = create_app(dispatcher)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.dispatcher.host, port=config.dispatcher.port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not server.started:
-        raise OrchestratorError(f"cannot serve the API on {config.dispatcher.host}:{config.dispatcher.port}")
-    log.info("API on http://%s:%s", config.dispatcher.host, config.dispatcher.port)
-    return server
-
-
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.observer import Observer
+    import threading
 
-    store, dispatcher = _services(config)
-    observer = Observer(config, dispatcher)
-    if args.once:
-        stop = _stop_on_signals()
-        dispatcher.step()  # reconciles first, so an earlier process's jobs are collected
-        observer.poll_once()  # new commits are queued durably even if the engine is away
-        if dispatcher.engine_error is not None:
-            dispatcher.shutdown()
-            raise dispatcher.engine_error
-        dispatcher.run(stop, until_idle=True, give_up_after=ONCE_ENGINE_PATIENCE)
-        if stop.is_set():
-            return 130
-        jobs = [store.get(i) for i in sorted(dispatcher.touched)]
-        jobs = [j for j in jobs if j is not None]
-        _print_table(jobs)
-        return 1 if any(j.status.bad for j in jobs) else 0
-    stop = _stop_on_signals()
-    server = _serve_api(config, dispatcher)
-    threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()
-    try:
+    from orchestrator.console import print_jobs
+    from orchestrator.observer import Observer
+    from orchestrator.service import Services, stop_on_signals
+
+    stop = stop_on_signals()
+    with Services(config) as services:
+        dispatcher, observer = services.dispatcher, Observer(config, services.jobs)
+        if args.once:
+            dispatcher.step()  # recovers first, so an earlier process's jobs are collected
+            observer.poll_once()  # new commits are queued durably even if the engine is away
+            if dispatcher.engine_error is not None:
+                raise dispatcher.engine_error
+            dispatcher.run(stop, until_idle=True, give_up_after=ONCE_ENGINE_PATIENCE)
+            if stop.is_set():
+                return 130
+            documents = [services.jobs.show(JobRef(id=i)) for i in sorted(dispatcher.touched)]
+            print_jobs(documents)
+            return 1 if any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
+        services.serve_api()
+        threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()
         dispatcher.run(stop)
-    finally:
-        server.should_exit = True
     return 0
 
 
 def cmd_dispatcher(config: Config, args: argparse.Namespace) -> int:
-    _, dispatcher = _services(config)
-    stop = _stop_on_signals()
-    server = _serve_api(config, dispatcher)
-    try:
-        dispatcher.run(stop)
-    finally:
-        server.should_exit = True
+    from orchestrator.service import Services, stop_on_signals
+
+    stop = stop_on_signals()
+    with Services(config) as services:
+        services.serve_api()
+        services.dispatcher.run(stop)
     return 0
 
 
 def cmd_observer(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.client import DispatcherClient
     from orchestrator.observer import Observer
+    from orchestrator.service import stop_on_signals
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     client = DispatcherClient(args.dispatcher_server, config.dispatcher.api_token)
     log.info("observing %d repositories for %s", len(config.repositories), client.base)
     Observer(config, client).run(stop)
@@ -177,150 +135,91 @@ def cmd_observer(config: Config, args: argparse.Namespace) -> int:
 def cmd_image(config: Config, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from orchestrator.image import build
+    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.image import build
 
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
-    info = build(config, lambda line: console.print(line, markup=False))
+    backend = DockerBackend(config.runner.docker_host)
+    try:
+        info = build(config, backend, lambda line: console.print(line, markup=False))
+    finally:
+        backend.close()
     console.print(f"[bold green]Built {info.tag}[/] ({info.id[7:19]}) in {time.monotonic() - started:.1f} s")
     return 0
 
 
-# -- inspection -----------------------------------------------------------------------------
+# -- operations on jobs ---------------------------------------------------------------------
 
 
-def _store(config: Config):
+def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Jobs:
+    """The jobs of the dispatcher at ``--server`` or ``dispatcher.url``, else of this
+    machine's state_dir (which only ``submit`` and ``poll`` may create)."""
+    server = args.server or config.dispatcher.url
+    if server:
+        from orchestrator.client import DispatcherClient, RemoteJobs
+
+        return RemoteJobs(DispatcherClient(server, config.dispatcher.api_token))
+    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.jobs import LocalJobs
     from orchestrator.store import Store
 
-    if not config.db_path.exists():
+    if not create and not config.db_path.exists():
         raise UsageError(f"no state in {config.state_dir} yet: run `orchestrator run` first")
-    return Store(config.db_path)
+    return LocalJobs(config, Store(config.db_path), DockerBackend(config.runner.docker_host))
+
+
+def _ref(args: argparse.Namespace) -> JobRef:
+    return JobRef(commit=args.sha, repository=args.repo)
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.results import result_document
+    from orchestrator.console import print_jobs
 
-    if args.repo and config.repository(args.repo) is None:
-        raise UsageError(f"unknown repository {args.repo!r}")
-    store = _store(config)
-    jobs = store.list_jobs(repository=args.repo, limit=max(1, args.limit))
+    documents = _jobs(config, args).list(repository=args.repo, limit=max(1, args.limit))
     if args.json:
-        print(json.dumps([result_document(j, store.attempt_history(j.id)) for j in jobs], indent=2, ensure_ascii=False))
+        print(json.dumps(documents, indent=2, ensure_ascii=False))
     else:
-        _print_table(jobs)
+        print_jobs(documents)
     return 0
 
 
-_STYLE = {"passed": "green", "failed": "red", "error": "magenta", "timed_out": "yellow",
-          "running": "cyan", "queued": "dim", "cancelled": "dim"}
-
-
-def _print_table(jobs: list[Job]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("commit", "repository", "branch", "status", "tests", "duration", "attempts", "subject", "message"):
-        table.add_column(column, no_wrap=column not in ("subject", "message", "branch"))
-    for job in jobs:
-        t = job.tests
-        tests = f"{t.passed}/{t.total}" + (f" ({t.failed} failed)" if t.failed else "") if t else "-"
-        duration = f"{job.duration_s:.1f}s" if job.duration_s is not None else "-"
-        table.add_row(job.commit[:10], job.repository, ", ".join(job.branches),
-                      f"[{_STYLE[job.status.value]}]{job.status.value}[/]", tests, duration, str(job.attempts),
-                      job.subject, job.message or "")
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=200)
-    console.print(table)
-
-
 def cmd_logs(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.backends.docker import DockerBackend
-    from orchestrator.results import ResultFiles
-
-    job = _store(config).find(args.sha, args.repo)
+    document, stream = _jobs(config, args).open_log(_ref(args), follow=args.follow)
+    if stream is None:
+        print(f"orchestrator: job {document['id']} ({document['commit'][:12]}) is {document['status']}: no log yet",
+              file=sys.stderr)
+        return 0
     out = sys.stdout.buffer
-    if job.status is JobStatus.RUNNING and job.container_id:
-        for chunk in DockerBackend(config.runner.docker_host).logs(job.container_id, follow=args.follow):
-            out.write(chunk)
-            out.flush()
-        return 0
-    path = ResultFiles(config.results_dir).directory(job.repository, job.commit) / "output.log"
-    if job.status is JobStatus.QUEUED or not path.is_file():
-        print(f"orchestrator: job {job.id} ({job.commit[:12]}) is {job.status.value}: no log yet", file=sys.stderr)
-        return 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 16):
-            out.write(block)
+    for chunk in stream:
+        out.write(chunk)
+        out.flush()
     return 0
 
 
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.observer import mirror_for
-    from orchestrator.store import NewCommit
-
-    if args.repo:
-        repo = config.repository(args.repo)
-        if repo is None:
-            raise UsageError(f"unknown repository {args.repo!r}")
-    elif len(config.repositories) == 1:
-        repo = config.repositories[0]
-    else:
-        raise UsageError("several repositories are configured: name one with --repo")
-    mirror = mirror_for(config, repo)
-    mirror.fetch()
-    sha = mirror.resolve(args.rev)
-    branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
-    subject = mirror.subjects([sha]).get(sha, "")
-    store = _writable_store(config)
-    created = store.record_commits(repo.name, [NewCommit(sha, subject, branches)])
-    job = store.find(sha, repo.name)
-    print(f"{'queued' if created else 'already known'}: job {job.id} {sha} ({job.status.value})")
+    document, created = _jobs(config, args, create=True).submit(args.rev, args.repo)
+    print(f"{'queued' if created else 'already known'}: job {document['id']} {document['commit']} ({document['status']})")
     return 0
 
 
 def cmd_poll(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.observer import Observer
-
-    if args.repo and config.repository(args.repo) is None:
-        raise UsageError(f"unknown repository {args.repo!r}")
-    observer = Observer(config, _writable_store(config))
-    names = [args.repo] if args.repo else [r.name for r in config.repositories]
-    queued = sum(observer.poll_repository(name) for name in names)
+    queued = _jobs(config, args, create=True).poll(args.repo)
     print(f"queued {queued} new commit{'s' if queued != 1 else ''}")
     return 0
 
 
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
-    store = _store(config)
-    job = store.find(args.sha, args.repo)
-    if not job.status.final:
-        raise UsageError(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
-    store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}")
-    print(f"queued job {job.id} {job.commit} again (attempt {job.attempts + 1})")
+    document = _jobs(config, args).retry(_ref(args))
+    print(f"queued job {document['id']} {document['commit']} again (attempt {document['attempts'] + 1})")
     return 0
 
 
 def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
-    store = _store(config)
-    job = store.find(args.sha, args.repo)
-    if job.status.final:
-        raise UsageError(f"job {job.id} ({job.commit[:12]}) is already {job.status.value}")
-    cancelled = store.request_cancel(job)
-    if cancelled.status is JobStatus.CANCELLED:  # it never ran: its files say so
-        from orchestrator.results import ResultFiles
-
-        ResultFiles(config.results_dir).write_without_run(cancelled, store.attempt_history(job.id))
-    done = "cancelled" if job.status is JobStatus.QUEUED else "cancel requested (the dispatcher stops its container)"
-    print(f"job {job.id} {job.commit}: {done}")
+    document = _jobs(config, args).cancel(_ref(args))
+    done = "cancelled" if document["status"] == "cancelled" else "cancel requested (the dispatcher stops its container)"
+    print(f"job {document['id']} {document['commit']}: {done}")
     return 0
-
-
-def _writable_store(config: Config):
-    from orchestrator.store import Store
-
-    return Store(config.db_path)
 
 
 COMMANDS = {

@@ -1,27 +1,38 @@
-"""The observer's side of the dispatcher's HTTP API, for when they run apart."""
+"""The dispatcher's HTTP API from the other side: for a separate observer (the commit
+sink), and for every command run against a dispatcher on another machine (``RemoteJobs``,
+the same operations as ``jobs.LocalJobs``).
+
+HTTP errors become the errors a local operation raises, so a command exits with the same
+status and says the same thing, wherever the dispatcher is.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
+from typing import Any
 
 import requests
 
-from orchestrator.errors import DispatcherUnavailable
+from orchestrator.errors import Conflict, DispatcherUnavailable, UnknownCommit, UnknownRepository, UsageError
+from orchestrator.jobs import Document, JobRef
+from orchestrator.models import JobStatus
 from orchestrator.store import NewCommit
 
 TIMEOUT = 30
+_ERRORS = {404: UnknownCommit, 409: Conflict, 400: UsageError, 422: UsageError}
 
 
 class DispatcherClient:
     def __init__(self, address: str, token: str | None = None):
-        self.base = address if "://" in address else f"http://{address}"
+        self.base = (address if "://" in address else f"http://{address}").rstrip("/")
         self._session = requests.Session()
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
 
-    def _call(self, method: str, path: str, **kwargs: object) -> dict:
+    def call(self, method: str, path: str, stream: bool = False, **kwargs: Any) -> requests.Response:
         try:
-            resp = self._session.request(method, self.base + path, timeout=TIMEOUT, **kwargs)
+            resp = self._session.request(method, self.base + path, timeout=TIMEOUT, stream=stream, **kwargs)
         except requests.RequestException as exc:
             raise DispatcherUnavailable(f"dispatcher at {self.base} unreachable: {type(exc).__name__}") from None
         if resp.status_code >= 400:
@@ -29,15 +40,68 @@ class DispatcherClient:
                 detail = resp.json().get("detail")
             except ValueError:
                 detail = resp.text[:200]
+            error = _ERRORS.get(resp.status_code)
+            if error is UnknownCommit and str(detail).startswith("unknown repository"):
+                error = UnknownRepository
+            if error is not None and isinstance(detail, str):
+                raise error(detail)
             raise DispatcherUnavailable(f"dispatcher refused {method} {path}: {resp.status_code} {detail}")
-        return resp.json()
+        return resp
+
+    # -- the observer's sink ----------------------------------------------------------------
 
     def heads(self, repository: str) -> dict[str, str] | None:
-        return self._call("GET", f"/api/repositories/{repository}/heads")["heads"]
+        return self.call("GET", f"/api/repositories/{repository}/heads").json()["heads"]
 
     def record_commits(self, repository: str, commits: list[NewCommit],
                        heads: dict[str, str] | None = None) -> list[int]:
         body = {"repository": repository,
                 "commits": [{**asdict(c), "branches": list(c.branches)} for c in commits],
                 "heads": heads}
-        return self._call("POST", "/api/commits", json=body)["created"]
+        return self.call("POST", "/api/commits", json=body).json()["created"]
+
+
+class RemoteJobs:
+    """``jobs.Jobs`` through the HTTP API of a dispatcher on another machine."""
+
+    def __init__(self, client: DispatcherClient):
+        self.client = client
+
+    def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]:
+        answer = self.client.call("POST", "/api/jobs", json={"rev": rev, "repository": repository}).json()
+        return answer["job"], answer["created"]
+
+    def poll(self, repository: str | None = None) -> int:
+        if repository is None:
+            return self.client.call("POST", "/api/poll").json()["queued"]
+        return self.client.call("POST", f"/api/repositories/{repository}/poll").json()["queued"]
+
+    def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
+             limit: int = 50, offset: int = 0) -> list[Document]:
+        params = {"repository": repository, "status": status.value if status else None, "branch": branch,
+                  "limit": limit, "offset": offset}
+        return self.client.call("GET", "/api/jobs", params={k: v for k, v in params.items() if v is not None}).json()
+
+    def show(self, ref: JobRef) -> Document:
+        return self.client.call("GET", f"/api/jobs/{self._id(ref)}").json()
+
+    def retry(self, ref: JobRef) -> Document:
+        return self.client.call("POST", f"/api/jobs/{self._id(ref)}/retry").json()
+
+    def cancel(self, ref: JobRef) -> Document:
+        return self.client.call("POST", f"/api/jobs/{self._id(ref)}/cancel").json()
+
+    def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]:
+        document = self.show(ref)
+        resp = self.client.call("GET", f"/api/jobs/{document['id']}/log", stream=True,
+                                params={"follow": str(follow).lower()})
+        if resp.headers.get("X-Log") == "none":
+            resp.close()
+            return document, None
+        return document, resp.iter_content(chunk_size=None)
+
+    def _id(self, ref: JobRef) -> int:
+        if ref.id is not None:
+            return ref.id
+        params = {"commit": ref.commit or "", **({"repository": ref.repository} if ref.repository else {})}
+        return self.client.call("GET", "/api/jobs/find", params=params).json()["id"]

@@ -50,6 +50,7 @@ class DispatcherConfig(_Strict):
     host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8888
     api_token: Annotated[str, Field(min_length=16)] | None = None
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2000)] | None = None
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> "DispatcherConfig":

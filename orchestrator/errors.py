@@ -31,6 +31,14 @@ class UnknownCommit(OrchestratorError):
     """A revision, sha prefix or job that does not exist (or is ambiguous)."""
 
 
+class UnknownRepository(UsageError):
+    """A repository name that config.yaml does not list."""
+
+
+class Conflict(UsageError):
+    """An operation the job's current status does not allow (retry a running job, say)."""
+
+
 class InfrastructureError(OrchestratorError):
     """Not the code under test speaking: a job that meets one is retried as a new attempt."""
 

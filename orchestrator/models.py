@@ -9,7 +9,7 @@ worker and a cancel request, say) can never both win.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 
@@ -91,20 +91,25 @@ class Job:
         return round((self.finished_at - self.started_at).total_seconds(), 3)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one finished attempt produced; the input of the final transition."""
-
-    status: JobStatus
-    exit_code: int | None = None
-    message: str | None = None
-    tests: TestCounts | None = None
-    log_truncated: bool = False
-    finished_at: datetime | None = field(default=None)
-
-
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    """The one way times are written (store, result files, API): ISO 8601, UTC, ``Z``."""
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def parse_iso(value: object) -> datetime | None:
+    """Read what ``iso`` wrote, an older ``+00:00`` form, or the engine's nanosecond
+    RFC 3339 times; None for anything else, and for Go's zero time (never)."""
+    if not isinstance(value, str) or not value or value.startswith("0001-"):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Job:
@@ -128,3 +133,12 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
         base = dict(finished_at=now)
     base.update(changes)
     return dataclasses.replace(job, status=new, **base)
+
+
+def after_infrastructure_failure(job: Job, retries: int, reason: str, now: datetime, **changes: object) -> Job:
+    """The retry policy: an attempt that the infrastructure ended (never the tests) is
+    re-queued as a new attempt until ``retries`` re-attempts are spent, then ends ``error``."""
+    if job.attempts > retries:
+        return transition(job, JobStatus.ERROR, now, message=f"gave up after {job.attempts} attempts: {reason}",
+                          **changes)
+    return transition(job, JobStatus.QUEUED, now, message=f"attempt {job.attempts}: {reason}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 
+from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus
 from orchestrator.results import result_document
@@ -48,6 +49,7 @@ class Notifier:
                 self._send(url, body)
 
     def _send(self, url: str, body: dict[str, Any]) -> None:
+        backoff = Backoff(0.5, 30.0)
         for attempt in range(1, self._config.retries + 2):
             try:
                 resp = self._session.post(url, json=body, timeout=self._config.timeout)
@@ -59,7 +61,7 @@ class Notifier:
             except requests.RequestException as exc:
                 problem = type(exc).__name__
             if attempt <= self._config.retries:
-                time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
+                time.sleep(backoff.next())
         log.warning("webhook %s: giving up on job %s after %s attempts (%s)", url, body["job"]["id"], attempt, problem)
 
     def close(self, timeout: float = 10) -> None:

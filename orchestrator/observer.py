@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
+from orchestrator.backoff import Backoff
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.mirror import Mirror
@@ -93,7 +94,7 @@ class Observer:
         self._sink = sink
         self._mirrors = {r.name: mirror_for(config, r) for r in config.repositories}
         self._retry_at: dict[str, float] = {}
-        self._backoff: dict[str, float] = {}
+        self._backoff = {r.name: Backoff(config.poll_interval, MAX_BACKOFF) for r in config.repositories}
 
     def poll_once(self) -> int:
         """Fetch and deliver every repository that is not backing off; return how many
@@ -106,12 +107,11 @@ class Observer:
             try:
                 delivered += self._poll(repo)
             except OrchestratorError as exc:
-                delay = min(MAX_BACKOFF, max(self._config.poll_interval, self._backoff.get(repo.name, 0) * 2))
-                self._backoff[repo.name] = delay
+                delay = self._backoff[repo.name].next()
                 self._retry_at[repo.name] = time.monotonic() + delay
                 log.warning("%s: %s; retrying in %.0f s", repo.name, exc, delay)
             else:
-                if self._backoff.pop(repo.name, None):
+                if self._backoff[repo.name].reset():
                     log.info("%s: reachable again", repo.name)
                 self._retry_at.pop(repo.name, None)
         return delivered

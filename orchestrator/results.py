@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from orchestrator.models import Job, JobStatus, TestCounts
+from orchestrator.backends.base import MAX_REPORT_BYTES
+from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow
+from orchestrator.workspace import read_regular_file
 
-MAX_JUNIT_BYTES = 20 * 1024 * 1024
 RESULT_FILES = ("result.json", "output.log", "junit.xml")
+_FINAL = {s.value for s in JobStatus if s.final}
+_COUNTS = ("total", "passed", "failed", "errors", "skipped")
 
 # Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5.
 EXIT_NO_TESTS_DIR = 100
@@ -59,21 +61,6 @@ def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeou
     return JobStatus.ERROR, f"the runner exited with status {exit_code}"
 
 
-def read_regular_file(path: Path, limit: int) -> bytes | None:
-    """The file's bytes if it is a regular file (not a link, FIFO or device) no larger
-    than ``limit``, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        data = fh.read(limit + 1)
-    return data if len(data) <= limit else None
-
-
 def parse_junit(data: bytes) -> TestCounts | None:
     try:
         root = ET.fromstring(data)
@@ -108,9 +95,9 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "exit_code": job.exit_code,
         "tests": {"total": tests.total, "passed": tests.passed, "failed": tests.failed,
                   "errors": tests.errors, "skipped": tests.skipped},
-        "queued_at": _iso(job.queued_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "queued_at": iso(job.queued_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
         "duration_s": job.duration_s,
         "attempts": job.attempts,
         "image": {"tag": job.image_tag, "id": job.image_id},
@@ -119,10 +106,6 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "message": job.message,
         "attempt_history": [h for h in history if h["attempt"] < job.attempts],
     }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 class ResultFiles:
@@ -134,12 +117,35 @@ class ResultFiles:
     def directory(self, repository: str, commit: str) -> Path:
         return self.root / repository / commit
 
+    def path(self, job: Job, name: str) -> Path:
+        """One of ``job``'s result files (``RESULT_FILES``)."""
+        return self.directory(job.repository, job.commit) / name
+
+    def report(self, job: Job) -> bytes | None:
+        """The saved JUnit report, read as a regular file with a size cap."""
+        return read_regular_file(self.path(job, "junit.xml"), MAX_REPORT_BYTES)
+
     def read(self, repository: str, commit: str) -> dict[str, Any] | None:
         data = read_regular_file(self.directory(repository, commit) / "result.json", 1 << 20)
         try:
             return json.loads(data) if data else None
         except ValueError:
             return None
+
+    def completed(self, job: Job) -> Job | None:
+        """``job`` (running) finished as its complete result files say, if they are this
+        attempt's: a crash came after ``result.json`` was written, before the store knew."""
+        doc = self.read(job.repository, job.commit)
+        if not doc or doc.get("attempts") != job.attempts or doc.get("status") not in _FINAL:
+            return None
+        tests = doc.get("tests") if isinstance(doc.get("tests"), dict) else {}
+        counts = {k: int(tests.get(k, 0)) if isinstance(tests.get(k, 0), int) else 0 for k in _COUNTS}
+        return transition(
+            job, JobStatus(doc["status"]), utcnow(), exit_code=doc.get("exit_code"),
+            message=doc.get("message"), log_truncated=bool(doc.get("log_truncated")), tests=TestCounts(**counts),
+            finished_at=parse_iso(doc.get("finished_at")) or utcnow(),
+            started_at=parse_iso(doc.get("started_at")) or job.started_at,
+        )
 
     def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
               history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None) -> Path:

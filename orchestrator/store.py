@@ -9,7 +9,6 @@ neither skip a commit nor queue it twice.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -17,11 +16,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
-from orchestrator.models import Job, JobStatus, Outcome, TestCounts, transition, utcnow
+from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -135,7 +133,7 @@ class Store:
         """Queue each commit once (a known commit gains the new branch names) and, when
         ``heads`` is given, make it the repository's observed progress, atomically.
         Returns the ids of the jobs that were created."""
-        now = utcnow().isoformat()
+        now = iso(utcnow())
         created: list[int] = []
         with self._tx() as db:
             for commit in commits:
@@ -285,18 +283,11 @@ class Store:
 
     def claim_next(self) -> Job | None:
         """Move the oldest queued job to running (a new attempt) and return it."""
-        if not self.has_queued():
-            return None
-        with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            job = _job(row)
-            new = transition(job, JobStatus.RUNNING, utcnow())
-            self._save(db, job, new)
-            return new
+        while (job := self.next_queued()) is not None:
+            claimed = self.claim(job)
+            if claimed is not None:
+                return claimed
+        return None
 
     def move(self, job: Job, status: JobStatus, **changes: object) -> Job:
         """Apply one transition, if nobody else changed the job meanwhile."""
@@ -311,40 +302,30 @@ class Store:
             self._save(db, current, new)
             return new
 
-    def finish(self, job: Job, outcome: Outcome) -> Job:
-        return self.move(
-            job, outcome.status, exit_code=outcome.exit_code, message=outcome.message,
-            tests=outcome.tests, log_truncated=outcome.log_truncated,
-            **({"finished_at": outcome.finished_at} if outcome.finished_at else {}),
-        )
-
     def apply(self, old: Job, new: Job) -> Job:
-        """Save a transition made by ``models.transition``, if the job is still ``old``."""
+        """Save ``new`` (a transition made by ``models.transition``, or facts about a running
+        attempt: its container, image, start) if the job is still ``old`` in the store."""
         with self._tx() as db:
             self._save(db, old, new)
         return new
 
-    def update_running(self, job: Job, **fields: object) -> Job:
-        """Record facts about a running attempt (container id, start time, image)."""
-        with self._tx() as db:
-            current = _job(db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone())
-            if current.status is not JobStatus.RUNNING or current.attempts != job.attempts:
-                raise InvalidTransition(f"job {job.id} is no longer running attempt {job.attempts}")
-            new = dataclasses.replace(current, **fields)
-            self._save(db, current, new)
-            return new
+    def previous_verdict(self, job: Job) -> JobStatus | None:
+        """The final status of the newest earlier job on any of ``job``'s branches (what a
+        notification calls a recovery from)."""
+        earlier = [self.latest_on_branch(job.repository, b, final=True, before=job.id) for b in job.branches]
+        newest = max((j for j in earlier if j is not None), key=lambda j: j.id, default=None)
+        return newest.status if newest else None
 
     @staticmethod
     def _save(db: sqlite3.Connection, old: Job, new: Job) -> None:
         cur = db.execute(
-            "UPDATE jobs SET branches = ?, subject = ?, status = ?, attempts = ?, started_at = ?,"
+            "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
             " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
             " image_id = ?, tests = ?, log_truncated = ?,"
             " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
             " WHERE id = ? AND status = ? AND attempts = ?",
             (
-                json.dumps(list(new.branches)), new.subject, new.status.value, new.attempts,
-                _iso(new.started_at), _iso(new.finished_at), new.exit_code, new.message,
+                new.status.value, new.attempts, iso(new.started_at), iso(new.finished_at), new.exit_code, new.message,
                 new.container_id, new.image_tag, new.image_id,
                 json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
                 new.status.value, old.id, old.status.value, old.attempts,
@@ -357,16 +338,8 @@ class Store:
                 "INSERT OR REPLACE INTO attempts (job_id, attempt, outcome, message, container_id,"
                 " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (old.id, old.attempts, "retried" if new.status is JobStatus.QUEUED else new.status.value,
-                 new.message, old.container_id, _iso(old.started_at), _iso(new.finished_at or utcnow())),
+                 new.message, old.container_id, iso(old.started_at), iso(new.finished_at or utcnow())),
             )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def _job(row: tuple) -> Job:
@@ -374,8 +347,8 @@ def _job(row: tuple) -> Job:
      exit_code, message, container_id, image_tag, image_id, tests, log_truncated) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
-        status=JobStatus(status), attempts=attempts, queued_at=_dt(queued_at),
-        started_at=_dt(started_at), finished_at=_dt(finished_at), exit_code=exit_code,
+        status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
+        started_at=parse_iso(started_at), finished_at=parse_iso(finished_at), exit_code=exit_code,
         message=message, container_id=container_id, image_tag=image_tag, image_id=image_id,
         tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
     )

@@ -1,6 +1,6 @@
 """Runs inside the runner container: the commit's tests, with pytest, writing junit.xml.
 
-With ORCHESTRATOR_GO_FILE set, the container starts warm: it imports pytest, then waits
+With ORCHESTRATOR_RELEASE_FILE set, the container starts warm: it imports pytest, then waits
 for the orchestrator to create that file (the previous job's slot is free) before it
 looks at the workspace, so starting the container and the interpreter overlaps the job
 before it.
@@ -19,19 +19,19 @@ WORKSPACE = "/workspace"
 JUNIT = "/ci-out/junit.xml"
 
 
-def wait_for_go(path: str) -> None:
+def wait_for_release(path: str) -> None:
     while not os.path.exists(path):
         time.sleep(0.005)
 
 
 def main() -> int:
-    go = os.environ.get("ORCHESTRATOR_GO_FILE")
-    if go:
+    release = os.environ.get("ORCHESTRATOR_RELEASE_FILE")
+    if release:
         try:
             import pytest  # noqa: F401  (warm the import cache before the job is released)
         except ImportError:
             pass
-        wait_for_go(go)
+        wait_for_release(release)
     os.chdir(WORKSPACE)
     if not os.path.isdir("tests"):
         print("orchestrator: this commit has no tests directory", flush=True)

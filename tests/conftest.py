@@ -19,7 +19,8 @@ import docker
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.image import build
+from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.image import build
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
 
@@ -42,7 +43,11 @@ def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("image")
     (directory / "repo").mkdir()
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
-    build(config, lambda _line: None)
+    backend = DockerBackend()
+    try:
+        build(config, backend, lambda _line: None)
+    finally:
+        backend.close()
     return config.runner.image
 
 
@@ -82,11 +87,19 @@ class Orchestrated:
         self.processes.append(proc)
         return proc
 
+    def path(self, sha: str, name: str = "") -> Path:
+        """A commit's result folder, or one of its files (``result.json``, ``attempts/1`` ...)."""
+        directory = self.config.results_dir / "demo" / sha
+        return directory / name if name else directory
+
     def result(self, sha: str) -> dict:
-        return json.loads((self.config.results_dir / "demo" / sha / "result.json").read_text())
+        return json.loads(self.path(sha, "result.json").read_text())
 
     def log(self, sha: str) -> bytes:
-        return (self.config.results_dir / "demo" / sha / "output.log").read_bytes()
+        return self.path(sha, "output.log").read_bytes()
+
+    def has_result(self, *shas: str) -> bool:
+        return all(self.path(sha, "result.json").exists() for sha in shas)
 
     def instance(self) -> str:
         store = Store(self.config.db_path)

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.config import load_config
+from orchestrator.jobs import LocalJobs
+from orchestrator.metrics import Metrics
+from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
+from orchestrator.results import ResultFiles
+from orchestrator.store import Store
+
 
 class GitRepo:
     """A real repository made with the git command, as a user's would be."""
@@ -71,3 +78,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Web:
+    """The real HTTP app over a real store and a real repository, with no engine: nothing
+    runs here, jobs are moved by hand (``finish``)."""
+
+    def __init__(self, directory: Path, repo: GitRepo, **overrides: object):
+        self.config = load_config(write_config(directory, {"demo": repo.path}, **overrides))
+        self.store = Store(self.config.db_path)
+        self.woken: list[int] = []
+        self.jobs = LocalJobs(self.config, self.store, wake=lambda: self.woken.append(1))
+        self.metrics = Metrics(self.store)
+        self.results = ResultFiles(self.config.results_dir)
+
+    def app(self):
+        from orchestrator.web.app import create_app
+
+        return create_app(self.jobs, self.metrics, self.config)
+
+    def finish(self, status: JobStatus, tests: TestCounts | None = None) -> Job:
+        """Claim the oldest queued job and end it with ``status``, as an attempt would."""
+        job = self.store.claim_next()
+        done = transition(job, status, utcnow(), exit_code=0 if status is JobStatus.PASSED else 1, tests=tests)
+        return self.store.apply(job, done)
+
+    def close(self) -> None:
+        self.store.close()

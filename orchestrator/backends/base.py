@@ -1,17 +1,23 @@
-"""The runner backend interface: one container per job attempt.
+"""The runner backend interface: where a job's container runs.
 
-Lifecycle, as the dispatcher drives it::
+It works at the level of a job's steps, not of one engine's API calls, so that a second
+engine (a Swarm, whose services have no attach and no created-but-not-started state) can
+stand behind it. The dispatcher drives it in this order::
 
-    create(spec) -> id        container exists, labelled, not started
-    attach(id) -> stream      opened before start: every byte of output, live, until exit
-    start(id)                 begins the clock of the job's timeout
-    logs(id)                  the retained output (and, following, what comes), for re-attaching
-    wait(id, seconds)         the final state, or None if still running then
-    kill(id)                  best effort, for timeouts and cancels
-    remove(id)                idempotent: safe whatever state (or absence) the container is in
-    find(labels)              containers carrying all these labels, for reconciling after a restart
+    prepare(spec) -> id      the container exists, labelled, not started; its output is
+                             already being captured, so nothing printed after start is missed
+    start(id) -> state       begins the clock of the job's timeout
+    output(id)               the attempt's own capture of the output, from its beginning,
+                             live until the container ends
+    logs(id, follow)         what the engine kept of the output (for onlookers, and to read
+                             it again after a cut), following it live if asked
+    wait(id, seconds)        the final state, or None if it still runs then
+    report(id, output_dir)   the JUnit report the tests wrote, or None
+    stop(id)                 best effort, for timeouts and cancels
+    destroy(id)              idempotent: safe whatever state (or absence) the container is in
+    find(labels)             containers carrying all these labels, for recovery after a restart
 
-Every method raises ``EngineUnavailable`` when the engine does not answer, so the
+Every method raises ``EngineUnavailable`` when the engine does not answer, so that the
 dispatcher can tell infrastructure failures from what the tests did.
 """
 
@@ -21,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 LABEL_INSTANCE = "orchestrator.instance"
@@ -28,9 +35,11 @@ LABEL_JOB = "orchestrator.job"
 LABEL_REPOSITORY = "orchestrator.repository"
 LABEL_COMMIT = "orchestrator.commit"
 LABEL_ATTEMPT = "orchestrator.attempt"
+LABEL_WARM = "orchestrator.warm"
 
 WORKSPACE = "/workspace"
 OUTPUT_DIR = "/ci-out"
+MAX_REPORT_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,10 +58,18 @@ class ContainerSpec:
     environment: dict[str, str] = field(default_factory=dict)
 
 
+class Phase(str, Enum):
+    """Where a container is in its life, whatever the engine calls it."""
+
+    CREATED = "created"    # prepared, never started
+    RUNNING = "running"
+    EXITED = "exited"
+
+
 @dataclass(frozen=True)
 class ContainerState:
     id: str
-    status: str                     # created | running | exited | dead | ...
+    phase: Phase
     labels: dict[str, str]
     exit_code: int | None = None
     oom_killed: bool = False
@@ -60,12 +77,8 @@ class ContainerState:
     finished_at: datetime | None = None
 
     @property
-    def running(self) -> bool:
-        return self.status in ("running", "paused", "restarting")
-
-    @property
     def exited(self) -> bool:
-        return self.status in ("exited", "dead")
+        return self.phase is Phase.EXITED
 
 
 @dataclass(frozen=True)
@@ -83,17 +96,20 @@ class Backend(ABC):
         """The image to run, or ImageMissing."""
 
     @abstractmethod
-    def create(self, spec: ContainerSpec) -> str: ...
-
-    @abstractmethod
-    def attach(self, container_id: str) -> Iterator[bytes]:
-        """Opens the output stream now (not lazily), so nothing written after start is missed."""
+    def prepare(self, spec: ContainerSpec) -> str:
+        """Create the container, not started, with its output captured from the start."""
 
     @abstractmethod
     def start(self, container_id: str) -> ContainerState: ...
 
     @abstractmethod
-    def logs(self, container_id: str, follow: bool = True) -> Iterator[bytes]: ...
+    def output(self, container_id: str) -> Iterator[bytes]:
+        """Everything the container prints, from its beginning, until it ends: for the one
+        attempt that watches it."""
+
+    @abstractmethod
+    def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
+        """What the engine kept of the output; never disturbs ``output``."""
 
     @abstractmethod
     def wait(self, container_id: str, seconds: float) -> ContainerState | None: ...
@@ -103,10 +119,17 @@ class Backend(ABC):
         """None if the container does not exist."""
 
     @abstractmethod
-    def kill(self, container_id: str) -> None: ...
+    def report(self, container_id: str, output_dir: Path) -> bytes | None:
+        """The JUnit report of an exited container, read as the untrusted data it is."""
 
     @abstractmethod
-    def remove(self, container_id: str) -> None: ...
+    def stop(self, container_id: str) -> None: ...
+
+    @abstractmethod
+    def destroy(self, container_id: str) -> None: ...
 
     @abstractmethod
     def find(self, labels: dict[str, str]) -> list[ContainerState]: ...
+
+    def close(self) -> None:
+        """Release connections; the backend may be used again afterwards (it reconnects)."""

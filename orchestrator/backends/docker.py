@@ -1,11 +1,17 @@
-"""The local Docker Engine backend (docker-py)."""
+"""The local Docker Engine backend (docker-py).
+
+The engine's quirks stay in here: the output is read through ``attach``, opened before
+the container starts (the json-file log loses lines when it rotates under a follower, and
+a flooding suite makes it rotate), and the json-file log is read only to catch up after a
+cut or a restart; the engine's status strings become ``Phase``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from pathlib import Path
 
 import docker
 import requests
@@ -14,15 +20,21 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig
 
 from orchestrator.backends.base import (
-    OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo,
+    MAX_REPORT_BYTES, OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
 )
 from orchestrator.errors import EngineUnavailable, ImageMissing
+from orchestrator.models import parse_iso
+from orchestrator.workspace import read_regular_file
+
+_PHASES = {"created": Phase.CREATED, "exited": Phase.EXITED, "dead": Phase.EXITED}
 
 _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, DockerException)
 
 
 @contextlib.contextmanager
-def _engine(what: str) -> Iterator[None]:
+def engine_call(what: str) -> Iterator[None]:
+    """docker-py's and requests' errors, for one call of ``what``: NotFound and 4xx stay
+    as they are (the caller decides), all else is EngineUnavailable."""
     try:
         yield
     except (NotFound, ImageNotFound):
@@ -58,12 +70,14 @@ class DockerBackend(Backend):
         self._timeout = timeout
         self._lock = threading.Lock()
         self._client: docker.APIClient | None = None
+        self._attached: dict[str, _Stream] = {}  # prepared here: output streams opened before start
 
     @property
-    def _api(self) -> docker.APIClient:
+    def api(self) -> docker.APIClient:
+        """The docker-py client, connected on first use (also for building images)."""
         with self._lock:
             if self._client is None:
-                with _engine("connect"):
+                with engine_call("connect"):
                     if self._docker_host:
                         self._client = docker.APIClient(base_url=self._docker_host, timeout=self._timeout)
                     else:
@@ -72,24 +86,40 @@ class DockerBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
+            streams, self._attached = list(self._attached.values()), {}
+            for stream in streams:
+                stream.close()
             if self._client is not None:
                 self._client.close()
                 self._client = None
 
     def ping(self) -> None:
-        with _engine("answer a ping"):
-            self._api.ping()
+        with engine_call("answer a ping"):
+            self.api.ping()
 
     def image(self, tag: str) -> ImageInfo:
         try:
-            with _engine("look up the runner image"):
-                found = self._api.inspect_image(tag)
+            with engine_call("look up the runner image"):
+                found = self.api.inspect_image(tag)
         except (NotFound, ImageNotFound):
             raise ImageMissing(f"runner image {tag} is missing: run `orchestrator image build`") from None
         return ImageInfo(tag=tag, id=found["Id"])
 
-    def create(self, spec: ContainerSpec) -> str:
-        api = self._api
+    def prepare(self, spec: ContainerSpec) -> str:
+        container_id = self._create(spec)
+        try:
+            with engine_call("attach to a container"):
+                stream = self.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
+        except EngineUnavailable:
+            with contextlib.suppress(EngineUnavailable, APIError):
+                self.destroy(container_id)  # else recovery's sweep removes it when the engine is back
+            raise
+        with self._lock:
+            self._attached[container_id] = _Stream(stream, "stream a container log")
+        return container_id
+
+    def _create(self, spec: ContainerSpec) -> str:
+        api = self.api
         host_config = api.create_host_config(
             binds={str(spec.workspace): {"bind": WORKSPACE, "mode": "rw"},
                    str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"}},
@@ -109,7 +139,7 @@ class DockerBackend(Backend):
             ),
         )
         try:
-            with _engine("create a container"):
+            with engine_call("create a container"):
                 created = api.create_container(
                     image=spec.image, name=spec.name, labels=spec.labels, user=spec.user,
                     working_dir=WORKSPACE, environment=spec.environment, host_config=host_config,
@@ -120,33 +150,28 @@ class DockerBackend(Backend):
         return created["Id"]
 
     def start(self, container_id: str) -> ContainerState:
-        with _engine("start a container"):
-            self._api.start(container_id)
+        with engine_call("start a container"):
+            self.api.start(container_id)
         state = self.inspect(container_id)
         if state is None:
             raise EngineUnavailable(f"container {container_id[:12]} vanished right after it started")
         return state
 
-    def attach(self, container_id: str) -> Iterator[bytes]:
-        # The engine's json-file log loses lines when it rotates under a follower (a
-        # flooding test suite makes it rotate); an attach stream reads the output itself.
-        with _engine("attach to a container"):
-            stream = self._api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
-        return _guarded(stream, "stream a container log")
+    def output(self, container_id: str) -> Iterator[bytes]:
+        with self._lock:
+            attached = self._attached.pop(container_id, None)
+        return iter(attached) if attached is not None else self.logs(container_id, follow=True)
 
-    def logs(self, container_id: str, follow: bool = True) -> Iterator[bytes]:
-        with _engine("stream a container log"):
-            stream = self._api.logs(container_id, stdout=True, stderr=True, stream=True, follow=follow)
-        try:
-            with _engine("stream a container log"):
-                yield from stream
-        finally:
-            stream.close()
+    def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
+        # a generator: the engine is asked on the first read, so a cut is the reader's to handle
+        with engine_call("stream a container log"):
+            stream = self.api.logs(container_id, stdout=True, stderr=True, stream=True, follow=follow)
+        yield from _Stream(stream, "stream a container log")
 
     def wait(self, container_id: str, seconds: float) -> ContainerState | None:
-        api = self._api
+        api = self.api
         try:
-            with _engine("wait for a container"):
+            with engine_call("wait for a container"):
                 api.wait(container_id, timeout=max(seconds, 0.01))
         except requests.exceptions.RequestException as exc:
             if _is_read_timeout(exc):
@@ -158,23 +183,30 @@ class DockerBackend(Backend):
 
     def inspect(self, container_id: str) -> ContainerState | None:
         try:
-            with _engine("inspect a container"):
-                data = self._api.inspect_container(container_id)
+            with engine_call("inspect a container"):
+                data = self.api.inspect_container(container_id)
         except NotFound:
             return None
         return _state(data)
 
-    def kill(self, container_id: str) -> None:
+    def report(self, container_id: str, output_dir: Path) -> bytes | None:
+        return read_regular_file(output_dir / "junit.xml", MAX_REPORT_BYTES)
+
+    def stop(self, container_id: str) -> None:
         try:
-            with _engine("kill a container"):
-                self._api.kill(container_id)
+            with engine_call("kill a container"):
+                self.api.kill(container_id)
         except (NotFound, APIError):
             pass  # already gone or already stopped
 
-    def remove(self, container_id: str) -> None:
+    def destroy(self, container_id: str) -> None:
+        with self._lock:
+            attached = self._attached.pop(container_id, None)
+        if attached is not None:
+            attached.close()
         try:
-            with _engine("remove a container"):
-                self._api.remove_container(container_id, force=True, v=True)
+            with engine_call("remove a container"):
+                self.api.remove_container(container_id, force=True, v=True)
         except NotFound:
             pass
         except APIError as exc:
@@ -183,8 +215,8 @@ class DockerBackend(Backend):
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        with _engine("list containers"):
-            found = self._api.containers(all=True, filters=filters)
+        with engine_call("list containers"):
+            found = self.api.containers(all=True, filters=filters)
         states = []
         for summary in found:
             state = self.inspect(summary["Id"])
@@ -193,34 +225,33 @@ class DockerBackend(Backend):
         return states
 
 
-def _guarded(stream, what: str) -> Iterator[bytes]:
-    try:
-        with _engine(what):
-            yield from stream
-    finally:
-        stream.close()
+class _Stream:
+    """An engine output stream whose errors are EngineUnavailable, and whose connection
+    ``close`` ends even when it was never read (a warm container discarded, say)."""
+
+    def __init__(self, stream, what: str):
+        self._stream, self._what = stream, what
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            with engine_call(self._what):
+                yield from self._stream
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _state(data: dict) -> ContainerState:
     st = data.get("State", {})
+    phase = _PHASES.get(st.get("Status", ""), Phase.RUNNING)  # running, paused, restarting, removing
     return ContainerState(
         id=data["Id"],
-        status=st.get("Status", "unknown"),
+        phase=phase,
         labels=data.get("Config", {}).get("Labels") or {},
-        exit_code=st.get("ExitCode") if st.get("Status") in ("exited", "dead") else None,
+        exit_code=st.get("ExitCode") if phase is Phase.EXITED else None,
         oom_killed=bool(st.get("OOMKilled")),
-        started_at=_time(st.get("StartedAt")),
-        finished_at=_time(st.get("FinishedAt")),
+        started_at=parse_iso(st.get("StartedAt")),
+        finished_at=parse_iso(st.get("FinishedAt")),
     )
-
-
-def _time(value: str | None) -> datetime | None:
-    """Docker's RFC 3339 times have nanoseconds; zero time means never."""
-    if not value or value.startswith("0001-"):
-        return None
-    head, _, frac = value.rstrip("Z").partition(".")
-    micro = (frac[:6]).ljust(6, "0") if frac else "000000"
-    tz = "+00:00"
-    if "+" in frac or "-" in frac:
-        return datetime.fromisoformat(value)  # unusual offset form; let Python cope
-    return datetime.fromisoformat(f"{head}.{micro}{tz}")

@@ -27,7 +27,7 @@ def _one_final_result_each(orch, shas: list[str]) -> list[dict]:
     results = [orch.result(sha) for sha in shas]
     assert [r["status"] for r in results] == ["passed"] * len(shas)
     for sha in shas:
-        directory = orch.config.results_dir / "demo" / sha
+        directory = orch.path(sha)
         assert not [p.name for p in directory.iterdir() if p.name.startswith(".")], "half-written file"
         json.loads((directory / "result.json").read_text())
     jobs = json.loads(orch.cli("status", "--json", "--limit", "100").stdout)
@@ -118,6 +118,5 @@ def test_stop_grace_waits_for_running_jobs(orch) -> None:
     run = _running_with_grace(orch, 60)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 0
-    finished = [orch.config.results_dir / "demo" / sha / "result.json" for sha in shas]
-    assert any(p.exists() for p in finished)  # the running ones were waited for
+    assert any(orch.has_result(sha) for sha in shas)  # the running ones were waited for
     assert orch.containers() == []

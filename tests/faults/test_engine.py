@@ -44,8 +44,7 @@ def test_engine_outage_loses_nothing(orch, proxy) -> None:
     assert requests.get(f"{base}/healthz", timeout=5).ok  # the dispatcher stays up meanwhile
     time.sleep(OUTAGE / 2)
     proxy.restore()
-    orch.wait_for(lambda: all((orch.config.results_dir / "demo" / s / "result.json").exists()
-                              for s in [*slow, later]), timeout=90)
+    orch.wait_for(lambda: orch.has_result(*slow, later), timeout=90)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=30)
     assert run.returncode == 0
@@ -63,10 +62,10 @@ def test_engine_down_at_start_then_back(orch, proxy) -> None:
     orch.configure(runner={"docker_host": proxy.url})
     proxy.cut()
     run = orch.start("run")
-    time.sleep(3)
+    orch.wait_for(lambda: _engine_errors(orch) >= 2, timeout=30)  # it tried, failed, and tried again
     assert run.poll() is None  # waits for the engine instead of dying
     proxy.restore()
-    orch.wait_for(lambda: (orch.config.results_dir / "demo" / sha / "result.json").exists(), timeout=60)
+    orch.wait_for(lambda: orch.has_result(sha), timeout=60)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=30)
     assert "unreachable" in stderr and orch.result(sha)["status"] == "passed"
@@ -82,3 +81,13 @@ def test_once_with_engine_unreachable_is_exit_3_and_keeps_the_queue(orch, proxy)
     proxy.restore()
     assert orch.cli("run", "--once").returncode == 0
     assert orch.result(sha)["status"] == "passed"
+
+
+def _engine_errors(orch) -> float:
+    """How many engine calls the running dispatcher saw fail (its /metrics)."""
+    try:
+        text = requests.get(f"http://127.0.0.1:{orch.config.dispatcher.port}/metrics", timeout=2).text
+    except requests.RequestException:
+        return 0
+    return next((float(line.split()[1]) for line in text.splitlines()
+                 if line.startswith("orchestrator_engine_errors_total ")), 0)

@@ -58,7 +58,7 @@ def test_junit_replaced_by_a_link_to_a_host_file_is_not_read(orch, tmp_path) -> 
             f"    os.symlink({str(secret)!r}, '/ci-out/junit.xml')\n")
     result, _ = _run(orch, {"tests/conftest.py": swap, **PASSING})
     assert result["status"] == "passed" and result["tests"]["total"] == 0  # counts not taken from the link
-    directory = orch.config.results_dir / "demo" / result["commit"]
+    directory = orch.path(result["commit"])
     assert not (directory / "junit.xml").exists()
     assert all(b"TOP SECRET" not in p.read_bytes() for p in directory.iterdir() if p.is_file())
 

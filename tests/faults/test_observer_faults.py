@@ -3,7 +3,7 @@ that cannot be fetched for a while. Found commits are delivered once the other s
 back; progress is recorded only when the dispatcher has acknowledged it."""
 
 import signal
-import time
+import subprocess
 
 import pytest
 import requests
@@ -36,8 +36,9 @@ def test_observer_keeps_commits_while_the_dispatcher_is_down(orch) -> None:
     dispatcher.send_signal(signal.SIGTERM)
     assert dispatcher.wait(timeout=30) == 0
     made = [orch.repo.commit("while down 1", FAILING), orch.repo.commit("while down 2", PASSING)]
-    time.sleep(2)  # the observer finds them and fails to deliver
-    assert observer.poll() is None
+    mirror = orch.config.state_dir / "mirrors" / "demo"
+    orch.wait_for(lambda: _has_commit(mirror, made[1]), timeout=30)  # the observer found them ...
+    assert observer.poll() is None  # ... failed to deliver them, and goes on
     dispatcher = orch.start("dispatcher")
     done = orch.wait_for(lambda: _finished(base, made), timeout=90)
     assert {j["commit"]: j["status"] for j in done} == {made[0]: "failed", made[1]: "passed"}
@@ -59,3 +60,8 @@ def test_run_keeps_watching_and_tests_each_push(orch) -> None:
     assert job[0]["tests"]["failed"] == 1
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) == 0
+
+
+def _has_commit(mirror, sha: str) -> bool:
+    return subprocess.run(["git", "--git-dir", str(mirror), "cat-file", "-e", f"{sha}^{{commit}}"],
+                          capture_output=True).returncode == 0

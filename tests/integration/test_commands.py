@@ -8,7 +8,7 @@ import sys
 import pytest
 import requests
 
-from tests.helpers import FAILING, PASSING
+from tests.helpers import FAILING, PASSING, write_config
 
 pytestmark = pytest.mark.docker
 
@@ -116,7 +116,7 @@ def test_cancel_a_running_job_and_retry_it(orch) -> None:
     second = orch.result(sha)
     assert second["status"] == "timed_out" and second["attempts"] == 2
     assert second["attempt_history"][0]["outcome"] == "cancelled"
-    earlier = orch.config.results_dir / "demo" / sha / "attempts" / "1"
+    earlier = orch.path(sha, "attempts/1")
     assert json.loads((earlier / "result.json").read_text())["status"] == "cancelled"
 
 
@@ -139,3 +139,45 @@ def test_cancel_a_job_prepared_behind_a_running_one(orch) -> None:
     cancelled = orch.result(waiting)  # a job that never ran still ends with its files
     assert cancelled["status"] == "cancelled" and cancelled["message"] == "cancelled before it ran"
     assert b"cancelled before it ran" in orch.log(waiting)
+
+
+def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) -> None:
+    """With --server (or dispatcher.url), every job command goes through the HTTP API: the
+    second config below has a state_dir of its own that never comes into existence."""
+    old = orch.repo.commit("old", PASSING)
+    orch.repo.commit("chatty", {"tests/test_chatty.py": CHATTY})
+    orch.configure(runner={"parallelism": 1})
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    remote = write_config(elsewhere, {"demo": orch.repo.path}, dispatcher={"url": base})
+    dispatcher = orch.start("dispatcher")
+    orch.wait_for(lambda: _get(f"{base}/healthz"), timeout=30)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(remote)],
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("poll").stdout.strip() == "queued 1 new commit"  # first sight: the head only
+    head = orch.repo.head()
+    orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    follow = cli("logs", head[:10], "--follow")
+    assert follow.returncode == 0 and "7 passed" in follow.stdout, follow.stderr  # followed to the end
+    submitted = cli("submit", old[:10])
+    assert submitted.returncode == 0 and f"queued: job 2 {old}" in submitted.stdout
+    job = orch.wait_for(lambda: [j for j in _get(f"{base}/api/jobs").json() if j["commit"] == old
+                                 and j["status"] == "passed"], timeout=60)[0]
+    status = json.loads(cli("status", "--json").stdout)
+    assert {j["commit"]: j["status"] for j in status}[old] == "passed"
+    assert cli("cancel", old[:10]).returncode == 2  # already final: refused, as locally
+    retried = cli("retry", old[:10])
+    assert retried.returncode == 0 and "attempt 2" in retried.stdout
+    unknown = cli("logs", "deadbeef")
+    assert unknown.returncode == 3 and "no job for a commit starting with deadbeef" in unknown.stderr
+    orch.wait_for(lambda: _get(f"{base}/api/jobs/{job['id']}").json()["attempts"] == 2
+                  and _get(f"{base}/api/jobs/{job['id']}").json()["status"] == "passed", timeout=60)
+    assert not (elsewhere / "state").exists()  # nothing went to the local state_dir
+    local = orch.cli("status", "--server", base)
+    assert local.returncode == 0 and old[:10] in local.stdout
+    dispatcher.send_signal(signal.SIGTERM)
+    assert dispatcher.wait(timeout=30) == 0

@@ -7,28 +7,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.api import create_app
-from orchestrator.config import load_config
-from orchestrator.backends.docker import DockerBackend
-from orchestrator.dispatcher import Dispatcher
-from orchestrator.observer import Observer
-from orchestrator.store import Store
-from tests.helpers import GitRepo, write_config
+from tests.helpers import GitRepo, Web
 
 
 @pytest.fixture
 def api(tmp_path: Path, repo: GitRepo):
     sha = repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
-    config = load_config(write_config(tmp_path, {"demo": repo.path}))
-    store = Store(config.db_path)
-    Observer(config, store).poll_once()
-    dispatcher = Dispatcher(config, store, DockerBackend())  # the engine is never called here
-    woken = []
-    dispatcher.wake = lambda: woken.append(1)
-    with TestClient(create_app(dispatcher)) as client:
-        yield client, repo, sha, woken
-    dispatcher.shutdown()
-    store.close()
+    web = Web(tmp_path, repo)
+    web.jobs.poll()
+    web.woken.clear()
+    with TestClient(web.app()) as client:
+        yield client, repo, sha, web.woken
+    web.close()
 
 
 def test_jobs_and_filters(api) -> None:
@@ -72,6 +62,19 @@ def test_bad_requests_are_4xx_with_a_reason(api, method, path, body, status) -> 
     resp = client.request(method.upper(), path, content=body, headers={"content-type": "application/json"})
     assert resp.status_code == status
     assert resp.json()["detail"]
+
+
+def test_submit_by_revision_and_find_by_prefix(api) -> None:
+    client, repo, sha, woken = api
+    new = repo.commit("second")
+    resp = client.post("/api/jobs", json={"rev": "main"})
+    assert resp.status_code == 201 and resp.json()["created"] is True and resp.json()["job"]["commit"] == new
+    assert woken == [1]
+    assert client.get("/api/jobs/find", params={"commit": sha[:8]}).json()["commit"] == sha
+    assert client.get("/api/jobs/find", params={"commit": "ffffffff"}).status_code == 404
+    assert client.get("/api/jobs/find", params={"commit": "../x"}).status_code == 422
+    assert client.post("/api/jobs", json={"rev": "no-such-branch"}).status_code == 404
+    assert client.post("/api/jobs", json={"rev": "main", "repository": "nope"}).status_code == 404
 
 
 def test_oversized_body_is_413(api) -> None:

@@ -8,13 +8,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from orchestrator.api import create_app  # noqa: E402
-from orchestrator.backends.docker import DockerBackend  # noqa: E402
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.dispatcher import Dispatcher  # noqa: E402
-from orchestrator.observer import Observer  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
-from tests.helpers import GitRepo, write_config  # noqa: E402
+from tests.helpers import GitRepo, Web  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +16,10 @@ def api_schema(tmp_path_factory):
     base: Path = tmp_path_factory.mktemp("fuzz")
     repo = GitRepo(base / "upstream")
     repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
-    config = load_config(write_config(base, {"demo": repo.path}))
-    store = Store(config.db_path)
-    Observer(config, store).poll_once()
-    dispatcher = Dispatcher(config, store, DockerBackend())  # no job runs: the engine is not called
-    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(dispatcher))
-    dispatcher.shutdown()
-    store.close()
+    web = Web(base, repo)
+    web.jobs.poll()
+    yield schemathesis.openapi.from_asgi("/openapi.json", web.app())
+    web.close()
 
 
 def test_no_server_errors(api_schema) -> None:

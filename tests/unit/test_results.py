@@ -7,7 +7,8 @@ import pytest
 
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
-from orchestrator.results import ResultFiles, classify, parse_junit, read_regular_file
+from orchestrator.results import ResultFiles, classify, parse_junit
+from orchestrator.workspace import read_regular_file
 
 JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="2" skipped="1" tests="7" time="0.1">

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
-from orchestrator.models import JobStatus, Outcome
+from orchestrator.models import JobStatus, transition, utcnow
 from orchestrator.store import NewCommit, Store
 
 
@@ -52,10 +52,18 @@ def test_claim_is_oldest_first_and_exclusive(store: Store) -> None:
 def test_stale_writer_loses(store: Store) -> None:
     store.record_commits("demo", [NewCommit("d" * 40, "", ())])
     job = store.claim_next()
-    store.finish(job, Outcome(JobStatus.PASSED, exit_code=0))
+    store.apply(job, transition(job, JobStatus.PASSED, utcnow(), exit_code=0))
     with pytest.raises(InvalidTransition):
-        store.finish(job, Outcome(JobStatus.FAILED, exit_code=1))
+        store.apply(job, transition(job, JobStatus.FAILED, utcnow(), exit_code=1))
     assert store.get(job.id).status is JobStatus.PASSED
+
+
+def test_a_branch_added_while_running_is_kept(store: Store) -> None:
+    store.record_commits("demo", [NewCommit("f" * 40, "", ("main",))])
+    job = store.claim_next()
+    store.record_commits("demo", [NewCommit("f" * 40, "", ("feature",))])  # pushed meanwhile
+    store.apply(job, transition(job, JobStatus.PASSED, utcnow(), exit_code=0))
+    assert store.get(job.id).branches == ("feature", "main")
 
 
 def test_find_by_prefix(store: Store) -> None:

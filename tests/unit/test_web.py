@@ -4,50 +4,32 @@ the dashboard pages, the api token, and webhook notifications to a local HTTP se
 import http.server
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.api import create_app
-from orchestrator.backends.docker import DockerBackend
-from orchestrator.config import load_config
-from orchestrator.dispatcher import Dispatcher
-from orchestrator.models import JobStatus, Outcome, TestCounts
+from orchestrator.models import JobStatus, TestCounts
 from orchestrator.notify import Notifier
-from orchestrator.observer import Observer
-from orchestrator.store import Store
-from tests.helpers import GitRepo, write_config
-
-
-def make(tmp_path: Path, repo: GitRepo, **overrides):
-    config = load_config(write_config(tmp_path, {"demo": repo.path}, **overrides))
-    store = Store(config.db_path)
-    dispatcher = Dispatcher(config, store, DockerBackend())  # the engine is never called here
-    return config, store, dispatcher
+from tests.helpers import GitRepo, Web
 
 
 @pytest.fixture
 def web(tmp_path: Path, repo: GitRepo):
     sha = repo.commit("first <script>alert(1)</script>", {"tests/test_a.py": "def test_a(): pass\n"})
-    config, store, dispatcher = make(tmp_path, repo)
-    Observer(config, store).poll_once()
-    with TestClient(create_app(dispatcher)) as client:
-        yield client, store, repo, sha
-    dispatcher.shutdown()
-    store.close()
-
-
-def finish(store: Store, status: JobStatus, tests: TestCounts | None = None):
-    job = store.claim_next()
-    return store.finish(job, Outcome(status, exit_code=0 if status is JobStatus.PASSED else 1, tests=tests))
+    w = Web(tmp_path, repo)
+    w.jobs.poll()
+    with TestClient(w.app()) as client:
+        yield client, w, repo, sha
+    w.close()
 
 
 def test_badge_follows_the_branch(web) -> None:
-    client, store, _, _ = web
+    client, w, _, _ = web
     svg = client.get("/badge/demo/main.svg")
     assert svg.headers["content-type"] == "image/svg+xml" and b"queued" in svg.content
-    finish(store, JobStatus.FAILED)
+    w.finish(JobStatus.FAILED)
     assert b"failing" in client.get("/badge/demo/main.svg").content
     assert b"unknown" in client.get("/badge/demo/nope/x.svg").content
     assert client.get("/badge/other/main.svg").status_code == 404
@@ -55,14 +37,14 @@ def test_badge_follows_the_branch(web) -> None:
 
 
 def test_metrics_in_prometheus_text(web) -> None:
-    client, store, _, _ = web
+    client, w, _, _ = web
     text = client.get("/metrics").text
     assert "orchestrator_queue_depth 1.0" in text and "orchestrator_running_jobs 0.0" in text
     assert "orchestrator_job_duration_seconds_bucket" in text and "orchestrator_engine_errors_total 0.0" in text
 
 
 def test_cancel_queued_then_retry(web) -> None:
-    client, store, _, _ = web
+    client, w, _, _ = web
     cancelled = client.post("/api/jobs/1/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert client.get("/api/jobs/1/log").content == b"[orchestrator: cancelled before it ran]\n"
@@ -74,24 +56,24 @@ def test_cancel_queued_then_retry(web) -> None:
 
 
 def test_cancel_running_is_a_request_for_the_dispatcher(web) -> None:
-    client, store, _, _ = web
-    job = store.claim_next()
+    client, w, _, _ = web
+    job = w.store.claim_next()
     assert client.post(f"/api/jobs/{job.id}/cancel").status_code == 202
-    assert store.cancel_requested(job.id) and store.get(job.id).status is JobStatus.RUNNING
+    assert w.store.cancel_requested(job.id) and w.store.get(job.id).status is JobStatus.RUNNING
 
 
 def test_instant_trigger_queues_every_new_commit(web) -> None:
-    client, store, repo, _ = web
+    client, w, repo, _ = web
     made = [repo.commit("a"), repo.commit("b")]
     resp = client.post("/api/repositories/demo/poll")
     assert resp.status_code == 202 and resp.json()["queued"] == 2
-    assert [j.commit for j in reversed(store.list_jobs())][-2:] == made
+    assert [j.commit for j in reversed(w.store.list_jobs())][-2:] == made
     assert client.post("/api/repositories/nope/poll").status_code == 404
 
 
 def test_dashboard_pages_render_escaped(web) -> None:
-    client, store, _, sha = web
-    finish(store, JobStatus.FAILED, TestCounts(2, 1, 1, 0, 0))
+    client, w, _, sha = web
+    w.finish(JobStatus.FAILED, TestCounts(2, 1, 1, 0, 0))
     page = client.get("/")
     assert page.status_code == 200 and sha[:10] in page.text and "main" in page.text
     assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;" in page.text
@@ -100,10 +82,10 @@ def test_dashboard_pages_render_escaped(web) -> None:
     assert client.get("/jobs/0").status_code == 422 and client.get("/jobs/5").status_code == 404
 
 
-def test_log_of_a_finished_job_is_the_result_file(web, tmp_path) -> None:
-    client, store, _, sha = web
-    job = finish(store, JobStatus.PASSED)
-    directory = tmp_path / "results" / "demo" / sha
+def test_log_of_a_finished_job_is_the_result_file(web) -> None:
+    client, w, _, sha = web
+    job = w.finish(JobStatus.PASSED)
+    directory = w.results.path(job, "output.log").parent
     directory.mkdir(parents=True)
     (directory / "output.log").write_bytes(b"the saved log\n")
     (directory / "junit.xml").write_bytes(
@@ -117,15 +99,14 @@ def test_log_of_a_finished_job_is_the_result_file(web, tmp_path) -> None:
 def test_api_token_guards_mutations(tmp_path: Path, repo: GitRepo) -> None:
     repo.commit("root")
     token = "s3cret-token-of-enough-length"
-    config, store, dispatcher = make(tmp_path, repo, dispatcher={"host": "0.0.0.0", "port": 8999, "api_token": token})
-    Observer(config, store).poll_once()
-    with TestClient(create_app(dispatcher)) as client:
+    w = Web(tmp_path, repo, dispatcher={"host": "0.0.0.0", "port": 8999, "api_token": token})
+    w.jobs.poll()
+    with TestClient(w.app()) as client:
         assert client.post("/api/jobs/1/cancel").status_code == 401
         assert client.post("/api/jobs/1/cancel", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.post("/api/jobs/1/cancel", headers={"Authorization": f"Bearer {token}"}).status_code == 202
         assert client.get("/api/jobs").status_code == 200  # reading needs no token
-    dispatcher.shutdown()
-    store.close()
+    w.close()
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -158,34 +139,33 @@ def receiver():
 
 def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: GitRepo, receiver) -> None:
     repo.commit("root")
-    config, store, dispatcher = make(tmp_path, repo, notify={"webhooks": [receiver], "on": "failures", "retries": 2})
-    Observer(config, store).poll_once()
+    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "failures", "retries": 2})
+    notifier = Notifier(w.config.notify)
+
+    def finished(status: JobStatus):
+        w.jobs.poll()
+        job = w.finish(status)
+        notifier.job_finished(job, w.store.previous_verdict(job))  # as the dispatcher does
+
     _Receiver.fail_first = 1  # the receiver is down once: retried
-    failed = finish(store, JobStatus.FAILED)
-    dispatcher._finished(failed)
+    finished(JobStatus.FAILED)
     second = repo.commit("fixed")
-    Observer(config, store).poll_once()
-    passed = finish(store, JobStatus.PASSED)
-    dispatcher._finished(passed)
+    finished(JobStatus.PASSED)
     repo.commit("still fine")
-    Observer(config, store).poll_once()
-    dispatcher._finished(finish(store, JobStatus.PASSED))  # neither a failure nor a recovery
-    dispatcher.notifier.close()
+    finished(JobStatus.PASSED)  # neither a failure nor a recovery
+    notifier.close()
     assert [(b["job"]["status"], b["recovered"]) for b in _Receiver.received] == [("failed", False), ("passed", True)]
     assert _Receiver.received[1]["job"]["commit"] == second  # "still fine" sent nothing
-    dispatcher.shutdown()
-    store.close()
+    w.close()
 
 
 def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) -> None:
     repo.commit("root")
-    config, store, _ = make(tmp_path, repo, notify={"webhooks": ["http://127.0.0.1:9/dead"], "on": "all",
-                                                    "retries": 0, "timeout": 1})
-    Observer(config, store).poll_once()
-    notifier = Notifier(config.notify)
-    import time
+    w = Web(tmp_path, repo, notify={"webhooks": ["http://127.0.0.1:9/dead"], "on": "all", "retries": 0, "timeout": 1})
+    w.jobs.poll()
+    notifier = Notifier(w.config.notify)
     began = time.monotonic()
-    notifier.job_finished(finish(store, JobStatus.PASSED), None)
+    notifier.job_finished(w.finish(JobStatus.PASSED), None)
     assert time.monotonic() - began < 0.1
     notifier.close(timeout=5)
-    store.close()
+    w.close()

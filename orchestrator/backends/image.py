@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 
 from orchestrator.backends.base import ImageInfo
+from orchestrator.backends.docker import DockerBackend, engine_call
 from orchestrator.config import Config
 from orchestrator.errors import EngineUnavailable, OrchestratorError
 
@@ -29,7 +29,7 @@ Say = Callable[[str], None]
 
 def build_context(config: Config) -> Path:
     """The folder holding Dockerfile.runner: beside config.yaml, else the source tree."""
-    for candidate in (config.source.resolve().parent, Path(__file__).resolve().parents[1]):
+    for candidate in (config.source.resolve().parent, Path(__file__).resolve().parents[2]):
         if (candidate / "Dockerfile.runner").is_file() and (candidate / "runner_image").is_dir():
             return candidate
     raise OrchestratorError("Dockerfile.runner and runner_image/ not found beside the config file or the package")
@@ -64,10 +64,11 @@ def ensure_base(api: docker.APIClient, base: str, context: Path, say: Say) -> st
         return base
     repo, _, tag = base.partition(":")
     try:
-        api.pull(repo, tag=tag or "latest")
+        with engine_call("pull an image"):
+            api.pull(repo, tag=tag or "latest")
         say(f"Pulled base image {base}")
         return base
-    except (APIError, requests.exceptions.RequestException) as exc:
+    except (APIError, EngineUnavailable) as exc:
         reason = getattr(exc, "explanation", None) or str(exc)
         say(f"Base image {base} is not on this engine and cannot be pulled ({reason.splitlines()[0][:120]})")
     if _exists(api, FALLBACK_BASE):
@@ -85,36 +86,33 @@ def ensure_base(api: docker.APIClient, base: str, context: Path, say: Say) -> st
 
 def _exists(api: docker.APIClient, tag: str) -> bool:
     try:
-        api.inspect_image(tag)
+        with engine_call("look up an image"):
+            api.inspect_image(tag)
         return True
     except (NotFound, ImageNotFound):
         return False
 
 
-def build(config: Config, say: Say) -> ImageInfo:
+def build(config: Config, backend: DockerBackend, say: Say) -> ImageInfo:
+    """Build the runner image on ``backend``'s engine (the legacy builder, which needs no
+    BuildKit plug-in)."""
     context = build_context(config)
-    try:
-        api = (docker.APIClient(base_url=config.runner.docker_host) if config.runner.docker_host
-               else docker.from_env().api)
-        api.ping()
-    except (DockerException, requests.exceptions.RequestException) as exc:
-        raise EngineUnavailable(f"Docker engine unreachable: {str(exc).splitlines()[0][:200]}") from None
+    backend.ping()
+    api = backend.api
     fill_wheelhouse(context, say)
     base = ensure_base(api, config.runner.base_image, context, say)
     say(f"Building {config.runner.image} from Dockerfile.runner on {base}")
     image_id = None
     try:
-        for chunk in api.build(path=str(context), dockerfile="Dockerfile.runner", tag=config.runner.image,
-                               buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True, decode=True,
-                               labels={"orchestrator.runner": "1"}):
-            if "error" in chunk:
-                raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
-            text = chunk.get("stream", "").rstrip()
-            if text:
-                say(text)
-            if "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
+        with engine_call("build an image"):
+            for chunk in api.build(path=str(context), dockerfile="Dockerfile.runner", tag=config.runner.image,
+                                   buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True, decode=True,
+                                   labels={"orchestrator.runner": "1"}):
+                if "error" in chunk:
+                    raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
+                if text := chunk.get("stream", "").rstrip():
+                    say(text)
+                image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:
         raise OrchestratorError(f"image build failed: {exc.explanation or exc}") from None
-    info = api.inspect_image(config.runner.image)
-    return ImageInfo(tag=config.runner.image, id=image_id or info["Id"])
+    return ImageInfo(tag=config.runner.image, id=image_id or backend.image(config.runner.image).id)

@@ -1,0 +1,201 @@
+"""What users do to jobs: submit, poll, list, show, retry, cancel, read the log.
+
+These operations are the only way the command line and the HTTP API act on jobs, so the
+two always agree. ``LocalJobs`` works on a state_dir (the dispatcher's own process, or a
+command beside it); ``RemoteJobs`` (``client.py``) does the same through the HTTP API of
+a dispatcher on another machine. Jobs are named by a ``JobRef``; every answer is the
+job's ``result.json`` document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.backends.base import Backend
+from orchestrator.config import Config, RepositoryConfig
+from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
+from orchestrator.models import Job, JobStatus
+from orchestrator.observer import Observer, mirror_for
+from orchestrator.results import ResultFiles, failures, result_document
+from orchestrator.store import NewCommit, Store
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job as a user names it: its id (the API), or a prefix of its commit's sha and,
+    where several repositories could match, the repository (the command line)."""
+
+    id: int | None = None
+    commit: str | None = None
+    repository: str | None = None
+
+    def __str__(self) -> str:
+        return f"job {self.id}" if self.id is not None else f"commit {self.commit}"
+
+
+class Jobs(Protocol):
+    def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]: ...
+    def poll(self, repository: str | None = None) -> int: ...
+    def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
+             limit: int = 50, offset: int = 0) -> list[Document]: ...
+    def show(self, ref: JobRef) -> Document: ...
+    def retry(self, ref: JobRef) -> Document: ...
+    def cancel(self, ref: JobRef) -> Document: ...
+    def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]: ...
+
+
+class LocalJobs:
+    """The operations on this machine's store. ``wake`` tells the dispatcher (when it runs
+    in this process) that work was queued; ``backend`` serves live logs of running jobs."""
+
+    def __init__(self, config: Config, store: Store, backend: Backend | None = None,
+                 wake: Callable[[], None] = lambda: None):
+        self.config, self.store, self.backend, self.wake = config, store, backend, wake
+        self.results = ResultFiles(config.results_dir)
+        self._observer = Observer(config, self)
+
+    # -- the observer's sink: commits found, progress recorded with them ------------------
+
+    def heads(self, repository: str) -> dict[str, str] | None:
+        return self.store.heads(repository)
+
+    def record_commits(self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None) -> list[int]:
+        created = self.store.record_commits(repository, commits, heads)
+        if created:
+            self.wake()
+        return created
+
+    # -- operations -----------------------------------------------------------------------
+
+    def repository(self, name: str | None) -> RepositoryConfig:
+        """The named repository, or the only one configured."""
+        if name is None:
+            if len(self.config.repositories) == 1:
+                return self.config.repositories[0]
+            raise UsageError("several repositories are configured: name one with --repo")
+        repo = self.config.repository(name)
+        if repo is None:
+            raise UnknownRepository(f"unknown repository {name[:64]!r}")
+        return repo
+
+    def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]:
+        """Queue a commit named by a branch, tag or sha prefix; (its job, whether new)."""
+        repo = self.repository(repository)
+        mirror = mirror_for(self.config, repo)
+        mirror.fetch()
+        sha = mirror.resolve(rev)
+        branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
+        created = self.record_commits(repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches)])
+        return self.document(self.store.find(sha, repo.name)), bool(created)
+
+    def require_commits(self, repository: str, shas: list[str]) -> None:
+        """UnknownCommit unless every sha is a commit of the repository (fetched if need be)."""
+        mirror = mirror_for(self.config, self.repository(repository))
+        missing = [s for s in shas if not mirror.has_commit(s)]
+        if missing:
+            mirror.fetch()
+            missing = [s for s in missing if not mirror.has_commit(s)]
+        if missing:
+            raise UnknownCommit(f"unknown commit {missing[0]} in {repository}")
+
+    def poll(self, repository: str | None = None) -> int:
+        """Fetch now and queue every new commit, oldest first; how many were queued."""
+        names = [self.repository(repository).name] if repository else [r.name for r in self.config.repositories]
+        return sum(self._observer.poll_repository(name) for name in names)
+
+    def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
+             limit: int = 50, offset: int = 0) -> list[Document]:
+        """Newest first."""
+        if repository is not None:
+            self.repository(repository)
+        jobs = self.store.list_jobs(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
+        return [self.document(j) for j in jobs]
+
+    def show(self, ref: JobRef) -> Document:
+        return self.document(self.job(ref))
+
+    def latest(self, repository: str, branch: str) -> Document | None:
+        """The newest job of a branch (what its badge shows)."""
+        job = self.store.latest_on_branch(self.repository(repository).name, branch)
+        return self.document(job) if job else None
+
+    def branches(self, repository: str) -> list[tuple[str, Document | None]]:
+        """Each branch the observer has seen, with its newest job."""
+        heads = self.store.heads(self.repository(repository).name) or {}
+        return [(b, self.latest(repository, b)) for b in sorted(heads)]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs queued and running now (health checks, metrics)."""
+        return {"queued": self.store.count(JobStatus.QUEUED), "running": self.store.count(JobStatus.RUNNING)}
+
+    def retry(self, ref: JobRef) -> Document:
+        job = self.job(ref)
+        if not job.status.final:
+            raise Conflict(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
+        job = self.store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}")
+        self.wake()
+        return self.document(job)
+
+    def cancel(self, ref: JobRef) -> Document:
+        """A queued job is cancelled at once (its files say so); a running one is flagged,
+        and the dispatcher stops its container."""
+        job = self.job(ref)
+        if job.status.final:
+            raise Conflict(f"job {job.id} ({job.commit[:12]}) is already {job.status.value}")
+        cancelled = self.store.request_cancel(job)
+        if cancelled.status is JobStatus.CANCELLED:
+            self.results.write_without_run(cancelled, self.store.attempt_history(job.id))
+        return self.document(self.store.get(job.id) or cancelled)
+
+    def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]:
+        """The log: from the engine while the container runs (live with ``follow``), else
+        the saved file; None when there is none yet."""
+        job = self.job(ref)
+        saved = self.results.path(job, "output.log")
+        if job.status is JobStatus.RUNNING and job.container_id and self.backend is not None:
+            return self.document(job), _live(self.backend.logs(job.container_id, follow=follow), saved)
+        if job.status.final and saved.is_file():
+            return self.document(job), _file(saved)
+        return self.document(job), None
+
+    def failures(self, ref: JobRef) -> list[dict[str, str]]:
+        job = self.job(ref)
+        junit = self.results.report(job) if job.status.final else None
+        return failures(junit) if junit else []
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def job(self, ref: JobRef) -> Job:
+        if ref.id is not None:
+            job = self.store.get(ref.id)
+            if job is None:
+                raise UnknownCommit(f"no job {ref.id}")
+            return job
+        if ref.repository is not None:
+            self.repository(ref.repository)
+        return self.store.find(ref.commit or "", ref.repository)
+
+    def document(self, job: Job) -> Document:
+        return result_document(job, self.store.attempt_history(job.id))
+
+
+def _file(path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 16):
+            yield block
+
+
+def _live(stream: Iterator[bytes], saved) -> Iterator[bytes]:
+    """Follow the container; if it is already gone (finished and removed), the saved log."""
+    sent = False
+    try:
+        for chunk in stream:
+            sent = True
+            yield chunk
+    except Exception:  # engine away or container removed (docker's NotFound is not ours)
+        if not sent and saved.is_file():
+            yield from _file(saved)

@@ -1,0 +1,1 @@
+"""Running jobs: one attempt, watching it, the warm start, recovery after a restart."""

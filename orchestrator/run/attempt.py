@@ -1,0 +1,260 @@
+"""One attempt of one job: checkout -> spec -> run -> collect -> verdict.
+
+Order matters for crash safety: the container id is committed before the container
+starts; result files are written (``result.json`` last) before the final state is
+committed; only then are the container and the checkout removed. Whatever line a crash
+hits, recovery on the next start finds a consistent picture.
+
+An attempt starts fresh, resumes a container found running after a restart (``adopt``),
+or starts warm and waits for its release (``warm``: see ``run/warm.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator.backends.base import (
+    LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, ContainerSpec, ContainerState,
+    ImageInfo, Phase,
+)
+from orchestrator.backoff import Backoff
+from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError
+from orchestrator.faults import crash_point
+from orchestrator.logcapture import CappedLog
+from orchestrator.models import Job, JobStatus, after_infrastructure_failure, transition, utcnow
+from orchestrator.results import classify, parse_junit
+from orchestrator.run import warm
+from orchestrator.run.context import Context
+from orchestrator.run.watch import Abandoned, Kill, Watch
+from orchestrator.workspace import Workspace, remove_tree
+
+log = logging.getLogger("orchestrator.run")
+
+
+class Attempt:
+    """Runs (or resumes, or starts warm) the current attempt of ``job``; ``run`` returns
+    the job as the store has it afterwards, and never raises for what the job met."""
+
+    def __init__(self, ctx: Context, job: Job, adopt: ContainerState | None = None,
+                 release: warm.Release | None = None):
+        self.ctx = ctx
+        self.job = job
+        self.adopt = adopt
+        self.release = release
+        self.ws: Workspace = ctx.workspaces.get(job.id)
+        self.container_id: str | None = adopt.id if adopt else None
+        self.engine_trouble = False  # the output stream may have been cut: read it again
+        self.timings: dict[str, float] = {}  # seconds per phase, in result.json for tuning
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[f"{name}_s"] = round(time.perf_counter() - began, 4)
+
+    def _still_warm(self) -> bool:
+        """Started warm but never released: the store still has the job queued."""
+        return self.release is not None and not self.release.given
+
+    def run(self) -> Job:
+        try:
+            return self._run()
+        except Abandoned:
+            log.info("job %s: left running for the next start", self.job.id)
+            return self.job
+        except Exception as exc:
+            if self._still_warm():
+                if not isinstance(exc, warm.NotReleased):
+                    log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
+                self._clean_up_quietly()
+                return self.job
+            if isinstance(exc, ImageMissing):
+                return self._conclude(str(exc), final=True)
+            if isinstance(exc, InfrastructureError):
+                return self._conclude(str(exc))
+            log.exception("job %s: internal error", self.job.id)  # a bug must not lose the job
+            return self._conclude(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _run(self) -> Job:
+        if self.adopt is None:
+            state = self._start()
+        else:
+            state = self.adopt
+            log.info("job %s: re-attached to container %s", self.job.id, state.id[:12])
+        done = self._collect(state)
+        self.job = self.ctx.store.apply(self.job, done)
+        crash_point("job-finished")
+        self.ctx.finished(self.job)
+        log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value, self.job.message or "")
+        self._clean_up()
+        return self.job
+
+    # -- checkout and spec ------------------------------------------------------------
+
+    def _checkout(self) -> Workspace:
+        ws = self.ctx.workspaces.prepare(self.job.id)
+        mirror = self.ctx.mirrors[self.job.repository]
+        if not mirror.has_commit(self.job.commit):
+            mirror.fetch()
+        mirror.checkout(self.job.commit, ws.src)
+        self.ctx.workspaces.hand_over(ws)
+        return ws
+
+    def _spec(self, ws: Workspace, image: ImageInfo) -> ContainerSpec:
+        ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
+        attempt = job.attempts + 1 if self.release else job.attempts  # a warm job is not claimed yet
+        return ContainerSpec(
+            name=f"orchestrator-{ctx.instance}-{job.id}-{attempt}",
+            image=image.id,
+            labels={
+                LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(attempt),
+                LABEL_REPOSITORY: job.repository, LABEL_COMMIT: job.commit,
+                **(warm.labels() if self.release else {}),
+            },
+            workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
+            memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
+            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
+                         **(warm.environment() if self.release else {})},
+        )
+
+    # -- run ----------------------------------------------------------------------------
+
+    def _start(self) -> ContainerState:
+        """Check out, prepare and start the container; a warm one then waits for its release."""
+        ctx = self.ctx
+        crash_point("job-claimed")
+        with self._phase("checkout"):
+            ws = self._checkout()
+        with self._phase("create"):
+            image = ctx.backend.image(ctx.config.runner.image)
+            self.container_id = ctx.backend.prepare(self._spec(ws, image))
+            if self.release is None:
+                self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+        crash_point("container-created")
+        with self._phase("start"):
+            try:
+                state = ctx.backend.start(self.container_id)
+            except EngineUnavailable:
+                state = self._settle_start(self.container_id)
+        if self.release is None:
+            self._record(started_at=state.started_at or utcnow())
+        else:
+            self.job = self.release.wait(ctx.abandon)
+            self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id, started_at=utcnow())
+            warm.release(ws.out)
+        crash_point("container-started")
+        log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
+        return state
+
+    def _record(self, **facts: object) -> None:
+        """Facts about the running attempt, committed before they are acted on."""
+        self.job = self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
+
+    def _settle_start(self, container_id: str) -> ContainerState:
+        """The engine went away while starting the container, which may or may not run
+        now: wait for the engine (up to engine_grace), then start it if it never was."""
+        self.engine_trouble = True
+        patience = self.ctx.patience
+        deadline, backoff = time.monotonic() + patience.engine_grace, Backoff(patience.backoff_first, patience.backoff_cap)
+        while True:
+            try:
+                state = self.ctx.backend.inspect(container_id)
+                if state is None:
+                    raise ContainerGone(f"container {container_id[:12]} disappeared while starting")
+                return self.ctx.backend.start(container_id) if state.phase is Phase.CREATED else state
+            except EngineUnavailable:
+                if time.monotonic() > deadline or self.ctx.abandon.wait(backoff.next()):
+                    raise
+
+    # -- collect and verdict --------------------------------------------------------------
+
+    def _collect(self, state: ContainerState) -> Job:
+        """Watch the container to its end, then write the result files; return the final
+        job, not yet saved (the files come first)."""
+        self.ws.root.mkdir(parents=True, exist_ok=True)
+        capped = CappedLog(self.ws.spool, self.ctx.config.runner.max_log_bytes)
+        try:
+            started = self.job.started_at or state.started_at or utcnow()
+            watch = Watch(self.ctx, self.job, state.id, capped, self.engine_trouble)
+            with self._phase("run"):
+                final, killed = watch.until_exit(started)
+            with self._phase("collect"):
+                junit = self.ctx.backend.report(state.id, self.ws.out)
+                done = self._verdict(final, killed, started, junit, capped.truncated)
+            self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
+                                   self.timings)
+            crash_point("result-written")
+            return done
+        finally:
+            capped.close()
+
+    def _verdict(self, final: ContainerState, killed: Kill | None, started: datetime,
+                 junit: bytes | None, log_truncated: bool) -> Job:
+        cfg = self.ctx.config.runner
+        status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
+                                   timeout=cfg.timeout, memory=cfg.memory)
+        if killed is Kill.CANCEL:
+            status, message = JobStatus.CANCELLED, "cancelled while running"
+        return transition(
+            self.job, status, utcnow(), exit_code=final.exit_code, message=message,
+            tests=parse_junit(junit) if junit else None, log_truncated=log_truncated,
+            started_at=started, finished_at=final.finished_at or utcnow(),
+        )
+
+    # -- endings without a verdict, and clean-up ---------------------------------------
+
+    def _conclude(self, reason: str, final: bool = False) -> Job:
+        self._clean_up_quietly()
+        self.job = conclude(self.ctx, self.job, reason, final=final,
+                            container_id=self.container_id or self.job.container_id)
+        return self.job
+
+    def _clean_up(self) -> None:
+        """Set the container and the checkout aside for removal in the background, so the
+        slot is free for the next job at once; a crash before removal leaves them to the
+        next start's recovery."""
+        trash = self.ctx.workspaces.discard(self.job.id)
+        self.ctx.cleaner.submit(_remove, self.ctx, self.container_id, trash, self.job.id)
+
+    def _clean_up_quietly(self) -> None:
+        try:
+            self._clean_up()
+        except Exception as exc:  # recovery removes what is left
+            log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)
+
+
+def conclude(ctx: Context, job: Job, reason: str, final: bool = False, container_id: str | None = None) -> Job:
+    """End a running attempt that got no verdict from its container: re-queued by the
+    retry policy, or (retries spent, or ``final``: the image is missing) ``error`` with
+    result files that say why."""
+    now = utcnow()
+    if final:
+        done = transition(job, JobStatus.ERROR, now, message=reason, container_id=container_id)
+    else:
+        done = after_infrastructure_failure(job, ctx.config.retries, reason, now, container_id=container_id)
+    if done.status is JobStatus.QUEUED:
+        log.warning("job %s: attempt %s failed (%s); re-queued", job.id, job.attempts, reason)
+        return ctx.store.apply(job, done)
+    ctx.results.write_without_run(done, ctx.store.attempt_history(job.id))
+    done = ctx.store.apply(job, done)
+    ctx.finished(done)
+    log.error("job %s: %s error: %s", done.id, done.commit[:12], done.message)
+    return done
+
+
+def _remove(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:
+    if container_id:
+        try:
+            ctx.backend.destroy(container_id)
+        except EngineUnavailable as exc:
+            log.warning("job %s: container %s not removed yet (%s)", job_id, container_id[:12], exc)
+    if trash is not None:
+        remove_tree(trash)

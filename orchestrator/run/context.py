@@ -1,0 +1,59 @@
+"""What every attempt of a dispatcher shares: the config, the store, the backend, the
+result files, the workspaces and the repositories, and how patient to be with the engine."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from orchestrator.backends.base import Backend
+from orchestrator.config import Config
+from orchestrator.mirror import Mirror
+from orchestrator.models import Job
+from orchestrator.observer import mirror_for
+from orchestrator.results import ResultFiles
+from orchestrator.store import Store
+from orchestrator.workspace import Workspaces
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long and how often to wait for the engine. The defaults are for real engines;
+    the unit tests pass shorter ones."""
+
+    wait_slice: float = 1.0       # one wait round; also how soon a cancel request is noticed
+    kill_grace: float = 30.0      # how long a killed container may take to be reported exited
+    engine_grace: float = 60.0    # how long past the timeout an unreachable engine is waited for
+    backoff_first: float = 0.5    # first pause while the engine is away, doubled up to backoff_cap
+    backoff_cap: float = 5.0
+    reread_tries: int = 5         # tries to read a log again after an outage: at once, then after
+    reread_first: float = 1.0     # reread_first, doubled up to 8 times that (0, 1, 2, 4, 8 s)
+
+
+@dataclass(frozen=True)
+class Context:
+    config: Config
+    store: Store
+    backend: Backend
+    results: ResultFiles
+    workspaces: Workspaces
+    mirrors: dict[str, Mirror]
+    instance: str
+    abandon: threading.Event      # set when the dispatcher leaves: running containers are left to the next start
+    cleaner: Executor             # removes finished containers and checkouts off the critical path
+    finished: Callable[[Job], None] = lambda job: None   # metrics, notifications
+    engine_error: Callable[[], None] = lambda: None
+    patience: Patience = field(default_factory=Patience)
+
+    @classmethod
+    def create(cls, config: Config, store: Store, backend: Backend, **hooks: object) -> "Context":
+        """The context of one dispatcher over ``config``'s directories and repositories."""
+        return cls(
+            config=config, store=store, backend=backend, results=ResultFiles(config.results_dir),
+            workspaces=Workspaces(config.state_dir / "work"),
+            mirrors={r.name: mirror_for(config, r) for r in config.repositories},
+            instance=store.instance_id(), abandon=threading.Event(),
+            cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"), **hooks,  # type: ignore[arg-type]
+        )

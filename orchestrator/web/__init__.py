@@ -1,0 +1,2 @@
+"""The dispatcher's HTTP face: the JSON API (``api.py``), the pages people look at
+(``pages.py``), and the application that puts them together (``app.py``)."""

@@ -1,0 +1,161 @@
+"""The JSON API: every route is one operation of ``jobs.py``, its body a pydantic model.
+
+Mutating routes depend on the token guard. Errors are raised as the operations raise
+them and answered by ``app.py`` (404 unknown, 409 conflict, 422 malformed, 503 away).
+What the routes use (the operations, the metrics, the guard) is the application's state,
+set by ``app.create_app``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from orchestrator.jobs import JobRef, LocalJobs
+from orchestrator.metrics import CONTENT_TYPE, Metrics
+from orchestrator.models import JobStatus
+from orchestrator.store import NewCommit
+
+Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+BranchName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+RepositoryName = Annotated[str, Field(max_length=64)]
+JobId = Annotated[int, PathParam(ge=1, le=2**62)]
+
+
+class CommitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha: Sha
+    subject: Annotated[str, Field(max_length=2000)] = ""
+    branches: Annotated[list[BranchName], Field(max_length=1000)] = []
+
+
+class CommitBatch(BaseModel):
+    """Commits to queue. ``heads``, sent by the observer, records its progress in the same
+    transaction; a manual submission leaves it out, and its commits must exist."""
+
+    model_config = ConfigDict(extra="forbid")
+    repository: RepositoryName
+    commits: Annotated[list[CommitIn], Field(max_length=20000)]
+    heads: Annotated[dict[BranchName, Sha], Field(max_length=20000)] | None = None
+
+
+class QueuedOut(BaseModel):
+    created: list[int]
+    jobs: list[int]
+
+
+class SubmitIn(BaseModel):
+    """A commit named as a user names it: a branch, a tag or a sha prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+    rev: Annotated[str, Field(min_length=1, max_length=255)]
+    repository: RepositoryName | None = None
+
+
+def _jobs(request: Request) -> LocalJobs:
+    return request.app.state.jobs
+
+
+def _authorised(request: Request) -> None:
+    request.app.state.authorise(request.headers.get("authorization"))
+
+
+Jobs = Annotated[LocalJobs, Depends(_jobs)]
+router = APIRouter()
+guarded = [Depends(_authorised)]
+
+
+@router.get("/healthz")
+def healthz(jobs: Jobs) -> dict[str, Any]:
+    return {"status": "ok", **jobs.counts()}
+
+
+@router.get("/metrics")
+def get_metrics(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.post("/api/commits", status_code=201, response_model=QueuedOut, dependencies=guarded)
+def post_commits(batch: CommitBatch, jobs: Jobs) -> QueuedOut:
+    jobs.repository(batch.repository)
+    if batch.heads is None:
+        jobs.require_commits(batch.repository, [c.sha for c in batch.commits])
+    commits = [NewCommit(c.sha, c.subject, tuple(c.branches)) for c in batch.commits]
+    created = jobs.record_commits(batch.repository, commits, batch.heads)
+    ids = [jobs.job(JobRef(commit=c.sha, repository=batch.repository)).id for c in batch.commits[:100]]
+    return QueuedOut(created=created, jobs=ids)
+
+
+@router.post("/api/jobs", status_code=201, dependencies=guarded)
+def submit(body: SubmitIn, jobs: Jobs) -> dict[str, Any]:
+    document, created = jobs.submit(body.rev, body.repository)
+    return {"job": document, "created": created}
+
+
+@router.post("/api/poll", status_code=202, dependencies=guarded)
+def poll_all(jobs: Jobs) -> dict[str, Any]:
+    return {"queued": jobs.poll()}
+
+
+@router.post("/api/repositories/{name}/poll", status_code=202, dependencies=guarded)
+def poll_now(name: str, jobs: Jobs) -> dict[str, Any]:
+    """The instant trigger (a post-receive hook calls it): fetch and queue now."""
+    return {"repository": name, "queued": jobs.poll(name)}
+
+
+@router.get("/api/repositories/{name}/heads")
+def get_heads(name: str, jobs: Jobs) -> dict[str, Any]:
+    return {"repository": name, "heads": jobs.heads(jobs.repository(name).name)}
+
+
+@router.get("/api/jobs")
+def list_jobs(
+    jobs: Jobs,
+    repository: Annotated[str | None, Query(max_length=64)] = None,
+    status: JobStatus | None = None,
+    branch: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[dict[str, Any]]:
+    return jobs.list(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
+
+
+@router.get("/api/jobs/find")
+def find_job(jobs: Jobs, commit: Annotated[str, Query(max_length=40)],
+             repository: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
+    """The job of the commit a sha prefix names (what the command line names jobs by)."""
+    return jobs.show(JobRef(commit=commit, repository=repository))
+
+
+@router.get("/api/jobs/{job_id}")
+def get_job(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
+    return jobs.show(JobRef(id=job_id))
+
+
+@router.get("/api/jobs/{job_id}/failures")
+def get_failures(job_id: JobId, jobs: Jobs) -> list[dict[str, str]]:
+    return jobs.failures(JobRef(id=job_id))
+
+
+@router.get("/api/jobs/{job_id}/log")
+def get_log(job_id: JobId, jobs: Jobs, follow: bool = True) -> Response:
+    """The log: streamed from the container while it runs, then the result file."""
+    _, stream = jobs.open_log(JobRef(id=job_id), follow=follow)
+    if stream is None:
+        return Response(b"", media_type="text/plain; charset=utf-8", headers={"X-Log": "none"})
+    return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
+                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+@router.post("/api/jobs/{job_id}/cancel", status_code=202, dependencies=guarded)
+def cancel(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
+    return jobs.cancel(JobRef(id=job_id))
+
+
+@router.post("/api/jobs/{job_id}/retry", status_code=202, dependencies=guarded)
+def retry(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
+    return jobs.retry(JobRef(id=job_id))

@@ -1,0 +1,90 @@
+"""The FastAPI application: the JSON API and the pages, request bodies bounded in size,
+and every error a user can cause answered as a 4xx with a reason.
+
+Nothing from a request reaches the file system as a path: jobs are looked up by integer
+id and their files found from the stored repository name and sha, repositories by
+configured name.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.config import Config
+from orchestrator.errors import (
+    Conflict, EngineUnavailable, OrchestratorError, RepositoryError, UnknownCommit, UnknownRepository, UsageError,
+)
+from orchestrator.jobs import LocalJobs
+from orchestrator.metrics import Metrics
+from orchestrator.web import api, pages
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+# most specific first: the first class an error is an instance of gives its status
+_STATUS: list[tuple[type[OrchestratorError], int]] = [
+    (UnknownCommit, 404), (UnknownRepository, 404), (Conflict, 409), (UsageError, 422),
+    (RepositoryError, 503), (EngineUnavailable, 503),
+]
+
+
+def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
+    app = FastAPI(title="orchestrator", version="1", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_exception_handler(OrchestratorError, _answer_error)
+    token = config.dispatcher.api_token
+    app.state.jobs, app.state.metrics = jobs, metrics
+    app.state.authorise, app.state.token_required = _token_guard(token), token is not None
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    return app
+
+
+async def _answer_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 503)
+    return JSONResponse({"detail": str(exc)}, status)
+
+
+def _token_guard(token: str | None) -> Callable[[str | None], None]:
+    """What mutating endpoints ask of a request's Authorization header: the bearer token,
+    when one is configured, compared in constant time."""
+
+    def authorised(authorization: str | None) -> None:
+        if token is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").encode()
+        if not hmac.compare_digest(given, token.encode()):
+            raise HTTPException(401, "missing or wrong api token (Authorization: Bearer <token>)")
+
+    return authorised
+
+
+class BodyLimit:
+    """Rejects request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await JSONResponse({"detail": f"request body over {self.limit} bytes"}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)

@@ -1,0 +1,66 @@
+"""What people look at: the dashboard, a job's page, and the status badges. The pages
+read through ``jobs.py`` like the JSON API; their live parts call that API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path as PathParam, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from orchestrator.jobs import JobRef
+from orchestrator.web.api import Jobs
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+JobId = Annotated[int, PathParam(ge=1, le=2**62)]
+
+BADGE = {
+    "passed": ("passing", "#2ea44f"),
+    "failed": ("failing", "#cb2431"),
+    "error": ("error", "#8250df"),
+    "timed_out": ("timed out", "#dbab09"),
+    "running": ("running", "#0969da"),
+    "queued": ("queued", "#6e7781"),
+    "cancelled": ("cancelled", "#6e7781"),
+}
+
+
+router = APIRouter()
+
+
+@router.get("/badge/{name}/{branch:path}", response_class=Response)
+def badge(name: str, branch: str, jobs: Jobs) -> Response:
+    jobs.repository(name)
+    if not branch.endswith(".svg"):
+        raise HTTPException(404, "badges end in .svg")
+    job = jobs.latest(name, branch[:-4])
+    label = BADGE.get(job["status"] if job else "", ("unknown", "#9f9f9f"))
+    return Response(badge_svg(*label), media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, jobs: Jobs) -> Response:
+    repos = [{"name": r.name, "url": r.url, "branches": jobs.branches(r.name)} for r in jobs.config.repositories]
+    return TEMPLATES.TemplateResponse(request, "index.html", {"repos": repos, "jobs": jobs.list(limit=50),
+                                                              "token_required": request.app.state.token_required})
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
+    job = jobs.show(JobRef(id=job_id))
+    return TEMPLATES.TemplateResponse(request, "job.html", {"job": job,
+                                                            "token_required": request.app.state.token_required})
+
+
+def badge_svg(message: str, colour: str, label: str = "tests") -> bytes:
+    left, right = 6 * len(label) + 12, 6 * len(message) + 12
+    width = left + right
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" aria-label="{label}: {message}">'
+        f'<title>{label}: {message}</title>'
+        f'<rect width="{left}" height="20" fill="#555"/><rect x="{left}" width="{right}" height="20" fill="{colour}"/>'
+        f'<g fill="#fff" text-anchor="middle" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11">'
+        f'<text x="{left / 2}" y="14">{label}</text><text x="{left + right / 2}" y="14">{message}</text></g></svg>'
+    ).encode()

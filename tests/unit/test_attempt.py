@@ -1,0 +1,153 @@
+"""Each path of one attempt, on the in-memory backend: what ends in which state, with
+which files, and what is left behind (nothing). Real containers: tests/integration."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.models import JobStatus
+from orchestrator.run import warm
+from orchestrator.run.attempt import Attempt
+from orchestrator.run.context import Context
+from tests.fakes import FAST, JUNIT_FAILED, Bed, FakeBackend, behaving
+from tests.helpers import write_config
+
+@pytest.fixture
+def bed(tmp_path: Path, request):
+    backend = FakeBackend(**getattr(request, "param", {}))
+    b = Bed(tmp_path, backend)
+    yield b
+    b.close()
+    assert b.left_behind() == ([], []), "containers or workspaces left behind"
+
+
+def test_passed(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.PASSED and done.attempts == 1 and done.tests.passed == 1
+    assert bed.result()["status"] == "passed" and bed.log() == b"collected 1 item\n1 passed\n"
+    assert bed.finished == [done] and bed.store.get(1).container_id == done.container_id
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(exit_code=1, report=JUNIT_FAILED)}], indirect=True)
+def test_failed_is_not_retried(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.FAILED and done.attempts == 1 and done.tests.failed == 1
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=-1)}], indirect=True)
+def test_timeout_kills_and_says_so(bed: Bed, tmp_path: Path) -> None:
+    bed.ctx = Context.create(load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"timeout": 0.2})),
+                             bed.store, bed.backend, patience=FAST)
+    done = bed.attempt()
+    assert done.status is JobStatus.TIMED_OUT and "0.2 s timeout" in done.message and "stop" in bed.backend.calls
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=-1)}], indirect=True)
+def test_cancel_while_running(bed: Bed) -> None:
+    job = bed.store.claim_next()
+    bed.store.request_cancel(job)
+    done = Attempt(bed.ctx, job).run()
+    assert done.status is JobStatus.CANCELLED and done.message == "cancelled while running"
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=3), "faults": Counter(wait=2, inspect=1)}],
+                         indirect=True)
+def test_engine_lost_mid_wait_is_waited_for(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.PASSED and done.attempts == 1  # waited, not re-queued
+    assert bed.backend.calls.count("logs") == 2  # read again after the cut
+    assert b"1 passed" in bed.log()
+
+
+@pytest.mark.parametrize("bed", [{"faults": Counter(prepare=1)}], indirect=True)
+def test_engine_lost_at_start_requeues_a_new_attempt(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.QUEUED and done.attempts == 1 and "unreachable" in done.message
+    again = bed.attempt()
+    assert again.status is JobStatus.PASSED and again.attempts == 2
+    assert bed.result()["attempt_history"][0]["outcome"] == "retried"
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(starts_despite_fault=True), "faults": Counter(start=1)}],
+                         indirect=True)
+def test_engine_cut_while_starting_does_not_start_twice(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.PASSED and done.attempts == 1
+    assert bed.backend.calls.count("start") == 1  # it ran: waited for, not started again
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(exit_code=137, oom=True, report=None)}], indirect=True)
+def test_out_of_memory_is_an_error_in_words(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.ERROR and "out of memory" in done.message and done.attempts == 1
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(output=tuple(f"line {i:04d}\n".encode() for i in range(500)))}],
+                         indirect=True)
+def test_truncated_log_keeps_head_and_tail(bed: Bed, tmp_path: Path) -> None:
+    bed.ctx = Context.create(load_config(write_config(tmp_path, {"demo": bed.repo.path},
+                                                      runner={"max_log_bytes": 1024})),
+                             bed.store, bed.backend, patience=FAST)
+    done = bed.attempt()
+    log = bed.log()
+    assert done.log_truncated and bed.result()["log_truncated"] is True
+    assert log.startswith(b"line 0000\n") and log.endswith(b"line 0499\n") and b"log truncated" in log
+
+
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(exit_code=1, waits=1), "faults": Counter(wait=1, logs=9)}],
+                         indirect=True)
+def test_log_unreadable_after_an_outage_keeps_the_verdict(bed: Bed) -> None:
+    done = bed.attempt()
+    assert done.status is JobStatus.FAILED and done.attempts == 1
+    assert b"may be incomplete" in bed.log()
+
+
+def test_warm_then_discarded_stays_queued(bed: Bed) -> None:
+    job = bed.store.next_queued()
+    release = warm.Release()
+    release.give(None)  # cancelled before a slot freed
+    after = Attempt(bed.ctx, job, release=release).run()
+    assert after.status is JobStatus.QUEUED and bed.store.get(job.id).attempts == 0
+    assert bed.backend.destroyed and bed.finished == []
+
+
+def test_warm_released_runs_with_its_clock_from_the_release(bed: Bed) -> None:
+    job = bed.store.next_queued()
+    release = warm.Release()
+    release.give(bed.store.claim(job))
+    done = Attempt(bed.ctx, job, release=release).run()
+    assert done.status is JobStatus.PASSED and done.attempts == 1
+    (spec,) = bed.backend.specs
+    assert spec.labels[warm.LABEL_WARM] == "1" and spec.labels["orchestrator.attempt"] == "1"
+    assert warm.RELEASE_ENV in spec.environment
+
+
+def test_adopted_after_a_restart(bed: Bed) -> None:
+    job = bed.store.claim_next()
+    spec = _spec_of(bed, job)
+    state = bed.backend.adopt(spec)
+    job = bed.store.apply(job, dataclasses.replace(job, container_id=state.id))
+    bed.backend.calls.clear()  # what the earlier process did
+    done = Attempt(bed.ctx, job, adopt=state).run()
+    assert done.status is JobStatus.PASSED and done.container_id == state.id and done.attempts == 1
+    assert bed.backend.calls == ["logs", "wait", "destroy"] and bed.backend.destroyed == [state.id]
+
+
+def test_image_missing_is_final_not_retried(tmp_path: Path) -> None:
+    b = Bed(tmp_path, FakeBackend(images=()))
+    done = b.attempt()
+    assert done.status is JobStatus.ERROR and "image build" in done.message and done.attempts == 1
+    assert b.result()["status"] == "error"
+    b.close()
+    assert b.left_behind() == ([], [])
+
+
+def _spec_of(bed: Bed, job):
+    attempt = Attempt(bed.ctx, job)
+    ws = bed.ctx.workspaces.prepare(job.id)
+    return attempt._spec(ws, bed.backend.image("ci-runner:latest"))
