@@ -87,12 +87,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     import threading
 
     from orchestrator.console import print_jobs
-    from orchestrator.observer import Observer
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()
     with Services(config) as services:
-        dispatcher, observer = services.dispatcher, Observer(config, services.jobs)
+        dispatcher, observer = services.dispatcher, services.jobs.observer
         if args.once:
             dispatcher.step()  # recovers first, so an earlier process's jobs are collected
             observer.poll_once()  # new commits are queued durably even if the engine is away
@@ -135,12 +134,12 @@ def cmd_observer(config: Config, args: argparse.Namespace) -> int:
 def cmd_image(config: Config, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends import connect
     from orchestrator.backends.image import build
 
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
-    backend = DockerBackend(config.runner.docker_host)
+    backend = connect(config.runner)
     try:
         info = build(config, backend, lambda line: console.print(line, markup=False))
     finally:
@@ -160,13 +159,13 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Job
         from orchestrator.client import DispatcherClient, RemoteJobs
 
         return RemoteJobs(DispatcherClient(server, config.dispatcher.api_token))
-    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends import connect
     from orchestrator.jobs import LocalJobs
     from orchestrator.store import Store
 
     if not create and not config.db_path.exists():
         raise UsageError(f"no state in {config.state_dir} yet: run `orchestrator run` first")
-    return LocalJobs(config, Store(config.db_path), DockerBackend(config.runner.docker_host))
+    return LocalJobs(config, Store(config.db_path), connect(config.runner))
 
 
 def _ref(args: argparse.Namespace) -> JobRef:

@@ -17,7 +17,7 @@ from orchestrator.backends.base import Backend
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.models import Job, JobStatus
-from orchestrator.observer import Observer, mirror_for
+from orchestrator.observer import Observer
 from orchestrator.results import ResultFiles, failures, result_document
 from orchestrator.store import NewCommit, Store
 
@@ -56,7 +56,7 @@ class LocalJobs:
                  wake: Callable[[], None] = lambda: None):
         self.config, self.store, self.backend, self.wake = config, store, backend, wake
         self.results = ResultFiles(config.results_dir)
-        self._observer = Observer(config, self)
+        self.observer = Observer(config, self)  # the process's one observer: it sends its commits here
 
     # -- the observer's sink: commits found, progress recorded with them ------------------
 
@@ -85,7 +85,7 @@ class LocalJobs:
     def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]:
         """Queue a commit named by a branch, tag or sha prefix; (its job, whether new)."""
         repo = self.repository(repository)
-        mirror = mirror_for(self.config, repo)
+        mirror = self.observer.mirrors[repo.name]
         mirror.fetch()
         sha = mirror.resolve(rev)
         branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
@@ -94,7 +94,7 @@ class LocalJobs:
 
     def require_commits(self, repository: str, shas: list[str]) -> None:
         """UnknownCommit unless every sha is a commit of the repository (fetched if need be)."""
-        mirror = mirror_for(self.config, self.repository(repository))
+        mirror = self.observer.mirrors[self.repository(repository).name]
         missing = [s for s in shas if not mirror.has_commit(s)]
         if missing:
             mirror.fetch()
@@ -105,7 +105,7 @@ class LocalJobs:
     def poll(self, repository: str | None = None) -> int:
         """Fetch now and queue every new commit, oldest first; how many were queued."""
         names = [self.repository(repository).name] if repository else [r.name for r in self.config.repositories]
-        return sum(self._observer.poll_repository(name) for name in names)
+        return sum(self.observer.poll_repository(name) for name in names)
 
     def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
              limit: int = 50, offset: int = 0) -> list[Document]:

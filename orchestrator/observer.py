@@ -92,7 +92,7 @@ class Observer:
     def __init__(self, config: Config, sink: CommitSink):
         self._config = config
         self._sink = sink
-        self._mirrors = {r.name: mirror_for(config, r) for r in config.repositories}
+        self.mirrors = {r.name: mirror_for(config, r) for r in config.repositories}
         self._retry_at: dict[str, float] = {}
         self._backoff = {r.name: Backoff(config.poll_interval, MAX_BACKOFF) for r in config.repositories}
 
@@ -124,7 +124,7 @@ class Observer:
         return self._poll(repo)
 
     def _poll(self, repo: RepositoryConfig) -> int:
-        mirror = self._mirrors[repo.name]
+        mirror = self.mirrors[repo.name]
         mirror.fetch()
         found = discover(mirror, repo, self._sink.heads(repo.name))
         if found is None:

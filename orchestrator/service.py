@@ -12,7 +12,7 @@ import time
 
 import uvicorn
 
-from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends import connect
 from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.errors import OrchestratorError
@@ -29,7 +29,7 @@ class Services:
     def __init__(self, config: Config):
         self.config = config
         self.store = Store(config.db_path)
-        self.backend = DockerBackend(config.runner.docker_host)
+        self.backend = connect(config.runner)
         self.dispatcher = Dispatcher(config, self.store, self.backend)
         self.jobs = LocalJobs(config, self.store, self.backend, wake=self.dispatcher.wake)
         self._server: uvicorn.Server | None = None

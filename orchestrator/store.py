@@ -18,50 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import schema
 from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
-from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS repositories (name TEXT PRIMARY KEY, first_seen_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS heads (
-    repository TEXT NOT NULL, branch TEXT NOT NULL, sha TEXT NOT NULL,
-    PRIMARY KEY (repository, branch)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    repository TEXT NOT NULL,
-    commit_sha TEXT NOT NULL,
-    branches TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    queued_at TEXT NOT NULL,
-    started_at TEXT, finished_at TEXT,
-    exit_code INTEGER, message TEXT, container_id TEXT,
-    image_tag TEXT, image_id TEXT, tests TEXT,
-    log_truncated INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (repository, commit_sha)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    attempt INTEGER NOT NULL,
-    outcome TEXT NOT NULL,
-    message TEXT,
-    container_id TEXT,
-    started_at TEXT,
-    ended_at TEXT NOT NULL,
-    PRIMARY KEY (job_id, attempt)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
-CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
-"""
-
-_COLUMNS = (
-    "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
-    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated"
-)
+from orchestrator.models import Job, JobStatus, iso, transition, utcnow
 
 
 @dataclass(frozen=True)
@@ -85,10 +44,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "cancel_requested" not in columns:  # a state_dir made by version 0.1.0
-            self._db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+        schema.create(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -165,15 +121,15 @@ class Store:
 
     def get(self, job_id: int) -> Job | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+            row = self._db.execute(f"SELECT {schema.COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return schema.job(row) if row else None
 
     def find(self, prefix: str, repository: str | None = None) -> Job:
         """The one job whose commit starts with ``prefix``; raise if none or several."""
         prefix = prefix.lower()
         if not (4 <= len(prefix) <= 40) or any(c not in "0123456789abcdef" for c in prefix):
             raise UsageError(f"{prefix[:50]!r} is not a commit sha or a prefix of one (4 to 40 hex digits)")
-        sql = f"SELECT {_COLUMNS} FROM jobs WHERE commit_sha >= ? AND commit_sha < ?"
+        sql = f"SELECT {schema.COLUMNS} FROM jobs WHERE commit_sha >= ? AND commit_sha < ?"
         args: list[object] = [prefix, prefix + "g"]
         if repository:
             sql += " AND repository = ?"
@@ -184,7 +140,7 @@ class Store:
             raise UnknownCommit(f"no job for a commit starting with {prefix}")
         if len(rows) > 1:
             raise UnknownCommit(f"commit prefix {prefix} is ambiguous: give more digits or --repo")
-        return _job(rows[0])
+        return schema.job(rows[0])
 
     def list_jobs(
         self, repository: str | None = None, status: JobStatus | None = None,
@@ -201,23 +157,23 @@ class Store:
         if branch:
             where.append("EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)")
             args.append(branch)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
+        sql = f"SELECT {schema.COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
-        return [_job(r) for r in rows]
+        return [schema.job(r) for r in rows]
 
     def with_status(self, *statuses: JobStatus) -> list[Job]:
         """Oldest first."""
         marks = ",".join("?" * len(statuses))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY id",
+                f"SELECT {schema.COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY id",
                 [s.value for s in statuses],
             ).fetchall()
-        return [_job(r) for r in rows]
+        return [schema.job(r) for r in rows]
 
     def attempt_history(self, job_id: int) -> list[dict[str, object]]:
         """Every ended attempt of a job, oldest first: why each retry happened."""
@@ -255,7 +211,7 @@ class Store:
 
     def latest_on_branch(self, repository: str, branch: str, final: bool = False, before: int | None = None) -> Job | None:
         """The newest job of ``branch`` (optionally only final ones, older than ``before``)."""
-        sql = (f"SELECT {_COLUMNS} FROM jobs WHERE repository = ? AND "
+        sql = (f"SELECT {schema.COLUMNS} FROM jobs WHERE repository = ? AND "
                "EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)")
         args: list[object] = [repository, branch]
         if final:
@@ -265,14 +221,14 @@ class Store:
             args.append(before)
         with self._lock:
             row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
-        return _job(row) if row else None
+        return schema.job(row) if row else None
 
     def next_queued(self) -> Job | None:
         """The job ``claim_next`` would take, without taking it."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
-        return _job(row) if row else None
+                f"SELECT {schema.COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+        return schema.job(row) if row else None
 
     def claim(self, job: Job) -> Job | None:
         """Move this queued job to running (a new attempt), unless it changed meanwhile."""
@@ -292,21 +248,21 @@ class Store:
     def move(self, job: Job, status: JobStatus, **changes: object) -> Job:
         """Apply one transition, if nobody else changed the job meanwhile."""
         with self._tx() as db:
-            current = _job(db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone())
+            current = schema.job(db.execute(f"SELECT {schema.COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone())
             if current.status is not job.status or current.attempts != job.attempts:
                 raise InvalidTransition(
                     f"job {job.id} is {current.status.value} (attempt {current.attempts}), "
                     f"not {job.status.value} (attempt {job.attempts})"
                 )
             new = transition(current, status, utcnow(), **changes)
-            self._save(db, current, new)
+            schema.save(db, current, new)
             return new
 
     def apply(self, old: Job, new: Job) -> Job:
         """Save ``new`` (a transition made by ``models.transition``, or facts about a running
         attempt: its container, image, start) if the job is still ``old`` in the store."""
         with self._tx() as db:
-            self._save(db, old, new)
+            schema.save(db, old, new)
         return new
 
     def previous_verdict(self, job: Job) -> JobStatus | None:
@@ -315,40 +271,3 @@ class Store:
         earlier = [self.latest_on_branch(job.repository, b, final=True, before=job.id) for b in job.branches]
         newest = max((j for j in earlier if j is not None), key=lambda j: j.id, default=None)
         return newest.status if newest else None
-
-    @staticmethod
-    def _save(db: sqlite3.Connection, old: Job, new: Job) -> None:
-        cur = db.execute(
-            "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
-            " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-            " image_id = ?, tests = ?, log_truncated = ?,"
-            " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
-            " WHERE id = ? AND status = ? AND attempts = ?",
-            (
-                new.status.value, new.attempts, iso(new.started_at), iso(new.finished_at), new.exit_code, new.message,
-                new.container_id, new.image_tag, new.image_id,
-                json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
-                new.status.value, old.id, old.status.value, old.attempts,
-            ),
-        )
-        if cur.rowcount != 1:
-            raise InvalidTransition(f"job {old.id} changed underneath (was {old.status.value})")
-        if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
-            db.execute(
-                "INSERT OR REPLACE INTO attempts (job_id, attempt, outcome, message, container_id,"
-                " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (old.id, old.attempts, "retried" if new.status is JobStatus.QUEUED else new.status.value,
-                 new.message, old.container_id, iso(old.started_at), iso(new.finished_at or utcnow())),
-            )
-
-
-def _job(row: tuple) -> Job:
-    (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
-     exit_code, message, container_id, image_tag, image_id, tests, log_truncated) = row
-    return Job(
-        id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
-        status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
-        started_at=parse_iso(started_at), finished_at=parse_iso(finished_at), exit_code=exit_code,
-        message=message, container_id=container_id, image_tag=image_tag, image_id=image_id,
-        tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
-    )

@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends import connect
 from orchestrator.backends.image import build
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
@@ -43,7 +43,7 @@ def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("image")
     (directory / "repo").mkdir()
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
-    backend = DockerBackend()
+    backend = connect(config.runner)
     try:
         build(config, backend, lambda _line: None)
     finally:
