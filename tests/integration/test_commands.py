@@ -120,7 +120,7 @@ def test_cancel_a_running_job_and_retry_it(orch) -> None:
     assert json.loads((earlier / "result.json").read_text())["status"] == "cancelled"
 
 
-def test_cancel_a_job_prepared_behind_a_running_one(orch) -> None:
+def test_cancel_a_warm_job_behind_a_running_one(orch) -> None:
     orch.repo.commit("root", PASSING)
     orch.configure(runner={"parallelism": 1})
     assert orch.cli("run", "--once").returncode == 0
