@@ -15,10 +15,13 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from orchestrator.config import Config, load_config
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.jobs import JobRef, Jobs
+
+if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays short
+    from orchestrator.jobs import JobRef, Jobs
 
 log = logging.getLogger("orchestrator")
 
@@ -87,6 +90,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     import threading
 
     from orchestrator.console import print_jobs
+    from orchestrator.jobs import JobRef
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()
@@ -151,7 +155,7 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
 # -- operations on jobs ---------------------------------------------------------------------
 
 
-def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Jobs:
+def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jobs":
     """The jobs of the dispatcher at ``--server`` or ``dispatcher.url``, else of this
     machine's state_dir (which only ``submit`` and ``poll`` may create)."""
     server = args.server or config.dispatcher.url
@@ -165,10 +169,12 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Job
 
     if not create and not config.db_path.exists():
         raise UsageError(f"no state in {config.state_dir} yet: run `orchestrator run` first")
-    return LocalJobs(config, Store(config.db_path), connect(config.runner))
+    return LocalJobs(config, Store(config.db_path), lambda: connect(config.runner))
 
 
-def _ref(args: argparse.Namespace) -> JobRef:
+def _ref(args: argparse.Namespace) -> "JobRef":
+    from orchestrator.jobs import JobRef
+
     return JobRef(commit=args.sha, repository=args.repo)
 
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.models import Job, JobStatus
-from orchestrator.observer import Observer
 from orchestrator.results import ResultFiles, failures, result_document
 from orchestrator.store import NewCommit, Store
+
+if TYPE_CHECKING:
+    from orchestrator.observer import Observer
 
 Document = dict[str, Any]
 
@@ -50,13 +53,21 @@ class Jobs(Protocol):
 
 class LocalJobs:
     """The operations on this machine's store. ``wake`` tells the dispatcher (when it runs
-    in this process) that work was queued; ``backend`` serves live logs of running jobs."""
+    in this process) that work was queued; ``backend`` reaches the engine, for live logs
+    of running jobs (a callable, so that a command that needs no engine never loads its
+    client)."""
 
-    def __init__(self, config: Config, store: Store, backend: Backend | None = None,
+    def __init__(self, config: Config, store: Store, backend: Callable[[], Backend] | None = None,
                  wake: Callable[[], None] = lambda: None):
         self.config, self.store, self.backend, self.wake = config, store, backend, wake
         self.results = ResultFiles(config.results_dir)
-        self.observer = Observer(config, self)  # the process's one observer: it sends its commits here
+
+    @cached_property
+    def observer(self) -> "Observer":
+        """The process's one observer: it sends the commits it finds here."""
+        from orchestrator.observer import Observer
+
+        return Observer(self.config, self)
 
     # -- the observer's sink: commits found, progress recorded with them ------------------
 
@@ -157,7 +168,7 @@ class LocalJobs:
         job = self.job(ref)
         saved = self.results.path(job, "output.log")
         if job.status is JobStatus.RUNNING and job.container_id and self.backend is not None:
-            return self.document(job), _live(self.backend.logs(job.container_id, follow=follow), saved)
+            return self.document(job), _live(self.backend().logs(job.container_id, follow=follow), saved)
         if job.status.final and saved.is_file():
             return self.document(job), _file(saved)
         return self.document(job), None

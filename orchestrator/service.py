@@ -10,15 +10,12 @@ import signal
 import threading
 import time
 
-import uvicorn
-
 from orchestrator.backends import connect
 from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.errors import OrchestratorError
 from orchestrator.jobs import LocalJobs
 from orchestrator.store import Store
-from orchestrator.web.app import create_app
 
 log = logging.getLogger("orchestrator")
 
@@ -31,8 +28,8 @@ class Services:
         self.store = Store(config.db_path)
         self.backend = connect(config.runner)
         self.dispatcher = Dispatcher(config, self.store, self.backend)
-        self.jobs = LocalJobs(config, self.store, self.backend, wake=self.dispatcher.wake)
-        self._server: uvicorn.Server | None = None
+        self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
+        self._server = None
 
     def __enter__(self) -> "Services":
         return self
@@ -45,7 +42,12 @@ class Services:
         self.store.close()
 
     def serve_api(self) -> None:
-        """Serve the HTTP API on ``dispatcher.host:port`` from a thread of its own."""
+        """Serve the HTTP API on ``dispatcher.host:port`` from a thread of its own (the web
+        side is loaded only here: `run --once` starts without it)."""
+        import uvicorn
+
+        from orchestrator.web.app import create_app
+
         host, port = self.config.dispatcher.host, self.config.dispatcher.port
         app = create_app(self.jobs, self.dispatcher.metrics, self.config)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
