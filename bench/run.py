@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,80 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.models import JobStatus, TestCounts, transition, utcnow  # noqa: E402
+from orchestrator.models import JobStatus, TestCounts, parse_iso, transition, utcnow  # noqa: E402
 from orchestrator.observer import Observer  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
-
-@dataclass(frozen=True)
-class Sizes:
-    commits: int          # commits per series
-    io_tests: int         # tests per I/O-bound suite
-    io_sleep: float       # seconds each of them sleeps
-    cpu_seconds: float    # CPU-bound suite length on the host
-    parallelism: tuple[int, ...]
-    triggers: int         # commits per trigger-latency measurement
-    jobs: int             # jobs in the store for the scale test
-    burst: int            # commits pushed at once
-    requests: int         # API requests per latency figure
+from workloads import FULL, SMOKE, Workloads, pct, rss, sh, wait_http, wait_job  # noqa: E402
 
 
-FULL = Sizes(10, 25, 0.1, 2.5, (1, 2, 4, 8), 10, 10_000, 1_000, 200)
-SMOKE = Sizes(2, 2, 0.05, 0.2, (1, 2), 2, 200, 20, 10)
-
-
-def sh(*args: str, cwd: Path | None = None, **kw) -> str:
-    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True, **kw).stdout.strip()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-class Bench:
-    def __init__(self, work: Path, sizes: Sizes):
-        self.work = work
-        self.sizes = sizes
-        self.configs = 0
-
-    # -- repositories ------------------------------------------------------------------
-
-    def repo(self, name: str) -> Path:
-        path = self.work / name
-        sh("git", "init", "-q", "-b", "main", str(path))
-        for key, value in (("user.email", "bench@example.invalid"), ("user.name", "bench")):
-            sh("git", "config", key, value, cwd=path)
-        (path / "tests").mkdir()
-        (path / "tests" / "test_root.py").write_text("def test_root():\n    pass\n")
-        self.commit(path, "root")
-        return path
-
-    @staticmethod
-    def commit(path: Path, subject: str) -> str:
-        sh("git", "add", "-A", cwd=path)
-        sh("git", "commit", "-q", "--allow-empty", "-m", subject, cwd=path)
-        return sh("git", "rev-parse", "HEAD", cwd=path)
-
-    def io_series(self, path: Path) -> list[str]:
-        shas = []
-        for i in range(self.sizes.commits):
-            body = "".join(f"def test_io_{t}():\n    time.sleep({self.sizes.io_sleep})\n"
-                           for t in range(self.sizes.io_tests))
-            (path / "tests" / "test_io.py").write_text(f"import time\n# commit {i}\n{body}")
-            shas.append(self.commit(path, f"io {i}"))
-        return shas
-
-    def cpu_series(self, path: Path) -> list[str]:
-        loops = calibrate(self.sizes.cpu_seconds)
-        shas = []
-        for i in range(self.sizes.commits):
-            (path / "tests" / "test_cpu.py").write_text(
-                f"# commit {i}\ndef test_cpu():\n    total = 0\n    for n in range({loops}):\n"
-                f"        total += n * n % 7\n    assert total >= 0\n")
-            shas.append(self.commit(path, f"cpu {i}"))
-        return shas
+class Bench(Workloads):
+    """The four figures, each measured against the host floor of the same run."""
 
     # -- orchestrator set-ups ----------------------------------------------------------
 
@@ -143,20 +78,6 @@ class Bench:
         results_dir = load_config(config).results_dir / "bench"
         return [json.loads((results_dir / sha / "result.json").read_text()) for sha in shas]
 
-    def host_floor(self, repo: Path, shas: list[str]) -> float:
-        """A fresh checkout of each commit and `pytest tests` on the host, one after the other."""
-        began = time.perf_counter()
-        for sha in shas:
-            checkout = Path(tempfile.mkdtemp(dir=self.work))
-            archive = subprocess.run(["git", "-C", str(repo), "archive", sha], check=True, capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
-            # Only pytest, as in the runner image: no plugins this host happens to have installed.
-            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                           cwd=checkout, check=False, capture_output=True,
-                           env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
-            shutil.rmtree(checkout)
-        return time.perf_counter() - began
-
     # -- the four figures --------------------------------------------------------------
 
     def overhead(self) -> dict:
@@ -173,7 +94,7 @@ class Bench:
             startup = self.orchestrator("run", "--once", config=idle)
             phases = {k: statistics.mean(r["timings"].get(k, 0.0) for r in results)
                       for k in ("checkout_s", "create_s", "start_s", "run_s", "collect_s")}
-            gaps = [(_t(b["started_at"]) - _t(a["finished_at"])).total_seconds() for a, b in zip(results, results[1:])]
+            gaps = [(parse_iso(b["started_at"]) - parse_iso(a["finished_at"])).total_seconds() for a, b in zip(results, results[1:])]
             accounted = startup + sum(sum(r["timings"].values()) for r in results)
             out[kind] = {
                 "commits": len(shas), "host_floor_s": floor, "orchestrator_s": total, "ratio": total / floor,
@@ -229,7 +150,7 @@ class Bench:
                     pushed = time.time()
                     sh("git", "push", "-q", "origin", "main", cwd=clone)
                     job = wait_job(port, sha, final=True)  # its started_at is then the container's own
-                    samples.append(_t(job["started_at"]).timestamp() - pushed)
+                    samples.append(parse_iso(job["started_at"]).timestamp() - pushed)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
@@ -292,49 +213,6 @@ class Bench:
         took = time.perf_counter() - began
         store.close()
         return {"burst_commits": self.sizes.burst, "burst_queued": queued, "burst_queue_s": took}
-
-
-def calibrate(seconds: float) -> int:
-    """Loop count of the CPU-bound test that takes ``seconds`` on this host."""
-    n, began = 0, time.process_time()
-    total = 0
-    while time.process_time() - began < 0.3:
-        for k in range(10_000):
-            total += k * k % 7
-        n += 10_000
-    return int(n * seconds / (time.process_time() - began))
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(url)
-
-
-def wait_job(port: int, sha: str, final: bool = False, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for job in requests.get(f"http://127.0.0.1:{port}/api/jobs", params={"limit": 20}, timeout=5).json():
-            if job["commit"] == sha and job["started_at"] and (not final or job["finished_at"]):
-                if not final or job["status"] not in ("queued", "running"):
-                    return job
-        time.sleep(0.01)
-    raise TimeoutError(sha)
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
-
-
-def _t(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def table(result: dict) -> str:
