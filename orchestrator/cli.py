@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from orchestrator.config import Config, load_config
-from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.errors import OrchestratorError, RepositoryError, UsageError
 
 if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays short
     from orchestrator.jobs import JobRef, Jobs
@@ -106,6 +106,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                 return 130
             documents = [services.jobs.show(JobRef(id=i)) for i in sorted(dispatcher.touched)]
             print_jobs(documents)
+            unfetched = {name: s.error for name, s in observer.health().items() if not s.ok}
+            if unfetched:  # what it could not see, it could not test: not a success
+                raise RepositoryError("; ".join(f"{name}: {error}" for name, error in unfetched.items()))
             return 1 if any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
         services.serve_api()
         threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()

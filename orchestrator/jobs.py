@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
-from orchestrator.models import Job, JobStatus
+from orchestrator.models import Job, JobStatus, iso
 from orchestrator.results import ResultFiles, failures, result_document
 from orchestrator.store import NewCommit, Store
 
@@ -139,9 +139,14 @@ class LocalJobs:
         heads = self.store.heads(self.repository(repository).name) or {}
         return [(b, self.latest(repository, b)) for b in sorted(heads)]
 
-    def counts(self) -> dict[str, int]:
-        """Jobs queued and running now (health checks, metrics)."""
-        return {"queued": self.store.count(JobStatus.QUEUED), "running": self.store.count(JobStatus.RUNNING)}
+    def health(self) -> dict[str, Any]:
+        """Jobs queued and running now, and each repository's state: ``degraded`` while
+        any repository cannot be polled."""
+        repositories = {name: {"ok": state.ok, "error": state.error, "since": iso(state.since)}
+                        for name, state in self.observer.health().items()}
+        return {"status": "ok" if all(r["ok"] for r in repositories.values()) else "degraded",
+                "queued": self.store.count(JobStatus.QUEUED), "running": self.store.count(JobStatus.RUNNING),
+                "repositories": repositories}
 
     def retry(self, ref: JobRef) -> Document:
         job = self.job(ref)

@@ -7,10 +7,11 @@ counted as they happen in this process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from orchestrator.models import Job, JobStatus
@@ -30,6 +31,25 @@ class _StoreGauges(Collector):
                                 value=self._store.count(JobStatus.RUNNING))
 
 
+class _RepositoryHealth(Collector):
+    """Per repository: whether its last poll worked, and how many polls failed."""
+
+    def __init__(self, health: Callable[[], dict[str, Any]], failures: Callable[[], dict[str, int]]):
+        self._health, self._failures = health, failures
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily("orchestrator_repository_up", "1 if the last poll of the repository worked",
+                               labels=["repository"])
+        for name, state in self._health().items():
+            up.add_metric([name], 1.0 if state.ok else 0.0)
+        yield up
+        failed = CounterMetricFamily("orchestrator_repository_poll_errors", "Polls of the repository that failed",
+                                     labels=["repository"])
+        for name, count in self._failures().items():
+            failed.add_metric([name], count)
+        yield failed
+
+
 class Metrics:
     def __init__(self, store: Store):
         self.registry = CollectorRegistry()
@@ -40,6 +60,10 @@ class Metrics:
         self.engine_errors = Counter("orchestrator_engine_errors_total", "Docker engine calls that failed",
                                      registry=self.registry)
         self.registry.register(_StoreGauges(store))
+
+    def watch_repositories(self, health: Callable[[], dict[str, Any]], failures: Callable[[], dict[str, int]]) -> None:
+        """Export an observer's per-repository state (``Observer.health``, ``.failures``)."""
+        self.registry.register(_RepositoryHealth(health, failures))
 
     def job_finished(self, job: Job) -> None:
         self.finished.labels(status=job.status.value).inc()

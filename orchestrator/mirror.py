@@ -9,6 +9,7 @@ a state_dir.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -19,9 +20,11 @@ from pathlib import Path
 import git
 
 from orchestrator.errors import RepositoryError, UnknownCommit, UsageError
+from orchestrator.models import subject_line
+
+log = logging.getLogger("orchestrator.observer")
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_SEP = "\x1f"
 
 
 class Mirror:
@@ -41,11 +44,16 @@ class Mirror:
         return git.Git(str(self.path))
 
     def _run(self, *args: str, **kwargs: object) -> str:
+        return self._bytes(*args, **kwargs).decode("utf-8", "replace")
+
+    def _bytes(self, *args: str, **kwargs: object) -> bytes:
+        """Git's output as bytes: names and messages are parsed from NUL-separated formats
+        and decoded here, never split on what Python takes for line breaks."""
         try:
-            return self._git().execute(["git", "--git-dir", str(self.path), *args], **kwargs)
+            return self._git().execute(["git", "--git-dir", str(self.path), *args], stdout_as_string=False,
+                                       **kwargs)
         except git.GitCommandError as exc:
-            detail = (exc.stderr or "").strip().splitlines()
-            raise RepositoryError(f"git {args[0]} failed in {self.path.name}: {detail[-1] if detail else exc}") from None
+            raise RepositoryError(f"git {args[0]} failed in {self.path.name}: {git_reason(exc)}") from None
 
     def fetch(self) -> None:
         """Clone on first use, else fetch every ref, force-updated and pruned."""
@@ -59,19 +67,25 @@ class Mirror:
                     git.Repo.clone_from(self.url, str(tmp), mirror=True, env={"GIT_TERMINAL_PROMPT": "0"})
                 except git.GitCommandError as exc:
                     shutil.rmtree(tmp, ignore_errors=True)
-                    detail = (exc.stderr or "").strip().splitlines()
-                    raise RepositoryError(f"cannot clone {self.url}: {detail[-1] if detail else exc}") from None
+                    raise RepositoryError(f"cannot clone {self.url}: {git_reason(exc)}") from None
+                except git.exc.UnsafeProtocolError as exc:
+                    raise RepositoryError(f"cannot clone {self.url}: {exc}") from None
                 os.replace(tmp, self.path)
                 return
             self._run("fetch", "--prune", "--force", "--quiet", "origin", env={"GIT_TERMINAL_PROMPT": "0"})
 
     def branches(self) -> dict[str, str]:
-        """Branch name -> head sha."""
-        out = self._run("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+        """Branch name -> head sha. A name that is not UTF-8 cannot be stored or shown:
+        it is skipped, with a warning."""
+        fields = self._bytes("for-each-ref", "--format=%(objectname)%00%(refname)%00", "refs/heads/").split(b"\0")
         heads = {}
-        for line in out.splitlines():
-            sha, ref = line.split(" ", 1)
-            heads[ref[len("refs/heads/"):]] = sha
+        for sha, ref in zip(fields[0::2], fields[1::2]):
+            try:
+                name = ref.decode("utf-8")[len("refs/heads/"):]
+            except UnicodeDecodeError:
+                log.warning("%s: branch %r skipped: its name is not UTF-8", self.path.name, ref[11:])
+                continue
+            heads[name] = sha.strip().decode()
         return heads
 
     def new_commits(self, include: Sequence[str], exclude: Sequence[str]) -> list[tuple[str, str]]:
@@ -79,21 +93,21 @@ class Mirror:
         ``exclude``, parents before children."""
         if not include:
             return []
-        out = self._run(
-            "log", "--ignore-missing", "--reverse", "--topo-order", f"--format=%H{_SEP}%s", *include,
-            *(f"^{sha}" for sha in exclude), "--",
-        )
-        return [tuple(line.split(_SEP, 1)) for line in out.splitlines() if line]  # type: ignore[misc]
+        return self._log("--ignore-missing", "--reverse", "--topo-order", *include, *(f"^{sha}" for sha in exclude))
 
     def reachable(self, head: str, exclude: Sequence[str]) -> set[str]:
         out = self._run("rev-list", "--ignore-missing", head, *(f"^{sha}" for sha in exclude), "--")
         return set(out.split())
 
     def subjects(self, shas: Sequence[str]) -> dict[str, str]:
-        if not shas:
-            return {}
-        out = self._run("log", "--no-walk=unsorted", f"--format=%H{_SEP}%s", *shas, "--")
-        return dict(line.split(_SEP, 1) for line in out.splitlines() if line)
+        return dict(self._log("--no-walk=unsorted", *shas)) if shas else {}
+
+    def _log(self, *args: str) -> list[tuple[str, str]]:
+        """(sha, subject) pairs, read NUL-separated; a subject is decoded whatever its
+        bytes and cut to the stored length."""
+        fields = self._bytes("log", "-z", "--format=%H%x00%s", *args, "--").split(b"\0")
+        return [(sha.strip().decode(), subject_line(subject.decode("utf-8", "replace")))
+                for sha, subject in zip(fields[0::2], fields[1::2])]
 
     def has_commit(self, sha: str) -> bool:
         try:
@@ -113,8 +127,8 @@ class Mirror:
         return sha
 
     def branches_containing(self, sha: str) -> list[str]:
-        out = self._run("for-each-ref", "--format=%(refname)", "--contains", sha, "refs/heads/")
-        return [line[len("refs/heads/"):] for line in out.splitlines()]
+        out = self._bytes("for-each-ref", "--format=%(refname)%00", "--contains", sha, "refs/heads/")
+        return [ref.strip().decode("utf-8", "replace")[len("refs/heads/"):] for ref in out.split(b"\0") if ref.strip()]
 
     def checkout(self, sha: str, dest: Path) -> None:
         """Write the tree of ``sha`` into ``dest`` (no .git: the workspace is only the
@@ -130,7 +144,15 @@ class Mirror:
                 env={"GIT_INDEX_FILE": str(index)},
             )
         except git.GitCommandError as exc:
-            detail = (exc.stderr or "").strip().splitlines()
-            raise RepositoryError(f"checkout of {sha[:12]} failed: {detail[-1] if detail else exc}") from None
+            raise RepositoryError(f"checkout of {sha[:12]} failed: {git_reason(exc)}") from None
         finally:
             index.unlink(missing_ok=True)
+
+
+def git_reason(exc: git.GitCommandError) -> str:
+    """Git's own reason, in one line: its ``fatal:`` or ``error:`` lines, else its last."""
+    stderr = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode("utf-8", "replace")
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    lines = [line.removeprefix("stderr: ").strip("'").strip() for line in lines]
+    reasons = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    return "; ".join(reasons or lines[-1:])[:500] or str(exc)[:500]

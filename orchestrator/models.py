@@ -91,6 +91,15 @@ class Job:
         return round((self.finished_at - self.started_at).total_seconds(), 3)
 
 
+MAX_SUBJECT = 1000  # characters of a commit's subject that are kept, wherever it is read
+
+
+def subject_line(text: str) -> str:
+    """A subject as it is stored: cut to MAX_SUBJECT characters (never a reason to refuse
+    a commit), with an ellipsis where it was cut."""
+    return text if len(text) <= MAX_SUBJECT else text[: MAX_SUBJECT - 1] + "…"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

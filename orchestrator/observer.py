@@ -8,17 +8,20 @@ the same commits again.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from orchestrator.backoff import Backoff
 from orchestrator.config import Config, RepositoryConfig
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, RepositoryError
 from orchestrator.mirror import Mirror
+from orchestrator.models import utcnow
 from orchestrator.store import NewCommit
 
 log = logging.getLogger("orchestrator.observer")
@@ -42,7 +45,17 @@ class Discovery:
     heads: dict[str, str]
 
 
-def discover(mirror: Mirror, repo: RepositoryConfig, seen: dict[str, str] | None) -> Discovery | None:
+@dataclass(frozen=True)
+class RepositoryHealth:
+    """How the last poll of a repository went: what /healthz and the dashboard show."""
+
+    ok: bool = True
+    error: str | None = None
+    since: datetime | None = None   # the first failure of the current run of them
+
+
+def discover(mirror: Mirror, repo: RepositoryConfig, seen: dict[str, str] | None,
+             branches: dict[str, str] | None = None) -> Discovery | None:
     """What changed since ``seen`` (None: never observed), or None if nothing did.
 
     First sight queues only the branch heads. After that, every commit not reachable from
@@ -50,7 +63,7 @@ def discover(mirror: Mirror, repo: RepositoryConfig, seen: dict[str, str] | None
     (a new branch at an old commit, a reset) gets that commit, so every branch has a job
     for its head.
     """
-    current = {b: sha for b, sha in mirror.branches().items() if repo.tracks(b)}
+    current = {b: sha for b, sha in (mirror.branches() if branches is None else branches).items() if repo.tracks(b)}
     if seen is None:
         return Discovery(_heads_only(mirror, current), current)
     changed = {b: sha for b, sha in current.items() if seen.get(b) != sha}
@@ -95,38 +108,61 @@ class Observer:
         self.mirrors = {r.name: mirror_for(config, r) for r in config.repositories}
         self._retry_at: dict[str, float] = {}
         self._backoff = {r.name: Backoff(config.poll_interval, MAX_BACKOFF) for r in config.repositories}
+        self._health = {r.name: RepositoryHealth() for r in config.repositories}
+        self.failures: Counter[str] = Counter()  # polls that failed, per repository (for /metrics)
+        self._unmatched_said: set[tuple[str, str]] = set()
+
+    def health(self) -> dict[str, RepositoryHealth]:
+        return dict(self._health)
 
     def poll_once(self) -> int:
         """Fetch and deliver every repository that is not backing off; return how many
-        commits were queued. A failing repository is reported and retried later, with
-        growing delays, while the others go on."""
+        commits were queued. A failing repository, whatever the failure, is reported and
+        retried later, with growing delays, while the others go on."""
         delivered = 0
         for repo in self._config.repositories:
             if time.monotonic() < self._retry_at.get(repo.name, 0):
                 continue
             try:
-                delivered += self._poll(repo)
-            except OrchestratorError as exc:
+                delivered += self.poll_repository(repo.name)
+            except RepositoryError as exc:
                 delay = self._backoff[repo.name].next()
                 self._retry_at[repo.name] = time.monotonic() + delay
-                log.warning("%s: %s; retrying in %.0f s", repo.name, exc, delay)
+                log.warning("%s; retrying in %.0f s", exc, delay)
             else:
-                if self._backoff[repo.name].reset():
-                    log.info("%s: reachable again", repo.name)
                 self._retry_at.pop(repo.name, None)
         return delivered
 
     def poll_repository(self, name: str) -> int:
-        """Poll one repository now (the instant trigger); errors are raised, not backed off."""
+        """Poll one repository now (also the instant trigger). Any failure is recorded as
+        the repository's state and raised as a RepositoryError naming it."""
         repo = self._config.repository(name)
         if repo is None:
             raise KeyError(name)
-        return self._poll(repo)
+        try:
+            queued = self._poll(repo)
+        except Exception as exc:  # one repository's trouble, whatever it is, stays its own
+            if not isinstance(exc, OrchestratorError):
+                log.exception("%s: unexpected error while polling", name)
+            reason = str(exc) if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
+            self._failed(name, reason)
+            raise RepositoryError(f"{name}: {reason}") from None
+        if self._backoff[name].reset():
+            log.info("%s: reachable again", name)
+        self._health[name] = RepositoryHealth()
+        return queued
+
+    def _failed(self, name: str, reason: str) -> None:
+        self.failures[name] += 1
+        before = self._health[name]
+        self._health[name] = RepositoryHealth(ok=False, error=reason[:500], since=before.since or utcnow())
 
     def _poll(self, repo: RepositoryConfig) -> int:
         mirror = self.mirrors[repo.name]
         mirror.fetch()
-        found = discover(mirror, repo, self._sink.heads(repo.name))
+        branches = mirror.branches()
+        self._say_unmatched(repo, branches)
+        found = discover(mirror, repo, self._sink.heads(repo.name), branches)
         if found is None:
             return 0
         self._sink.record_commits(repo.name, found.commits, found.heads)
@@ -134,9 +170,20 @@ class Observer:
             log.info("%s: queued %s %s (%s)", repo.name, commit.sha[:12], commit.subject[:60], ", ".join(commit.branches))
         return len(found.commits)
 
+    def _say_unmatched(self, repo: RepositoryConfig, branches: dict[str, str]) -> None:
+        """Warn (once) about a branch pattern that matches no branch: a typo tests nothing."""
+        for pattern in repo.branches:
+            if not any(fnmatch.fnmatchcase(b, pattern) for b in branches):
+                if (repo.name, pattern) not in self._unmatched_said:
+                    self._unmatched_said.add((repo.name, pattern))
+                    log.warning("%s: branch pattern %r matches no branch", repo.name, pattern)
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception:  # never the end of watching: the next round tries again
+                log.exception("observer: unexpected error")
             stop.wait(self._config.poll_interval)
 
 

@@ -29,6 +29,8 @@ class Services:
         self.backend = connect(config.runner)
         self.dispatcher = Dispatcher(config, self.store, self.backend)
         self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
+        observer = self.jobs.observer
+        self.dispatcher.metrics.watch_repositories(observer.health, lambda: dict(observer.failures))
         self._server = None
 
     def __enter__(self) -> "Services":

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from orchestrator.jobs import JobRef, LocalJobs
 from orchestrator.metrics import CONTENT_TYPE, Metrics
-from orchestrator.models import JobStatus
+from orchestrator.models import JobStatus, subject_line
 from orchestrator.store import NewCommit
 
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
@@ -28,7 +28,7 @@ JobId = Annotated[int, PathParam(ge=1, le=2**62)]
 class CommitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha: Sha
-    subject: Annotated[str, Field(max_length=2000)] = ""
+    subject: Annotated[str, AfterValidator(subject_line)] = ""  # cut as the observer cuts it, never refused
     branches: Annotated[list[BranchName], Field(max_length=1000)] = []
 
 
@@ -70,7 +70,7 @@ guarded = [Depends(_authorised)]
 
 @router.get("/healthz")
 def healthz(jobs: Jobs) -> dict[str, Any]:
-    return {"status": "ok", **jobs.counts()}
+    return jobs.health()
 
 
 @router.get("/metrics")

@@ -42,7 +42,9 @@ def badge(name: str, branch: str, jobs: Jobs) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, jobs: Jobs) -> Response:
-    repos = [{"name": r.name, "url": r.url, "branches": jobs.branches(r.name)} for r in jobs.config.repositories]
+    health = jobs.health()["repositories"]
+    repos = [{"name": r.name, "url": r.url, "branches": jobs.branches(r.name), "health": health[r.name]}
+             for r in jobs.config.repositories]
     return TEMPLATES.TemplateResponse(request, "index.html", {"repos": repos, "jobs": jobs.list(limit=50),
                                                               "token_required": request.app.state.token_required})
 

@@ -181,3 +181,22 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     assert local.returncode == 0 and old[:10] in local.stdout
     dispatcher.send_signal(signal.SIGTERM)
     assert dispatcher.wait(timeout=30) == 0
+
+
+def test_once_says_what_it_could_not_fetch(orch, tmp_path) -> None:
+    """An unreachable repository, or a branch pattern that matches nothing, is never a
+    silent success: git's own reason is shown and `run --once` exits 3."""
+    sha = orch.repo.commit("root", PASSING)
+    path = orch.configure()
+    path.write_text(path.read_text().replace("  url:", "  branches: [main, 'relase/*']\n  url:", 1))
+    gone = tmp_path / "elsewhere.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(gone)], check=True)
+    text = path.read_text().replace("repositories:\n", f"repositories:\n- name: gone\n  url: {gone}\n", 1)
+    path.write_text(text)
+    subprocess.run(["rm", "-rf", str(gone / "objects"), str(gone / "HEAD")], check=True)  # no longer a repository
+    proc = orch.cli("run", "--once")
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("orchestrator: gone: cannot clone") and "fatal:" in last
+    assert "branch pattern 'relase/*' matches no branch" in proc.stderr
+    assert orch.result(sha)["status"] == "passed"  # what could be tested was tested

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from orchestrator.models import MAX_SUBJECT
 from tests.helpers import GitRepo, Web
 
 
@@ -101,3 +102,13 @@ def test_random_bodies_never_500(api) -> None:
     for _ in range(300):
         resp = client.post("/api/commits", json=value())
         assert resp.status_code < 500, resp.text
+
+
+def test_a_long_subject_is_cut_not_refused(api) -> None:
+    client, repo, _, _ = api
+    new = repo.commit("y" * 3000)
+    resp = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new, "subject": "y" * 3000}],
+                                            "heads": {"main": new}})
+    assert resp.status_code == 201
+    job = client.get(f"/api/jobs/{resp.json()['jobs'][0]}").json()
+    assert len(job["subject"]) == MAX_SUBJECT and job["subject"].endswith("…")

@@ -1,10 +1,12 @@
 """The observer against real Git repositories and a real store."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchestrator.config import load_config
+from orchestrator.models import MAX_SUBJECT
 from orchestrator.observer import Observer
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
@@ -154,3 +156,52 @@ def test_unreachable_repository_backs_off_and_catches_up(world, tmp_path: Path, 
     observer._retry_at.clear()  # skip the wait of the back-off
     assert observer.poll_once() == 2
     assert [s for s, _ in queued(store)][-2:] == made
+
+
+LINE_BREAKS = "\u2028, \x0c, \x85, \x1c and \r"  # what str.splitlines() takes for line ends
+
+
+def test_a_hostile_commit_never_stops_the_watcher(tmp_path: Path) -> None:
+    """Line-break characters in a subject and a branch name, and a branch name that is not
+    UTF-8: the commits are queued, the bad branch skipped, the other repository polled."""
+    bad, good = GitRepo(tmp_path / "bad"), GitRepo(tmp_path / "good")
+    bad.commit("root")
+    good.commit("root")
+    config = load_config(write_config(tmp_path, {"bad": bad.path, "good": good.path}))
+    store = Store(config.db_path)
+    observer = Observer(config, store)
+    assert observer.poll_once() == 2
+    subject = f"breaks: {LINE_BREAKS} end"
+    weird = bad.commit(subject)
+    bad.git("branch", "feature\u2028two")
+    subprocess.run([b"git", b"update-ref", b"refs/heads/not-utf8-\xff\xfe", weird.encode()], cwd=bad.path, check=True)
+    later = good.commit("after")
+    assert observer.poll_once() == 2
+    assert store.find(weird, "bad").subject == subject
+    assert "feature\u2028two" in store.heads("bad") and len(store.heads("bad")) == 2  # main and feature
+    assert store.find(later, "good").branches == ("main",)
+    assert observer.health()["bad"].ok and observer.poll_once() == 0
+    store.close()
+
+
+def test_an_unexpected_error_in_one_repository_is_its_state_not_the_end(tmp_path: Path, caplog) -> None:
+    bad, good = GitRepo(tmp_path / "bad"), GitRepo(tmp_path / "good")
+    bad.commit("root")
+    good.commit("root")
+    config = load_config(write_config(tmp_path, {"bad": bad.path, "good": good.path}))
+    store = Store(config.db_path)
+    observer = Observer(config, store)
+    observer.mirrors["bad"].branches = lambda: 1 / 0  # a bug, or a library error nobody expected
+    assert observer.poll_once() == 1  # the good one
+    state = observer.health()["bad"]
+    assert not state.ok and "ZeroDivisionError" in state.error and observer.failures["bad"] == 1
+    assert "bad: " in caplog.text
+    store.close()
+
+
+def test_a_subject_is_cut_where_it_is_read(world) -> None:
+    repo, store, observer = world
+    observer.poll_once()
+    sha = repo.commit("x" * 5000 + "\n\nbody")
+    observer.poll_once()
+    assert store.find(sha).subject == "x" * (MAX_SUBJECT - 1) + "…"

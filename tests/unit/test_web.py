@@ -169,3 +169,16 @@ def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) 
     assert time.monotonic() - began < 0.1
     notifier.close(timeout=5)
     w.close()
+
+
+def test_a_repository_that_cannot_be_polled_is_degraded_health(web) -> None:
+    client, w, repo, _ = web
+    w.metrics.watch_repositories(w.jobs.observer.health, lambda: dict(w.jobs.observer.failures))
+    w.jobs.observer.mirrors["demo"].branches = lambda: 1 / 0  # whatever goes wrong in one repository
+    resp = client.post("/api/repositories/demo/poll")
+    assert resp.status_code == 503 and "ZeroDivisionError" in resp.json()["detail"]
+    health = client.get("/healthz").json()
+    assert health["status"] == "degraded" and not health["repositories"]["demo"]["ok"]
+    assert 'orchestrator_repository_up{repository="demo"} 0.0' in client.get("/metrics").text
+    assert 'orchestrator_repository_poll_errors_total{repository="demo"} 1.0' in client.get("/metrics").text
+    assert "cannot be polled since" in client.get("/").text
