@@ -21,7 +21,8 @@ from orchestrator.errors import ConfigError
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$", re.IGNORECASE)
 _MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+_SCP_LIKE = re.compile(r"^([\w.-]+@)?[\w][\w.-]*:(?!//)")     # [user@]host:path, as git reads it
+_REMOTE_URL = re.compile(r"^(https?|ssh|git|file)://[^\s-][^\s]*$")  # no option-looking host
 
 
 class _Strict(BaseModel):
@@ -30,7 +31,7 @@ class _Strict(BaseModel):
 
 class RepositoryConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    url: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(min_length=1, max_length=4096)]
     branches: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)] = ["*"]
 
     @field_validator("branches")
@@ -41,6 +42,26 @@ class RepositoryConfig(_Strict):
                 raise ValueError(f"{p!r} is not a valid glob pattern")
             fnmatch.translate(p)
         return patterns
+
+    @field_validator("url")
+    @classmethod
+    def _fetchable(cls, url: str) -> str:
+        """What git would do with the URL, not what it looks like: a transport helper
+        (``ext::``, ``fd::``, any ``name::``) runs a program, and an option-looking argument
+        or host becomes an option of git or ssh. Only local paths and the plain transports
+        are allowed."""
+        if url.startswith("-") or any(ord(c) < 32 for c in url):
+            raise ValueError(f"{url[:80]!r} looks like an option, not a repository")
+        if "::" in url.split("/", 1)[0] or re.match(r"^[A-Za-z][\w+.-]*::", url):
+            raise ValueError(f"{url[:80]!r}: transport helpers (name::...) run programs and are not allowed")
+        if "://" in url:
+            if not _REMOTE_URL.match(url):
+                raise ValueError(f"{url[:80]!r}: only local paths, file://, http(s)://, ssh://, git:// "
+                                 "and user@host:path are allowed")
+            host = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+            if host.startswith("-"):
+                raise ValueError(f"{url[:80]!r}: a host may not begin with '-'")
+        return url
 
     def tracks(self, branch: str) -> bool:
         return any(fnmatch.fnmatchcase(branch, p) for p in self.branches)

@@ -19,8 +19,20 @@ from orchestrator.metrics import CONTENT_TYPE, Metrics
 from orchestrator.models import JobStatus, subject_line
 from orchestrator.store import NewCommit
 
+def _text(value: str) -> str:
+    """Text that can reach git and the store: no control characters, no lone surrogates."""
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError("control characters and unpaired surrogates are not allowed")
+    return value
+
+
+def _subject(value: str) -> str:
+    """Cut as the observer cuts it, never refused; what cannot be stored is replaced."""
+    return subject_line(value.encode("utf-8", "replace").decode())
+
+
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
-BranchName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+BranchName = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_text)]
 RepositoryName = Annotated[str, Field(max_length=64)]
 JobId = Annotated[int, PathParam(ge=1, le=2**62)]
 
@@ -28,7 +40,7 @@ JobId = Annotated[int, PathParam(ge=1, le=2**62)]
 class CommitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha: Sha
-    subject: Annotated[str, AfterValidator(subject_line)] = ""  # cut as the observer cuts it, never refused
+    subject: Annotated[str, AfterValidator(_subject)] = ""
     branches: Annotated[list[BranchName], Field(max_length=1000)] = []
 
 
@@ -51,7 +63,7 @@ class SubmitIn(BaseModel):
     """A commit named as a user names it: a branch, a tag or a sha prefix."""
 
     model_config = ConfigDict(extra="forbid")
-    rev: Annotated[str, Field(min_length=1, max_length=255)]
+    rev: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_text)]
     repository: RepositoryName | None = None
 
 

@@ -9,9 +9,13 @@ configured name.
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +40,7 @@ def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
     app = FastAPI(title="orchestrator", version="1", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_exception_handler(OrchestratorError, _answer_error)
+    app.add_exception_handler(RequestValidationError, _answer_invalid)
     token = config.dispatcher.api_token
     app.state.jobs, app.state.metrics = jobs, metrics
     app.state.authorise, app.state.token_required = _token_guard(token), token is not None
@@ -44,9 +49,22 @@ def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
     return app
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error that echoes what a client
+    sent (an unpaired surrogate, say) can always be written."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 async def _answer_error(_request: Request, exc: Exception) -> JSONResponse:
     status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 503)
-    return JSONResponse({"detail": str(exc)}, status)
+    return AsciiJSONResponse({"detail": str(exc)}, status)
+
+
+async def _answer_invalid(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, 422)
 
 
 def _token_guard(token: str | None) -> Callable[[str | None], None]:

@@ -112,3 +112,18 @@ def test_a_long_subject_is_cut_not_refused(api) -> None:
     assert resp.status_code == 201
     job = client.get(f"/api/jobs/{resp.json()['jobs'][0]}").json()
     assert len(job["subject"]) == MAX_SUBJECT and job["subject"].endswith("…")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"repository": "\\ud800", "commits": []}',
+    b'{"repository": "demo", "commits": [{"sha": "\\udfff"}]}',
+    b'{"repository": "demo", "commits": [{"sha": "' + b"a" * 40 + b'", "branches": ["\\ud83d"]}]}',
+    b'{"rev": "\\ud800"}',
+    b'{"repository": "\xff\xfe"}',
+])
+def test_unpaired_surrogates_and_bad_bytes_are_a_422(api, body) -> None:
+    client = api[0]
+    path = "/api/jobs" if b'"rev"' in body else "/api/commits"
+    resp = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert resp.status_code in (400, 404, 422), resp.text
+    assert resp.json()["detail"]

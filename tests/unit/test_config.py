@@ -76,6 +76,30 @@ def test_bad_structure(tmp_path: Path, repo: Path, text: str, expected: str) -> 
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize("url", [
+    "ext::sh -c touch% /tmp/pwned",
+    "ext::sh -c touch% /tmp/pwned ://example.com/x",
+    "fd::17",
+    "foo::bar",
+    "-uhack",
+    "--upload-pack=touch /tmp/pwned",
+    "ftp://example.com/repo.git",
+    "https://-oProxyCommand=x/repo.git",
+    "ssh://-oProxyCommand=touch%20pwned/x",
+])
+def test_urls_git_would_run_a_program_for_are_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {url!r}\n"))
+    assert "repositories[0].url" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["https://example.com/a/b.git", "http://127.0.0.1:8080/x", "ssh://git@host/x.git",
+                                 "git://host/x", "git@example.com:team/x.git", "host.example:x.git"])
+def test_urls_git_fetches_as_usual_are_accepted(tmp_path: Path, url: str) -> None:
+    config = load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {url!r}\n"))
+    assert config.repositories[0].url == url
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.yaml")
