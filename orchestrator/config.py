@@ -72,6 +72,17 @@ class DispatcherConfig(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8888
     api_token: Annotated[str, Field(min_length=16)] | None = None
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2000)] | None = None
+    allowed_hosts: Annotated[list[Annotated[str, Field(pattern=r"^[\w.*:\[\]-]+$")]], Field(min_length=1)] | None = None
+
+    def hosts(self) -> list[str]:
+        """Host headers the API answers: ``allowed_hosts``, else this machine's loopback
+        names and the bound address (a page whose name resolves to 127.0.0.1 is refused),
+        else, bound to every address, any."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.host in ("0.0.0.0", "::"):
+            return ["*"]
+        return sorted({"localhost", "127.0.0.1", "::1", self.host})
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> "DispatcherConfig":

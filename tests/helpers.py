@@ -97,6 +97,12 @@ class Web:
 
         return create_app(self.jobs, self.metrics, self.config)
 
+    def client(self, host: str = "127.0.0.1"):
+        """A client of the app, as a browser on this machine would call it."""
+        from fastapi.testclient import TestClient
+
+        return TestClient(self.app(), base_url=f"http://{host}:{self.config.dispatcher.port}")
+
     def finish(self, status: JobStatus, tests: TestCounts | None = None) -> Job:
         """Claim the oldest queued job and end it with ``status``, as an attempt would."""
         job = self.store.claim_next()

@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import Config
@@ -39,6 +40,7 @@ _STATUS: list[tuple[type[OrchestratorError], int]] = [
 def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
     app = FastAPI(title="orchestrator", version="1", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.dispatcher.hosts())
     app.add_exception_handler(OrchestratorError, _answer_error)
     app.add_exception_handler(RequestValidationError, _answer_invalid)
     token = config.dispatcher.api_token
@@ -74,8 +76,8 @@ def _token_guard(token: str | None) -> Callable[[str | None], None]:
     def authorised(authorization: str | None) -> None:
         if token is None:
             return
-        given = (authorization or "").removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, token.encode()):
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong api token (Authorization: Bearer <token>)")
 
     return authorised

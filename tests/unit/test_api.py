@@ -5,7 +5,6 @@ import random
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from orchestrator.models import MAX_SUBJECT
 from tests.helpers import GitRepo, Web
@@ -17,7 +16,7 @@ def api(tmp_path: Path, repo: GitRepo):
     web = Web(tmp_path, repo)
     web.jobs.poll()
     web.woken.clear()
-    with TestClient(web.app()) as client:
+    with web.client() as client:
         yield client, repo, sha, web.woken
     web.close()
 

@@ -16,7 +16,8 @@ def api_schema(tmp_path_factory):
     base: Path = tmp_path_factory.mktemp("fuzz")
     repo = GitRepo(base / "upstream")
     repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
-    web = Web(base, repo)
+    web = Web(base, repo, dispatcher={"host": "127.0.0.1", "port": 8888,  # schemathesis calls it "testserver"
+                                      "allowed_hosts": ["testserver", "localhost", "127.0.0.1"]})
     web.jobs.poll()
     yield schemathesis.openapi.from_asgi("/openapi.json", web.app())
     web.close()

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from orchestrator.models import JobStatus, TestCounts
 from orchestrator.notify import Notifier
@@ -20,7 +19,7 @@ def web(tmp_path: Path, repo: GitRepo):
     sha = repo.commit("first <script>alert(1)</script>", {"tests/test_a.py": "def test_a(): pass\n"})
     w = Web(tmp_path, repo)
     w.jobs.poll()
-    with TestClient(w.app()) as client:
+    with w.client() as client:
         yield client, w, repo, sha
     w.close()
 
@@ -101,7 +100,7 @@ def test_api_token_guards_mutations(tmp_path: Path, repo: GitRepo) -> None:
     token = "s3cret-token-of-enough-length"
     w = Web(tmp_path, repo, dispatcher={"host": "0.0.0.0", "port": 8999, "api_token": token})
     w.jobs.poll()
-    with TestClient(w.app()) as client:
+    with w.client() as client:
         assert client.post("/api/jobs/1/cancel").status_code == 401
         assert client.post("/api/jobs/1/cancel", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.post("/api/jobs/1/cancel", headers={"Authorization": f"Bearer {token}"}).status_code == 202
@@ -182,3 +181,49 @@ def test_a_repository_that_cannot_be_polled_is_degraded_health(web) -> None:
     assert 'orchestrator_repository_up{repository="demo"} 0.0' in client.get("/metrics").text
     assert 'orchestrator_repository_poll_errors_total{repository="demo"} 1.0' in client.get("/metrics").text
     assert "cannot be polled since" in client.get("/").text
+
+
+def test_a_raw_token_without_bearer_is_refused(tmp_path: Path, repo: GitRepo) -> None:
+    repo.commit("root")
+    token = "s3cret-token-of-enough-length"
+    w = Web(tmp_path, repo, dispatcher={"host": "127.0.0.1", "port": 8999, "api_token": token})
+    w.jobs.poll()
+    with w.client() as client:
+        assert client.post("/api/jobs/1/cancel", headers={"Authorization": token}).status_code == 401
+        assert client.post("/api/jobs/1/cancel", headers={"Authorization": f"bearer {token}"}).status_code == 401
+        assert client.post("/api/jobs/1/cancel", headers={"Authorization": f"Bearer {token}"}).status_code == 202
+    w.close()
+
+
+def test_host_header_must_be_an_allowed_one(tmp_path: Path, repo: GitRepo) -> None:
+    """A page of evil.example whose name resolves to 127.0.0.1 (DNS rebinding) is refused;
+    beyond loopback, dispatcher.allowed_hosts says which names the API answers to."""
+    repo.commit("root")
+    w = Web(tmp_path, repo)
+    with w.client(host="evil.example") as client:
+        assert client.get("/api/jobs").status_code == 400
+    with w.client(host="localhost") as client:
+        assert client.get("/api/jobs").status_code == 200
+    w.close()
+    token = "s3cret-token-of-enough-length"
+    (tmp_path / "2").mkdir()
+    w = Web(tmp_path / "2", repo, dispatcher={"host": "0.0.0.0", "port": 8999, "api_token": token,
+                                              "allowed_hosts": ["ci.example.org"]})
+    with w.client(host="ci.example.org") as client:
+        assert client.get("/healthz").status_code == 200
+    with w.client(host="127.0.0.1") as client:
+        assert client.get("/healthz").status_code == 400
+    w.close()
+
+
+def test_long_subjects_and_branch_names_are_clipped_with_the_full_text_in_a_tooltip(tmp_path: Path, repo: GitRepo) -> None:
+    subject = "s" * 900
+    repo.commit(subject)
+    repo.git("branch", "b" * 200)
+    w = Web(tmp_path, repo)
+    w.jobs.poll()
+    with w.client() as client:
+        page = client.get("/").text
+        assert f'class="clip" title="{subject}"' in page and f'title="{"b" * 200}"' in page
+        assert 'h2 class="clip"' in client.get("/jobs/1").text
+    w.close()
