@@ -131,8 +131,11 @@ def cmd_observer(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.observer import Observer
     from orchestrator.service import stop_on_signals
 
+    from orchestrator.web.guard import observer_key
+
     stop = stop_on_signals()
-    client = DispatcherClient(args.dispatcher_server, config.dispatcher.api_token)
+    token = config.dispatcher.api_token
+    client = DispatcherClient(args.dispatcher_server, token, None if token else observer_key(config.state_dir))
     log.info("observing %d repositories for %s", len(config.repositories), client.base)
     Observer(config, client).run(stop)
     return 0

@@ -24,11 +24,14 @@ _ERRORS = {404: UnknownCommit, 409: Conflict, 400: UsageError, 422: UsageError}
 
 
 class DispatcherClient:
-    def __init__(self, address: str, token: str | None = None):
+    def __init__(self, address: str, token: str | None = None, observer_key: str | None = None):
         self.base = (address if "://" in address else f"http://{address}").rstrip("/")
         self._session = requests.Session()
+        self._session.headers["X-Orchestrator"] = "1"  # not a browser's form: see web/guard.py
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
+        if observer_key:
+            self._session.headers["X-Observer-Key"] = observer_key
 
     def call(self, method: str, path: str, stream: bool = False, **kwargs: Any) -> requests.Response:
         try:

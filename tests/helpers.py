@@ -97,11 +97,18 @@ class Web:
 
         return create_app(self.jobs, self.metrics, self.config)
 
-    def client(self, host: str = "127.0.0.1"):
-        """A client of the app, as a browser on this machine would call it."""
+    def client(self, host: str = "127.0.0.1", headers: dict[str, str] | None = None):
+        """A client of the app, as the project's own clients call it (they say so with
+        X-Orchestrator: 1; a browser's cross-site form cannot)."""
         from fastapi.testclient import TestClient
 
-        return TestClient(self.app(), base_url=f"http://{host}:{self.config.dispatcher.port}")
+        return TestClient(self.app(), base_url=f"http://{host}:{self.config.dispatcher.port}",
+                          headers={"X-Orchestrator": "1"} if headers is None else headers)
+
+    def observer_key(self) -> str:
+        from orchestrator.web.guard import observer_key
+
+        return observer_key(self.config.state_dir)
 
     def finish(self, status: JobStatus, tests: TestCounts | None = None) -> Job:
         """Claim the oldest queued job and end it with ``status``, as an attempt would."""

@@ -72,7 +72,7 @@ def _jobs(request: Request) -> LocalJobs:
 
 
 def _authorised(request: Request) -> None:
-    request.app.state.authorise(request.headers.get("authorization"))
+    request.app.state.guard.change(request)
 
 
 Jobs = Annotated[LocalJobs, Depends(_jobs)]
@@ -92,7 +92,9 @@ def get_metrics(request: Request) -> Response:
 
 
 @router.post("/api/commits", status_code=201, response_model=QueuedOut, dependencies=guarded)
-def post_commits(batch: CommitBatch, jobs: Jobs) -> QueuedOut:
+def post_commits(batch: CommitBatch, jobs: Jobs, request: Request) -> QueuedOut:
+    if batch.heads is not None:
+        request.app.state.guard.progress(request)
     jobs.repository(batch.repository)
     if batch.heads is None:
         jobs.require_commits(batch.repository, [c.sha for c in batch.commits])

@@ -8,9 +8,7 @@ configured name.
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -27,6 +25,7 @@ from orchestrator.errors import (
 from orchestrator.jobs import LocalJobs
 from orchestrator.metrics import Metrics
 from orchestrator.web import api, pages
+from orchestrator.web.guard import Guard, observer_key
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -44,8 +43,8 @@ def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
     app.add_exception_handler(OrchestratorError, _answer_error)
     app.add_exception_handler(RequestValidationError, _answer_invalid)
     token = config.dispatcher.api_token
-    app.state.jobs, app.state.metrics = jobs, metrics
-    app.state.authorise, app.state.token_required = _token_guard(token), token is not None
+    app.state.jobs, app.state.metrics, app.state.token_required = jobs, metrics, token is not None
+    app.state.guard = Guard(token, observer_key(config.state_dir) if token is None else None)
     app.include_router(api.router)
     app.include_router(pages.router)
     return app
@@ -67,20 +66,6 @@ async def _answer_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _answer_invalid(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, 422)
-
-
-def _token_guard(token: str | None) -> Callable[[str | None], None]:
-    """What mutating endpoints ask of a request's Authorization header: the bearer token,
-    when one is configured, compared in constant time."""
-
-    def authorised(authorization: str | None) -> None:
-        if token is None:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme != "Bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong api token (Authorization: Bearer <token>)")
-
-    return authorised
 
 
 class BodyLimit:

@@ -3,10 +3,13 @@ against the real orchestrator, real containers and real commits."""
 
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
+import requests
 
-from tests.helpers import PASSING
+from tests.helpers import PASSING, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -81,5 +84,59 @@ def _up(base: str) -> bool:
     import requests
     try:
         return requests.get(base + "/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+ATTACK = """<!doctype html><title>cat pictures</title>
+<iframe name="sink" id="sink"></iframe>
+<form id="f" method="POST" action="{base}/api/jobs/1/retry" enctype="text/plain" target="sink">
+<input name='{{"x":"' value='"}}'></form>
+<script>
+document.getElementById("sink").onload = () => {{ if (document.title === "sent") document.title = "done"; }};
+fetch("{base}/api/jobs/1/retry", {{method: "POST", mode: "no-cors", body: "{{}}"}}).finally(() => {{
+  document.title = "sent"; document.getElementById("f").submit();
+}});
+</script>"""
+
+
+def test_a_page_of_another_origin_cannot_act_for_the_user(orch, browser, tmp_path) -> None:
+    """A real browser, a real attacker page on another origin: its form and its no-cors
+    fetch are refused; the dashboard's own Retry button works."""
+    sha = orch.repo.commit("root", PASSING)
+    orch.configure()
+    assert orch.cli("run", "--once").returncode == 0
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    dispatcher = orch.start("dispatcher")
+    orch.wait_for(lambda: _up(base), timeout=30)
+    site = tmp_path / "evil"
+    site.mkdir()
+    (site / "index.html").write_text(ATTACK.format(base=base))
+    evil = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port := free_port())],
+                            cwd=site, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        orch.wait_for(lambda: _answers(f"http://127.0.0.1:{port}/index.html"), timeout=30)
+        browser.get(f"http://127.0.0.1:{port}/index.html")
+        assert orch.wait_for(lambda: browser.title == "done", timeout=30)  # both were sent, and answered
+    finally:
+        evil.terminate()
+        evil.wait(timeout=10)
+    job = requests.get(f"{base}/api/jobs/1", timeout=5).json()
+    assert job["status"] == "passed" and job["attempts"] == 1  # nothing happened
+    browser.get(f"{base}/jobs/1")
+    browser.find_element(By.ID, "retry").click()
+    def retried() -> bool:
+        job = requests.get(f"{base}/api/jobs/1", timeout=5).json()
+        return job["attempts"] == 2 and job["status"] == "passed"
+
+    assert orch.wait_for(retried, timeout=60)
+    assert orch.result(sha)["attempts"] == 2
+    dispatcher.send_signal(signal.SIGTERM)
+    assert dispatcher.wait(timeout=30) == 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
     except requests.RequestException:
         return False

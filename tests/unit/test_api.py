@@ -17,12 +17,12 @@ def api(tmp_path: Path, repo: GitRepo):
     web.jobs.poll()
     web.woken.clear()
     with web.client() as client:
-        yield client, repo, sha, web.woken
+        yield client, repo, sha, web.woken, web
     web.close()
 
 
 def test_jobs_and_filters(api) -> None:
-    client, _, sha, _ = api
+    client, _, sha, _, _ = api
     jobs = client.get("/api/jobs").json()
     assert [j["commit"] for j in jobs] == [sha] and jobs[0]["status"] == "queued"
     assert client.get("/api/jobs", params={"status": "passed"}).json() == []
@@ -32,7 +32,7 @@ def test_jobs_and_filters(api) -> None:
 
 
 def test_submit_known_commit_wakes_dispatcher(api) -> None:
-    client, repo, _, woken = api
+    client, repo, _, woken, _ = api
     new = repo.commit("second")
     resp = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new, "branches": ["main"]}]})
     assert resp.status_code == 201 and resp.json()["created"] == [2] and woken == [1]
@@ -65,7 +65,7 @@ def test_bad_requests_are_4xx_with_a_reason(api, method, path, body, status) -> 
 
 
 def test_submit_by_revision_and_find_by_prefix(api) -> None:
-    client, repo, sha, woken = api
+    client, repo, sha, woken, _ = api
     new = repo.commit("second")
     resp = client.post("/api/jobs", json={"rev": "main"})
     assert resp.status_code == 201 and resp.json()["created"] is True and resp.json()["job"]["commit"] == new
@@ -104,10 +104,10 @@ def test_random_bodies_never_500(api) -> None:
 
 
 def test_a_long_subject_is_cut_not_refused(api) -> None:
-    client, repo, _, _ = api
+    client, repo, _, _, web = api
     new = repo.commit("y" * 3000)
     resp = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new, "subject": "y" * 3000}],
-                                            "heads": {"main": new}})
+                                            "heads": {"main": new}}, headers={"X-Observer-Key": web.observer_key()})
     assert resp.status_code == 201
     job = client.get(f"/api/jobs/{resp.json()['jobs'][0]}").json()
     assert len(job["subject"]) == MAX_SUBJECT and job["subject"].endswith("…")

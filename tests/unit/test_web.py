@@ -227,3 +227,48 @@ def test_long_subjects_and_branch_names_are_clipped_with_the_full_text_in_a_tool
         assert f'class="clip" title="{subject}"' in page and f'title="{"b" * 200}"' in page
         assert 'h2 class="clip"' in client.get("/jobs/1").text
     w.close()
+
+
+@pytest.mark.parametrize("headers", [
+    {"Content-Type": "application/x-www-form-urlencoded"},         # what an HTML form sends
+    {"Content-Type": "text/plain"},                                # enctype=text/plain
+    {"Content-Type": "multipart/form-data; boundary=x"},
+    {},                                                            # fetch(url, {method: "POST", mode: "no-cors"})
+    {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+    {"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"},
+    {"X-Orchestrator": "1", "Origin": "http://evil.example"},
+    {"X-Orchestrator": "1", "Origin": "null"},
+])
+def test_changes_refuse_what_another_site_can_make_a_browser_send(web, headers) -> None:
+    _, w, _, _ = web
+    with w.client(headers=headers) as client:
+        for path in ("/api/jobs/1/cancel", "/api/jobs/1/retry", "/api/repositories/demo/poll", "/api/poll"):
+            resp = client.post(path, content=b"")
+            assert resp.status_code == 403 and "change" in resp.json()["detail"], path
+    assert w.store.get(1).status.value == "queued"
+
+
+def test_changes_are_allowed_from_this_site(web) -> None:
+    _, w, _, _ = web
+    same = {"X-Orchestrator": "1", "Origin": f"http://127.0.0.1:{w.config.dispatcher.port}",
+            "Sec-Fetch-Site": "same-origin"}
+    with w.client(headers=same) as client:
+        assert client.post("/api/jobs/1/cancel").status_code == 202
+    with w.client(headers={"Content-Type": "application/json"}) as client:
+        assert client.post("/api/jobs/1/retry", content=b"{}").status_code == 202
+
+
+def test_only_the_observer_records_progress(web) -> None:
+    client, w, repo, _ = web
+    new = repo.commit("rewrite history")
+    body = {"repository": "demo", "commits": [{"sha": new}], "heads": {"main": "0" * 40}}
+    refused = client.post("/api/commits", json=body)
+    assert refused.status_code == 403 and "observer" in refused.json()["detail"]
+    assert client.post("/api/commits", json=body, headers={"X-Observer-Key": "guess"}).status_code == 403
+    assert w.store.heads("demo") != {"main": "0" * 40}
+    assert client.post("/api/commits", json=body, headers={"X-Observer-Key": w.observer_key()}).status_code == 201
+    assert w.store.heads("demo") == {"main": "0" * 40}
+    key = w.config.state_dir / "observer.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    manual = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new}]})
+    assert manual.status_code == 201  # queueing a known commit by hand needs no key
