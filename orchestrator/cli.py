@@ -202,9 +202,18 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     out = sys.stdout.buffer
+    if not sys.stdout.isatty():  # a file or a pipe gets the log exactly as it was written
+        for chunk in stream:
+            out.write(chunk)
+            out.flush()
+        return 0
+    from orchestrator.console import TerminalFilter
+
+    safe = TerminalFilter()  # a terminal gets its colours, never its window title or clipboard
     for chunk in stream:
-        out.write(chunk)
+        out.write(safe.feed(chunk))
         out.flush()
+    out.write(safe.close())
     return 0
 
 
