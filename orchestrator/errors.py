@@ -51,6 +51,10 @@ class EngineUnavailable(InfrastructureError):
     """The Docker engine did not answer."""
 
 
+class ResultsUnwritable(InfrastructureError):
+    """The result files could not be written (a full disk, a folder made unwritable)."""
+
+
 class ContainerGone(InfrastructureError):
     """A job's container disappeared before it could be collected."""
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 from orchestrator.backends import connect
-from orchestrator.config import Config
+from orchestrator.config import Config, prepare_directories
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.errors import OrchestratorError
 from orchestrator.jobs import LocalJobs
@@ -25,6 +25,7 @@ class Services:
 
     def __init__(self, config: Config):
         self.config = config
+        prepare_directories(config)
         self.store = Store(config.db_path)
         self.backend = connect(config.runner)
         self.dispatcher = Dispatcher(config, self.store, self.backend)

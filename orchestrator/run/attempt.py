@@ -24,7 +24,7 @@ from orchestrator.backends.base import (
     ImageInfo, Phase,
 )
 from orchestrator.backoff import Backoff
-from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError
+from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, after_infrastructure_failure, transition, utcnow
@@ -189,8 +189,11 @@ class Attempt:
             with self._phase("collect"):
                 junit = self.ctx.backend.report(state.id, self.ws.out)
                 done = self._verdict(final, killed, started, junit, capped.truncated)
-            self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
-                                   self.timings)
+            try:
+                self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
+                                       self.timings)
+            except OSError as exc:
+                raise ResultsUnwritable(f"results could not be written: {_os_reason(exc)}") from None
             crash_point("result-written")
             return done
         finally:
@@ -243,11 +246,18 @@ def conclude(ctx: Context, job: Job, reason: str, final: bool = False, container
     if done.status is JobStatus.QUEUED:
         log.warning("job %s: attempt %s failed (%s); re-queued", job.id, job.attempts, reason)
         return ctx.store.apply(job, done)
-    ctx.results.write_without_run(done, ctx.store.attempt_history(job.id))
+    try:
+        ctx.results.write_without_run(done, ctx.store.attempt_history(job.id))
+    except OSError as exc:  # the final state is recorded all the same, and says so
+        done = dataclasses.replace(done, message=f"{done.message} (no result files: {_os_reason(exc)})")
     done = ctx.store.apply(job, done)
     ctx.finished(done)
     log.error("job %s: %s error: %s", done.id, done.commit[:12], done.message)
     return done
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
 def _remove(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:

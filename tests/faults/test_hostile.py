@@ -1,6 +1,7 @@
 """Hostile or broken test suites end in a recorded result with a reason, within bounds,
 while other jobs go on."""
 
+import json
 import os
 import time
 
@@ -106,3 +107,21 @@ def test_gigabyte_log_flood_is_capped_with_flat_memory(orch) -> None:
     assert result["log_truncated"] is True and result["status"] == "passed"
     assert len(log) <= 2_000_000 + 200 and b"log truncated" in log and b"1 passed" in log
     assert peak < 200 * 1024, f"dispatcher peak RSS {peak} kB"
+
+
+def test_results_that_cannot_be_written_end_the_job_loudly(orch) -> None:
+    """The repository's result folder is a file (as a full disk or a folder made
+    read-only would fail a write): the job ends `error` saying why, after its retries,
+    and nothing is left running or behind."""
+    sha = orch.repo.commit("root", PASSING)
+    orch.configure(retries=1)
+    blocker = orch.config.results_dir / "demo"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    proc = orch.cli("run", "--once")
+    assert proc.returncode == 1, proc.stderr
+    (job,) = json.loads(orch.cli("status", "--json").stdout)
+    assert job["commit"] == sha and job["status"] == "error" and job["attempts"] == 2
+    assert "results could not be written" in job["message"] and "Not a directory" in job["message"]
+    assert "no result files" in job["message"]
+    assert orch.containers() == []

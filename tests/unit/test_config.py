@@ -112,3 +112,19 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path, repo: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "runner.parallelism" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_text("a file"), "is not a directory"),
+    (lambda p: p.symlink_to(p.parent / "nowhere"), "leads nowhere"),
+    (lambda p: p.symlink_to(p), "leads nowhere"),  # a link to itself: a loop
+])
+@pytest.mark.parametrize("key", ["state_dir", "results_dir"])
+def test_directories_that_cannot_be_written_are_refused_at_start(tmp_path: Path, repo: Path, make, words, key) -> None:
+    path = write(tmp_path, GOOD.format(repo=repo) + f"{key}: ./odd\n")
+    make(tmp_path / "odd")
+    for command in (["run", "--once"], ["dispatcher"], ["submit", "HEAD"], ["poll"]):
+        proc = subprocess.run([sys.executable, "-m", "orchestrator", *command, "-c", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and f"{key}: " in proc.stderr and words in proc.stderr
