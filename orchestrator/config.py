@@ -104,8 +104,9 @@ class RunnerConfig(_Strict):
     pids: Annotated[int, Field(ge=16)] = 512
     network: Annotated[str, Field(min_length=1)] = "none"
     max_log_bytes: Annotated[int, Field(ge=1024)] = 10_000_000
+    disk: str = "2g"
 
-    @field_validator("memory")
+    @field_validator("memory", "disk")
     @classmethod
     def _memory(cls, value: str) -> str:
         if not _MEMORY.match(value) or memory_bytes(value) < 6 * 1024**2:

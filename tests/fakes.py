@@ -36,6 +36,7 @@ class Behaviour:
     oom: bool = False
     waits: int = 0                   # wait rounds that still find it running; -1: until stopped
     starts_despite_fault: bool = False  # a failed start call still started it (the answer was lost)
+    writes: int = 0                  # bytes it writes into its output folder once started
 
 
 @dataclass
@@ -104,6 +105,8 @@ class FakeBackend(Backend):
 
     def _run(self, box: FakeContainer) -> None:
         box.phase, box.started_at, box.starts = Phase.RUNNING, utcnow(), box.starts + 1
+        if box.behaviour.writes:
+            (box.spec.output_dir / "big").write_bytes(b"x" * box.behaviour.writes)
         box.waits_left = box.behaviour.waits
         if box.waits_left == 0:
             box.exit(box.behaviour.exit_code)

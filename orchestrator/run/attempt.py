@@ -183,7 +183,7 @@ class Attempt:
         capped = CappedLog(self.ws.spool, self.ctx.config.runner.max_log_bytes)
         try:
             started = self.job.started_at or state.started_at or utcnow()
-            watch = Watch(self.ctx, self.job, state.id, capped, self.engine_trouble)
+            watch = Watch(self.ctx, self.job, state.id, capped, [self.ws.src, self.ws.out], self.engine_trouble)
             with self._phase("run"):
                 final, killed = watch.until_exit(started)
             with self._phase("collect"):
@@ -206,6 +206,8 @@ class Attempt:
                                    timeout=cfg.timeout, memory=cfg.memory)
         if killed is Kill.CANCEL:
             status, message = JobStatus.CANCELLED, "cancelled while running"
+        elif killed is Kill.DISK:
+            status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
         return transition(
             self.job, status, utcnow(), exit_code=final.exit_code, message=message,
             tests=parse_junit(junit) if junit else None, log_truncated=log_truncated,

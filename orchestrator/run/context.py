@@ -30,6 +30,7 @@ class Patience:
     backoff_cap: float = 5.0
     reread_tries: int = 5         # tries to read a log again after an outage: at once, then after
     reread_first: float = 1.0     # reread_first, doubled up to 8 times that (0, 1, 2, 4, 8 s)
+    disk_every: float = 0.5       # how often the workspace's size is measured against runner.disk
 
 
 @dataclass(frozen=True)

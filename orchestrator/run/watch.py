@@ -9,13 +9,16 @@ never re-queued, and its log is read again from the engine once it answers.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 
 from orchestrator.backoff import Backoff
+from orchestrator.config import memory_bytes
 from orchestrator.backends.base import ContainerState
 from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.logcapture import CappedLog
@@ -34,6 +37,7 @@ class Kill(Enum):
 
     TIMEOUT = "timeout"
     CANCEL = "cancel"
+    DISK = "disk"
 
 
 class LogPump(threading.Thread):
@@ -53,13 +57,55 @@ class LogPump(threading.Thread):
             self.failed = True
 
 
+class DiskWatch:
+    """What the job's workspace takes on disk (its checkout and its output), measured every
+    ``every`` seconds: a suite can pass ``limit`` by what it writes in that time, no more.
+    Blocks are counted (a sparse file costs what it uses), each inode once."""
+
+    MAX_ENTRIES = 1_000_000  # more files than that is over any limit
+
+    def __init__(self, roots: list[Path], limit: int, every: float):
+        self.roots, self.limit, self.every = roots, limit, every
+        self._next = 0.0
+
+    def exceeded(self) -> bool:
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + self.every
+        return self.used() > self.limit
+
+    def used(self) -> int:
+        seen: set[tuple[int, int]] = set()
+        total, stack = 0, list(self.roots)
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+            if len(seen) > self.MAX_ENTRIES:
+                return self.limit + 1
+        return total
+
+
 class Watch:
     """One container of one attempt, watched until it exits."""
 
-    def __init__(self, ctx: Context, job: Job, container_id: str, log_: CappedLog, engine_trouble: bool = False):
+    def __init__(self, ctx: Context, job: Job, container_id: str, log_: CappedLog, workspace: list[Path],
+                 engine_trouble: bool = False):
         self.ctx, self.job, self.container_id, self.log = ctx, job, container_id, log_
         self.engine_trouble = engine_trouble  # the output stream may have been cut: read it again
         self._backoff = Backoff(ctx.patience.backoff_first, ctx.patience.backoff_cap)
+        self._disk = DiskWatch(workspace, memory_bytes(ctx.config.runner.disk), ctx.patience.disk_every)
 
     def until_exit(self, started: datetime) -> tuple[ContainerState, Kill | None]:
         """The container's final state and why it was killed, if it was; its whole log is
@@ -83,10 +129,12 @@ class Watch:
             elapsed = (utcnow() - started).total_seconds()
             if killed is None:
                 reason = Kill.TIMEOUT if elapsed >= timeout else (
-                    Kill.CANCEL if ctx.store.cancel_requested(self.job.id) else None)
+                    Kill.CANCEL if ctx.store.cancel_requested(self.job.id) else
+                    Kill.DISK if self._disk.exceeded() else None)
                 if reason and self._kill(reason):
                     killed, killed_at = reason, time.monotonic()
-            slice_ = patience.wait_slice if killed else min(patience.wait_slice, max(timeout - elapsed, 0.05))
+            slice_ = patience.wait_slice if killed else min(patience.wait_slice, patience.disk_every,
+                                                             max(timeout - elapsed, 0.05))
             try:  # every engine call of the round: a cut anywhere in it means "wait for the engine"
                 final = ctx.backend.wait(cid, slice_)
                 gone = final is None and ctx.backend.inspect(cid) is None
@@ -116,7 +164,8 @@ class Watch:
         self.ctx.abandon.wait(self._backoff.next())
 
     def _kill(self, reason: Kill) -> bool:
-        why = f"timeout of {self.ctx.config.runner.timeout:g} s reached" if reason is Kill.TIMEOUT else "cancelled"
+        why = {Kill.TIMEOUT: f"timeout of {self.ctx.config.runner.timeout:g} s reached", Kill.CANCEL: "cancelled",
+               Kill.DISK: f"more than {self.ctx.config.runner.disk} written into its workspace"}[reason]
         log.warning("job %s: %s, killing its container", self.job.id, why)
         try:
             self.ctx.backend.stop(self.container_id)

@@ -125,3 +125,16 @@ def test_results_that_cannot_be_written_end_the_job_loudly(orch) -> None:
     assert "results could not be written" in job["message"] and "Not a directory" in job["message"]
     assert "no result files" in job["message"]
     assert orch.containers() == []
+
+
+def test_writing_without_end_into_the_workspace_is_stopped_at_the_disk_limit(orch) -> None:
+    fill = ("import itertools, os, time\n"
+            "def test_fill():\n"
+            "    block = os.urandom(1024 * 1024)\n"
+            "    for i in itertools.count():\n"
+            "        with open(f'/workspace/fill-{i}', 'wb') as fh:\n"
+            "            fh.write(block * 4)\n"
+            "        time.sleep(0.01)\n")
+    result, _ = _run(orch, {"tests/test_fill.py": fill}, disk="64m", timeout=60)
+    assert result["status"] == "error" and result["message"].startswith("disk limit exceeded")
+    assert result["duration_s"] < 30  # stopped by the watchdog, not by the timeout

@@ -107,6 +107,14 @@ def test_log_unreadable_after_an_outage_keeps_the_verdict(bed: Bed) -> None:
     assert b"may be incomplete" in bed.log()
 
 
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=-1, writes=8 * 1024 * 1024)}], indirect=True)
+def test_a_workspace_past_the_disk_limit_is_killed(bed: Bed, tmp_path: Path) -> None:
+    bed.ctx = Context.create(load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"disk": "6m"})),
+                             bed.store, bed.backend, patience=FAST)
+    done = bed.attempt()
+    assert done.status is JobStatus.ERROR and done.message == "disk limit exceeded: more than 6m written into the workspace"
+
+
 def test_warm_then_discarded_stays_queued(bed: Bed) -> None:
     job = bed.store.next_queued()
     release = warm.Release()
