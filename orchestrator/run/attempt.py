@@ -180,12 +180,12 @@ class Attempt:
         """Watch the container to its end, then write the result files; return the final
         job, not yet saved (the files come first)."""
         self.ws.root.mkdir(parents=True, exist_ok=True)
-        capped = CappedLog(self.ws.spool, self.ctx.config.runner.max_log_bytes)
+        capped = CappedLog(self.ws.spool, self.ctx.config.runner.max_log_bytes, resume=self.adopt is not None)
         try:
             started = self.job.started_at or state.started_at or utcnow()
             watch = Watch(self.ctx, self.job, state.id, capped, [self.ws.src, self.ws.out], self.engine_trouble)
             with self._phase("run"):
-                final, killed = watch.until_exit(started)
+                final, killed = watch.until_exit(started, live=self.adopt is None)
             with self._phase("collect"):
                 junit = self.ctx.backend.report(state.id, self.ws.out)
                 done = self._verdict(final, killed, started, junit, capped.truncated)

@@ -47,14 +47,25 @@ class LogPump(threading.Thread):
         super().__init__(daemon=True, name="log")
         self._source = source
         self._sink = sink
+        self._lock = threading.Lock()
+        self._stopped = False
         self.failed = False
 
     def run(self) -> None:
         try:
             for chunk in self._source:
-                self._sink.write(chunk)
+                with self._lock:
+                    if self._stopped:
+                        return
+                    self._sink.write(chunk)
         except Exception:  # engine cut mid-stream: the log is read again later
             self.failed = True
+
+    def stop(self) -> None:
+        """Write nothing more into the log from now on (a stream that does not end by
+        itself may go on being read, into nothing, until it does)."""
+        with self._lock:
+            self._stopped = True
 
 
 class DiskWatch:
@@ -107,18 +118,24 @@ class Watch:
         self._backoff = Backoff(ctx.patience.backoff_first, ctx.patience.backoff_cap)
         self._disk = DiskWatch(workspace, memory_bytes(ctx.config.runner.disk), ctx.patience.disk_every)
 
-    def until_exit(self, started: datetime) -> tuple[ContainerState, Kill | None]:
+    def until_exit(self, started: datetime, live: bool = True) -> tuple[ContainerState, Kill | None]:
         """The container's final state and why it was killed, if it was; its whole log is
-        in ``self.log`` then."""
-        pump = LogPump(self.ctx.backend.output(self.container_id), self.log)
-        pump.start()
-        final, killed = self._wait(started, pump)
-        pump.join(timeout=10)
-        if pump.failed or pump.is_alive() or self.engine_trouble:
+        in ``self.log`` then. With ``live``, the output is captured as it comes (the attempt
+        that started the container); without (a container re-adopted after a restart), or
+        when the live stream is cut, the engine's copy is read once the container has
+        ended: following that copy live loses and repeats lines when the engine rotates it."""
+        pump = LogPump(self.ctx.backend.output(self.container_id), self.log) if live else None
+        if pump is not None:
+            pump.start()
+        final, killed = self._wait(started)
+        if pump is not None:
+            pump.join(timeout=10)
+            pump.stop()
+        if pump is None or pump.failed or pump.is_alive() or self.engine_trouble:
             self._read_again()
         return final, killed
 
-    def _wait(self, started: datetime, pump: LogPump) -> tuple[ContainerState, Kill | None]:
+    def _wait(self, started: datetime) -> tuple[ContainerState, Kill | None]:
         ctx, cid, patience = self.ctx, self.container_id, self.ctx.patience
         timeout = ctx.config.runner.timeout
         killed: Kill | None = None
@@ -149,10 +166,6 @@ class Watch:
                 raise ContainerGone(f"container {cid[:12]} disappeared while running")
             if killed and time.monotonic() - killed_at > patience.kill_grace:
                 raise EngineUnavailable(f"container {cid[:12]} did not stop {patience.kill_grace:g} s after kill")
-            if pump.failed:  # stream cut while the container runs: read it all again
-                self.log.reset()
-                pump = LogPump(ctx.backend.logs(cid, follow=True), self.log)
-                pump.start()
 
     def _engine_away(self, exc: EngineUnavailable, past_grace: bool) -> None:
         self.engine_trouble = True
@@ -181,7 +194,7 @@ class Watch:
             if attempt and self.ctx.abandon.wait(backoff.next()):
                 break
             try:
-                self.log.reset()
+                self.log.restart()
                 for chunk in self.ctx.backend.logs(self.container_id, follow=False):
                     self.log.write(chunk)
                 return

@@ -120,3 +120,35 @@ def test_stop_grace_waits_for_running_jobs(orch) -> None:
     assert run.wait(timeout=60) == 0
     assert any(orch.has_result(sha) for sha in shas)  # the running ones were waited for
     assert orch.containers() == []
+
+
+def test_sigkill_during_a_flood_keeps_the_head_and_an_honest_count(orch) -> None:
+    """The engine's copy of a flooding log is bounded by rotation: after a kill -9 and a
+    re-attach, the saved log still begins where the output began, and says how much is
+    missing as a lower bound, never more than really is."""
+    flood = ("import sys, time\n"
+             "def test_flood(capfd):\n"
+             "    line = b'y' * (1024 * 1024 - 1) + b'\\n'\n"
+             "    with capfd.disabled():\n"
+             "        for _ in range(24):\n"
+             "            sys.stdout.buffer.write(line)\n"
+             "            sys.stdout.flush()\n"
+             "            time.sleep(0.25)\n")
+    sha = orch.repo.commit("flood", {"tests/test_flood.py": flood, "tests/conftest.py": ""})
+    orch.configure(runner={"max_log_bytes": 2_000_000, "timeout": 120})
+    run = orch.start("run")
+    spool = orch.config.state_dir / "work" / "1" / "output.log.part"
+    orch.wait_for(lambda: spool.exists() and spool.stat().st_size >= 1_000_000, timeout=60)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+    restarted = orch.cli("run", "--once")
+    assert restarted.returncode == 0 and "re-attached" in restarted.stderr, restarted.stderr
+    log = orch.log(sha)
+    assert log.startswith(b"=") and b"test session starts" in log[:200]  # the head is the output's head
+    assert log.rstrip().endswith(b"=") and b"1 passed" in log[-300:]  # and the tail its end
+    marker = next(line for line in log.split(b"\n") if line.startswith(b"[orchestrator: log truncated"))
+    assert b"at least" in marker, marker
+    at_least = int(marker.split(b"at least ")[1].split(b" ")[0])
+    really = 24 * 1024 * 1024 - (len(log) - len(marker))
+    assert 0 < at_least <= really, (at_least, really)
+    assert orch.result(sha)["log_truncated"] is True and orch.result(sha)["attempts"] == 1

@@ -132,3 +132,58 @@ def test_a_write_cut_short_by_a_crash_leaves_no_litter_after_the_next(tmp_path: 
     (directory / ".result.json.abc123.tmp").write_bytes(b'{"half')  # SIGKILL mid-write
     files.write(_job(1), lambda fh: fh.write(b"log\n"), None)
     assert sorted(p.name for p in directory.iterdir()) == ["output.log", "result.json"]
+
+
+FLOOD = [f"line {i:05d} ".encode() + b"x" * 40 + b"\n" for i in range(4000)]  # 4000 lines of 51 bytes
+
+
+def _saved(log: CappedLog) -> bytes:
+    out = io.BytesIO()
+    log.write_to(out)
+    log.close()
+    return out.getvalue()
+
+
+def test_a_copy_that_is_the_whole_output_keeps_the_count_exact(tmp_path: Path) -> None:
+    whole = CappedLog(tmp_path / "a", 10_000)
+    for line in FLOOD:
+        whole.write(line)
+    expected = _saved(whole)
+    cut = CappedLog(tmp_path / "b", 10_000)
+    for line in FLOOD[:300]:
+        cut.write(line)
+    cut.restart()  # the stream was cut: the engine, which kept everything, is read again
+    for line in FLOOD:
+        cut.write(line)
+    assert _saved(cut) == expected and b"bytes omitted]" in expected
+
+
+def test_a_rotated_copy_keeps_the_head_and_an_honest_count(tmp_path: Path) -> None:
+    log = CappedLog(tmp_path / "spool", 10_000)
+    for line in FLOOD[:1000]:
+        log.write(line)
+    log.restart()  # the engine kept only the last 1000 lines
+    for line in FLOOD[3000:]:
+        log.write(line)
+    saved = _saved(log)
+    assert saved.startswith(FLOOD[0]) and saved.endswith(FLOOD[-1])
+    marker = next(line for line in saved.split(b"\n") if line.startswith(b"[orchestrator"))
+    at_least = int(marker.split(b"at least ")[1].split(b" ")[0])
+    kept = len(saved) - len(marker) - 2
+    assert 0 < at_least <= 4000 * 51 - kept  # a lower bound of what is really missing
+
+
+def test_a_successor_keeps_the_head_a_crashed_process_captured(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("orchestrator.logcapture._NOTE_EVERY", 1024)  # the count is noted every KiB
+    first = CappedLog(tmp_path / "spool", 10_000)
+    for line in FLOOD[:2500]:
+        first.write(line)
+    first._spool.flush()  # then SIGKILL: nothing more is written, the spool and its note stay
+    successor = CappedLog(tmp_path / "spool", 10_000, resume=True)
+    for line in FLOOD[3500:]:  # what the engine still has
+        successor.write(line)
+    saved = _saved(successor)
+    assert saved.startswith(FLOOD[0]) and saved.endswith(FLOOD[-1])
+    marker = next(line for line in saved.split(b"\n") if line.startswith(b"[orchestrator"))
+    at_least = int(marker.split(b"at least ")[1].split(b" ")[0])
+    assert 2000 * 51 - 10_000 <= at_least <= 4000 * 51 - (len(saved) - len(marker) - 2)
