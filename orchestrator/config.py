@@ -75,6 +75,8 @@ class DispatcherConfig(_Strict):
     api_token: Annotated[str, Field(min_length=16)] | None = None
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2000)] | None = None
     allowed_hosts: Annotated[list[Annotated[str, Field(pattern=r"^[\w.*:\[\]-]+$")]], Field(min_length=1)] | None = None
+    max_followers: Annotated[int, Field(ge=1, le=10_000)] = 512           # live log followers in all
+    max_followers_per_job: Annotated[int, Field(ge=1, le=10_000)] = 256   # ... of one job
 
     def hosts(self) -> list[str]:
         """Host headers the API answers: ``allowed_hosts``, else this machine's loopback

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from orchestrator.jobs import JobRef, LocalJobs
@@ -81,8 +82,8 @@ guarded = [Depends(_authorised)]
 
 
 @router.get("/healthz")
-def healthz(jobs: Jobs) -> dict[str, Any]:
-    return jobs.health()
+def healthz(jobs: Jobs, request: Request) -> dict[str, Any]:
+    return {**jobs.health(), "log_followers": request.app.state.live.followers}
 
 
 @router.get("/metrics")
@@ -156,9 +157,15 @@ def get_failures(job_id: JobId, jobs: Jobs) -> list[dict[str, str]]:
 
 
 @router.get("/api/jobs/{job_id}/log")
-def get_log(job_id: JobId, jobs: Jobs, follow: bool = True) -> Response:
-    """The log: streamed from the container while it runs, then the result file."""
-    _, stream = jobs.open_log(JobRef(id=job_id), follow=follow)
+async def get_log(job_id: JobId, jobs: Jobs, request: Request, follow: bool = True) -> Response:
+    """The log: followed live while the container runs (web/live.py: no thread per
+    follower), what it printed so far without ``follow``, then the result file."""
+    job = await run_in_threadpool(jobs.job, JobRef(id=job_id))
+    if follow and job.status is JobStatus.RUNNING and job.container_id and jobs.backend is not None:
+        live = request.app.state.live.follow(request, job.container_id, jobs.results.path(job, "output.log"))
+        return StreamingResponse(live, media_type="text/plain; charset=utf-8",
+                                 headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+    _, stream = await run_in_threadpool(jobs.open_log, JobRef(id=job_id), follow)
     if stream is None:
         return Response(b"", media_type="text/plain; charset=utf-8", headers={"X-Log": "none"})
     return StreamingResponse(stream, media_type="text/plain; charset=utf-8",

@@ -26,6 +26,7 @@ from orchestrator.jobs import LocalJobs
 from orchestrator.metrics import Metrics
 from orchestrator.web import api, pages
 from orchestrator.web.guard import Guard, observer_key
+from orchestrator.web.live import LiveLogs
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -45,6 +46,9 @@ def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
     token = config.dispatcher.api_token
     app.state.jobs, app.state.metrics, app.state.token_required = jobs, metrics, token is not None
     app.state.guard = Guard(token, observer_key(config.state_dir) if token is None else None)
+    app.state.live = LiveLogs(lambda container_id: jobs.backend().logs(container_id, follow=True),  # type: ignore[misc]
+                              cap=config.runner.max_log_bytes, per_job=config.dispatcher.max_followers_per_job,
+                              overall=config.dispatcher.max_followers)
     app.include_router(api.router)
     app.include_router(pages.router)
     return app
