@@ -76,7 +76,9 @@ def test_dispatcher_and_observer_as_separate_processes(orch) -> None:
                                  if j["commit"] == new and j["status"] == "failed"], timeout=60)[0]
     assert _get(f"{base}/api/jobs/{job['id']}").json()["tests"]["failed"] == 1
     # bad input is a 4xx with a reason
-    assert requests.post(f"{base}/api/commits", data=b"{not json", timeout=10).status_code == 422
+    ours = {"X-Orchestrator": "1"}  # what the project's own clients send (no form can)
+    assert requests.post(f"{base}/api/commits", data=b"{not json", headers=ours, timeout=10).status_code == 422
+    assert requests.post(f"{base}/api/commits", data=b"{not json", timeout=10).status_code == 403  # as a form would
     assert requests.post(f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "../../x"}]},
                          timeout=10).status_code == 422
     unknown = requests.post(f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "0" * 40}]},
