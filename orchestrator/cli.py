@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     command("dispatcher", "run the dispatcher and its HTTP API only")
     p = command("observer", "watch the repositories and post new commits to a dispatcher")
     p.add_argument("--dispatcher-server", default="localhost:8888", metavar="HOST:PORT")
-    p = command("image", "manage the runner image")
-    p.add_argument("action", choices=["build"])
+    p = command("image", "build the runner image, or prune environment images")
+    p.add_argument("action", choices=["build", "prune"])
+    p.add_argument("--keep", type=int, default=1, metavar="N",
+                   help="prune: environment images kept per repository, newest first (default 1)")
     p = command("status", "recent jobs as a table", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array of job objects")
@@ -151,6 +153,12 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     backend = connect(config.runner)
     try:
+        if args.action == "prune":
+            from orchestrator.environment.build import Environments
+
+            removed = Environments(config.state_dir, backend).prune(keep=max(0, args.keep))
+            print("\n".join(removed) or "nothing to prune")
+            return 0
         info = build(config, backend, lambda line: console.print(line, markup=False))
     finally:
         backend.close()

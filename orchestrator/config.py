@@ -31,10 +31,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+PYTHONS = {"3.11": "bookworm"}  # the Python versions the runner images offer, and their Debian release
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
 class RepositoryConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Annotated[str, Field(min_length=1, max_length=4096)]
     branches: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)] = ["*"]
+    python: str = "3.11"
+    install: Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=200)] | None = None
+    command: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    env: dict[Annotated[str, Field(pattern=_ENV_NAME)], Annotated[str, Field(max_length=10_000)]] = {}
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] | None = None
+
+    @field_validator("python")
+    @classmethod
+    def _offered(cls, version: str) -> str:
+        if version not in PYTHONS:
+            raise ValueError(f"Python {version!r} is not offered; the runner images offer {', '.join(sorted(PYTHONS))}")
+        return version
+
+    @field_validator("install")
+    @classmethod
+    def _requirement_lines(cls, lines: list[str] | None) -> list[str] | None:
+        for line in lines or []:
+            if any(ord(c) < 32 for c in line) or (line.startswith("-") and not line.startswith(("-r ", "-e ."))):
+                raise ValueError(f"{line[:80]!r}: only requirements, '-r FILE', '.' and '-e .' (with extras) are allowed")
+        return lines
 
     @field_validator("branches")
     @classmethod

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, Backend, ContainerState
 from orchestrator.backoff import Backoff
 from orchestrator.config import Config
+from orchestrator.environment.build import Environments
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus
@@ -32,13 +33,13 @@ WARM_RETRY = 2.0  # after a failed warm start (engine away, say), before the nex
 
 
 class Dispatcher:
-    def __init__(self, config: Config, store: Store, backend: Backend):
+    def __init__(self, config: Config, store: Store, backend: Backend, environments: Environments | None = None):
         self.config = config
         self.store = store
         self.metrics = Metrics(store)
         self.notifier = Notifier(config.notify)
         self.ctx = Context.create(config, store, backend, finished=self._finished,
-                                  engine_error=self.metrics.engine_error)
+                                  engine_error=self.metrics.engine_error, environments=environments)
         self.recovery = Recovery(self.ctx)
         # one worker more than slots: the warm job waits in it for a slot to free
         self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + 1, thread_name_prefix="job")

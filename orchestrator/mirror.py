@@ -126,6 +126,19 @@ class Mirror:
             raise UnknownCommit(f"unknown revision {rev!r} in {self.path.name}") from None
         return sha
 
+    def version(self, sha: str) -> str | None:
+        """A PEP 440 version for ``sha`` from its nearest tag, as setuptools-scm would
+        guess it (``1.2.3``, ``1.2.3.post4+gabcdef1``), for checkouts without ``.git``."""
+        try:
+            described = self._run("describe", "--tags", "--long", "--abbrev=7", sha).strip()
+        except RepositoryError:
+            return f"0.0.0+g{sha[:7]}"
+        match = re.match(r"^v?(\d+(?:\.\d+)*)-(\d+)-g([0-9a-f]+)$", described)
+        if not match:
+            return f"0.0.0+g{sha[:7]}"
+        base, distance, short = match.groups()
+        return base if distance == "0" else f"{base}.post{distance}+g{short}"
+
     def branches_containing(self, sha: str) -> list[str]:
         out = self._bytes("for-each-ref", "--format=%(refname)%00", "--contains", sha, "refs/heads/")
         return [ref.strip().decode("utf-8", "replace")[len("refs/heads/"):] for ref in out.split(b"\0") if ref.strip()]

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
+from typing import Any
 
 from orchestrator.errors import InvalidTransition
 
@@ -83,6 +84,7 @@ class Job:
     image_id: str | None = None
     tests: TestCounts | None = None
     log_truncated: bool = False
+    environment: dict[str, Any] | None = None   # what the attempt's environment was built from, if it had one
 
     @property
     def duration_s(self) -> float | None:
@@ -132,7 +134,7 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
     if new is JobStatus.RUNNING:
         base = dict(
             attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
-            message=None, container_id=None, tests=None, log_truncated=False,
+            message=None, container_id=None, tests=None, log_truncated=False, environment=None,
         )
     elif new is JobStatus.QUEUED:
         base = dict(started_at=None, finished_at=None, container_id=None)

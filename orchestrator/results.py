@@ -21,13 +21,14 @@ from orchestrator.backends.base import MAX_REPORT_BYTES
 from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow
 from orchestrator.workspace import read_regular_file
 
-RESULT_FILES = ("result.json", "output.log", "junit.xml")
+RESULT_FILES = ("result.json", "output.log", "junit.xml", "environment.log")
 _FINAL = {s.value for s in JobStatus if s.final}
 _COUNTS = ("total", "passed", "failed", "errors", "skipped")
 
 # Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5.
 EXIT_NO_TESTS_DIR = 100
 EXIT_NO_PYTEST = 101
+EXIT_NOT_INSTALLED = 102
 
 _PYTEST_ERRORS = {
     2: "collection error or interrupted run (pytest exit 2)",
@@ -36,6 +37,7 @@ _PYTEST_ERRORS = {
     5: "no tests collected (pytest exit 5)",
     EXIT_NO_TESTS_DIR: "tests directory missing in this commit",
     EXIT_NO_PYTEST: "pytest is not installed in the runner image",
+    EXIT_NOT_INSTALLED: "the commit could not be installed (pip install --no-deps; see its log)",
 }
 
 
@@ -103,6 +105,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "image": {"tag": job.image_tag, "id": job.image_id},
         "container": job.container_id,
         "log_truncated": job.log_truncated,
+        "environment": job.environment,
         "message": job.message,
         "attempt_history": [h for h in history if h["attempt"] < job.attempts],
     }
@@ -148,8 +151,10 @@ class ResultFiles:
         )
 
     def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
-              history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None) -> Path:
-        """Write ``job``'s files; an earlier attempt's files move to ``attempts/<n>/``."""
+              history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None,
+              environment_log: Path | None = None) -> Path:
+        """Write ``job``'s files (with ``environment_log``, the log of its environment's
+        build, as ``environment.log``); an earlier attempt's files move to ``attempts/<n>/``."""
         directory = self.directory(job.repository, job.commit)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".*.tmp"):  # a write a crash cut short; this job is its only writer
@@ -160,14 +165,20 @@ class ResultFiles:
             _atomic(directory / "junit.xml", lambda fh: fh.write(junit))
         else:
             (directory / "junit.xml").unlink(missing_ok=True)
+        if environment_log is not None and environment_log.is_file():
+            _atomic(directory / "environment.log", lambda fh: fh.write(environment_log.read_bytes()[-MAX_REPORT_BYTES:]))
+        else:
+            (directory / "environment.log").unlink(missing_ok=True)
         document = json.dumps({**result_document(job, history), "timings": timings or {}}, indent=2, ensure_ascii=False).encode() + b"\n"
         _atomic(directory / "result.json", lambda fh: fh.write(document))
         return directory
 
-    def write_without_run(self, job: Job, history: Sequence[dict[str, Any]] = ()) -> Path:
+    def write_without_run(self, job: Job, history: Sequence[dict[str, Any]] = (),
+                          environment_log: Path | None = None, timings: dict[str, float] | None = None) -> Path:
         """Files for a job that ended with no verdict from a container (image missing,
-        retries spent, cancelled before it ran): its reason is its log."""
-        return self.write(job, lambda fh: fh.write(f"[orchestrator: {job.message}]\n".encode()), None, history)
+        retries spent, cancelled before it ran, its environment broken): its reason is its log."""
+        return self.write(job, lambda fh: fh.write(f"[orchestrator: {job.message}]\n".encode()), None, history,
+                          timings, environment_log)
 
     def _archive_older(self, directory: Path, attempt: int) -> None:
         previous = self.read(directory.parent.name, directory.name)

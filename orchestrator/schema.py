@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER, message TEXT, container_id TEXT,
     image_tag TEXT, image_id TEXT, tests TEXT,
     log_truncated INTEGER NOT NULL DEFAULT 0,
+    environment TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     UNIQUE (repository, commit_sha)
 );
@@ -48,7 +49,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 
 COLUMNS = (
     "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
-    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated"
+    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment"
 )
 
 
@@ -58,6 +59,8 @@ def create(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     if "cancel_requested" not in columns:  # a state_dir made by version 0.1.0
         db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+    if "environment" not in columns:  # made before environments
+        db.execute("ALTER TABLE jobs ADD COLUMN environment TEXT")
 
 
 def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
@@ -68,13 +71,14 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
     cur = db.execute(
         "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
         " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-        " image_id = ?, tests = ?, log_truncated = ?,"
+        " image_id = ?, tests = ?, log_truncated = ?, environment = ?,"
         " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
         " WHERE id = ? AND status = ? AND attempts = ?",
         (
             new.status.value, new.attempts, iso(new.started_at), iso(new.finished_at), new.exit_code, new.message,
             new.container_id, new.image_tag, new.image_id,
             json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
+            json.dumps(new.environment) if new.environment is not None else None,
             new.status.value, old.id, old.status.value, old.attempts,
         ),
     )
@@ -91,11 +95,12 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
 
 def job(row: tuple) -> Job:
     (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
-     exit_code, message, container_id, image_tag, image_id, tests, log_truncated) = row
+     exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
         status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
         started_at=parse_iso(started_at), finished_at=parse_iso(finished_at), exit_code=exit_code,
         message=message, container_id=container_id, image_tag=image_tag, image_id=image_id,
         tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
+        environment=json.loads(environment) if environment else None,
     )

@@ -13,6 +13,7 @@ import time
 from orchestrator.backends import connect
 from orchestrator.config import Config, prepare_directories
 from orchestrator.dispatcher import Dispatcher
+from orchestrator.environment.build import Environments
 from orchestrator.errors import OrchestratorError
 from orchestrator.jobs import LocalJobs
 from orchestrator.store import Store
@@ -28,7 +29,7 @@ class Services:
         prepare_directories(config)
         self.store = Store(config.db_path)
         self.backend = connect(config.runner)
-        self.dispatcher = Dispatcher(config, self.store, self.backend)
+        self.dispatcher = Dispatcher(config, self.store, self.backend, Environments(config.state_dir, self.backend))
         self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
         observer = self.jobs.observer
         self.dispatcher.metrics.watch_repositories(observer.health, lambda: dict(observer.failures))

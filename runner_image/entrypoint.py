@@ -1,22 +1,33 @@
 """Runs inside the runner container: the commit's tests, with pytest, writing junit.xml.
 
-With ORCHESTRATOR_RELEASE_FILE set, the container starts warm: it imports pytest, then waits
-for the orchestrator to create that file (the previous job's slot is free) before it
-looks at the workspace, so starting the container and the interpreter overlaps the job
-before it.
+With ORCHESTRATOR_INSTALL set (the commit has a pyproject.toml or setup.py, and an
+environment image holds its dependencies), the commit itself is installed first, last of
+all and without its dependencies, into a folder of this job's own (the root file system
+stays read-only), which then comes first on the path: the code under test is the commit's,
+never a released copy that arrived as a dependency.
+
+With ORCHESTRATOR_RELEASE_FILE set, the container starts warm: it installs the commit and
+imports pytest, then waits for the orchestrator to create that file (the previous job's
+slot is free), so that all this overlaps the job before.
+
+ORCHESTRATOR_COMMAND replaces the default `pytest tests` (run by /bin/sh); pytest still
+writes its JUnit report, through PYTEST_ADDOPTS.
 
 Exit status: pytest's own (0 passed, 1 failed, 2 interrupted / collection error,
 3 internal error, 4 usage error, 5 no tests collected), or 100 when the commit has no
-tests directory and 101 when pytest is missing. The orchestrator reads the verdict from
-this status, never from the log.
+tests directory, 101 when pytest is missing, 102 when the commit could not be installed.
+The orchestrator reads the verdict from this status, never from the log.
 """
 
 import os
+import subprocess
 import sys
 import time
 
 WORKSPACE = "/workspace"
 JUNIT = "/ci-out/junit.xml"
+SITE = "/ci-out/site"
+REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
 
 
 def wait_for_release(path: str) -> None:
@@ -24,7 +35,24 @@ def wait_for_release(path: str) -> None:
         time.sleep(0.005)
 
 
+def install_project() -> bool:
+    """pip install the commit, no dependencies, no index, no build isolation (its build
+    backend is in the environment), into SITE."""
+    print("orchestrator: installing this commit (pip install --no-deps)", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                           "--no-build-isolation", "--no-cache-dir", "--disable-pip-version-check",
+                           "--target", SITE, WORKSPACE], stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        print(f"orchestrator: the commit could not be installed (pip exited {proc.returncode})", flush=True)
+        return False
+    sys.path.insert(0, SITE)
+    os.environ["PYTHONPATH"] = SITE + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    return True
+
+
 def main() -> int:
+    os.chdir(WORKSPACE)
+    installed = not os.environ.get("ORCHESTRATOR_INSTALL") or install_project()
     release = os.environ.get("ORCHESTRATOR_RELEASE_FILE")
     if release:
         try:
@@ -32,7 +60,12 @@ def main() -> int:
         except ImportError:
             pass
         wait_for_release(release)
-    os.chdir(WORKSPACE)
+    if not installed:
+        return 102
+    command = os.environ.get("ORCHESTRATOR_COMMAND")
+    if command:
+        os.environ["PYTEST_ADDOPTS"] = f"{REPORT_OPTIONS} {os.environ.get('PYTEST_ADDOPTS', '')}".strip()
+        return subprocess.call(["/bin/sh", "-c", command])
     if not os.path.isdir("tests"):
         print("orchestrator: this commit has no tests directory", flush=True)
         return 100
@@ -41,10 +74,8 @@ def main() -> int:
     except ImportError:
         print("orchestrator: pytest is not installed in the runner image", flush=True)
         return 101
-    sys.path.insert(0, WORKSPACE)
-    args = ["tests", f"--junitxml={JUNIT}", "-o", "junit_family=xunit2",
-            "-p", "no:cacheprovider", "-v", "-rfE"]
-    return int(pytest.main(args))
+    sys.path.insert(0 if not os.environ.get("ORCHESTRATOR_INSTALL") else 1, WORKSPACE)
+    return int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"]))
 
 
 if __name__ == "__main__":

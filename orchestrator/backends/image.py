@@ -94,20 +94,26 @@ def _exists(api: docker.APIClient, tag: str) -> bool:
 
 
 def build(config: Config, backend: DockerBackend, say: Say) -> ImageInfo:
-    """Build the runner image on ``backend``'s engine (the legacy builder, which needs no
-    BuildKit plug-in)."""
+    """Build the runner image on ``backend``'s engine."""
     context = build_context(config)
     backend.ping()
-    api = backend.api
     fill_wheelhouse(context, say)
-    base = ensure_base(api, config.runner.base_image, context, say)
+    base = ensure_base(backend.api, config.runner.base_image, context, say)
     say(f"Building {config.runner.image} from Dockerfile.runner on {base}")
+    return build_image(backend, context, "Dockerfile.runner", config.runner.image, {"orchestrator.runner": "1"}, say,
+                       buildargs={"BASE_IMAGE": base})
+
+
+def build_image(backend: DockerBackend, context: Path, dockerfile: str, tag: str, labels: dict[str, str], say: Say,
+                buildargs: dict[str, str] | None = None, network: str | None = None) -> ImageInfo:
+    """The legacy builder (docker-py's), which needs no BuildKit plug-in; with ``network``
+    "none", a RUN step reaches nothing (what an environment build installs comes from its
+    wheelhouse). OrchestratorError with the builder's reason if a step fails."""
     image_id = None
     try:
         with engine_call("build an image"):
-            for chunk in api.build(path=str(context), dockerfile="Dockerfile.runner", tag=config.runner.image,
-                                   buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True, decode=True,
-                                   labels={"orchestrator.runner": "1"}):
+            for chunk in backend.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
+                                           rm=True, forcerm=True, decode=True, labels=labels, network_mode=network):
                 if "error" in chunk:
                     raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
                 if text := chunk.get("stream", "").rstrip():
@@ -115,4 +121,27 @@ def build(config: Config, backend: DockerBackend, say: Say) -> ImageInfo:
                 image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:
         raise OrchestratorError(f"image build failed: {exc.explanation or exc}") from None
-    return ImageInfo(tag=config.runner.image, id=image_id or backend.image(config.runner.image).id)
+    return ImageInfo(tag=tag, id=image_id or backend.image(tag).id)
+
+
+def find_images(backend: DockerBackend, labels: dict[str, str | None]) -> list[dict]:
+    """Images carrying all these labels (None: with any value), newest first:
+    ``{"id", "tags", "created", "labels"}``."""
+    with engine_call("list images"):
+        found = backend.api.images(filters={"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]})
+    return sorted(({"id": i["Id"], "tags": i.get("RepoTags") or [], "created": i.get("Created", 0),
+                    "labels": i.get("Labels") or {}} for i in found), key=lambda i: i["created"], reverse=True)
+
+
+def remove_image(backend: DockerBackend, image_id: str) -> bool:
+    """Remove an image; False if a container still uses it (it stays, and is tried again later)."""
+    try:
+        with engine_call("remove an image"):
+            backend.api.remove_image(image_id, force=False, noprune=False)
+        return True
+    except (NotFound, ImageNotFound):
+        return True
+    except APIError as exc:
+        if exc.status_code == 409:
+            return False
+        raise

@@ -25,11 +25,14 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backoff import Backoff
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
+from orchestrator.environment.build import EnvironmentBroken
+from orchestrator.environment.setup import setup
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
-from orchestrator.models import Job, JobStatus, after_infrastructure_failure, transition, utcnow
+from orchestrator.models import Job, JobStatus, transition, utcnow
 from orchestrator.results import classify, parse_junit
 from orchestrator.run import warm
+from orchestrator.run.conclude import conclude, os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Abandoned, Kill, Watch
 from orchestrator.workspace import Workspace, remove_tree
@@ -78,6 +81,8 @@ class Attempt:
                 return self.job
             if isinstance(exc, ImageMissing):
                 return self._conclude(str(exc), final=True)
+            if isinstance(exc, EnvironmentBroken):  # what the commit declares: its result, not a retry
+                return self._conclude(str(exc), final=True, environment_log=exc.log_path)
             if isinstance(exc, InfrastructureError):
                 return self._conclude(str(exc))
             log.exception("job %s: internal error", self.job.id)  # a bug must not lose the job
@@ -108,8 +113,9 @@ class Attempt:
         self.ctx.workspaces.hand_over(ws)
         return ws
 
-    def _spec(self, ws: Workspace, image: ImageInfo) -> ContainerSpec:
+    def _spec(self, ws: Workspace, image: ImageInfo, variables: dict[str, str] | None = None) -> ContainerSpec:
         ctx, job, cfg = self.ctx, self.job, self.ctx.config.runner
+        variables = variables or {}
         attempt = job.attempts + 1 if self.release else job.attempts  # a warm job is not claimed yet
         return ContainerSpec(
             name=f"orchestrator-{ctx.instance}-{job.id}-{attempt}",
@@ -121,7 +127,7 @@ class Attempt:
             },
             workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
-            environment={"CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
+            environment={**variables, "CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
                          **(warm.environment() if self.release else {})},
         )
 
@@ -133,11 +139,16 @@ class Attempt:
         crash_point("job-claimed")
         with self._phase("checkout"):
             ws = self._checkout()
+        with self._phase("environment"):
+            runs_in = setup(ctx.config, ctx.backend, ctx.environments, self.job.repository, ws.src,
+                            ctx.mirrors[self.job.repository].version(self.job.commit),
+                            on_build=self._building_environment)
+            image = runs_in.image
         with self._phase("create"):
-            image = ctx.backend.image(ctx.config.runner.image)
-            self.container_id = ctx.backend.prepare(self._spec(ws, image))
+            self.container_id = ctx.backend.prepare(self._spec(ws, image, runs_in.variables))
             if self.release is None:
-                self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id)
+                self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id,
+                             environment=runs_in.document, message=None)
         crash_point("container-created")
         with self._phase("start"):
             try:
@@ -148,11 +159,17 @@ class Attempt:
             self._record(started_at=state.started_at or utcnow())
         else:
             self.job = self.release.wait(ctx.abandon)
-            self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id, started_at=utcnow())
+            self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id, started_at=utcnow(),
+                         environment=runs_in.document)
             warm.release(ws.out)
         crash_point("container-started")
         log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
         return state
+
+    def _building_environment(self) -> None:
+        """Say so while it takes (a warm job is not claimed yet: nothing to say)."""
+        if self.release is None:
+            self._record(message="building environment")
 
     def _record(self, **facts: object) -> None:
         """Facts about the running attempt, committed before they are acted on."""
@@ -193,7 +210,7 @@ class Attempt:
                 self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
                                        self.timings)
             except OSError as exc:
-                raise ResultsUnwritable(f"results could not be written: {_os_reason(exc)}") from None
+                raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
             crash_point("result-written")
             return done
         finally:
@@ -216,10 +233,10 @@ class Attempt:
 
     # -- endings without a verdict, and clean-up ---------------------------------------
 
-    def _conclude(self, reason: str, final: bool = False) -> Job:
+    def _conclude(self, reason: str, final: bool = False, environment_log: Path | None = None) -> Job:
         self._clean_up_quietly()
-        self.job = conclude(self.ctx, self.job, reason, final=final,
-                            container_id=self.container_id or self.job.container_id)
+        self.job = conclude(self.ctx, self.job, reason, final=final, container_id=self.container_id or self.job.container_id,
+                            environment_log=environment_log, timings=self.timings)
         return self.job
 
     def _clean_up(self) -> None:
@@ -234,32 +251,6 @@ class Attempt:
             self._clean_up()
         except Exception as exc:  # recovery removes what is left
             log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)
-
-
-def conclude(ctx: Context, job: Job, reason: str, final: bool = False, container_id: str | None = None) -> Job:
-    """End a running attempt that got no verdict from its container: re-queued by the
-    retry policy, or (retries spent, or ``final``: the image is missing) ``error`` with
-    result files that say why."""
-    now = utcnow()
-    if final:
-        done = transition(job, JobStatus.ERROR, now, message=reason, container_id=container_id)
-    else:
-        done = after_infrastructure_failure(job, ctx.config.retries, reason, now, container_id=container_id)
-    if done.status is JobStatus.QUEUED:
-        log.warning("job %s: attempt %s failed (%s); re-queued", job.id, job.attempts, reason)
-        return ctx.store.apply(job, done)
-    try:
-        ctx.results.write_without_run(done, ctx.store.attempt_history(job.id))
-    except OSError as exc:  # the final state is recorded all the same, and says so
-        done = dataclasses.replace(done, message=f"{done.message} (no result files: {_os_reason(exc)})")
-    done = ctx.store.apply(job, done)
-    ctx.finished(done)
-    log.error("job %s: %s error: %s", done.id, done.commit[:12], done.message)
-    return done
-
-
-def _os_reason(exc: OSError) -> str:
-    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
 def _remove(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config
+from orchestrator.environment.build import Environments
 from orchestrator.mirror import Mirror
 from orchestrator.models import Job
 from orchestrator.observer import mirror_for
@@ -47,6 +48,7 @@ class Context:
     finished: Callable[[Job], None] = lambda job: None   # metrics, notifications
     engine_error: Callable[[], None] = lambda: None
     patience: Patience = field(default_factory=Patience)
+    environments: Environments | None = None   # builds environment images (None: every job in the runner image)
 
     @classmethod
     def create(cls, config: Config, store: Store, backend: Backend, **hooks: object) -> "Context":

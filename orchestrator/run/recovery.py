@@ -22,7 +22,7 @@ from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB,
 from orchestrator.errors import EngineUnavailable
 from orchestrator.models import Job, JobStatus
 from orchestrator.run import warm
-from orchestrator.run.attempt import conclude
+from orchestrator.run.conclude import conclude
 from orchestrator.run.context import Context
 
 log = logging.getLogger("orchestrator.run")

@@ -1,0 +1,160 @@
+"""Environment images: the runner image plus what a commit declares it needs, built once
+per repository and *fingerprint* (a hash of the declarations, the Python version and the
+runner image) and shared by every commit that has the same.
+
+Nothing a commit declares runs on this host: its requirements are downloaded here as
+wheels only (``pip download --only-binary :all:``, which runs no package code), then
+installed inside an image build that reaches no network. A requirement that exists only
+as source is an environment error naming it. A failed build is recorded with its log and
+its reason, and is not tried again for the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.backends.base import ImageInfo
+from orchestrator.backends.docker import DockerBackend
+from orchestrator.backends.image import build_image, find_images, remove_image
+from orchestrator.environment.needs import Needs
+from orchestrator.errors import OrchestratorError
+
+log = logging.getLogger("orchestrator.environment")
+
+LABEL_ENVIRONMENT = "orchestrator.environment"
+LABEL_REPOSITORY = "orchestrator.repository"
+KEEP = 3   # environment images kept per repository, newest first
+GLIBC = {"3.11": 36, "3.13": 41}  # the glibc of the Debian release that offers each Python
+
+DOCKERFILE = """FROM {base}
+USER 0
+COPY wheels /opt/environment/wheels
+COPY requirements.txt /opt/environment/requirements.txt
+RUN python3 -m pip install --no-index --find-links /opt/environment/wheels --no-cache-dir \\
+        -r /opt/environment/requirements.txt \\
+ && rm -rf /opt/environment/wheels
+USER 1000:1000
+"""
+
+
+class EnvironmentBroken(OrchestratorError):
+    """The environment could not be built: the job's result, not an infrastructure retry."""
+
+    def __init__(self, reason: str, log_path: Path | None):
+        super().__init__(f"environment build failed: {reason}")
+        self.log_path = log_path
+
+
+@dataclass(frozen=True)
+class Environment:
+    fingerprint: str
+    image: ImageInfo
+    needs: Needs
+    python: str
+    built: bool   # built for this job (else reused)
+
+    def document(self) -> dict[str, Any]:
+        """What result.json says of it."""
+        return {"fingerprint": self.fingerprint, "image": self.image.tag, "python": self.python,
+                "detected": list(self.needs.sources), "requirements": list(self.needs.requirements),
+                "built": self.built}
+
+
+class Environments:
+    def __init__(self, state_dir: Path, backend: DockerBackend):
+        self.root = state_dir / "environments"
+        self.backend = backend
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def ensure(self, repository: str, needs: Needs, runner: ImageInfo, python: str,
+               on_build: Callable[[], None] = lambda: None) -> Environment:
+        """The environment image for ``needs``: found, or built now (once, however many
+        jobs ask for it at the same time; ``on_build`` is told first); EnvironmentBroken if
+        it cannot be."""
+        fingerprint = needs.fingerprint(python, runner.id)
+        with self._lock(fingerprint):
+            folder = self.root / repository / fingerprint[:16]
+            failed = folder / "failed.json"
+            if failed.is_file():
+                raise EnvironmentBroken(json.loads(failed.read_text())["reason"], folder / "environment.log")
+            for image in find_images(self.backend, {LABEL_ENVIRONMENT: fingerprint}):
+                tag = image["tags"][0] if image["tags"] else image["id"]
+                return Environment(fingerprint, ImageInfo(tag, image["id"]), needs, python, built=False)
+            on_build()
+            image = self._build(repository, needs, runner, python, fingerprint, folder)
+            self.prune(repository, keep=KEEP)
+            return Environment(fingerprint, image, needs, python, built=True)
+
+    def _lock(self, fingerprint: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(fingerprint, threading.Lock())
+
+    def _build(self, repository: str, needs: Needs, runner: ImageInfo, python: str, fingerprint: str,
+               folder: Path) -> ImageInfo:
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / "environment.log"
+        (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
+        (folder / "Dockerfile").write_text(DOCKERFILE.format(base=runner.id))
+        log.info("%s: building environment %s (%d requirements)", repository, fingerprint[:12], len(needs.requirements))
+        with open(log_path, "w") as out:
+            out.write(f"environment {fingerprint} for {repository}, Python {python}\n"
+                      f"detected: {', '.join(needs.sources) or 'nothing'}\n\n")
+            out.flush()
+            reason = self._download(folder, python, out)
+            if reason is None:
+                tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
+                try:
+                    return build_image(self.backend, folder, "Dockerfile", tag,
+                                       {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository},
+                                       lambda line: out.write(line + "\n"), network="none")
+                except OrchestratorError as exc:
+                    reason = str(exc).removeprefix("image build failed: ")
+                    out.write(f"\n{reason}\n")
+        _write_json(folder / "failed.json", {"reason": reason})
+        raise EnvironmentBroken(reason, log_path)
+
+    def _download(self, folder: Path, python: str, out) -> str | None:
+        """Wheels for the requirements, for the container's Python and platform, into
+        ``folder/wheels``; None, or the resolver's reason in one line."""
+        (folder / "wheels").mkdir(exist_ok=True)
+        platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC[python], 16, -1)]
+        args = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary", ":all:",
+                "--python-version", python, "--implementation", "cp", "--dest", str(folder / "wheels"),
+                *(a for p in [*platforms, "manylinux2014_x86_64", "linux_x86_64", "any"] for a in ("--platform", p)),
+                "-r", str(folder / "requirements.txt")]
+        proc = subprocess.run(args, stdout=out, stderr=subprocess.PIPE, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
+        out.write(proc.stderr)
+        if proc.returncode == 0:
+            return None
+        errors = [line.removeprefix("ERROR: ").strip() for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+        return (errors[0] if errors else f"pip download exited {proc.returncode}")[:500]
+
+    def prune(self, repository: str | None = None, keep: int = 0, in_use: set[str] | None = None) -> list[str]:
+        """Remove environment images beyond the ``keep`` newest of each repository (and
+        not ``in_use``); what was removed."""
+        labels: dict[str, str | None] = {LABEL_ENVIRONMENT: None, **({LABEL_REPOSITORY: repository} if repository else {})}
+        by_repository: dict[str, list[dict]] = {}
+        for image in find_images(self.backend, labels):
+            by_repository.setdefault(image["labels"].get(LABEL_REPOSITORY, ""), []).append(image)
+        removed = []
+        for images in by_repository.values():
+            for image in images[keep:]:
+                if image["id"] not in (in_use or set()) and remove_image(self.backend, image["id"]):
+                    removed.append((image["tags"] or [image["id"]])[0])
+        return removed
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

@@ -1,0 +1,99 @@
+"""Environments on the real engine, with requirements fetched from PyPI at test time:
+a src-layout project with a dependency group, reuse and rebuild by fingerprint, one build
+for two commits, a dependency that cannot be resolved, pruning."""
+
+from __future__ import annotations
+
+import json
+
+import docker
+import pytest
+
+from orchestrator.environment.build import LABEL_ENVIRONMENT
+
+pytestmark = pytest.mark.docker
+
+PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "greet"
+version = "0.1.0"
+dependencies = [{deps}]
+
+[dependency-groups]
+test = ["pytest>=8.4"]
+"""
+CODE = 'from packaging.version import Version\n\ndef greet(name):\n    return "hello %s %s" % (name, Version("1.0"))\n'
+TESTS = ("import pytest\nfrom greet import greet\n\n"
+         "def test_greet():\n    assert greet('x') == 'hello x 1.0'\n\n"
+         "def test_the_projects_own_pytest_runs():\n    assert int(pytest.__version__.split('.')[0]) >= 9\n\n"
+         "def test_the_commit_is_the_installed_copy():\n    import greet, os\n"
+         "    assert os.path.dirname(greet.__file__) == '/ci-out/site/greet'\n")
+
+
+def project(deps: str = '"packaging>=23"', note: str = "") -> dict[str, str]:
+    return {"pyproject.toml": PYPROJECT.format(deps=deps), "src/greet/__init__.py": CODE + note,
+            "tests/test_greet.py": TESTS}
+
+
+@pytest.fixture(autouse=True)
+def environment_images(engine: docker.DockerClient):
+    """Environment images this module builds are removed after it (they carry no instance)."""
+    before = {i.id for i in engine.images.list(filters={"label": LABEL_ENVIRONMENT})}
+    yield
+    for image in engine.images.list(filters={"label": LABEL_ENVIRONMENT}):
+        if image.id not in before:
+            engine.images.remove(image.id, force=True)
+
+
+def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_change(orch) -> None:
+    first = orch.repo.commit("src layout, dependency group", project())
+    orch.configure(runner={"parallelism": 2, "timeout": 120})
+    assert orch.cli("run", "--once").returncode == 0, orch.log(first).decode()[-2000:]
+    result = orch.result(first)
+    assert result["tests"]["passed"] == 3 and result["environment"]["built"] is True
+    assert result["environment"]["detected"] == ["dependency-groups: test", "project.dependencies",
+                                                 "build-system.requires"]
+    assert result["timings"]["environment_s"] > 1
+    same = orch.repo.commit("code only", project(note="# a change\n"))
+    assert orch.cli("run", "--once").returncode == 0
+    again = orch.result(same)
+    assert again["environment"]["built"] is False and again["environment"]["fingerprint"] == \
+        result["environment"]["fingerprint"] and again["timings"]["environment_s"] < 1
+    two = [orch.repo.commit("new dependency", project('"packaging>=23", "iniconfig"')),
+           orch.repo.commit("and more code", project('"packaging>=23", "iniconfig"', note="# more\n"))]
+    assert orch.cli("run", "--once").returncode == 0
+    built = [orch.result(sha)["environment"] for sha in two]
+    assert built[0]["fingerprint"] == built[1]["fingerprint"] != result["environment"]["fingerprint"]
+    assert sorted(b["built"] for b in built) == [False, True]  # two commits, one build
+
+
+def test_a_dependency_that_cannot_be_resolved_is_an_error_with_its_log(orch) -> None:
+    bad = orch.repo.commit("typo", project('"no-such-package-orchestrator-test==1.0"'))
+    orch.configure(runner={"timeout": 120})
+    assert orch.cli("run", "--once").returncode == 1
+    result = orch.result(bad)
+    assert result["status"] == "error" and result["attempts"] == 1  # never retried
+    assert result["message"].startswith("environment build failed: ")
+    assert "no-such-package-orchestrator-test" in result["message"]
+    assert b"no-such-package-orchestrator-test" in orch.path(bad, "environment.log").read_bytes()
+    again = orch.repo.commit("same dependencies", project('"no-such-package-orchestrator-test==1.0"', note="# x\n"))
+    assert orch.cli("run", "--once").returncode == 1
+    assert orch.result(again)["message"] == result["message"]  # the recorded failure, not a new try
+    assert orch.result(again)["timings"]["environment_s"] < 1
+
+
+def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
+    orch.repo.commit("one", project())
+    orch.configure(runner={"timeout": 120})
+    assert orch.cli("run", "--once").returncode == 0
+    newest = orch.repo.commit("two", project('"packaging>=23", "iniconfig"'))
+    assert orch.cli("run", "--once").returncode == 0
+    pruned = orch.cli("image", "prune", "--keep", "1")
+    assert pruned.returncode == 0 and pruned.stdout.count("orchestrator-env/demo:") == 1
+    left = [i for i in engine.images.list(filters={"label": "orchestrator.repository=demo"})
+            if LABEL_ENVIRONMENT in i.labels]
+    assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
+    assert json.loads(orch.cli("status", "--json").stdout)[0]["commit"] == newest

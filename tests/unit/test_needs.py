@@ -1,0 +1,88 @@
+"""What a commit declares it needs, read from real files of a checkout (no code runs)."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.environment.needs import BadDeclaration, detect
+
+
+def checkout(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_dependency_groups_win_and_include_each_other(tmp_path: Path) -> None:
+    src = checkout(tmp_path, {"pyproject.toml": """
+[build-system]
+requires = ["hatchling>=1.20"]
+[project]
+name = "p"
+dependencies = ["attrs>=23"]
+optional-dependencies = {test = ["never-used"]}
+[dependency-groups]
+lint = ["ruff"]
+test = ["pytest>=9", {include-group = "coverage"}]
+coverage = ["coverage[toml]"]
+""", "requirements.txt": "never-read\n"})
+    needs = detect(src)
+    assert needs.requirements == ("attrs>=23", "coverage[toml]", "hatchling>=1.20", "pytest>=9")
+    assert needs.install_project and needs.sources[0] == "dependency-groups: test"
+
+
+def test_test_extras_then_requirement_files(tmp_path: Path) -> None:
+    src = checkout(tmp_path, {"pyproject.toml": '[project]\nname = "p"\n'
+                              '[project.optional-dependencies]\ntest = ["pytest", "hypothesis"]\ndocs = ["sphinx"]\n'})
+    needs = detect(src)
+    assert set(needs.requirements) == {"pytest", "hypothesis", "setuptools>=61", "wheel"}  # the default backend
+    assert needs.extras == ("test",)
+    files = checkout(tmp_path / "b", {"requirements/test.txt": "-r ../requirements.txt\npytest  # the runner\n"
+                                      "--index-url https://evil.example/simple\n-e .\n",
+                                      "requirements.txt": "numpy>=1.26\n"})
+    needs = detect(files)
+    assert needs.requirements == ("numpy>=1.26", "pytest") and not needs.install_project
+    assert needs.sources == ("requirements/test.txt",)
+
+
+def test_config_install_wins_over_detection(tmp_path: Path) -> None:
+    src = checkout(tmp_path, {"pyproject.toml": '[project]\nname = "p"\n[project.optional-dependencies]\n'
+                              'test = ["pytest"]\nextra = ["rich"]\n', "ci.txt": "requests\n"})
+    needs = detect(src, ["-e .[extra]", "-r ci.txt", "six"])
+    assert set(needs.requirements) == {"requests", "rich", "six", "setuptools>=61", "wheel"}
+    assert needs.sources[0] == "config: install"
+
+
+def test_nothing_declared_is_no_environment(tmp_path: Path) -> None:
+    assert detect(checkout(tmp_path, {"tests/test_a.py": "def test_a(): pass\n"})).empty
+
+
+def test_the_fingerprint_follows_the_declarations_only(tmp_path: Path) -> None:
+    a = detect(checkout(tmp_path / "a", {"requirements.txt": "pytest\nrich\n"}))
+    b = detect(checkout(tmp_path / "b", {"requirements.txt": "rich\n\npytest\n", "other.py": "x = 1\n"}))
+    c = detect(checkout(tmp_path / "c", {"requirements.txt": "rich\npytest>=9\n"}))
+    assert a.fingerprint("3.11", "img") == b.fingerprint("3.11", "img") != c.fingerprint("3.11", "img")
+    assert a.fingerprint("3.11", "img") != a.fingerprint("3.11", "another runner image")
+
+
+@pytest.mark.parametrize("files", [
+    {"pyproject.toml": "[project\nname = 'broken'"},
+    {"pyproject.toml": "[dependency-groups]\ntest = [{include-group = 'test'}]\n"},
+    {"pyproject.toml": "[dependency-groups]\ntest = [42]\n"},
+    {"pyproject.toml": "[project]\ndependencies = 'not a list'\n"},
+    {"requirements.txt": "-r /etc/passwd\n"},
+])
+def test_bad_declarations_are_one_clear_error(tmp_path: Path, files) -> None:
+    with pytest.raises(BadDeclaration):
+        detect(checkout(tmp_path, files))
+
+
+def test_links_out_of_the_checkout_are_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.toml"
+    secret.write_text("[project]\ndependencies = ['x']\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pyproject.toml").symlink_to(secret)
+    with pytest.raises(BadDeclaration, match="link out of the commit"):
+        detect(src)
