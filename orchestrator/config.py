@@ -131,8 +131,9 @@ class RunnerConfig(_Strict):
     network: Annotated[str, Field(min_length=1)] = "none"
     max_log_bytes: Annotated[int, Field(ge=1024)] = 10_000_000
     disk: str = "2g"
+    tmp_size: str = "1g"
 
-    @field_validator("memory", "disk")
+    @field_validator("memory", "disk", "tmp_size")
     @classmethod
     def _memory(cls, value: str) -> str:
         if not _MEMORY.match(value) or memory_bytes(value) < 6 * 1024**2:

@@ -102,6 +102,12 @@ class CappedLog:
         with open(self._spool_path, "rb") as head:
             return head.read(length)
 
+    def head(self, limit: int = 1 << 18) -> bytes:
+        """The beginning of the captured log (where pytest says why it could not start)."""
+        self._spool.flush()
+        with open(self._spool_path, "rb") as head:
+            return head.read(limit)
+
     def write_to(self, out: BinaryIO) -> None:
         """The captured log: head, a marker line where it was cut, tail."""
         self._spool.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import tempfile
 import xml.etree.ElementTree as ET
@@ -61,6 +62,33 @@ def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeou
             name = f"signal {exit_code - 128}"
         return JobStatus.ERROR, f"killed by {name} (exit {exit_code})"
     return JobStatus.ERROR, f"the runner exited with status {exit_code}"
+
+
+_CAUSES = {2: "collection error", 3: "pytest internal error", 4: "pytest usage error",
+           EXIT_NOT_INSTALLED: "the commit could not be installed"}
+_EXCEPTION = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Exit|Interrupt)\b.*)$", re.M)
+_PYTEST_ERROR = re.compile(r"^(?:ERROR|error): (.+)$", re.M)
+
+
+def cause(exit_code: int | None, junit: bytes | None, log_head: bytes) -> str | None:
+    """The reason in words, naming what went wrong when the report or the log says it
+    ("collection error: ModuleNotFoundError: No module named 'hypothesis'"), for the
+    exits where pytest or the install did not get to run the tests; None otherwise."""
+    if exit_code not in _CAUSES:
+        return None
+    texts = [node.text or "" for node in _errors(junit)] + [log_head.decode("utf-8", "replace")]
+    for pattern in (_EXCEPTION, _PYTEST_ERROR):
+        for text in texts:
+            if found := pattern.search(text):
+                return f"{_CAUSES[exit_code]}: {found.group(1).strip()[:300]}"
+    return None
+
+
+def _errors(junit: bytes | None) -> list[ET.Element]:
+    try:
+        return list(ET.fromstring(junit).iter("error")) if junit else []
+    except ET.ParseError:
+        return []
 
 
 def parse_junit(data: bytes) -> TestCounts | None:

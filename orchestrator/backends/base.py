@@ -56,6 +56,7 @@ class ContainerSpec:
     network: str
     log_max_bytes: int
     environment: dict[str, str] = field(default_factory=dict)
+    tmp_size: str = "1g"       # the scratch space at /tmp (exec: suites run what they write there)
 
 
 class Phase(str, Enum):

@@ -131,7 +131,7 @@ class DockerBackend(Backend):
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
+            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={spec.tmp_size}"},
             init=True,
             log_config=LogConfig(
                 type="json-file",

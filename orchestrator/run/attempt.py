@@ -30,7 +30,7 @@ from orchestrator.environment.setup import setup
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.results import classify, parse_junit
+from orchestrator.results import cause, classify, parse_junit
 from orchestrator.run import warm
 from orchestrator.run.conclude import conclude, os_reason
 from orchestrator.run.context import Context
@@ -127,6 +127,7 @@ class Attempt:
             },
             workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
+            tmp_size=cfg.tmp_size,
             environment={**variables, "CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
                          **(warm.environment() if self.release else {})},
         )
@@ -205,7 +206,7 @@ class Attempt:
                 final, killed = watch.until_exit(started, live=self.adopt is None)
             with self._phase("collect"):
                 junit = self.ctx.backend.report(state.id, self.ws.out)
-                done = self._verdict(final, killed, started, junit, capped.truncated)
+                done = self._verdict(final, killed, started, junit, capped.truncated, capped.head())
             try:
                 self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
                                        self.timings)
@@ -217,10 +218,12 @@ class Attempt:
             capped.close()
 
     def _verdict(self, final: ContainerState, killed: Kill | None, started: datetime,
-                 junit: bytes | None, log_truncated: bool) -> Job:
+                 junit: bytes | None, log_truncated: bool, log_head: bytes = b"") -> Job:
         cfg = self.ctx.config.runner
         status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
                                    timeout=cfg.timeout, memory=cfg.memory)
+        if status is JobStatus.ERROR and killed is None and not final.oom_killed:
+            message = cause(final.exit_code, junit, log_head) or message
         if killed is Kill.CANCEL:
             status, message = JobStatus.CANCELLED, "cancelled while running"
         elif killed is Kill.DISK:

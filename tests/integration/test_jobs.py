@@ -81,16 +81,24 @@ def test_root_file_system_read_only_outside_workspace():
             open(target, "w")
     pathlib.Path("/tmp/ok").write_text("tmp is writable")
     pathlib.Path("/workspace/ok").write_text("workspace is writable")
+
+def test_scratch_space_runs_what_a_test_writes_there(tmp_path):
+    import subprocess
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\\necho hello from tmp\\n")
+    script.chmod(0o755)
+    assert subprocess.run([str(script)], capture_output=True, text=True).stdout == "hello from tmp\\n"
+    assert os.statvfs("/tmp").f_blocks * os.statvfs("/tmp").f_frsize == 64 * 1024 * 1024
 '''
 
 
 def test_container_is_confined(orch) -> None:
     sha = orch.repo.commit("isolation", {"tests/test_iso.py": ISOLATION})
-    orch.configure()
+    orch.configure(runner={"tmp_size": "64m"})
     proc = orch.cli("run", "--once")
     result = orch.result(sha)
     assert proc.returncode == 0, orch.log(sha).decode()
-    assert result["status"] == "passed" and result["tests"]["passed"] == 4
+    assert result["status"] == "passed" and result["tests"]["passed"] == 5
 
 
 def test_labels_limits_and_removal(orch) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
-from orchestrator.results import ResultFiles, classify, parse_junit
+from orchestrator.results import ResultFiles, cause, classify, parse_junit
 from orchestrator.workspace import read_regular_file
 
 JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -187,3 +187,22 @@ def test_a_successor_keeps_the_head_a_crashed_process_captured(tmp_path: Path, m
     marker = next(line for line in saved.split(b"\n") if line.startswith(b"[orchestrator"))
     at_least = int(marker.split(b"at least ")[1].split(b" ")[0])
     assert 2000 * 51 - 10_000 <= at_least <= 4000 * 51 - (len(saved) - len(marker) - 2)
+
+
+COLLECTION = b"""<testsuites><testsuite errors="1" tests="0"><testcase classname="" name="tests.test_a">
+<error message="collection failure">tests/test_a.py:1: in &lt;module&gt;
+    import hypothesis
+E   ModuleNotFoundError: No module named 'hypothesis'</error></testcase></testsuite></testsuites>"""
+
+
+@pytest.mark.parametrize("exit_code, junit, log, expected", [
+    (2, COLLECTION, b"", "collection error: ModuleNotFoundError: No module named 'hypothesis'"),
+    (4, None, b"ERROR: usage: pytest [options]\nERROR: file or directory not found: tests\n",
+     "pytest usage error: usage: pytest [options]"),
+    (102, None, b"ERROR: Could not find a version that satisfies the requirement hatchling\n",
+     "the commit could not be installed: Could not find a version that satisfies the requirement hatchling"),
+    (2, b"not xml", b"", None),
+    (1, COLLECTION, b"", None),  # failed tests speak for themselves
+])
+def test_the_reason_names_the_cause(exit_code, junit, log, expected) -> None:
+    assert cause(exit_code, junit, log) == expected
