@@ -44,6 +44,8 @@ class RepositoryConfig(_Strict):
     command: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], Annotated[str, Field(max_length=10_000)]] = {}
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] | None = None
+    system_packages: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,100}$")]],
+                               Field(max_length=100)] = []
 
     @field_validator("python")
     @classmethod

@@ -145,3 +145,22 @@ def remove_image(backend: DockerBackend, image_id: str) -> bool:
         if exc.status_code == 409:
             return False
         raise
+
+
+def installed_packages(backend: DockerBackend, image: str) -> set[str]:
+    """The Debian packages installed in ``image`` (dpkg-query in a throwaway container
+    that has no network and is removed at once)."""
+    api = backend.api
+    with engine_call("list an image's packages"):
+        created = api.create_container(image, entrypoint=["dpkg-query", "-W", "-f=${Package}\\n"], user="0",
+                                       labels={"orchestrator.probe": "1"},
+                                       host_config=api.create_host_config(network_mode="none"), network_disabled=True)
+    try:
+        with engine_call("list an image's packages"):
+            api.start(created["Id"])
+            api.wait(created["Id"], timeout=120)
+            out = api.logs(created["Id"], stdout=True, stderr=False)
+    finally:
+        with engine_call("remove a container"):
+            api.remove_container(created["Id"], force=True)
+    return {line.split(":")[0] for line in out.decode().split() if line}

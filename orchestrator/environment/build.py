@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator.backends.base import ImageInfo
 from orchestrator.backends.docker import DockerBackend
-from orchestrator.backends.image import build_image, find_images, remove_image
+from orchestrator.backends.image import build_image, find_images, installed_packages, remove_image
 from orchestrator.environment.needs import Needs
 from orchestrator.errors import OrchestratorError
 
@@ -37,6 +37,9 @@ GLIBC = {"3.11": 36, "3.13": 41}  # the glibc of the Debian release that offers 
 
 DOCKERFILE = """FROM {base}
 USER 0
+COPY debs /opt/environment/debs
+RUN if ls /opt/environment/debs/*.deb >/dev/null 2>&1; then dpkg -i /opt/environment/debs/*.deb; fi \\
+ && rm -rf /opt/environment/debs
 COPY wheels /opt/environment/wheels
 COPY requirements.txt /opt/environment/requirements.txt
 RUN python3 -m pip install --no-index --find-links /opt/environment/wheels --no-cache-dir \\
@@ -66,6 +69,7 @@ class Environment:
         """What result.json says of it."""
         return {"fingerprint": self.fingerprint, "image": self.image.tag, "python": self.python,
                 "detected": list(self.needs.sources), "requirements": list(self.needs.requirements),
+                "system_packages": list(self.needs.system_packages),
                 "built": self.built}
 
 
@@ -110,7 +114,8 @@ class Environments:
             out.write(f"environment {fingerprint} for {repository}, Python {python}\n"
                       f"detected: {', '.join(needs.sources) or 'nothing'}\n\n")
             out.flush()
-            reason = self._download(folder, python, out)
+            reason = self._system_packages(folder, needs.system_packages, runner, out) or \
+                self._download(folder, python, out)
             if reason is None:
                 tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
                 try:
@@ -122,6 +127,28 @@ class Environments:
                     out.write(f"\n{reason}\n")
         _write_json(folder / "failed.json", {"reason": reason})
         raise EnvironmentBroken(reason, log_path)
+
+    def _system_packages(self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, out) -> str | None:
+        """The .deb files of ``packages`` and of what they depend on that the runner image
+        lacks, fetched on this host (``apt-get download`` runs no package script) into
+        ``folder/debs``; installed by dpkg in the image build. None, or apt's reason."""
+        (folder / "debs").mkdir(exist_ok=True)
+        if not packages:
+            return None
+        depends = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+                                  "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages],
+                                 capture_output=True, text=True)
+        if depends.returncode != 0:
+            return _apt_reason(depends.stderr, "apt-cache depends")
+        closure = {line.strip() for line in depends.stdout.splitlines() if line and not line.startswith((" ", "<"))}
+        missing = sorted(closure - installed_packages(self.backend, runner.id))
+        out.write(f"system packages: {', '.join(packages)}; fetching {', '.join(missing) or 'nothing'}\n")
+        if not missing:
+            return None
+        fetched = subprocess.run(["apt-get", "download", "--quiet", *missing], cwd=folder / "debs",
+                                 stdout=out, stderr=subprocess.PIPE, text=True)
+        out.write(fetched.stderr)
+        return None if fetched.returncode == 0 else _apt_reason(fetched.stderr, "apt-get download")
 
     def _download(self, folder: Path, python: str, out) -> str | None:
         """Wheels for the requirements, for the container's Python and platform, into
@@ -152,6 +179,11 @@ class Environments:
                 if image["id"] not in (in_use or set()) and remove_image(self.backend, image["id"]):
                     removed.append((image["tags"] or [image["id"]])[0])
         return removed
+
+
+def _apt_reason(stderr: str, what: str) -> str:
+    errors = [line.removeprefix("E: ").strip() for line in stderr.splitlines() if line.startswith("E: ")]
+    return (errors[0] if errors else f"{what} failed")[:500]
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,9 +1,9 @@
 """What a commit declares it needs, read from the standard places of a Python project,
 as text only: nothing of the commit runs here (reading a pyproject.toml runs no code).
 
-Test tools come from the first of: ``[dependency-groups]`` named test, tests, testing or
-dev (PEP 735); the ``[project.optional-dependencies]`` extras of those names; the usual
-requirement files. The project's own ``[project].dependencies`` and its build backend
+Test tools come from the first of: the ``[dependency-groups]`` group named test, tests,
+testing or dev (PEP 735; the first of these names the project uses); the
+``[project.optional-dependencies]`` extra of those names; the usual requirement files. The project's own ``[project].dependencies`` and its build backend
 (``[build-system].requires``) are added, so that the commit itself can be installed in
 the container. An explicit ``install`` in config.yaml replaces the test tools' detection.
 """
@@ -35,14 +35,16 @@ class Needs:
     install_project: bool = False           # the commit has a pyproject.toml or setup.py to install
     sources: tuple[str, ...] = ()           # where each part was found, for result.json
     extras: tuple[str, ...] = field(default=())  # extras of the project to test with
+    system_packages: tuple[str, ...] = ()   # Debian packages (config.yaml's, never the commit's)
 
     @property
     def empty(self) -> bool:
-        return not self.requirements and not self.install_project
+        return not self.requirements and not self.install_project and not self.system_packages
 
     def fingerprint(self, *more: str) -> str:
         """A hash of the declarations and of ``more`` (the Python version, the runner image)."""
-        text = "\n".join([*self.requirements, f"project={self.install_project}", *more])
+        text = "\n".join([*self.requirements, f"project={self.install_project}",
+                          *(f"deb:{p}" for p in self.system_packages), *more])
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -77,14 +79,14 @@ def detect(src: Path, install: list[str] | None = None) -> Needs:
 
 def _test_tools(src: Path, project: dict, extras: list[str]) -> tuple[list[str], list[str]]:
     groups = project.get("dependency-groups", {})
-    named = [name for name in TEST_NAMES if name in groups]
-    if named:
-        return [r for name in named for r in _group(groups, name, set())], [f"dependency-groups: {', '.join(named)}"]
+    for name in TEST_NAMES:  # the first of these names that the project uses
+        if name in groups:
+            return _group(groups, name, set()), [f"dependency-groups: {name}"]
     optional = project.get("project", {}).get("optional-dependencies", {})
-    named = [name for name in TEST_NAMES if name in optional]
-    if named:
-        extras += named
-        return [], [f"project.optional-dependencies: {', '.join(named)}"]
+    for name in TEST_NAMES:
+        if name in optional:
+            extras.append(name)
+            return [], [f"project.optional-dependencies: {name}"]
     for pattern in REQUIREMENT_FILES:
         files = sorted(p for p in src.glob(pattern) if p.is_file())
         if files:

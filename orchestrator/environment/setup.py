@@ -4,6 +4,7 @@ do there (install the commit, run another command, set variables)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ def setup(config: Config, backend: Backend, environments: Environments | None, r
         return Setup(backend.image(repo.image), variables)
     runner = backend.image(config.runner.image)
     try:
-        needs = detect(src, repo.install)
+        needs = dataclasses.replace(detect(src, repo.install), system_packages=tuple(sorted(repo.system_packages)))
     except BadDeclaration as exc:
         raise EnvironmentBroken(str(exc), None) from None
     if needs.empty or environments is None:

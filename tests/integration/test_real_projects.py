@@ -1,0 +1,98 @@
+"""Real public projects, fetched from PyPI at test time into a cache (never committed):
+each sdist becomes a Git repository, is tested in its container with its environment, and
+must pass as many tests as in a fresh virtual environment on this host."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from orchestrator.environment.build import LABEL_ENVIRONMENT
+
+pytestmark = pytest.mark.docker
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchestrator-tests" / "sdists"
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    version: str
+    kind: str                                    # what it shows
+    test_deps: tuple[str, ...]                   # what the host's venv installs to run its tests
+    repository: dict = field(default_factory=dict)  # config.yaml keys for it
+    tests: str = "tests"
+    tag: bool = False                            # tagged, so that its version comes from Git
+
+
+PROJECTS = [
+    Project("click", "8.5.1", "src layout, [dependency-groups] tests, flit, needs `less`", ("pytest",),
+            {"system_packages": ["less"]}),
+    Project("pluggy", "1.7.0", "setuptools-scm version from Git, [dependency-groups] testing, a dependency of "
+            "pytest itself", ("pytest>=8", "pytest-benchmark"), {"command": "python -m pytest testing"}, "testing",
+            tag=True),
+    Project("more-itertools", "11.2.1", "requirements/testing.txt, flit", ()),
+]
+
+
+def sdist(project: Project, into: Path) -> Path:
+    """The project's source distribution, unpacked into ``into``."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    found = list(CACHE.glob(f"{project.name.replace('-', '_')}-{project.version}.tar.gz")) or \
+        list(CACHE.glob(f"{project.name}-{project.version}.tar.gz"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                        "--dest", str(CACHE), f"{project.name}=={project.version}"], check=True, timeout=300)
+        found = list(CACHE.glob(f"*{project.version}.tar.gz"))
+    with tarfile.open(found[0]) as tar:
+        tar.extractall(into, filter="data")
+    (top,) = [p for p in into.iterdir() if p.is_dir()]
+    return top
+
+
+def host_passed(source: Path, project: Project, venv: Path) -> int:
+    """Tests passed in a fresh venv on this host (the reference the container must match)."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "pytest", *project.test_deps, str(source)],
+                   check=True, timeout=600)
+    ran = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", project.tests],
+                         cwd=source, capture_output=True, text=True, timeout=600)
+    summary = ran.stdout.strip().splitlines()[-1]  # "765 passed, 21194 subtests passed in 22.31s"
+    return int(re.search(r"(\d+) passed", summary).group(1))
+
+
+@pytest.fixture(autouse=True)
+def environment_images(engine: docker.DockerClient):
+    before = {i.id for i in engine.images.list(filters={"label": LABEL_ENVIRONMENT})}
+    yield
+    for image in engine.images.list(filters={"label": LABEL_ENVIRONMENT}):
+        if image.id not in before:
+            engine.images.remove(image.id, force=True)
+
+
+@pytest.mark.parametrize("project", PROJECTS, ids=[p.name for p in PROJECTS])
+def test_a_real_project_passes_as_on_the_host(orch, tmp_path: Path, project: Project) -> None:
+    source = sdist(project, tmp_path / "sdist")
+    shutil.copytree(source, orch.repo.path, dirs_exist_ok=True)
+    sha = orch.repo.commit(f"{project.name} {project.version}")
+    if project.tag:
+        orch.repo.git("tag", project.version)
+    path = orch.configure(runner={"timeout": 600, "memory": "1g", "pids": 512})
+    data = yaml.safe_load(path.read_text())
+    data["repositories"][0].update(project.repository)
+    path.write_text(yaml.safe_dump(data))
+    run = orch.cli("run", "--once", timeout=900)
+    result = orch.result(sha)
+    assert result["status"] == "passed", (result["message"], orch.log(sha).decode()[-3000:], run.stderr[-2000:])
+    assert result["environment"]["detected"]  # it ran in an environment of its own
+    assert result["tests"]["passed"] == host_passed(source, project, tmp_path / "venv") > 10
