@@ -128,3 +128,15 @@ def test_directories_that_cannot_be_written_are_refused_at_start(tmp_path: Path,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, (command, proc.stderr)
         assert proc.stderr.count("\n") == 1 and f"{key}: " in proc.stderr and words in proc.stderr
+
+
+def test_a_python_the_images_do_not_offer_is_refused(tmp_path: Path, repo: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: '3.12'\n"))
+    assert "repositories[0].python" in str(info.value) and "offer 3.11" in str(info.value)
+
+
+@pytest.mark.parametrize("line", ["--index-url https://evil.example/simple", "-f /tmp/wheels", "-e git+https://x/y"])
+def test_install_lines_are_requirements_only(tmp_path: Path, repo: Path, line: str) -> None:
+    with pytest.raises(ConfigError, match=r"repositories\[0\].install"):
+        load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    install: [{line!r}]\n"))
