@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from orchestrator.backends.base import MAX_REPORT_BYTES
 from orchestrator.jobs import JobRef, LocalJobs
 from orchestrator.metrics import CONTENT_TYPE, Metrics
 from orchestrator.models import JobStatus, subject_line
 from orchestrator.store import NewCommit
+from orchestrator.workspace import read_regular_file
 
 def _text(value: str) -> str:
     """Text that can reach git and the store: no control characters, no lone surrogates."""
@@ -170,6 +172,16 @@ async def get_log(job_id: JobId, jobs: Jobs, request: Request, follow: bool = Tr
         return Response(b"", media_type="text/plain; charset=utf-8", headers={"X-Log": "none"})
     return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
                              headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+@router.get("/api/jobs/{job_id}/environment.log")
+def get_environment_log(job_id: JobId, jobs: Jobs) -> Response:
+    """The build log of a job's environment, kept when building it failed."""
+    path = jobs.results.path(jobs.job(JobRef(id=job_id)), "environment.log")
+    data = read_regular_file(path, MAX_REPORT_BYTES)
+    if data is None:
+        raise HTTPException(404, f"job {job_id} has no environment log")
+    return Response(data, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
 
 @router.post("/api/jobs/{job_id}/cancel", status_code=202, dependencies=guarded)

@@ -8,6 +8,7 @@ import json
 
 import docker
 import pytest
+import requests
 
 from orchestrator.environment.build import LABEL_ENVIRONMENT
 
@@ -79,6 +80,13 @@ def test_a_dependency_that_cannot_be_resolved_is_an_error_with_its_log(orch) -> 
     assert result["message"].startswith("environment build failed: ")
     assert "no-such-package-orchestrator-test" in result["message"]
     assert b"no-such-package-orchestrator-test" in orch.path(bad, "environment.log").read_bytes()
+    dispatcher = orch.start("dispatcher")  # the job page links the log, and the API serves it
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    page = orch.wait_for(lambda: _get(f"{base}/jobs/{result['id']}"), timeout=30)
+    assert f"/api/jobs/{result['id']}/environment.log" in page.text
+    assert "no-such-package-orchestrator-test" in _get(f"{base}/api/jobs/{result['id']}/environment.log").text
+    dispatcher.terminate()
+    assert dispatcher.wait(timeout=30) == 0
     again = orch.repo.commit("same dependencies", project('"no-such-package-orchestrator-test==1.0"', note="# x\n"))
     assert orch.cli("run", "--once").returncode == 1
     assert orch.result(again)["message"] == result["message"]  # the recorded failure, not a new try
@@ -97,3 +105,11 @@ def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
             if LABEL_ENVIRONMENT in i.labels]
     assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
     assert json.loads(orch.cli("status", "--json").stdout)[0]["commit"] == newest
+
+
+def _get(url: str):
+    try:
+        resp = requests.get(url, timeout=5)
+        return resp if resp.ok else None
+    except requests.RequestException:
+        return None
