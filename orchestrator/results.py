@@ -66,7 +66,7 @@ def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeou
 
 _CAUSES = {2: "collection error", 3: "pytest internal error", 4: "pytest usage error",
            EXIT_NOT_INSTALLED: "the commit could not be installed"}
-_EXCEPTION = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Exit|Interrupt)\b.*)$", re.M)
+_EXCEPTION = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Warning|Exit|Interrupt)\b.*)$", re.M)
 _PYTEST_ERROR = re.compile(r"^(?:ERROR|error): (.+)$", re.M)
 
 

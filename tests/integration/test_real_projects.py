@@ -33,6 +33,7 @@ class Project:
     repository: dict = field(default_factory=dict)  # config.yaml keys for it
     tests: str = "tests"
     tag: bool = False                            # tagged, so that its version comes from Git
+    extra: str = ""                              # the host's venv installs the project with this extra
 
 
 PROJECTS = [
@@ -42,6 +43,10 @@ PROJECTS = [
             "pytest itself", ("pytest>=8", "pytest-benchmark"), {"command": "python -m pytest testing"}, "testing",
             tag=True),
     Project("more-itertools", "11.2.1", "requirements/testing.txt, flit", ()),
+    Project("numpy-financial", "1.0.0", "setup.py only (never run on the host): numpy, a compiled wheel, named "
+            "in install", ("numpy>=1.15",), {"install": ["numpy>=1.15", "pytest"],
+                                           "command": "python -m pytest numpy_financial/tests"},
+            "numpy_financial/tests"),
 ]
 
 
@@ -63,7 +68,8 @@ def sdist(project: Project, into: Path) -> Path:
 def host_passed(source: Path, project: Project, venv: Path) -> int:
     """Tests passed in a fresh venv on this host (the reference the container must match)."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "pytest", *project.test_deps, str(source)],
+    target = f"{source}[{project.extra}]" if project.extra else str(source)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "pytest", *project.test_deps, target],
                    check=True, timeout=600)
     ran = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", project.tests],
                          cwd=source, capture_output=True, text=True, timeout=600)
@@ -96,3 +102,17 @@ def test_a_real_project_passes_as_on_the_host(orch, tmp_path: Path, project: Pro
     assert result["status"] == "passed", (result["message"], orch.log(sha).decode()[-3000:], run.stderr[-2000:])
     assert result["environment"]["detected"]  # it ran in an environment of its own
     assert result["tests"]["passed"] == host_passed(source, project, tmp_path / "venv") > 10
+
+
+def test_a_dependency_published_only_as_source_is_an_error_naming_it(orch, tmp_path: Path) -> None:
+    """zipp's test extra needs big-O, which PyPI has only as an sdist: building it would
+    run its code on this host, so the environment is refused, naming it."""
+    zipp = Project("zipp", "4.1.2", "[project.optional-dependencies] test", (), tag=True)
+    shutil.copytree(sdist(zipp, tmp_path / "sdist"), orch.repo.path, dirs_exist_ok=True)
+    sha = orch.repo.commit("zipp 4.1.2")
+    orch.configure(runner={"timeout": 600})
+    assert orch.cli("run", "--once", timeout=900).returncode == 1
+    result = orch.result(sha)
+    assert result["status"] == "error" and result["attempts"] == 1
+    assert result["message"].startswith("environment build failed: ") and "big-O" in result["message"]
+    assert orch.path(sha, "environment.log").exists()

@@ -201,6 +201,8 @@ E   ModuleNotFoundError: No module named 'hypothesis'</error></testcase></testsu
      "pytest usage error: usage: pytest [options]"),
     (102, None, b"ERROR: Could not find a version that satisfies the requirement hatchling\n",
      "the commit could not be installed: Could not find a version that satisfies the requirement hatchling"),
+    (2, None, b"E   pytest.PytestCollectionWarning: cannot collect test class 'TestSuite'\n",
+     "collection error: pytest.PytestCollectionWarning: cannot collect test class 'TestSuite'"),
     (2, b"not xml", b"", None),
     (1, COLLECTION, b"", None),  # failed tests speak for themselves
 ])
