@@ -26,10 +26,11 @@ class Sizes:
     jobs: int             # jobs in the store for the scale test
     burst: int            # commits pushed at once
     requests: int         # API requests per latency figure
+    numpy: bool = True    # a cold environment build with numpy (a download of its wheels)
 
 
 FULL = Sizes(10, 25, 0.1, 2.5, (1, 2, 4, 8), 10, 10_000, 1_000, 200)
-SMOKE = Sizes(2, 2, 0.05, 0.2, (1, 2), 2, 200, 20, 10)
+SMOKE = Sizes(2, 2, 0.05, 0.2, (1, 2), 2, 200, 20, 10, numpy=False)
 
 
 def sh(*args: str, cwd: Path | None = None, **kw) -> str:

@@ -24,4 +24,5 @@ def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     assert all(row["all_passed"] for row in result["scaling"]["by_parallelism"].values())
     assert set(result["latency"]) == {"polling", "instant"}
     assert result["scale"]["burst_queued"] == result["scale"]["burst_commits"]
+    assert result["environments"]["cold_build_s"]["small"] > 0 and result["environments"]["src_s"] > 0
     assert "| figure | measured | goal |" in proc.stdout
