@@ -9,20 +9,9 @@ from pathlib import Path
 
 import docker
 
+from tests.helpers import SRC_PYPROJECT
 from workloads import Workloads, sh
 
-PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "greet"
-version = "0.1.0"
-dependencies = [{deps}]
-
-[dependency-groups]
-test = ["pytest>=8"]
-"""
 CODE = "def greet(name):\n    return 'hello ' + name  # {i}\n"
 TESTS = "".join(f"def test_greet_{t}():\n    from greet import greet\n    assert greet('x') == 'hello x'\n"
                 for t in range(20))
@@ -80,7 +69,7 @@ def _write(path: Path, layout: str, i: int, deps: str) -> None:
     (path / "tests").mkdir(exist_ok=True)
     (path / "tests" / "test_greet.py").write_text(TESTS)
     if layout == "src":
-        (path / "pyproject.toml").write_text(PYPROJECT.format(deps=deps))
+        (path / "pyproject.toml").write_text(SRC_PYPROJECT.format(deps=deps))
 
 
 def _results(config: Path) -> Path:

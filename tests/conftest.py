@@ -136,6 +136,17 @@ class Orchestrated:
 
 
 @pytest.fixture
+def environment_images(engine: docker.DockerClient):
+    """Environment images a test builds are removed after it (they carry no instance label)."""
+    label = "orchestrator.environment"
+    before = {i.id for i in engine.images.list(filters={"label": label})}
+    yield
+    for image in engine.images.list(filters={"label": label}):
+        if image.id not in before:
+            engine.images.remove(image.id, force=True)
+
+
+@pytest.fixture
 def orch(tmp_path: Path, engine: docker.DockerClient, runner_image: str):
     o = Orchestrated(tmp_path, engine)
     yield o

@@ -51,6 +51,21 @@ class GitRepo:
         self.git("checkout", "-q", *(["-b"] if create else []), branch)
 
 
+# A src/-layout project with a dependency group (hatchling): the environment tests and the
+# benchmark's environment series use it.
+SRC_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "greet"
+version = "0.1.0"
+dependencies = [{deps}]
+
+[dependency-groups]
+test = ["pytest>=8.4"]
+"""
+
 PASSING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n"}
 FAILING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n\ndef test_bad():\n    assert 2 + 2 == 5, 'arithmetic'\n"}
 
@@ -72,6 +87,17 @@ def write_config(directory: Path, repos: dict[str, Path], **overrides: object) -
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def http_get(url: str):
+    """The response if the server answered 2xx, else None (not up yet, or refused)."""
+    import requests
+
+    try:
+        resp = requests.get(url, timeout=5)
+        return resp if resp.ok else None
+    except requests.RequestException:
+        return None
 
 
 def free_port() -> int:

@@ -166,9 +166,9 @@ class Environments:
         errors = [line.removeprefix("ERROR: ").strip() for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
         return (errors[0] if errors else f"pip download exited {proc.returncode}")[:500]
 
-    def prune(self, repository: str | None = None, keep: int = 0, in_use: set[str] | None = None) -> list[str]:
-        """Remove environment images beyond the ``keep`` newest of each repository (and
-        not ``in_use``); what was removed."""
+    def prune(self, repository: str | None = None, keep: int = 0) -> list[str]:
+        """Remove environment images beyond the ``keep`` newest of each repository (one a
+        container still uses stays, and is tried again next time); what was removed."""
         labels: dict[str, str | None] = {LABEL_ENVIRONMENT: None, **({LABEL_REPOSITORY: repository} if repository else {})}
         by_repository: dict[str, list[dict]] = {}
         for image in find_images(self.backend, labels):
@@ -176,7 +176,7 @@ class Environments:
         removed = []
         for images in by_repository.values():
             for image in images[keep:]:
-                if image["id"] not in (in_use or set()) and remove_image(self.backend, image["id"]):
+                if remove_image(self.backend, image["id"]):
                     removed.append((image["tags"] or [image["id"]])[0])
         return removed
 

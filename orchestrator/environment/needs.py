@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
@@ -34,7 +34,7 @@ class Needs:
     requirements: tuple[str, ...] = ()      # requirement lines for pip, sorted, without duplicates
     install_project: bool = False           # the commit has a pyproject.toml or setup.py to install
     sources: tuple[str, ...] = ()           # where each part was found, for result.json
-    extras: tuple[str, ...] = field(default=())  # extras of the project to test with
+    extras: tuple[str, ...] = ()             # extras of the project to test with
     system_packages: tuple[str, ...] = ()   # Debian packages (config.yaml's, never the commit's)
 
     @property

@@ -8,7 +8,7 @@ import sys
 import pytest
 import requests
 
-from tests.helpers import FAILING, PASSING, write_config
+from tests.helpers import FAILING, PASSING, http_get, write_config
 
 pytestmark = pytest.mark.docker
 
@@ -67,14 +67,14 @@ def test_dispatcher_and_observer_as_separate_processes(orch) -> None:
     port = orch.config.dispatcher.port
     base = f"http://127.0.0.1:{port}"
     dispatcher = orch.start("dispatcher")
-    orch.wait_for(lambda: _get(f"{base}/healthz"), timeout=30)
+    orch.wait_for(lambda: http_get(f"{base}/healthz"), timeout=30)
     observer = orch.start("observer", "--dispatcher-server", f"127.0.0.1:{port}")
-    first = orch.wait_for(lambda: [j for j in _get(f"{base}/api/jobs").json() if j["status"] == "passed"], timeout=60)
+    first = orch.wait_for(lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["status"] == "passed"], timeout=60)
     assert len(first) == 1
     new = orch.repo.commit("second", FAILING)
-    job = orch.wait_for(lambda: [j for j in _get(f"{base}/api/jobs").json()
+    job = orch.wait_for(lambda: [j for j in http_get(f"{base}/api/jobs").json()
                                  if j["commit"] == new and j["status"] == "failed"], timeout=60)[0]
-    assert _get(f"{base}/api/jobs/{job['id']}").json()["tests"]["failed"] == 1
+    assert http_get(f"{base}/api/jobs/{job['id']}").json()["tests"]["failed"] == 1
     # bad input is a 4xx with a reason
     ours = {"X-Orchestrator": "1"}  # what the project's own clients send (no form can)
     assert requests.post(f"{base}/api/commits", data=b"{not json", headers=ours, timeout=10).status_code == 422
@@ -90,14 +90,6 @@ def test_dispatcher_and_observer_as_separate_processes(orch) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert config_path.exists()
-
-
-def _get(url: str):
-    try:
-        resp = requests.get(url, timeout=5)
-        return resp if resp.ok else None
-    except requests.RequestException:
-        return None
 
 
 def test_cancel_a_running_job_and_retry_it(orch) -> None:
@@ -154,7 +146,7 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     elsewhere.mkdir()
     remote = write_config(elsewhere, {"demo": orch.repo.path}, dispatcher={"url": base})
     dispatcher = orch.start("dispatcher")
-    orch.wait_for(lambda: _get(f"{base}/healthz"), timeout=30)
+    orch.wait_for(lambda: http_get(f"{base}/healthz"), timeout=30)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(remote)],
@@ -167,7 +159,7 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     assert follow.returncode == 0 and "7 passed" in follow.stdout, follow.stderr  # followed to the end
     submitted = cli("submit", old[:10])
     assert submitted.returncode == 0 and f"queued: job 2 {old}" in submitted.stdout
-    job = orch.wait_for(lambda: [j for j in _get(f"{base}/api/jobs").json() if j["commit"] == old
+    job = orch.wait_for(lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["commit"] == old
                                  and j["status"] == "passed"], timeout=60)[0]
     status = json.loads(cli("status", "--json").stdout)
     assert {j["commit"]: j["status"] for j in status}[old] == "passed"
@@ -176,8 +168,8 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     assert retried.returncode == 0 and "attempt 2" in retried.stdout
     unknown = cli("logs", "deadbeef")
     assert unknown.returncode == 3 and "no job for a commit starting with deadbeef" in unknown.stderr
-    orch.wait_for(lambda: _get(f"{base}/api/jobs/{job['id']}").json()["attempts"] == 2
-                  and _get(f"{base}/api/jobs/{job['id']}").json()["status"] == "passed", timeout=60)
+    orch.wait_for(lambda: http_get(f"{base}/api/jobs/{job['id']}").json()["attempts"] == 2
+                  and http_get(f"{base}/api/jobs/{job['id']}").json()["status"] == "passed", timeout=60)
     assert not (elsewhere / "state").exists()  # nothing went to the local state_dir
     local = orch.cli("status", "--server", base)
     assert local.returncode == 0 and old[:10] in local.stdout

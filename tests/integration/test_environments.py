@@ -8,24 +8,12 @@ import json
 
 import docker
 import pytest
-import requests
 
 from orchestrator.environment.build import LABEL_ENVIRONMENT
+from tests.helpers import SRC_PYPROJECT, http_get
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
-PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "greet"
-version = "0.1.0"
-dependencies = [{deps}]
-
-[dependency-groups]
-test = ["pytest>=8.4"]
-"""
 CODE = 'from packaging.version import Version\n\ndef greet(name):\n    return "hello %s %s" % (name, Version("1.0"))\n'
 TESTS = ("import pytest\nfrom greet import greet\n\n"
          "def test_greet():\n    assert greet('x') == 'hello x 1.0'\n\n"
@@ -35,18 +23,8 @@ TESTS = ("import pytest\nfrom greet import greet\n\n"
 
 
 def project(deps: str = '"packaging>=23"', note: str = "") -> dict[str, str]:
-    return {"pyproject.toml": PYPROJECT.format(deps=deps), "src/greet/__init__.py": CODE + note,
+    return {"pyproject.toml": SRC_PYPROJECT.format(deps=deps), "src/greet/__init__.py": CODE + note,
             "tests/test_greet.py": TESTS}
-
-
-@pytest.fixture(autouse=True)
-def environment_images(engine: docker.DockerClient):
-    """Environment images this module builds are removed after it (they carry no instance)."""
-    before = {i.id for i in engine.images.list(filters={"label": LABEL_ENVIRONMENT})}
-    yield
-    for image in engine.images.list(filters={"label": LABEL_ENVIRONMENT}):
-        if image.id not in before:
-            engine.images.remove(image.id, force=True)
 
 
 def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_change(orch) -> None:
@@ -82,9 +60,9 @@ def test_a_dependency_that_cannot_be_resolved_is_an_error_with_its_log(orch) -> 
     assert b"no-such-package-orchestrator-test" in orch.path(bad, "environment.log").read_bytes()
     dispatcher = orch.start("dispatcher")  # the job page links the log, and the API serves it
     base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
-    page = orch.wait_for(lambda: _get(f"{base}/jobs/{result['id']}"), timeout=30)
+    page = orch.wait_for(lambda: http_get(f"{base}/jobs/{result['id']}"), timeout=30)
     assert f"/api/jobs/{result['id']}/environment.log" in page.text
-    assert "no-such-package-orchestrator-test" in _get(f"{base}/api/jobs/{result['id']}/environment.log").text
+    assert "no-such-package-orchestrator-test" in http_get(f"{base}/api/jobs/{result['id']}/environment.log").text
     dispatcher.terminate()
     assert dispatcher.wait(timeout=30) == 0
     again = orch.repo.commit("same dependencies", project('"no-such-package-orchestrator-test==1.0"', note="# x\n"))
@@ -106,10 +84,3 @@ def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
     assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
     assert json.loads(orch.cli("status", "--json").stdout)[0]["commit"] == newest
 
-
-def _get(url: str):
-    try:
-        resp = requests.get(url, timeout=5)
-        return resp if resp.ok else None
-    except requests.RequestException:
-        return None

@@ -13,13 +13,11 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import docker
 import pytest
 import yaml
 
-from orchestrator.environment.build import LABEL_ENVIRONMENT
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchestrator-tests" / "sdists"
 
@@ -75,15 +73,6 @@ def host_passed(source: Path, project: Project, venv: Path) -> int:
                          cwd=source, capture_output=True, text=True, timeout=600)
     summary = ran.stdout.strip().splitlines()[-1]  # "765 passed, 21194 subtests passed in 22.31s"
     return int(re.search(r"(\d+) passed", summary).group(1))
-
-
-@pytest.fixture(autouse=True)
-def environment_images(engine: docker.DockerClient):
-    before = {i.id for i in engine.images.list(filters={"label": LABEL_ENVIRONMENT})}
-    yield
-    for image in engine.images.list(filters={"label": LABEL_ENVIRONMENT}):
-        if image.id not in before:
-            engine.images.remove(image.id, force=True)
 
 
 @pytest.mark.parametrize("project", PROJECTS, ids=[p.name for p in PROJECTS])

@@ -161,15 +161,22 @@ def test_unreachable_repository_backs_off_and_catches_up(world, tmp_path: Path, 
 LINE_BREAKS = "\u2028, \x0c, \x85, \x1c and \r"  # what str.splitlines() takes for line ends
 
 
-def test_a_hostile_commit_never_stops_the_watcher(tmp_path: Path) -> None:
-    """Line-break characters in a subject and a branch name, and a branch name that is not
-    UTF-8: the commits are queued, the bad branch skipped, the other repository polled."""
+@pytest.fixture
+def two(tmp_path: Path):
+    """Two repositories, "bad" and "good", each with a root commit, watched together."""
     bad, good = GitRepo(tmp_path / "bad"), GitRepo(tmp_path / "good")
     bad.commit("root")
     good.commit("root")
     config = load_config(write_config(tmp_path, {"bad": bad.path, "good": good.path}))
     store = Store(config.db_path)
-    observer = Observer(config, store)
+    yield bad, good, store, Observer(config, store)
+    store.close()
+
+
+def test_a_hostile_commit_never_stops_the_watcher(two) -> None:
+    """Line-break characters in a subject and a branch name, and a branch name that is not
+    UTF-8: the commits are queued, the bad branch skipped, the other repository polled."""
+    bad, good, store, observer = two
     assert observer.poll_once() == 2
     subject = f"breaks: {LINE_BREAKS} end"
     weird = bad.commit(subject)
@@ -181,22 +188,15 @@ def test_a_hostile_commit_never_stops_the_watcher(tmp_path: Path) -> None:
     assert "feature\u2028two" in store.heads("bad") and len(store.heads("bad")) == 2  # main and feature
     assert store.find(later, "good").branches == ("main",)
     assert observer.health()["bad"].ok and observer.poll_once() == 0
-    store.close()
 
 
-def test_an_unexpected_error_in_one_repository_is_its_state_not_the_end(tmp_path: Path, caplog) -> None:
-    bad, good = GitRepo(tmp_path / "bad"), GitRepo(tmp_path / "good")
-    bad.commit("root")
-    good.commit("root")
-    config = load_config(write_config(tmp_path, {"bad": bad.path, "good": good.path}))
-    store = Store(config.db_path)
-    observer = Observer(config, store)
+def test_an_unexpected_error_in_one_repository_is_its_state_not_the_end(two, caplog) -> None:
+    _, _, _, observer = two
     observer.mirrors["bad"].branches = lambda: 1 / 0  # a bug, or a library error nobody expected
     assert observer.poll_once() == 1  # the good one
     state = observer.health()["bad"]
     assert not state.ok and "ZeroDivisionError" in state.error and observer.failures["bad"] == 1
     assert "bad: " in caplog.text
-    store.close()
 
 
 def test_a_subject_is_cut_where_it_is_read(world) -> None:
