@@ -63,8 +63,9 @@ class ImageMissing(OrchestratorError):
     """The runner image is not on the engine: the user has to build it."""
 
 
-class InvalidTransition(OrchestratorError):
-    """A job status change that the lifecycle does not allow."""
+class InvalidTransition(Conflict):
+    """A job status change that the lifecycle does not allow (or the job changed meanwhile):
+    to a user, a conflict with the job's status (409, exit 2)."""
 
 
 class DispatcherUnavailable(OrchestratorError):

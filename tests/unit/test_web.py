@@ -272,3 +272,19 @@ def test_only_the_observer_records_progress(web) -> None:
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     manual = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new}]})
     assert manual.status_code == 201  # queueing a known commit by hand needs no key
+
+
+def test_a_change_that_lost_a_race_is_a_conflict(web) -> None:
+    """A cancel made from a copy of the job that another process claimed meanwhile: the
+    compare-and-swap refuses it as a conflict (409 in the API, exit 2 on the command line)."""
+    from orchestrator.errors import Conflict, InvalidTransition
+    from orchestrator.web.app import _STATUS
+
+    client, w, _, _ = web
+    stale = w.store.get(1)
+    w.store.claim_next()
+    with pytest.raises(InvalidTransition) as info:
+        w.store.request_cancel(stale)
+    assert isinstance(info.value, Conflict) and info.value.exit_code == 2
+    assert next(code for kind, code in _STATUS if isinstance(info.value, kind)) == 409
+    assert client.post("/api/jobs/1/retry").status_code == 409  # running: only finished jobs can be retried
