@@ -184,7 +184,7 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jo
     if not create and not config.db_path.exists():
         raise UsageError(f"no state in {config.state_dir} yet: run `orchestrator run` first")
     if create:
-        from orchestrator.config import prepare_directories
+        from orchestrator.workspace import prepare_directories
 
         prepare_directories(config)
     return LocalJobs(config, Store(config.db_path), lambda: connect(config.runner))

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -231,28 +229,6 @@ def load_config(path: str | Path) -> Config:
         if is_local_url(repo.url) and not Path(repo.url).is_dir():
             raise ConfigError(f"{path}: repositories[{i}].url: no such repository directory {repo.url}")
     return config
-
-
-def prepare_directories(config: Config) -> None:
-    """Make ``state_dir`` and ``results_dir`` if missing, and refuse, with one line, what
-    is not a directory this process can write into (a file, a dangling link, a link loop,
-    a read-only place): found at start, not when the first result cannot be written."""
-    for key in ("state_dir", "results_dir"):
-        path: Path = getattr(config, key)
-        try:
-            if path.is_symlink() and not path.exists():
-                raise ConfigError(f"{config.source}: {key}: {path} is a link that leads nowhere (or in a loop)")
-            if path.exists() and not path.is_dir():
-                raise ConfigError(f"{config.source}: {key}: {path} is not a directory")
-            path.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
-            os.close(fd)
-            os.unlink(probe)
-        except ConfigError:
-            raise
-        except OSError as exc:
-            raise ConfigError(f"{config.source}: {key}: {path} is not a writable directory: "
-                              f"{exc.strerror or exc}") from None
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from orchestrator.backends.base import Backend
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.models import Job, JobStatus, iso
-from orchestrator.results import ResultFiles, failures, result_document
+from orchestrator.results import ResultFiles, result_document
+from orchestrator.verdict import failures
 from orchestrator.store import NewCommit, Store
 
 if TYPE_CHECKING:

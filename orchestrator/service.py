@@ -11,12 +11,13 @@ import threading
 import time
 
 from orchestrator.backends import connect
-from orchestrator.config import Config, prepare_directories
+from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.environment.build import Environments
 from orchestrator.errors import OrchestratorError
 from orchestrator.jobs import LocalJobs
 from orchestrator.store import Store
+from orchestrator.workspace import prepare_directories
 
 log = logging.getLogger("orchestrator")
 

@@ -1,5 +1,7 @@
-"""Per-job folders under ``<state_dir>/work/<job>/``: the checkout (``src``) mounted at
-/workspace, the output folder (``out``) mounted at /ci-out, and the log spool.
+"""The folders the orchestrator writes: ``state_dir`` and ``results_dir``, checked at start
+(``prepare_directories``), and the per-job folders under ``<state_dir>/work/<job>/``: the
+checkout (``src``) mounted at /workspace, the output folder (``out``) mounted at /ci-out,
+and the log spool.
 
 The container runs as a non-root user. When the orchestrator is root, the folders are
 handed to the image's ``runner`` user (uid 1000); otherwise the container runs as the
@@ -11,11 +13,17 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config
 
 RUNNER_UID = 1000
 TRASH_PREFIX = ".discarded-"
@@ -120,3 +128,25 @@ def read_regular_file(path: Path, limit: int) -> bytes | None:
             return None
         data = fh.read(limit + 1)
     return data if len(data) <= limit else None
+
+
+def prepare_directories(config: "Config") -> None:
+    """Make ``state_dir`` and ``results_dir`` if missing, and refuse, with one line, what
+    is not a directory this process can write into (a file, a dangling link, a link loop,
+    a read-only place): found at start, not when the first result cannot be written."""
+    for key in ("state_dir", "results_dir"):
+        path: Path = getattr(config, key)
+        try:
+            if path.is_symlink() and not path.exists():
+                raise ConfigError(f"{config.source}: {key}: {path} is a link that leads nowhere (or in a loop)")
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"{config.source}: {key}: {path} is not a directory")
+            path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except ConfigError:
+            raise
+        except OSError as exc:
+            raise ConfigError(f"{config.source}: {key}: {path} is not a writable directory: "
+                              f"{exc.strerror or exc}") from None

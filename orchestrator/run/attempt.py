@@ -30,7 +30,7 @@ from orchestrator.environment.setup import setup
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.results import cause, classify, parse_junit
+from orchestrator.verdict import cause, classify, parse_junit
 from orchestrator.run import warm
 from orchestrator.run.conclude import conclude, os_reason
 from orchestrator.run.context import Context

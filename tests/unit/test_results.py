@@ -7,7 +7,8 @@ import pytest
 
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
-from orchestrator.results import ResultFiles, cause, classify, parse_junit
+from orchestrator.results import ResultFiles
+from orchestrator.verdict import cause, classify, parse_junit
 from orchestrator.workspace import read_regular_file
 
 JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>

@@ -1,0 +1,123 @@
+"""The verdict of one finished container, and what its JUnit report says.
+
+The verdict comes from the container's exit status, the engine's OOM flag and whether we
+killed it for the timeout, never from the log text; test counts come from the JUnit
+report (read elsewhere as a regular file, size-capped: the code under test could have
+replaced it), and the reason names the cause when the report or the log does.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import xml.etree.ElementTree as ET
+
+from orchestrator.models import JobStatus, TestCounts
+
+# Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5.
+EXIT_NO_TESTS_DIR = 100
+EXIT_NO_PYTEST = 101
+EXIT_NOT_INSTALLED = 102
+
+_PYTEST_ERRORS = {
+    2: "collection error or interrupted run (pytest exit 2)",
+    3: "pytest internal error (exit 3)",
+    4: "pytest usage error (exit 4)",
+    5: "no tests collected (pytest exit 5)",
+    EXIT_NO_TESTS_DIR: "tests directory missing in this commit",
+    EXIT_NO_PYTEST: "pytest is not installed in the runner image",
+    EXIT_NOT_INSTALLED: "the commit could not be installed (pip install --no-deps; see its log)",
+}
+
+
+def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeout: float,
+             memory: str) -> tuple[JobStatus, str | None]:
+    """Status and reason for one finished container."""
+    if timed_out:
+        return JobStatus.TIMED_OUT, f"killed after the {timeout:g} s timeout"
+    if oom_killed:
+        return JobStatus.ERROR, f"out of memory: killed at the {memory} memory limit"
+    if exit_code == 0:
+        return JobStatus.PASSED, None
+    if exit_code == 1:
+        return JobStatus.FAILED, None
+    if exit_code in _PYTEST_ERRORS:
+        return JobStatus.ERROR, _PYTEST_ERRORS[exit_code]
+    if exit_code is not None and exit_code > 128:
+        try:
+            name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            name = f"signal {exit_code - 128}"
+        return JobStatus.ERROR, f"killed by {name} (exit {exit_code})"
+    return JobStatus.ERROR, f"the runner exited with status {exit_code}"
+
+
+_CAUSES = {2: "collection error", 3: "pytest internal error", 4: "pytest usage error",
+           EXIT_NOT_INSTALLED: "the commit could not be installed"}
+_EXCEPTION = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Warning|Exit|Interrupt)\b.*)$", re.M)
+_PYTEST_ERROR = re.compile(r"^(?:ERROR|error): (.+)$", re.M)
+
+
+def cause(exit_code: int | None, junit: bytes | None, log_head: bytes) -> str | None:
+    """The reason in words, naming what went wrong when the report or the log says it
+    ("collection error: ModuleNotFoundError: No module named 'hypothesis'"), for the
+    exits where pytest or the install did not get to run the tests; None otherwise."""
+    if exit_code not in _CAUSES:
+        return None
+    texts = [node.text or "" for node in _errors(junit)] + [log_head.decode("utf-8", "replace")]
+    for pattern in (_EXCEPTION, _PYTEST_ERROR):
+        for text in texts:
+            if found := pattern.search(text):
+                return f"{_CAUSES[exit_code]}: {found.group(1).strip()[:300]}"
+    return None
+
+
+def _errors(junit: bytes | None) -> list[ET.Element]:
+    try:
+        return list(ET.fromstring(junit).iter("error")) if junit else []
+    except ET.ParseError:
+        return []
+
+
+def parse_junit(data: bytes) -> TestCounts | None:
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    if root.tag not in ("testsuite", "testsuites"):
+        return None
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in totals:
+            try:
+                totals[key] += int(suite.get(key, "0"))
+            except ValueError:
+                return None
+    passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
+    return TestCounts(total=totals["tests"], passed=max(passed, 0), failed=totals["failures"],
+                      errors=totals["errors"], skipped=totals["skipped"])
+
+
+def failures(data: bytes, limit: int = 50) -> list[dict[str, str]]:
+    """The failed and errored test cases of a JUnit report, with their messages, for the
+    job page: what a user wants to see first."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return []
+    found = []
+    for case in root.iter("testcase"):
+        for kind in ("failure", "error"):
+            node = case.find(kind)
+            if node is not None:
+                found.append({
+                    "test": f"{case.get('classname', '')}::{case.get('name', '')}".strip(":"),
+                    "kind": kind,
+                    "message": (node.get("message") or "")[:2000],
+                    "details": (node.text or "")[:8000],
+                })
+                break
+        if len(found) >= limit:
+            break
+    return found
