@@ -3,13 +3,15 @@ as text only: nothing of the commit runs here (reading a pyproject.toml runs no 
 
 Test tools come from the first of: the ``[dependency-groups]`` group named test, tests,
 testing or dev (PEP 735; the first of these names the project uses); the
-``[project.optional-dependencies]`` extra of those names; the usual requirement files. The project's own ``[project].dependencies`` and its build backend
-(``[build-system].requires``) are added, so that the commit itself can be installed in
-the container. An explicit ``install`` in config.yaml replaces the test tools' detection.
+``[project.optional-dependencies]`` extra of those names; the usual requirement files.
+The project's own ``[project].dependencies`` (or setup.cfg's static ``install_requires``)
+and its build backend (``[build-system].requires``) are added, so that the commit itself
+can be installed in the container. An explicit ``install`` in config.yaml replaces the test tools' detection.
 """
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import re
 import tomllib
@@ -51,6 +53,10 @@ class Needs:
 def detect(src: Path, install: list[str] | None = None) -> Needs:
     """The needs of the checkout at ``src``; ``install`` (config.yaml) wins over detection."""
     project = _pyproject(src)
+    labels = ("project.dependencies", "project.optional-dependencies")
+    if "project" not in project and (static := _setup_cfg(src)):
+        project = {**project, "project": static}   # setuptools' declarative config, read as text too
+        labels = ("setup.cfg: install_requires", "setup.cfg: extras_require")
     install_project = (src / "pyproject.toml").is_file() or (src / "setup.py").is_file()
     found: list[str] = []
     sources: list[str] = []
@@ -60,16 +66,16 @@ def detect(src: Path, install: list[str] | None = None) -> Needs:
             _add_line(src, line, found, extras)
         sources.append("config: install")
     else:
-        tools, where = _test_tools(src, project, extras)
+        tools, where = _test_tools(src, project, extras, labels[1])
         found += tools
         sources += where
     deps = project.get("project", {}).get("dependencies", [])
     if deps:
-        found += _strings(deps, "project.dependencies")
-        sources.append("project.dependencies")
+        found += _strings(deps, labels[0])
+        sources.append(labels[0])
     for extra in extras:
         found += _strings(project.get("project", {}).get("optional-dependencies", {}).get(extra, []),
-                          f"project.optional-dependencies.{extra}")
+                          f"{labels[1]}.{extra}")
     backend = project.get("build-system", {}).get("requires", ["setuptools>=61", "wheel"] if install_project else [])
     if install_project:
         found += _strings(backend, "build-system.requires")
@@ -77,7 +83,7 @@ def detect(src: Path, install: list[str] | None = None) -> Needs:
     return Needs(tuple(sorted(set(found))), install_project, tuple(sources), tuple(extras))
 
 
-def _test_tools(src: Path, project: dict, extras: list[str]) -> tuple[list[str], list[str]]:
+def _test_tools(src: Path, project: dict, extras: list[str], extras_label: str) -> tuple[list[str], list[str]]:
     groups = project.get("dependency-groups", {})
     for name in TEST_NAMES:  # the first of these names that the project uses
         if name in groups:
@@ -86,7 +92,7 @@ def _test_tools(src: Path, project: dict, extras: list[str]) -> tuple[list[str],
     for name in TEST_NAMES:
         if name in optional:
             extras.append(name)
-            return [], [f"project.optional-dependencies: {name}"]
+            return [], [f"{extras_label}: {name}"]
     for pattern in REQUIREMENT_FILES:
         files = sorted(p for p in src.glob(pattern) if p.is_file())
         if files:
@@ -114,7 +120,8 @@ def _group(groups: dict, name: str, seen: set[str]) -> list[str]:
 
 
 def _read_requirements(src: Path, path: Path, out: list[str], extras: list[str], depth: int) -> None:
-    if depth > 5 or not path.resolve().is_relative_to(src.resolve()) or path.stat().st_size > MAX_FILE:
+    if depth > 5 or not path.is_file() or not path.resolve().is_relative_to(src.resolve()) or \
+            path.stat().st_size > MAX_FILE:
         raise BadDeclaration(f"{path.name}: not a requirements file of this commit")
     for raw in path.read_text(errors="replace").splitlines():
         line = raw.split(" #", 1)[0].strip()
@@ -143,15 +150,52 @@ def _strings(items: object, where: str) -> list[str]:
     return list(items)
 
 
-def _pyproject(src: Path) -> dict:
-    path = src / "pyproject.toml"
+def _read(src: Path, name: str) -> str | None:
+    """A declaration file of the commit, as text: None if absent."""
+    path = src / name
     if not path.is_file():
-        return {}
+        return None
     if not path.resolve().is_relative_to(src.resolve()):
-        raise BadDeclaration("pyproject.toml is a link out of the commit")
+        raise BadDeclaration(f"{name} is a link out of the commit")
     if path.stat().st_size > MAX_FILE:
-        raise BadDeclaration("pyproject.toml is larger than 1 MiB")
+        raise BadDeclaration(f"{name} is larger than 1 MiB")
+    return path.read_text(errors="replace")
+
+
+def _pyproject(src: Path) -> dict:
+    text = _read(src, "pyproject.toml")
     try:
-        return tomllib.loads(path.read_text(errors="replace"))
+        return tomllib.loads(text) if text is not None else {}
     except tomllib.TOMLDecodeError as exc:
         raise BadDeclaration(f"pyproject.toml: {exc}") from None
+
+
+def _setup_cfg(src: Path) -> dict:
+    """``[options] install_requires`` and ``[options.extras_require]`` of setup.cfg, as
+    ``[project]``'s dependencies and optional-dependencies (``file:`` names requirement
+    files); what only setup.py knows stays unknown: running it would run the commit's code."""
+    text = _read(src, "setup.cfg")
+    if text is None:
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise BadDeclaration(f"setup.cfg: {str(exc).splitlines()[0][:200]}") from None
+    found: dict = {}
+    if parser.has_option("options", "install_requires"):
+        found["dependencies"] = _cfg_list(src, parser.get("options", "install_requires"))
+    if parser.has_section("options.extras_require"):
+        found["optional-dependencies"] = {name: _cfg_list(src, value)
+                                          for name, value in parser.items("options.extras_require")}
+    return found
+
+
+def _cfg_list(src: Path, value: str) -> list[str]:
+    if value.strip().startswith("file:"):
+        lines: list[str] = []
+        for name in value.strip().removeprefix("file:").split(","):
+            _read_requirements(src, src / name.strip(), lines, [], depth=0)
+        return lines
+    return [line.split(" #", 1)[0].strip() for line in value.splitlines()
+            if line.strip() and not line.strip().startswith("#")]

@@ -54,6 +54,23 @@ def test_config_install_wins_over_detection(tmp_path: Path) -> None:
     assert needs.sources[0] == "config: install"
 
 
+def test_setup_cfg_is_read_as_text_and_setup_py_never_runs(tmp_path: Path) -> None:
+    src = checkout(tmp_path, {
+        "setup.py": "raise SystemExit('setup.py must not run on the host')\n",
+        "setup.cfg": "[metadata]\nname = p\n[options]\ninstall_requires =\n    attrs>=23  # for classes\n"
+                     "    # a comment\n    importlib-metadata; python_version < '3.10'\n"
+                     "[options.extras_require]\ntesting = file: requirements/testing.txt\ndocs = sphinx\n",
+        "requirements/testing.txt": "pytest>=8\n"})
+    needs = detect(src)
+    assert set(needs.requirements) == {"attrs>=23", "importlib-metadata; python_version < '3.10'", "pytest>=8",
+                                       "setuptools>=61", "wheel"}
+    assert needs.sources == ("setup.cfg: extras_require: testing", "setup.cfg: install_requires",
+                             "build-system.requires")
+    both = checkout(tmp_path / "both", {"pyproject.toml": '[project]\nname = "p"\ndependencies = ["rich"]\n',
+                                        "setup.cfg": "[options]\ninstall_requires = never-read\n"})
+    assert detect(both).requirements == ("rich", "setuptools>=61", "wheel")  # [project] wins, as in setuptools
+
+
 def test_nothing_declared_is_no_environment(tmp_path: Path) -> None:
     assert detect(checkout(tmp_path, {"tests/test_a.py": "def test_a(): pass\n"})).empty
 
@@ -72,6 +89,9 @@ def test_the_fingerprint_follows_the_declarations_only(tmp_path: Path) -> None:
     {"pyproject.toml": "[dependency-groups]\ntest = [42]\n"},
     {"pyproject.toml": "[project]\ndependencies = 'not a list'\n"},
     {"requirements.txt": "-r /etc/passwd\n"},
+    {"requirements.txt": "-r missing.txt\n"},
+    {"setup.cfg": "[options\ninstall_requires = x\n"},
+    {"setup.cfg": "[options.extras_require]\ntest = file: ../../etc/passwd\n"},
 ])
 def test_bad_declarations_are_one_clear_error(tmp_path: Path, files) -> None:
     with pytest.raises(BadDeclaration):
