@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from orchestrator import pythons
 from orchestrator.config import Config, load_config
 from orchestrator.errors import OrchestratorError, RepositoryError, UsageError
 
@@ -45,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     command("dispatcher", "run the dispatcher and its HTTP API only")
     p = command("observer", "watch the repositories and post new commits to a dispatcher")
     p.add_argument("--dispatcher-server", default="localhost:8888", metavar="HOST:PORT")
-    p = command("image", "build the runner image, or prune environment images")
+    p = command("image", "build the runner images, or prune environment images")
     p.add_argument("action", choices=["build", "prune"])
+    p.add_argument("--python", action="append", default=[], choices=list(pythons.OFFERED), metavar="VERSION",
+                   help="build: also the runner image of this Python (default: the versions the repositories use)")
     p.add_argument("--keep", type=int, default=1, metavar="N",
                    help="prune: environment images kept per repository, newest first (default 1)")
     p = command("status", "recent jobs as a table", remote=True)
@@ -159,10 +162,13 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
             removed = Environments(config.state_dir, backend).prune(keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
-        info = build(config, backend, lambda line: console.print(line, markup=False))
+        versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]
+        built = build(config, backend, lambda line: console.print(line, markup=False), versions)
     finally:
         backend.close()
-    console.print(f"[bold green]Built {info.tag}[/] ({info.id[7:19]}) in {time.monotonic() - started:.1f} s")
+    for info in built:
+        console.print(f"[bold green]Built {info.tag}[/] ({info.id[7:19]})")
+    console.print(f"in {time.monotonic() - started:.1f} s")
     return 0
 
 

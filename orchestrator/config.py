@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator import pythons
 from orchestrator.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -29,7 +30,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-PYTHONS = {"3.11": "bookworm"}  # the Python versions the runner images offer, and their Debian release
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
@@ -37,7 +37,7 @@ class RepositoryConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Annotated[str, Field(min_length=1, max_length=4096)]
     branches: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)] = ["*"]
-    python: str = "3.11"
+    python: str = pythons.DEFAULT
     install: Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=200)] | None = None
     command: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], Annotated[str, Field(max_length=10_000)]] = {}
@@ -48,8 +48,8 @@ class RepositoryConfig(_Strict):
     @field_validator("python")
     @classmethod
     def _offered(cls, version: str) -> str:
-        if version not in PYTHONS:
-            raise ValueError(f"Python {version!r} is not offered; the runner images offer {', '.join(sorted(PYTHONS))}")
+        if version not in pythons.OFFERED:
+            raise ValueError(f"Python {version!r} is not offered; the runner images offer {', '.join(pythons.OFFERED)}")
         return version
 
     @field_validator("install")
@@ -122,7 +122,7 @@ class DispatcherConfig(_Strict):
 class RunnerConfig(_Strict):
     docker_host: str | None = None
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*$")] = "ci-runner:latest"
-    base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = "python:3.12-slim"
+    base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = pythons.OFFERED[pythons.DEFAULT].base
     parallelism: Annotated[int, Field(ge=1, le=256)] = 2
     timeout: Annotated[float, Field(gt=0)] = 600
     memory: str = "1g"
@@ -139,6 +139,10 @@ class RunnerConfig(_Strict):
         if not _MEMORY.match(value) or memory_bytes(value) < 6 * 1024**2:
             raise ValueError(f"{value!r} is not a memory size of at least 6m like 512m or 1g")
         return value
+
+    def image_for(self, python: str) -> str:
+        """The runner image of a Python version (``base_image`` is the default version's FROM)."""
+        return pythons.runner_image(self.image, python)
 
 
 class NotifyConfig(_Strict):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds a minimal Debian image with Python 3 and pip, for hosts that reach no container
-# registry: debootstrap fills a root file system from the host's own Debian mirror and
-# `docker import` turns it into an image. Usage: bootstrap-base.sh TAG [SUITE]
+# Builds a minimal Debian image with Debian's Python 3 and pip from PyPI, for hosts that
+# reach no container registry: debootstrap fills a root file system from the host's own
+# Debian mirror and `docker import` turns it into an image. Usage: bootstrap-base.sh TAG [SUITE]
 set -euo pipefail
 
 tag=${1:?usage: bootstrap-base.sh TAG [SUITE]}
@@ -34,8 +34,19 @@ rootfs=$(mktemp -d "${TMPDIR:-/tmp}/orchestrator-rootfs.XXXXXX")
 trap 'rm -rf "$rootfs"' EXIT
 
 echo "bootstrap-base: debootstrap $suite from ${mirror:-the default mirror} (a few minutes)" >&2
-debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
+debootstrap --variant=minbase --include=python3,ca-certificates \
   "$suite" "$rootfs" ${mirror:+"$mirror"} >&2
+
+# pip from PyPI into /usr/local, as in the official python images, not Debian's python3-pip:
+# that one brings Debian's own copies of packaging, setuptools and friends, which pip cannot
+# uninstall when a project's environment needs other versions (uninstall-no-record-file).
+echo "bootstrap-base: installing pip from PyPI (downloaded on this host)" >&2
+python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
+  --dest "$rootfs/tmp/pip" pip >&2
+wheel=$(ls "$rootfs"/tmp/pip/pip-*.whl)
+chroot "$rootfs" env PIP_BREAK_SYSTEM_PACKAGES=1 python3 "/tmp/pip/${wheel##*/}/pip" install --quiet \
+  --no-index --no-cache-dir --disable-pip-version-check --root-user-action=ignore "/tmp/pip/${wheel##*/}" >&2
+rm -rf "$rootfs/tmp/pip"
 
 # Keep the image small: package caches and docs are not needed to run tests.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \

@@ -32,9 +32,9 @@ if ! timeout 20 docker info >/dev/null 2>&1; then
   timeout 20 docker info >/dev/null 2>&1 || { echo "setup: the Docker engine does not answer (see /var/log/orchestrator-dockerd.log)" >&2; exit 3; }
 fi
 
-say "Building the runner image (seconds when nothing changed)"
+say "Building the runner images, Python 3.11 and 3.13 (seconds when nothing changed)"
 config=$(mktemp -d)
 trap 'rm -rf "$config"' EXIT
 printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
   "$PWD" "$config" "$config" > "$config/config.yaml"
-python3 -m orchestrator image build -c "$config/config.yaml"
+python3 -m orchestrator image build -c "$config/config.yaml" --python 3.11 --python 3.13

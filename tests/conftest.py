@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.backends import connect
+from orchestrator import pythons
 from orchestrator.backends.image import build
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
@@ -39,13 +40,13 @@ def engine() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
-    """Build (or, when cached, just confirm) the runner image once per session."""
+    """Build (or, when cached, just confirm) the runner images, one per Python, once per session."""
     directory = tmp_path_factory.mktemp("image")
     (directory / "repo").mkdir()
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
     backend = connect(config.runner)
     try:
-        build(config, backend, lambda _line: None)
+        build(config, backend, lambda _line: None, pythons.OFFERED)
     finally:
         backend.close()
     return config.runner.image

@@ -1,8 +1,10 @@
-"""``orchestrator image build``: the runner image, built from ``Dockerfile.runner``.
+"""``orchestrator image build``: the runner images, one per Python version, built from
+``Dockerfile.runner``.
 
 Works where no registry is reachable: Python packages come from a wheelhouse the host
-fills with ``pip download``, and when the configured base image is neither on the
-engine nor pullable, ``runner_image/bootstrap-base.sh`` builds a Debian base locally.
+fills with ``pip download`` (pure-Python wheels, so one wheelhouse serves every version),
+and when a base image is neither on the engine nor pullable,
+``runner_image/bootstrap-base.sh`` builds that Python's Debian release locally.
 """
 
 from __future__ import annotations
@@ -10,18 +12,19 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
+from orchestrator import pythons
 from orchestrator.backends.base import ImageInfo
 from orchestrator.backends.docker import DockerBackend, engine_call
 from orchestrator.config import Config
 from orchestrator.errors import EngineUnavailable, OrchestratorError
+from orchestrator.pythons import Python
 
-FALLBACK_BASE = "orchestrator-base:bookworm"
 WHEEL_PYTHON = "3.9"  # oldest Python the wheelhouse serves; newer ones need a subset
 
 Say = Callable[[str], None]
@@ -57,9 +60,9 @@ def fill_wheelhouse(context: Path, say: Say) -> None:
     stamp.write_text(digest + "\n")
 
 
-def ensure_base(api: docker.APIClient, base: str, context: Path, say: Say) -> str:
-    """The base image to build FROM: the configured one if present or pullable, else the
-    local Debian fallback (built once with bootstrap-base.sh)."""
+def ensure_base(api: docker.APIClient, base: str, python: Python, context: Path, say: Say) -> str:
+    """The base image to build FROM: ``base`` if present or pullable, else the local Debian
+    base of ``python``'s release (built once with bootstrap-base.sh)."""
     if _exists(api, base):
         return base
     repo, _, tag = base.partition(":")
@@ -71,17 +74,19 @@ def ensure_base(api: docker.APIClient, base: str, context: Path, say: Say) -> st
     except (APIError, EngineUnavailable) as exc:
         reason = getattr(exc, "explanation", None) or str(exc)
         say(f"Base image {base} is not on this engine and cannot be pulled ({reason.splitlines()[0][:120]})")
-    if _exists(api, FALLBACK_BASE):
-        say(f"Using the local Debian base {FALLBACK_BASE} built earlier by runner_image/bootstrap-base.sh")
-        return FALLBACK_BASE
-    say(f"Building a Debian base image {FALLBACK_BASE} with runner_image/bootstrap-base.sh (debootstrap, a few minutes)")
+    fallback = python.fallback_base
+    if _exists(api, fallback):
+        say(f"Using the local Debian base {fallback} built earlier by runner_image/bootstrap-base.sh")
+        return fallback
+    say(f"Building a Debian {python.debian} base image {fallback} (Python {python.version}) with "
+        "runner_image/bootstrap-base.sh (debootstrap, a minute or more)")
     script = context / "runner_image" / "bootstrap-base.sh"
-    proc = subprocess.run(["bash", str(script), FALLBACK_BASE], stdout=subprocess.DEVNULL,
+    proc = subprocess.run(["bash", str(script), fallback, python.debian], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not _exists(api, FALLBACK_BASE):
+    if proc.returncode != 0 or not _exists(api, fallback):
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise OrchestratorError(f"building the Debian base image failed: {last}")
-    return FALLBACK_BASE
+        raise OrchestratorError(f"building the Debian base image {fallback} failed: {last}")
+    return fallback
 
 
 def _exists(api: docker.APIClient, tag: str) -> bool:
@@ -93,15 +98,22 @@ def _exists(api: docker.APIClient, tag: str) -> bool:
         return False
 
 
-def build(config: Config, backend: DockerBackend, say: Say) -> ImageInfo:
-    """Build the runner image on ``backend``'s engine."""
+def build(config: Config, backend: DockerBackend, say: Say, versions: Iterable[str] = (pythons.DEFAULT,)) -> list[ImageInfo]:
+    """Build the runner image of each Python version on ``backend``'s engine."""
     context = build_context(config)
     backend.ping()
     fill_wheelhouse(context, say)
-    base = ensure_base(backend.api, config.runner.base_image, context, say)
-    say(f"Building {config.runner.image} from Dockerfile.runner on {base}")
-    return build_image(backend, context, "Dockerfile.runner", config.runner.image, {"orchestrator.runner": "1"}, say,
-                       buildargs={"BASE_IMAGE": base})
+    built = []
+    for version in dict.fromkeys(versions):
+        python = pythons.OFFERED[version]
+        wanted = config.runner.base_image if version == pythons.DEFAULT else python.base
+        base = ensure_base(backend.api, wanted, python, context, say)
+        tag = config.runner.image_for(version)
+        say(f"Building {tag} (Python {version}) from Dockerfile.runner on {base}")
+        built.append(build_image(backend, context, "Dockerfile.runner", tag,
+                                 {"orchestrator.runner": "1", "orchestrator.python": version}, say,
+                                 buildargs={"BASE_IMAGE": base}))
+    return built
 
 
 def build_image(backend: DockerBackend, context: Path, dockerfile: str, tag: str, labels: dict[str, str], say: Say,

@@ -33,7 +33,7 @@ def setup(config: Config, backend: Backend, environments: Environments | None, r
     variables = {**repo.env, **({"ORCHESTRATOR_COMMAND": repo.command} if repo.command else {})}
     if repo.image:
         return Setup(backend.image(repo.image), variables)
-    runner = backend.image(config.runner.image)
+    runner = backend.image(config.runner.image_for(repo.python))
     try:
         needs = dataclasses.replace(detect(src, repo.install), system_packages=tuple(sorted(repo.system_packages)))
     except BadDeclaration as exc:

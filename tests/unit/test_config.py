@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import pythons
 from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
 
@@ -133,7 +134,16 @@ def test_directories_that_cannot_be_written_are_refused_at_start(tmp_path: Path,
 def test_a_python_the_images_do_not_offer_is_refused(tmp_path: Path, repo: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: '3.12'\n"))
-    assert "repositories[0].python" in str(info.value) and "offer 3.11" in str(info.value)
+    assert "repositories[0].python" in str(info.value) and "offer 3.11, 3.13" in str(info.value)
+
+
+def test_each_python_runs_in_its_own_runner_image(tmp_path: Path, repo: Path) -> None:
+    config = load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: '3.13'\n"
+                                         "runner:\n  image: registry.local:5000/ci/runner:v2\n"))
+    assert config.repositories[0].python == "3.13"
+    assert config.runner.image_for("3.11") == "registry.local:5000/ci/runner:v2"
+    assert config.runner.image_for("3.13") == "registry.local:5000/ci/runner:py3.13"
+    assert pythons.runner_image("localhost:5000/runner", "3.13") == "localhost:5000/runner:py3.13"
 
 
 @pytest.mark.parametrize("line", ["--index-url https://evil.example/simple", "-f /tmp/wheels", "-e git+https://x/y"])
