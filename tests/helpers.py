@@ -71,11 +71,13 @@ FAILING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n\ndef tes
 
 
 def write_config(directory: Path, repos: dict[str, Path], **overrides: object) -> Path:
-    """A config.yaml for the tests: state and results inside ``directory``."""
+    """A config.yaml for the tests: state and results inside ``directory``; ``repository``
+    holds keys for every repository."""
     runner = {"image": "ci-runner:latest", "timeout": 60, "parallelism": 2, "memory": "256m", "pids": 128}
     runner.update(overrides.pop("runner", {}))  # type: ignore[arg-type]
+    keys = dict(overrides.pop("repository", {}))  # type: ignore[call-overload]
     data: dict[str, object] = {
-        "repositories": [{"name": name, "url": str(path)} for name, path in repos.items()],
+        "repositories": [{"name": name, "url": str(path), **keys} for name, path in repos.items()],
         "poll_interval": 0.2,
         "state_dir": str(directory / "state"),
         "results_dir": str(directory / "results"),

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import pythons
 from orchestrator.backends.base import ImageInfo
 from orchestrator.backends.docker import DockerBackend
 from orchestrator.backends.image import build_image, find_images, installed_packages, remove_image
+from orchestrator.environment.debs import Apt
 from orchestrator.environment.needs import Needs
 from orchestrator.errors import OrchestratorError
 
@@ -33,7 +35,6 @@ log = logging.getLogger("orchestrator.environment")
 LABEL_ENVIRONMENT = "orchestrator.environment"
 LABEL_REPOSITORY = "orchestrator.repository"
 KEEP = 3   # environment images kept per repository, newest first
-GLIBC = {"3.11": 36, "3.13": 41}  # the glibc of the Debian release that offers each Python
 
 DOCKERFILE = """FROM {base}
 USER 0
@@ -75,10 +76,12 @@ class Environment:
 
 class Environments:
     def __init__(self, state_dir: Path, backend: DockerBackend):
+        self.state_dir = state_dir
         self.root = state_dir / "environments"
         self.backend = backend
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._apt = threading.Lock()
 
     def ensure(self, repository: str, needs: Needs, runner: ImageInfo, python: str,
                on_build: Callable[[], None] = lambda: None) -> Environment:
@@ -99,6 +102,13 @@ class Environments:
             self.prune(repository, keep=KEEP)
             return Environment(fingerprint, image, needs, python, built=True)
 
+    def log_of(self, repository: str, document: dict[str, Any] | None) -> Path | None:
+        """The build log of the environment a job's ``document`` names, if built for that job
+        (a reused environment's log belongs to the job that built it)."""
+        if not document or not document.get("built"):
+            return None
+        return self.root / repository / str(document["fingerprint"])[:16] / "environment.log"
+
     def _lock(self, fingerprint: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(fingerprint, threading.Lock())
@@ -114,7 +124,7 @@ class Environments:
             out.write(f"environment {fingerprint} for {repository}, Python {python}\n"
                       f"detected: {', '.join(needs.sources) or 'nothing'}\n\n")
             out.flush()
-            reason = self._system_packages(folder, needs.system_packages, runner, out) or \
+            reason = self._system_packages(folder, needs.system_packages, runner, python, out) or \
                 self._download(folder, python, out)
             if reason is None:
                 tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
@@ -128,33 +138,30 @@ class Environments:
         _write_json(folder / "failed.json", {"reason": reason})
         raise EnvironmentBroken(reason, log_path)
 
-    def _system_packages(self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, out) -> str | None:
+    def _system_packages(self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str,
+                         out) -> str | None:
         """The .deb files of ``packages`` and of what they depend on that the runner image
-        lacks, fetched on this host (``apt-get download`` runs no package script) into
-        ``folder/debs``; installed by dpkg in the image build. None, or apt's reason."""
+        lacks, from ``python``'s Debian release, fetched on this host into ``folder/debs``
+        (installed by dpkg in the image build). None, or apt's reason."""
         (folder / "debs").mkdir(exist_ok=True)
         if not packages:
             return None
-        depends = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
-                                  "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages],
-                                 capture_output=True, text=True)
-        if depends.returncode != 0:
-            return _apt_reason(depends.stderr, "apt-cache depends")
-        closure = {line.strip() for line in depends.stdout.splitlines() if line and not line.startswith((" ", "<"))}
-        missing = sorted(closure - installed_packages(self.backend, runner.id))
-        out.write(f"system packages: {', '.join(packages)}; fetching {', '.join(missing) or 'nothing'}\n")
-        if not missing:
-            return None
-        fetched = subprocess.run(["apt-get", "download", "--quiet", *missing], cwd=folder / "debs",
-                                 stdout=out, stderr=subprocess.PIPE, text=True)
-        out.write(fetched.stderr)
-        return None if fetched.returncode == 0 else _apt_reason(fetched.stderr, "apt-get download")
+        apt = Apt(pythons.OFFERED[python].debian, self.state_dir)
+        with self._apt:   # one apt at a time on a package tree
+            if failed := apt.refresh(out):
+                return failed
+            closure, failed = apt.closure(packages)
+            if failed:
+                return failed
+            missing = sorted(closure - installed_packages(self.backend, runner.id))
+            out.write(f"system packages: {', '.join(packages)}; fetching {', '.join(missing) or 'nothing'}\n")
+            return apt.download(missing, folder / "debs", out) if missing else None
 
     def _download(self, folder: Path, python: str, out) -> str | None:
         """Wheels for the requirements, for the container's Python and platform, into
         ``folder/wheels``; None, or the resolver's reason in one line."""
         (folder / "wheels").mkdir(exist_ok=True)
-        platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC[python], 16, -1)]
+        platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(pythons.OFFERED[python].glibc, 16, -1)]
         args = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary", ":all:",
                 "--python-version", python, "--implementation", "cp", "--dest", str(folder / "wheels"),
                 *(a for p in [*platforms, "manylinux2014_x86_64", "linux_x86_64", "any"] for a in ("--platform", p)),
@@ -179,11 +186,6 @@ class Environments:
                 if remove_image(self.backend, image["id"]):
                     removed.append((image["tags"] or [image["id"]])[0])
         return removed
-
-
-def _apt_reason(stderr: str, what: str) -> str:
-    errors = [line.removeprefix("E: ").strip() for line in stderr.splitlines() if line.startswith("E: ")]
-    return (errors[0] if errors else f"{what} failed")[:500]
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -207,9 +207,10 @@ class Attempt:
             with self._phase("collect"):
                 junit = self.ctx.backend.report(state.id, self.ws.out)
                 done = self._verdict(final, killed, started, junit, capped.truncated, capped.head())
+            built = self.ctx.environments.log_of(done.repository, done.environment) if self.ctx.environments else None
             try:
                 self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
-                                       self.timings)
+                                       self.timings, built)
             except OSError as exc:
                 raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
             crash_point("result-written")

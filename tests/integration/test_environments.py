@@ -36,9 +36,11 @@ def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_chan
     assert result["environment"]["detected"] == ["dependency-groups: test", "project.dependencies",
                                                  "build-system.requires"]
     assert result["timings"]["environment_s"] > 1
+    assert "Successfully installed" in orch.path(first, "environment.log").read_text()  # the job that built it
     same = orch.repo.commit("code only", project(note="# a change\n"))
     assert orch.cli("run", "--once").returncode == 0
     again = orch.result(same)
+    assert not orch.path(same, "environment.log").exists()
     assert again["environment"]["built"] is False and again["environment"]["fingerprint"] == \
         result["environment"]["fingerprint"] and again["timings"]["environment_s"] < 1
     two = [orch.repo.commit("new dependency", project('"packaging>=23", "iniconfig"')),
@@ -69,6 +71,24 @@ def test_a_dependency_that_cannot_be_resolved_is_an_error_with_its_log(orch) -> 
     assert orch.cli("run", "--once").returncode == 1
     assert orch.result(again)["message"] == result["message"]  # the recorded failure, not a new try
     assert orch.result(again)["timings"]["environment_s"] < 1
+
+
+def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> None:
+    """The trixie runner image: a compiled cp313 wheel, and a Debian package fetched from
+    trixie (not from the host's bookworm) by a private apt tree."""
+    sha = orch.repo.commit("3.13", {
+        "pyproject.toml": SRC_PYPROJECT.format(deps='"pyyaml>=6"'), "src/greet/__init__.py": "",
+        "tests/test_py313.py": "import shutil, sys, yaml\n\n"
+                               "def test_python_3_13():\n    assert sys.version_info[:2] == (3, 13)\n\n"
+                               "def test_a_compiled_cp313_wheel():\n    assert yaml.__with_libyaml__\n\n"
+                               "def test_a_trixie_package():\n    assert shutil.which('less')\n"})
+    orch.configure(runner={"timeout": 300}, repository={"python": "3.13", "system_packages": ["less"]})
+    assert orch.cli("run", "--once", timeout=600).returncode == 0, orch.log(sha).decode()[-2000:]
+    result = orch.result(sha)
+    assert result["tests"]["passed"] == 3
+    assert result["environment"]["python"] == "3.13" and result["environment"]["system_packages"] == ["less"]
+    log = orch.path(sha, "environment.log").read_text()
+    assert "trixie" in log and "cp313" in log
 
 
 def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
