@@ -45,8 +45,12 @@ def install_project() -> bool:
     if proc.returncode != 0:
         print(f"orchestrator: the commit could not be installed (pip exited {proc.returncode})", flush=True)
         return False
+    # PYTHONPATH puts the commit before the images' own copies (pluggy under test, not
+    # pytest's); the image's ci-out.pth keeps it importable for children that clear their
+    # environment; its console scripts go on PATH, as a virtual environment's would.
     sys.path.insert(0, SITE)
     os.environ["PYTHONPATH"] = SITE + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    os.environ["PATH"] = f"{SITE}/bin{os.pathsep}{os.environ.get('PATH', os.defpath)}"
     return True
 
 
