@@ -20,7 +20,10 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
-    for column in ("commit", "repository", "branch", "status", "tests", "duration", "attempts", "subject", "message"):
+    nodes = any(doc.get("node") for doc in documents)   # a column only where jobs ran on a Swarm
+    columns = ("commit", "repository", "branch", "status", "tests", "duration", "attempts", *(("node",) if nodes else ()),
+               "subject", "message")
+    for column in columns:
         table.add_column(column, no_wrap=column not in ("subject", "message", "branch"))
     for doc in documents:
         t = doc["tests"]
@@ -29,6 +32,7 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
         status = doc["status"]
         table.add_row(doc["commit"][:10], Text(doc["repository"]), Text(", ".join(doc["branches"])),
                       Text(status, style=_STYLE.get(status, "dim")), tests, duration, str(doc["attempts"]),
+                      *((Text(doc.get("node") or "-"),) if nodes else ()),
                       Text(_printable(doc["subject"])), Text(_printable(doc["message"] or "")))
     console = Console(highlight=False)
     if not console.is_terminal:

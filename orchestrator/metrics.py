@@ -55,6 +55,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.finished = Counter("orchestrator_jobs_finished_total", "Jobs finished, by final status",
                                 ["status"], registry=self.registry)
+        self.per_node = Counter("orchestrator_node_jobs_finished_total", "Jobs finished, by the Swarm node that ran them",
+                                ["node"], registry=self.registry)
         self.duration = Histogram("orchestrator_job_duration_seconds", "Container run time of finished jobs",
                                   buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=self.registry)
         self.engine_errors = Counter("orchestrator_engine_errors_total", "Docker engine calls that failed",
@@ -67,6 +69,8 @@ class Metrics:
 
     def job_finished(self, job: Job) -> None:
         self.finished.labels(status=job.status.value).inc()
+        if job.node:
+            self.per_node.labels(node=job.node).inc()
         if job.duration_s is not None:
             self.duration.observe(job.duration_s)
 

@@ -85,6 +85,7 @@ class Job:
     tests: TestCounts | None = None
     log_truncated: bool = False
     environment: dict[str, Any] | None = None   # what the attempt's environment was built from, if it had one
+    node: str | None = None                     # the machine that ran the attempt, on a Swarm
 
     @property
     def duration_s(self) -> float | None:
@@ -134,7 +135,7 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
     if new is JobStatus.RUNNING:
         base = dict(
             attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
-            message=None, container_id=None, tests=None, log_truncated=False, environment=None,
+            message=None, container_id=None, tests=None, log_truncated=False, environment=None, node=None,
         )
     elif new is JobStatus.QUEUED:
         base = dict(started_at=None, finished_at=None, container_id=None)

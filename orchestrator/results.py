@@ -41,6 +41,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "attempts": job.attempts,
         "image": {"tag": job.image_tag, "id": job.image_id},
         "container": job.container_id,
+        "node": job.node,
         "log_truncated": job.log_truncated,
         "environment": job.environment,
         "message": job.message,

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     log_truncated INTEGER NOT NULL DEFAULT 0,
     environment TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    node TEXT,
     UNIQUE (repository, commit_sha)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -49,7 +50,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 
 COLUMNS = (
     "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
-    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment"
+    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node"
 )
 
 
@@ -61,6 +62,8 @@ def create(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
     if "environment" not in columns:  # made before environments
         db.execute("ALTER TABLE jobs ADD COLUMN environment TEXT")
+    if "node" not in columns:  # made before the Swarm backend
+        db.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
 
 
 def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
@@ -71,14 +74,14 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
     cur = db.execute(
         "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
         " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-        " image_id = ?, tests = ?, log_truncated = ?, environment = ?,"
+        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?,"
         " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
         " WHERE id = ? AND status = ? AND attempts = ?",
         (
             new.status.value, new.attempts, iso(new.started_at), iso(new.finished_at), new.exit_code, new.message,
             new.container_id, new.image_tag, new.image_id,
             json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
-            json.dumps(new.environment) if new.environment is not None else None,
+            json.dumps(new.environment) if new.environment is not None else None, new.node,
             new.status.value, old.id, old.status.value, old.attempts,
         ),
     )
@@ -95,12 +98,12 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
 
 def job(row: tuple) -> Job:
     (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
-     exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment) = row
+     exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
         status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
         started_at=parse_iso(started_at), finished_at=parse_iso(finished_at), exit_code=exit_code,
         message=message, container_id=container_id, image_tag=image_tag, image_id=image_id,
         tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
-        environment=json.loads(environment) if environment else None,
+        environment=json.loads(environment) if environment else None, node=node,
     )

@@ -157,7 +157,7 @@ class Attempt:
             except EngineUnavailable:
                 state = self._settle_start(self.container_id)
         if self.release is None:
-            self._record(started_at=state.started_at or utcnow())
+            self._record(started_at=state.started_at or utcnow(), node=state.node)
         else:
             self.job = self.release.wait(ctx.abandon)
             self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id, started_at=utcnow(),
@@ -232,7 +232,7 @@ class Attempt:
         return transition(
             self.job, status, utcnow(), exit_code=final.exit_code, message=message,
             tests=parse_junit(junit) if junit else None, log_truncated=log_truncated,
-            started_at=started, finished_at=final.finished_at or utcnow(),
+            started_at=started, finished_at=final.finished_at or utcnow(), node=final.node or self.job.node,
         )
 
     # -- endings without a verdict, and clean-up ---------------------------------------
