@@ -159,11 +159,11 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
         if args.action == "prune":
             from orchestrator.environment.build import Environments
 
-            removed = Environments(config.state_dir, backend).prune(keep=max(0, args.keep))
+            removed = Environments(config.state_dir, backend.builder).prune(keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
         versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]
-        built = build(config, backend, lambda line: console.print(line, markup=False), versions)
+        built = build(config, backend.builder, lambda line: console.print(line, markup=False), versions)
     finally:
         backend.close()
     for info in built:

@@ -132,6 +132,16 @@ class RunnerConfig(_Strict):
     max_log_bytes: Annotated[int, Field(ge=1024)] = 10_000_000
     disk: str = "2g"
     tmp_size: str = "1g"
+    backend: Literal["docker", "swarm"] = "docker"
+    registry: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9._-]+)*$")] | None = None
+    constraints: Annotated[list[Annotated[str, Field(pattern=r"^[\w.-]+ *(==|!=) *[^\s]+$", max_length=500)]],
+                           Field(max_length=50)] = []
+
+    @model_validator(mode="after")
+    def _swarm_needs_a_registry(self) -> "RunnerConfig":
+        if self.backend == "swarm" and self.registry is None:
+            raise ValueError("backend swarm needs runner.registry (host:port of a registry every node reaches)")
+        return self
 
     @field_validator("memory", "disk", "tmp_size")
     @classmethod

@@ -79,7 +79,8 @@ class Dispatcher:
             if job is None:
                 break
             self._submit(job, None)
-        if self._warm.empty and not self._free_slots() and not self.ctx.abandon.is_set():
+        if self._warm.empty and not self._free_slots() and not self.ctx.abandon.is_set() and \
+                self.ctx.backend.warm_starts:
             self._start_warm()
 
     def _free_slots(self) -> bool:

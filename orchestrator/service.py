@@ -30,7 +30,8 @@ class Services:
         prepare_directories(config)
         self.store = Store(config.db_path)
         self.backend = connect(config.runner)
-        self.dispatcher = Dispatcher(config, self.store, self.backend, Environments(config.state_dir, self.backend))
+        environments = Environments(config.state_dir, self.backend.builder)
+        self.dispatcher = Dispatcher(config, self.store, self.backend, environments)
         self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
         observer = self.jobs.observer
         self.dispatcher.metrics.watch_repositories(observer.health, lambda: dict(observer.failures))

@@ -13,12 +13,17 @@ slot is free), so that all this overlaps the job before.
 ORCHESTRATOR_COMMAND replaces the default `pytest tests` (run by /bin/sh); pytest still
 writes its JUnit report, through PYTEST_ADDOPTS.
 
+With ORCHESTRATOR_REPORT_FRAME set (a Swarm task: no folder is shared with the dispatcher,
+and the container has no network), the JUnit report is printed at the end of the output,
+base64 between two lines naming that value, and the engine's log carries it back.
+
 Exit status: pytest's own (0 passed, 1 failed, 2 interrupted / collection error,
 3 internal error, 4 usage error, 5 no tests collected), or 100 when the commit has no
 tests directory, 101 when pytest is missing, 102 when the commit could not be installed.
 The orchestrator reads the verdict from this status, never from the log.
 """
 
+import base64
 import os
 import subprocess
 import sys
@@ -27,6 +32,7 @@ import time
 WORKSPACE = "/workspace"
 JUNIT = "/ci-out/junit.xml"
 SITE = "/ci-out/site"
+MAX_REPORT_BYTES = 20 * 1024 * 1024
 REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
 
 
@@ -82,5 +88,21 @@ def main() -> int:
     return int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"]))
 
 
+def print_report(frame: str) -> None:
+    """The JUnit report at the end of the output, framed (see the module's docstring)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with open(JUNIT, "rb") as fh:
+            report = fh.read(MAX_REPORT_BYTES + 1)
+    except OSError:
+        report = b""
+    body = base64.encodebytes(report).decode() if 0 < len(report) <= MAX_REPORT_BYTES else ""
+    os.write(1, f"\n{frame} begin\n{body}{frame} end\n".encode())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if os.environ.get("ORCHESTRATOR_REPORT_FRAME"):
+        print_report(os.environ["ORCHESTRATOR_REPORT_FRAME"])
+    sys.exit(status)

@@ -1,16 +1,21 @@
-"""Runner backends: where a job's container runs (the local engine now; a Swarm later)."""
+"""Runner backends: where a job's container runs (one Docker engine, or a Swarm)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.backends.docker import DockerBackend
+    from orchestrator.backends.base import Backend
     from orchestrator.config import RunnerConfig
 
 
-def connect(runner: "RunnerConfig") -> "DockerBackend":
+def connect(runner: "RunnerConfig") -> "Backend":
     """The backend ``runner`` names: the one place that picks it (it connects lazily)."""
+    if runner.backend == "swarm":
+        from orchestrator.backends.swarm import SwarmBackend
+
+        assert runner.registry is not None
+        return SwarmBackend(runner.docker_host, runner.registry, runner.constraints)
     from orchestrator.backends.docker import DockerBackend
 
     return DockerBackend(runner.docker_host)

@@ -29,6 +29,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.backends.docker import DockerBackend
 
 LABEL_INSTANCE = "orchestrator.instance"
 LABEL_JOB = "orchestrator.job"
@@ -76,6 +80,7 @@ class ContainerState:
     oom_killed: bool = False
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    node: str | None = None    # where it runs, on a backend of several machines
 
     @property
     def exited(self) -> bool:
@@ -89,6 +94,14 @@ class ImageInfo:
 
 
 class Backend(ABC):
+    warm_starts = True   # whether a container may start before its slot frees (runner_image's release file)
+
+    @property
+    @abstractmethod
+    def builder(self) -> "DockerBackend":
+        """The engine that builds images (runner, environments): the backend's own, or a
+        Swarm's manager."""
+
     @abstractmethod
     def ping(self) -> None: ...
 

@@ -73,6 +73,10 @@ class DockerBackend(Backend):
         self._attached: dict[str, _Stream] = {}  # prepared here: output streams opened before start
 
     @property
+    def builder(self) -> "DockerBackend":
+        return self
+
+    @property
     def api(self) -> docker.APIClient:
         """The docker-py client, connected on first use (also for building images)."""
         with self._lock:

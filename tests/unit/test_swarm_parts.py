@@ -1,0 +1,90 @@
+"""The Swarm backend's own logic, without an engine: the report's frame taken out of the
+output however the chunks fall, the job image's build context, task states. What the
+engine does with services is tested on a real Swarm (tests/swarm)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends.base import ContainerSpec, Phase
+from orchestrator.backends.swarm import SwarmBackend, _job_context
+from orchestrator.config import ConfigError, load_config
+from orchestrator.errors import ContainerGone
+
+FRAME = "--- orchestrator report svc"
+REPORT = b'<testsuites><testsuite tests="1"/></testsuites>'
+
+
+def framed_output(report: bytes) -> bytes:
+    body = base64.encodebytes(report).decode()
+    return f"line one\nline two\n\n{FRAME} begin\n{body}{FRAME} end\n".encode()
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
+def test_the_report_is_taken_out_of_the_output_whatever_the_chunks(size: int, monkeypatch) -> None:
+    backend = SwarmBackend(None, "registry.test:5000", [])
+    data = framed_output(REPORT)
+    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter(chunks))
+    assert b"".join(backend.logs("svc")) == b"line one\nline two\n\n"
+    assert backend.report("svc", Path("/nonexistent")) == REPORT
+    assert backend.report("svc", Path("/nonexistent")) == REPORT  # read again from the engine's log
+
+
+def test_output_without_a_frame_is_whole_and_there_is_no_report(monkeypatch) -> None:
+    backend = SwarmBackend(None, "registry.test:5000", [])
+    data = b"no frame here\n" * 100 + b"--- orchestrator report other begin\n"
+    assert b"".join(backend._without_report("svc", iter([data[:50], data[50:]]), FRAME)) == data
+    monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter([data]))
+    assert backend.report("svc", Path("/nonexistent")) is None
+
+
+def test_the_job_image_holds_exactly_the_checkout_even_with_a_dockerignore(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "tests").mkdir(parents=True)
+    (src / "tests" / "test_a.py").write_text("def test_a(): pass\n")
+    (src / ".dockerignore").write_text("tests\n")
+    spec = ContainerSpec(name="job", image="sha256:abc", labels={}, workspace=src, output_dir=tmp_path / "out",
+                         user="1000:1000", memory="1g", cpus=1, pids=64, network="none", log_max_bytes=1 << 20)
+    buffer = io.BytesIO()
+    _job_context(buffer, spec)
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        names = set(tar.getnames())
+        dockerfile = tar.extractfile("Dockerfile").read().decode()
+    assert {"src/tests/test_a.py", "src/.dockerignore"} <= names
+    assert dockerfile.startswith("FROM sha256:abc\n") and "COPY --chown=1000:1000 src /workspace" in dockerfile
+
+
+def task(state: str, exit_code: int | None = None, err: str = "") -> dict:
+    status = {"State": state, "Timestamp": "2026-11-28T10:00:00Z", "Err": err}
+    if exit_code is not None:
+        status["ContainerStatus"] = {"ExitCode": exit_code}
+    return {"Status": status, "NodeID": ""}
+
+
+def test_task_states() -> None:
+    backend = SwarmBackend(None, "registry.test:5000", [])
+    assert backend._task_state("s", {}, task("failed", 1)).exit_code == 1
+    assert backend._task_state("s", {}, task("complete", 0)).phase is Phase.EXITED
+    assert backend._task_state("s", {}, task("running")).phase is Phase.RUNNING
+    for lost in ("orphaned", "rejected", "shutdown"):
+        with pytest.raises(ContainerGone, match=lost):
+            backend._task_state("s", {}, task(lost, err="no suitable node"))
+    backend._stopped.add("s")  # removed by a timeout or a cancel: killed, as on one engine
+    assert backend._task_state("s", {}, task("shutdown")).exit_code == 137
+
+
+def test_swarm_needs_a_registry(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"repositories:\n  - name: a\n    url: {tmp_path}\nrunner:\n  backend: swarm\n")
+    with pytest.raises(ConfigError, match="runner: .*registry"):
+        load_config(path)
+    path.write_text(f"repositories:\n  - name: a\n    url: {tmp_path}\nrunner:\n  backend: swarm\n"
+                    "  registry: 10.0.0.1:5000\n  constraints: ['node.role==worker', 'node.labels.ci == true']\n")
+    assert load_config(path).runner.constraints == ["node.role==worker", "node.labels.ci == true"]
