@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# A real Docker Swarm on one machine, for tests and for trying the Swarm backend: this
+# host's engine is the manager; each worker is another dockerd in a network namespace of its
+# own, on a bridge this script creates; a registry (Debian's docker-registry) with a
+# self-signed certificate serves images to every node. Nothing here reaches any address but
+# the bridge's own.
+#
+#   swarm-testbed.sh up DIR [WORKERS]   prints KEY=VALUE lines: MANAGER, REGISTRY, WORKERn_HOST, WORKERn_PID
+#   swarm-testbed.sh restart DIR N      starts worker N's engine again (after a test killed it); prints its pid
+#   swarm-testbed.sh down DIR           ends everything `up` started there, by its own pids
+#
+# Names carry a prefix made from DIR, so that two test beds never touch each other's parts.
+set -euo pipefail
+
+action=${1:?usage: swarm-testbed.sh up|down DIR [WORKERS]}
+dir=$(realpath -m "${2:?usage: swarm-testbed.sh up|down DIR [WORKERS]}")
+workers=${3:-2}   # for restart: the worker's number
+prefix=ob$(printf '%s' "$dir" | md5sum | cut -c1-4)    # ob + 4 hex: names stay within IFNAMSIZ
+net=${SWARM_TESTBED_NET:-10.231.$((0x$(printf '%s' "$dir" | md5sum | cut -c5-6) % 200 + 20))}
+gateway=$net.1
+registry=$gateway:5000
+certs=/etc/docker/certs.d/$registry
+
+say() { printf 'swarm-testbed: %s\n' "$*" >&2; }
+
+end_pid() {   # TERM, then KILL after a while: only a pid this test bed recorded
+  local pid=$1 waited=0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [ $waited -lt 150 ]; do sleep 0.1; waited=$((waited + 1)); done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+down() {
+  set +e   # tear down as much as there is, whatever fails
+  [ -d "$dir" ] || return 0
+  for node in "$dir"/w*; do
+    [ -d "$node" ] || continue
+    if [ -f "$node/pid" ]; then
+      DOCKER_HOST=unix://$node/docker.sock timeout 10 docker swarm leave --force >/dev/null 2>&1 || true
+      end_pid "$(cat "$node/pid")"
+    fi
+    # A killed engine leaves its containerd and shims: they are ours when they name our folder.
+    for proc in /proc/[0-9]*; do
+      if tr '\0' ' ' < "$proc/cmdline" 2>/dev/null | grep -qF -- "$node/"; then end_pid "${proc#/proc/}"; fi
+    done
+    grep -F " $node/" /proc/mounts | awk '{print $2}' | sort -r | while read -r mount; do
+      umount -l "$mount" 2>/dev/null || true
+    done
+    ip netns del "${prefix}-$(basename "$node")" 2>/dev/null || true
+  done
+  [ -f "$dir/registry.pid" ] && end_pid "$(cat "$dir/registry.pid")"
+  if [ -f "$dir/manager" ]; then
+    timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
+  fi
+  ip link del "${prefix}br" 2>/dev/null || true
+  rm -rf "$certs"
+  rm -rf "$dir"
+}
+
+start_worker() {   # the engine of worker $1, in its namespace, under its own hostname
+  local i=$1 node=$dir/w$1
+  rm -f "$node/pid"
+  # nsenter, not `ip netns exec`, which remounts /sys and hides the cgroups from dockerd
+  nsenter --net="/var/run/netns/${prefix}-w$i" unshare --uts sh -c "hostname ${prefix}-w$i && exec dockerd \
+    --config-file $node/daemon.json --data-root $node/root --exec-root $node/exec --pidfile $node/pid \
+    -H unix://$node/docker.sock --iptables=false --ip-masq=false --bridge=none" >>"$node/dockerd.log" 2>&1 &
+  for _ in $(seq 1 150); do
+    [ -f "$node/pid" ] && DOCKER_HOST=unix://$node/docker.sock timeout 5 docker info >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  say "worker $i: its engine did not answer (see $node/dockerd.log)"
+  return 1
+}
+
+up() {
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != inactive ]; then
+    say "this host's engine is already part of a swarm; leave it first (docker swarm leave)"
+    exit 3
+  fi
+  mkdir -p "$dir"
+  command -v docker-registry >/dev/null || { say "docker-registry is missing (apt-get install docker-registry)"; exit 3; }
+
+  ip link add "${prefix}br" type bridge
+  ip addr add "$gateway/24" dev "${prefix}br"
+  ip link set "${prefix}br" up
+
+  say "registry on $registry (TLS, self-signed)"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$gateway" -addext "subjectAltName=IP:$gateway" \
+    -keyout "$dir/registry.key" -out "$dir/registry.crt" 2>/dev/null
+  mkdir -p "$certs" && cp "$dir/registry.crt" "$certs/ca.crt"
+  cat > "$dir/registry.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $dir/registry}, delete: {enabled: true}}
+http: {addr: "$registry", tls: {certificate: $dir/registry.crt, key: $dir/registry.key}}
+EOF
+  docker-registry serve "$dir/registry.yml" >"$dir/registry.log" 2>&1 &
+  echo $! > "$dir/registry.pid"
+
+  driver=$(docker info --format '{{.Driver}}')
+  say "manager: this host's engine, on $gateway"
+  docker swarm init --advertise-addr "$gateway" --listen-addr "$gateway:2377" >/dev/null
+  touch "$dir/manager"
+  token=$(docker swarm join-token -q worker)
+
+  for i in $(seq 1 "$workers"); do
+    node=$dir/w$i ns=${prefix}-w$i
+    mkdir -p "$node"
+    ip netns add "$ns"
+    ip link add "${prefix}h$i" type veth peer name "${prefix}p$i"
+    ip link set "${prefix}p$i" netns "$ns"
+    ip link set "${prefix}h$i" master "${prefix}br" up
+    ip netns exec "$ns" sh -c "ip addr add $net.$((i + 1))/24 dev ${prefix}p$i && ip link set ${prefix}p$i up && ip link set lo up"
+    printf '{"storage-driver": "%s", "log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "2"}}\n' \
+      "$driver" > "$node/daemon.json"
+    start_worker "$i"
+    DOCKER_HOST=unix://$node/docker.sock timeout 60 docker swarm join --token "$token" "$gateway:2377" >/dev/null
+    say "worker ${prefix}-w$i on $net.$((i + 1)) joined"
+  done
+  for _ in $(seq 1 100); do
+    curl -sf --cacert "$dir/registry.crt" "https://$registry/v2/" >/dev/null && break
+    sleep 0.1
+  done
+  echo "MANAGER=unix:///var/run/docker.sock"
+  echo "REGISTRY=$registry"
+  for i in $(seq 1 "$workers"); do
+    echo "WORKER${i}_HOST=unix://$dir/w$i/docker.sock"
+    echo "WORKER${i}_PID=$(cat "$dir/w$i/pid")"
+    echo "WORKER${i}_NAME=${prefix}-w$i"
+  done
+}
+
+case $action in
+  up) trap 'status=$?; [ $status -eq 0 ] || { say "set-up failed; tearing down"; down; }' EXIT; up ;;
+  restart) start_worker "${3:?usage: swarm-testbed.sh restart DIR N}" && cat "$dir/w$3/pid" ;;
+  down) down ;;
+  *) say "unknown action $action"; exit 2 ;;
+esac

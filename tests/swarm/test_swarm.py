@@ -1,0 +1,126 @@
+"""The Swarm backend on a real Swarm (tests/swarm/conftest.py): jobs spread over two
+workers, a worker's engine killed under a running job, the dispatcher killed and started
+again, a flood and a timeout, the registry away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import docker
+import pytest
+
+from tests.swarm.conftest import Testbed
+
+pytestmark = [pytest.mark.docker, pytest.mark.swarm]
+
+PASS = "import time\n\ndef test_one():\n    time.sleep({sleep})\n\ndef test_two():\n    assert 1 + 1 == 2\n"
+FAIL = "def test_broken():\n    assert 1 + 1 == 3\n\ndef test_fine():\n    pass\n"
+
+
+def commits(orch, count: int, sleep: float = 2, failing: int | None = None) -> list[str]:
+    return [orch.repo.commit(f"commit {i}", {"tests/test_a.py": (FAIL if i == failing else PASS).format(sleep=sleep),
+                                             "note.txt": f"{i}\n"}) for i in range(count)]
+
+
+def test_jobs_spread_over_the_workers_with_whole_results(swarm_orch, testbed: Testbed) -> None:
+    orch = swarm_orch
+    first = commits(orch, 1)[0]
+    orch.configure_swarm(parallelism=4, timeout=120)
+    assert orch.cli("run", "--once", timeout=300).returncode == 0, orch.log(first).decode()[-2000:]
+    shas = commits(orch, 4, failing=2)
+    run = orch.cli("run", "--once", timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]
+    nodes = set()
+    for i, sha in enumerate([first, *shas]):
+        result = orch.result(sha)
+        expected = ("failed", 1, 2, 1) if i == 3 else ("passed", 1, 2, 0)
+        assert (result["status"], result["attempts"], result["tests"]["total"], result["tests"]["failed"]) == \
+            expected, (result, orch.log(sha).decode()[-2000:])
+        assert result["node"] in testbed.workers
+        nodes.add(result["node"])
+        log = orch.log(sha).decode()
+        assert ("test_broken FAILED" if i == 3 else "test_two PASSED") in log and "orchestrator report" not in log
+        assert orch.path(sha, "junit.xml").read_bytes().startswith(b"<?xml")
+    assert nodes == set(testbed.workers)  # the engine placed them on both
+    status = orch.cli("status")
+    assert all(name in status.stdout for name in testbed.workers)
+
+
+def test_a_job_whose_worker_dies_runs_again_elsewhere(swarm_orch, testbed: Testbed,
+                                                      engine: docker.DockerClient) -> None:
+    orch = swarm_orch
+    sha = commits(orch, 1, sleep=18)[0]
+    orch.configure_swarm(parallelism=1, timeout=300)
+    dispatcher = orch.start("run", "--once")
+    node = orch.wait_for(lambda: running_node(engine, orch.instance()), timeout=120, interval=0.5)
+    os.kill(testbed.pids[node], signal.SIGKILL)   # the worker's engine, by its own pid
+    try:
+        out, err = dispatcher.communicate(timeout=240)
+        result = orch.result(sha)
+        assert (result["status"], result["attempts"]) == ("passed", 2), (result, err[-3000:])
+        assert result["node"] != node
+        history = result["attempt_history"]
+        assert history[0]["outcome"] == "retried" and f"node {node} lost" in history[0]["message"]
+    finally:
+        testbed.restart(node)
+        testbed.ready(engine, timeout=120)
+
+
+def running_node(engine: docker.DockerClient, instance: str) -> str | None:
+    for service in engine.services.list(filters={"label": f"orchestrator.instance={instance}"}):
+        for task in service.tasks():
+            if task["Status"]["State"] == "running":
+                return engine.nodes.get(task["NodeID"]).attrs["Description"]["Hostname"]
+    return None
+
+
+def test_a_dispatcher_killed_while_services_run_adopts_them(swarm_orch, testbed: Testbed,
+                                                            engine: docker.DockerClient) -> None:
+    orch = swarm_orch
+    commits(orch, 1, sleep=0)
+    orch.configure_swarm(parallelism=2, timeout=300)
+    assert orch.cli("run", "--once", timeout=300).returncode == 0
+    shas = commits(orch, 2, sleep=12)
+    first = orch.start("run")
+    orch.wait_for(lambda: sum(1 for s in engine.services.list(filters={"label": f"orchestrator.instance={orch.instance()}"})
+                              if any(t["Status"]["State"] == "running" for t in s.tasks())) == 2, timeout=120)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    again = orch.cli("run", "--once", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for sha in shas:
+        result = orch.result(sha)
+        assert (result["status"], result["attempts"], result["tests"]["passed"]) == ("passed", 1, 2)
+        assert "re-attached" in again.stderr
+
+
+def test_a_flood_and_a_timeout_behave_as_on_one_engine(swarm_orch) -> None:
+    orch = swarm_orch
+    flood = orch.repo.commit("flood", {"tests/test_flood.py": (
+        "import sys\n\ndef test_flood(capfd):\n    line = b'x' * (1024 * 1024 - 1) + b'\\n'\n"
+        "    with capfd.disabled():  # past pytest's capture, straight to the task's output\n"
+        "        for _ in range(20):\n            sys.stdout.buffer.write(line)\n        sys.stdout.flush()\n")})
+    orch.configure_swarm(parallelism=2, timeout=120, max_log_bytes=1_000_000)
+    orch.cli("run", "--once", timeout=300)
+    result = orch.result(flood)
+    assert result["status"] == "passed" and result["log_truncated"] is True and result["tests"]["passed"] == 1
+    log = orch.log(flood)
+    assert len(log) <= 1_000_000 + 200 and b"log truncated" in log and b"1 passed" in log
+    hang = orch.repo.commit("hang", {"tests/test_flood.py": "import time\n\ndef test_hang():\n    time.sleep(600)\n"})
+    orch.configure_swarm(parallelism=2, timeout=8)
+    started = time.monotonic()
+    assert orch.cli("run", "--once", timeout=300).returncode == 1
+    assert orch.result(hang)["status"] == "timed_out" and time.monotonic() - started < 120
+
+
+def test_a_registry_that_is_away_is_a_clear_error_after_retries(swarm_orch, testbed: Testbed) -> None:
+    orch = swarm_orch
+    sha = commits(orch, 1, sleep=0)[0]
+    host = testbed.registry.split(":")[0]
+    orch.configure_swarm(registry=f"{host}:5999", timeout=60)   # nothing listens there
+    assert orch.cli("run", "--once", timeout=300).returncode == 1
+    result = orch.result(sha)
+    assert result["status"] == "error" and result["attempts"] == 2   # retries: 1 in the tests' config
+    assert f"push to registry {host}:5999 failed" in result["message"]
