@@ -3,9 +3,9 @@ restart condition ``none``) that the engine places on a node; the dispatcher sti
 how many run at once.
 
 Nothing is shared between the dispatcher and a node but the registry and the engine's API:
-- the checkout travels as an image: a thin layer with exactly the commit's files on top of
-  the runner or environment image, pushed to ``runner.registry`` and run by digest, so every
-  node runs the same bytes;
+- the checkout travels as an image: one thin layer with exactly the commit's files on top
+  of the runner or environment image (a container of it, given the files and committed),
+  pushed to ``runner.registry`` and run by digest, so every node runs the same bytes;
 - the output comes back through the engine's log of the task, and the JUnit report at its
   end, framed (runner_image/entrypoint.py prints it when ORCHESTRATOR_REPORT_FRAME is set);
   the frame is kept out of the job's log.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import io
 import logging
 import tarfile
 import tempfile
@@ -39,7 +38,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.docker import DockerBackend, engine_call
 from orchestrator.config import memory_bytes
-from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, OrchestratorError
+from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing
 from orchestrator.models import parse_iso
 
 log = logging.getLogger("orchestrator.swarm")
@@ -70,6 +69,7 @@ class SwarmBackend(Backend):
         self._reports: dict[str, bytes | None] = {}   # framed reports taken out of live output
         self._stopped: set[str] = set()
         self._digests: dict[str, str] = {}            # service -> its job image's digest, for clean-up
+        self._networks: set[str] = set()              # job networks whose removal the engine refused so far
         self._nodes: dict[str, str] = {}              # node id -> hostname
 
     @property
@@ -84,6 +84,8 @@ class SwarmBackend(Backend):
         self.manager.ping()
 
     def close(self) -> None:
+        with contextlib.suppress(EngineUnavailable):
+            self._drain_networks()
         self.manager.close()
 
     def image(self, tag: str) -> ImageInfo:
@@ -100,18 +102,25 @@ class SwarmBackend(Backend):
         return spec.name
 
     def _push_job_image(self, spec: ContainerSpec) -> str:
+        """A container of ``spec.image`` (never started) gets the checkout put into it and is
+        committed: one layer, the labels in its config, faster than a build step and blind
+        to the commit's own .dockerignore. Pushed; the registry's digest is what runs."""
         tag = f"{self.registry}/{JOB_REPOSITORY}:{spec.name}"
-        with tempfile.TemporaryFile() as context:
-            _job_context(context, spec)
-            context.seek(0)
+        with tempfile.TemporaryFile() as archive:
+            _checkout_archive(archive, spec)
+            archive.seek(0)
             try:
-                with engine_call("build a job image"):
-                    for chunk in self.api.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
-                                                decode=True, labels=dict(spec.labels)):
-                        if "error" in chunk:
-                            raise OrchestratorError(f"job image build failed: {chunk['error'].strip()}")
+                with engine_call("create a job image"):
+                    created = self.api.create_container(spec.image, labels=dict(spec.labels), network_disabled=True)
             except NotFound:
                 raise ImageMissing(f"image {spec.image} is missing: run `orchestrator image build`") from None
+            try:
+                with engine_call("create a job image"):
+                    self.api.put_archive(created["Id"], "/", archive)
+                    self.api.commit(created["Id"], repository=f"{self.registry}/{JOB_REPOSITORY}", tag=spec.name)
+            finally:
+                with contextlib.suppress(NotFound, APIError), engine_call("remove a container"):
+                    self.api.remove_container(created["Id"], force=True)
         digest = None
         with engine_call("push a job image"):
             for chunk in self.api.push(f"{self.registry}/{JOB_REPOSITORY}", tag=spec.name, stream=True, decode=True):
@@ -187,10 +196,12 @@ class SwarmBackend(Backend):
             if at >= 0:
                 yield held[:at + 1]
                 rest = held[at + 1 + len(marker):]
-                for more in chunks:
-                    rest += more
-                    if len(rest) > 2 * MAX_REPORT_BYTES:
-                        break
+                end = marker[:-len(b" begin\n")] + b" end"
+                if end not in rest:   # a followed log does not end with its task: the frame's end does
+                    for more in chunks:
+                        rest += more
+                        if end in rest[-len(end) - len(more):] or len(rest) > 2 * MAX_REPORT_BYTES:
+                            break
                 with self._lock:
                     self._reports[service] = _decode(rest, marker[:-len(b" begin\n")])
                 return
@@ -301,18 +312,30 @@ class SwarmBackend(Backend):
             self._delete_from_registry(digest)
 
     def _remove_network(self, name: str) -> None:
-        """The job's network, once its task's container is gone from its node (a few
-        seconds after the service: until then the engine refuses, and the sweep retries)."""
-        for _ in range(40):
+        """The job's network, once its task's container is gone from its node: seconds
+        after the service, until when the engine refuses. Not waited for here (the next
+        job's slot would wait): tried again at each clean-up, and waited for at close."""
+        with self._lock:
+            self._networks.add(name)
+            pending = sorted(self._networks)
+        for network in pending:
             try:
                 with engine_call("remove a network"):
-                    self.api.remove_network(name)
-                return
+                    self.api.remove_network(network)
             except NotFound:
-                return
+                pass
             except APIError:
-                time.sleep(0.25)
-        log.warning("network %s stays for the next sweep", name)
+                continue   # its task's container is still being removed
+            with self._lock:
+                self._networks.discard(network)
+
+    def _drain_networks(self, seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds
+        while self._networks and time.monotonic() < deadline:
+            time.sleep(0.25)
+            self._remove_network(next(iter(self._networks)))
+        if self._networks:
+            log.warning("networks %s stay for the next sweep", ", ".join(sorted(self._networks)))
 
     def _service_digest(self, service: str) -> str | None:
         try:
@@ -346,17 +369,21 @@ class SwarmBackend(Backend):
             log.warning("registry %s: the manifest %s stays (%s)", self.registry, digest[:19], exc)
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
-        """Services with these labels, and job images that never became one (a crash
-        between push and start), as never-started containers: clean-up finds both."""
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        """Services with these labels; and job images and networks without one (a crash
+        between push and start, or before a network could go), as never-started
+        containers, so that clean-up finds them too."""
+        wanted = [f"{k}={v}" for k, v in labels.items()]   # a dict each: docker-py adds to what it is given
         with engine_call("list services"):
-            services = self.api.services(filters=filters)
+            services = self.api.services(filters={"label": list(wanted)})
         with engine_call("list job images"):
-            images = self.api.images(name=f"{self.registry}/{JOB_REPOSITORY}", filters=filters)
-        names = {service["Spec"]["Name"] for service in services}
-        states = [ContainerState(tag.rpartition(":")[2], Phase.CREATED, image.get("Labels") or {})
-                  for image in images for tag in image.get("RepoTags") or []
-                  if tag.rpartition(":")[2] not in names and tag.rpartition(":")[2] not in self._prepared]
+            images = self.api.images(name=f"{self.registry}/{JOB_REPOSITORY}", filters={"label": list(wanted)})
+        with engine_call("list job networks"):
+            networks = self.api.networks(filters={"label": list(wanted)})
+        leftovers = {tag.rpartition(":")[2]: image.get("Labels") or {}
+                     for image in images for tag in image.get("RepoTags") or []}
+        leftovers.update({network["Name"]: network.get("Labels") or {} for network in networks})
+        names = {service["Spec"]["Name"] for service in services} | set(self._prepared) | set(self._digests)
+        states = [ContainerState(name, Phase.CREATED, labels) for name, labels in leftovers.items() if name not in names]
         for service in services:
             try:
                 state = self.inspect(service["Spec"]["Name"])
@@ -372,17 +399,16 @@ class _RegistryError(ContainerGone):
     """The registry did not take the job's image: an infrastructure failure, retried."""
 
 
-def _job_context(out, spec: ContainerSpec) -> None:
-    """A build context (a tar) of the Dockerfile and the checkout, written here rather than
-    by docker-py, which would honour the commit's own .dockerignore."""
+def _checkout_archive(out, spec: ContainerSpec) -> None:
+    """The checkout as a tar of ``workspace/``, owned by the container's user."""
     uid, _, gid = spec.user.partition(":")
-    dockerfile = (f"FROM {spec.image}\nUSER 0\nCOPY --chown={uid}:{gid or uid} src {WORKSPACE}\n"
-                  f"USER {spec.user}\n").encode()
+
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid, info.uname, info.gname = int(uid), int(gid or uid), "", ""
+        return info
+
     with tarfile.open(fileobj=out, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, fileobj=io.BytesIO(dockerfile))
-        tar.add(str(spec.workspace), arcname="src", recursive=True)
+        tar.add(str(spec.workspace), arcname=WORKSPACE.lstrip("/"), recursive=True, filter=owned)
 
 
 def _resources(spec: ContainerSpec) -> Resources:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.base import ContainerSpec, Phase
-from orchestrator.backends.swarm import SwarmBackend, _job_context
+from orchestrator.backends.swarm import SwarmBackend, _checkout_archive
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import ContainerGone
 
@@ -36,6 +36,20 @@ def test_the_report_is_taken_out_of_the_output_whatever_the_chunks(size: int, mo
     assert backend.report("svc", Path("/nonexistent")) == REPORT  # read again from the engine's log
 
 
+def test_a_followed_log_ends_at_the_frame_though_the_stream_does_not(monkeypatch) -> None:
+    backend = SwarmBackend(None, "registry.test:5000", [])
+    data = framed_output(REPORT)
+
+    def endless(*_a, **_k):
+        yield data[:10]
+        yield data[10:]
+        raise AssertionError("read past the frame's end")
+
+    monkeypatch.setattr(backend, "_engine_log", endless)
+    assert b"".join(backend.logs("svc", follow=True)) == b"line one\nline two\n\n"
+    assert backend.report("svc", Path("/nonexistent")) == REPORT
+
+
 def test_output_without_a_frame_is_whole_and_there_is_no_report(monkeypatch) -> None:
     backend = SwarmBackend(None, "registry.test:5000", [])
     data = b"no frame here\n" * 100 + b"--- orchestrator report other begin\n"
@@ -44,21 +58,20 @@ def test_output_without_a_frame_is_whole_and_there_is_no_report(monkeypatch) -> 
     assert backend.report("svc", Path("/nonexistent")) is None
 
 
-def test_the_job_image_holds_exactly_the_checkout_even_with_a_dockerignore(tmp_path: Path) -> None:
+def test_the_checkout_archive_holds_every_file_owned_by_the_container_user(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "tests").mkdir(parents=True)
     (src / "tests" / "test_a.py").write_text("def test_a(): pass\n")
-    (src / ".dockerignore").write_text("tests\n")
+    (src / ".dockerignore").write_text("tests\n")   # means nothing here: no build context
     spec = ContainerSpec(name="job", image="sha256:abc", labels={}, workspace=src, output_dir=tmp_path / "out",
                          user="1000:1000", memory="1g", cpus=1, pids=64, network="none", log_max_bytes=1 << 20)
     buffer = io.BytesIO()
-    _job_context(buffer, spec)
+    _checkout_archive(buffer, spec)
     buffer.seek(0)
     with tarfile.open(fileobj=buffer) as tar:
-        names = set(tar.getnames())
-        dockerfile = tar.extractfile("Dockerfile").read().decode()
-    assert {"src/tests/test_a.py", "src/.dockerignore"} <= names
-    assert dockerfile.startswith("FROM sha256:abc\n") and "COPY --chown=1000:1000 src /workspace" in dockerfile
+        members = {m.name: m for m in tar.getmembers()}
+    assert {"workspace", "workspace/tests/test_a.py", "workspace/.dockerignore"} <= set(members)
+    assert {(m.uid, m.gid) for m in members.values()} == {(1000, 1000)}
 
 
 def task(state: str, exit_code: int | None = None, err: str = "") -> dict:
