@@ -1,0 +1,97 @@
+"""The Swarm figures: the per-job overhead of the Swarm backend against the single-engine
+backend on the same workload, and the parallel scaling with two workers, on a real Swarm
+made by scripts/swarm-testbed.sh (this host's engine as manager, two workers in network
+namespaces, a TLS registry).
+
+    python bench/swarm.py            # about 5 minutes on 2 cores
+    python bench/swarm.py --smoke    # a tiny workload
+
+Both backends run the same I/O-bound series in one run. Jobs go to the workers only
+(node.role==worker); a warm-up job first pushes the runner image's layers and lets each
+worker pull them, as any Swarm does once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import Bench  # noqa: E402
+from workloads import FULL, SMOKE, sh  # noqa: E402
+
+SCRIPT = ROOT / "scripts" / "swarm-testbed.sh"
+
+
+def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
+    repo = bench.repo("swarm-repo")
+    root = sh("git", "rev-parse", "HEAD", cwd=repo)
+    shas = bench.io_series(repo)
+    swarm = {"backend": "swarm", "registry": registry, "constraints": ["node.role==worker"]}
+    warm_up = bench.config(repo, None, **swarm)   # the head only: pushes and pulls the base layers
+    bench.orchestrator("run", "--once", config=warm_up)
+    out: dict = {"commits": len(shas), "by_parallelism": {}}
+    for n in parallelism:
+        row = {}
+        for backend, keys in (("docker", {}), ("swarm", swarm)):
+            config = bench.config(repo, root, parallelism=n, **keys)
+            seconds = bench.orchestrator("run", "--once", config=config)
+            results = bench.results(config, shas)
+            row[backend] = {"seconds": seconds, "all_passed": all(r["status"] == "passed" for r in results),
+                            "nodes": sorted({r.get("node") or "local" for r in results})}
+        out["by_parallelism"][str(n)] = row
+    one = out["by_parallelism"][str(parallelism[0])]
+    out["overhead_ratio"] = one["swarm"]["seconds"] / one["docker"]["seconds"]
+    out["overhead_per_job_s"] = (one["swarm"]["seconds"] - one["docker"]["seconds"]) / len(shas)
+    return out
+
+
+def table(result: dict) -> str:
+    lines = [f"Swarm backend, {result['commits']} I/O-bound commits, two workers", "",
+             "| parallelism | one engine | Swarm | Swarm / one engine | Swarm speed-up over its parallelism 1 | nodes used |",
+             "|---|---|---|---|---|---|"]
+    rows = result["by_parallelism"]
+    base = next(iter(rows.values()))["swarm"]["seconds"]
+    for n, row in rows.items():
+        d, s = row["docker"], row["swarm"]
+        lines.append(f"| {n} | {d['seconds']:.1f} s | {s['seconds']:.1f} s | {s['seconds'] / d['seconds']:.2f}× | "
+                     f"{base / s['seconds']:.2f}× | {', '.join(s['nodes'])} |")
+    lines += ["", f"Per-job overhead of the Swarm backend at parallelism 1: {result['overhead_per_job_s']:+.2f} s "
+                  f"({result['overhead_ratio']:.2f}× one engine)."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "swarm.json")
+    args = parser.parse_args()
+    sizes = SMOKE if args.smoke else FULL
+    work = Path(tempfile.mkdtemp(prefix="orchestrator-bench-swarm-"))
+    bed = work / "testbed"
+    up = subprocess.run(["bash", str(SCRIPT), "up", str(bed), "2"], capture_output=True, text=True, timeout=300)
+    try:
+        if up.returncode != 0:
+            print(up.stderr, file=sys.stderr)
+            return 3
+        facts = dict(line.split("=", 1) for line in up.stdout.split())
+        result = measure(Bench(work, sizes), facts["REGISTRY"], (1, 2, 4) if not args.smoke else (1, 2))
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "down", str(bed)], capture_output=True, timeout=300)
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
