@@ -164,10 +164,12 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
             return 0
         versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]
         built = build(config, backend.builder, lambda line: console.print(line, markup=False), versions)
+        published = [backend.publish(info) for info in built]
     finally:
         backend.close()
-    for info in built:
-        console.print(f"[bold green]Built {info.tag}[/] ({info.id[7:19]})")
+    for info, where in zip(built, published):
+        console.print(f"[bold green]Built {info.tag}[/] ({info.id[7:19]})" + (f", pushed as {where}" if where else ""),
+                      soft_wrap=True)   # a digest is copied, not read: never cut
     console.print(f"in {time.monotonic() - started:.1f} s")
     return 0
 

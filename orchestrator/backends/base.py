@@ -109,6 +109,11 @@ class Backend(ABC):
     def image(self, tag: str) -> ImageInfo:
         """The image to run, or ImageMissing."""
 
+    def publish(self, image: ImageInfo) -> str | None:
+        """Make a built image reachable by every machine that runs jobs; where it now is
+        (None: nothing to do, one engine runs everything)."""
+        return None
+
     @abstractmethod
     def prepare(self, spec: ContainerSpec) -> str:
         """Create the container, not started, with its output captured from the start."""

@@ -89,7 +89,23 @@ class SwarmBackend(Backend):
         self.manager.close()
 
     def image(self, tag: str) -> ImageInfo:
-        return self.manager.image(tag)   # built on the manager; pushed with each job's layer
+        return self.manager.image(tag)   # built on the manager; its layers reach the registry with each job's
+
+    def publish(self, image: ImageInfo) -> str:
+        """Push ``image`` (a runner image, by ``image build``) to the registry, so that the
+        first job's push and the workers' first pull find its layers there already."""
+        name = image.tag.rpartition("/")[2] if "/" in image.tag.partition(":")[0] else image.tag
+        repository, _, tag = name.partition(":")
+        target = f"{self.registry}/{repository}"
+        with engine_call("tag an image"):
+            self.api.tag(image.id, target, tag=tag or "latest")
+        digest = None
+        with engine_call("push an image"):
+            for chunk in self.api.push(target, tag=tag or "latest", stream=True, decode=True):
+                if "error" in chunk:
+                    raise _RegistryError(f"push to registry {self.registry} failed: {chunk['error'].strip()[:300]}")
+                digest = chunk.get("aux", {}).get("Digest", digest)
+        return f"{target}@{digest}"
 
     # -- the job's image --------------------------------------------------------------
 

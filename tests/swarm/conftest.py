@@ -87,9 +87,9 @@ def swarm_orch(orch, testbed: Testbed, engine: docker.DockerClient):
     assert not [t for t in tags if t.startswith(prefix)], f"registry tags left behind: {tags}"
 
 
-def registry_tags(testbed: Testbed) -> list[str]:
+def registry_tags(testbed: Testbed, repository: str = "orchestrator-job") -> list[str]:
     import requests
 
     ca = testbed.dir / "registry.crt"
-    resp = requests.get(f"https://{testbed.registry}/v2/orchestrator-job/tags/list", verify=str(ca), timeout=10)
+    resp = requests.get(f"https://{testbed.registry}/v2/{repository}/tags/list", verify=str(ca), timeout=10)
     return (resp.json().get("tags") or []) if resp.ok else []

@@ -11,7 +11,7 @@ import time
 import docker
 import pytest
 
-from tests.swarm.conftest import Testbed
+from tests.swarm.conftest import Testbed, registry_tags
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
 
@@ -124,3 +124,12 @@ def test_a_registry_that_is_away_is_a_clear_error_after_retries(swarm_orch, test
     result = orch.result(sha)
     assert result["status"] == "error" and result["attempts"] == 2   # retries: 1 in the tests' config
     assert f"push to registry {host}:5999 failed" in result["message"]
+
+
+def test_image_build_pushes_the_runner_images_to_the_registry(swarm_orch, testbed: Testbed) -> None:
+    orch = swarm_orch
+    orch.configure_swarm()
+    built = orch.cli("image", "build", "--python", "3.13", timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert f"pushed as {testbed.registry}/ci-runner@sha256:" in built.stderr
+    assert {"latest", "py3.13"} <= set(registry_tags(testbed, "ci-runner"))
