@@ -53,6 +53,9 @@ down() {
   if [ -f "$dir/manager" ]; then
     timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
   fi
+  if [ -f "$dir/gwbridge" ]; then
+    timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1 || true
+  fi
   ip link del "${prefix}br" 2>/dev/null || true
   rm -rf "$certs"
   rm -rf "$dir"
@@ -100,6 +103,8 @@ EOF
 
   driver=$(docker info --format '{{.Driver}}')
   say "manager: this host's engine, on $gateway"
+  # swarm init creates docker_gwbridge on this engine; leaving the swarm does not remove it
+  [ -n "$(docker network ls -q --filter name='^docker_gwbridge$')" ] || touch "$dir/gwbridge"
   docker swarm init --advertise-addr "$gateway" --listen-addr "$gateway:2377" >/dev/null
   touch "$dir/manager"
   token=$(docker swarm join-token -q worker)

@@ -94,8 +94,7 @@ class SwarmBackend(Backend):
     def publish(self, image: ImageInfo) -> str:
         """Push ``image`` (a runner image, by ``image build``) to the registry, so that the
         first job's push and the workers' first pull find its layers there already."""
-        name = image.tag.rpartition("/")[2] if "/" in image.tag.partition(":")[0] else image.tag
-        repository, _, tag = name.partition(":")
+        repository, _, tag = image.tag.rpartition("/")[2].partition(":")   # its own registry's name dropped
         target = f"{self.registry}/{repository}"
         with engine_call("tag an image"):
             self.api.tag(image.id, target, tag=tag or "latest")

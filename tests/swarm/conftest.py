@@ -44,6 +44,7 @@ class Testbed:
 @pytest.fixture(scope="session")
 def testbed(tmp_path_factory, engine: docker.DockerClient, runner_image: str):
     directory = tmp_path_factory.mktemp("swarm")
+    gwbridge_before = engine.networks.list(names=["docker_gwbridge"]) or None
     up = subprocess.run(["bash", str(SCRIPT), "up", str(directory), "2"], capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
@@ -58,6 +59,7 @@ def testbed(tmp_path_factory, engine: docker.DockerClient, runner_image: str):
                               timeout=300)
         assert down.returncode == 0, down.stderr[-3000:]
         assert engine.info()["Swarm"]["LocalNodeState"] == "inactive"
+        assert not (gwbridge_before is None and engine.networks.list(names=["docker_gwbridge"]))
 
 
 @pytest.fixture
