@@ -16,8 +16,6 @@ code, is ``ContainerGone``: an infrastructure failure, re-queued as a new attemp
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import logging
 import tarfile
@@ -34,9 +32,10 @@ from docker.types import ContainerSpec as TaskContainer
 from docker.types import DriverConfig, Mount, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
 
 from orchestrator.backends.base import (
-    MAX_REPORT_BYTES, OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
+    OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
 )
 from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.report_frame import FRAME_ENV, Unframed, frame
 from orchestrator.config import memory_bytes
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing
 from orchestrator.models import parse_iso
@@ -44,9 +43,9 @@ from orchestrator.models import parse_iso
 log = logging.getLogger("orchestrator.swarm")
 
 JOB_REPOSITORY = "orchestrator-job"     # the registry repository of the per-job images
-FRAME_ENV = "ORCHESTRATOR_REPORT_FRAME"
 _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
 _WAIT_POLL = 0.25
+NODE_CHECK = 2.0   # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
 
 
 @dataclass
@@ -71,6 +70,7 @@ class SwarmBackend(Backend):
         self._digests: dict[str, str] = {}            # service -> its job image's digest, for clean-up
         self._networks: set[str] = set()              # job networks whose removal the engine refused so far
         self._nodes: dict[str, str] = {}              # node id -> hostname
+        self._node_states: dict[str, tuple[float, bool]] = {}   # node id -> (when asked, down)
 
     @property
     def builder(self) -> DockerBackend:
@@ -98,13 +98,19 @@ class SwarmBackend(Backend):
         target = f"{self.registry}/{repository}"
         with engine_call("tag an image"):
             self.api.tag(image.id, target, tag=tag or "latest")
+        return f"{target}@{self._push(target, tag or 'latest')}"
+
+    def _push(self, repository: str, tag: str) -> str:
+        """Push ``repository:tag``; the digest the registry gave it, or _RegistryError."""
         digest = None
         with engine_call("push an image"):
-            for chunk in self.api.push(target, tag=tag or "latest", stream=True, decode=True):
+            for chunk in self.api.push(repository, tag=tag, stream=True, decode=True):
                 if "error" in chunk:
                     raise _RegistryError(f"push to registry {self.registry} failed: {chunk['error'].strip()[:300]}")
                 digest = chunk.get("aux", {}).get("Digest", digest)
-        return f"{target}@{digest}"
+        if digest is None:
+            raise _RegistryError(f"push to registry {self.registry} gave no digest")
+        return digest
 
     # -- the job's image --------------------------------------------------------------
 
@@ -136,15 +142,11 @@ class SwarmBackend(Backend):
             finally:
                 with contextlib.suppress(NotFound, APIError), engine_call("remove a container"):
                     self.api.remove_container(created["Id"], force=True)
-        digest = None
-        with engine_call("push a job image"):
-            for chunk in self.api.push(f"{self.registry}/{JOB_REPOSITORY}", tag=spec.name, stream=True, decode=True):
-                if "error" in chunk:
-                    self._untag(tag)
-                    raise _RegistryError(f"push to registry {self.registry} failed: {chunk['error'].strip()[:300]}")
-                digest = chunk.get("aux", {}).get("Digest", digest)
-        if digest is None:
-            raise _RegistryError(f"push to registry {self.registry} gave no digest")
+        try:
+            digest = self._push(f"{self.registry}/{JOB_REPOSITORY}", spec.name)
+        except _RegistryError:
+            self._untag(tag)
+            raise
         return f"{self.registry}/{JOB_REPOSITORY}@{digest}"
 
     # -- the service ------------------------------------------------------------------
@@ -157,7 +159,7 @@ class SwarmBackend(Backend):
         task = TaskTemplate(
             container_spec=TaskContainer(
                 image=prepared.image, user=spec.user, workdir=WORKSPACE, labels=dict(spec.labels),
-                env={**spec.environment, FRAME_ENV: _frame(spec.name)},
+                env={**spec.environment, FRAME_ENV: frame(spec.name)},
                 mounts=[Mount(OUTPUT_DIR, None, type="tmpfs", tmpfs_size=memory_bytes(spec.tmp_size)),
                         Mount("/tmp", None, type="tmpfs", tmpfs_size=memory_bytes(spec.tmp_size), tmpfs_mode=0o1777)],
                 init=True, cap_drop=["ALL"], stop_grace_period=0,
@@ -186,7 +188,7 @@ class SwarmBackend(Backend):
         return spec.name
 
     def output(self, container_id: str) -> Iterator[bytes]:
-        return self._without_report(container_id, self._live_log(container_id), _frame(container_id))
+        return self._without_report(container_id, self._live_log(container_id))
 
     def _live_log(self, container_id: str) -> Iterator[bytes]:
         """Followed from when the task runs (a log followed before there is a task ends at
@@ -201,35 +203,17 @@ class SwarmBackend(Backend):
         if state is not None and not state.exited:
             raise EngineUnavailable(f"the log of service {container_id} ended before its task")
 
-    def _without_report(self, service: str, chunks: Iterator[bytes], frame: str) -> Iterator[bytes]:
+    def _without_report(self, service: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The output up to the report's frame; the report is kept for ``report``."""
-        marker = frame.encode() + b" begin\n"
-        held = b""
-        for chunk in chunks:
-            held += chunk
-            at = held.find(b"\n" + marker)
-            if at >= 0:
-                yield held[:at + 1]
-                rest = held[at + 1 + len(marker):]
-                end = marker[:-len(b" begin\n")] + b" end"
-                if end not in rest:   # a followed log does not end with its task: the frame's end does
-                    for more in chunks:
-                        rest += more
-                        if end in rest[-len(end) - len(more):] or len(rest) > 2 * MAX_REPORT_BYTES:
-                            break
-                with self._lock:
-                    self._reports[service] = _decode(rest, marker[:-len(b" begin\n")])
-                return
-            keep = len(marker) + 1
-            if len(held) > keep:
-                yield held[:-keep]
-                held = held[-keep:]
-        if held:
-            yield held
+        unframed = Unframed(chunks, service)
+        yield from unframed
+        if unframed.found:
+            with self._lock:
+                self._reports[service] = unframed.report
 
     def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
         """The task's output through the engine, without the report's frame."""
-        return self._without_report(container_id, self._engine_log(container_id, follow), _frame(container_id))
+        return self._without_report(container_id, self._engine_log(container_id, follow))
 
     def _engine_log(self, container_id: str, follow: bool) -> Iterator[bytes]:
         try:
@@ -291,12 +275,19 @@ class SwarmBackend(Backend):
         return self._nodes.get(node_id, node_id[:12])
 
     def _node_down(self, node_id: str) -> bool:
+        """Asked of the engine at most every NODE_CHECK seconds per node: every running
+        job's watcher and log follower would otherwise ask four times a second."""
+        checked, down = self._node_states.get(node_id, (float("-inf"), False))
+        if time.monotonic() - checked < NODE_CHECK:
+            return down
         try:
             with engine_call("inspect a node"):
                 node = self.api.inspect_node(node_id)
+            down = node.get("Status", {}).get("State") in ("down", "disconnected")
         except NotFound:
-            return True
-        return node.get("Status", {}).get("State") in ("down", "disconnected")
+            down = True
+        self._node_states[node_id] = (time.monotonic(), down)
+        return down
 
     def report(self, container_id: str, output_dir: Path) -> bytes | None:
         with self._lock:
@@ -430,18 +421,3 @@ def _resources(spec: ContainerSpec) -> Resources:
     resources = Resources(cpu_limit=int(spec.cpus * 1e9), mem_limit=memory_bytes(spec.memory))
     resources["Limits"]["Pids"] = spec.pids   # Engine API 1.41; docker-py has no argument for it
     return resources
-
-
-def _frame(service: str) -> str:
-    return f"--- orchestrator report {service}"
-
-
-def _decode(framed: bytes, frame: bytes) -> bytes | None:
-    end = framed.find(frame + b" end")
-    if end < 0:
-        return None
-    try:
-        report = base64.b64decode(framed[:end], validate=False)
-    except (binascii.Error, ValueError):
-        return None
-    return report[:MAX_REPORT_BYTES] or None

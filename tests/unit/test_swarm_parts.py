@@ -53,7 +53,7 @@ def test_a_followed_log_ends_at_the_frame_though_the_stream_does_not(monkeypatch
 def test_output_without_a_frame_is_whole_and_there_is_no_report(monkeypatch) -> None:
     backend = SwarmBackend(None, "registry.test:5000", [])
     data = b"no frame here\n" * 100 + b"--- orchestrator report other begin\n"
-    assert b"".join(backend._without_report("svc", iter([data[:50], data[50:]]), FRAME)) == data
+    assert b"".join(backend._without_report("svc", iter([data[:50], data[50:]]))) == data
     monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter([data]))
     assert backend.report("svc", Path("/nonexistent")) is None
 
