@@ -216,7 +216,16 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> int:
-    document, stream = _jobs(config, args).open_log(_ref(args), follow=args.follow)
+    jobs = _jobs(config, args)
+    document, stream = jobs.open_log(_ref(args), follow=args.follow)
+    if stream is None and args.follow and document["status"] in ("queued", "running"):
+        # following a job that has no container yet (queued, or its image still being
+        # built or pushed) waits for it, as ``tail -f`` waits for a file's lines
+        print(f"orchestrator: job {document['id']} is {document['status']}: waiting for its container",
+              file=sys.stderr)
+        while stream is None and document["status"] in ("queued", "running"):
+            time.sleep(0.5)
+            document, stream = jobs.open_log(_ref(args), follow=True)
     if stream is None:
         print(f"orchestrator: job {document['id']} ({document['commit'][:12]}) is {document['status']}: no log yet",
               file=sys.stderr)

@@ -30,7 +30,7 @@ class Services:
         prepare_directories(config)
         self.store = Store(config.db_path)
         self.backend = connect(config.runner)
-        environments = Environments(config.state_dir, self.backend.builder)
+        environments = Environments(config.state_dir, self.backend.builder, self.backend.publish)
         self.dispatcher = Dispatcher(config, self.store, self.backend, environments)
         self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
         observer = self.jobs.observer

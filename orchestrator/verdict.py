@@ -18,6 +18,10 @@ from orchestrator.models import JobStatus, TestCounts
 EXIT_NO_TESTS_DIR = 100
 EXIT_NO_PYTEST = 101
 EXIT_NOT_INSTALLED = 102
+# Only where the entrypoint supervises the suite (a Swarm task: the dispatcher cannot
+# watch its workspace, nor the engine tell an OOM kill):
+EXIT_DISK_LIMIT = 103
+EXIT_OUT_OF_MEMORY = 104
 
 _PYTEST_ERRORS = {
     2: "collection error or interrupted run (pytest exit 2)",

@@ -17,23 +17,39 @@ With ORCHESTRATOR_REPORT_FRAME set (a Swarm task: no folder is shared with the d
 and the container has no network), the JUnit report is printed at the end of the output,
 base64 between two lines naming that value, and the engine's log carries it back.
 
+There, too, the dispatcher cannot watch the workspace, nor the engine tell an OOM kill:
+with ORCHESTRATOR_DISK_LIMITS set (JSON: [[[folder, ...], bytes], ...]) the suite runs in a
+child that this process supervises, ending it when any group of folders holds more than
+its bytes (exit 103), and telling an end by the kernel's OOM killer (exit 104) from the
+memory cgroup's count of OOM kills.
+
 Exit status: pytest's own (0 passed, 1 failed, 2 interrupted / collection error,
 3 internal error, 4 usage error, 5 no tests collected), or 100 when the commit has no
-tests directory, 101 when pytest is missing, 102 when the commit could not be installed.
+tests directory, 101 when pytest is missing, 102 when the commit could not be installed,
+103 over a disk limit, 104 out of memory (both only when supervising).
 The orchestrator reads the verdict from this status, never from the log.
 """
 
 import base64
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import traceback
 
 WORKSPACE = "/workspace"
 JUNIT = "/ci-out/junit.xml"
 SITE = "/ci-out/site"
 MAX_REPORT_BYTES = 20 * 1024 * 1024
 REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
+EXIT_DISK_LIMIT = 103
+EXIT_OUT_OF_MEMORY = 104
+WATCH_EVERY = 0.5           # as the dispatcher's DiskWatch on one engine
+MAX_ENTRIES = 1_000_000     # more files than that is over any limit
+OOM_COUNTERS = ("/sys/fs/cgroup/memory.events",              # cgroup v2
+                "/sys/fs/cgroup/memory/memory.oom_control")   # cgroup v1
 
 
 def wait_for_release(path: str) -> None:
@@ -101,8 +117,100 @@ def print_report(frame: str) -> None:
     os.write(1, f"\n{frame} begin\n{body}{frame} end\n".encode())
 
 
+def used(folders: list) -> int:
+    """Blocks held under ``folders`` (a sparse file costs what it uses), each inode once."""
+    seen, total, stack = set(), 0, list(folders)
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+        if len(seen) > MAX_ENTRIES:
+            return 1 << 62
+    return total
+
+
+def oom_kills() -> int:
+    for path in OOM_COUNTERS:
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def run_child() -> int:
+    """The suite in a child of its own process group (what it starts goes with it). The
+    child asks the OOM killer to take it before this process, which must live to tell."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child:
+        return child
+    os.setpgid(0, 0)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
+    status = 3
+    try:
+        status = main()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def supervised(limits: list) -> int:
+    oom_before = oom_kills()
+    child = run_child()
+    over = None
+    while True:
+        done, wait_status = os.waitpid(child, os.WNOHANG)
+        over = next(((folders, limit) for folders, limit in limits if used(folders) > limit), None)
+        if done or over:
+            break
+        time.sleep(WATCH_EVERY)
+    if over:
+        try:
+            os.killpg(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if not done:
+            os.waitpid(child, 0)
+        folders, limit = over
+        print(f"\norchestrator: more than {limit} bytes written into {' and '.join(folders)}: "
+              "the tests were stopped", flush=True)
+        return EXIT_DISK_LIMIT
+    if os.WIFSIGNALED(wait_status) and oom_kills() > oom_before:
+        print("\norchestrator: the tests were killed by the kernel at the memory limit", flush=True)
+        return EXIT_OUT_OF_MEMORY
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
 if __name__ == "__main__":
-    status = main()
+    limits = os.environ.get("ORCHESTRATOR_DISK_LIMITS")
+    status = supervised(json.loads(limits)) if limits else main()
     if os.environ.get("ORCHESTRATOR_REPORT_FRAME"):
         print_report(os.environ["ORCHESTRATOR_REPORT_FRAME"])
     sys.exit(status)

@@ -61,6 +61,7 @@ class ContainerSpec:
     log_max_bytes: int
     environment: dict[str, str] = field(default_factory=dict)
     tmp_size: str = "1g"       # the scratch space at /tmp (exec: suites run what they write there)
+    disk: str = "2g"           # what the workspace may hold (watched on the host; a bound of the task's own on a Swarm)
 
 
 class Phase(str, Enum):
@@ -78,6 +79,7 @@ class ContainerState:
     labels: dict[str, str]
     exit_code: int | None = None
     oom_killed: bool = False
+    over_disk: bool = False    # its workspace outgrew the disk limit (a backend that cannot watch it from the host)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     node: str | None = None    # where it runs, on a backend of several machines

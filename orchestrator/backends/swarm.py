@@ -3,12 +3,18 @@ restart condition ``none``) that the engine places on a node; the dispatcher sti
 how many run at once.
 
 Nothing is shared between the dispatcher and a node but the registry and the engine's API:
-- the checkout travels as an image: one thin layer with exactly the commit's files on top
-  of the runner or environment image (a container of it, given the files and committed),
-  pushed to ``runner.registry`` and run by digest, so every node runs the same bytes;
+- the checkout travels as an image (backends/registry.py), run by digest, so every node
+  runs the same bytes;
 - the output comes back through the engine's log of the task, and the JUnit report at its
   end, framed (runner_image/entrypoint.py prints it when ORCHESTRATOR_REPORT_FRAME is set);
-  the frame is kept out of the job's log.
+  the frame is kept out of the job's log;
+- what the dispatcher watches from the host on one engine, the task watches itself: the
+  entrypoint supervises the suite and exits EXIT_DISK_LIMIT when the workspace (or /tmp)
+  holds more than ``runner.disk`` (``runner.tmp_size``), EXIT_OUT_OF_MEMORY when the
+  kernel's OOM killer ended it (the engine reports no OOM flag for a task). Both live in
+  the task's own layer, not in a tmpfs: a Swarm tmpfs is noexec under API 1.41, and suites
+  run what they write there. The runner image leaves the runner user no other place to
+  write (Dockerfile.runner).
 
 A task whose node is lost, or that ends orphaned, rejected or shut down without an exit
 code, is ``ContainerGone``: an infrastructure failure, re-queued as a new attempt.
@@ -17,34 +23,34 @@ code, is ``ContainerGone``: an infrastructure failure, re-queued as a new attemp
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 from docker.errors import APIError, NotFound
 from docker.types import ContainerSpec as TaskContainer
-from docker.types import DriverConfig, Mount, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
+from docker.types import DriverConfig, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
 
 from orchestrator.backends.base import (
     OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
 )
 from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.registry import JobImages
 from orchestrator.backends.report_frame import FRAME_ENV, Unframed, frame
 from orchestrator.config import memory_bytes
-from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing
+from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.models import parse_iso
+from orchestrator.verdict import EXIT_DISK_LIMIT, EXIT_OUT_OF_MEMORY
 
 log = logging.getLogger("orchestrator.swarm")
 
-JOB_REPOSITORY = "orchestrator-job"     # the registry repository of the per-job images
 _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
 _WAIT_POLL = 0.25
+LIMITS_ENV = "ORCHESTRATOR_DISK_LIMITS"   # runner_image/entrypoint.py reads it
 NODE_CHECK = 2.0   # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
 
 
@@ -61,7 +67,7 @@ class SwarmBackend(Backend):
 
     def __init__(self, docker_host: str | None, registry: str, constraints: list[str], timeout: float = 30):
         self.manager = DockerBackend(docker_host, timeout)
-        self.registry = registry
+        self.images = JobImages(self.manager, registry)
         self.constraints = list(constraints)
         self._lock = threading.Lock()
         self._prepared: dict[str, _Prepared] = {}
@@ -92,62 +98,17 @@ class SwarmBackend(Backend):
         return self.manager.image(tag)   # built on the manager; its layers reach the registry with each job's
 
     def publish(self, image: ImageInfo) -> str:
-        """Push ``image`` (a runner image, by ``image build``) to the registry, so that the
-        first job's push and the workers' first pull find its layers there already."""
-        repository, _, tag = image.tag.rpartition("/")[2].partition(":")   # its own registry's name dropped
-        target = f"{self.registry}/{repository}"
-        with engine_call("tag an image"):
-            self.api.tag(image.id, target, tag=tag or "latest")
-        return f"{target}@{self._push(target, tag or 'latest')}"
-
-    def _push(self, repository: str, tag: str) -> str:
-        """Push ``repository:tag``; the digest the registry gave it, or _RegistryError."""
-        digest = None
-        with engine_call("push an image"):
-            for chunk in self.api.push(repository, tag=tag, stream=True, decode=True):
-                if "error" in chunk:
-                    raise _RegistryError(f"push to registry {self.registry} failed: {chunk['error'].strip()[:300]}")
-                digest = chunk.get("aux", {}).get("Digest", digest)
-        if digest is None:
-            raise _RegistryError(f"push to registry {self.registry} gave no digest")
-        return digest
+        return self.images.publish(image)
 
     # -- the job's image --------------------------------------------------------------
 
     def prepare(self, spec: ContainerSpec) -> str:
         """Build the job's image (the checkout on top of ``spec.image``) and push it; the
         service is created by ``start``: a service has no created-but-not-started state."""
-        image = self._push_job_image(spec)
+        image = self.images.push_job(spec)
         with self._lock:
             self._prepared[spec.name] = _Prepared(spec, image)
         return spec.name
-
-    def _push_job_image(self, spec: ContainerSpec) -> str:
-        """A container of ``spec.image`` (never started) gets the checkout put into it and is
-        committed: one layer, the labels in its config, faster than a build step and blind
-        to the commit's own .dockerignore. Pushed; the registry's digest is what runs."""
-        tag = f"{self.registry}/{JOB_REPOSITORY}:{spec.name}"
-        with tempfile.TemporaryFile() as archive:
-            _checkout_archive(archive, spec)
-            archive.seek(0)
-            try:
-                with engine_call("create a job image"):
-                    created = self.api.create_container(spec.image, labels=dict(spec.labels), network_disabled=True)
-            except NotFound:
-                raise ImageMissing(f"image {spec.image} is missing: run `orchestrator image build`") from None
-            try:
-                with engine_call("create a job image"):
-                    self.api.put_archive(created["Id"], "/", archive)
-                    self.api.commit(created["Id"], repository=f"{self.registry}/{JOB_REPOSITORY}", tag=spec.name)
-            finally:
-                with contextlib.suppress(NotFound, APIError), engine_call("remove a container"):
-                    self.api.remove_container(created["Id"], force=True)
-        try:
-            digest = self._push(f"{self.registry}/{JOB_REPOSITORY}", spec.name)
-        except _RegistryError:
-            self._untag(tag)
-            raise
-        return f"{self.registry}/{JOB_REPOSITORY}@{digest}"
 
     # -- the service ------------------------------------------------------------------
 
@@ -159,9 +120,7 @@ class SwarmBackend(Backend):
         task = TaskTemplate(
             container_spec=TaskContainer(
                 image=prepared.image, user=spec.user, workdir=WORKSPACE, labels=dict(spec.labels),
-                env={**spec.environment, FRAME_ENV: frame(spec.name)},
-                mounts=[Mount(OUTPUT_DIR, None, type="tmpfs", tmpfs_size=memory_bytes(spec.tmp_size)),
-                        Mount("/tmp", None, type="tmpfs", tmpfs_size=memory_bytes(spec.tmp_size), tmpfs_mode=0o1777)],
+                env={**spec.environment, FRAME_ENV: frame(spec.name), LIMITS_ENV: _limits(spec)},
                 init=True, cap_drop=["ALL"], stop_grace_period=0,
             ),
             resources=_resources(spec),
@@ -258,6 +217,7 @@ class SwarmBackend(Backend):
                 return ContainerState(service, Phase.EXITED, labels, exit_code=137, node=node)
             if state in ("complete", "failed") and exit_code is not None:
                 return ContainerState(service, Phase.EXITED, labels, exit_code=exit_code,
+                                      oom_killed=exit_code == EXIT_OUT_OF_MEMORY, over_disk=exit_code == EXIT_DISK_LIMIT,
                                       finished_at=parse_iso(status.get("Timestamp")), node=node)
             raise ContainerGone(f"task {state} on node {node or '?'} without an exit code: "
                                 f"{status.get('Err') or status.get('Message') or state}")
@@ -308,14 +268,12 @@ class SwarmBackend(Backend):
             prepared = self._prepared.pop(container_id, None)
             self._reports.pop(container_id, None)
             digest = prepared.image.rpartition("@")[2] if prepared else self._digests.pop(container_id, None)
-        digest = digest or self._service_digest(container_id) or self._image_digest(container_id)
+        digest = digest or self._service_digest(container_id) or self.images.local_digest(container_id)
         with contextlib.suppress(NotFound), engine_call("remove a service"):
             self.api.remove_service(container_id)
         self._stopped.discard(container_id)
         self._remove_network(container_id)
-        self._untag(f"{self.registry}/{JOB_REPOSITORY}:{container_id}")
-        if digest:
-            self._delete_from_registry(digest)
+        self.images.forget(container_id, digest)
 
     def _remove_network(self, name: str) -> None:
         """The job's network, once its task's container is gone from its node: seconds
@@ -351,29 +309,6 @@ class SwarmBackend(Backend):
             return None
         return image.rpartition("@")[2] or None
 
-    def _image_digest(self, service: str) -> str | None:
-        """The registry digest of a job image that never became a service (a crash between)."""
-        try:
-            with engine_call("inspect a job image"):
-                digests = self.api.inspect_image(f"{self.registry}/{JOB_REPOSITORY}:{service}").get("RepoDigests") or []
-        except NotFound:
-            return None
-        return next((d.rpartition("@")[2] for d in digests if d.startswith(f"{self.registry}/")), None)
-
-    def _untag(self, tag: str) -> None:
-        with contextlib.suppress(NotFound, APIError), engine_call("remove a job image"):
-            self.api.remove_image(tag, force=True)
-
-    def _delete_from_registry(self, digest: str) -> None:
-        """The job's manifest out of the registry (its blobs go with the registry's own
-        garbage collection); best effort: a registry that is away keeps one manifest."""
-        ca = Path("/etc/docker/certs.d") / self.registry / "ca.crt"
-        try:
-            requests.delete(f"https://{self.registry}/v2/{JOB_REPOSITORY}/manifests/{digest}", timeout=10,
-                            verify=str(ca) if ca.is_file() else True)
-        except requests.RequestException as exc:
-            log.warning("registry %s: the manifest %s stays (%s)", self.registry, digest[:19], exc)
-
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         """Services with these labels; and job images and networks without one (a crash
         between push and start, or before a network could go), as never-started
@@ -381,12 +316,9 @@ class SwarmBackend(Backend):
         wanted = [f"{k}={v}" for k, v in labels.items()]   # a dict each: docker-py adds to what it is given
         with engine_call("list services"):
             services = self.api.services(filters={"label": list(wanted)})
-        with engine_call("list job images"):
-            images = self.api.images(name=f"{self.registry}/{JOB_REPOSITORY}", filters={"label": list(wanted)})
         with engine_call("list job networks"):
             networks = self.api.networks(filters={"label": list(wanted)})
-        leftovers = {tag.rpartition(":")[2]: image.get("Labels") or {}
-                     for image in images for tag in image.get("RepoTags") or []}
+        leftovers = self.images.leftovers(wanted)
         leftovers.update({network["Name"]: network.get("Labels") or {} for network in networks})
         names = {service["Spec"]["Name"] for service in services} | set(self._prepared) | set(self._digests)
         states = [ContainerState(name, Phase.CREATED, labels) for name, labels in leftovers.items() if name not in names]
@@ -401,20 +333,10 @@ class SwarmBackend(Backend):
         return states
 
 
-class _RegistryError(ContainerGone):
-    """The registry did not take the job's image: an infrastructure failure, retried."""
-
-
-def _checkout_archive(out, spec: ContainerSpec) -> None:
-    """The checkout as a tar of ``workspace/``, owned by the container's user."""
-    uid, _, gid = spec.user.partition(":")
-
-    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid, info.gid, info.uname, info.gname = int(uid), int(gid or uid), "", ""
-        return info
-
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        tar.add(str(spec.workspace), arcname=WORKSPACE.lstrip("/"), recursive=True, filter=owned)
+def _limits(spec: ContainerSpec) -> str:
+    """The entrypoint's bounds: the workspace and the report's folder share ``disk`` (as
+    on one engine, where both are host folders watched together), /tmp has ``tmp_size``."""
+    return json.dumps([[[WORKSPACE, OUTPUT_DIR], memory_bytes(spec.disk)], [["/tmp"], memory_bytes(spec.tmp_size)]])
 
 
 def _resources(spec: ContainerSpec) -> Resources:

@@ -40,7 +40,9 @@ DOCKERFILE = """FROM {base}
 USER 0
 COPY debs /opt/environment/debs
 RUN if ls /opt/environment/debs/*.deb >/dev/null 2>&1; then dpkg -i /opt/environment/debs/*.deb; fi \\
- && rm -rf /opt/environment/debs
+ && rm -rf /opt/environment/debs \\
+ && find / -xdev -type f -perm /6000 -exec chmod a-s {{}} + \\
+ && find / -xdev -type d -perm -0002 ! -path /tmp -exec chmod o-w {{}} +
 COPY wheels /opt/environment/wheels
 COPY requirements.txt /opt/environment/requirements.txt
 RUN python3 -m pip install --no-index --find-links /opt/environment/wheels --no-cache-dir \\
@@ -75,10 +77,14 @@ class Environment:
 
 
 class Environments:
-    def __init__(self, state_dir: Path, backend: DockerBackend):
+    def __init__(self, state_dir: Path, backend: DockerBackend,
+                 publish: Callable[[ImageInfo], str | None] = lambda image: None):
+        """``publish`` makes a new environment image reachable by every machine that runs
+        jobs (Backend.publish: a Swarm's registry)."""
         self.state_dir = state_dir
         self.root = state_dir / "environments"
         self.backend = backend
+        self.publish = publish
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._apt = threading.Lock()
@@ -99,8 +105,19 @@ class Environments:
                 return Environment(fingerprint, ImageInfo(tag, image["id"]), needs, python, built=False)
             on_build()
             image = self._build(repository, needs, runner, python, fingerprint, folder)
+            self._publish(repository, image)
             self.prune(repository, keep=KEEP)
             return Environment(fingerprint, image, needs, python, built=True)
+
+    def _publish(self, repository: str, image: ImageInfo) -> None:
+        """Best effort: a registry that is away now gets the layers with the first job's push."""
+        try:
+            where = self.publish(image)
+        except OrchestratorError as exc:
+            log.warning("%s: environment %s not published (%s)", repository, image.tag, exc)
+            return
+        if where:
+            log.info("%s: environment %s published as %s", repository, image.tag, where)
 
     def log_of(self, repository: str, document: dict[str, Any] | None) -> Path | None:
         """The build log of the environment a job's ``document`` names, if built for that job

@@ -127,7 +127,7 @@ class Attempt:
             },
             workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
-            tmp_size=cfg.tmp_size,
+            tmp_size=cfg.tmp_size, disk=cfg.disk,
             environment={**variables, "CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
                          **(warm.environment() if self.release else {})},
         )
@@ -229,6 +229,9 @@ class Attempt:
             status, message = JobStatus.CANCELLED, "cancelled while running"
         elif killed is Kill.DISK:
             status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
+        elif final.over_disk:   # seen by the task itself (a Swarm), which watches /tmp too
+            status, message = JobStatus.ERROR, (f"disk limit exceeded: more than {cfg.disk} written into the "
+                                                f"workspace, or {cfg.tmp_size} into /tmp")
         return transition(
             self.job, status, utcnow(), exit_code=final.exit_code, message=message,
             tests=parse_junit(junit) if junit else None, log_truncated=log_truncated,

@@ -11,6 +11,8 @@ import time
 import docker
 import pytest
 
+from orchestrator.errors import OrchestratorError
+from orchestrator.store import Store
 from tests.swarm.conftest import Testbed, registry_tags
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
@@ -133,3 +135,77 @@ def test_image_build_pushes_the_runner_images_to_the_registry(swarm_orch, testbe
     assert built.returncode == 0, built.stderr[-2000:]
     assert f"pushed as {testbed.registry}/ci-runner@sha256:" in built.stderr
     assert {"latest", "py3.13"} <= set(registry_tags(testbed, "ci-runner"))
+
+
+DISK_FILL = ("def test_fill():\n    with open('big', 'wb') as fh:\n        for _ in range(200):\n"
+             "            fh.write(b'x' * (1 << 20))\n            fh.flush()\n    import time\n    time.sleep(30)\n")
+MEMORY_HOG = "def test_hog():\n    blocks = [bytearray(1 << 20) for _ in range(2000)]\n"
+CONFINED = '''import os, stat, subprocess, time
+
+def test_what_a_task_may_do(capfd):
+    for folder in ("/tmp", "/workspace"):   # write a program, and run it
+        path = os.path.join(folder, "prog.sh")
+        with open(path, "w") as fh:
+            fh.write("#!/bin/sh\\necho ran from $0\\n")
+        os.chmod(path, 0o755)
+        assert subprocess.run([path], capture_output=True, text=True).stdout == f"ran from {path}\\n"
+    for folder in ("/var/tmp", "/run/lock", "/usr/local/lib", "/etc"):   # nowhere else to write
+        assert not os.access(folder, os.W_OK), folder
+    setuid = [os.path.join(d, f) for d in ("/usr/bin", "/bin", "/usr/sbin") for f in os.listdir(d)
+              if os.lstat(os.path.join(d, f)).st_mode & (stat.S_ISUID | stat.S_ISGID)]
+    assert setuid == []
+    import six   # the environment's, published to the registry by the build
+    with capfd.disabled():   # past pytest's capture, to the task's output as it happens
+        for i in range(8):
+            print(f"live line {i}", flush=True)
+            time.sleep(1)
+'''
+
+
+def test_the_task_keeps_its_own_limits_and_its_log_is_followed_live(swarm_orch, testbed: Testbed,
+                                                                    engine: docker.DockerClient) -> None:
+    """What the dispatcher watches from the host on one engine, a task watches itself: the
+    disk limit and the OOM killer give the same reasons; /tmp and the workspace run
+    programs; nothing else is writable, nothing setuid; a running job's log is followed live
+    through the engine, and a new environment image is in the registry before any job's push."""
+    orch = swarm_orch
+    fill = orch.repo.commit("fill the disk", {"tests/test_a.py": DISK_FILL})
+    orch.configure_swarm(parallelism=2, timeout=120, disk="60m")
+    assert orch.cli("run", "--once", timeout=300).returncode == 1
+    result = orch.result(fill)
+    assert (result["status"], result["attempts"]) == ("error", 1), result
+    assert result["message"].startswith("disk limit exceeded: more than 60m written into the workspace")
+    assert b"the tests were stopped" in orch.log(fill)
+
+    hog = orch.repo.commit("eat the memory", {"tests/test_a.py": MEMORY_HOG})
+    confined = orch.repo.commit("stay inside", {"tests/test_a.py": CONFINED, "pyproject.toml": (
+        '[project]\nname = "confined"\nversion = "0"\ndependencies = ["six"]\n')})
+    orch.configure_swarm(parallelism=2, timeout=180)
+    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):   # built anew here
+        engine.images.remove(image.id, force=True)
+    dispatcher = orch.start("run", "--once")
+    try:
+        orch.wait_for(lambda: status_of(orch, confined) in ("queued", "running"), timeout=240, interval=0.5)
+        follow = orch.cli("logs", confined[:12], "--follow", timeout=120)
+        dispatcher.communicate(timeout=240)
+    finally:
+        if dispatcher.poll() is None:
+            dispatcher.kill()
+    assert "live line 0" in follow.stdout and "live line 7" in follow.stdout, (follow.stdout[-2000:], follow.stderr)
+    assert "orchestrator report" not in follow.stdout
+    result = orch.result(confined)
+    assert (result["status"], result["tests"]["passed"]) == ("passed", 1), orch.log(confined).decode()[-3000:]
+    assert registry_tags(testbed, "orchestrator-env/demo")
+    result = orch.result(hog)
+    assert (result["status"], result["message"]) == ("error", "out of memory: killed at the 256m memory limit"), result
+    assert b"killed by the kernel at the memory limit" in orch.log(hog)
+
+
+def status_of(orch, sha: str) -> str | None:
+    store = Store(orch.config.db_path)
+    try:
+        return store.find(sha, "demo").status.value
+    except OrchestratorError:
+        return None
+    finally:
+        store.close()

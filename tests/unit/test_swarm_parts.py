@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.base import ContainerSpec, Phase
-from orchestrator.backends.swarm import SwarmBackend, _checkout_archive
+from orchestrator.backends.registry import checkout_archive
+from orchestrator.backends.swarm import SwarmBackend
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import ContainerGone
 
@@ -66,11 +67,11 @@ def test_the_checkout_archive_holds_every_file_owned_by_the_container_user(tmp_p
     spec = ContainerSpec(name="job", image="sha256:abc", labels={}, workspace=src, output_dir=tmp_path / "out",
                          user="1000:1000", memory="1g", cpus=1, pids=64, network="none", log_max_bytes=1 << 20)
     buffer = io.BytesIO()
-    _checkout_archive(buffer, spec)
+    checkout_archive(buffer, spec)
     buffer.seek(0)
     with tarfile.open(fileobj=buffer) as tar:
         members = {m.name: m for m in tar.getmembers()}
-    assert {"workspace", "workspace/tests/test_a.py", "workspace/.dockerignore"} <= set(members)
+    assert {"workspace", "workspace/tests/test_a.py", "workspace/.dockerignore", "ci-out"} <= set(members)
     assert {(m.uid, m.gid) for m in members.values()} == {(1000, 1000)}
 
 
@@ -85,6 +86,9 @@ def test_task_states() -> None:
     backend = SwarmBackend(None, "registry.test:5000", [])
     assert backend._task_state("s", {}, task("failed", 1)).exit_code == 1
     assert backend._task_state("s", {}, task("complete", 0)).phase is Phase.EXITED
+    assert backend._task_state("s", {}, task("failed", 104)).oom_killed  # the entrypoint saw the OOM killer
+    assert backend._task_state("s", {}, task("failed", 103)).over_disk   # ... the workspace over runner.disk
+    assert not backend._task_state("s", {}, task("failed", 1)).over_disk
     assert backend._task_state("s", {}, task("running")).phase is Phase.RUNNING
     for lost in ("orphaned", "rejected", "shutdown"):
         with pytest.raises(ContainerGone, match=lost):
@@ -101,3 +105,11 @@ def test_swarm_needs_a_registry(tmp_path: Path) -> None:
     path.write_text(f"repositories:\n  - name: a\n    url: {tmp_path}\nrunner:\n  backend: swarm\n"
                     "  registry: 10.0.0.1:5000\n  constraints: ['node.role==worker', 'node.labels.ci == true']\n")
     assert load_config(path).runner.constraints == ["node.role==worker", "node.labels.ci == true"]
+
+
+def test_a_published_image_keeps_its_path_and_loses_only_a_registry() -> None:
+    from orchestrator.backends.registry import _without_registry
+    assert _without_registry("ci-runner:latest") == "ci-runner:latest"
+    assert _without_registry("orchestrator-env/demo:0123") == "orchestrator-env/demo:0123"
+    assert _without_registry("registry.example:5000/ci-runner:py3.13") == "ci-runner:py3.13"
+    assert _without_registry("localhost/team/ci-runner") == "team/ci-runner"
