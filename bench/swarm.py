@@ -5,6 +5,7 @@ namespaces, a TLS registry).
 
     python bench/swarm.py            # about 5 minutes on 2 cores
     python bench/swarm.py --smoke    # a tiny workload
+    python bench/swarm.py --registry HOST:PORT   # on the Swarm this engine already manages
 
 Both backends run the same I/O-bound series in one run. Jobs go to the workers only
 (node.role==worker); a warm-up job first pushes the runner image's layers and lets each
@@ -73,19 +74,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "swarm.json")
+    parser.add_argument("--registry", help="use the Swarm this engine manages, with this registry, "
+                                           "instead of making a test bed")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="orchestrator-bench-swarm-"))
     bed = work / "testbed"
-    up = subprocess.run(["bash", str(SCRIPT), "up", str(bed), "2"], capture_output=True, text=True, timeout=300)
     try:
-        if up.returncode != 0:
-            print(up.stderr, file=sys.stderr)
-            return 3
-        facts = dict(line.split("=", 1) for line in up.stdout.split())
-        result = measure(Bench(work, sizes), facts["REGISTRY"], (1, 2, 4) if not args.smoke else (1, 2))
+        registry = args.registry
+        if registry is None:
+            up = subprocess.run(["bash", str(SCRIPT), "up", str(bed), "2"], capture_output=True, text=True, timeout=300)
+            if up.returncode != 0:
+                print(up.stderr, file=sys.stderr)
+                return 3
+            registry = dict(line.split("=", 1) for line in up.stdout.split())["REGISTRY"]
+        result = measure(Bench(work, sizes), registry, (1, 2, 4) if not args.smoke else (1, 2))
     finally:
-        subprocess.run(["bash", str(SCRIPT), "down", str(bed)], capture_output=True, timeout=300)
+        if args.registry is None:
+            subprocess.run(["bash", str(SCRIPT), "down", str(bed)], capture_output=True, timeout=300)
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,9 +4,13 @@ again, a flood and a timeout, the registry away."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -209,3 +213,18 @@ def status_of(orch, sha: str) -> str | None:
         return None
     finally:
         store.close()
+
+
+def test_the_swarm_benchmark_runs(testbed: Testbed, tmp_path: Path) -> None:
+    """A tiny run of bench/swarm.py on this session's Swarm, so that it keeps working (its
+    figures belong in the README, not in assertions)."""
+    out = tmp_path / "swarm.json"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "swarm.py"
+    proc = subprocess.run([sys.executable, str(bench), "--smoke", "--registry", testbed.registry, "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for row in result["by_parallelism"].values():
+        assert row["docker"]["all_passed"] and row["swarm"]["all_passed"], row
+        assert set(row["swarm"]["nodes"]) <= set(testbed.workers)
+    assert "| parallelism | one engine | Swarm |" in proc.stdout
