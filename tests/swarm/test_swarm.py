@@ -1,6 +1,7 @@
 """The Swarm backend on a real Swarm (tests/swarm/conftest.py): jobs spread over two
 workers, a worker's engine killed under a running job, the dispatcher killed and started
-again, a flood and a timeout, the registry away."""
+again, a flood and a timeout, the registry away, the limits a task keeps itself, a live
+log, and a smoke run of the Swarm benchmark."""
 
 from __future__ import annotations
 
