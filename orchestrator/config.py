@@ -124,6 +124,7 @@ class RunnerConfig(_Strict):
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*$")] = "ci-runner:latest"
     base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = pythons.OFFERED[pythons.DEFAULT].base
     parallelism: Annotated[int, Field(ge=1, le=256)] = 2
+    warm: Annotated[int, Field(ge=0, le=256)] | None = None   # jobs started ahead of a free slot; None: parallelism
     timeout: Annotated[float, Field(gt=0)] = 600
     memory: str = "1g"
     cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0

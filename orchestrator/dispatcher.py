@@ -1,7 +1,7 @@
 """Schedules queued jobs onto at most ``runner.parallelism`` slots, one container each.
 
 The store is the queue: the dispatcher keeps no list of pending jobs of its own, only
-the futures of the attempts running now and the one warm job. Before it takes new work
+the futures of the attempts running now and of the jobs waiting warm (run/warm.py). Before it takes new work
 it recovers what an earlier process left (``run/recovery.py``).
 """
 
@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, Backend, ContainerState
 from orchestrator.backoff import Backoff
-from orchestrator.config import Config
+from orchestrator.config import Config, memory_bytes
 from orchestrator.environment.build import Environments
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import Metrics
@@ -23,7 +23,7 @@ from orchestrator.notify import Notifier
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.context import Context
 from orchestrator.run.recovery import Recovery
-from orchestrator.run.warm import Release, WarmSlot
+from orchestrator.run.warm import Release, WarmPool
 from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -41,10 +41,12 @@ class Dispatcher:
         self.ctx = Context.create(config, store, backend, finished=self._finished,
                                   engine_error=self.metrics.engine_error, environments=environments)
         self.recovery = Recovery(self.ctx)
-        # one worker more than slots: the warm job waits in it for a slot to free
-        self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + 1, thread_name_prefix="job")
+        # the warm jobs wait for a slot to free in workers of their own
+        self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + self._warm_wanted(),
+                                        thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
-        self._warm = WarmSlot()
+        self._warm = WarmPool()
+        self._warm_depth: int | None = None   # how many may wait warm, once the engine said its memory
         self._warm_after = 0.0
         self._wake = threading.Event()
         self._engine = Backoff(1.0, 10.0)
@@ -67,24 +69,48 @@ class Dispatcher:
     def step(self) -> None:
         """Collect finished attempts, then start queued jobs while slots are free."""
         self._active = {job_id: f for job_id, f in self._active.items() if not f.done()}
-        if self._warm.failed():  # the job is still queued: try again later
+        if self._warm.failed():  # those jobs are still queued: try again later
             self._warm_after = time.monotonic() + WARM_RETRY
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
         while self._free_slots() and not self.ctx.abandon.is_set():
-            if not self._warm.empty:
+            if len(self._warm):   # in queue order, before any job that was not started warm
                 self._release_warm()
                 continue
             job = self.store.claim_next()
             if job is None:
                 break
             self._submit(job, None)
-        if self._warm.empty and not self._free_slots() and not self.ctx.abandon.is_set() and \
-                self.ctx.backend.warm_starts:
-            self._start_warm()
+        while not self._free_slots() and len(self._warm) < self._depth() and not self.ctx.abandon.is_set():
+            if not self._start_warm():
+                break
 
     def _free_slots(self) -> bool:
         return len(self._active) < self.config.runner.parallelism
+
+    def _warm_wanted(self) -> int:
+        runner = self.config.runner
+        return runner.parallelism if runner.warm is None else runner.warm
+
+    def _depth(self) -> int:
+        """``runner.warm`` (default: as many as the slots), less what the engine's memory
+        cannot hold: every container, running or waiting warm, may grow to
+        ``runner.memory`` once released."""
+        if not self.ctx.backend.warm_starts:
+            return 0
+        if self._warm_depth is None:
+            try:
+                total = self.ctx.backend.memory_total()
+            except EngineUnavailable:
+                return 0   # asked again at the next step
+            room = self._warm_wanted() if total is None else \
+                total // memory_bytes(self.config.runner.memory) - self.config.runner.parallelism
+            self._warm_depth = max(0, min(self._warm_wanted(), room))
+            if self._warm_depth < self._warm_wanted():
+                log.info("%d jobs may wait warm, not %d: the engine's memory holds %d containers of %s",
+                         self._warm_depth, self._warm_wanted(), self._warm_depth + self.config.runner.parallelism,
+                         self.config.runner.memory)
+        return self._warm_depth
 
     def _engine_answers(self) -> bool:
         """Recover once the engine answers, and ask it before taking queued work; while
@@ -116,24 +142,26 @@ class Dispatcher:
         job = self.store.get(int(label)) if label.isdigit() else None
         if job is None:
             return False
-        return job.id == (self._warm.job.id if self._warm.job else None) or (
+        return job.id in self._warm.job_ids or (
             job.id in self._active and job.status is JobStatus.RUNNING
             and state.labels.get(LABEL_ATTEMPT) == str(job.attempts))
 
-    def _start_warm(self) -> None:
-        """All slots busy and work waiting: start the next queued job warm (run/warm.py)."""
+    def _start_warm(self) -> bool:
+        """All slots busy and work waiting: start the next queued job that is not warm yet,
+        warm (run/warm.py); whether there was one."""
         if time.monotonic() < self._warm_after:
-            return
-        job = self.store.next_queued()
+            return False
+        job = self.store.next_queued(besides=self._warm.job_ids)
         if job is None:
-            return
+            return False
         release = Release()
         future = self._pool.submit(Attempt(self.ctx, job, release=release).run)
         future.add_done_callback(lambda _f: self._wake.set())
-        self._warm.fill(job, release, future)
+        self._warm.add(job, release, future)
+        return True
 
     def _release_warm(self) -> None:
-        released = self._warm.release(self.store)  # None if it was cancelled meanwhile: then discarded
+        released = self._warm.release_first(self.store)  # None if it was cancelled meanwhile: then discarded
         if released is not None:
             job, future = released
             self.touched.add(job.id)
@@ -148,7 +176,7 @@ class Dispatcher:
     # -- running and stopping ---------------------------------------------------------
 
     def idle(self) -> bool:
-        return self._recovered and not self._active and self._warm.empty and not self.store.has_queued()
+        return self._recovered and not self._active and not len(self._warm) and not self.store.has_queued()
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since

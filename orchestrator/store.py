@@ -223,11 +223,14 @@ class Store:
             row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return schema.job(row) if row else None
 
-    def next_queued(self) -> Job | None:
-        """The job ``claim_next`` would take, without taking it."""
+    def next_queued(self, besides: frozenset[int] = frozenset()) -> Job | None:
+        """The job ``claim_next`` would take, without taking it; the next after ``besides``
+        (jobs already started warm)."""
+        marks = ",".join("?" * len(besides))
         with self._lock:
             row = self._db.execute(
-                f"SELECT {schema.COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+                f"SELECT {schema.COLUMNS} FROM jobs WHERE status = 'queued' AND id NOT IN ({marks}) "
+                "ORDER BY id LIMIT 1", tuple(besides)).fetchone()
         return schema.job(row) if row else None
 
     def claim(self, job: Job) -> Job | None:

@@ -86,6 +86,9 @@ class FakeBackend(Backend):
     def ping(self) -> None:
         self._call("ping")
 
+    def prioritise(self, container_id: str) -> None:
+        self._call("prioritise")
+
     def image(self, tag: str) -> ImageInfo:
         self._call("image")
         if tag not in self.images:

@@ -62,6 +62,7 @@ class ContainerSpec:
     environment: dict[str, str] = field(default_factory=dict)
     tmp_size: str = "1g"       # the scratch space at /tmp (exec: suites run what they write there)
     disk: str = "2g"           # what the workspace may hold (watched on the host; a bound of the task's own on a Swarm)
+    cpu_shares: int | None = None   # a warm container's low weight until its release (None: the engine's default)
 
 
 class Phase(str, Enum):
@@ -110,6 +111,15 @@ class Backend(ABC):
     @abstractmethod
     def image(self, tag: str) -> ImageInfo:
         """The image to run, or ImageMissing."""
+
+    def memory_total(self) -> int | None:
+        """Bytes of memory where the containers run, if one engine runs them all: what
+        bounds how many may wait warm (None: no bound known)."""
+        return None
+
+    def prioritise(self, container_id: str) -> None:
+        """Give a released warm container the CPU weight of any other (it waited with the
+        lowest, so that preparing it never slowed the jobs running)."""
 
     def publish(self, image: ImageInfo) -> str | None:
         """Make a built image reachable by every machine that runs jobs; where it now is

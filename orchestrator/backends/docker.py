@@ -26,6 +26,7 @@ from orchestrator.errors import EngineUnavailable, ImageMissing
 from orchestrator.models import parse_iso
 from orchestrator.workspace import read_regular_file
 
+DEFAULT_CPU_SHARES = 1024   # the engine's weight for a container that names none
 _PHASES = {"created": Phase.CREATED, "exited": Phase.EXITED, "dead": Phase.EXITED}
 
 _ENGINE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, DockerException)
@@ -101,6 +102,14 @@ class DockerBackend(Backend):
         with engine_call("answer a ping"):
             self.api.ping()
 
+    def prioritise(self, container_id: str) -> None:
+        with engine_call("update a container"):
+            self.api.update_container(container_id, cpu_shares=DEFAULT_CPU_SHARES)
+
+    def memory_total(self) -> int | None:
+        with engine_call("describe itself"):
+            return int(self.api.info().get("MemTotal") or 0) or None
+
     def image(self, tag: str) -> ImageInfo:
         try:
             with engine_call("look up the runner image"):
@@ -131,6 +140,7 @@ class DockerBackend(Backend):
             mem_limit=spec.memory,
             memswap_limit=spec.memory,
             nano_cpus=int(spec.cpus * 1e9),
+            cpu_shares=spec.cpu_shares,
             pids_limit=spec.pids,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],

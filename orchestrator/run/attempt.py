@@ -127,7 +127,7 @@ class Attempt:
             },
             workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
-            tmp_size=cfg.tmp_size, disk=cfg.disk,
+            tmp_size=cfg.tmp_size, disk=cfg.disk, cpu_shares=warm.CPU_SHARES if self.release else None,
             environment={**variables, "CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
                          **(warm.environment() if self.release else {})},
         )
@@ -163,6 +163,10 @@ class Attempt:
             self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id, started_at=utcnow(),
                          environment=runs_in.document)
             warm.release(ws.out)
+            try:
+                ctx.backend.prioritise(self.container_id)
+            except EngineUnavailable as exc:   # it runs, only slower while others compete for the CPU
+                log.warning("job %s: its CPU weight stays low (%s)", self.job.id, exc)
         crash_point("container-started")
         log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
         return state

@@ -1,6 +1,7 @@
-"""The warm start: while every slot is busy and work is queued, the next queued job is
-checked out and its container started *warm* (its entrypoint imports pytest, then waits
-for the release file), so that it begins the moment a slot frees.
+"""The warm start: while every slot is busy and work is queued, the next queued jobs (up
+to ``runner.warm``) are checked out and their containers started *warm* (the entrypoint
+imports pytest, then waits for the release file), so that each begins the moment a slot
+frees.
 
 A warm job stays ``queued`` in the store: nothing about it is written until the
 dispatcher claims it for a free slot and *releases* it; its timeout counts from then. A
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.base import LABEL_WARM, OUTPUT_DIR, ContainerState
@@ -21,6 +23,7 @@ from orchestrator.store import Store
 
 RELEASE_FILE = ".release"
 RELEASE_ENV = "ORCHESTRATOR_RELEASE_FILE"
+CPU_SHARES = 2   # the lowest weight: a warm container prepares on CPU that running jobs leave idle
 
 
 class NotReleased(Exception):
@@ -70,35 +73,42 @@ def never_released(container: ContainerState, output_dir: Path) -> bool:
     return container.labels.get(LABEL_WARM) == "1" and not (output_dir / RELEASE_FILE).exists()
 
 
-class WarmSlot:
-    """At most one warm job, with the future of its attempt."""
+@dataclass
+class _Warm:
+    job: Job
+    handover: Release
+    future: Future[Job]
+
+
+class WarmPool:
+    """The jobs started warm, in queue order (each the next queued after those before it),
+    with the futures of their attempts: as many as there are slots about to free, so that
+    when a wave of jobs ends together, every slot starts warm, not one."""
 
     def __init__(self) -> None:
-        self.job: Job | None = None
-        self._release: Release | None = None
-        self._future: Future[Job] | None = None
+        self._warm: list[_Warm] = []
 
-    def fill(self, job: Job, handover: Release, future: Future[Job]) -> None:
-        self.job, self._release, self._future = job, handover, future
+    def add(self, job: Job, handover: Release, future: Future[Job]) -> None:
+        self._warm.append(_Warm(job, handover, future))
+
+    def __len__(self) -> int:
+        return len(self._warm)
 
     @property
-    def empty(self) -> bool:
-        return self.job is None
+    def job_ids(self) -> frozenset[int]:
+        return frozenset(w.job.id for w in self._warm)
 
     def failed(self) -> bool:
-        """Preparing the warm job ended before its release (the engine went away, say);
-        the slot is emptied, the job is still queued."""
-        if self._future is not None and self._future.done():
-            self.job = self._release = self._future = None
-            return True
-        return False
+        """Drop the warm jobs whose preparation ended before their release (the engine went
+        away, say): they are still queued. Whether there were any."""
+        kept = [w for w in self._warm if not w.future.done()]
+        failed, self._warm = len(kept) < len(self._warm), kept
+        return failed
 
-    def release(self, store: Store) -> tuple[Job, Future[Job]] | None:
-        """Claim the warm job and release it; None if it changed meanwhile (cancelled),
-        in which case it is discarded."""
-        job, handover, future = self.job, self._release, self._future
-        self.job = self._release = self._future = None
-        assert job is not None and handover is not None and future is not None
-        claimed = store.claim(job)
-        handover.give(claimed)
-        return (claimed, future) if claimed is not None else None
+    def release_first(self, store: Store) -> tuple[Job, Future[Job]] | None:
+        """Claim the first warm job and release it; None if it changed meanwhile
+        (cancelled), in which case it is discarded."""
+        first = self._warm.pop(0)
+        claimed = store.claim(first.job)
+        first.handover.give(claimed)
+        return (claimed, first.future) if claimed is not None else None

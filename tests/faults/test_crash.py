@@ -80,6 +80,27 @@ def test_sigkill_while_containers_run_readopts_them(orch) -> None:
         assert by_sha[sha]["container"] == container_id and by_sha[sha]["attempts"] == 1
 
 
+def test_sigkill_with_a_full_warm_pool(orch) -> None:
+    """Two running, two waiting warm: after kill -9, the running two are re-adopted and the
+    warm two, whose tests never began, are removed and run anew as their first attempt."""
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 2}, retries=2)
+    assert orch.cli("run", "--once").returncode == 0
+    shas = [orch.repo.commit(f"c{i}", {"tests/test_slow.py": SLOW.format(seconds=4 + i / 10)}) for i in range(4)]
+    run = orch.start("run")
+    orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"
+                               and c.labels.get("orchestrator.warm") == "1"]) == 2, timeout=60)
+    running = {c.labels["orchestrator.job"] for c in orch.containers() if c.labels.get("orchestrator.warm") != "1"}
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+    restarted = orch.cli("run", "--once")
+    assert restarted.returncode == 0, restarted.stderr
+    results = _one_final_result_each(orch, shas)
+    assert [r["attempts"] for r in results] == [1, 1, 1, 1]
+    assert {str(r["id"]) for r in results[:2]} == running and "re-attached" in restarted.stderr
+    assert orch.containers() == []
+
+
 def test_sigterm_leaves_containers_for_the_next_start(orch) -> None:
     shas = _three_commits(orch, seconds=3)
     run = orch.start("run")

@@ -135,6 +135,33 @@ def test_cancel_a_warm_job_behind_a_running_one(orch) -> None:
     assert b"cancelled before it ran" in orch.log(waiting)
 
 
+def test_as_many_jobs_wait_warm_as_there_are_slots_and_start_in_queue_order(orch) -> None:
+    """Two slots, five commits: two run, the next two wait warm (labelled, still queued),
+    the fifth waits cold; a cancelled warm job is discarded and the others keep their order."""
+    orch.repo.commit("root", PASSING)
+    orch.configure(runner={"parallelism": 2})
+    assert orch.cli("run", "--once").returncode == 0
+    shas = [orch.repo.commit(f"c{i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep({4 - i % 2})\n"})
+            for i in range(5)]
+    run = orch.start("run", "--once")
+
+    def warm() -> list[str]:
+        return [c.labels["orchestrator.job"] for c in orch.containers()
+                if c.status == "running" and c.labels.get("orchestrator.warm") == "1"]
+
+    orch.wait_for(lambda: len(warm()) == 2 and len([c for c in orch.containers() if c.status == "running"]) == 4,
+                  timeout=60)
+    status = {j["commit"]: j["status"] for j in json.loads(orch.cli("status", "--json").stdout)}
+    assert [status[sha] for sha in shas] == ["running", "running", "queued", "queued", "queued"]
+    assert orch.cli("cancel", shas[3][:10]).returncode == 0
+    assert run.wait(timeout=120) == 0, run.stderr[-2000:]
+    results = [orch.result(sha) for sha in shas]
+    assert [r["status"] for r in results] == ["passed", "passed", "passed", "cancelled", "passed"]
+    assert results[2]["started_at"] <= results[4]["started_at"]   # the warm one first
+    assert all(r["attempts"] == 1 for r in results[:3] + results[4:])
+    assert orch.containers() == []
+
+
 def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) -> None:
     """With --server (or dispatcher.url), every job command goes through the HTTP API: the
     second config below has a state_dir of its own that never comes into existence."""

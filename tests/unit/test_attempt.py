@@ -133,6 +133,16 @@ def test_warm_released_runs_with_its_clock_from_the_release(bed: Bed) -> None:
     (spec,) = bed.backend.specs
     assert spec.labels[warm.LABEL_WARM] == "1" and spec.labels["orchestrator.attempt"] == "1"
     assert warm.RELEASE_ENV in spec.environment
+    # prepared at the lowest CPU weight, given the usual one when released
+    assert spec.cpu_shares == warm.CPU_SHARES and "prioritise" in bed.backend.calls
+
+
+def test_a_warm_job_whose_weight_cannot_be_raised_still_runs(bed: Bed) -> None:
+    bed.backend.faults["prioritise"] = 1
+    job = bed.store.next_queued()
+    release = warm.Release()
+    release.give(bed.store.claim(job))
+    assert Attempt(bed.ctx, job, release=release).run().status is JobStatus.PASSED
 
 
 def test_adopted_after_a_restart(bed: Bed) -> None:

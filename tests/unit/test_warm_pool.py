@@ -1,0 +1,73 @@
+"""How many jobs wait warm: ``runner.warm`` (default: the slots), bounded by the engine's
+memory; and the store's next queued job after those already warm. The pool on the real
+engine is in tests/integration/test_commands.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.store import NewCommit, Store
+from tests.fakes import FakeBackend
+from tests.helpers import GitRepo, write_config
+
+GIB = 1024**3
+
+
+@dataclass
+class MemoryBackend(FakeBackend):
+    total: int | None = None
+
+    def memory_total(self) -> int | None:
+        return self.total
+
+
+@pytest.mark.parametrize(("runner", "total", "depth"), [
+    ({}, None, 2),                                   # as many as the slots
+    ({}, 16 * GIB, 2),
+    ({"warm": 5}, 16 * GIB, 5),
+    ({"warm": 5}, 4 * GIB, 2),                       # 4 containers of 1g: 2 run, 2 wait
+    ({"warm": 5, "memory": "2g"}, 5 * GIB, 0),       # no room beyond the running ones
+    ({"warm": 0}, 16 * GIB, 0),                      # warm starts off
+])
+def test_the_warm_depth(tmp_path: Path, runner: dict, total: int | None, depth: int) -> None:
+    config = load_config(write_config(tmp_path, {"demo": tmp_path}, runner={"parallelism": 2, "memory": "1g", **runner}))
+    store = Store(config.db_path)
+    dispatcher = Dispatcher(config, store, MemoryBackend(total=total))
+    try:
+        assert dispatcher._depth() == depth
+    finally:
+        dispatcher.shutdown()
+        store.close()
+
+
+def test_a_backend_without_warm_starts_has_none(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"demo": tmp_path}, runner={"warm": 4}))
+    store = Store(config.db_path)
+    backend = MemoryBackend(total=64 * GIB)
+    backend.warm_starts = False
+    dispatcher = Dispatcher(config, store, backend)
+    try:
+        assert dispatcher._depth() == 0
+    finally:
+        dispatcher.shutdown()
+        store.close()
+
+
+def test_next_queued_skips_the_jobs_already_warm(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "upstream")
+    shas = [repo.commit(f"c{i}", {"f.txt": str(i)}) for i in range(3)]
+    store = Store(tmp_path / "state.db")
+    try:
+        store.record_commits("demo", [NewCommit(sha, f"c{i}", ("main",)) for i, sha in enumerate(shas)])
+        first = store.next_queued()
+        second = store.next_queued(besides=frozenset({first.id}))
+        third = store.next_queued(besides=frozenset({first.id, second.id}))
+        assert [first.commit, second.commit, third.commit] == shas
+        assert store.next_queued(besides=frozenset({first.id, second.id, third.id})) is None
+    finally:
+        store.close()
