@@ -26,3 +26,13 @@ def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     assert result["scale"]["burst_queued"] == result["scale"]["burst_commits"]
     assert result["environments"]["cold_build_s"]["small"] > 0 and result["environments"]["src_s"] > 0
     assert "| figure | measured | goal |" in proc.stdout
+
+
+def test_warm_pool_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    out = tmp_path / "warm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "warm.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["host_floor_s"] > 0 and all(row["all_passed"] for row in result["by_parallelism"].values())
+    assert "| parallelism | one warm job |" in proc.stdout
