@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("submit", "queue a commit by hand", remote=True)
     p.add_argument("rev", metavar="REV")
     p.add_argument("--repo")
+    p = command("bisections", "recent bisections: the range, where each is, the culprit it named", remote=True)
+    p.add_argument("--repo")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
     p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)", remote=True)
     p.add_argument("--repo", help="only this repository")
     for name, help_ in (("retry", "test a finished commit again, as a new attempt"),
@@ -246,6 +249,20 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bisections(config: Config, args: argparse.Namespace) -> int:
+    documents = _jobs(config, args).bisections(args.repo)
+    if args.json:
+        print(json.dumps(documents, indent=2, ensure_ascii=False))
+        return 0
+    for b in documents:
+        outcome = f"culprit {b['culprit'][:12]}" if b["culprit"] else (b["reason"] or "in progress")
+        print(f"{b['repository']}/{b['branch']}  {b['good'][:12]}..{b['bad'][:12]}  {b['range']} commits  "
+              f"{b['phase']}  {b['jobs']} jobs  {outcome}")
+    if not documents:
+        print("no bisection yet")
+    return 0
+
+
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     document, created = _jobs(config, args, create=True).submit(args.rev, args.repo)
     print(f"{'queued' if created else 'already known'}: job {document['id']} {document['commit']} ({document['status']})")
@@ -273,6 +290,6 @@ def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "image": cmd_image,
-    "status": cmd_status, "logs": cmd_logs, "submit": cmd_submit, "poll": cmd_poll,
+    "status": cmd_status, "logs": cmd_logs, "submit": cmd_submit, "poll": cmd_poll, "bisections": cmd_bisections,
     "retry": cmd_retry, "cancel": cmd_cancel,
 }

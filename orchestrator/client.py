@@ -88,6 +88,10 @@ class RemoteJobs:
     def show(self, ref: JobRef) -> Document:
         return self.client.call("GET", f"/api/jobs/{self._id(ref)}").json()
 
+    def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]:
+        params = {"repository": repository, "limit": limit}
+        return self.client.call("GET", "/api/bisections", params={k: v for k, v in params.items() if v is not None}).json()
+
     def retry(self, ref: JobRef) -> Document:
         return self.client.call("POST", f"/api/jobs/{self._id(ref)}/retry").json()
 

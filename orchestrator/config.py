@@ -44,6 +44,7 @@ class RepositoryConfig(_Strict):
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] | None = None
     system_packages: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,100}$")]],
                                Field(max_length=100)] = []
+    coalesce: bool = False   # under load, test only the newest queued commit of a branch, then bisect a failure
 
     @field_validator("python")
     @classmethod

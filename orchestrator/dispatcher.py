@@ -14,6 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, Backend, ContainerState
 from orchestrator.backoff import Backoff
+from orchestrator.bisection import Bisection, Bisector
+from orchestrator.coalesce import Queue
 from orchestrator.config import Config, memory_bytes
 from orchestrator.environment.build import Environments
 from orchestrator.errors import EngineUnavailable
@@ -41,6 +43,11 @@ class Dispatcher:
         self.ctx = Context.create(config, store, backend, finished=self._finished,
                                   engine_error=self.metrics.engine_error, environments=environments)
         self.recovery = Recovery(self.ctx)
+        coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
+        self.queue = Queue(store, coalescing, skipped=self._skipped)
+        self.bisector = Bisector(store, coalescing, lambda repo, good, bad: self.ctx.mirrors[repo].first_parent(good, bad),
+                                 named=self._named)
+        self._failed: list[Job] = []   # finished jobs a bisection may start from (appended by attempt threads)
         # the warm jobs wait for a slot to free in workers of their own
         self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + self._warm_wanted(),
                                         thread_name_prefix="job")
@@ -63,6 +70,24 @@ class Dispatcher:
     def _finished(self, job: Job) -> None:
         self.metrics.job_finished(job)
         self.notifier.job_finished(job, self.store.previous_verdict(job))
+        if job.status is JobStatus.FAILED and job.repository in self.queue.coalescing:
+            self._failed.append(job)
+
+    def _skipped(self, job: Job) -> None:
+        """A commit coalesced away: its files say by which commit."""
+        self.ctx.results.write_without_run(job, self.store.attempt_history(job.id))
+        self.metrics.job_finished(job)
+
+    def _named(self, job: Job, bisection: Bisection) -> None:
+        self.ctx.results.annotate(job, self.store.attempt_history(job.id))
+        self.notifier.culprit_found(job, bisection.document())
+
+    def _bisect(self) -> None:
+        """Start the bisections the failures since the last step call for, then take
+        every bisection's next step: in the scheduling thread, one at a time."""
+        while self._failed:
+            self.bisector.consider(self._failed.pop(0))
+        self.bisector.advance()
 
     # -- scheduling -------------------------------------------------------------------
 
@@ -73,11 +98,12 @@ class Dispatcher:
             self._warm_after = time.monotonic() + WARM_RETRY
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
+        self._bisect()
         while self._free_slots() and not self.ctx.abandon.is_set():
             if len(self._warm):   # in queue order, before any job that was not started warm
                 self._release_warm()
                 continue
-            job = self.store.claim_next()
+            job = self.queue.claim_next(spare=self._warm.job_ids)
             if job is None:
                 break
             self._submit(job, None)
@@ -118,6 +144,7 @@ class Dispatcher:
         try:
             if not self._recovered:
                 self.recovery.reconcile(adopt=self._submit, active=set(self._active))
+                self.bisector.catch_up()   # a failure whose bisection a stop kept from starting
                 self._recovered = True
             elif self._free_slots() and self.store.has_queued():
                 self.ctx.backend.ping()
@@ -151,7 +178,7 @@ class Dispatcher:
         warm (run/warm.py); whether there was one."""
         if time.monotonic() < self._warm_after:
             return False
-        job = self.store.next_queued(besides=self._warm.job_ids)
+        job = self.queue.pick(besides=self._warm.job_ids)
         if job is None:
             return False
         release = Release()
@@ -161,7 +188,8 @@ class Dispatcher:
         return True
 
     def _release_warm(self) -> None:
-        released = self._warm.release_first(self.store)  # None if it was cancelled meanwhile: then discarded
+        spare = self._warm.job_ids
+        released = self._warm.release_first(lambda job: self.queue.claim(job, spare - {job.id}))  # None: discarded
         if released is not None:
             job, future = released
             self.touched.add(job.id)
@@ -176,7 +204,8 @@ class Dispatcher:
     # -- running and stopping ---------------------------------------------------------
 
     def idle(self) -> bool:
-        return self._recovered and not self._active and not len(self._warm) and not self.store.has_queued()
+        return (self._recovered and not self._active and not len(self._warm) and not self.store.has_queued()
+                and not self._failed and not self.bisector.running())
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since

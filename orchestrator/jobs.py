@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
-from orchestrator.models import Job, JobStatus, iso
+from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.verdict import failures
 from orchestrator.store import NewCommit, Store
@@ -50,6 +50,7 @@ class Jobs(Protocol):
     def retry(self, ref: JobRef) -> Document: ...
     def cancel(self, ref: JobRef) -> Document: ...
     def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]: ...
+    def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]: ...
 
 
 class LocalJobs:
@@ -101,7 +102,8 @@ class LocalJobs:
         mirror.fetch()
         sha = mirror.resolve(rev)
         branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
-        created = self.record_commits(repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches)])
+        created = self.record_commits(repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches,
+                                                            MANUAL_PRIORITY)])
         return self.document(self.store.find(sha, repo.name)), bool(created)
 
     def require_commits(self, repository: str, shas: list[str]) -> None:
@@ -130,6 +132,14 @@ class LocalJobs:
     def show(self, ref: JobRef) -> Document:
         return self.document(self.job(ref))
 
+    def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]:
+        """The newest bisections: their range, where they are, and what they named."""
+        from orchestrator.bisection import recent
+
+        if repository is not None:
+            self.repository(repository)
+        return [b.document() for b in recent(self.store, repository, limit)]
+
     def latest(self, repository: str, branch: str) -> Document | None:
         """The newest job of a branch (what its badge shows)."""
         job = self.store.latest_on_branch(self.repository(repository).name, branch)
@@ -153,7 +163,8 @@ class LocalJobs:
         job = self.job(ref)
         if not job.status.final:
             raise Conflict(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
-        job = self.store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}")
+        job = self.store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}",
+                              priority=MANUAL_PRIORITY)
         self.wake()
         return self.document(job)
 

@@ -95,6 +95,11 @@ class Mirror:
             return []
         return self._log("--ignore-missing", "--reverse", "--topo-order", *include, *(f"^{sha}" for sha in exclude))
 
+    def first_parent(self, good: str, bad: str) -> list[str]:
+        """The commits after ``good`` up to ``bad`` on ``bad``'s first-parent line, oldest
+        first: a merged side branch is its merge commit, one step."""
+        return self._run("rev-list", "--first-parent", "--reverse", f"{good}..{bad}", "--").split()
+
     def reachable(self, head: str, exclude: Sequence[str]) -> set[str]:
         out = self._run("rev-list", "--ignore-missing", head, *(f"^{sha}" for sha in exclude), "--")
         return set(out.split())

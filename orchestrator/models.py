@@ -28,6 +28,7 @@ class JobStatus(str, Enum):
     ERROR = "error"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"       # coalesced: a newer commit of its branch was tested instead ("covered by <sha>")
 
     @property
     def final(self) -> bool:
@@ -40,14 +41,15 @@ class JobStatus(str, Enum):
 
 
 FINAL_STATUSES = frozenset(
-    {JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT, JobStatus.CANCELLED}
+    {JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT, JobStatus.CANCELLED, JobStatus.SKIPPED}
 )
+TESTED_STATUSES = frozenset({JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT})
 
 # running -> queued is a re-queue after an infrastructure failure (a new attempt follows);
-# final -> queued is a retry asked for by a user.
+# final -> queued is a retry asked for by a user, or a skipped commit that a bisection tests.
 _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
-    JobStatus.RUNNING: FINAL_STATUSES | {JobStatus.QUEUED},
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SKIPPED}),
+    JobStatus.RUNNING: (FINAL_STATUSES - {JobStatus.SKIPPED}) | {JobStatus.QUEUED},
     **{s: frozenset({JobStatus.QUEUED}) for s in FINAL_STATUSES},
 }
 
@@ -86,6 +88,8 @@ class Job:
     log_truncated: bool = False
     environment: dict[str, Any] | None = None   # what the attempt's environment was built from, if it had one
     node: str | None = None                     # the machine that ran the attempt, on a Swarm
+    priority: int = 0                           # claimed highest first; a bisection's jobs are BISECT_PRIORITY
+    culprit: dict[str, Any] | None = None       # set when a bisection named this commit: the range it bisected
 
     @property
     def duration_s(self) -> float | None:
@@ -93,6 +97,10 @@ class Job:
             return None
         return round((self.finished_at - self.started_at).total_seconds(), 3)
 
+
+MANUAL_PRIORITY = 1    # submitted or retried by a user: before the pushes waiting, never coalesced
+NORMAL_PRIORITY = 0    # found by the observer
+BISECT_PRIORITY = -1   # a bisection's: after every new push
 
 MAX_SUBJECT = 1000  # characters of a commit's subject that are kept, wherever it is read
 

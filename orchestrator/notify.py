@@ -34,14 +34,22 @@ class Notifier:
         recovered = job.status is JobStatus.PASSED and previous is not None and previous.bad
         if self._config.on == "failures" and not (job.status.bad or recovered):
             return
-        body = {"event": "job.finished", "recovered": recovered, "job": result_document(job)}
+        self._enqueue({"event": "job.finished", "recovered": recovered, "job": result_document(job)})
+
+    def culprit_found(self, job: Job, bisection: dict[str, Any]) -> None:
+        """A bisection named ``job`` the first failing commit of its range: sent whatever
+        ``notify.on`` says (it is news of a failure)."""
+        if self._config.webhooks:
+            self._enqueue({"event": "culprit_found", "job": result_document(job), "bisection": bisection})
+
+    def _enqueue(self, body: dict[str, Any]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._send_all, name="notify", daemon=True)
             self._thread.start()
         try:
             self._queue.put_nowait(body)
         except queue.Full:
-            log.warning("notification queue full; dropped the notice of job %s", job.id)
+            log.warning("notification queue full; dropped the notice of job %s", body["job"]["id"])
 
     def _send_all(self) -> None:
         while (body := self._queue.get()) is not None:

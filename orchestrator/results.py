@@ -46,6 +46,8 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "environment": job.environment,
         "message": job.message,
         "attempt_history": [h for h in history if h["attempt"] < job.attempts],
+        "culprit": job.culprit is not None,   # a bisection named this commit the first failing one
+        "bisection": job.culprit,             # ... the range it bisected, and what it spent
     }
 
 
@@ -118,10 +120,20 @@ class ResultFiles:
         return self.write(job, lambda fh: fh.write(f"[orchestrator: {job.message}]\n".encode()), None, history,
                           timings, environment_log)
 
+    def annotate(self, job: Job, history: Sequence[dict[str, Any]] = ()) -> None:
+        """Rewrite ``job``'s ``result.json`` with what is known of it now (a bisection named
+        it the culprit), keeping its timings and every other file."""
+        directory = self.directory(job.repository, job.commit)
+        timings = (self.read(job.repository, job.commit) or {}).get("timings") or {}
+        document = json.dumps({**result_document(job, history), "timings": timings}, indent=2,
+                              ensure_ascii=False).encode() + b"\n"
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic(directory / "result.json", lambda fh: fh.write(document))
+
     def _archive_older(self, directory: Path, attempt: int) -> None:
         previous = self.read(directory.parent.name, directory.name)
-        if not previous or not isinstance(previous.get("attempts"), int) or previous["attempts"] >= attempt:
-            return
+        if not previous or not isinstance(previous.get("attempts"), int) or not 0 < previous["attempts"] < attempt:
+            return   # nothing earlier, or only the notice of a job that never ran (skipped, cancelled before)
         target = directory / "attempts" / str(previous["attempts"])
         target.mkdir(parents=True, exist_ok=True)
         for name in RESULT_FILES:

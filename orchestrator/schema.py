@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     environment TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     node TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    culprit TEXT,
     UNIQUE (repository, commit_sha)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -44,13 +46,31 @@ CREATE TABLE IF NOT EXISTS attempts (
     ended_at TEXT NOT NULL,
     PRIMARY KEY (job_id, attempt)
 );
+CREATE TABLE IF NOT EXISTS bisections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repository TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    bad_job INTEGER NOT NULL UNIQUE REFERENCES jobs (id),
+    good TEXT NOT NULL,
+    commits TEXT NOT NULL,
+    low INTEGER NOT NULL,
+    high INTEGER NOT NULL,
+    probe TEXT,
+    phase TEXT NOT NULL,
+    culprit TEXT,
+    jobs INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 """
 
 COLUMNS = (
     "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
-    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node"
+    "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node, "
+    "priority, culprit"
 )
 
 
@@ -64,6 +84,9 @@ def create(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE jobs ADD COLUMN environment TEXT")
     if "node" not in columns:  # made before the Swarm backend
         db.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
+    if "priority" not in columns:  # made before coalescing and bisection
+        db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE jobs ADD COLUMN culprit TEXT")
 
 
 def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
@@ -74,14 +97,15 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
     cur = db.execute(
         "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
         " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?,"
+        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?,"
         " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
         " WHERE id = ? AND status = ? AND attempts = ?",
         (
             new.status.value, new.attempts, iso(new.started_at), iso(new.finished_at), new.exit_code, new.message,
             new.container_id, new.image_tag, new.image_id,
             json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
-            json.dumps(new.environment) if new.environment is not None else None, new.node,
+            json.dumps(new.environment) if new.environment is not None else None, new.node, new.priority,
+            json.dumps(new.culprit) if new.culprit is not None else None,
             new.status.value, old.id, old.status.value, old.attempts,
         ),
     )
@@ -98,7 +122,8 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
 
 def job(row: tuple) -> Job:
     (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
-     exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node) = row
+     exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node,
+     priority, culprit) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
         status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
@@ -106,4 +131,5 @@ def job(row: tuple) -> Job:
         message=message, container_id=container_id, image_tag=image_tag, image_id=image_id,
         tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
         environment=json.loads(environment) if environment else None, node=node,
+        priority=priority, culprit=json.loads(culprit) if culprit else None,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orchestrator import schema
 from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
-from orchestrator.models import Job, JobStatus, iso, transition, utcnow
+from orchestrator.models import NORMAL_PRIORITY, Job, JobStatus, iso, transition, utcnow
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class NewCommit:
     sha: str
     subject: str
     branches: tuple[str, ...]
+    priority: int = NORMAL_PRIORITY
 
 
 class Store:
@@ -99,10 +100,10 @@ class Store:
                 ).fetchone()
                 if row is None:
                     cur = db.execute(
-                        "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at, priority)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (repository, commit.sha, json.dumps(sorted(set(commit.branches))),
-                         commit.subject, JobStatus.QUEUED.value, now),
+                         commit.subject, JobStatus.QUEUED.value, now, commit.priority),
                     )
                     created.append(cur.lastrowid)
                 else:
@@ -230,7 +231,32 @@ class Store:
         with self._lock:
             row = self._db.execute(
                 f"SELECT {schema.COLUMNS} FROM jobs WHERE status = 'queued' AND id NOT IN ({marks}) "
-                "ORDER BY id LIMIT 1", tuple(besides)).fetchone()
+                "ORDER BY priority DESC, id LIMIT 1", tuple(besides)).fetchone()
+        return schema.job(row) if row else None
+
+    def queued_on_branches(self, repository: str, branches: Sequence[str], priority: int) -> list[Job]:
+        """Queued jobs of ``repository`` at ``priority`` on any of ``branches``, oldest first."""
+        marks = ",".join("?" * len(branches))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {schema.COLUMNS} FROM jobs WHERE status = 'queued' AND repository = ? AND priority = ? "
+                f"AND EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value IN ({marks})) ORDER BY id",
+                (repository, priority, *branches)).fetchall()
+        return [schema.job(r) for r in rows]
+
+    def transaction(self):
+        """One write transaction, for a module that owns a table of its own (bisection.py)."""
+        return self._tx()
+
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        """A read, for a module that owns a table of its own."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def by_commit(self, repository: str, sha: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {schema.COLUMNS} FROM jobs WHERE repository = ? AND commit_sha = ?",
+                                   (repository, sha)).fetchone()
         return schema.job(row) if row else None
 
     def claim(self, job: Job) -> Job | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import docker
@@ -145,11 +145,14 @@ def find_images(backend: DockerBackend, labels: dict[str, str | None]) -> list[d
                     "labels": i.get("Labels") or {}} for i in found), key=lambda i: i["created"], reverse=True)
 
 
-def remove_image(backend: DockerBackend, image_id: str) -> bool:
-    """Remove an image; False if a container still uses it (it stays, and is tried again later)."""
+def remove_image(backend: DockerBackend, image_id: str, tags: Sequence[str] = ()) -> bool:
+    """Remove an image by each of its ``tags`` (one published to a Swarm's registry has
+    two), else by id; False if a container still uses it (it stays, and is tried again
+    later). Never forced: untagging the last name removes it only when nothing uses it."""
     try:
-        with engine_call("remove an image"):
-            backend.api.remove_image(image_id, force=False, noprune=False)
+        for name in tags or [image_id]:
+            with engine_call("remove an image"):
+                backend.api.remove_image(name, force=False, noprune=False)
         return True
     except (NotFound, ImageNotFound):
         return True

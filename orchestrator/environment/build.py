@@ -200,7 +200,7 @@ class Environments:
         removed = []
         for images in by_repository.values():
             for image in images[keep:]:
-                if remove_image(self.backend, image["id"]):
+                if remove_image(self.backend, image["id"], image["tags"]):
                     removed.append((image["tags"] or [image["id"]])[0])
         return removed
 

@@ -129,6 +129,7 @@ class Attempt:
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
             tmp_size=cfg.tmp_size, disk=cfg.disk, cpu_shares=warm.CPU_SHARES if self.release else None,
             environment={**variables, "CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
+                         "ORCHESTRATOR_ATTEMPT": str(attempt),
                          **(warm.environment() if self.release else {})},
         )
 

@@ -13,13 +13,13 @@ removed: its tests never began.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.backends.base import LABEL_WARM, OUTPUT_DIR, ContainerState
 from orchestrator.models import Job
-from orchestrator.store import Store
 
 RELEASE_FILE = ".release"
 RELEASE_ENV = "ORCHESTRATOR_RELEASE_FILE"
@@ -105,10 +105,10 @@ class WarmPool:
         failed, self._warm = len(kept) < len(self._warm), kept
         return failed
 
-    def release_first(self, store: Store) -> tuple[Job, Future[Job]] | None:
+    def release_first(self, claim: Callable[[Job], Job | None]) -> tuple[Job, Future[Job]] | None:
         """Claim the first warm job and release it; None if it changed meanwhile
         (cancelled), in which case it is discarded."""
         first = self._warm.pop(0)
-        claimed = store.claim(first.job)
+        claimed = claim(first.job)
         first.handover.give(claimed)
         return (claimed, first.future) if claimed is not None else None

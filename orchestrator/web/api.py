@@ -141,6 +141,15 @@ def list_jobs(
     return jobs.list(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
 
 
+@router.get("/api/bisections")
+def list_bisections(
+    jobs: Jobs,
+    repository: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+) -> list[dict[str, Any]]:
+    return jobs.bisections(repository=repository, limit=limit)
+
+
 @router.get("/api/jobs/find")
 def find_job(jobs: Jobs, commit: Annotated[str, Query(max_length=40)],
              repository: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:

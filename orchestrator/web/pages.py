@@ -24,6 +24,7 @@ BADGE = {
     "running": ("running", "#0969da"),
     "queued": ("queued", "#6e7781"),
     "cancelled": ("cancelled", "#6e7781"),
+    "skipped": ("skipped", "#afb8c1"),
 }
 
 

@@ -36,3 +36,13 @@ def test_warm_pool_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> Non
     result = json.loads(out.read_text())
     assert result["host_floor_s"] > 0 and all(row["all_passed"] for row in result["by_parallelism"].values())
     assert "| parallelism | one warm job |" in proc.stdout
+
+
+def test_bisection_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    out = tmp_path / "bisect.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bisect.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]   # 0 only when the right commit was named
+    result = json.loads(out.read_text())
+    assert result["coalesced"]["culprit"] == result["bad"] and result["every_commit"]["jobs"] == result["commits"]
+    assert "| jobs spent |" in proc.stdout

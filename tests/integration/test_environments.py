@@ -92,6 +92,8 @@ def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> 
 
 
 def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
+    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):   # other tests' "demo"
+        engine.images.remove(image.id, force=True)
     orch.repo.commit("one", project())
     orch.configure(runner={"timeout": 120})
     assert orch.cli("run", "--once").returncode == 0

@@ -55,5 +55,19 @@ def test_illegal_transitions_are_rejected(source: JobStatus, target: JobStatus) 
 
 def test_final_and_bad() -> None:
     assert {s for s in JobStatus if s.final} == {JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR,
-                                                  JobStatus.TIMED_OUT, JobStatus.CANCELLED}
+                                                  JobStatus.TIMED_OUT, JobStatus.CANCELLED, JobStatus.SKIPPED}
     assert {s for s in JobStatus if s.bad} == {JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT}
+
+
+def test_skipped_comes_only_from_queued_and_goes_back_to_queued() -> None:
+    """A coalesced commit ends skipped without running; a bisection (or a user) queues it again."""
+    now = utcnow()
+    job = Job(id=1, repository="r", commit="a" * 40, branches=("main",), subject="", status=JobStatus.QUEUED,
+              queued_at=now)
+    skipped = transition(job, JobStatus.SKIPPED, now, message="covered by bbbbbbbbbbbb")
+    assert skipped.status is JobStatus.SKIPPED and skipped.finished_at == now and skipped.attempts == 0
+    requeued = transition(skipped, JobStatus.QUEUED, now, priority=-1)
+    assert requeued.status is JobStatus.QUEUED and requeued.message is None and requeued.priority == -1
+    running = transition(job, JobStatus.RUNNING, now)
+    with pytest.raises(InvalidTransition):
+        transition(running, JobStatus.SKIPPED, now)

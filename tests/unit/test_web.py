@@ -158,6 +158,28 @@ def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: G
     w.close()
 
 
+def test_a_named_culprit_is_a_webhook_event_of_its_own(tmp_path: Path, repo: GitRepo, receiver) -> None:
+    repo.commit("root")
+    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "failures"})
+    w.jobs.poll()
+    notifier = Notifier(w.config.notify)
+    job = w.finish(JobStatus.FAILED)
+    notifier.culprit_found(job, {"id": 1, "good": "a" * 40, "bad": job.commit, "range": 5, "jobs": 4})
+    notifier.close()
+    (body,) = _Receiver.received
+    assert body["event"] == "culprit_found" and body["job"]["commit"] == job.commit and body["bisection"]["range"] == 5
+    w.close()
+
+
+def test_skipped_and_culprit_on_the_dashboard_and_the_badge(web) -> None:
+    client, w, _, sha = web
+    job = w.store.find(sha)
+    w.store.move(job, JobStatus.SKIPPED, message="covered by 0123456789ab")
+    assert b"skipped" in client.get("/badge/demo/main.svg").content
+    page = client.get("/").text
+    assert 's-skipped' in page and "covered by 0123456789ab" in page
+
+
 def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) -> None:
     repo.commit("root")
     w = Web(tmp_path, repo, notify={"webhooks": ["http://127.0.0.1:9/dead"], "on": "all", "retries": 0, "timeout": 1})
