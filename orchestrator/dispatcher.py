@@ -39,7 +39,9 @@ class Dispatcher:
         self.config = config
         self.store = store
         self.metrics = Metrics(store)
-        self.notifier = Notifier(config.notify)
+        self.notifier = Notifier(config.notify, store)
+        store.on_change = self.notifier.record   # deliveries written with the change they tell of
+        self.notifier.start()   # what a stop left in the outbox goes out now
         self.ctx = Context.create(config, store, backend, finished=self._finished,
                                   engine_error=self.metrics.engine_error, environments=environments)
         self.recovery = Recovery(self.ctx)
@@ -69,7 +71,6 @@ class Dispatcher:
 
     def _finished(self, job: Job) -> None:
         self.metrics.job_finished(job)
-        self.notifier.job_finished(job, self.store.previous_verdict(job))
         if job.status is JobStatus.FAILED and job.repository in self.queue.coalescing:
             self._failed.append(job)
 
@@ -80,7 +81,6 @@ class Dispatcher:
 
     def _named(self, job: Job, bisection: Bisection) -> None:
         self.ctx.results.annotate(job, self.store.attempt_history(job.id))
-        self.notifier.culprit_found(job, bisection.document())
 
     def _bisect(self) -> None:
         """Start the bisections the failures since the last step call for, then take

@@ -132,6 +132,12 @@ class LocalJobs:
     def show(self, ref: JobRef) -> Document:
         return self.document(self.job(ref))
 
+    def deliveries(self, ref: JobRef) -> list[Document]:
+        """The webhook deliveries of a job: sent, retrying (with the last error) or failed."""
+        from orchestrator.outbox import Outbox
+
+        return [d.document() for d in Outbox(self.store).of_job(self.job(ref).id)]
+
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]:
         """The newest bisections: their range, where they are, and what they named."""
         from orchestrator.bisection import recent
@@ -190,10 +196,23 @@ class LocalJobs:
             return self.document(job), _file(saved)
         return self.document(job), None
 
-    def failures(self, ref: JobRef) -> list[dict[str, str]]:
+    def failures(self, ref: JobRef) -> list[dict[str, Any]]:
+        """The failing tests, each with its record on the branch (history.py)."""
+        from orchestrator.history import History
+
         job = self.job(ref)
         junit = self.results.report(job) if job.status.final else None
-        return failures(junit) if junit else []
+        found = failures(junit) if junit else []
+        record = History(self.store)
+        return [{**f, "history": record.record_of(job, f["test"])} for f in found]
+
+    def test_runs(self, repository: str, test_id: str, branch: str | None = None, limit: int = 100) -> list[Document]:
+        """A test's outcome and duration in the newest jobs of a branch, newest first."""
+        from orchestrator.history import History
+
+        name = self.repository(repository).name
+        return [{"job": r.job_id, "commit": r.commit, "outcome": r.outcome, "seconds": r.seconds}
+                for r in History(self.store).runs(name, test_id, branch, limit=limit)]
 
     # -- lookups ------------------------------------------------------------------------
 

@@ -63,6 +63,34 @@ CREATE TABLE IF NOT EXISTS bisections (
     started_at TEXT NOT NULL,
     finished_at TEXT
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    attempt INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_at TEXT NOT NULL,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    sent_at TEXT,
+    UNIQUE (key, url)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+CREATE INDEX IF NOT EXISTS outbox_by_job ON outbox (job_id);
+CREATE TABLE IF NOT EXISTS test_cases (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    repository TEXT NOT NULL,
+    test_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (job_id, attempt, test_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS test_cases_by_test ON test_cases (repository, test_id, job_id);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 """

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         schema.create(self._db)
+        # told of every saved change (the connection, the job before and after) inside its
+        # transaction: the webhook outbox is written with the state change it tells of
+        self.on_change: Callable[[sqlite3.Connection, Job, Job], None] | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -285,6 +288,8 @@ class Store:
                 )
             new = transition(current, status, utcnow(), **changes)
             schema.save(db, current, new)
+            if self.on_change is not None:
+                self.on_change(db, current, new)
             return new
 
     def apply(self, old: Job, new: Job) -> Job:
@@ -292,6 +297,8 @@ class Store:
         attempt: its container, image, start) if the job is still ``old`` in the store."""
         with self._tx() as db:
             schema.save(db, old, new)
+            if self.on_change is not None:
+                self.on_change(db, old, new)
         return new
 
     def previous_verdict(self, job: Job) -> JobStatus | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,6 +28,7 @@ from orchestrator.backoff import Backoff
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
 from orchestrator.environment.build import EnvironmentBroken
 from orchestrator.environment.setup import setup
+from orchestrator import history
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
@@ -218,10 +220,18 @@ class Attempt:
                                        self.timings, built)
             except OSError as exc:
                 raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
+            self._record_history(done, junit)
             crash_point("result-written")
             return done
         finally:
             capped.close()
+
+    def _record_history(self, done: Job, junit: bytes | None) -> None:
+        """Its test cases, in bulk; a store that refuses them costs the history, not the job."""
+        try:
+            history.record(self.ctx.store, done, junit)
+        except sqlite3.Error as exc:
+            log.warning("job %s: test history not recorded (%s)", done.id, exc)
 
     def _verdict(self, final: ContainerState, killed: Kill | None, started: datetime,
                  junit: bytes | None, log_truncated: bool, log_head: bytes = b"") -> Job:

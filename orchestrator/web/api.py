@@ -141,6 +141,13 @@ def list_jobs(
     return jobs.list(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
 
 
+@router.get("/api/tests/{repository}/{test_id:path}")
+def get_test_runs(repository: str, test_id: Annotated[str, PathParam(max_length=2000)], jobs: Jobs,
+                  branch: Annotated[str | None, Query(max_length=255)] = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    return jobs.test_runs(repository, test_id, branch, limit)
+
+
 @router.get("/api/bisections")
 def list_bisections(
     jobs: Jobs,
@@ -162,8 +169,13 @@ def get_job(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
     return jobs.show(JobRef(id=job_id))
 
 
+@router.get("/api/jobs/{job_id}/deliveries")
+def get_deliveries(job_id: JobId, jobs: Jobs) -> list[dict[str, Any]]:
+    return jobs.deliveries(JobRef(id=job_id))
+
+
 @router.get("/api/jobs/{job_id}/failures")
-def get_failures(job_id: JobId, jobs: Jobs) -> list[dict[str, str]]:
+def get_failures(job_id: JobId, jobs: Jobs) -> list[dict[str, Any]]:
     return jobs.failures(JobRef(id=job_id))
 
 

@@ -10,7 +10,10 @@ from fastapi import APIRouter, HTTPException, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from markupsafe import Markup
+
 from orchestrator.jobs import JobRef
+from orchestrator.web.charts import Bar, bar_chart
 from orchestrator.web.api import Jobs
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -53,8 +56,21 @@ def dashboard(request: Request, jobs: Jobs) -> Response:
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
     job = jobs.show(JobRef(id=job_id))
-    return TEMPLATES.TemplateResponse(request, "job.html", {"job": job,
+    return TEMPLATES.TemplateResponse(request, "job.html", {"job": job, "deliveries": jobs.deliveries(JobRef(id=job_id)),
                                                             "token_required": request.app.state.token_required})
+
+
+@router.get("/tests/{name}/{test_id:path}", response_class=HTMLResponse)
+def test_page(request: Request, name: str, test_id: str, jobs: Jobs, branch: str | None = None) -> Response:
+    """A test's outcome and duration over the newest 100 jobs of a branch."""
+    runs = list(reversed(jobs.test_runs(name, test_id[:2000], branch[:255] if branch else None, limit=100)))
+    bars = [Bar(f"{r['commit'][:10]}: {r['outcome']}, {r['seconds']:.3f} s", r["seconds"], r["outcome"]) for r in runs]
+    failed = sum(1 for r in runs if r["outcome"] in ("failed", "error"))
+    summary = (f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}, "
+               f"oldest first; {failed} failed")
+    return TEMPLATES.TemplateResponse(request, "test.html", {
+        "repository": name, "test_id": test_id, "branch": branch, "runs": runs, "failed": failed,
+        "chart": Markup(bar_chart(bars, summary)), "token_required": request.app.state.token_required})
 
 
 def badge_svg(message: str, colour: str, label: str = "tests") -> bytes:

@@ -1,6 +1,7 @@
 """The web face with the real app: badges, metrics, cancel / retry, the instant trigger,
 the dashboard pages, the api token, and webhook notifications to a local HTTP server."""
 
+import dataclasses
 import http.server
 import json
 import threading
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.models import JobStatus, TestCounts
+from orchestrator import history
+from orchestrator.models import Job, JobStatus, TestCounts
 from orchestrator.notify import Notifier
 from tests.helpers import GitRepo, Web
 
@@ -92,7 +94,45 @@ def test_log_of_a_finished_job_is_the_result_file(web) -> None:
         b'<failure message="assert 1 == 2">long trace</failure></testcase></testsuite>')
     assert client.get(f"/api/jobs/{job.id}/log").content == b"the saved log\n"
     assert client.get(f"/api/jobs/{job.id}/failures").json() == [
-        {"test": "t::x", "kind": "failure", "message": "assert 1 == 2", "details": "long trace"}]
+        {"test": "t::x", "kind": "failure", "message": "assert 1 == 2", "details": "long trace",
+         "history": {"test_id": "t::x", "since": None, "failed_recent": 0, "recent": [], "branch": "main"}}]
+
+
+def junit(**outcomes: str) -> bytes:
+    """A report whose cases ``name=outcome`` take 0.1 s each (0.5 s the failing ones)."""
+    cases = "".join(f'<testcase classname="tests.test_a" name="{n}" time="{0.5 if o == "failed" else 0.1}">'
+                    + ('<failure message="no">trace</failure>' if o == "failed" else "") + "</testcase>"
+                    for n, o in outcomes.items())
+    return f'<testsuites><testsuite tests="{len(outcomes)}">{cases}</testsuite></testsuites>'.encode()
+
+
+def test_history_says_since_when_a_test_fails_and_draws_its_runs(tmp_path: Path, repo: GitRepo) -> None:
+    repo.commit("root")
+    w = Web(tmp_path, repo)
+    outcomes = ["passed", "failed", "passed", "failed", "failed", "failed"]   # flaky once, then broken
+    jobs = []
+    for i, outcome in enumerate(outcomes):
+        if i:
+            repo.commit(f"c{i}")
+        w.jobs.poll()
+        job = w.finish(JobStatus.FAILED if outcome == "failed" else JobStatus.PASSED)
+        assert history.record(w.store, job, junit(test_x=outcome, test_y="passed")) == 2
+        jobs.append(job)
+        directory = w.results.path(job, "junit.xml").parent
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "junit.xml").write_bytes(junit(test_x=outcome, test_y="passed"))
+    with w.client() as client:
+        (failure,) = client.get(f"/api/jobs/{jobs[-1].id}/failures").json()
+        record = failure["history"]
+        assert record["since"] == {"commit": jobs[3].commit, "commits": 3}
+        assert record["failed_recent"] == 3 and record["recent"] == ["passed", "failed", "passed", "failed", "failed"]
+        (first,) = client.get(f"/api/jobs/{jobs[1].id}/failures").json()
+        assert first["history"]["since"] is None   # a new failure
+        runs = client.get("/api/tests/demo/tests.test_a::test_x", params={"branch": "main"}).json()
+        assert [r["outcome"] for r in runs] == list(reversed(outcomes)) and runs[0]["seconds"] == 0.5
+        page = client.get("/tests/demo/tests.test_a::test_x", params={"branch": "main"}).text
+        assert page.count('class="bar"') == len(outcomes) and 'role="img"' in page and "4 failed" in page
+    w.close()
 
 
 def test_api_token_guards_mutations(tmp_path: Path, repo: GitRepo) -> None:
@@ -110,15 +150,19 @@ def test_api_token_guards_mutations(tmp_path: Path, repo: GitRepo) -> None:
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
     received: list = []
+    keys: list = []
     fail_first = 0
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if _Receiver.fail_first > 0:
+        if self.path == "/refuse":
+            self.send_response(400)
+        elif _Receiver.fail_first > 0:
             _Receiver.fail_first -= 1
             self.send_response(503)
         else:
             _Receiver.received.append(body)
+            _Receiver.keys.append(self.headers["Idempotency-Key"])
             self.send_response(204)
         self.end_headers()
 
@@ -130,41 +174,90 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def receiver():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Receiver.received, _Receiver.fail_first = [], 0
+    _Receiver.received, _Receiver.keys, _Receiver.fail_first = [], [], 0
     yield f"http://127.0.0.1:{server.server_address[1]}/hook"
     server.shutdown()
     server.server_close()
 
 
+def notifying(w: Web) -> Notifier:
+    """As the dispatcher wires it: the store tells it of each change, in its transaction."""
+    notifier = Notifier(w.config.notify, w.store)
+    w.store.on_change = notifier.record
+    notifier.start()
+    return notifier
+
+
 def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: GitRepo, receiver) -> None:
     repo.commit("root")
     w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "failures", "retries": 2})
-    notifier = Notifier(w.config.notify)
+    notifier = notifying(w)
 
-    def finished(status: JobStatus):
+    def finished(status: JobStatus) -> Job:
         w.jobs.poll()
-        job = w.finish(status)
-        notifier.job_finished(job, w.store.previous_verdict(job))  # as the dispatcher does
+        return w.finish(status)
 
     _Receiver.fail_first = 1  # the receiver is down once: retried
-    finished(JobStatus.FAILED)
+    first = finished(JobStatus.FAILED)
     second = repo.commit("fixed")
     finished(JobStatus.PASSED)
     repo.commit("still fine")
     finished(JobStatus.PASSED)  # neither a failure nor a recovery
+    deadline = time.monotonic() + 10
+    while len(_Receiver.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     notifier.close()
-    assert [(b["job"]["status"], b["recovered"]) for b in _Receiver.received] == [("failed", False), ("passed", True)]
-    assert _Receiver.received[1]["job"]["commit"] == second  # "still fine" sent nothing
+    received = sorted(_Receiver.received, key=lambda b: b["job"]["id"])   # a retried one arrives after the next
+    assert [(b["job"]["status"], b["recovered"]) for b in received] == [("failed", False), ("passed", True)]
+    assert received[1]["job"]["commit"] == second  # "still fine" sent nothing
+    assert f"job-{first.id}-attempt-1-job.finished" in _Receiver.keys
+    (delivery,) = notifier.outbox.of_job(first.id)
+    assert delivery.document()["state"] == "sent" and delivery.tries == 2 and delivery.last_error == "HTTP 503"
+    with w.client() as client:   # what a user sees of it
+        (shown,) = client.get(f"/api/jobs/{first.id}/deliveries").json()
+        assert (shown["event"], shown["state"], shown["tries"]) == ("job.finished", "sent", 2)
+        page = client.get(f"/jobs/{first.id}").text
+        assert "Webhook deliveries" in page and "HTTP 503" in page
+    w.close()
+
+
+def test_a_delivery_is_written_with_the_final_status_and_sent_after_a_restart(tmp_path: Path, repo: GitRepo,
+                                                                             receiver) -> None:
+    """Nothing sends it before the "restart": the row was written in the status's transaction."""
+    repo.commit("root")
+    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "all"})
+    w.jobs.poll()
+    w.store.on_change = Notifier(w.config.notify, w.store).record   # never started: a crash before sending
+    job = w.finish(JobStatus.PASSED)
+    later = notifying(w)   # the next start
+    later.close()
+    assert [b["job"]["id"] for b in _Receiver.received] == [job.id]
+    assert [d.state for d in later.outbox.of_job(job.id)] == ["sent"]
+    w.close()
+
+
+def test_a_receiver_that_refuses_is_not_retried(tmp_path: Path, repo: GitRepo, receiver) -> None:
+    repo.commit("root")
+    w = Web(tmp_path, repo, notify={"webhooks": [receiver.replace("/hook", "/refuse")], "on": "all", "retries": 3})
+    notifier = notifying(w)
+    w.jobs.poll()
+    job = w.finish(JobStatus.PASSED)
+    deadline = time.monotonic() + 10
+    while notifier.outbox.of_job(job.id)[0].state == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    notifier.close()
+    (delivery,) = notifier.outbox.of_job(job.id)
+    assert (delivery.state, delivery.tries, delivery.last_error) == ("failed", 1, "HTTP 400")
     w.close()
 
 
 def test_a_named_culprit_is_a_webhook_event_of_its_own(tmp_path: Path, repo: GitRepo, receiver) -> None:
     repo.commit("root")
-    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "failures"})
+    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "all"})
     w.jobs.poll()
-    notifier = Notifier(w.config.notify)
     job = w.finish(JobStatus.FAILED)
-    notifier.culprit_found(job, {"id": 1, "good": "a" * 40, "bad": job.commit, "range": 5, "jobs": 4})
+    notifier = notifying(w)
+    w.store.apply(job, dataclasses.replace(job, culprit={"id": 1, "good": "a" * 40, "bad": job.commit, "range": 5}))
     notifier.close()
     (body,) = _Receiver.received
     assert body["event"] == "culprit_found" and body["job"]["commit"] == job.commit and body["bisection"]["range"] == 5
@@ -184,11 +277,13 @@ def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) 
     repo.commit("root")
     w = Web(tmp_path, repo, notify={"webhooks": ["http://127.0.0.1:9/dead"], "on": "all", "retries": 0, "timeout": 1})
     w.jobs.poll()
-    notifier = Notifier(w.config.notify)
+    notifier = notifying(w)
     began = time.monotonic()
-    notifier.job_finished(w.finish(JobStatus.PASSED), None)
-    assert time.monotonic() - began < 0.1
+    job = w.finish(JobStatus.PASSED)
+    assert time.monotonic() - began < 0.5
     notifier.close(timeout=5)
+    (delivery,) = notifier.outbox.of_job(job.id)
+    assert delivery.state == "failed" and delivery.last_error == "ConnectionError"
     w.close()
 
 

@@ -1,0 +1,100 @@
+"""Test history: every test case of every job's JUnit report, recorded in bulk when the
+job ends (one ``executemany``), and what it tells about a failing test: since when it
+fails on the branch, and how often it failed in the runs before.
+
+A test's id is what its JUnit report calls it, ``<classname>::<name>``
+(``tests.test_a.TestX::test_y[1]``). Only each job's current attempt counts.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from orchestrator.models import Job
+from orchestrator.store import Store
+
+MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
+RECENT = 20           # runs a failing test's record looks back over
+
+
+@dataclass(frozen=True)
+class Case:
+    test_id: str
+    outcome: str      # passed, failed, error, skipped
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Run:
+    job_id: int
+    commit: str
+    outcome: str
+    seconds: float
+
+
+def cases(junit: bytes) -> list[Case]:
+    try:
+        root = ET.fromstring(junit)
+    except ET.ParseError:
+        return []
+    found = []
+    for case in root.iter("testcase"):
+        classname, name = case.get("classname") or "", case.get("name") or ""
+        outcome = next((o for tag, o in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+                        if case.find(tag) is not None), "passed")
+        try:
+            seconds = max(0.0, float(case.get("time") or 0))
+        except ValueError:
+            seconds = 0.0
+        found.append(Case(f"{classname}::{name}" if classname else name, outcome, seconds))
+        if len(found) >= MAX_CASES:
+            break
+    return found
+
+
+def record(store: Store, job: Job, junit: bytes | None) -> int:
+    """The cases of ``job``'s current attempt; how many."""
+    found = cases(junit) if junit else []
+    if found:
+        with store.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
+                           [(job.id, job.attempts, job.repository, c.test_id, c.outcome, c.seconds) for c in found])
+    return len(found)
+
+
+class History:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def runs(self, repository: str, test_id: str, branch: str | None = None, before: int | None = None,
+             limit: int = 100) -> list[Run]:
+        """The test's outcome in the newest jobs of ``branch`` (any, if None), newest first."""
+        sql = ("SELECT j.id, j.commit_sha, t.outcome, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+               " WHERE t.repository = ? AND t.test_id = ? AND t.attempt = j.attempts")
+        args: list[object] = [repository, test_id]
+        if branch is not None:
+            sql += " AND EXISTS (SELECT 1 FROM json_each(j.branches) WHERE value = ?)"
+            args.append(branch)
+        if before is not None:
+            sql += " AND j.id < ?"
+            args.append(before)
+        rows = self.store.query(sql + " ORDER BY j.id DESC LIMIT ?", [*args, limit])
+        return [Run(*row) for row in rows]
+
+    def record_of(self, job: Job, test_id: str) -> dict:
+        """What the job page says of one failing test: ``since`` (the first commit of the
+        failing streak that ends with this job, and its length) or None for a new failure;
+        how many of the RECENT runs before failed; their outcomes, oldest first."""
+        branch = job.branches[0] if job.branches else None
+        earlier = self.runs(job.repository, test_id, branch, before=job.id, limit=RECENT)
+        streak = 1
+        since = job.commit
+        for run in earlier:
+            if run.outcome not in ("failed", "error"):
+                break
+            streak, since = streak + 1, run.commit
+        return {"test_id": test_id, "since": {"commit": since, "commits": streak} if streak > 1 else None,
+                "failed_recent": sum(1 for r in earlier if r.outcome in ("failed", "error")),
+                "recent": [r.outcome for r in reversed(earlier)], "branch": branch}
