@@ -9,7 +9,6 @@ status and says the same thing, wherever the dispatcher is.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
 import requests
@@ -59,7 +58,7 @@ class DispatcherClient:
     def record_commits(self, repository: str, commits: list[NewCommit],
                        heads: dict[str, str] | None = None) -> list[int]:
         body = {"repository": repository,
-                "commits": [{**asdict(c), "branches": list(c.branches)} for c in commits],
+                "commits": [{"sha": c.sha, "subject": c.subject, "branches": list(c.branches)} for c in commits],
                 "heads": heads}
         return self.call("POST", "/api/commits", json=body).json()["created"]
 
