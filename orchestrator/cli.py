@@ -99,6 +99,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     from orchestrator.console import print_jobs
     from orchestrator.jobs import JobRef
+    from orchestrator.live_view import live_view
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()
@@ -120,7 +121,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             return 1 if any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
         services.serve_api()
         threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()
-        dispatcher.run(stop)
+        with live_view(services.store):   # in a terminal; piped, plain log lines
+            dispatcher.run(stop)
     return 0
 
 

@@ -45,6 +45,7 @@ class RepositoryConfig(_Strict):
     system_packages: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,100}$")]],
                                Field(max_length=100)] = []
     coalesce: bool = False   # under load, test only the newest queued commit of a branch, then bisect a failure
+    rerun_failures: Annotated[int, Field(ge=0, le=5)] = 0   # re-runs of only the failed tests, in the same container
 
     @field_validator("python")
     @classmethod

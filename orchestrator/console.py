@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_STYLE = {"passed": "green", "failed": "red", "error": "magenta", "timed_out": "yellow",
-          "running": "cyan", "queued": "dim", "cancelled": "dim"}
+STYLE = {"passed": "green", "failed": "red", "error": "magenta", "timed_out": "yellow",
+         "running": "cyan", "queued": "dim", "cancelled": "dim", "skipped": "dim"}
 
 
 def print_jobs(documents: list[dict[str, Any]]) -> None:
@@ -31,16 +31,16 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
         duration = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
         status = doc["status"]
         table.add_row(doc["commit"][:10], Text(doc["repository"]), Text(", ".join(doc["branches"])),
-                      Text(status, style=_STYLE.get(status, "dim")), tests, duration, str(doc["attempts"]),
+                      Text(status, style=STYLE.get(status, "dim")), tests, duration, str(doc["attempts"]),
                       *((Text(doc.get("node") or "-"),) if nodes else ()),
-                      Text(_printable(doc["subject"])), Text(_printable(doc["message"] or "")))
+                      Text(printable(doc["subject"])), Text(printable(doc["message"] or "")))
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
     console.print(table)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 

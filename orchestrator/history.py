@@ -54,14 +54,16 @@ def cases(junit: bytes) -> list[Case]:
 
 
 def record(store: Store, job: Job, junit: bytes | None) -> int:
-    """The cases of ``job``'s current attempt; how many."""
-    found = cases(junit) if junit else []
-    if found:
+    """The cases of ``job``'s current attempt, each as it ended (a re-run's outcome wins),
+    ``flaky`` for one that failed and then passed when re-run; how many rows."""
+    found = {c.test_id: c for c in cases(junit)} if junit else {}
+    rows = [(job.id, job.attempts, job.repository, c.test_id, "flaky" if c.test_id in job.flaky else c.outcome,
+             c.seconds) for c in found.values()]
+    if rows:
         with store.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
-                           " VALUES (?, ?, ?, ?, ?, ?)",
-                           [(job.id, job.attempts, job.repository, c.test_id, c.outcome, c.seconds) for c in found])
-    return len(found)
+                           " VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return len(rows)
 
 
 class History:
@@ -82,6 +84,31 @@ class History:
             args.append(before)
         rows = self.store.query(sql + " ORDER BY j.id DESC LIMIT ?", [*args, limit])
         return [Run(*row) for row in rows]
+
+    def flaky(self, repository: str, jobs: int = 500, limit: int = 50) -> list[dict]:
+        """Tests that flip, ranked by flip rate over the newest ``jobs`` jobs: a flip is a
+        change of outcome between two consecutive runs (in job order, whatever the branch),
+        or a run that passed only when re-run; a test that never failed there is left out."""
+        newest = self.store.query("SELECT COALESCE(MAX(id), 0) FROM jobs WHERE repository = ?", (repository,))[0][0]
+        rows = self.store.query(
+            "SELECT t.test_id, t.outcome, j.commit_sha FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+            " WHERE t.repository = ? AND t.attempt = j.attempts AND j.id > ? AND t.test_id IN"
+            " (SELECT DISTINCT test_id FROM test_cases WHERE repository = ? AND job_id > ?"
+            "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.id",
+            (repository, newest - jobs, repository, newest - jobs))
+        by_test: dict[str, list[tuple[str, str]]] = {}
+        for test_id, outcome, commit in rows:
+            by_test.setdefault(test_id, []).append((outcome, commit))
+        ranked = []
+        for test_id, runs in by_test.items():
+            outcomes = ["failed" if o == "error" else o for o, _ in runs]
+            flips = sum(1 for a, b in zip(outcomes, outcomes[1:]) if a != b and "skipped" not in (a, b))
+            flips += outcomes.count("flaky")
+            if flips:
+                ranked.append({"test_id": test_id, "runs": len(runs), "flips": flips,
+                               "flip_rate": round(flips / len(runs), 3), "flaky_runs": outcomes.count("flaky"),
+                               "last": runs[-1][0], "last_commit": runs[-1][1]})
+        return sorted(ranked, key=lambda r: (-r["flip_rate"], -r["flips"], r["test_id"]))[:limit]
 
     def record_of(self, job: Job, test_id: str) -> dict:
         """What the job page says of one failing test: ``since`` (the first commit of the

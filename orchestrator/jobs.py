@@ -206,6 +206,13 @@ class LocalJobs:
         record = History(self.store)
         return [{**f, "history": record.record_of(job, f["test"])} for f in found]
 
+    def flaky(self, repository: str | None = None) -> list[Document]:
+        """Flaky tests of each repository (or of one), ranked by flip rate (history.py)."""
+        from orchestrator.history import History
+
+        names = [self.repository(repository).name] if repository else [r.name for r in self.config.repositories]
+        return [{"repository": name, **t} for name in names for t in History(self.store).flaky(name)]
+
     def test_runs(self, repository: str, test_id: str, branch: str | None = None, limit: int = 100) -> list[Document]:
         """A test's outcome and duration in the newest jobs of a branch, newest first."""
         from orchestrator.history import History

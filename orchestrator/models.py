@@ -90,6 +90,7 @@ class Job:
     node: str | None = None                     # the machine that ran the attempt, on a Swarm
     priority: int = 0                           # claimed highest first; a bisection's jobs are BISECT_PRIORITY
     culprit: dict[str, Any] | None = None       # set when a bisection named this commit: the range it bisected
+    flaky: tuple[str, ...] = ()                 # tests that failed, then passed when re-run in the same container
 
     @property
     def duration_s(self) -> float | None:
@@ -143,7 +144,7 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
     if new is JobStatus.RUNNING:
         base = dict(
             attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
-            message=None, container_id=None, tests=None, log_truncated=False, environment=None, node=None,
+            message=None, container_id=None, tests=None, log_truncated=False, environment=None, node=None, flaky=(),
         )
     elif new is JobStatus.QUEUED:
         base = dict(started_at=None, finished_at=None, container_id=None)

@@ -46,6 +46,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "environment": job.environment,
         "message": job.message,
         "attempt_history": [h for h in history if h["attempt"] < job.attempts],
+        "flaky": list(job.flaky),             # failed, then passed when re-run (repositories[].rerun_failures)
         "culprit": job.culprit is not None,   # a bisection named this commit the first failing one
         "bisection": job.culprit,             # ... the range it bisected, and what it spent
     }

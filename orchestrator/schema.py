@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     node TEXT,
     priority INTEGER NOT NULL DEFAULT 0,
     culprit TEXT,
+    flaky TEXT,
     UNIQUE (repository, commit_sha)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -98,7 +99,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 COLUMNS = (
     "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
     "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node, "
-    "priority, culprit"
+    "priority, culprit, flaky"
 )
 
 
@@ -115,6 +116,8 @@ def create(db: sqlite3.Connection) -> None:
     if "priority" not in columns:  # made before coalescing and bisection
         db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE jobs ADD COLUMN culprit TEXT")
+    if "flaky" not in columns:  # made before re-runs of failed tests
+        db.execute("ALTER TABLE jobs ADD COLUMN flaky TEXT")
 
 
 def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
@@ -125,7 +128,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
     cur = db.execute(
         "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
         " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?,"
+        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?, flaky = ?,"
         " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
         " WHERE id = ? AND status = ? AND attempts = ?",
         (
@@ -134,6 +137,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
             json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
             json.dumps(new.environment) if new.environment is not None else None, new.node, new.priority,
             json.dumps(new.culprit) if new.culprit is not None else None,
+            json.dumps(list(new.flaky)) if new.flaky else None,
             new.status.value, old.id, old.status.value, old.attempts,
         ),
     )
@@ -151,7 +155,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
 def job(row: tuple) -> Job:
     (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
      exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node,
-     priority, culprit) = row
+     priority, culprit, flaky) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
         status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
@@ -160,4 +164,5 @@ def job(row: tuple) -> Job:
         tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
         environment=json.loads(environment) if environment else None, node=node,
         priority=priority, culprit=json.loads(culprit) if culprit else None,
+        flaky=tuple(json.loads(flaky)) if flaky else (),
     )

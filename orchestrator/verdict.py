@@ -93,14 +93,53 @@ def parse_junit(data: bytes) -> TestCounts | None:
         return None
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for suite in suites:
+        if (suite.get("name") or "").startswith(RERUN_SUITE):
+            continue   # a re-run of some of them: counted below, by how they ended
         for key in totals:
             try:
                 totals[key] += int(suite.get(key, "0"))
             except ValueError:
                 return None
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
-    return TestCounts(total=totals["tests"], passed=max(passed, 0), failed=totals["failures"],
-                      errors=totals["errors"], skipped=totals["skipped"])
+    counts = TestCounts(total=totals["tests"], passed=max(passed, 0), failed=totals["failures"],
+                        errors=totals["errors"], skipped=totals["skipped"])
+    recovered = _recovered(root)   # failed, then passed when re-run: counted as they ended
+    if recovered:
+        failed = sum(1 for kind in recovered.values() if kind == "failed")
+        errors = len(recovered) - failed
+        counts = TestCounts(total=counts.total, passed=counts.passed + len(recovered),
+                            failed=max(counts.failed - failed, 0), errors=max(counts.errors - errors, 0),
+                            skipped=counts.skipped)
+    return counts
+
+
+RERUN_SUITE = "orchestrator-rerun-"   # runner_image/entrypoint.py names each re-run's testsuite so
+
+
+def flaky(data: bytes | None) -> list[str]:
+    """The tests that failed and then passed when re-run in the same container."""
+    try:
+        return sorted(_recovered(ET.fromstring(data))) if data else []
+    except ET.ParseError:
+        return []
+
+
+def _recovered(root: ET.Element) -> dict[str, str]:
+    """test id -> how it failed first ("failed" or "error"), for each test whose last re-run passed."""
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    first: dict[str, str] = {}
+    last: dict[str, str] = {}
+    for suite in suites:
+        rerun = (suite.get("name") or "").startswith(RERUN_SUITE)
+        for case in suite.iter("testcase"):
+            test = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
+            outcome = "failed" if case.find("failure") is not None else \
+                "error" if case.find("error") is not None else "passed"
+            if rerun:
+                last[test] = outcome
+            elif outcome != "passed":
+                first[test] = outcome
+    return {test: kind for test, kind in first.items() if last.get(test) == "passed"}
 
 
 def failures(data: bytes, limit: int = 50) -> list[dict[str, str]]:

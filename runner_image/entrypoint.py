@@ -13,6 +13,10 @@ slot is free), so that all this overlaps the job before.
 ORCHESTRATOR_COMMAND replaces the default `pytest tests` (run by /bin/sh); pytest still
 writes its JUnit report, through PYTEST_ADDOPTS.
 
+With ORCHESTRATOR_RERUN_FAILURES=N (repositories[].rerun_failures), tests that failed are
+run again, only they, up to N times, until a run passes them all: then the exit status is 0,
+and the report holds every run (the orchestrator names those tests flaky).
+
 With ORCHESTRATOR_REPORT_FRAME set (a Swarm task: no folder is shared with the dispatcher,
 and the container has no network), the JUnit report is printed at the end of the output,
 base64 between two lines naming that value, and the engine's log carries it back.
@@ -44,6 +48,8 @@ JUNIT = "/ci-out/junit.xml"
 SITE = "/ci-out/site"
 MAX_REPORT_BYTES = 20 * 1024 * 1024
 REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
+RERUN_SUITE = "orchestrator-rerun-"   # orchestrator/verdict.py reads re-runs by this name
+MAX_RERUN_TESTS = 100                 # more failures than that is a broken commit, not a flaky test
 EXIT_DISK_LIMIT = 103
 EXIT_OUT_OF_MEMORY = 104
 WATCH_EVERY = 0.5           # as the dispatcher's DiskWatch on one engine
@@ -101,7 +107,60 @@ def main() -> int:
         print("orchestrator: pytest is not installed in the runner image", flush=True)
         return 101
     sys.path.insert(0 if not os.environ.get("ORCHESTRATOR_INSTALL") else 1, WORKSPACE)
-    return int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"]))
+    failed = FailedTests()
+    status = int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"], plugins=[failed]))
+    reruns = int(os.environ.get("ORCHESTRATOR_RERUN_FAILURES") or 0)
+    if status == 1 and reruns and 0 < len(failed.nodeids) <= MAX_RERUN_TESTS:
+        status = rerun_failures(failed.nodeids, reruns)
+    return status
+
+
+class FailedTests:
+    """A pytest plugin: the node ids of the tests that failed (setup, call or teardown)."""
+
+    def __init__(self) -> None:
+        self.nodeids: list = []
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.failed and report.nodeid not in self.nodeids:
+            self.nodeids.append(report.nodeid)
+
+
+def rerun_failures(nodeids: list, times: int) -> int:
+    """Run only the failed tests again, up to ``times`` times, in a fresh interpreter each
+    (the first one's imports and state stay out of it), until one run passes them all.
+    Each run's report is added to junit.xml as a testsuite of its own: the report keeps
+    every attempt, and the orchestrator reads which tests passed only when re-run."""
+    for attempt in range(1, times + 1):
+        print(f"\norchestrator: re-running the {len(nodeids)} failed test(s), re-run {attempt} of {times}", flush=True)
+        report = f"{JUNIT}.rerun{attempt}"
+        status = subprocess.call([sys.executable, "-m", "pytest", *nodeids, f"--junitxml={report}",
+                                  "-o", "junit_family=xunit2", "-o", f"junit_suite_name={RERUN_SUITE}{attempt}",
+                                  "-p", "no:cacheprovider", "-v", "-rfE"], stdin=subprocess.DEVNULL)
+        add_report(report)
+        if status == 0:
+            return 0
+    return 1
+
+
+def add_report(path: str) -> None:
+    """Append the testsuites of the report at ``path`` to junit.xml (and remove it)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        extra = ET.parse(path).getroot()
+        tree = ET.parse(JUNIT)
+    except (OSError, ET.ParseError):
+        return
+    root = tree.getroot()
+    if root.tag == "testsuite":   # wrap a bare testsuite, so that others can follow it
+        wrapper = ET.Element("testsuites")
+        wrapper.append(root)
+        tree, root = ET.ElementTree(wrapper), wrapper
+    for suite in ([extra] if extra.tag == "testsuite" else extra.findall("testsuite")):
+        root.append(suite)
+    tree.write(JUNIT, encoding="utf-8", xml_declaration=True)
+    os.unlink(path)
 
 
 def print_report(frame: str) -> None:

@@ -30,7 +30,8 @@ def setup(config: Config, backend: Backend, environments: Environments | None, r
     EnvironmentBroken when what the commit declares cannot be built."""
     repo = config.repository(repository)
     assert repo is not None
-    variables = {**repo.env, **({"ORCHESTRATOR_COMMAND": repo.command} if repo.command else {})}
+    variables = {**repo.env, **({"ORCHESTRATOR_COMMAND": repo.command} if repo.command else {}),
+                 **({"ORCHESTRATOR_RERUN_FAILURES": str(repo.rerun_failures)} if repo.rerun_failures else {})}
     if repo.image:
         return Setup(backend.image(repo.image), variables)
     runner = backend.image(config.runner.image_for(repo.python))

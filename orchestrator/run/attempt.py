@@ -32,7 +32,7 @@ from orchestrator import history
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.verdict import cause, classify, parse_junit
+from orchestrator.verdict import cause, classify, flaky, parse_junit
 from orchestrator.run import warm
 from orchestrator.run.conclude import conclude, os_reason
 from orchestrator.run.context import Context
@@ -249,7 +249,7 @@ class Attempt:
                                                 f"workspace, or {cfg.tmp_size} into /tmp")
         return transition(
             self.job, status, utcnow(), exit_code=final.exit_code, message=message,
-            tests=parse_junit(junit) if junit else None, log_truncated=log_truncated,
+            tests=parse_junit(junit) if junit else None, log_truncated=log_truncated, flaky=tuple(flaky(junit)),
             started_at=started, finished_at=final.finished_at or utcnow(), node=final.node or self.job.node,
         )
 

@@ -148,6 +148,11 @@ def get_test_runs(repository: str, test_id: Annotated[str, PathParam(max_length=
     return jobs.test_runs(repository, test_id, branch, limit)
 
 
+@router.get("/api/flaky")
+def list_flaky(jobs: Jobs, repository: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
+    return jobs.flaky(repository)
+
+
 @router.get("/api/bisections")
 def list_bisections(
     jobs: Jobs,

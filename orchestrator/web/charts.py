@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-COLOURS = {"passed": "#2ea44f", "failed": "#cb2431", "error": "#8250df", "skipped": "#afb8c1"}
+COLOURS = {"passed": "#2ea44f", "failed": "#cb2431", "error": "#8250df", "skipped": "#afb8c1", "flaky": "#dbab09"}
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
                                                             "token_required": request.app.state.token_required})
 
 
+@router.get("/flaky", response_class=HTMLResponse)
+def flaky_page(request: Request, jobs: Jobs) -> Response:
+    return TEMPLATES.TemplateResponse(request, "flaky.html", {"tests": jobs.flaky(),
+                                                              "token_required": request.app.state.token_required})
+
+
 @router.get("/tests/{name}/{test_id:path}", response_class=HTMLResponse)
 def test_page(request: Request, name: str, test_id: str, jobs: Jobs, branch: str | None = None) -> Response:
     """A test's outcome and duration over the newest 100 jobs of a branch."""

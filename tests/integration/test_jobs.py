@@ -177,3 +177,36 @@ def test_parallel_jobs_never_share_a_loopback(orch) -> None:
     assert [r["status"] for r in results] == ["passed"] * 4
     spans = sorted((r["started_at"], r["finished_at"]) for r in results)
     assert spans[1][0] < spans[0][1]  # two of them did listen at the same time
+
+
+FLAKY_ONCE = '''import os
+
+def test_steady():
+    pass
+
+def test_flaky_once():
+    marker = "/tmp/ran-before"   # the container's own /tmp: the re-run finds what the first run left
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise AssertionError("fails the first time only")
+'''
+BROKEN = "def test_broken():\n    assert False\n"
+
+
+def test_failed_tests_are_rerun_and_one_that_then_passes_is_flaky(orch) -> None:
+    """rerun_failures: only the failed tests run again, in the same container; a job whose
+    failures all passed on re-run passes, naming them flaky; the report keeps every run."""
+    sha = orch.repo.commit("flaky", {"tests/test_f.py": FLAKY_ONCE})
+    orch.configure(repository={"rerun_failures": 2})
+    assert orch.cli("run", "--once").returncode == 0
+    result = orch.result(sha)
+    assert (result["status"], result["flaky"], result["tests"]["passed"], result["tests"]["failed"]) == \
+        ("passed", ["tests.test_f::test_flaky_once"], 2, 0), orch.log(sha).decode()[-2000:]
+    report = orch.path(sha, "junit.xml").read_text()
+    assert report.count("orchestrator-rerun-1") == 1 and "fails the first time only" in report
+    assert b"re-running the 1 failed test(s), re-run 1 of 2" in orch.log(sha)
+    broken = orch.repo.commit("broken", {"tests/test_f.py": BROKEN})
+    assert orch.cli("run", "--once").returncode == 1
+    result = orch.result(broken)
+    assert (result["status"], result["flaky"]) == ("failed", [])
+    assert orch.path(broken, "junit.xml").read_text().count("orchestrator-rerun-") == 2

@@ -405,3 +405,32 @@ def test_a_change_that_lost_a_race_is_a_conflict(web) -> None:
     assert isinstance(info.value, Conflict) and info.value.exit_code == 2
     assert next(code for kind, code in _STATUS if isinstance(info.value, kind)) == 409
     assert client.post("/api/jobs/1/retry").status_code == 409  # running: only finished jobs can be retried
+
+
+def test_a_test_that_passed_on_re_run_is_flaky_and_ranked(tmp_path: Path, repo: GitRepo) -> None:
+    """The report keeps every run; the job passes with ``flaky``; the page ranks by flip rate."""
+    from orchestrator.verdict import flaky, parse_junit
+
+    report = (b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
+              b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
+              b'<testcase classname="tests.test_a" name="test_y"/></testsuite>'
+              b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/>'
+              b'</testsuite></testsuites>')
+    assert flaky(report) == ["tests.test_a::test_x"]
+    assert parse_junit(report) == TestCounts(total=2, passed=2, failed=0, errors=0, skipped=0)
+    repo.commit("root")
+    w = Web(tmp_path, repo)
+    w.jobs.poll()
+    job = w.store.claim_next()
+    done = w.store.apply(job, dataclasses.replace(job, status=JobStatus.PASSED, flaky=("tests.test_a::test_x",)))
+    history.record(w.store, done, report)
+    repo.commit("steady")
+    w.jobs.poll()
+    w.finish(JobStatus.PASSED)
+    history.record(w.store, w.store.get(2), junit(test_x="passed", test_y="passed"))
+    with w.client() as client:
+        assert client.get(f"/api/jobs/{done.id}").json()["flaky"] == ["tests.test_a::test_x"]
+        (ranked,) = client.get("/api/flaky").json()
+        assert (ranked["test_id"], ranked["flaky_runs"], ranked["runs"]) == ("tests.test_a::test_x", 1, 2)
+        assert "tests.test_a::test_x" in client.get("/flaky").text
+    w.close()
