@@ -206,6 +206,28 @@ class LocalJobs:
         record = History(self.store)
         return [{**f, "history": record.record_of(job, f["test"])} for f in found]
 
+    def trends(self, repository: str, branch: str | None = None) -> Document:
+        """A repository's (or branch's) pictures, as data: each of the last 100 runs, the
+        pass rate per day, the 10 slowest tests with their recent durations."""
+        from orchestrator import trends
+
+        name = self.repository(repository).name
+        return {
+            "repository": name, "branch": branch,
+            "runs": [{"id": j.id, "commit": j.commit, "status": j.status.value, "duration_s": j.duration_s}
+                     for j in trends.runs(self.store, name, branch)],
+            "pass_rate": [{"day": day, "passed": passed, "tested": tested}
+                          for day, passed, tested in trends.pass_rate_by_day(self.store, name, branch)],
+            "slowest": [{"test_id": s.test_id, "mean_s": round(s.mean_s, 4), "recent_s": s.recent_s}
+                        for s in trends.slowest_tests(self.store, name, branch)],
+        }
+
+    def load(self) -> list[Document]:
+        """Jobs queued and running, each minute of the last hour."""
+        from orchestrator import trends
+
+        return [{"at": iso(t), "queued": q, "running": r} for t, q, r in trends.load(self.store)]
+
     def flaky(self, repository: str | None = None) -> list[Document]:
         """Flaky tests of each repository (or of one), ranked by flip rate (history.py)."""
         from orchestrator.history import History

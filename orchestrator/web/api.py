@@ -148,6 +148,16 @@ def get_test_runs(repository: str, test_id: Annotated[str, PathParam(max_length=
     return jobs.test_runs(repository, test_id, branch, limit)
 
 
+@router.get("/api/repositories/{name}/trends")
+def get_trends(name: str, jobs: Jobs, branch: Annotated[str | None, Query(max_length=255)] = None) -> dict[str, Any]:
+    return jobs.trends(name, branch)
+
+
+@router.get("/api/load")
+def get_load(jobs: Jobs) -> list[dict[str, Any]]:
+    return jobs.load()
+
+
 @router.get("/api/flaky")
 def list_flaky(jobs: Jobs, repository: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
     return jobs.flaky(repository)

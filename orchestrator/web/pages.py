@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from orchestrator.jobs import JobRef
-from orchestrator.web.charts import Bar, bar_chart
+from orchestrator.web.charts import Bar, bar_chart, sparkline
 from orchestrator.web.api import Jobs
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -49,7 +49,12 @@ def dashboard(request: Request, jobs: Jobs) -> Response:
     health = jobs.health()["repositories"]
     repos = [{"name": r.name, "url": r.url, "branches": jobs.branches(r.name), "health": health[r.name]}
              for r in jobs.config.repositories]
-    return TEMPLATES.TemplateResponse(request, "index.html", {"repos": repos, "jobs": jobs.list(limit=50),
+    load = jobs.load()
+    charts = {f"{kind}_chart": Markup(bar_chart(
+        [Bar(f"{p['at'][11:16]} UTC: {p[kind]} {kind}", p[kind], "skipped" if kind == "queued" else "passed")
+         for p in load], f"jobs {kind} each minute of the last hour, oldest first; now {load[-1][kind]}",
+        unit="jobs", width=360, height=60)) for kind in ("queued", "running")}
+    return TEMPLATES.TemplateResponse(request, "index.html", {"repos": repos, "jobs": jobs.list(limit=50), **charts,
                                                               "token_required": request.app.state.token_required})
 
 
@@ -58,6 +63,29 @@ def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
     job = jobs.show(JobRef(id=job_id))
     return TEMPLATES.TemplateResponse(request, "job.html", {"job": job, "deliveries": jobs.deliveries(JobRef(id=job_id)),
                                                             "token_required": request.app.state.token_required})
+
+
+@router.get("/repos/{name}", response_class=HTMLResponse)
+@router.get("/repos/{name}/{branch:path}", response_class=HTMLResponse)
+def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None = None) -> Response:
+    """A repository's (or one branch's) trends, in pictures with their text alternatives."""
+    data = jobs.trends(name, branch[:255] if branch else None)
+    where = f"{name}{'/' + branch if branch else ''}"
+    runs = data["runs"]
+    durations = bar_chart([Bar(f"{r['commit'][:10]}: {r['status']}, {r['duration_s']:.1f} s", r["duration_s"],
+                               r["status"]) for r in runs],
+                          f"duration of the last {len(runs)} runs of {where}, oldest first, coloured by status")
+    rates = data["pass_rate"]
+    pass_rate = bar_chart([Bar(f"{d['day']}: {d['passed']} of {d['tested']} passed", 100 * d["passed"] / d["tested"],
+                               "passed" if d["passed"] == d["tested"] else "failed") for d in rates],
+                          f"pass rate per day of {where}, {len(rates)} days", unit="%", top=100, height=100)
+    slowest = [{**s, "spark": Markup(sparkline(s["recent_s"], f"{s['test_id']}: last {len(s['recent_s'])} durations"))}
+               for s in data["slowest"]]
+    branches = [b for b, _ in jobs.branches(name)]
+    return TEMPLATES.TemplateResponse(request, "repository.html", {
+        "repository": name, "branch": branch, "branches": branches, "runs": runs, "rates": rates,
+        "durations": Markup(durations), "pass_rate": Markup(pass_rate), "slowest": slowest,
+        "token_required": request.app.state.token_required})
 
 
 @router.get("/flaky", response_class=HTMLResponse)

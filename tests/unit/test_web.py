@@ -434,3 +434,29 @@ def test_a_test_that_passed_on_re_run_is_flaky_and_ranked(tmp_path: Path, repo: 
         assert (ranked["test_id"], ranked["flaky_runs"], ranked["runs"]) == ("tests.test_a::test_x", 1, 2)
         assert "tests.test_a::test_x" in client.get("/flaky").text
     w.close()
+
+
+def test_trends_in_pictures_on_the_repository_and_front_pages(tmp_path: Path, repo: GitRepo) -> None:
+    repo.commit("root")
+    w = Web(tmp_path, repo)
+    for i, outcome in enumerate(["passed", "failed", "passed"]):
+        if i:
+            repo.commit(f"c{i}")
+        w.jobs.poll()
+        job = w.finish(JobStatus.FAILED if outcome == "failed" else JobStatus.PASSED)
+        history.record(w.store, job, junit(test_x=outcome, test_y="passed", test_z="passed"))
+    with w.client() as client:
+        page = client.get("/repos/demo/main").text
+        durations = page.split('id="durations"')[1].split("</div>")[0]
+        assert durations.count('class="bar"') == 3 and "coloured by status" in durations
+        rate = page.split('id="pass-rate"')[1].split("</div>")[0]
+        assert rate.count('class="bar"') == 1 and "2 of 3 passed" in page   # one day: today
+        slowest = page.split('id="slowest"')[1]
+        assert slowest.count("<tr>") == 4 and slowest.count('class="spark"') == 3   # a header and 3 tests
+        assert client.get("/repos/demo").status_code == 200
+        trends = client.get("/api/repositories/demo/trends", params={"branch": "main"}).json()
+        assert [r["status"] for r in trends["runs"]] == ["passed", "failed", "passed"]
+        front = client.get("/").text
+        assert "The last hour" in front and front.count('class="bar"') == 2 * 61
+        assert len(client.get("/api/load").json()) == 61
+    w.close()

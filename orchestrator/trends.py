@@ -1,0 +1,79 @@
+"""Trends read from the store for the pictures: a branch's run durations and pass rate per
+day, its slowest tests with their recent durations, and the queue and running jobs over
+the last hour (counted from the jobs' own times: nothing is sampled)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from orchestrator.models import TESTED_STATUSES, Job, JobStatus, iso, parse_iso, utcnow
+from orchestrator.store import Store
+
+_TESTED = tuple(s.value for s in TESTED_STATUSES)
+
+
+@dataclass(frozen=True)
+class Slow:
+    test_id: str
+    mean_s: float
+    recent_s: list[float]   # oldest first
+
+
+def runs(store: Store, repository: str, branch: str | None, limit: int = 100) -> list[Job]:
+    """The newest tested jobs of a branch (any, if None), oldest first."""
+    jobs = [j for j in store.list_jobs(repository=repository, branch=branch, limit=limit * 2)
+            if j.status in TESTED_STATUSES and j.duration_s is not None]
+    return list(reversed(jobs[:limit]))
+
+
+def pass_rate_by_day(store: Store, repository: str, branch: str | None, days: int = 30) -> list[tuple[str, int, int]]:
+    """(day, passed, tested) for each of the last ``days`` days that had a run, oldest first."""
+    since = iso(utcnow() - timedelta(days=days))
+    sql = ("SELECT substr(finished_at, 1, 10), SUM(status = 'passed'), COUNT(*) FROM jobs WHERE repository = ?"
+           f" AND status IN ({','.join('?' * len(_TESTED))}) AND finished_at >= ?")
+    args: list[object] = [repository, *_TESTED, since]
+    if branch is not None:
+        sql += " AND EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)"
+        args.append(branch)
+    return [(day, int(passed), int(total)) for day, passed, total in store.query(sql + " GROUP BY 1 ORDER BY 1", args)]
+
+
+def slowest_tests(store: Store, repository: str, branch: str | None, count: int = 10, jobs: int = 20) -> list[Slow]:
+    """The ``count`` tests with the longest mean duration over the branch's newest ``jobs``
+    tested jobs, each with its durations there."""
+    ids = [j.id for j in reversed(runs(store, repository, branch, limit=jobs))]
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = store.query(f"SELECT t.test_id, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+                       f" WHERE t.job_id IN ({marks}) AND t.attempt = j.attempts ORDER BY t.job_id", ids)
+    series: dict[str, list[float]] = defaultdict(list)
+    for test_id, seconds in rows:
+        series[test_id].append(seconds)
+    ranked = sorted(series.items(), key=lambda item: -sum(item[1]) / len(item[1]))[:count]
+    return [Slow(test_id, sum(values) / len(values), values) for test_id, values in ranked]
+
+
+def load(store: Store, minutes: int = 60, step_s: int = 60) -> list[tuple[datetime, int, int]]:
+    """(time, queued, running) every ``step_s`` over the last ``minutes``, from the jobs'
+    queued, started and finished times (a job's latest attempt; a retried one counts from
+    its first queueing)."""
+    now = utcnow()
+    start = now - timedelta(minutes=minutes)
+    rows = store.query("SELECT queued_at, started_at, finished_at, status FROM jobs"
+                       " WHERE finished_at IS NULL OR finished_at >= ?", (iso(start),))
+    spans = []
+    for queued_at, started_at, finished_at, status in rows:
+        queued, started, finished = parse_iso(queued_at), parse_iso(started_at), parse_iso(finished_at)
+        if status == JobStatus.SKIPPED.value or queued is None:
+            continue
+        spans.append((queued, started, finished))
+    points = []
+    for i in range(minutes * 60 // step_s + 1):
+        t = start + timedelta(seconds=i * step_s)
+        queued = sum(1 for q, s, f in spans if q <= t and (s or f or now + timedelta(days=1)) > t)
+        running = sum(1 for q, s, f in spans if s is not None and s <= t and (f is None or f > t))
+        points.append((t, queued, running))
+    return points
