@@ -46,6 +46,8 @@ class RepositoryConfig(_Strict):
                                Field(max_length=100)] = []
     coalesce: bool = False   # under load, test only the newest queued commit of a branch, then bisect a failure
     rerun_failures: Annotated[int, Field(ge=0, le=5)] = 0   # re-runs of only the failed tests, in the same container
+    artifacts: Annotated[list[Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^/\x00-\x1f][^\x00-\x1f]*$")]],
+                         Field(max_length=50)] = []   # globs, relative to the workspace, beyond .ci-artifacts/
 
     @field_validator("python")
     @classmethod

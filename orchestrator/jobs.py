@@ -214,7 +214,8 @@ class LocalJobs:
         name = self.repository(repository).name
         return {
             "repository": name, "branch": branch,
-            "runs": [{"id": j.id, "commit": j.commit, "status": j.status.value, "duration_s": j.duration_s}
+            "runs": [{"id": j.id, "commit": j.commit, "status": j.status.value, "duration_s": j.duration_s,
+                      "coverage": j.coverage}
                      for j in trends.runs(self.store, name, branch)],
             "pass_rate": [{"day": day, "passed": passed, "tested": tested}
                           for day, passed, tested in trends.pass_rate_by_day(self.store, name, branch)],

@@ -91,6 +91,8 @@ class Job:
     priority: int = 0                           # claimed highest first; a bisection's jobs are BISECT_PRIORITY
     culprit: dict[str, Any] | None = None       # set when a bisection named this commit: the range it bisected
     flaky: tuple[str, ...] = ()                 # tests that failed, then passed when re-run in the same container
+    coverage: float | None = None               # line coverage in percent, from the suite's coverage.xml
+    artifacts: dict[str, Any] | None = None     # files collected for download: {"files", "refused", "bytes"}
 
     @property
     def duration_s(self) -> float | None:
@@ -145,6 +147,7 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
         base = dict(
             attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
             message=None, container_id=None, tests=None, log_truncated=False, environment=None, node=None, flaky=(),
+            coverage=None, artifacts=None,
         )
     elif new is JobStatus.QUEUED:
         base = dict(started_at=None, finished_at=None, container_id=None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from orchestrator.backends.base import MAX_REPORT_BYTES
 from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow
 from orchestrator.workspace import read_regular_file
 
-RESULT_FILES = ("result.json", "output.log", "junit.xml", "environment.log")
+RESULT_FILES = ("result.json", "output.log", "junit.xml", "environment.log", "artifacts")
 _FINAL = {s.value for s in JobStatus if s.final}
 _COUNTS = ("total", "passed", "failed", "errors", "skipped")
 
@@ -47,6 +48,8 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "message": job.message,
         "attempt_history": [h for h in history if h["attempt"] < job.attempts],
         "flaky": list(job.flaky),             # failed, then passed when re-run (repositories[].rerun_failures)
+        "coverage": job.coverage,             # line coverage in percent, if the suite wrote coverage.xml
+        "artifacts": job.artifacts,           # what was collected for download, and what was refused
         "culprit": job.culprit is not None,   # a bisection named this commit the first failing one
         "bisection": job.culprit,             # ... the range it bisected, and what it spent
     }
@@ -93,14 +96,18 @@ class ResultFiles:
 
     def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
               history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None,
-              environment_log: Path | None = None) -> Path:
+              environment_log: Path | None = None, artifacts: Path | None = None) -> Path:
         """Write ``job``'s files (with ``environment_log``, the log of its environment's
-        build, as ``environment.log``); an earlier attempt's files move to ``attempts/<n>/``."""
+        build, as ``environment.log``; ``artifacts``, a folder collected for it, moved to
+        ``artifacts/``); an earlier attempt's files move to ``attempts/<n>/``."""
         directory = self.directory(job.repository, job.commit)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".*.tmp"):  # a write a crash cut short; this job is its only writer
             stale.unlink(missing_ok=True)
         self._archive_older(directory, job.attempts)
+        shutil.rmtree(directory / "artifacts", ignore_errors=True)
+        if artifacts is not None and artifacts.is_dir():
+            shutil.move(str(artifacts), str(directory / "artifacts"))
         _atomic(directory / "output.log", log)
         if junit is not None:
             _atomic(directory / "junit.xml", lambda fh: fh.write(junit))

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority INTEGER NOT NULL DEFAULT 0,
     culprit TEXT,
     flaky TEXT,
+    coverage REAL,
+    artifacts TEXT,
     UNIQUE (repository, commit_sha)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -99,7 +101,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 COLUMNS = (
     "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
     "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node, "
-    "priority, culprit, flaky"
+    "priority, culprit, flaky, coverage, artifacts"
 )
 
 
@@ -118,6 +120,9 @@ def create(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE jobs ADD COLUMN culprit TEXT")
     if "flaky" not in columns:  # made before re-runs of failed tests
         db.execute("ALTER TABLE jobs ADD COLUMN flaky TEXT")
+    if "coverage" not in columns:  # made before artifacts and coverage
+        db.execute("ALTER TABLE jobs ADD COLUMN coverage REAL")
+        db.execute("ALTER TABLE jobs ADD COLUMN artifacts TEXT")
 
 
 def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
@@ -128,7 +133,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
     cur = db.execute(
         "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
         " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?, flaky = ?,"
+        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?, flaky = ?, coverage = ?, artifacts = ?,"
         " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
         " WHERE id = ? AND status = ? AND attempts = ?",
         (
@@ -137,7 +142,8 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
             json.dumps(new.tests.__dict__) if new.tests else None, int(new.log_truncated),
             json.dumps(new.environment) if new.environment is not None else None, new.node, new.priority,
             json.dumps(new.culprit) if new.culprit is not None else None,
-            json.dumps(list(new.flaky)) if new.flaky else None,
+            json.dumps(list(new.flaky)) if new.flaky else None, new.coverage,
+            json.dumps(new.artifacts) if new.artifacts is not None else None,
             new.status.value, old.id, old.status.value, old.attempts,
         ),
     )
@@ -155,7 +161,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
 def job(row: tuple) -> Job:
     (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
      exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node,
-     priority, culprit, flaky) = row
+     priority, culprit, flaky, coverage, artifacts) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
         status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
@@ -164,5 +170,6 @@ def job(row: tuple) -> Job:
         tests=TestCounts(**json.loads(tests)) if tests else None, log_truncated=bool(log_truncated),
         environment=json.loads(environment) if environment else None, node=node,
         priority=priority, culprit=json.loads(culprit) if culprit else None,
-        flaky=tuple(json.loads(flaky)) if flaky else (),
+        flaky=tuple(json.loads(flaky)) if flaky else (), coverage=coverage,
+        artifacts=json.loads(artifacts) if artifacts else None,
     )

@@ -98,6 +98,7 @@ class ImageInfo:
 
 class Backend(ABC):
     warm_starts = True   # whether a container may start before its slot frees (runner_image's release file)
+    shares_workspace = True   # whether the container's workspace is the host folder (artifacts are read there)
 
     @property
     @abstractmethod

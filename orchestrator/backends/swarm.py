@@ -64,6 +64,7 @@ class SwarmBackend(Backend):
     """Services on the Swarm whose manager is ``docker_host``; images through ``registry``."""
 
     warm_starts = False   # a warm container waits for a file in a shared folder: there is none
+    shares_workspace = False   # the task writes on its node: no artifacts are collected
 
     def __init__(self, docker_host: str | None, registry: str, constraints: list[str], timeout: float = 30):
         self.manager = DockerBackend(docker_host, timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from orchestrator.backoff import Backoff
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
 from orchestrator.environment.build import EnvironmentBroken
 from orchestrator.environment.setup import setup
-from orchestrator import history
+from orchestrator import artifacts, history
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
@@ -214,10 +215,11 @@ class Attempt:
             with self._phase("collect"):
                 junit = self.ctx.backend.report(state.id, self.ws.out)
                 done = self._verdict(final, killed, started, junit, capped.truncated, capped.head())
+                done, staged = self._artifacts(done)
             built = self.ctx.environments.log_of(done.repository, done.environment) if self.ctx.environments else None
             try:
                 self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
-                                       self.timings, built)
+                                       self.timings, built, staged)
             except OSError as exc:
                 raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
             self._record_history(done, junit)
@@ -225,6 +227,18 @@ class Attempt:
             return done
         finally:
             capped.close()
+
+    def _artifacts(self, done: Job) -> tuple[Job, Path | None]:
+        """What the suite left for download, copied aside (artifacts.py), and its coverage:
+        read from the workspace on the host, so not on a backend whose tasks write elsewhere."""
+        if not self.ctx.backend.shares_workspace or not self.ws.src.is_dir():
+            return done, None
+        repo = self.ctx.config.repository(done.repository)
+        staged = self.ws.root / "artifacts"
+        shutil.rmtree(staged, ignore_errors=True)
+        found = artifacts.collect(self.ws.src, staged, list(repo.artifacts) if repo else [])
+        kept = {"files": found.files, "refused": found.refused, "bytes": found.bytes} if found.files or found.refused else None
+        return dataclasses.replace(done, coverage=artifacts.coverage(self.ws.src, staged), artifacts=kept), staged
 
     def _record_history(self, done: Job, junit: bytes | None) -> None:
         """Its test cases, in bulk; a store that refuses them costs the history, not the job."""

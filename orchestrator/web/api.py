@@ -220,6 +220,22 @@ def get_environment_log(job_id: JobId, jobs: Jobs) -> Response:
     return Response(data, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
 
+@router.get("/api/jobs/{job_id}/artifacts/{name:path}")
+def get_artifact(job_id: JobId, name: Annotated[str, PathParam(max_length=1000)], jobs: Jobs) -> Response:
+    """One of the files collected from a job's workspace, as a download: only a name the job
+    lists, read as a regular file (never through a link)."""
+    job = jobs.job(JobRef(id=job_id))
+    if not job.artifacts or name not in job.artifacts.get("files", []):
+        raise HTTPException(404, f"job {job_id} has no artifact {name[:200]!r}")
+    data = read_regular_file(jobs.results.path(job, "artifacts") / name, 20 * 1024 * 1024)
+    if data is None:
+        raise HTTPException(404, f"job {job_id}: artifact {name[:200]!r} is gone")
+    filename = name.rsplit("/", 1)[-1].encode("ascii", "replace").decode().replace('"', "_")
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "X-Content-Type-Options": "nosniff"})
+
+
 @router.post("/api/jobs/{job_id}/cancel", status_code=202, dependencies=guarded)
 def cancel(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
     return jobs.cancel(JobRef(id=job_id))

@@ -39,9 +39,23 @@ def badge(name: str, branch: str, jobs: Jobs) -> Response:
     jobs.repository(name)
     if not branch.endswith(".svg"):
         raise HTTPException(404, "badges end in .svg")
+    if branch.endswith("/coverage.svg"):
+        return _coverage_badge(jobs, name, branch[: -len("/coverage.svg")])
     job = jobs.latest(name, branch[:-4])
     label = BADGE.get(job["status"] if job else "", ("unknown", "#9f9f9f"))
     return Response(badge_svg(*label), media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
+
+
+def _coverage_badge(jobs: Jobs, name: str, branch: str) -> Response:
+    """The line coverage of the branch's newest job that measured it."""
+    runs = [r for r in jobs.trends(name, branch)["runs"] if r.get("coverage") is not None]
+    if not runs:
+        label = ("unknown", "#9f9f9f")
+    else:
+        value = runs[-1]["coverage"]
+        label = (f"{value:.0f}%", "#2ea44f" if value >= 80 else "#dbab09" if value >= 50 else "#cb2431")
+    return Response(badge_svg(*label, label="coverage"), media_type="image/svg+xml",
+                    headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -79,12 +93,17 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
     pass_rate = bar_chart([Bar(f"{d['day']}: {d['passed']} of {d['tested']} passed", 100 * d["passed"] / d["tested"],
                                "passed" if d["passed"] == d["tested"] else "failed") for d in rates],
                           f"pass rate per day of {where}, {len(rates)} days", unit="%", top=100, height=100)
+    covered = [r for r in runs if r.get("coverage") is not None]
+    coverage = bar_chart([Bar(f"{r['commit'][:10]}: {r['coverage']:.1f} % of lines", r["coverage"], "passed")
+                          for r in covered], f"line coverage of the last {len(covered)} runs of {where} that measured it",
+                         unit="%", top=100, height=80)
     slowest = [{**s, "spark": Markup(sparkline(s["recent_s"], f"{s['test_id']}: last {len(s['recent_s'])} durations"))}
                for s in data["slowest"]]
     branches = [b for b, _ in jobs.branches(name)]
     return TEMPLATES.TemplateResponse(request, "repository.html", {
         "repository": name, "branch": branch, "branches": branches, "runs": runs, "rates": rates,
         "durations": Markup(durations), "pass_rate": Markup(pass_rate), "slowest": slowest,
+        "coverage": Markup(coverage) if covered else None,
         "token_required": request.app.state.token_required})
 
 

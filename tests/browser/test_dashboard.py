@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by Selenium)
 against the real orchestrator, real containers and real commits."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -76,6 +77,17 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     assert orch.wait_for(lambda: row_status(browser, later) == "passed"), orch.cli("status").stdout
     browser.get(base + "/badge/demo/main.svg")
     assert "passing" in browser.page_source
+    # the branch's page: a bar per run (root, slow, later), coloured by status, with its text alternative
+    browser.get(base + "/repos/demo/main")
+    bars = browser.find_elements(By.CSS_SELECTOR, "#durations rect.bar")
+    assert len(bars) == 3 and [b.get_attribute("fill") for b in bars][1] == "#cb2431"
+    chart = browser.find_element(By.CSS_SELECTOR, "#durations svg")
+    assert "duration of the last 3 runs" in chart.get_attribute("aria-label")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#slowest .spark")) >= 1
+    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):   # ORCHESTRATOR_SCREENSHOTS=docs: the README's picture
+        browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "branch.png"))
+    browser.get(base + "/")
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".load rect.bar")) == 2 * 61
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) == 0
 

@@ -5,7 +5,7 @@ import time
 import docker
 import pytest
 
-from tests.helpers import FAILING, PASSING
+from tests.helpers import FAILING, PASSING, http_get
 
 pytestmark = pytest.mark.docker
 
@@ -210,3 +210,44 @@ def test_failed_tests_are_rerun_and_one_that_then_passes_is_flaky(orch) -> None:
     result = orch.result(broken)
     assert (result["status"], result["flaky"]) == ("failed", [])
     assert orch.path(broken, "junit.xml").read_text().count("orchestrator-rerun-") == 2
+
+
+LEAVES_ARTIFACTS = '''import os
+
+def test_writes_artifacts():
+    os.makedirs(".ci-artifacts/screens", exist_ok=True)
+    with open(".ci-artifacts/screens/home.png", "wb") as fh:
+        fh.write(b"\\x89PNG fake")
+    os.symlink("/etc/passwd", ".ci-artifacts/passwd")       # never followed
+    with open("coverage.xml", "w") as fh:
+        fh.write('<?xml version="1.0"?><coverage line-rate="0.75"></coverage>')
+    os.makedirs("dist", exist_ok=True)
+    with open("dist/report.txt", "w") as fh:
+        fh.write("made by the suite")
+'''
+
+
+def test_artifacts_and_coverage_are_collected_from_a_real_container(orch) -> None:
+    sha = orch.repo.commit("artifacts", {"tests/test_a.py": LEAVES_ARTIFACTS})
+    orch.configure(repository={"artifacts": ["dist/*.txt"]})
+    assert orch.cli("run", "--once").returncode == 0, orch.log(sha).decode()[-2000:]
+    result = orch.result(sha)
+    assert sorted(result["artifacts"]["files"]) == ["dist/report.txt", "screens/home.png"]
+    assert result["artifacts"]["refused"] == [".ci-artifacts/passwd: not a regular file"]
+    assert result["coverage"] == 75.0
+    folder = orch.path(sha, "artifacts")
+    assert (folder / "screens" / "home.png").read_bytes() == b"\x89PNG fake"
+    assert not (folder / "passwd").exists()
+    port = orch.config.dispatcher.port
+    dispatcher = orch.start("dispatcher")
+    try:
+        orch.wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        download = http_get(f"http://127.0.0.1:{port}/api/jobs/{result['id']}/artifacts/dist/report.txt")
+        assert download.content == b"made by the suite" and "attachment" in download.headers["content-disposition"]
+        assert http_get(f"http://127.0.0.1:{port}/api/jobs/{result['id']}/artifacts/passwd") is None
+        badge = http_get(f"http://127.0.0.1:{port}/badge/demo/main/coverage.svg")
+        assert b"75%" in badge.content and b"coverage" in badge.content
+        assert "screens/home.png" in http_get(f"http://127.0.0.1:{port}/jobs/{result['id']}").text
+    finally:
+        dispatcher.terminate()
+        dispatcher.wait(timeout=30)

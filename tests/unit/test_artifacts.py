@@ -1,0 +1,52 @@
+"""Collecting a suite's artifacts from a workspace the code under test wrote: links refused,
+sizes capped, globs; and the coverage read from a Cobertura report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator import artifacts
+
+
+def test_links_are_refused_and_sizes_capped(tmp_path: Path, monkeypatch) -> None:
+    ws, target = tmp_path / "ws", tmp_path / "out"
+    (ws / ".ci-artifacts" / "sub").mkdir(parents=True)
+    (ws / ".ci-artifacts" / "report.html").write_text("<h1>ok</h1>")
+    (ws / ".ci-artifacts" / "sub" / "data.bin").write_bytes(b"\0" * 100)
+    (ws / ".ci-artifacts" / "secret").symlink_to("/etc/passwd")
+    (ws / ".ci-artifacts" / "folder").symlink_to("/etc")          # a linked folder: never entered
+    os.mkfifo(ws / ".ci-artifacts" / "pipe")
+    (ws / ".ci-artifacts" / "big").write_bytes(b"x" * 2048)
+    (ws / "build").mkdir()
+    (ws / "build" / "wheel.whl").write_bytes(b"PK")
+    (ws / "other.txt").write_text("not asked for")
+    monkeypatch.setattr(artifacts, "MAX_FILE", 1024)
+    found = artifacts.collect(ws, target, ["build/*.whl"])
+    assert sorted(found.files) == ["build/wheel.whl", "report.html", "sub/data.bin"]
+    assert (target / "report.html").read_text() == "<h1>ok</h1>" and not (target / "secret").exists()
+    refused = "\n".join(found.refused)
+    assert ".ci-artifacts/secret: not a regular file" in refused and ".ci-artifacts/pipe: not a regular file" in refused
+    assert ".ci-artifacts/folder: not a regular file" in refused and ".ci-artifacts/big: 2048 bytes" in refused
+    assert not any("passwd" in p.name for p in target.rglob("*"))
+
+
+def test_the_job_cap(tmp_path: Path, monkeypatch) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".ci-artifacts").mkdir(parents=True)
+    for i in range(5):
+        (ws / ".ci-artifacts" / f"f{i}").write_bytes(b"y" * 400)
+    monkeypatch.setattr(artifacts, "MAX_JOB", 1000)
+    found = artifacts.collect(ws, tmp_path / "out", [])
+    assert found.files == ["f0", "f1"] and found.bytes == 800 and len(found.refused) == 3
+
+
+def test_coverage_from_a_cobertura_report(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert artifacts.coverage(ws, tmp_path / "none") is None
+    (ws / "coverage.xml").write_text('<?xml version="1.0"?><coverage line-rate="0.8342" branch-rate="0"></coverage>')
+    assert artifacts.coverage(ws, tmp_path / "none") == 83.42
+    (ws / "coverage.xml").unlink()
+    (ws / "coverage.xml").symlink_to("/etc/passwd")
+    assert artifacts.coverage(ws, tmp_path / "none") is None
