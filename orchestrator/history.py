@@ -110,18 +110,53 @@ class History:
                                "last": runs[-1][0], "last_commit": runs[-1][1]})
         return sorted(ranked, key=lambda r: (-r["flip_rate"], -r["flips"], r["test_id"]))[:limit]
 
-    def record_of(self, job: Job, test_id: str) -> dict:
+    def outcomes(self, repository: str, test_id: str, commits: list[str]) -> dict[str, str]:
+        """The test's outcome at each of ``commits`` that was tested (its job's current attempt)."""
+        if not commits:
+            return {}
+        marks = ",".join("?" * len(commits))
+        rows = self.store.query(
+            f"SELECT j.commit_sha, t.outcome FROM test_cases t JOIN jobs j ON j.id = t.job_id WHERE t.repository = ?"
+            f" AND t.test_id = ? AND t.attempt = j.attempts AND j.commit_sha IN ({marks})", [repository, test_id, *commits])
+        return dict(rows)
+
+    def record_of(self, job: Job, test_id: str, parents: dict[str, list[str]] | None = None) -> dict:
         """What the job page says of one failing test: ``since`` (the first commit of the
         failing streak that ends with this job, and its length) or None for a new failure;
-        how many of the RECENT runs before failed; their outcomes, oldest first."""
+        how many of the RECENT runs before failed; their outcomes, oldest first.
+
+        With ``parents`` (the commit graph before the job's commit, mirror.parents) the
+        streak follows Git history: back through each parent where the test failed too, so
+        that a failure merged in from a side branch is dated from where it began there;
+        commits that were never tested (skipped) are stepped over. Without, it follows the
+        branch's jobs in the order they were tested."""
         branch = job.branches[0] if job.branches else None
         earlier = self.runs(job.repository, test_id, branch, before=job.id, limit=RECENT)
-        streak = 1
-        since = job.commit
-        for run in earlier:
-            if run.outcome not in ("failed", "error"):
-                break
-            streak, since = streak + 1, run.commit
+        if parents:
+            since, streak = self._streak_in_history(job, test_id, parents)
+        else:
+            streak, since = 1, job.commit
+            for run in earlier:
+                if run.outcome not in ("failed", "error"):
+                    break
+                streak, since = streak + 1, run.commit
         return {"test_id": test_id, "since": {"commit": since, "commits": streak} if streak > 1 else None,
                 "failed_recent": sum(1 for r in earlier if r.outcome in ("failed", "error")),
                 "recent": [r.outcome for r in reversed(earlier)], "branch": branch}
+
+    def _streak_in_history(self, job: Job, test_id: str, parents: dict[str, list[str]]) -> tuple[str, int]:
+        known = self.outcomes(job.repository, test_id, list(parents))
+        since, streak, current = job.commit, 1, job.commit
+        for _ in range(len(parents)):
+            step = None
+            for parent in parents.get(current, []):
+                cursor = parent   # past untested commits, along their first parents
+                while cursor in parents and cursor not in known and parents[cursor]:
+                    cursor = parents[cursor][0]
+                if known.get(cursor) in ("failed", "error"):
+                    step = cursor
+                    break
+            if step is None:
+                break
+            since, streak, current = step, streak + 1, step
+        return since, streak

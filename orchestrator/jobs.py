@@ -9,6 +9,7 @@ job's ``result.json`` document.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,11 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config, RepositoryConfig
-from orchestrator.errors import Conflict, UnknownCommit, UnknownRepository, UsageError
+from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.verdict import failures
 from orchestrator.store import NewCommit, Store
+
+log = logging.getLogger("orchestrator.jobs")
 
 if TYPE_CHECKING:
     from orchestrator.observer import Observer
@@ -204,7 +207,17 @@ class LocalJobs:
         junit = self.results.report(job) if job.status.final else None
         found = failures(junit) if junit else []
         record = History(self.store)
-        return [{**f, "history": record.record_of(job, f["test"])} for f in found]
+        parents = self._parents(job) if found else None
+        return [{**f, "history": record.record_of(job, f["test"], parents)} for f in found]
+
+    def _parents(self, job: Job) -> dict[str, list[str]] | None:
+        """The commit graph before the job's commit, from the repository's mirror (None if
+        it cannot be read: the record then follows the branch's jobs)."""
+        try:
+            return self.observer.mirrors[job.repository].parents(job.commit)
+        except (KeyError, OSError, RepositoryError) as exc:   # no mirror here (an observer elsewhere), say
+            log.debug("no commit graph for %s: %s", job.commit[:12], exc)
+            return None
 
     def trends(self, repository: str, branch: str | None = None) -> Document:
         """A repository's (or branch's) pictures, as data: each of the last 100 runs, the

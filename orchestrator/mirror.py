@@ -95,6 +95,12 @@ class Mirror:
             return []
         return self._log("--ignore-missing", "--reverse", "--topo-order", *include, *(f"^{sha}" for sha in exclude))
 
+    def parents(self, sha: str, limit: int = 200) -> dict[str, list[str]]:
+        """Each of the ``limit`` commits before ``sha`` (itself included) with its parents,
+        in one git call."""
+        lines = self._run("rev-list", "--parents", f"--max-count={limit}", sha, "--").splitlines()
+        return {line.split()[0]: line.split()[1:] for line in lines if line.strip()}
+
     def first_parent(self, good: str, bad: str) -> list[str]:
         """The commits after ``good`` up to ``bad`` on ``bad``'s first-parent line, oldest
         first: a merged side branch is its merge commit, one step."""

@@ -216,13 +216,14 @@ class Attempt:
                 junit = self.ctx.backend.report(state.id, self.ws.out)
                 done = self._verdict(final, killed, started, junit, capped.truncated, capped.head())
                 done, staged = self._artifacts(done)
+            with self._phase("history"):   # before the files, so that result.json has its time
+                self._record_history(done, junit)
             built = self.ctx.environments.log_of(done.repository, done.environment) if self.ctx.environments else None
             try:
                 self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
                                        self.timings, built, staged)
             except OSError as exc:
                 raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
-            self._record_history(done, junit)
             crash_point("result-written")
             return done
         finally:

@@ -46,3 +46,13 @@ def test_bisection_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> Non
     result = json.loads(out.read_text())
     assert result["coalesced"]["culprit"] == result["bad"] and result["every_commit"]["jobs"] == result["commits"]
     assert "| jobs spent |" in proc.stdout
+
+
+def test_history_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "history.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "history.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["cases_recorded"] == result["jobs"] * result["cases_per_job"]
+    assert "| `GET /api/jobs`, a page of 50 |" in proc.stdout

@@ -460,3 +460,21 @@ def test_trends_in_pictures_on_the_repository_and_front_pages(tmp_path: Path, re
         assert "The last hour" in front and front.count('class="bar"') == 2 * 61
         assert len(client.get("/api/load").json()) == 61
     w.close()
+
+
+def test_failures_have_their_record_without_a_mirror(tmp_path: Path, repo: GitRepo) -> None:
+    """A dispatcher whose observer runs elsewhere has no mirror: the record follows the branch's jobs."""
+    repo.commit("root")
+    w = Web(tmp_path, repo)
+    w.jobs.poll()
+    job = w.finish(JobStatus.FAILED)
+    history.record(w.store, job, junit(test_x="failed"))
+    directory = w.results.path(job, "junit.xml").parent
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "junit.xml").write_bytes(junit(test_x="failed"))
+    import shutil
+    shutil.rmtree(w.config.state_dir / "mirrors")
+    with w.client() as client:
+        (failure,) = client.get(f"/api/jobs/{job.id}/failures").json()
+        assert failure["history"]["since"] is None
+    w.close()
