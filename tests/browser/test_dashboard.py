@@ -72,6 +72,10 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     failure = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".failure"), timeout=15)[0]
     assert "test_answer" in failure.text and "the answer should be 42" in failure.text
     assert "1 failed" in orch.wait_for(lambda: log.text if "1 failed" in log.text else "", timeout=15)
+    record = browser.find_element(By.CSS_SELECTOR, ".failure .record")
+    assert "new failure" in record.text and "no earlier run of it" in record.text   # it is a new test
+    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
+        browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "job.png"))
     browser.get(base + "/")
     assert orch.wait_for(lambda: row_status(browser, slow) == "failed")
     assert orch.wait_for(lambda: row_status(browser, later) == "passed"), orch.cli("status").stdout
