@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from orchestrator.models import Job
 from orchestrator.store import Store
+from orchestrator.verdict import outcome, test_id
 
 MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
 RECENT = 20           # runs a failing test's record looks back over
@@ -40,14 +41,11 @@ def cases(junit: bytes) -> list[Case]:
         return []
     found = []
     for case in root.iter("testcase"):
-        classname, name = case.get("classname") or "", case.get("name") or ""
-        outcome = next((o for tag, o in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
-                        if case.find(tag) is not None), "passed")
         try:
             seconds = max(0.0, float(case.get("time") or 0))
         except ValueError:
             seconds = 0.0
-        found.append(Case(f"{classname}::{name}" if classname else name, outcome, seconds))
+        found.append(Case(test_id(case), outcome(case), seconds))
         if len(found) >= MAX_CASES:
             break
     return found

@@ -124,6 +124,18 @@ def flaky(data: bytes | None) -> list[str]:
         return []
 
 
+def test_id(case: ET.Element) -> str:
+    """A test case's id, as everything here names it: ``<classname>::<name>``."""
+    classname, name = case.get("classname") or "", case.get("name") or ""
+    return f"{classname}::{name}" if classname else name
+
+
+def outcome(case: ET.Element) -> str:
+    """passed, failed, error or skipped."""
+    return next((o for tag, o in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+                 if case.find(tag) is not None), "passed")
+
+
 def _recovered(root: ET.Element) -> dict[str, str]:
     """test id -> how it failed first ("failed" or "error"), for each test whose last re-run passed."""
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
@@ -132,13 +144,11 @@ def _recovered(root: ET.Element) -> dict[str, str]:
     for suite in suites:
         rerun = (suite.get("name") or "").startswith(RERUN_SUITE)
         for case in suite.iter("testcase"):
-            test = f"{case.get('classname', '')}::{case.get('name', '')}".strip(":")
-            outcome = "failed" if case.find("failure") is not None else \
-                "error" if case.find("error") is not None else "passed"
+            test, ended = test_id(case), outcome(case)
             if rerun:
-                last[test] = outcome
-            elif outcome != "passed":
-                first[test] = outcome
+                last[test] = ended
+            elif ended in ("failed", "error"):
+                first[test] = ended
     return {test: kind for test, kind in first.items() if last.get(test) == "passed"}
 
 
@@ -155,7 +165,7 @@ def failures(data: bytes, limit: int = 50) -> list[dict[str, str]]:
             node = case.find(kind)
             if node is not None:
                 found.append({
-                    "test": f"{case.get('classname', '')}::{case.get('name', '')}".strip(":"),
+                    "test": test_id(case),
                     "kind": kind,
                     "message": (node.get("message") or "")[:2000],
                     "details": (node.text or "")[:8000],
