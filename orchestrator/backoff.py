@@ -22,6 +22,11 @@ class Backoff:
         self._current = min(self.cap, self._current * self.factor if self._current else self.first)
         return self._current
 
+    def after(self, failures: int) -> float:
+        """The delay after ``failures`` failures in a row, for a loop whose count is kept
+        elsewhere (a webhook delivery's tries, in the outbox)."""
+        return min(self.cap, self.first * self.factor ** max(failures - 1, 0))
+
     def reset(self) -> bool:
         """Back to the first delay; True if it was failing until now."""
         was, self._current = self.failing, 0.0

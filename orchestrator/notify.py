@@ -19,6 +19,7 @@ import time
 import requests
 
 from orchestrator import outbox
+from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus
 from orchestrator.outbox import Delivery, Outbox
@@ -39,6 +40,7 @@ class Notifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session = requests.Session()
+        self._retry = Backoff(0.5, 30.0)   # before a delivery's next try: 0.5 s, 1 s, 2 s ... at most 30 s
 
     # -- what is news: in the transaction of the change ---------------------------------
 
@@ -95,7 +97,7 @@ class Notifier:
         except requests.RequestException as exc:
             problem = type(exc).__name__
         if delivery.tries < self._config.retries:
-            self.outbox.failed_try(delivery, problem, _delay(delivery.tries))
+            self.outbox.failed_try(delivery, problem, self._retry.after(delivery.tries + 1))
         else:
             log.warning("webhook %s: giving up on %s after %s tries (%s)", delivery.url, delivery.key,
                         delivery.tries + 1, problem)
@@ -113,8 +115,3 @@ class Notifier:
         self._wake.set()
         self._thread.join(timeout=self._config.timeout + 1)
         self._thread = None
-
-
-def _delay(tries: int) -> float:
-    """Before the next try: 0.5 s, 1 s, 2 s ... at most 30 s."""
-    return min(30.0, 0.5 * 2 ** tries)

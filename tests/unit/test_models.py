@@ -71,3 +71,10 @@ def test_skipped_comes_only_from_queued_and_goes_back_to_queued() -> None:
     running = transition(job, JobStatus.RUNNING, now)
     with pytest.raises(InvalidTransition):
         transition(running, JobStatus.SKIPPED, now)
+
+
+def test_a_backoff_counted_elsewhere_gives_the_same_delays() -> None:
+    from orchestrator.backoff import Backoff
+
+    looping = Backoff(0.5, 30.0)
+    assert [Backoff(0.5, 30.0).after(n) for n in range(1, 9)] == [looping.next() for _ in range(8)]
