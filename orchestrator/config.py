@@ -46,7 +46,7 @@ class RepositoryConfig(_Strict):
                                Field(max_length=100)] = []
     coalesce: bool = False   # under load, test only the newest queued commit of a branch, then bisect a failure
     rerun_failures: Annotated[int, Field(ge=0, le=5)] = 0   # re-runs of only the failed tests, in the same container
-    artifacts: Annotated[list[Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^/\x00-\x1f][^\x00-\x1f]*$")]],
+    artifacts: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]],
                          Field(max_length=50)] = []   # globs, relative to the workspace, beyond .ci-artifacts/
 
     @field_validator("python")
@@ -63,6 +63,15 @@ class RepositoryConfig(_Strict):
             if any(ord(c) < 32 for c in line) or (line.startswith("-") and not line.startswith(("-r ", "-e ."))):
                 raise ValueError(f"{line[:80]!r}: only requirements, '-r FILE', '.' and '-e .' (with extras) are allowed")
         return lines
+
+    @field_validator("artifacts")
+    @classmethod
+    def _relative_globs(cls, globs: list[str]) -> list[str]:
+        for g in globs:
+            if g.startswith("/") or ".." in g.split("/") or any(ord(c) < 32 for c in g):
+                raise ValueError(f"{g[:80]!r}: a glob relative to the workspace, like 'dist/*.whl' "
+                                 "(no leading '/', no '..', no control characters)")
+        return globs
 
     @field_validator("branches")
     @classmethod

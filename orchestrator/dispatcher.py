@@ -84,7 +84,10 @@ class Dispatcher:
 
     def _bisect(self) -> None:
         """Start the bisections the failures since the last step call for, then take
-        every bisection's next step: in the scheduling thread, one at a time."""
+        every bisection's next step: in the scheduling thread, one at a time. Nothing at
+        all (not even a query each step) unless a repository coalesces."""
+        if not self.queue.coalescing:
+            return
         while self._failed:
             self.bisector.consider(self._failed.pop(0))
         self.bisector.advance()
@@ -205,7 +208,7 @@ class Dispatcher:
 
     def idle(self) -> bool:
         return (self._recovered and not self._active and not len(self._warm) and not self.store.has_queued()
-                and not self._failed and not self.bisector.running())
+                and not self._failed and not (self.queue.coalescing and self.bisector.running()))
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since

@@ -150,3 +150,12 @@ def test_each_python_runs_in_its_own_runner_image(tmp_path: Path, repo: Path) ->
 def test_install_lines_are_requirements_only(tmp_path: Path, repo: Path, line: str) -> None:
     with pytest.raises(ConfigError, match=r"repositories\[0\].install"):
         load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    install: [{line!r}]\n"))
+
+
+@pytest.mark.parametrize("glob", ["/etc/*", "../outside/*", "dist/../../x"])
+def test_an_artifacts_glob_must_stay_in_the_workspace(tmp_path: Path, repo: Path, glob: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"repositories:\n  - name: a\n    url: {repo}\n    artifacts: ['{glob}']\n"))
+    message = str(info.value)
+    assert "repositories[0].artifacts" in message and "relative to the workspace, like 'dist/*.whl'" in message
+    assert "\n" not in message
