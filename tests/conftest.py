@@ -23,7 +23,7 @@ from orchestrator.backends import connect
 from orchestrator import pythons
 from orchestrator.backends.image import build
 from orchestrator.store import Store
-from tests.helpers import GitRepo, write_config
+from tests.helpers import GitRepo, WebhookReceiver, write_config
 
 
 @pytest.fixture
@@ -156,3 +156,10 @@ def orch(tmp_path: Path, engine: docker.DockerClient, runner_image: str):
     if o.config_path is not None:
         work = o.config.state_dir / "work"
         assert not work.exists() or not os.listdir(work), f"workspaces left behind: {os.listdir(work)}"
+
+
+@pytest.fixture
+def webhooks():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
 import subprocess
 import textwrap
+import threading
 from pathlib import Path
 
 import yaml
@@ -146,3 +149,39 @@ class Web:
 
     def close(self) -> None:
         self.store.close()
+
+
+class WebhookReceiver:
+    """A local HTTP server that takes webhook deliveries: each body and its Idempotency-Key
+    (``received``, ``keys``); it answers 503 to the first ``fail_first`` and 400 on ``/refuse``."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.keys: list[str] = []
+        self.fail_first = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/refuse":
+                    self.send_response(400)
+                elif receiver.fail_first > 0:
+                    receiver.fail_first -= 1
+                    self.send_response(503)
+                else:
+                    receiver.received.append(body)
+                    receiver.keys.append(self.headers["Idempotency-Key"])
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -2,9 +2,7 @@
 the dashboard pages, the api token, and webhook notifications to a local HTTP server."""
 
 import dataclasses
-import http.server
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -148,38 +146,6 @@ def test_api_token_guards_mutations(tmp_path: Path, repo: GitRepo) -> None:
     w.close()
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: list = []
-    keys: list = []
-    fail_first = 0
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/refuse":
-            self.send_response(400)
-        elif _Receiver.fail_first > 0:
-            _Receiver.fail_first -= 1
-            self.send_response(503)
-        else:
-            _Receiver.received.append(body)
-            _Receiver.keys.append(self.headers["Idempotency-Key"])
-            self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Receiver.received, _Receiver.keys, _Receiver.fail_first = [], [], 0
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
-
-
 def notifying(w: Web) -> Notifier:
     """As the dispatcher wires it: the store tells it of each change, in its transaction."""
     notifier = Notifier(w.config.notify, w.store)
@@ -188,29 +154,29 @@ def notifying(w: Web) -> Notifier:
     return notifier
 
 
-def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: GitRepo, receiver) -> None:
+def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: GitRepo, webhooks) -> None:
     repo.commit("root")
-    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "failures", "retries": 2})
+    w = Web(tmp_path, repo, notify={"webhooks": [webhooks.url], "on": "failures", "retries": 2})
     notifier = notifying(w)
 
     def finished(status: JobStatus) -> Job:
         w.jobs.poll()
         return w.finish(status)
 
-    _Receiver.fail_first = 1  # the receiver is down once: retried
+    webhooks.fail_first = 1  # the receiver is down once: retried
     first = finished(JobStatus.FAILED)
     second = repo.commit("fixed")
     finished(JobStatus.PASSED)
     repo.commit("still fine")
     finished(JobStatus.PASSED)  # neither a failure nor a recovery
     deadline = time.monotonic() + 10
-    while len(_Receiver.received) < 2 and time.monotonic() < deadline:
+    while len(webhooks.received) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     notifier.close()
-    received = sorted(_Receiver.received, key=lambda b: b["job"]["id"])   # a retried one arrives after the next
+    received = sorted(webhooks.received, key=lambda b: b["job"]["id"])   # a retried one arrives after the next
     assert [(b["job"]["status"], b["recovered"]) for b in received] == [("failed", False), ("passed", True)]
     assert received[1]["job"]["commit"] == second  # "still fine" sent nothing
-    assert f"job-{first.id}-attempt-1-job.finished" in _Receiver.keys
+    assert f"job-{first.id}-attempt-1-job.finished" in webhooks.keys
     (delivery,) = notifier.outbox.of_job(first.id)
     assert delivery.document()["state"] == "sent" and delivery.tries == 2 and delivery.last_error == "HTTP 503"
     with w.client() as client:   # what a user sees of it
@@ -222,23 +188,23 @@ def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: G
 
 
 def test_a_delivery_is_written_with_the_final_status_and_sent_after_a_restart(tmp_path: Path, repo: GitRepo,
-                                                                             receiver) -> None:
+                                                                             webhooks) -> None:
     """Nothing sends it before the "restart": the row was written in the status's transaction."""
     repo.commit("root")
-    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "all"})
+    w = Web(tmp_path, repo, notify={"webhooks": [webhooks.url], "on": "all"})
     w.jobs.poll()
     w.store.on_change = Notifier(w.config.notify, w.store).record   # never started: a crash before sending
     job = w.finish(JobStatus.PASSED)
     later = notifying(w)   # the next start
     later.close()
-    assert [b["job"]["id"] for b in _Receiver.received] == [job.id]
+    assert [b["job"]["id"] for b in webhooks.received] == [job.id]
     assert [d.state for d in later.outbox.of_job(job.id)] == ["sent"]
     w.close()
 
 
-def test_a_receiver_that_refuses_is_not_retried(tmp_path: Path, repo: GitRepo, receiver) -> None:
+def test_a_receiver_that_refuses_is_not_retried(tmp_path: Path, repo: GitRepo, webhooks) -> None:
     repo.commit("root")
-    w = Web(tmp_path, repo, notify={"webhooks": [receiver.replace("/hook", "/refuse")], "on": "all", "retries": 3})
+    w = Web(tmp_path, repo, notify={"webhooks": [webhooks.url.replace("/hook", "/refuse")], "on": "all", "retries": 3})
     notifier = notifying(w)
     w.jobs.poll()
     job = w.finish(JobStatus.PASSED)
@@ -251,15 +217,15 @@ def test_a_receiver_that_refuses_is_not_retried(tmp_path: Path, repo: GitRepo, r
     w.close()
 
 
-def test_a_named_culprit_is_a_webhook_event_of_its_own(tmp_path: Path, repo: GitRepo, receiver) -> None:
+def test_a_named_culprit_is_a_webhook_event_of_its_own(tmp_path: Path, repo: GitRepo, webhooks) -> None:
     repo.commit("root")
-    w = Web(tmp_path, repo, notify={"webhooks": [receiver], "on": "all"})
+    w = Web(tmp_path, repo, notify={"webhooks": [webhooks.url], "on": "all"})
     w.jobs.poll()
     job = w.finish(JobStatus.FAILED)
     notifier = notifying(w)
     w.store.apply(job, dataclasses.replace(job, culprit={"id": 1, "good": "a" * 40, "bad": job.commit, "range": 5}))
     notifier.close()
-    (body,) = _Receiver.received
+    (body,) = webhooks.received
     assert body["event"] == "culprit_found" and body["job"]["commit"] == job.commit and body["bisection"]["range"] == 5
     w.close()
 
