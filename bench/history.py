@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from orchestrator.config import load_config  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, transition, utcnow  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE, pct, sh, wait_http  # noqa: E402
+from workloads import FULL, SMOKE, pct, serving, sh  # noqa: E402
 
 
 def report(cases: int, job: int) -> bytes:
@@ -65,11 +63,7 @@ def measure(bench: Bench, jobs: int, cases: int, requests_n: int) -> dict:
             (folder / "junit.xml").write_bytes(junit)
     recorded = store.query("SELECT COUNT(*) FROM test_cases")[0][0]
     store.close()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "dispatcher", "-c", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{cfg.dispatcher.port}"
-        wait_http(f"{base}/healthz")
+    with serving(config) as (base, _):
         session = requests.Session()
 
         def timed(path: str, **params) -> list[float]:
@@ -88,9 +82,6 @@ def measure(bench: Bench, jobs: int, cases: int, requests_n: int) -> dict:
             "api_test_runs": timed("/api/tests/bench/tests.test_m0::test_7", branch="main"),
             "branch_page": timed("/repos/bench/main"),
         }
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
     return {"jobs": jobs, "cases_per_job": cases, "cases_recorded": recorded,
             "record_per_job_p50_s": statistics.median(recording),
             "cases_per_hour": cases / statistics.median(recording) * 3600,

@@ -38,7 +38,7 @@ from orchestrator.store import NewCommit, Store  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 import environments  # noqa: E402
-from workloads import FULL, SMOKE, Workloads, pct, rss, sh, wait_http, wait_job  # noqa: E402
+from workloads import FULL, SMOKE, Workloads, pct, rss, serving, sh, wait_http, wait_job  # noqa: E402
 
 
 class Bench(Workloads):
@@ -172,11 +172,7 @@ class Bench(Workloads):
             store.apply(job, transition(job, JobStatus.PASSED, utcnow(), exit_code=0, tests=TestCounts(3, 3)))
         store.close()
         status_times = [self.orchestrator("status", config=config) for _ in range(max(3, self.sizes.triggers))]
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "dispatcher", "-c", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{cfg.dispatcher.port}"
-            wait_http(f"{base}/healthz")
+        with serving(config) as (base, proc):
             session = requests.Session()
             api = []
             for i in range(self.sizes.requests):
@@ -185,9 +181,6 @@ class Bench(Workloads):
                 api.append(time.perf_counter() - began)
                 assert resp.status_code == 200 and len(resp.json()) == 50
             rss_kb = rss(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
         burst = self.burst()
         return {
             "jobs_in_store": self.sizes.jobs,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +115,22 @@ def calibrate(seconds: float) -> int:
             total += k * k % 7
         n += 10_000
     return int(n * seconds / (time.process_time() - began))
+
+
+@contextmanager
+def serving(config: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real dispatcher on ``config`` (its address and process) until the block ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "dispatcher", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from orchestrator.config import load_config
+
+        base = f"http://127.0.0.1:{load_config(config).dispatcher.port}"
+        wait_http(f"{base}/healthz")
+        yield base, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def wait_http(url: str, timeout: float = 60) -> None:
