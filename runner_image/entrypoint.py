@@ -177,7 +177,9 @@ def print_report(frame: str) -> None:
 
 
 def used(folders: list) -> int:
-    """Blocks held under ``folders`` (a sparse file costs what it uses), each inode once."""
+    """Blocks held under ``folders`` (a sparse file costs what it uses), each inode once:
+    the count the dispatcher's DiskWatch makes on one engine (orchestrator/run/watch.py),
+    written again here because the runner image does not hold the orchestrator package."""
     seen, total, stack = set(), 0, list(folders)
     while stack:
         try:
