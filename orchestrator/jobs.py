@@ -26,6 +26,7 @@ from orchestrator.store import NewCommit, Store
 log = logging.getLogger("orchestrator.jobs")
 
 if TYPE_CHECKING:
+    from orchestrator.insight import Insight
     from orchestrator.observer import Observer
 
 Document = dict[str, Any]
@@ -66,6 +67,13 @@ class LocalJobs:
                  wake: Callable[[], None] = lambda: None):
         self.config, self.store, self.backend, self.wake = config, store, backend, wake
         self.results = ResultFiles(config.results_dir)
+
+    @cached_property
+    def insight(self) -> "Insight":
+        """What the pictures and the history pages read (insight.py)."""
+        from orchestrator.insight import Insight
+
+        return Insight(self.store, self.repository, [r.name for r in self.config.repositories])
 
     @cached_property
     def observer(self) -> "Observer":
@@ -218,44 +226,6 @@ class LocalJobs:
         except (KeyError, OSError, RepositoryError) as exc:   # no mirror here (an observer elsewhere), say
             log.debug("no commit graph for %s: %s", job.commit[:12], exc)
             return None
-
-    def trends(self, repository: str, branch: str | None = None) -> Document:
-        """A repository's (or branch's) pictures, as data: each of the last 100 runs, the
-        pass rate per day, the 10 slowest tests with their recent durations."""
-        from orchestrator import trends
-
-        name = self.repository(repository).name
-        return {
-            "repository": name, "branch": branch,
-            "runs": [{"id": j.id, "commit": j.commit, "status": j.status.value, "duration_s": j.duration_s,
-                      "coverage": j.coverage}
-                     for j in trends.runs(self.store, name, branch)],
-            "pass_rate": [{"day": day, "passed": passed, "tested": tested}
-                          for day, passed, tested in trends.pass_rate_by_day(self.store, name, branch)],
-            "slowest": [{"test_id": s.test_id, "mean_s": round(s.mean_s, 4), "recent_s": s.recent_s}
-                        for s in trends.slowest_tests(self.store, name, branch)],
-        }
-
-    def load(self) -> list[Document]:
-        """Jobs queued and running, each minute of the last hour."""
-        from orchestrator import trends
-
-        return [{"at": iso(t), "queued": q, "running": r} for t, q, r in trends.load(self.store)]
-
-    def flaky(self, repository: str | None = None) -> list[Document]:
-        """Flaky tests of each repository (or of one), ranked by flip rate (history.py)."""
-        from orchestrator.history import History
-
-        names = [self.repository(repository).name] if repository else [r.name for r in self.config.repositories]
-        return [{"repository": name, **t} for name in names for t in History(self.store).flaky(name)]
-
-    def test_runs(self, repository: str, test_id: str, branch: str | None = None, limit: int = 100) -> list[Document]:
-        """A test's outcome and duration in the newest jobs of a branch, newest first."""
-        from orchestrator.history import History
-
-        name = self.repository(repository).name
-        return [{"job": r.job_id, "commit": r.commit, "outcome": r.outcome, "seconds": r.seconds}
-                for r in History(self.store).runs(name, test_id, branch, limit=limit)]
 
     # -- lookups ------------------------------------------------------------------------
 

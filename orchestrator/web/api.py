@@ -145,22 +145,22 @@ def list_jobs(
 def get_test_runs(repository: str, test_id: Annotated[str, PathParam(max_length=2000)], jobs: Jobs,
                   branch: Annotated[str | None, Query(max_length=255)] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-    return jobs.test_runs(repository, test_id, branch, limit)
+    return jobs.insight.test_runs(repository, test_id, branch, limit)
 
 
 @router.get("/api/repositories/{name}/trends")
 def get_trends(name: str, jobs: Jobs, branch: Annotated[str | None, Query(max_length=255)] = None) -> dict[str, Any]:
-    return jobs.trends(name, branch)
+    return jobs.insight.trends(name, branch)
 
 
 @router.get("/api/load")
 def get_load(jobs: Jobs) -> list[dict[str, Any]]:
-    return jobs.load()
+    return jobs.insight.load()
 
 
 @router.get("/api/flaky")
 def list_flaky(jobs: Jobs, repository: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
-    return jobs.flaky(repository)
+    return jobs.insight.flaky(repository)
 
 
 @router.get("/api/bisections")

@@ -48,7 +48,7 @@ def badge(name: str, branch: str, jobs: Jobs) -> Response:
 
 def _coverage_badge(jobs: Jobs, name: str, branch: str) -> Response:
     """The line coverage of the branch's newest job that measured it."""
-    runs = [r for r in jobs.trends(name, branch)["runs"] if r.get("coverage") is not None]
+    runs = [r for r in jobs.insight.trends(name, branch)["runs"] if r.get("coverage") is not None]
     if not runs:
         label = ("unknown", "#9f9f9f")
     else:
@@ -63,7 +63,7 @@ def dashboard(request: Request, jobs: Jobs) -> Response:
     health = jobs.health()["repositories"]
     repos = [{"name": r.name, "url": r.url, "branches": jobs.branches(r.name), "health": health[r.name]}
              for r in jobs.config.repositories]
-    load = jobs.load()
+    load = jobs.insight.load()
     charts = {f"{kind}_chart": Markup(bar_chart(
         [Bar(f"{p['at'][11:16]} UTC: {p[kind]} {kind}", p[kind], "skipped" if kind == "queued" else "passed")
          for p in load], f"jobs {kind} each minute of the last hour, oldest first; now {load[-1][kind]}",
@@ -83,7 +83,7 @@ def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
 @router.get("/repos/{name}/{branch:path}", response_class=HTMLResponse)
 def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None = None) -> Response:
     """A repository's (or one branch's) trends, in pictures with their text alternatives."""
-    data = jobs.trends(name, branch[:255] if branch else None)
+    data = jobs.insight.trends(name, branch[:255] if branch else None)
     where = f"{name}{'/' + branch if branch else ''}"
     runs = data["runs"]
     durations = bar_chart([Bar(f"{r['commit'][:10]}: {r['status']}, {r['duration_s']:.1f} s", r["duration_s"],
@@ -109,14 +109,14 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
 
 @router.get("/flaky", response_class=HTMLResponse)
 def flaky_page(request: Request, jobs: Jobs) -> Response:
-    return TEMPLATES.TemplateResponse(request, "flaky.html", {"tests": jobs.flaky(),
+    return TEMPLATES.TemplateResponse(request, "flaky.html", {"tests": jobs.insight.flaky(),
                                                               "token_required": request.app.state.token_required})
 
 
 @router.get("/tests/{name}/{test_id:path}", response_class=HTMLResponse)
 def test_page(request: Request, name: str, test_id: str, jobs: Jobs, branch: str | None = None) -> Response:
     """A test's outcome and duration over the newest 100 jobs of a branch."""
-    runs = list(reversed(jobs.test_runs(name, test_id[:2000], branch[:255] if branch else None, limit=100)))
+    runs = list(reversed(jobs.insight.test_runs(name, test_id[:2000], branch[:255] if branch else None, limit=100)))
     bars = [Bar(f"{r['commit'][:10]}: {r['outcome']}, {r['seconds']:.3f} s", r["seconds"], r["outcome"]) for r in runs]
     failed = sum(1 for r in runs if r["outcome"] in ("failed", "error"))
     summary = (f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}, "
