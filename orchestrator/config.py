@@ -33,6 +33,9 @@ class _Strict(BaseModel):
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
+MAX_SHARDS = 64
+
+
 class RepositoryConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Annotated[str, Field(min_length=1, max_length=4096)]
@@ -48,6 +51,21 @@ class RepositoryConfig(_Strict):
     rerun_failures: Annotated[int, Field(ge=0, le=5)] = 0   # re-runs of only the failed tests, in the same container
     artifacts: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]],
                          Field(max_length=50)] = []   # globs, relative to the workspace, beyond .ci-artifacts/
+    shards: int | Literal["auto"] = 1   # containers one commit's suite is split across (sharding.py)
+    shard_unit: Literal["test", "class", "module"] = "test"   # what the split keeps together
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shard_count(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SHARDS):
+            return value
+        raise ValueError(f"{str(value)[:40]!r}: a number of containers from 1 to {MAX_SHARDS}, or auto")
+
+    @model_validator(mode="after")
+    def _shards_split_pytest(self) -> "RepositoryConfig":
+        if self.shards != 1 and self.command is not None:
+            raise ValueError("shards splits the default pytest run: it cannot be used with command")
+        return self
 
     @field_validator("python")
     @classmethod

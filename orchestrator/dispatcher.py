@@ -1,4 +1,5 @@
-"""Schedules queued jobs onto at most ``runner.parallelism`` slots, one container each.
+"""Schedules queued jobs onto at most ``runner.parallelism`` slots, one container each
+(a suite split across N containers takes N slots: run/shards.py).
 
 The store is the queue: the dispatcher keeps no list of pending jobs of its own, only
 the futures of the attempts running now and of the jobs waiting warm (run/warm.py). Before it takes new work
@@ -25,7 +26,9 @@ from orchestrator.notify import Notifier
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.context import Context
 from orchestrator.run.recovery import Recovery
+from orchestrator.run.shards import ShardedAttempt
 from orchestrator.run.warm import Release, WarmPool
+from orchestrator.sharding import Planner
 from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -54,6 +57,8 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + self._warm_wanted(),
                                         thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
+        self._slots: dict[int, int] = {}   # slots each active job takes (its containers), where more than one
+        self.planner = Planner(config, store)
         self._warm = WarmPool()
         self._warm_depth: int | None = None   # how many may wait warm, once the engine said its memory
         self._warm_after = 0.0
@@ -97,6 +102,7 @@ class Dispatcher:
     def step(self) -> None:
         """Collect finished attempts, then start queued jobs while slots are free."""
         self._active = {job_id: f for job_id, f in self._active.items() if not f.done()}
+        self._slots = {job_id: n for job_id, n in self._slots.items() if job_id in self._active}
         if self._warm.failed():  # those jobs are still queued: try again later
             self._warm_after = time.monotonic() + WARM_RETRY
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
@@ -106,16 +112,24 @@ class Dispatcher:
             if len(self._warm):   # in queue order, before any job that was not started warm
                 self._release_warm()
                 continue
-            job = self.queue.claim_next(spare=self._warm.job_ids)
+            job = self.queue.pick(besides=self._warm.job_ids)
             if job is None:
                 break
-            self._submit(job, None)
+            count = self.planner.count(job.repository, self._free())
+            if count > self._free():
+                break   # a split suite waits for its slots, and nothing overtakes it
+            claimed = self.queue.claim(job, self._warm.job_ids)
+            if claimed is not None:
+                self._submit(claimed, None, count)
         while not self._free_slots() and len(self._warm) < self._depth() and not self.ctx.abandon.is_set():
             if not self._start_warm():
                 break
 
     def _free_slots(self) -> bool:
-        return len(self._active) < self.config.runner.parallelism
+        return self._free() > 0
+
+    def _free(self) -> int:
+        return self.config.runner.parallelism - sum(self._slots.get(job_id, 1) for job_id in self._active)
 
     def _warm_wanted(self) -> int:
         runner = self.config.runner
@@ -182,8 +196,8 @@ class Dispatcher:
         if time.monotonic() < self._warm_after:
             return False
         job = self.queue.pick(besides=self._warm.job_ids)
-        if job is None:
-            return False
+        if job is None or self.planner.wanted(job.repository) != 1:
+            return False   # a split suite is not started warm (it waits for its slots instead)
         release = Release()
         future = self._pool.submit(Attempt(self.ctx, job, release=release).run)
         future.add_done_callback(lambda _f: self._wake.set())
@@ -198,9 +212,13 @@ class Dispatcher:
             self.touched.add(job.id)
             self._active[job.id] = future
 
-    def _submit(self, job: Job, adopt: ContainerState | None) -> None:
+    def _submit(self, job: Job, adopt: ContainerState | None, count: int = 1) -> None:
         self.touched.add(job.id)
-        future = self._pool.submit(Attempt(self.ctx, job, adopt).run)
+        attempt = Attempt(self.ctx, job, adopt) if count == 1 else \
+            ShardedAttempt(self.ctx, job, self.planner.plan(job.repository, count))
+        if count > 1:
+            self._slots[job.id] = count
+        future = self._pool.submit(attempt.run)
         future.add_done_callback(lambda _f: self._wake.set())  # a slot is free: schedule now
         self._active[job.id] = future
 

@@ -17,6 +17,7 @@ from orchestrator.verdict import outcome, test_id
 
 MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
 RECENT = 20           # runs a failing test's record looks back over
+AVERAGE_WEIGHT = 0.3  # of a test's newest passing run in its recorded duration (what a suite is split by)
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,22 @@ def record(store: Store, job: Job, junit: bytes | None) -> int:
     found = {c.test_id: c for c in cases(junit)} if junit else {}
     rows = [(job.id, job.attempts, job.repository, c.test_id, "flaky" if c.test_id in job.flaky else c.outcome,
              c.seconds) for c in found.values()]
+    passed = [(job.repository, c.test_id, c.seconds, job.id) for c in found.values() if c.outcome == "passed"]
     if rows:
         with store.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
                            " VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(_DURATION, passed)
     return len(rows)
+
+
+# A test's duration for splitting a suite (sharding.py): a moving average over its
+# passing runs, each job counted once, however often it is recorded.
+_DURATION = (
+    "INSERT INTO test_durations (repository, test_id, seconds, runs, job_id) VALUES (?, ?, ?, 1, ?)"
+    " ON CONFLICT (repository, test_id) DO UPDATE SET"
+    f" seconds = seconds * {1 - AVERAGE_WEIGHT} + excluded.seconds * {AVERAGE_WEIGHT},"
+    " runs = runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id")
 
 
 class History:

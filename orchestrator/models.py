@@ -93,6 +93,7 @@ class Job:
     flaky: tuple[str, ...] = ()                 # tests that failed, then passed when re-run in the same container
     coverage: float | None = None               # line coverage in percent, from the suite's coverage.xml
     artifacts: dict[str, Any] | None = None     # files collected for download: {"files", "refused", "bytes"}
+    shards: tuple[dict[str, Any], ...] = ()     # a split suite's containers, one summary each (sharding.py)
 
     @property
     def duration_s(self) -> float | None:
@@ -147,7 +148,7 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
         base = dict(
             attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
             message=None, container_id=None, tests=None, log_truncated=False, environment=None, node=None, flaky=(),
-            coverage=None, artifacts=None,
+            coverage=None, artifacts=None, shards=(),
         )
     elif new is JobStatus.QUEUED:
         base = dict(started_at=None, finished_at=None, container_id=None)

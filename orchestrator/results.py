@@ -18,6 +18,7 @@ from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, tran
 from orchestrator.workspace import read_regular_file
 
 RESULT_FILES = ("result.json", "output.log", "junit.xml", "environment.log", "artifacts")
+SHARD_LOGS = "output.*.log"   # output.<k>.log: one per shard of a split suite
 _FINAL = {s.value for s in JobStatus if s.final}
 _COUNTS = ("total", "passed", "failed", "errors", "skipped")
 
@@ -52,6 +53,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "artifacts": job.artifacts,           # what was collected for download, and what was refused
         "culprit": job.culprit is not None,   # a bisection named this commit the first failing one
         "bisection": job.culprit,             # ... the range it bisected, and what it spent
+        "shards": list(job.shards),           # a split suite's containers (repositories[].shards), else []
     }
 
 
@@ -96,10 +98,13 @@ class ResultFiles:
 
     def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
               history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None,
-              environment_log: Path | None = None, artifacts: Path | None = None) -> Path:
+              environment_log: Path | None = None, artifacts: Path | None = None,
+              shard_logs: Sequence[Callable[[BinaryIO], None]] = ()) -> Path:
         """Write ``job``'s files (with ``environment_log``, the log of its environment's
         build, as ``environment.log``; ``artifacts``, a folder collected for it, moved to
-        ``artifacts/``); an earlier attempt's files move to ``attempts/<n>/``."""
+        ``artifacts/``; ``shard_logs``, each shard's own log of a split suite, as
+        ``output.<k>.log``, ``log`` then being their combined view); an earlier attempt's
+        files move to ``attempts/<n>/``."""
         directory = self.directory(job.repository, job.commit)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".*.tmp"):  # a write a crash cut short; this job is its only writer
@@ -109,6 +114,10 @@ class ResultFiles:
         if artifacts is not None and artifacts.is_dir():
             shutil.move(str(artifacts), str(directory / "artifacts"))
         _atomic(directory / "output.log", log)
+        for stale in directory.glob(SHARD_LOGS):
+            stale.unlink(missing_ok=True)
+        for index, shard_log in enumerate(shard_logs, start=1):
+            _atomic(directory / f"output.{index}.log", shard_log)
         if junit is not None:
             _atomic(directory / "junit.xml", lambda fh: fh.write(junit))
         else:
@@ -144,9 +153,9 @@ class ResultFiles:
             return   # nothing earlier, or only the notice of a job that never ran (skipped, cancelled before)
         target = directory / "attempts" / str(previous["attempts"])
         target.mkdir(parents=True, exist_ok=True)
-        for name in RESULT_FILES:
-            if (directory / name).exists():
-                os.replace(directory / name, target / name)
+        for path in [directory / name for name in RESULT_FILES] + list(directory.glob(SHARD_LOGS)):
+            if path.exists():
+                os.replace(path, target / path.name)
 
 
 def _atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:

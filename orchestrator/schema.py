@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     flaky TEXT,
     coverage REAL,
     artifacts TEXT,
+    shards TEXT,
     UNIQUE (repository, commit_sha)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -93,6 +94,14 @@ CREATE TABLE IF NOT EXISTS test_cases (
     seconds REAL NOT NULL,
     PRIMARY KEY (job_id, attempt, test_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS test_durations (
+    repository TEXT NOT NULL,
+    test_id TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    runs INTEGER NOT NULL,
+    job_id INTEGER NOT NULL,
+    PRIMARY KEY (repository, test_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS test_cases_by_test ON test_cases (repository, test_id, job_id);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
@@ -101,7 +110,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id);
 COLUMNS = (
     "id, repository, commit_sha, branches, subject, status, attempts, queued_at, started_at, "
     "finished_at, exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node, "
-    "priority, culprit, flaky, coverage, artifacts"
+    "priority, culprit, flaky, coverage, artifacts, shards"
 )
 
 
@@ -123,6 +132,8 @@ def create(db: sqlite3.Connection) -> None:
     if "coverage" not in columns:  # made before artifacts and coverage
         db.execute("ALTER TABLE jobs ADD COLUMN coverage REAL")
         db.execute("ALTER TABLE jobs ADD COLUMN artifacts TEXT")
+    if "shards" not in columns:  # made before suites were split
+        db.execute("ALTER TABLE jobs ADD COLUMN shards TEXT")
 
 
 def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
@@ -133,7 +144,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
     cur = db.execute(
         "UPDATE jobs SET status = ?, attempts = ?, started_at = ?,"
         " finished_at = ?, exit_code = ?, message = ?, container_id = ?, image_tag = ?,"
-        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?, flaky = ?, coverage = ?, artifacts = ?,"
+        " image_id = ?, tests = ?, log_truncated = ?, environment = ?, node = ?, priority = ?, culprit = ?, flaky = ?, coverage = ?, artifacts = ?, shards = ?,"
         " cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
         " WHERE id = ? AND status = ? AND attempts = ?",
         (
@@ -144,6 +155,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
             json.dumps(new.culprit) if new.culprit is not None else None,
             json.dumps(list(new.flaky)) if new.flaky else None, new.coverage,
             json.dumps(new.artifacts) if new.artifacts is not None else None,
+            json.dumps(list(new.shards)) if new.shards else None,
             new.status.value, old.id, old.status.value, old.attempts,
         ),
     )
@@ -161,7 +173,7 @@ def save(db: sqlite3.Connection, old: Job, new: Job) -> None:
 def job(row: tuple) -> Job:
     (id_, repo, sha, branches, subject, status, attempts, queued_at, started_at, finished_at,
      exit_code, message, container_id, image_tag, image_id, tests, log_truncated, environment, node,
-     priority, culprit, flaky, coverage, artifacts) = row
+     priority, culprit, flaky, coverage, artifacts, shards) = row
     return Job(
         id=id_, repository=repo, commit=sha, branches=tuple(json.loads(branches)), subject=subject,
         status=JobStatus(status), attempts=attempts, queued_at=parse_iso(queued_at),
@@ -171,5 +183,5 @@ def job(row: tuple) -> Job:
         environment=json.loads(environment) if environment else None, node=node,
         priority=priority, culprit=json.loads(culprit) if culprit else None,
         flaky=tuple(json.loads(flaky)) if flaky else (), coverage=coverage,
-        artifacts=json.loads(artifacts) if artifacts else None,
+        artifacts=json.loads(artifacts) if artifacts else None, shards=tuple(json.loads(shards)) if shards else (),
     )

@@ -17,6 +17,9 @@ With ORCHESTRATOR_RERUN_FAILURES=N (repositories[].rerun_failures), tests that f
 run again, only they, up to N times, until a run passes them all: then the exit status is 0,
 and the report holds every run (the orchestrator names those tests flaky).
 
+With ORCHESTRATOR_SHARD=k/N (repositories[].shards), only this container's share of the
+suite runs: orchestrator_shard.py, beside this file, splits what pytest collected.
+
 With ORCHESTRATOR_REPORT_FRAME set (a Swarm task: no folder is shared with the dispatcher,
 and the container has no network), the JUnit report is printed at the end of the output,
 base64 between two lines naming that value, and the engine's log carries it back.
@@ -106,9 +109,15 @@ def main() -> int:
     except ImportError:
         print("orchestrator: pytest is not installed in the runner image", flush=True)
         return 101
+    from orchestrator_shard import Shard   # imported before the commit's folder goes on the path
+
+    shard = Shard.from_environment()
     sys.path.insert(0 if not os.environ.get("ORCHESTRATOR_INSTALL") else 1, WORKSPACE)
     failed = FailedTests()
-    status = int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"], plugins=[failed]))
+    status = int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"],
+                             plugins=[failed] + ([shard] if shard else [])))
+    if status == 5 and shard and shard.collected:   # more shards than tests: this one's share is empty
+        status = 0
     reruns = int(os.environ.get("ORCHESTRATOR_RERUN_FAILURES") or 0)
     if status == 1 and reruns and 0 < len(failed.nodeids) <= MAX_RERUN_TESTS:
         status = rerun_failures(failed.nodeids, reruns)

@@ -40,6 +40,7 @@ LABEL_REPOSITORY = "orchestrator.repository"
 LABEL_COMMIT = "orchestrator.commit"
 LABEL_ATTEMPT = "orchestrator.attempt"
 LABEL_WARM = "orchestrator.warm"
+LABEL_SHARD = "orchestrator.shard"   # "k/N" on each container of a split suite
 
 WORKSPACE = "/workspace"
 OUTPUT_DIR = "/ci-out"

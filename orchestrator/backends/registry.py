@@ -134,8 +134,8 @@ def _without_registry(name: str) -> str:
 
 
 def checkout_archive(out, spec: ContainerSpec) -> None:
-    """The checkout as a tar of ``WORKSPACE``, and an empty ``OUTPUT_DIR``, owned by the
-    container's user."""
+    """The checkout as a tar of ``WORKSPACE``, and ``OUTPUT_DIR`` with what the host folder
+    holds before the start (a split suite's plan), owned by the container's user."""
     uid, _, gid = spec.user.partition(":")
 
     def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -147,3 +147,6 @@ def checkout_archive(out, spec: ContainerSpec) -> None:
         report_dir = tarfile.TarInfo(OUTPUT_DIR.lstrip("/"))   # where the report is written: no tmpfs (noexec)
         report_dir.type, report_dir.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(owned(report_dir))
+        for path in sorted(spec.output_dir.iterdir()) if spec.output_dir.is_dir() else ():
+            if path.is_file() and not path.is_symlink():   # what the orchestrator put there: a shard's plan
+                tar.add(str(path), arcname=f"{OUTPUT_DIR.lstrip('/')}/{path.name}", filter=owned)

@@ -26,6 +26,7 @@ from orchestrator.backends.base import (
     ImageInfo, Phase,
 )
 from orchestrator.backoff import Backoff
+from orchestrator.config import RunnerConfig
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
 from orchestrator.environment.build import EnvironmentBroken
 from orchestrator.environment.setup import setup
@@ -250,18 +251,7 @@ class Attempt:
 
     def _verdict(self, final: ContainerState, killed: Kill | None, started: datetime,
                  junit: bytes | None, log_truncated: bool, log_head: bytes = b"") -> Job:
-        cfg = self.ctx.config.runner
-        status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
-                                   timeout=cfg.timeout, memory=cfg.memory)
-        if status is JobStatus.ERROR and killed is None and not final.oom_killed:
-            message = cause(final.exit_code, junit, log_head) or message
-        if killed is Kill.CANCEL:
-            status, message = JobStatus.CANCELLED, "cancelled while running"
-        elif killed is Kill.DISK:
-            status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
-        elif final.over_disk:   # seen by the task itself (a Swarm), which watches /tmp too
-            status, message = JobStatus.ERROR, (f"disk limit exceeded: more than {cfg.disk} written into the "
-                                                f"workspace, or {cfg.tmp_size} into /tmp")
+        status, message = judge(self.ctx.config.runner, final, killed, junit, log_head)
         return transition(
             self.job, status, utcnow(), exit_code=final.exit_code, message=message,
             tests=parse_junit(junit) if junit else None, log_truncated=log_truncated, flaky=tuple(flaky(junit)),
@@ -288,6 +278,23 @@ class Attempt:
             self._clean_up()
         except Exception as exc:  # recovery removes what is left
             log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)
+
+
+def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, junit: bytes | None,
+          log_head: bytes = b"") -> tuple[JobStatus, str | None]:
+    """The status and reason of one finished container (a job's, or one shard's)."""
+    status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
+                               timeout=cfg.timeout, memory=cfg.memory)
+    if status is JobStatus.ERROR and killed is None and not final.oom_killed:
+        message = cause(final.exit_code, junit, log_head) or message
+    if killed is Kill.CANCEL:
+        status, message = JobStatus.CANCELLED, "cancelled while running"
+    elif killed is Kill.DISK:
+        status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
+    elif final.over_disk:   # seen by the task itself (a Swarm), which watches /tmp too
+        status, message = JobStatus.ERROR, (f"disk limit exceeded: more than {cfg.disk} written into the "
+                                            f"workspace, or {cfg.tmp_size} into /tmp")
+    return status, message
 
 
 def _remove(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:

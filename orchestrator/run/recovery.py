@@ -2,7 +2,8 @@
 
 Every job the store says is running is matched to its container by label:
 
-- its current attempt's container runs or has exited -> **adopt** it (re-attach, or collect);
+- its current attempt's container runs or has exited -> **adopt** it (re-attach, or collect),
+  unless the attempt was split across containers (run/shards.py): those are not re-attached;
 - no such container, but complete result files of this attempt -> **adopt the files**
   (a crash came between ``result.json`` and the final state);
 - nothing -> **re-queue** it as a new attempt, by the retry policy;
@@ -18,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, ContainerState, Phase
+from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_INSTANCE, LABEL_JOB, LABEL_SHARD, ContainerState, Phase
 from orchestrator.errors import EngineUnavailable
 from orchestrator.models import Job, JobStatus
 from orchestrator.run import warm
@@ -70,8 +71,8 @@ def plan(running: list[Job], containers: list[ContainerState], *, released: Call
     for job in running:
         current = None
         for state in by_job.pop(job.id, []):
-            if (current is None and state.labels.get(LABEL_ATTEMPT) == str(job.attempts)
-                    and state.phase is not Phase.CREATED and released(job, state)):
+            if (current is None and state.labels.get(LABEL_ATTEMPT) == str(job.attempts) and not job.shards
+                    and LABEL_SHARD not in state.labels and state.phase is not Phase.CREATED and released(job, state)):
                 current = state
             else:
                 decisions.append(Discard(state))
@@ -80,7 +81,8 @@ def plan(running: list[Job], containers: list[ContainerState], *, released: Call
         elif (done := completed(job)) is not None:
             decisions.append(AdoptFiles(job, done))
         else:
-            reason = ("the dispatcher stopped before its container ran" if job.container_id is None
+            reason = ("the dispatcher stopped while its shards ran: a split suite runs again whole" if job.shards
+                      else "the dispatcher stopped before its container ran" if job.container_id is None
                       else f"container {job.container_id[:12]} is gone")
             decisions.append(Requeue(job, reason))
     decisions += [Discard(state) for states in by_job.values() for state in states]

@@ -1,0 +1,154 @@
+"""Splitting one commit's suite across containers (``repositories[].shards``): how many,
+what each container is told, and how their reports become one.
+
+The split is made in the containers, at collection time, by the runner image's plugin
+(runner_image/orchestrator_shard.py): the host never collects the suite. It gives every
+container the same plan, the recorded duration of each test, and its index; each
+computes the same longest-first split and keeps its share.
+
+Durations are kept per test in ``test_durations``: a moving average over the test's
+passing runs (history.record updates it), so one slow run on a busy machine moves the
+split a little, not all the way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.models import JobStatus
+from orchestrator.store import Store
+
+PLAN_FILE = "shard-plan.json"   # in the container's /ci-out, where the plugin reads it
+TARGET_SECONDS = 60.0           # what ``auto`` aims one shard's tests at
+DEFAULT_OVERHEAD = 5.0          # seconds a container costs beyond its tests, until jobs have told
+MAX_DURATIONS = 200_000         # test durations put in one plan
+COLLECTED = "orchestrator-collected"   # the property each shard's report carries (the plugin sets it)
+
+# The worst of the shards is the commit's status.
+_SEVERITY = [JobStatus.PASSED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.ERROR, JobStatus.CANCELLED]
+
+
+@dataclass(frozen=True)
+class Plan:
+    count: int
+    unit: str = "test"
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def document(self) -> bytes:
+        """The plan file's bytes: what every shard of the commit reads."""
+        return json.dumps({"count": self.count, "unit": self.unit, "durations": self.durations}).encode()
+
+    def environment(self, index: int) -> dict[str, str]:
+        return {"ORCHESTRATOR_SHARD": f"{index}/{self.count}"}
+
+
+class Planner:
+    """How many containers a commit's suite is split across, from the config, what the
+    store recorded of the repository's earlier runs, and the free slots."""
+
+    def __init__(self, config: Config, store: Store):
+        self.config = config
+        self.store = store
+
+    def wanted(self, repository: str) -> int | str:
+        repo = self.config.repository(repository)
+        return repo.shards if repo else 1
+
+    def count(self, repository: str, free: int) -> int:
+        """The containers for the next commit of ``repository``: ``shards`` (at most
+        ``parallelism``; the job then waits for that many free slots), or for ``auto`` one
+        per TARGET_SECONDS of the recorded suite, at most the free slots and no more than
+        the suite pays for (each container brings more test time than the overhead of one
+        container). A recorded suite shorter than that overhead is never split."""
+        wanted = self.wanted(repository)
+        if wanted == 1:
+            return 1
+        suite = self.suite_seconds(repository)
+        if suite is None:
+            return 1 if wanted == "auto" else min(int(wanted), self.config.runner.parallelism)
+        overhead = self.overhead(repository)
+        if suite < overhead:
+            return 1
+        if wanted == "auto":
+            return max(1, min(math.ceil(suite / TARGET_SECONDS), int(suite // overhead), free,
+                              self.config.runner.parallelism))
+        return min(int(wanted), self.config.runner.parallelism)
+
+    def plan(self, repository: str, count: int) -> Plan:
+        repo = self.config.repository(repository)
+        rows = self.store.query("SELECT test_id, seconds FROM test_durations WHERE repository = ? LIMIT ?",
+                                (repository, MAX_DURATIONS))
+        return Plan(count, repo.shard_unit if repo else "test", {test: round(seconds, 4) for test, seconds in rows})
+
+    def suite_seconds(self, repository: str) -> float | None:
+        """The test time of the newest passing run of ``repository`` (None: none yet)."""
+        rows = self.store.query(
+            "SELECT SUM(t.seconds) FROM test_cases t JOIN jobs j ON j.id = t.job_id AND t.attempt = j.attempts"
+            " WHERE j.id = (SELECT MAX(id) FROM jobs WHERE repository = ? AND status = 'passed')", (repository,))
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def overhead(self, repository: str) -> float:
+        """What one container costs beyond its tests: the median, over the newest unsplit
+        passing runs, of the job's duration less its test time."""
+        rows = self.store.query(
+            "SELECT (julianday(j.finished_at) - julianday(j.started_at)) * 86400 - SUM(t.seconds)"
+            " FROM jobs j JOIN test_cases t ON t.job_id = j.id AND t.attempt = j.attempts"
+            " WHERE j.repository = ? AND j.status = 'passed' AND j.shards IS NULL"
+            " GROUP BY j.id ORDER BY j.id DESC LIMIT 20", (repository,))
+        costs = [max(row[0], 0.1) for row in rows if row[0] is not None]
+        return statistics.median(costs) if costs else DEFAULT_OVERHEAD
+
+
+def worst(statuses: list[JobStatus]) -> JobStatus:
+    return max(statuses, key=_SEVERITY.index)
+
+
+def merge_reports(reports: list[bytes | None]) -> bytes | None:
+    """The shards' JUnit reports as one: every testsuite of each, in shard order."""
+    merged = ET.Element("testsuites")
+    for report in reports:
+        try:
+            root = ET.fromstring(report) if report else None
+        except ET.ParseError:
+            continue
+        if root is None:
+            continue
+        for suite in [root] if root.tag == "testsuite" else root.findall("testsuite"):
+            merged.append(suite)
+    if not len(merged):
+        return None
+    return ET.tostring(merged, encoding="utf-8", xml_declaration=True)
+
+
+def collected(report: bytes | None) -> str | None:
+    """What a shard's plugin collected in all ("count:digest"), from its report."""
+    try:
+        root = ET.fromstring(report) if report else None
+    except ET.ParseError:
+        return None
+    for prop in root.iter("property") if root is not None else ():
+        if prop.get("name") == COLLECTED:
+            return prop.get("value")
+    return None
+
+
+def mismatch(reports: list[bytes | None]) -> str | None:
+    """Why the shards' split cannot be trusted, if it cannot: they did not all collect the
+    same tests (a parametrisation whose ids change from one run to the next), so some may
+    have run twice and some not at all."""
+    seen = {value for value in map(collected, reports) if value is not None}
+    if len(seen) <= 1:
+        return None
+    counts = sorted({value.partition(":")[0] for value in seen})
+    return (f"the shards collected different tests ({' vs '.join(counts)} tests, or the same number with other ids): "
+            "some test ids change from one run to the next; give them stable ids, or set shards: 1")
+
+
+def summary(index: int, status: JobStatus, **facts: Any) -> dict[str, Any]:
+    return {"index": index, "status": status.value, **facts}

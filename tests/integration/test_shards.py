@@ -1,0 +1,126 @@
+"""A commit's suite split across containers (repositories[].shards), on the real engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from orchestrator.backends.base import LABEL_SHARD
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("orchestrator_shard", ROOT / "runner_image" / "orchestrator_shard.py")
+shard_plugin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(shard_plugin)
+
+# Uneven durations that four groups can balance exactly (2 s each), spread over three files
+# unevenly, so that a split by file (what is done with no history) could not.
+SLEEPS = {"tests/test_a.py": {"slowest": 2.0, "slow": 1.5, "tiny": 0.1},
+          "tests/test_b.py": {"big": 1.2, "medium": 1.0, "small": 0.4, "smaller": 0.3},
+          "tests/test_c.py": {"mid": 0.8, "half": 0.5, "fifth": 0.2}}
+
+
+def suite(failing: str | None = None, note: str = "") -> dict[str, str]:
+    files = {}
+    for path, tests in SLEEPS.items():
+        body = ["import time", f"# {note}"]
+        for name, seconds in tests.items():
+            body += ["", f"def test_{name}():", f"    time.sleep({seconds})"]
+            if name == failing:
+                body.append("    assert False, 'broken on purpose'")
+        files[path] = "\n".join(body) + "\n"
+    return files
+
+
+def report_ids(report: bytes) -> list[str]:
+    root = ET.fromstring(report)
+    return [f"{c.get('classname')}::{c.get('name')}" for c in root.iter("testcase")]
+
+
+def durations(orch) -> dict[str, float]:
+    db = sqlite3.connect(orch.config.db_path)
+    try:
+        return dict(db.execute("SELECT test_id, seconds FROM test_durations WHERE repository = 'demo'"))
+    finally:
+        db.close()
+
+
+def nodeid(test: str) -> str:
+    module, _, name = test.partition("::")
+    return f"{module.replace('.', '/')}.py::{name}"
+
+
+def test_a_split_suite_runs_each_test_once_balanced_on_recorded_durations_and_fails_by_its_shard(orch) -> None:
+    """Unsplit first (which records the durations), then split 4 ways: each test runs in
+    exactly one shard, the merged report holds the unsplit run's test ids, each shard got
+    the longest-first group the recorded durations give; then a test of shard 3 fails:
+    the commit is failed, naming it, and only shard 3 is."""
+    first = orch.repo.commit("suite", suite())
+    orch.configure(runner={"parallelism": 4})
+    assert orch.cli("run", "--once").returncode == 0
+    unsplit = report_ids(orch.path(first, "junit.xml").read_bytes())
+    assert len(unsplit) == 10 and orch.result(first)["shards"] == []
+    recorded = durations(orch)
+    assert set(recorded) == set(unsplit)
+
+    split = orch.repo.commit("again", suite(note="again"))
+    orch.configure(runner={"parallelism": 4}, repository={"shards": 4})
+    assert orch.cli("run", "--once").returncode == 0
+    result = orch.result(split)
+    assert result["status"] == "passed" and result["tests"]["passed"] == 10, result
+    merged = report_ids(orch.path(split, "junit.xml").read_bytes())
+    assert sorted(merged) == sorted(unsplit)      # none missed, none twice
+    shards = result["shards"]
+    assert [s["index"] for s in shards] == [1, 2, 3, 4] and {s["status"] for s in shards} == {"passed"}
+    expected = shard_plugin.split(sorted(nodeid(t) for t in unsplit), 4, recorded)
+    for index, group in enumerate(expected, start=1):
+        log = orch.path(split, f"output.{index}.log").read_text()
+        ran = {n for n in map(nodeid, unsplit) if f"{n} PASSED" in log}
+        assert ran == set(group), (index, ran, group)
+        assert f"shard {index} of 4: {len(group)} of 10 tests" in log
+    loads = [sum(recorded[t] for t in unsplit if nodeid(t) in group) for group in expected]
+    assert max(loads) / (sum(loads) / 4) < 1.2, loads    # balanced, where a split by file could not be
+    combined = orch.log(split).decode()
+    assert all(f"===== shard {k} of 4: passed =====" in combined for k in range(1, 5))
+
+    victim = next(t for t in unsplit if nodeid(t) in expected[2]).rpartition("::test_")[2]
+    broken = orch.repo.commit("break one", suite(failing=victim, note="broken"))
+    assert orch.cli("run", "--once").returncode == 1
+    result = orch.result(broken)
+    assert result["status"] == "failed" and result["tests"]["failed"] == 1
+    assert [s["status"] for s in result["shards"]] == ["passed", "passed", "failed", "passed"]
+    assert f"test_{victim}" in orch.path(broken, "junit.xml").read_text()
+    assert "broken on purpose" in orch.path(broken, "output.3.log").read_text()
+
+
+def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
+    """No history: two shards, one test file each. One shard's container is removed while
+    it runs; that shard runs again in a new container, the other is not touched, and the
+    commit passes with every test once."""
+    sha = orch.repo.commit("two files", {
+        "tests/test_one.py": "import time\n\ndef test_one():\n    time.sleep(4)\n",
+        "tests/test_two.py": "import time\n\ndef test_two():\n    time.sleep(4)\n",
+    })
+    orch.configure(repository={"shards": 2})
+    proc = orch.start("run", "--once")
+    running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"
+                                     and c.labels.get(LABEL_SHARD) == "2/2"], timeout=60)
+    orch.engine.api.remove_container(running[0].id, force=True)
+    assert proc.wait(timeout=120) == 0, proc.communicate()[1][-3000:]
+    result = orch.result(sha)
+    assert result["status"] == "passed" and result["tests"]["passed"] == 2, result
+    assert [(s["index"], s["attempts"]) for s in result["shards"]] == [(1, 1), (2, 2)]
+    assert result["attempts"] == 1
+    assert sorted(report_ids(orch.path(sha, "junit.xml").read_bytes())) == \
+        ["tests.test_one::test_one", "tests.test_two::test_two"]
+
+
+def test_more_shards_than_tests_leaves_the_extra_ones_empty_and_passing(orch) -> None:
+    count = 3
+    sha = orch.repo.commit("one test", {"tests/test_only.py": "def test_only():\n    pass\n"})
+    orch.configure(runner={"parallelism": 3}, repository={"shards": count})
+    assert orch.cli("run", "--once").returncode == 0
+    result = orch.result(sha)
+    assert result["status"] == "passed" and result["tests"]["total"] == 1, result
+    assert len(result["shards"]) == count and {s["status"] for s in result["shards"]} == {"passed"}
