@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--repo")
     p.add_argument("-f", "--follow", action="store_true", help="follow a running container live")
+    p.add_argument("--shard", type=int, metavar="K", help="one shard's log, of a suite split across containers")
     p = command("submit", "queue a commit by hand", remote=True)
     p.add_argument("rev", metavar="REV")
     p.add_argument("--repo")
@@ -222,7 +223,10 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> int:
     jobs = _jobs(config, args)
-    document, stream = jobs.open_log(_ref(args), follow=args.follow)
+    document, stream = jobs.open_log(_ref(args), follow=args.follow, shard=args.shard)
+    if stream is None and document["shards"] and args.shard is None and document["status"] == "running":
+        print(f"orchestrator: job {document['id']} runs split across {len(document['shards'])} containers: "
+              "`--shard K` follows one; their logs together are written when they end", file=sys.stderr)
     if stream is None and args.follow and document["status"] in ("queued", "running"):
         # following a job that has no container yet (queued, or its image still being
         # built or pushed) waits for it, as ``tail -f`` waits for a file's lines
@@ -230,7 +234,7 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
               file=sys.stderr)
         while stream is None and document["status"] in ("queued", "running"):
             time.sleep(0.5)
-            document, stream = jobs.open_log(_ref(args), follow=True)
+            document, stream = jobs.open_log(_ref(args), follow=True, shard=args.shard)
     if stream is None:
         print(f"orchestrator: job {document['id']} ({document['commit'][:12]}) is {document['status']}: no log yet",
               file=sys.stderr)

@@ -97,10 +97,10 @@ class RemoteJobs:
     def cancel(self, ref: JobRef) -> Document:
         return self.client.call("POST", f"/api/jobs/{self._id(ref)}/cancel").json()
 
-    def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]:
+    def open_log(self, ref: JobRef, follow: bool = True, shard: int | None = None) -> tuple[Document, Iterator[bytes] | None]:
         document = self.show(ref)
         resp = self.client.call("GET", f"/api/jobs/{document['id']}/log", stream=True,
-                                params={"follow": str(follow).lower()})
+                                params={"follow": str(follow).lower(), **({"shard": shard} if shard else {})})
         if resp.headers.get("X-Log") == "none":
             resp.close()
             return document, None

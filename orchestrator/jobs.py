@@ -13,9 +13,10 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
@@ -53,7 +54,7 @@ class Jobs(Protocol):
     def show(self, ref: JobRef) -> Document: ...
     def retry(self, ref: JobRef) -> Document: ...
     def cancel(self, ref: JobRef) -> Document: ...
-    def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]: ...
+    def open_log(self, ref: JobRef, follow: bool = True, shard: int | None = None) -> tuple[Document, Iterator[bytes] | None]: ...
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]: ...
 
 
@@ -196,16 +197,27 @@ class LocalJobs:
             self.results.write_without_run(cancelled, self.store.attempt_history(job.id))
         return self.document(self.store.get(job.id) or cancelled)
 
-    def open_log(self, ref: JobRef, follow: bool = True) -> tuple[Document, Iterator[bytes] | None]:
-        """The log: from the engine while the container runs (live with ``follow``), else
-        the saved file; None when there is none yet."""
+    def open_log(self, ref: JobRef, follow: bool = True, shard: int | None = None) -> tuple[Document, Iterator[bytes] | None]:
+        """The log (with ``shard``, one shard's of a split suite): from the engine while the
+        container runs (live with ``follow``), else the saved file; None when there is none yet."""
         job = self.job(ref)
-        saved = self.results.path(job, "output.log")
-        if job.status is JobStatus.RUNNING and job.container_id and self.backend is not None:
-            return self.document(job), _live(self.backend().logs(job.container_id, follow=follow), saved)
+        saved, container = self.log_source(job, shard)
+        if job.status is JobStatus.RUNNING and container and self.backend is not None:
+            return self.document(job), _live(self.backend().logs(container, follow=follow), saved)
         if job.status.final and saved.is_file():
             return self.document(job), _file(saved)
         return self.document(job), None
+
+    def log_source(self, job: Job, shard: int | None = None) -> tuple[Path, str | None]:
+        """Where a job's log is saved, and the container that prints it now, if any (a
+        shard's by its name: the store keeps no shard's container id while it runs)."""
+        if shard is None:
+            return self.results.path(job, "output.log"), job.container_id
+        if not job.shards or not 1 <= shard <= len(job.shards):
+            raise UsageError(f"job {job.id} has no shard {shard}" + (f" (it has {len(job.shards)})" if job.shards else
+                                                                      " (its suite was not split)"))
+        return (self.results.path(job, f"output.{shard}.log"),
+                container_name(self.store.instance_id(), job.id, job.attempts, shard))
 
     def failures(self, ref: JobRef) -> list[dict[str, Any]]:
         """The failing tests, each with its record on the branch (history.py)."""

@@ -141,10 +141,10 @@ class Web:
 
         return observer_key(self.config.state_dir)
 
-    def finish(self, status: JobStatus, tests: TestCounts | None = None) -> Job:
+    def finish(self, status: JobStatus, tests: TestCounts | None = None, **facts: object) -> Job:
         """Claim the oldest queued job and end it with ``status``, as an attempt would."""
         job = self.store.claim_next()
-        done = transition(job, status, utcnow(), exit_code=0 if status is JobStatus.PASSED else 1, tests=tests)
+        done = transition(job, status, utcnow(), exit_code=0 if status is JobStatus.PASSED else 1, tests=tests, **facts)
         return self.store.apply(job, done)
 
     def close(self) -> None:

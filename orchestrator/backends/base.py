@@ -47,6 +47,12 @@ OUTPUT_DIR = "/ci-out"
 MAX_REPORT_BYTES = 20 * 1024 * 1024
 
 
+def container_name(instance: str, job_id: int, attempt: int, shard: int | None = None) -> str:
+    """A job's container's name (a service's, on a Swarm): known without asking the engine,
+    so that a shard's log can be followed by it."""
+    return f"orchestrator-{instance}-{job_id}-{attempt}" + (f"-s{shard}" if shard else "")
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     name: str

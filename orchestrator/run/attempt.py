@@ -23,7 +23,7 @@ from pathlib import Path
 
 from orchestrator.backends.base import (
     LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, ContainerSpec, ContainerState,
-    ImageInfo, Phase,
+    ImageInfo, Phase, container_name,
 )
 from orchestrator.backoff import Backoff
 from orchestrator.config import RunnerConfig
@@ -122,7 +122,7 @@ class Attempt:
         variables = variables or {}
         attempt = job.attempts + 1 if self.release else job.attempts  # a warm job is not claimed yet
         return ContainerSpec(
-            name=f"orchestrator-{ctx.instance}-{job.id}-{attempt}",
+            name=container_name(ctx.instance, job.id, attempt),
             image=image.id,
             labels={
                 LABEL_INSTANCE: ctx.instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(attempt),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from orchestrator import artifacts
-from orchestrator.backends.base import LABEL_SHARD, ContainerState
+from orchestrator.backends.base import LABEL_SHARD, ContainerState, container_name
 from orchestrator.environment.setup import Setup, setup
 from orchestrator.errors import InfrastructureError, ResultsUnwritable
 from orchestrator.faults import crash_point
@@ -83,7 +83,7 @@ class Shard:
         ctx.workspaces.hand_over(self.ws)
         spec = attempt._spec(self.ws, attempt.runs_in.image, attempt.runs_in.variables)
         spec = dataclasses.replace(
-            spec, name=f"{spec.name}-s{self.index}", labels={**spec.labels, LABEL_SHARD: f"{self.index}/{plan.count}"},
+            spec, name=container_name(ctx.instance, job.id, job.attempts, self.index), labels={**spec.labels, LABEL_SHARD: f"{self.index}/{plan.count}"},
             environment={**spec.environment, **plan.environment(self.index), "ORCHESTRATOR_SHARD_TRY": str(self.tries)})
         container_id = ctx.backend.prepare(spec)
         self.containers.append(container_id)

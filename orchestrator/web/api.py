@@ -195,15 +195,18 @@ def get_failures(job_id: JobId, jobs: Jobs) -> list[dict[str, Any]]:
 
 
 @router.get("/api/jobs/{job_id}/log")
-async def get_log(job_id: JobId, jobs: Jobs, request: Request, follow: bool = True) -> Response:
-    """The log: followed live while the container runs (web/live.py: no thread per
-    follower), what it printed so far without ``follow``, then the result file."""
+async def get_log(job_id: JobId, jobs: Jobs, request: Request, follow: bool = True,
+                  shard: Annotated[int | None, Query(ge=1, le=64)] = None) -> Response:
+    """The log (``shard``: one shard's of a split suite): followed live while the container
+    runs (web/live.py: no thread per follower), what it printed so far without ``follow``,
+    then the result file."""
     job = await run_in_threadpool(jobs.job, JobRef(id=job_id))
-    if follow and job.status is JobStatus.RUNNING and job.container_id and jobs.backend is not None:
-        live = request.app.state.live.follow(request, job.container_id, jobs.results.path(job, "output.log"))
+    saved, container = await run_in_threadpool(jobs.log_source, job, shard)
+    if follow and job.status is JobStatus.RUNNING and container and jobs.backend is not None:
+        live = request.app.state.live.follow(request, container, saved)
         return StreamingResponse(live, media_type="text/plain; charset=utf-8",
                                  headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
-    _, stream = await run_in_threadpool(jobs.open_log, JobRef(id=job_id), follow)
+    _, stream = await run_in_threadpool(jobs.open_log, JobRef(id=job_id), follow, shard)
     if stream is None:
         return Response(b"", media_type="text/plain; charset=utf-8", headers={"X-Log": "none"})
     return StreamingResponse(stream, media_type="text/plain; charset=utf-8",

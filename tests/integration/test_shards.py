@@ -92,6 +92,8 @@ def test_a_split_suite_runs_each_test_once_balanced_on_recorded_durations_and_fa
     assert [s["status"] for s in result["shards"]] == ["passed", "passed", "failed", "passed"]
     assert f"test_{victim}" in orch.path(broken, "junit.xml").read_text()
     assert "broken on purpose" in orch.path(broken, "output.3.log").read_text()
+    shown = orch.cli("logs", broken[:12], "--shard", "3")
+    assert shown.returncode == 0 and "broken on purpose" in shown.stdout
 
 
 def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:

@@ -444,3 +444,23 @@ def test_failures_have_their_record_without_a_mirror(tmp_path: Path, repo: GitRe
         (failure,) = client.get(f"/api/jobs/{job.id}/failures").json()
         assert failure["history"]["since"] is None
     w.close()
+
+
+def test_a_split_suite_shows_its_shards_and_each_shard_log(web) -> None:
+    """The front page's row expands to the shards; the job page lists them; each shard's
+    log is served by its number, and a number the job does not have is refused, saying so."""
+    client, w, _, sha = web
+    shards = ({"index": 1, "status": "passed", "duration_s": 2.5, "attempts": 1, "message": None},
+              {"index": 2, "status": "failed", "duration_s": 3.0, "attempts": 2, "message": None})
+    job = w.finish(JobStatus.FAILED, shards=shards)
+    directory = w.results.path(job, "output.log").parent
+    directory.mkdir(parents=True)
+    (directory / "output.2.log").write_bytes(b"shard two's log\n")
+    page = client.get("/").text
+    assert '<details class="shards"><summary>2 shards</summary>' in page and "2 tries" in page
+    assert 'id="shards"' in client.get(f"/jobs/{job.id}").text
+    assert client.get(f"/api/jobs/{job.id}/log?shard=2").content == b"shard two's log\n"
+    assert client.get(f"/api/jobs/{job.id}").json()["shards"][1]["status"] == "failed"
+    refused = client.get(f"/api/jobs/{job.id}/log?shard=3")
+    assert refused.status_code == 422 and "has no shard 3 (it has 2)" in refused.text
+    assert client.get(f"/api/jobs/{job.id}/log?shard=0").status_code == 422
