@@ -187,12 +187,12 @@ class DockerBackend(Backend):
         try:
             with engine_call("wait for a container"):
                 api.wait(container_id, timeout=max(seconds, 0.01))
+        except NotFound:   # first: docker-py's NotFound is a requests exception too
+            return None
         except requests.exceptions.RequestException as exc:
             if _is_read_timeout(exc):
                 return None  # still running
             raise EngineUnavailable(f"Docker engine unreachable (wait for a container): {_short(exc)}") from None
-        except NotFound:
-            return None
         return self.inspect(container_id)
 
     def inspect(self, container_id: str) -> ContainerState | None:

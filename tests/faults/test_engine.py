@@ -3,6 +3,7 @@ machine's daemon is never stopped): the dispatcher stays up, says what is wrong,
 off, resumes, and loses nothing."""
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -91,3 +92,25 @@ def _engine_errors(orch) -> float:
         return 0
     return next((float(line.split()[1]) for line in text.splitlines()
                  if line.startswith("orchestrator_engine_errors_total ")), 0)
+
+
+def test_a_container_removed_while_it_runs_is_retried_at_once_not_waited_for(orch) -> None:
+    """Someone removes a job's container (docker rm -f): the engine answers "no such
+    container", which is no outage: the attempt is re-queued at once (not after the
+    timeout and the engine's grace), and the next attempt passes."""
+    sha = orch.repo.commit("slow", {"tests/test_slow.py": "import time\n\ndef test_slow():\n    time.sleep(4)\n"})
+    orch.configure(runner={"parallelism": 1, "timeout": 60}, retries=1)
+    began = time.monotonic()
+    proc = orch.start("run", "--once")
+    running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
+    time.sleep(1)   # between two of the dispatcher's waits, as often as not
+    orch.engine.api.remove_container(running[0].id, force=True)
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"run --once did not end: {proc.communicate()[1][-3000:]}") from None
+    result = orch.result(sha)
+    assert (result["status"], result["attempts"]) == ("passed", 2), stderr[-3000:]
+    assert "disappeared while running" in result["attempt_history"][0]["message"]
+    assert time.monotonic() - began < 45 and "engine unreachable" not in stderr
