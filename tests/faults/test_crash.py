@@ -191,3 +191,24 @@ def test_a_webhook_is_sent_after_a_kill_between_the_final_status_and_its_deliver
     again = orch.cli("run", "--once")   # a third start sends nothing more
     assert again.returncode == 0 and len(webhooks.received) == 1
     assert orch.containers() == []
+
+
+def test_sigkill_while_a_split_suite_runs_runs_it_again_whole(orch) -> None:
+    """A split attempt is not re-attached: after kill -9 its shard containers are removed and
+    the commit runs again, split, as attempt 2, with every test once."""
+    sha = orch.repo.commit("two files", {"tests/test_one.py": SLOW.format(seconds=4),
+                                         "tests/test_two.py": SLOW.format(seconds=4)})
+    orch.configure(runner={"parallelism": 2}, repository={"shards": 2}, retries=2)
+    run = orch.start("run")
+    first = orch.wait_for(lambda: {c.id for c in orch.containers() if c.status == "running"
+                                   and c.labels.get("orchestrator.shard")} or None, timeout=60)
+    orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"]) == 2, timeout=30)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=10)
+    restarted = orch.cli("run", "--once")
+    assert restarted.returncode == 0, restarted.stderr
+    result = orch.result(sha)
+    assert result["status"] == "passed" and result["attempts"] == 2 and result["tests"]["passed"] == 2, result
+    assert "shards ran: a split suite runs again whole" in result["attempt_history"][0]["message"]
+    assert len(result["shards"]) == 2 and not {s["container"] for s in result["shards"]} & first
+    assert orch.containers() == []

@@ -56,3 +56,13 @@ def test_history_benchmark_smoke_run(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["cases_recorded"] == result["jobs"] * result["cases_per_job"]
     assert "| `GET /api/jobs`, a page of 50 |" in proc.stdout
+
+
+def test_shards_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    out = tmp_path / "shards.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "shards.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]   # 0 only when both runs passed and the shards ran every test
+    result = json.loads(out.read_text())
+    assert len(result["split"]["shards"]) == 4 and result["split_over_unsplit"] < 1
+    assert "| balance: longest shard / mean shard |" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -109,7 +110,12 @@ def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
     running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"
                                      and c.labels.get(LABEL_SHARD) == "2/2"], timeout=60)
     orch.engine.api.remove_container(running[0].id, force=True)
-    assert proc.wait(timeout=120) == 0, proc.communicate()[1][-3000:]
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"run --once did not end: {proc.communicate()[1][-3000:]}") from None
+    assert proc.returncode == 0, stderr[-3000:]
     result = orch.result(sha)
     assert result["status"] == "passed" and result["tests"]["passed"] == 2, result
     assert [(s["index"], s["attempts"]) for s in result["shards"]] == [(1, 1), (2, 2)]
