@@ -108,7 +108,8 @@ class Shard:
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = keep
-        print(f"\norchestrator: shard {self.index} of {self.count}: {len(keep)} of {len(nodeids)} tests",
+        basis = "by recorded durations" if self.durations else "by test file: no durations recorded yet"
+        print(f"\norchestrator: shard {self.index} of {self.count}: {len(keep)} of {len(nodeids)} tests ({basis})",
               flush=True)
         self._tell_report(config, len(nodeids), digest(nodeids))
 

@@ -122,6 +122,34 @@ def test_a_flood_and_a_timeout_behave_as_on_one_engine(swarm_orch) -> None:
     assert orch.result(hang)["status"] == "timed_out" and time.monotonic() - started < 120
 
 
+def test_a_split_suite_runs_as_services_of_its_own_with_the_plan_in_their_image(swarm_orch, testbed: Testbed) -> None:
+    """shards: 2 on the Swarm, with durations recorded for its tests: each shard a service
+    placed on a worker, split as those durations say (the plan reached the task inside its
+    job image), one merged report, and nothing left behind."""
+    orch = swarm_orch
+    split = orch.repo.commit("two files", {"tests/test_a.py": PASS.format(sleep=1), "tests/test_b.py": PASS.format(sleep=1)})
+    orch.configure(runner={"backend": "swarm", "registry": testbed.registry, "constraints": ["node.role==worker"],
+                           "memory": "256m", "parallelism": 2, "timeout": 120}, repository={"shards": 2})
+    store = Store(orch.config.db_path)
+    try:
+        with store.transaction() as db:   # as earlier runs would have left them: test_one of test_a the longest
+            db.executemany("INSERT INTO test_durations (repository, test_id, seconds, runs, job_id) VALUES"
+                           " ('demo', ?, ?, 1, 0)", [("tests.test_a::test_one", 2.0), ("tests.test_b::test_one", 1.0),
+                                                     ("tests.test_a::test_two", 0.01), ("tests.test_b::test_two", 0.01)])
+    finally:
+        store.close()
+    run = orch.cli("run", "--once", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = orch.result(split)
+    assert (result["status"], result["tests"]["passed"]) == ("passed", 4), result
+    assert [s["status"] for s in result["shards"]] == ["passed", "passed"]
+    assert {s["node"] for s in result["shards"]} <= set(testbed.workers)
+    for k, share in ((1, 1), (2, 3)):
+        shard_log = orch.path(split, f"output.{k}.log").read_text()
+        assert f"shard {k} of 2: {share} of 4 tests (by recorded durations)" in shard_log, shard_log[-2000:]
+        assert "orchestrator report" not in shard_log
+
+
 def test_a_registry_that_is_away_is_a_clear_error_after_retries(swarm_orch, testbed: Testbed) -> None:
     orch = swarm_orch
     sha = commits(orch, 1, sleep=0)[0]
