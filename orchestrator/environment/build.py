@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -90,10 +91,11 @@ class Environments:
         self._apt = threading.Lock()
 
     def ensure(self, repository: str, needs: Needs, runner: ImageInfo, python: str,
-               on_build: Callable[[], None] = lambda: None) -> Environment:
+               on_build: Callable[[str], None] = lambda stage: None) -> Environment:
         """The environment image for ``needs``: found, or built now (once, however many
-        jobs ask for it at the same time; ``on_build`` is told first); EnvironmentBroken if
-        it cannot be."""
+        jobs ask for it at the same time; ``on_build`` is told each stage of the build, in
+        words: what a person watching the job sees it doing); EnvironmentBroken if it
+        cannot be."""
         fingerprint = needs.fingerprint(python, runner.id)
         with self._lock(fingerprint):
             folder = self.root / repository / fingerprint[:16]
@@ -103,8 +105,8 @@ class Environments:
             for image in find_images(self.backend, {LABEL_ENVIRONMENT: fingerprint}):
                 tag = image["tags"][0] if image["tags"] else image["id"]
                 return Environment(fingerprint, ImageInfo(tag, image["id"]), needs, python, built=False)
-            on_build()
-            image = self._build(repository, needs, runner, python, fingerprint, folder)
+            on_build("building environment")
+            image = self._build(repository, needs, runner, python, fingerprint, folder, on_build)
             self._publish(repository, image)
             self.prune(repository, keep=KEEP)
             return Environment(fingerprint, image, needs, python, built=True)
@@ -131,7 +133,7 @@ class Environments:
             return self._locks.setdefault(fingerprint, threading.Lock())
 
     def _build(self, repository: str, needs: Needs, runner: ImageInfo, python: str, fingerprint: str,
-               folder: Path) -> ImageInfo:
+               folder: Path, stage: Callable[[str], None]) -> ImageInfo:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "environment.log"
         (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
@@ -141,14 +143,23 @@ class Environments:
             out.write(f"environment {fingerprint} for {repository}, Python {python}\n"
                       f"detected: {', '.join(needs.sources) or 'nothing'}\n\n")
             out.flush()
-            reason = self._system_packages(folder, needs.system_packages, runner, python, out) or \
-                self._download(folder, python, out)
+            if needs.system_packages:
+                stage(f"building environment: fetching {_count(len(needs.system_packages), 'system package')}")
+            reason = self._system_packages(folder, needs.system_packages, runner, python, out)
+            if reason is None:
+                stage(f"building environment: downloading wheels for {_count(len(needs.requirements), 'requirement')}")
+                reason = self._download(folder, python, out)
             if reason is None:
                 tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
+
+                def said(line: str) -> None:
+                    out.write(line + "\n")
+                    if step := _STEP.match(line):
+                        stage(f"building environment: image step {step.group(1)}/{step.group(2)}")
                 try:
                     return build_image(self.backend, folder, "Dockerfile", tag,
                                        {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository},
-                                       lambda line: out.write(line + "\n"), network="none")
+                                       said, network="none")
                 except OrchestratorError as exc:
                     reason = str(exc).removeprefix("image build failed: ")
                     out.write(f"\n{reason}\n")
@@ -203,6 +214,13 @@ class Environments:
                 if remove_image(self.backend, image["id"], image["tags"]):
                     removed.append((image["tags"] or [image["id"]])[0])
         return removed
+
+
+_STEP = re.compile(r"^Step (\d+)/(\d+) :")   # the legacy builder's line for each step
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -24,7 +24,7 @@ class Setup:
 
 
 def setup(config: Config, backend: Backend, environments: Environments | None, repository: str, src: Path,
-          version: str | None, on_build: Callable[[], None] = lambda: None) -> Setup:
+          version: str | None, on_build: Callable[[str], None] = lambda stage: None) -> Setup:
     """The image and variables for the checkout at ``src`` of ``repository``; ``version``
     (from ``git describe``) stands in for the ``.git`` the checkout does not have.
     EnvironmentBroken when what the commit declares cannot be built."""

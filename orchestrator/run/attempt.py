@@ -176,10 +176,12 @@ class Attempt:
         log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
         return state
 
-    def _building_environment(self) -> None:
-        """Say so while it takes (a warm job is not claimed yet: nothing to say)."""
+    def _building_environment(self, stage: str) -> None:
+        """Say what it is doing while it takes: the job's message, which the live view and
+        the dashboard show (a warm job is not claimed yet: nothing to say)."""
         if self.release is None:
-            self._record(message="building environment")
+            log.info("job %s: %s", self.job.id, stage)
+            self._record(message=stage)
 
     def _record(self, **facts: object) -> None:
         """Facts about the running attempt, committed before they are acted on."""

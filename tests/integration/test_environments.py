@@ -5,6 +5,7 @@ for two commits, a dependency that cannot be resolved, pruning."""
 from __future__ import annotations
 
 import json
+import re
 
 import docker
 import pytest
@@ -30,9 +31,13 @@ def project(deps: str = '"packaging>=23"', note: str = "") -> dict[str, str]:
 def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_change(orch) -> None:
     first = orch.repo.commit("src layout, dependency group", project())
     orch.configure(runner={"parallelism": 2, "timeout": 120})
-    assert orch.cli("run", "--once").returncode == 0, orch.log(first).decode()[-2000:]
+    run = orch.cli("run", "--once")
+    assert run.returncode == 0, orch.log(first).decode()[-2000:]
     result = orch.result(first)
     assert result["tests"]["passed"] == 3 and result["environment"]["built"] is True
+    # the build says how far it got, stage by stage (the job's message: the live view, the dashboard)
+    assert re.search(r"building environment: downloading wheels for \d+ requirements", run.stderr), run.stderr[-3000:]
+    assert re.search(r"building environment: image step \d+/\d+", run.stderr)
     assert result["environment"]["detected"] == ["dependency-groups: test", "project.dependencies",
                                                  "build-system.requires"]
     assert result["timings"]["environment_s"] > 1
