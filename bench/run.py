@@ -95,7 +95,7 @@ class Bench(Workloads):
             idle = self.config(repo, shas[-1])
             startup = self.orchestrator("run", "--once", config=idle)
             phases = {k: statistics.mean(r["timings"].get(k, 0.0) for r in results)
-                      for k in ("checkout_s", "create_s", "start_s", "run_s", "collect_s")}
+                      for k in ("checkout_s", "create_s", "start_s", "run_s", "collect_s", "history_s")}
             gaps = [(parse_iso(b["started_at"]) - parse_iso(a["finished_at"])).total_seconds() for a, b in zip(results, results[1:])]
             accounted = startup + sum(sum(r["timings"].values()) for r in results)
             out[kind] = {
@@ -247,10 +247,10 @@ def table(result: dict) -> str:
           if "numpy" in env["cold_build_s"] else []),
     ]
     lines += ["", "Per-job breakdown (I/O-bound series, parallelism 1, mean seconds per job):", "",
-              "| start-up (once) | checkout | create + attach | start | container run | report + verdict | other (scheduling, removal) | gap between jobs |",
-              "|---|---|---|---|---|---|---|---|",
+              "| start-up (once) | checkout | create + attach | start | container run | report + verdict | test history | other (scheduling, removal) | gap between jobs |",
+              "|---|---|---|---|---|---|---|---|---|",
               f"| {r['startup_s']:.2f} | {ph['checkout_s']:.3f} | {ph['create_s']:.3f} | {ph['start_s']:.3f} | {ph['run_s']:.2f} | "
-              f"{ph['collect_s']:.3f} | {r['other_per_job_s']:.3f} | {r['gap_between_jobs_s'] or 0:.3f} |"]
+              f"{ph['collect_s']:.3f} | {ph['history_s']:.4f} | {r['other_per_job_s']:.3f} | {r['gap_between_jobs_s'] or 0:.3f} |"]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ PLAN_FILE = "shard-plan.json"   # in the container's /ci-out, where the plugin r
 TARGET_SECONDS = 60.0           # what ``auto`` aims one shard's tests at
 DEFAULT_OVERHEAD = 5.0          # seconds a container costs beyond its tests, until jobs have told
 MAX_DURATIONS = 200_000         # test durations put in one plan
+RECORDED_FOR = 5.0              # seconds a repository's recorded suite time is used before it is read again
 COLLECTED = "orchestrator-collected"   # the property each shard's report carries (the plugin sets it)
 
 # The worst of the shards is the commit's status.
@@ -55,6 +57,9 @@ class Planner:
     def __init__(self, config: Config, store: Store):
         self.config = config
         self.store = store
+        # what the store said of a repository's runs, and when: a split commit waiting for
+        # its slots is asked about at every scheduling step, the store not that often
+        self._recorded: dict[str, tuple[float, float | None, float]] = {}
 
     def wanted(self, repository: str) -> int | str:
         repo = self.config.repository(repository)
@@ -69,16 +74,23 @@ class Planner:
         wanted = self.wanted(repository)
         if wanted == 1:
             return 1
-        suite = self.suite_seconds(repository)
+        suite, overhead = self._recorded_runs(repository)
         if suite is None:
             return 1 if wanted == "auto" else min(int(wanted), self.config.runner.parallelism)
-        overhead = self.overhead(repository)
         if suite < overhead:
             return 1
         if wanted == "auto":
             return max(1, min(math.ceil(suite / TARGET_SECONDS), int(suite // overhead), free,
                               self.config.runner.parallelism))
         return min(int(wanted), self.config.runner.parallelism)
+
+    def _recorded_runs(self, repository: str) -> tuple[float | None, float]:
+        known = self._recorded.get(repository)
+        if known is None or time.monotonic() - known[0] >= RECORDED_FOR:
+            suite = self.suite_seconds(repository)
+            known = (time.monotonic(), suite, self.overhead(repository) if suite is not None else DEFAULT_OVERHEAD)
+            self._recorded[repository] = known
+        return known[1], known[2]
 
     def plan(self, repository: str, count: int) -> Plan:
         repo = self.config.repository(repository)

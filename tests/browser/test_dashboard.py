@@ -96,6 +96,48 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     assert run.wait(timeout=30) == 0
 
 
+FLAKY_ONCE = """import os
+
+def test_flaky_once():
+    marker = "/tmp/ran-before"   # the container's own /tmp: the re-run finds what the first run left
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise AssertionError("fails the first time only")
+"""
+
+
+def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, browser) -> None:
+    """One commit, its suite split across two containers, one test failing and then passing
+    on re-run: the Flaky tests page ranks it; the front page's row of the commit opens to
+    its two shards (and stays open while the list refreshes); the job page lists them."""
+    sha = orch.repo.commit("flaky, split", {"tests/test_f.py": FLAKY_ONCE,
+                                             "tests/test_g.py": "def test_fine():\n    pass\n"})
+    orch.configure(runner={"parallelism": 2}, repository={"shards": 2, "rerun_failures": 1})
+    run = orch.start("run")
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    orch.wait_for(lambda: _up(base), timeout=30)
+    orch.wait_for(lambda: orch.has_result(sha), timeout=90)
+    assert orch.result(sha)["flaky"] == ["tests.test_f::test_flaky_once"]
+    browser.get(base + "/flaky")
+    row = orch.wait_for(lambda: browser.find_elements(By.XPATH, "//td[contains(., 'test_flaky_once')]"), timeout=15)
+    assert "tests.test_f::test_flaky_once" in row[0].text
+    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
+        browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "flaky.png"))
+    browser.get(base + "/")
+    summary = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs details.shards summary"), timeout=15)
+    assert summary[0].text == "2 shards"
+    summary[0].click()
+    shown = lambda: [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#jobs details.shards[open] li")]  # noqa: E731
+    assert len(orch.wait_for(shown, timeout=5)) == 2
+    browser.execute_script("return new Promise(r => setTimeout(r, 2500));")   # two refreshes of the list
+    assert [text.split()[0] for text in shown()] == ["passed", "passed"]
+    browser.get(base + f"/jobs/{orch.result(sha)['id']}")
+    rows = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#shards tbody tr"), timeout=15)
+    assert len(rows) == 2 and "output.1.log" in rows[0].text
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 0
+
+
 def _up(base: str) -> bool:
     import requests
     try:
