@@ -273,7 +273,7 @@ class Attempt:
         slot is free for the next job at once; a crash before removal leaves them to the
         next start's recovery."""
         trash = self.ctx.workspaces.discard(self.job.id)
-        self.ctx.cleaner.submit(_remove, self.ctx, self.container_id, trash, self.job.id)
+        self.ctx.cleaner.submit(remove_leftovers, self.ctx, self.container_id, trash, self.job.id)
 
     def _clean_up_quietly(self) -> None:
         try:
@@ -299,7 +299,9 @@ def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, junit: 
     return status, message
 
 
-def _remove(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:
+def remove_leftovers(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:
+    """An ended attempt's container and checkout, off the critical path (the cleaner's
+    thread); what the engine keeps now, recovery's sweep removes later."""
     if container_id:
         try:
             ctx.backend.destroy(container_id)

@@ -29,7 +29,7 @@ from orchestrator.errors import InfrastructureError, ResultsUnwritable
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.run.attempt import Attempt, _remove, judge
+from orchestrator.run.attempt import Attempt, remove_leftovers, judge
 from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Watch
@@ -210,5 +210,5 @@ class ShardedAttempt(Attempt):
     def _clean_up(self) -> None:
         for shard in self.shards:
             for container_id in shard.containers:
-                self.ctx.cleaner.submit(_remove, self.ctx, container_id, None, self.job.id)
+                self.ctx.cleaner.submit(remove_leftovers, self.ctx, container_id, None, self.job.id)
         super()._clean_up()
