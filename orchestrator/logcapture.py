@@ -71,6 +71,8 @@ class CappedLog:
             self._spool.write(chunk[:room])
             self._head += min(room, len(chunk))
             chunk = chunk[room:]
+            if self._head >= self._head_budget:   # the head is whole: on disk now, for a successor after a crash
+                self._spool.flush()
         if not chunk:
             return
         self._tail.append(chunk)
