@@ -122,7 +122,8 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     row = orch.wait_for(lambda: browser.find_elements(By.XPATH, "//td[contains(., 'test_flaky_once')]"), timeout=15)
     assert "tests.test_f::test_flaky_once" in row[0].text
     if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
-        browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "flaky.png"))
+        browser.find_element(By.TAG_NAME, "main").screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"],
+                                                                          "flaky.png"))
     browser.get(base + "/")
     summary = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs details.shards summary"), timeout=15)
     assert summary[0].text == "2 shards"
@@ -131,6 +132,8 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     assert len(orch.wait_for(shown, timeout=5)) == 2
     browser.execute_script("return new Promise(r => setTimeout(r, 2500));")   # two refreshes of the list
     assert [text.split()[0] for text in shown()] == ["passed", "passed"]
+    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
+        browser.find_element(By.ID, "jobs").screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "shards.png"))
     browser.get(base + f"/jobs/{orch.result(sha)['id']}")
     rows = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#shards tbody tr"), timeout=15)
     assert len(rows) == 2 and "output.1.log" in rows[0].text
