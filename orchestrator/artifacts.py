@@ -104,6 +104,42 @@ class _Limited:
 
 def coverage(workspace: Path, artifacts: Path) -> float | None:
     """Line coverage in percent from a Cobertura report, if the suite wrote one."""
+    for report in _cobertura(workspace, artifacts):
+        try:
+            rate = float(report.get("line-rate", ""))
+        except ValueError:
+            continue
+        if 0 <= rate <= 1:
+            return round(rate * 100, 2)
+    return None
+
+
+def coverage_of_shards(folders: list[tuple[Path, Path]]) -> float | None:
+    """Line coverage in percent of a suite split across containers, from each shard's
+    Cobertura report ((workspace, artifacts) of each): every line any report lists, covered
+    if any shard ran it. A shard's own line-rate covers only what its share of the tests ran."""
+    lines: dict[tuple[str, str], bool] = {}
+    for workspace, artifacts in folders:
+        for report in _cobertura(workspace, artifacts)[:1]:
+            for unit in report.iter("class"):
+                name = unit.get("filename") or unit.get("name") or ""
+                for line in unit.iter("line"):
+                    key = (name, line.get("number") or "")
+                    lines[key] = lines.get(key, False) or _hits(line) > 0
+    return round(100 * sum(lines.values()) / len(lines), 2) if lines else None
+
+
+def _hits(line: ET.Element) -> int:
+    try:
+        return int(line.get("hits") or 0)
+    except ValueError:
+        return 0
+
+
+def _cobertura(workspace: Path, artifacts: Path) -> list[ET.Element]:
+    """The Cobertura reports the suite wrote, at the workspace's root or among its
+    artifacts: regular files only, size-capped, parsed."""
+    found = []
     for path in (workspace / "coverage.xml", artifacts / "coverage.xml"):
         try:
             st = os.lstat(path)
@@ -112,9 +148,7 @@ def coverage(workspace: Path, artifacts: Path) -> float | None:
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COVERAGE_XML:
             continue
         try:
-            rate = float(ET.parse(path).getroot().get("line-rate", ""))
-        except (ET.ParseError, ValueError, OSError):
+            found.append(ET.parse(path).getroot())
+        except (ET.ParseError, OSError):
             continue
-        if 0 <= rate <= 1:
-            return round(rate * 100, 2)
-    return None
+    return found

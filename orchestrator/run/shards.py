@@ -188,8 +188,8 @@ class ShardedAttempt(Attempt):
             out.write(b"\n")
 
     def _artifacts(self, done: Job) -> tuple[Job, Path | None]:
-        """Each shard's artifacts under ``shard-<k>/``. No coverage: each shard's report
-        covers only the code its share of the tests ran."""
+        """Each shard's artifacts under ``shard-<k>/``; the coverage of their Cobertura
+        reports together (each alone covers only what its share of the tests ran)."""
         if not self.ctx.backend.shares_workspace:
             return done, None
         repo = self.ctx.config.repository(done.repository)
@@ -205,7 +205,8 @@ class ShardedAttempt(Attempt):
                 refused += [f"shard-{shard.index}/{why}" for why in found.refused]
                 size += found.bytes
         kept = {"files": files, "refused": refused, "bytes": size} if files or refused else None
-        return dataclasses.replace(done, artifacts=kept), staged
+        covered = artifacts.coverage_of_shards([(s.ws.src, staged / f"shard-{s.index}") for s in self.shards])
+        return dataclasses.replace(done, artifacts=kept, coverage=covered), staged
 
     def _clean_up(self) -> None:
         for shard in self.shards:

@@ -132,3 +132,26 @@ def test_more_shards_than_tests_leaves_the_extra_ones_empty_and_passing(orch) ->
     result = orch.result(sha)
     assert result["status"] == "passed" and result["tests"]["total"] == 1, result
     assert len(result["shards"]) == count and {s["status"] for s in result["shards"]} == {"passed"}
+
+
+WRITES_COVERAGE = '''def test_{name}():
+    lines = "".join(f'<line number="{{n}}" hits="{{h}}"/>' for n, h in enumerate({hits}, start=1))
+    with open("coverage.xml", "w") as fh:   # what pytest-cov writes, for this shard's share only
+        fh.write('<?xml version="1.0"?><coverage line-rate="0.5"><packages><package><classes>'
+                 '<class name="mod.py" filename="mod.py"><lines>' + lines + '</lines></class>'
+                 '</classes></package></packages></coverage>')
+'''
+
+
+def test_the_coverage_of_a_split_suite_is_that_of_its_shards_together(orch) -> None:
+    """Each shard's report covers half of mod.py's lines, each another half; the commit's
+    coverage is of both together (75 %: three of four lines ran), not one shard's 50 %."""
+    sha = orch.repo.commit("coverage", {
+        "tests/test_one.py": WRITES_COVERAGE.format(name="one", hits=[1, 1, 0, 0]),
+        "tests/test_two.py": WRITES_COVERAGE.format(name="two", hits=[0, 1, 1, 0]),
+    })
+    orch.configure(repository={"shards": 2})
+    assert orch.cli("run", "--once").returncode == 0
+    result = orch.result(sha)
+    assert result["status"] == "passed" and len(result["shards"]) == 2, result
+    assert result["coverage"] == 75.0

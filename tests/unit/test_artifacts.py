@@ -50,3 +50,27 @@ def test_coverage_from_a_cobertura_report(tmp_path: Path) -> None:
     (ws / "coverage.xml").unlink()
     (ws / "coverage.xml").symlink_to("/etc/passwd")
     assert artifacts.coverage(ws, tmp_path / "none") is None
+
+
+def _cobertura(hits: dict[str, list[int]]) -> str:
+    """A report listing, per file, its lines and whether each ran (1) or not (0)."""
+    classes = "".join(
+        f'<class name="{name}" filename="{name}"><lines>'
+        + "".join(f'<line number="{n}" hits="{h}"/>' for n, h in enumerate(ran, start=1))
+        + "</lines></class>" for name, ran in hits.items())
+    return f'<?xml version="1.0"?><coverage line-rate="0.1"><packages><package><classes>{classes}' \
+           '</classes></package></packages></coverage>'
+
+
+def test_the_coverage_of_a_split_suite_counts_a_line_run_by_any_shard(tmp_path: Path) -> None:
+    shards = []
+    for k, hits in enumerate([{"a.py": [1, 1, 0, 0]}, {"a.py": [0, 0, 1, 0], "b.py": [1, 0]}, {}], start=1):
+        workspace, staged = tmp_path / f"ws{k}", tmp_path / f"staged{k}"
+        workspace.mkdir()
+        staged.mkdir()
+        if hits:
+            (workspace / "coverage.xml").write_text(_cobertura(hits))
+        shards.append((workspace, staged))
+    assert artifacts.coverage_of_shards(shards) == round(100 * 4 / 6, 2)   # a.py 3 of 4, b.py 1 of 2
+    (tmp_path / "ws3" / "coverage.xml").symlink_to(tmp_path / "ws1" / "coverage.xml")   # never followed
+    assert artifacts.coverage_of_shards(shards[2:]) is None
