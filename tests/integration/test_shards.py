@@ -155,3 +155,22 @@ def test_the_coverage_of_a_split_suite_is_that_of_its_shards_together(orch) -> N
     result = orch.result(sha)
     assert result["status"] == "passed" and len(result["shards"]) == 2, result
     assert result["coverage"] == 75.0
+
+
+def test_cancelling_a_split_suite_stops_every_shard(orch) -> None:
+    sha = orch.repo.commit("slow", {
+        "tests/test_one.py": "import time\n\ndef test_one():\n    time.sleep(60)\n",
+        "tests/test_two.py": "import time\n\ndef test_two():\n    time.sleep(60)\n",
+    })
+    orch.configure(repository={"shards": 2}, runner={"timeout": 120})
+    proc = orch.start("run", "--once")
+    orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"]) == 2, timeout=60)
+    assert orch.cli("cancel", sha[:12]).returncode == 0
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"run --once did not end: {proc.communicate()[1][-3000:]}") from None
+    result = orch.result(sha)
+    assert result["status"] == "cancelled" and [s["status"] for s in result["shards"]] == ["cancelled"] * 2, stderr
+    orch.wait_for(lambda: orch.containers() == [], timeout=30)
