@@ -75,6 +75,8 @@ class Shard:
     def _once(self) -> None:
         attempt = self.attempt
         ctx, job, plan = attempt.ctx, attempt.job, attempt.plan
+        if self.containers:   # the one before, if the engine still has it: the new one takes its name
+            ctx.backend.destroy(self.containers[-1])
         remove_tree(self.ws.root)
         self.ws.src.mkdir(parents=True)
         self.ws.out.mkdir()
@@ -83,7 +85,8 @@ class Shard:
         ctx.workspaces.hand_over(self.ws)
         spec = attempt._spec(self.ws, attempt.runs_in.image, attempt.runs_in.variables)
         spec = dataclasses.replace(
-            spec, name=container_name(ctx.instance, job.id, job.attempts, self.index), labels={**spec.labels, LABEL_SHARD: f"{self.index}/{plan.count}"},
+            spec, name=container_name(ctx.instance, job.id, job.attempts, self.index),
+            labels={**spec.labels, LABEL_SHARD: f"{self.index}/{plan.count}"},
             environment={**spec.environment, **plan.environment(self.index), "ORCHESTRATOR_SHARD_TRY": str(self.tries)})
         container_id = ctx.backend.prepare(spec)
         self.containers.append(container_id)
