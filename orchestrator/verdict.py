@@ -1,7 +1,7 @@
 """The verdict of one finished container, and what its JUnit report says.
 
-The verdict comes from the container's exit status, the engine's OOM flag and whether we
-killed it for the timeout, never from the log text; test counts come from the JUnit
+The verdict (``judge``) comes from the container's exit status, the engine's OOM flag and why we
+killed it (``Kill``: timeout, cancel, disk), never from the log text; test counts come from the JUnit
 report (read elsewhere as a regular file, size-capped: the code under test could have
 replaced it), and the reason names the cause when the report or the log does.
 """
@@ -12,7 +12,14 @@ import re
 import signal
 import xml.etree.ElementTree as ET
 
+from enum import Enum
+from typing import TYPE_CHECKING
+
 from orchestrator.models import JobStatus, TestCounts
+
+if TYPE_CHECKING:
+    from orchestrator.backends.base import ContainerState
+    from orchestrator.config import RunnerConfig
 
 # Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5.
 EXIT_NO_TESTS_DIR = 100
@@ -74,6 +81,31 @@ def cause(exit_code: int | None, junit: bytes | None, log_head: bytes) -> str | 
             if found := pattern.search(text):
                 return f"{_CAUSES[exit_code]}: {found.group(1).strip()[:300]}"
     return None
+
+
+class Kill(Enum):
+    """Why the dispatcher killed a container (a killed container exits 137 either way)."""
+
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"
+    DISK = "disk"
+
+
+def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, junit: bytes | None,
+          log_head: bytes = b"") -> tuple[JobStatus, str | None]:
+    """The status and reason of one finished container (a job's, or one shard's)."""
+    status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
+                               timeout=cfg.timeout, memory=cfg.memory)
+    if status is JobStatus.ERROR and killed is None and not final.oom_killed:
+        message = cause(final.exit_code, junit, log_head) or message
+    if killed is Kill.CANCEL:
+        status, message = JobStatus.CANCELLED, "cancelled while running"
+    elif killed is Kill.DISK:
+        status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
+    elif final.over_disk:   # seen by the task itself (a Swarm), which watches /tmp too
+        status, message = JobStatus.ERROR, (f"disk limit exceeded: more than {cfg.disk} written into the "
+                                            f"workspace, or {cfg.tmp_size} into /tmp")
+    return status, message
 
 
 def _errors(junit: bytes | None) -> list[ET.Element]:

@@ -26,7 +26,6 @@ from orchestrator.backends.base import (
     ImageInfo, Phase, container_name,
 )
 from orchestrator.backoff import Backoff
-from orchestrator.config import RunnerConfig
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
 from orchestrator.environment.build import EnvironmentBroken
 from orchestrator.environment.setup import setup
@@ -34,11 +33,11 @@ from orchestrator import artifacts, history
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.verdict import cause, classify, flaky, parse_junit
+from orchestrator.verdict import Kill, flaky, judge, parse_junit
 from orchestrator.run import warm
 from orchestrator.run.conclude import conclude, os_reason
 from orchestrator.run.context import Context
-from orchestrator.run.watch import Abandoned, Kill, Watch
+from orchestrator.run.watch import Abandoned, Watch
 from orchestrator.workspace import Workspace, remove_tree
 
 log = logging.getLogger("orchestrator.run")
@@ -280,23 +279,6 @@ class Attempt:
             self._clean_up()
         except Exception as exc:  # recovery removes what is left
             log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)
-
-
-def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, junit: bytes | None,
-          log_head: bytes = b"") -> tuple[JobStatus, str | None]:
-    """The status and reason of one finished container (a job's, or one shard's)."""
-    status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
-                               timeout=cfg.timeout, memory=cfg.memory)
-    if status is JobStatus.ERROR and killed is None and not final.oom_killed:
-        message = cause(final.exit_code, junit, log_head) or message
-    if killed is Kill.CANCEL:
-        status, message = JobStatus.CANCELLED, "cancelled while running"
-    elif killed is Kill.DISK:
-        status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
-    elif final.over_disk:   # seen by the task itself (a Swarm), which watches /tmp too
-        status, message = JobStatus.ERROR, (f"disk limit exceeded: more than {cfg.disk} written into the "
-                                            f"workspace, or {cfg.tmp_size} into /tmp")
-    return status, message
 
 
 def remove_leftovers(ctx: Context, container_id: str | None, trash: Path | None, job_id: int) -> None:

@@ -29,12 +29,12 @@ from orchestrator.errors import InfrastructureError, ResultsUnwritable
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.run.attempt import Attempt, remove_leftovers, judge
+from orchestrator.run.attempt import Attempt, remove_leftovers
 from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Watch
 from orchestrator.sharding import PLAN_FILE, Plan, merge_reports, mismatch, summary, worst
-from orchestrator.verdict import flaky, parse_junit
+from orchestrator.verdict import flaky, judge, parse_junit
 from orchestrator.workspace import Workspace, remove_tree
 
 log = logging.getLogger("orchestrator.run")

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 
 from orchestrator.backoff import Backoff
@@ -24,20 +23,13 @@ from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, utcnow
 from orchestrator.run.context import Context
+from orchestrator.verdict import Kill
 
 log = logging.getLogger("orchestrator.run")
 
 
 class Abandoned(Exception):
     """The dispatcher is leaving: the container is left running, to be re-adopted."""
-
-
-class Kill(Enum):
-    """Why the dispatcher killed a container (a killed container exits 137 either way)."""
-
-    TIMEOUT = "timeout"
-    CANCEL = "cancel"
-    DISK = "disk"
 
 
 class LogPump(threading.Thread):
