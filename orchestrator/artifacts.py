@@ -34,6 +34,17 @@ class Collected:
     refused: list[str] = field(default_factory=list)    # "path: why"
     bytes: int = 0
 
+    def add(self, other: "Collected", under: str = "") -> None:
+        """``other``'s files, collected into the folder ``under`` (a shard's)."""
+        prefix = f"{under}/" if under else ""
+        self.files += [prefix + name for name in other.files]
+        self.refused += [prefix + why for why in other.refused]
+        self.bytes += other.bytes
+
+    def document(self) -> dict | None:
+        """What ``result.json`` says (``artifacts``): None when nothing was found."""
+        return {"files": self.files, "refused": self.refused, "bytes": self.bytes} if self.files or self.refused else None
+
 
 def collect(workspace: Path, target: Path, globs: list[str]) -> Collected:
     """Copy the artifacts of ``workspace`` into ``target``."""

@@ -107,15 +107,15 @@ class History:
             "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.id",
             (repository, newest - jobs, repository, newest - jobs))
         by_test: dict[str, list[tuple[str, str]]] = {}
-        for test_id, outcome, commit in rows:
-            by_test.setdefault(test_id, []).append((outcome, commit))
+        for test, ended, commit in rows:
+            by_test.setdefault(test, []).append((ended, commit))
         ranked = []
-        for test_id, runs in by_test.items():
+        for test, runs in by_test.items():
             outcomes = ["failed" if o == "error" else o for o, _ in runs]
             flips = sum(1 for a, b in zip(outcomes, outcomes[1:]) if a != b and "skipped" not in (a, b))
             flips += outcomes.count("flaky")
             if flips:
-                ranked.append({"test_id": test_id, "runs": len(runs), "flips": flips,
+                ranked.append({"test_id": test, "runs": len(runs), "flips": flips,
                                "flip_rate": round(flips / len(runs), 3), "flaky_runs": outcomes.count("flaky"),
                                "last": runs[-1][0], "last_commit": runs[-1][1]})
         return sorted(ranked, key=lambda r: (-r["flip_rate"], -r["flips"], r["test_id"]))[:limit]

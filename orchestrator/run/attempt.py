@@ -17,9 +17,10 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from orchestrator.backends.base import (
     LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_JOB, LABEL_REPOSITORY, ContainerSpec, ContainerState,
@@ -28,11 +29,11 @@ from orchestrator.backends.base import (
 from orchestrator.backoff import Backoff
 from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
 from orchestrator.environment.build import EnvironmentBroken
-from orchestrator.environment.setup import setup
+from orchestrator.environment.setup import Setup, setup
 from orchestrator import artifacts, history
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
-from orchestrator.models import Job, JobStatus, transition, utcnow
+from orchestrator.models import Job, transition, utcnow
 from orchestrator.verdict import Kill, flaky, judge, parse_junit
 from orchestrator.run import warm
 from orchestrator.run.conclude import conclude, os_reason
@@ -98,6 +99,10 @@ class Attempt:
             state = self.adopt
             log.info("job %s: re-attached to container %s", self.job.id, state.id[:12])
         done = self._collect(state)
+        return self._finish(done)
+
+    def _finish(self, done: Job) -> Job:
+        """The final state committed (its files are written), then told, then cleaned up."""
         self.job = self.ctx.store.apply(self.job, done)
         crash_point("job-finished")
         self.ctx.finished(self.job)
@@ -142,13 +147,8 @@ class Attempt:
         """Check out, prepare and start the container; a warm one then waits for its release."""
         ctx = self.ctx
         crash_point("job-claimed")
-        with self._phase("checkout"):
-            ws = self._checkout()
-        with self._phase("environment"):
-            runs_in = setup(ctx.config, ctx.backend, ctx.environments, self.job.repository, ws.src,
-                            ctx.mirrors[self.job.repository].version(self.job.commit),
-                            on_build=self._building_environment)
-            image = runs_in.image
+        ws, runs_in = self._checkout_and_environment()
+        image = runs_in.image
         with self._phase("create"):
             self.container_id = ctx.backend.prepare(self._spec(ws, image, runs_in.variables))
             if self.release is None:
@@ -174,6 +174,15 @@ class Attempt:
         crash_point("container-started")
         log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
         return state
+
+    def _checkout_and_environment(self) -> tuple[Workspace, Setup]:
+        """The commit checked out, and what its container runs in (built now if need be)."""
+        with self._phase("checkout"):
+            ws = self._checkout()
+        with self._phase("environment"):
+            return ws, setup(self.ctx.config, self.ctx.backend, self.ctx.environments, self.job.repository, ws.src,
+                             self.ctx.mirrors[self.job.repository].version(self.job.commit),
+                             on_build=self._building_environment)
 
     def _building_environment(self, stage: str) -> None:
         """Say what it is doing while it takes: the job's message, which the live view and
@@ -217,31 +226,42 @@ class Attempt:
             with self._phase("collect"):
                 junit = self.ctx.backend.report(state.id, self.ws.out)
                 done = self._verdict(final, killed, started, junit, capped.truncated, capped.head())
-                done, staged = self._artifacts(done)
-            with self._phase("history"):   # before the files, so that result.json has its time
-                self._record_history(done, junit)
-            built = self.ctx.environments.log_of(done.repository, done.environment) if self.ctx.environments else None
-            try:
-                self.ctx.results.write(done, capped.write_to, junit, self.ctx.store.attempt_history(self.job.id),
-                                       self.timings, built, staged)
-            except OSError as exc:
-                raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
-            crash_point("result-written")
+                done, staged = self._artifacts(done, [(self.ws.src, "")])
+            self._save(done, junit, capped.write_to, staged)
             return done
         finally:
             capped.close()
 
-    def _artifacts(self, done: Job) -> tuple[Job, Path | None]:
-        """What the suite left for download, copied aside (artifacts.py), and its coverage:
-        read from the workspace on the host, so not on a backend whose tasks write elsewhere."""
-        if not self.ctx.backend.shares_workspace or not self.ws.src.is_dir():
+    def _save(self, done: Job, junit: bytes | None, write_log: Callable[[BinaryIO], None], staged: Path | None,
+              shard_logs: Sequence[Callable[[BinaryIO], None]] = ()) -> None:
+        """The test history, then the result files (``result.json`` last), before the
+        final state is committed."""
+        with self._phase("history"):   # before the files, so that result.json has its time
+            self._record_history(done, junit)
+        built = self.ctx.environments.log_of(done.repository, done.environment) if self.ctx.environments else None
+        try:
+            self.ctx.results.write(done, write_log, junit, self.ctx.store.attempt_history(self.job.id),
+                                   self.timings, built, staged, shard_logs=shard_logs)
+        except OSError as exc:
+            raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
+        crash_point("result-written")
+
+    def _artifacts(self, done: Job, workspaces: list[tuple[Path, str]]) -> tuple[Job, Path | None]:
+        """What the suite left for download, copied aside (artifacts.py), each workspace's
+        into its folder ("": the top; a shard's: ``shard-<k>``), and the coverage of their
+        reports: read on the host, so not on a backend whose tasks write elsewhere."""
+        if not self.ctx.backend.shares_workspace:
             return done, None
         repo = self.ctx.config.repository(done.repository)
         staged = self.ws.root / "artifacts"
         shutil.rmtree(staged, ignore_errors=True)
-        found = artifacts.collect(self.ws.src, staged, list(repo.artifacts) if repo else [])
-        kept = {"files": found.files, "refused": found.refused, "bytes": found.bytes} if found.files or found.refused else None
-        return dataclasses.replace(done, coverage=artifacts.coverage(self.ws.src, staged), artifacts=kept), staged
+        found = artifacts.Collected()
+        for src, under in workspaces:
+            if src.is_dir():
+                found.add(artifacts.collect(src, staged / under, list(repo.artifacts) if repo else []), under)
+        reports = [(src, staged / under) for src, under in workspaces]
+        covered = artifacts.coverage(*reports[0]) if len(reports) == 1 else artifacts.coverage_of_shards(reports)
+        return dataclasses.replace(done, coverage=covered, artifacts=found.document()), staged
 
     def _record_history(self, done: Job, junit: bytes | None) -> None:
         """Its test cases, in bulk; a store that refuses them costs the history, not the job."""

@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any, BinaryIO
 
-from orchestrator import artifacts
 from orchestrator.backends.base import LABEL_SHARD, ContainerState, container_name
-from orchestrator.environment.setup import Setup, setup
-from orchestrator.errors import InfrastructureError, ResultsUnwritable
+from orchestrator.environment.setup import Setup
+from orchestrator.errors import InfrastructureError
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
 from orchestrator.run.attempt import Attempt, remove_leftovers
-from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Watch
 from orchestrator.sharding import PLAN_FILE, Plan, merge_reports, mismatch, summary, worst
@@ -131,14 +127,8 @@ class ShardedAttempt(Attempt):
         self.runs_in: Setup | None = None
 
     def _run(self) -> Job:
-        ctx = self.ctx
         crash_point("job-claimed")
-        with self._phase("checkout"):
-            ws = self._checkout()   # what the environment is read from; each shard checks out its own
-        with self._phase("environment"):
-            self.runs_in = setup(ctx.config, ctx.backend, ctx.environments, self.job.repository, ws.src,
-                                 ctx.mirrors[self.job.repository].version(self.job.commit),
-                                 on_build=self._building_environment)
+        _, self.runs_in = self._checkout_and_environment()   # each shard then checks out its own
         image = self.runs_in.image
         self.shards = [Shard(self, k) for k in range(1, self.plan.count + 1)]
         self._record(image_tag=image.tag, image_id=image.id, environment=self.runs_in.document, message=None,
@@ -151,25 +141,12 @@ class ShardedAttempt(Attempt):
             with self._phase("collect"):
                 junit = merge_reports([s.junit for s in self.shards])
                 done = self._verdict_of_shards(junit)
-                done, staged = self._artifacts(done)
-            with self._phase("history"):
-                self._record_history(done, junit)
-            built = ctx.environments.log_of(done.repository, done.environment) if ctx.environments else None
-            try:
-                ctx.results.write(done, self._combined_log, junit, ctx.store.attempt_history(self.job.id),
-                                  self.timings, built, staged, shard_logs=[s.write_log for s in self.shards])
-            except OSError as exc:
-                raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
-            crash_point("result-written")
+                done, staged = self._artifacts(done, [(s.ws.src, f"shard-{s.index}") for s in self.shards])
+            self._save(done, junit, self._combined_log, staged, shard_logs=[s.write_log for s in self.shards])
         finally:
             for shard in self.shards:
                 shard.close()
-        self.job = ctx.store.apply(self.job, done)
-        crash_point("job-finished")
-        ctx.finished(self.job)
-        log.info("job %s: %s %s %s", self.job.id, self.job.commit[:12], self.job.status.value, self.job.message or "")
-        self._clean_up()
-        return self.job
+        return self._finish(done)
 
     def _verdict_of_shards(self, junit: bytes | None) -> Job:
         status = worst([s.status for s in self.shards])
@@ -189,27 +166,6 @@ class ShardedAttempt(Attempt):
             out.write(f"===== {shard.name}: {shard.status.value} =====\n".encode())
             shard.write_log(out)
             out.write(b"\n")
-
-    def _artifacts(self, done: Job) -> tuple[Job, Path | None]:
-        """Each shard's artifacts under ``shard-<k>/``; the coverage of their Cobertura
-        reports together (each alone covers only what its share of the tests ran)."""
-        if not self.ctx.backend.shares_workspace:
-            return done, None
-        repo = self.ctx.config.repository(done.repository)
-        staged = self.ws.root / "artifacts"
-        shutil.rmtree(staged, ignore_errors=True)
-        files: list[str] = []
-        refused: list[str] = []
-        size = 0
-        for shard in self.shards:
-            if shard.ws.src.is_dir():
-                found = artifacts.collect(shard.ws.src, staged / f"shard-{shard.index}", list(repo.artifacts) if repo else [])
-                files += [f"shard-{shard.index}/{name}" for name in found.files]
-                refused += [f"shard-{shard.index}/{why}" for why in found.refused]
-                size += found.bytes
-        kept = {"files": files, "refused": refused, "bytes": size} if files or refused else None
-        covered = artifacts.coverage_of_shards([(s.ws.src, staged / f"shard-{s.index}") for s in self.shards])
-        return dataclasses.replace(done, artifacts=kept, coverage=covered), staged
 
     def _clean_up(self) -> None:
         for shard in self.shards:

@@ -2,7 +2,6 @@
 the dashboard pages, the api token, and webhook notifications to a local HTTP server."""
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
