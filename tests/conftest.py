@@ -88,6 +88,17 @@ class Orchestrated:
         self.processes.append(proc)
         return proc
 
+    @staticmethod
+    def ended(proc: subprocess.Popen, timeout: float) -> str:
+        """Wait for ``proc`` to end; its stderr. One that does not end in time is killed, and
+        the test fails with the end of what it said."""
+        try:
+            return proc.communicate(timeout=timeout)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"{' '.join(map(str, proc.args[-4:]))} did not end within {timeout:g} s: "
+                                 f"{proc.communicate()[1][-3000:]}") from None
+
     def path(self, sha: str, name: str = "") -> Path:
         """A commit's result folder, or one of its files (``result.json``, ``attempts/1`` ...)."""
         directory = self.config.results_dir / "demo" / sha

@@ -3,7 +3,6 @@ machine's daemon is never stopped): the dispatcher stays up, says what is wrong,
 off, resumes, and loses nothing."""
 
 import signal
-import subprocess
 import time
 
 import pytest
@@ -105,11 +104,7 @@ def test_a_container_removed_while_it_runs_is_retried_at_once_not_waited_for(orc
     running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
     time.sleep(1)   # between two of the dispatcher's waits, as often as not
     orch.engine.api.remove_container(running[0].id, force=True)
-    try:
-        _, stderr = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"run --once did not end: {proc.communicate()[1][-3000:]}") from None
+    stderr = orch.ended(proc, timeout=90)
     result = orch.result(sha)
     assert (result["status"], result["attempts"]) == ("passed", 2), stderr[-3000:]
     assert "disappeared while running" in result["attempt_history"][0]["message"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -110,11 +109,7 @@ def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
     running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"
                                      and c.labels.get(LABEL_SHARD) == "2/2"], timeout=60)
     orch.engine.api.remove_container(running[0].id, force=True)
-    try:
-        _, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"run --once did not end: {proc.communicate()[1][-3000:]}") from None
+    stderr = orch.ended(proc, timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
     result = orch.result(sha)
     assert result["status"] == "passed" and result["tests"]["passed"] == 2, result
@@ -166,11 +161,7 @@ def test_cancelling_a_split_suite_stops_every_shard(orch) -> None:
     proc = orch.start("run", "--once")
     orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"]) == 2, timeout=60)
     assert orch.cli("cancel", sha[:12]).returncode == 0
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"run --once did not end: {proc.communicate()[1][-3000:]}") from None
+    stderr = orch.ended(proc, timeout=60)
     result = orch.result(sha)
     assert result["status"] == "cancelled" and [s["status"] for s in result["shards"]] == ["cancelled"] * 2, stderr
     orch.wait_for(lambda: orch.containers() == [], timeout=30)
