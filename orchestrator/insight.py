@@ -38,6 +38,12 @@ class Insight:
                         for s in trends.slowest_tests(self.store, name, branch)],
         }
 
+    def coverage(self, repository: str, branch: str) -> float | None:
+        """The line coverage of the branch's newest run that measured it (the badge's)."""
+        measured = [j.coverage for j in trends.runs(self.store, self._repository(repository).name, branch)
+                    if j.coverage is not None]
+        return measured[-1] if measured else None
+
     def load(self) -> list[Document]:
         """Jobs queued and running, each minute of the last hour."""
         return [{"at": iso(t), "queued": q, "running": r} for t, q, r in trends.load(self.store)]

@@ -47,12 +47,12 @@ def badge(name: str, branch: str, jobs: Jobs) -> Response:
 
 
 def _coverage_badge(jobs: Jobs, name: str, branch: str) -> Response:
-    """The line coverage of the branch's newest job that measured it."""
-    runs = [r for r in jobs.insight.trends(name, branch)["runs"] if r.get("coverage") is not None]
-    if not runs:
+    """The line coverage of the branch's newest job that measured it (its runs only: not
+    the whole trends page's queries)."""
+    value = jobs.insight.coverage(name, branch)
+    if value is None:
         label = ("unknown", "#9f9f9f")
     else:
-        value = runs[-1]["coverage"]
         label = (f"{value:.0f}%", "#2ea44f" if value >= 80 else "#dbab09" if value >= 50 else "#cb2431")
     return Response(badge_svg(*label, label="coverage"), media_type="image/svg+xml",
                     headers={"Cache-Control": "no-cache"})
