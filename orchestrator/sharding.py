@@ -14,6 +14,7 @@ split a little, not all the way.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import time
@@ -24,6 +25,8 @@ from typing import Any
 from orchestrator.config import Config
 from orchestrator.models import JobStatus
 from orchestrator.store import Store
+
+log = logging.getLogger("orchestrator.sharding")
 
 PLAN_FILE = "shard-plan.json"   # in the container's /ci-out, where the plugin reads it
 TARGET_SECONDS = 60.0           # what ``auto`` aims one shard's tests at
@@ -60,6 +63,11 @@ class Planner:
         # what the store said of a repository's runs, and when: a split commit waiting for
         # its slots is asked about at every scheduling step, the store not that often
         self._recorded: dict[str, tuple[float, float | None, float]] = {}
+        for repo in config.repositories:
+            if repo.shards != "auto" and repo.shards > config.runner.parallelism:
+                log.warning("%s: shards %d is more than runner.parallelism %d: its suite is split %d ways "
+                            "(raise runner.parallelism for more)", repo.name, repo.shards,
+                            config.runner.parallelism, config.runner.parallelism)
 
     def wanted(self, repository: str) -> int | str:
         repo = self.config.repository(repository)

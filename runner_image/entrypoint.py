@@ -120,7 +120,7 @@ def main() -> int:
         status = 0
     reruns = int(os.environ.get("ORCHESTRATOR_RERUN_FAILURES") or 0)
     if status == 1 and reruns and 0 < len(failed.nodeids) <= MAX_RERUN_TESTS:
-        status = rerun_failures(failed.nodeids, reruns)
+        status = rerun_failures(list(failed.nodeids), reruns)
     return status
 
 
@@ -128,11 +128,11 @@ class FailedTests:
     """A pytest plugin: the node ids of the tests that failed (setup, call or teardown)."""
 
     def __init__(self) -> None:
-        self.nodeids: list = []
+        self.nodeids: dict = {}   # in the order they failed, each once
 
     def pytest_runtest_logreport(self, report) -> None:
-        if report.failed and report.nodeid not in self.nodeids:
-            self.nodeids.append(report.nodeid)
+        if report.failed:
+            self.nodeids.setdefault(report.nodeid, None)
 
 
 def rerun_failures(nodeids: list, times: int) -> int:

@@ -157,3 +157,10 @@ def test_recovery_never_re_attaches_a_split_attempt() -> None:
     assert [d.reason for d in decisions if isinstance(d, Requeue)] == [
         "the dispatcher stopped while its shards ran: a split suite runs again whole"]
     assert dataclasses.replace(job, shards=()).shards == ()
+
+
+def test_more_shards_than_slots_is_said_once_at_start(planned, caplog) -> None:
+    with caplog.at_level("WARNING", logger="orchestrator.sharding"):
+        planner = planned(8, parallelism=4)
+    assert planner.count("demo", free=4) == 4
+    assert "demo: shards 8 is more than runner.parallelism 4: its suite is split 4 ways" in caplog.text
