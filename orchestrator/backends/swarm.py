@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from docker.errors import APIError, NotFound
+from docker.errors import NotFound
 from docker.types import ContainerSpec as TaskContainer
 from docker.types import DriverConfig, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
 
@@ -39,6 +39,7 @@ from orchestrator.backends.base import (
     OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
 )
 from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.networks import JobNetworks
 from orchestrator.backends.registry import JobImages
 from orchestrator.backends.report_frame import FRAME_ENV, Unframed, frame
 from orchestrator.config import memory_bytes
@@ -69,13 +70,13 @@ class SwarmBackend(Backend):
     def __init__(self, docker_host: str | None, registry: str, constraints: list[str], timeout: float = 30):
         self.manager = DockerBackend(docker_host, timeout)
         self.images = JobImages(self.manager, registry)
+        self.networks = JobNetworks(self.manager)
         self.constraints = list(constraints)
         self._lock = threading.Lock()
         self._prepared: dict[str, _Prepared] = {}
         self._reports: dict[str, bytes | None] = {}   # framed reports taken out of live output
         self._stopped: set[str] = set()
         self._digests: dict[str, str] = {}            # service -> its job image's digest, for clean-up
-        self._networks: set[str] = set()              # job networks whose removal the engine refused so far
         self._nodes: dict[str, str] = {}              # node id -> hostname
         self._node_states: dict[str, tuple[float, bool]] = {}   # node id -> (when asked, down)
 
@@ -92,7 +93,7 @@ class SwarmBackend(Backend):
 
     def close(self) -> None:
         with contextlib.suppress(EngineUnavailable):
-            self._drain_networks()
+            self.networks.drain()
         self.manager.close()
 
     def image(self, tag: str) -> ImageInfo:
@@ -128,7 +129,7 @@ class SwarmBackend(Backend):
             restart_policy=RestartPolicy(condition="none"),
             placement=Placement(constraints=self.constraints),
             log_driver=DriverConfig("json-file", {"max-size": str(max(spec.log_max_bytes, 1 << 20)), "max-file": "2"}),
-            networks=[{"Target": self._network(spec)}],
+            networks=[{"Target": self.networks.for_job(spec)}],
         )
         with engine_call("create a service"):
             self.api.create_service(task, name=spec.name, labels=dict(spec.labels),
@@ -137,15 +138,6 @@ class SwarmBackend(Backend):
         if state is None:
             raise ContainerGone(f"service {container_id} vanished right after it was created")
         return state
-
-    def _network(self, spec: ContainerSpec) -> str:
-        """``spec.network``; for "none", which a service cannot join, an internal overlay
-        network of the job's own: no route out, and no other job on it."""
-        if spec.network != "none":
-            return spec.network
-        with engine_call("create a network"):
-            self.api.create_network(spec.name, driver="overlay", internal=True, labels=dict(spec.labels))
-        return spec.name
 
     def output(self, container_id: str) -> Iterator[bytes]:
         return self._without_report(container_id, self._live_log(container_id))
@@ -273,34 +265,8 @@ class SwarmBackend(Backend):
         with contextlib.suppress(NotFound), engine_call("remove a service"):
             self.api.remove_service(container_id)
         self._stopped.discard(container_id)
-        self._remove_network(container_id)
+        self.networks.remove(container_id)
         self.images.forget(container_id, digest)
-
-    def _remove_network(self, name: str) -> None:
-        """The job's network, once its task's container is gone from its node: seconds
-        after the service, until when the engine refuses. Not waited for here (the next
-        job's slot would wait): tried again at each clean-up, and waited for at close."""
-        with self._lock:
-            self._networks.add(name)
-            pending = sorted(self._networks)
-        for network in pending:
-            try:
-                with engine_call("remove a network"):
-                    self.api.remove_network(network)
-            except NotFound:
-                pass
-            except APIError:
-                continue   # its task's container is still being removed
-            with self._lock:
-                self._networks.discard(network)
-
-    def _drain_networks(self, seconds: float = 20) -> None:
-        deadline = time.monotonic() + seconds
-        while self._networks and time.monotonic() < deadline:
-            time.sleep(0.25)
-            self._remove_network(next(iter(self._networks)))
-        if self._networks:
-            log.warning("networks %s stay for the next sweep", ", ".join(sorted(self._networks)))
 
     def _service_digest(self, service: str) -> str | None:
         try:
