@@ -163,9 +163,9 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
     backend = connect(config.runner)
     try:
         if args.action == "prune":
-            from orchestrator.environment.build import Environments
+            from orchestrator.environment.build import prune
 
-            removed = Environments(config.state_dir, backend.builder).prune(keep=max(0, args.keep))
+            removed = prune(backend.builder, keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
         versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]

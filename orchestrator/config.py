@@ -194,6 +194,19 @@ class NotifyConfig(_Strict):
     retries: Annotated[int, Field(ge=0, le=10)] = 3
 
 
+_INDEX_URL = r"^https?://[^\s/$]+(/[^\s$]*)?$"
+
+
+class EnvironmentsConfig(_Strict):
+    """Where environments come from: pip resolves only from these indexes (the index of pip
+    on this host when ``index_url`` is not set, else PyPI), never from one a commit names."""
+
+    index_url: Annotated[str, Field(pattern=_INDEX_URL, max_length=2000)] | None = None
+    extra_index_urls: Annotated[list[Annotated[str, Field(pattern=_INDEX_URL, max_length=2000)]],
+                                Field(max_length=10)] = []
+    timeout: Annotated[float, Field(gt=0, le=24 * 3600)] = 900   # seconds for a whole build
+
+
 class Config(_Strict):
     repositories: Annotated[list[RepositoryConfig], Field(min_length=1)]
     poll_interval: Annotated[float, Field(gt=0)] = 5
@@ -203,6 +216,7 @@ class Config(_Strict):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     retries: Annotated[int, Field(ge=0, le=100)] = 2
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    environments: EnvironmentsConfig = Field(default_factory=EnvironmentsConfig)
     stop_grace: Annotated[float, Field(ge=0)] = 0
     source: Path = Path("config.yaml")
 
@@ -242,6 +256,17 @@ def is_local_url(url: str) -> bool:
     return "://" not in url and not _SCP_LIKE.match(url)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads a bare ``on``, ``off``, ``yes`` or ``no`` as a boolean: as a *key*
+    (``notify: {on: all}``) it is always meant as the word, and is kept as one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        for key, _value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:bool" and key.style is None:
+                key.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path) -> Config:
     """Read, validate and resolve a config file, or raise ConfigError with one line."""
     path = Path(path)
@@ -252,7 +277,7 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -309,7 +334,9 @@ def _describe(exc: ValidationError) -> str:
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif first["type"] != "missing":
-        got = repr(first.get("input"))
-        msg = f"{msg} (got {got[:60]})"
+        got = first.get("input")
+        msg = f"{msg} (got {repr(got)[:60]})"
+        if first["type"] == "string_type" and isinstance(got, (bool, int, float)):
+            msg += f": YAML read it as a {type(got).__name__}; quote it to mean the text"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{loc or 'config'}: {msg}{more}"

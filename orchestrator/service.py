@@ -13,7 +13,7 @@ import time
 from orchestrator.backends import connect
 from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
-from orchestrator.environment.build import Environments
+from orchestrator.environment.build import Environments, Settings
 from orchestrator.errors import OrchestratorError
 from orchestrator.jobs import LocalJobs
 from orchestrator.store import Store
@@ -30,7 +30,8 @@ class Services:
         prepare_directories(config)
         self.store = Store(config.db_path)
         self.backend = connect(config.runner)
-        environments = Environments(config.state_dir, self.backend.builder, self.backend.publish)
+        environments = Environments(config.state_dir, self.backend.builder,
+                                    Settings.of(config, self.store.instance_id()), self.backend.publish)
         self.dispatcher = Dispatcher(config, self.store, self.backend, environments)
         self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
         observer = self.jobs.observer

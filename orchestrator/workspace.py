@@ -46,13 +46,19 @@ class Workspace:
         return self.root / "output.log.part"
 
 
+def container_user() -> str:
+    """The user containers run as: the runner image's unprivileged one when this process
+    is root, else this process's own (so that it can read and remove what they write)."""
+    uid = os.getuid()
+    return f"{RUNNER_UID}:{RUNNER_UID}" if uid == 0 else f"{uid}:{os.getgid()}"
+
+
 class Workspaces:
     def __init__(self, work_dir: Path):
         self.work_dir = work_dir
 
     def container_user(self) -> str:
-        uid = os.getuid()
-        return f"{RUNNER_UID}:{RUNNER_UID}" if uid == 0 else f"{uid}:{os.getgid()}"
+        return container_user()
 
     def get(self, job_id: int) -> Workspace:
         return Workspace(self.work_dir / str(job_id))

@@ -2,11 +2,15 @@
 per repository and *fingerprint* (a hash of the declarations, the Python version and the
 runner image) and shared by every commit that has the same.
 
-Nothing a commit declares runs on this host: its requirements are downloaded here as
-wheels only (``pip download --only-binary :all:``, which runs no package code), then
-installed inside an image build that reaches no network. A requirement that exists only
-as source is an environment error naming it. A failed build is recorded with its log and
-its reason, and is not tried again for the same fingerprint.
+Nothing a commit declares runs on this host, nor chooses what it fetches: its requirements
+(name-based only: needs.py) are resolved by pip in a container with no network whose one
+way out is a proxy to the indexes of config.yaml (index.py), and installed in a second
+container with no network; both have a test container's limits, and the whole build has a
+deadline (sandbox.py). A build that fails the same way every time (no such distribution,
+no resolution, an install that fails) is recorded with its log and reason and not tried
+again for the same fingerprint; an index that could not be reached is an infrastructure
+failure, tried again by the retry policy; a build past its deadline ends the job
+``error`` and is tried again by the next commit.
 """
 
 from __future__ import annotations
@@ -15,42 +19,58 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from orchestrator import pythons
-from orchestrator.backends.base import ImageInfo
+from orchestrator.backends.base import LABEL_INSTANCE, ImageInfo
 from orchestrator.backends.docker import DockerBackend
-from orchestrator.backends.image import build_image, find_images, installed_packages, remove_image
-from orchestrator.environment.debs import Apt
+from orchestrator.backends.image import find_images, remove_image
+from orchestrator.config import Config
+from orchestrator.environment.debs import Apt, AptTimedOut
+from orchestrator.environment.index import IndexProxy, host_index_url
 from orchestrator.environment.needs import Needs
-from orchestrator.errors import OrchestratorError
+from orchestrator.environment.sandbox import Ended, Limits, Sandbox, TimedOut, dpkg_status, socket_folder
+from orchestrator.errors import InfrastructureError, OrchestratorError
+from orchestrator.workspace import container_user
 
 log = logging.getLogger("orchestrator.environment")
 
 LABEL_ENVIRONMENT = "orchestrator.environment"
 LABEL_REPOSITORY = "orchestrator.repository"
 KEEP = 3   # environment images kept per repository, newest first
+# pip's words for a failure that the same declarations meet again whatever the network does
+_REPEATS = re.compile(r"No matching distribution found|Could not find a version that satisfies|ResolutionImpossible|"
+                      r"conflicting dependencies|requires a different Python|has inconsistent|Invalid requirement")
 
-DOCKERFILE = """FROM {base}
-USER 0
-COPY debs /opt/environment/debs
-RUN if ls /opt/environment/debs/*.deb >/dev/null 2>&1; then dpkg -i /opt/environment/debs/*.deb; fi \\
- && rm -rf /opt/environment/debs \\
- && find / -xdev -type f -perm /6000 -exec chmod a-s {{}} + \\
- && find / -xdev -type d -perm -0002 ! -path /tmp -exec chmod o-w {{}} +
-COPY wheels /opt/environment/wheels
-COPY requirements.txt /opt/environment/requirements.txt
-RUN python3 -m pip install --no-index --find-links /opt/environment/wheels --no-cache-dir \\
-        -r /opt/environment/requirements.txt \\
- && rm -rf /opt/environment/wheels
-USER 1000:1000
-"""
+
+@dataclass(frozen=True)
+class Settings:
+    """How environments are made (config.yaml's ``environments`` and ``runner``)."""
+
+    @classmethod
+    def of(cls, config: Config, instance: str) -> "Settings":
+        runner, environments = config.runner, config.environments
+        return cls(environments.index_url, tuple(environments.extra_index_urls), environments.timeout,
+                   Limits(runner.memory, runner.cpus, runner.pids, runner.tmp_size), container_user(), instance)
+
+    index_url: str | None             # None: the index pip on this host is configured with (read once)
+    extra_index_urls: tuple[str, ...]
+    timeout: float                    # the whole build, from its first step to the image
+    limits: Limits                    # of each build container, as of a test container
+    user: str                         # the runner's unprivileged user
+    instance: str = ""                # the label the build containers carry (recovery removes leftovers)
+
+
+class IndexUnreachable(InfrastructureError):
+    """The package index did not answer as an index does: the job is tried again later."""
 
 
 class EnvironmentBroken(OrchestratorError):
@@ -78,24 +98,26 @@ class Environment:
 
 
 class Environments:
-    def __init__(self, state_dir: Path, backend: DockerBackend,
+    def __init__(self, state_dir: Path, backend: DockerBackend, settings: Settings,
                  publish: Callable[[ImageInfo], str | None] = lambda image: None):
         """``publish`` makes a new environment image reachable by every machine that runs
         jobs (Backend.publish: a Swarm's registry)."""
         self.state_dir = state_dir
         self.root = state_dir / "environments"
         self.backend = backend
+        self.settings = settings
         self.publish = publish
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._apt = threading.Lock()
+        self._index_url = settings.index_url
 
     def ensure(self, repository: str, needs: Needs, runner: ImageInfo, python: str,
                on_build: Callable[[str], None] = lambda stage: None) -> Environment:
         """The environment image for ``needs``: found, or built now (once, however many
         jobs ask for it at the same time; ``on_build`` is told each stage of the build, in
-        words: what a person watching the job sees it doing); EnvironmentBroken if it
-        cannot be."""
+        words: what a person watching the job sees it doing). EnvironmentBroken if it
+        cannot be; IndexUnreachable if it could not be tried."""
         fingerprint = needs.fingerprint(python, runner.id)
         with self._lock(fingerprint):
             folder = self.root / repository / fingerprint[:16]
@@ -128,95 +150,143 @@ class Environments:
             return None
         return self.root / repository / str(document["fingerprint"])[:16] / "environment.log"
 
+    def indexes(self) -> tuple[str, ...]:
+        """The configured indexes; without ``environments.index_url``, the one pip on this
+        host is configured with (asked once), then the extra ones."""
+        if self._index_url is None:
+            try:
+                listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                                        text=True, timeout=60).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                listed = ""
+            self._index_url = host_index_url(listed)
+            log.info("environments resolve from %s (the index of pip on this host)", self._index_url)
+        return (self._index_url, *self.settings.extra_index_urls)
+
     def _lock(self, fingerprint: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(fingerprint, threading.Lock())
 
     def _build(self, repository: str, needs: Needs, runner: ImageInfo, python: str, fingerprint: str,
                folder: Path, stage: Callable[[str], None]) -> ImageInfo:
+        deadline = time.monotonic() + self.settings.timeout
         folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "environment.log"
+        for name in ("wheels", "debs"):
+            _fresh_folder(folder / name, self.settings.user)
         (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
-        (folder / "Dockerfile").write_text(DOCKERFILE.format(base=runner.id))
+        (folder / "constraints.txt").write_text("".join(f"{line}\n" for line in needs.constraints))
         log.info("%s: building environment %s (%d requirements)", repository, fingerprint[:12], len(needs.requirements))
-        with open(log_path, "w") as out:
+        sandbox = Sandbox(self.backend, {LABEL_INSTANCE: self.settings.instance, LABEL_ENVIRONMENT: fingerprint,
+                                         LABEL_REPOSITORY: repository}, self.settings.limits, deadline,
+                          self.settings.user)
+        with open(folder / "environment.log", "w") as out:
             out.write(f"environment {fingerprint} for {repository}, Python {python}\n"
                       f"detected: {', '.join(needs.sources) or 'nothing'}\n\n")
             out.flush()
-            if needs.system_packages:
-                stage(f"building environment: fetching {_count(len(needs.system_packages), 'system package')}")
-            reason = self._system_packages(folder, needs.system_packages, runner, python, out)
-            if reason is None:
-                stage(f"building environment: downloading wheels for {_count(len(needs.requirements), 'requirement')}")
-                reason = self._download(folder, python, out)
-            if reason is None:
-                tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
-
-                def said(line: str) -> None:
-                    out.write(line + "\n")
-                    if step := _STEP.match(line):
-                        stage(f"building environment: image step {step.group(1)}/{step.group(2)}")
-                try:
-                    return build_image(self.backend, folder, "Dockerfile", tag,
-                                       {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository},
-                                       said, network="none")
-                except OrchestratorError as exc:
-                    reason = str(exc).removeprefix("image build failed: ")
-                    out.write(f"\n{reason}\n")
-        _write_json(folder / "failed.json", {"reason": reason})
-        raise EnvironmentBroken(reason, log_path)
+            try:
+                if needs.system_packages:
+                    stage(f"building environment: fetching {_count(len(needs.system_packages), 'system package')}")
+                    self._system_packages(folder, needs.system_packages, runner, python, out, deadline)
+                if needs.requirements:
+                    stage(f"building environment: resolving {_count(len(needs.requirements), 'requirement')}")
+                    self._resolve(sandbox, runner, folder, out)
+                stage("building environment: installing")
+                return self._install(sandbox, runner, folder, repository, fingerprint, out)
+            except (TimedOut, AptTimedOut):
+                reason = f"environment build timed out after {self.settings.timeout:g} s"
+                out.write(f"\n{reason}\n")
+                raise EnvironmentBroken(reason, folder / "environment.log") from None
+            except _Failed as exc:
+                out.write(f"\n{exc.reason}\n")
+                if exc.repeats:
+                    _write_json(folder / "failed.json", {"reason": exc.reason})
+                raise EnvironmentBroken(exc.reason, folder / "environment.log") from None
 
     def _system_packages(self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str,
-                         out) -> str | None:
-        """The .deb files of ``packages`` and of what they depend on that the runner image
-        lacks, from ``python``'s Debian release, fetched on this host into ``folder/debs``
-        (installed by dpkg in the image build). None, or apt's reason."""
-        (folder / "debs").mkdir(exist_ok=True)
-        if not packages:
-            return None
+                         out: IO[str], deadline: float) -> None:
+        """The .deb files that ``packages`` need in the runner image, from ``python``'s
+        Debian release, fetched on this host into ``folder/debs`` (debs.py)."""
         apt = Apt(pythons.OFFERED[python].debian, self.state_dir)
         with self._apt:   # one apt at a time on a package tree
-            if failed := apt.refresh(out):
-                return failed
-            closure, failed = apt.closure(packages)
+            failed = apt.refresh(out, deadline)
             if failed:
-                return failed
-            missing = sorted(closure - installed_packages(self.backend, runner.id))
-            out.write(f"system packages: {', '.join(packages)}; fetching {', '.join(missing) or 'nothing'}\n")
-            return apt.download(missing, folder / "debs", out) if missing else None
+                raise IndexUnreachable(f"Debian's package lists could not be read: {failed}")
+            status = dpkg_status(self.backend, runner.id, self.state_dir / "apt" / "status")
+            out.write(f"system packages: {', '.join(packages)}\n")
+            failed = apt.fetch(packages, status, folder / "debs", out, deadline)
+        if failed:
+            raise _Failed(f"system packages: {failed}", repeats="Unable to locate package" in failed
+                          or "unmet dependencies" in failed or "has no installation candidate" in failed)
 
-    def _download(self, folder: Path, python: str, out) -> str | None:
-        """Wheels for the requirements, for the container's Python and platform, into
-        ``folder/wheels``; None, or the resolver's reason in one line."""
-        (folder / "wheels").mkdir(exist_ok=True)
-        platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(pythons.OFFERED[python].glibc, 16, -1)]
-        args = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary", ":all:",
-                "--python-version", python, "--implementation", "cp", "--dest", str(folder / "wheels"),
-                *(a for p in [*platforms, "manylinux2014_x86_64", "linux_x86_64", "any"] for a in ("--platform", p)),
-                "-r", str(folder / "requirements.txt")]
-        proc = subprocess.run(args, stdout=out, stderr=subprocess.PIPE, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
-        out.write(proc.stderr)
-        if proc.returncode == 0:
-            return None
-        errors = [line.removeprefix("ERROR: ").strip() for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
-        return (errors[0] if errors else f"pip download exited {proc.returncode}")[:500]
+    def _resolve(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, out: IO[str]) -> None:
+        """Wheels for the requirements, for the runner image's Python, into ``folder/wheels``."""
+        indexes = self.indexes()
+        proxy = IndexProxy(list(indexes))
+        with socket_folder() as sockets, proxy.serving(sockets / "index.sock"):
+            ended = sandbox.resolve(runner.id, folder, len(indexes), sockets, out)
+        out.write("".join(f"index proxy: {url}\n" for url in proxy.fetched[:2000]))
+        if ended.status == 0:
+            return
+        if proxy.trouble:   # the index, not the declarations: not a verdict on the commit
+            out.write("".join(f"index proxy: trouble: {what}\n" for what in proxy.trouble))
+            raise IndexUnreachable(f"package index unreachable: {proxy.trouble[0]}"[:300])
+        reason = _pip_reason(ended)
+        raise _Failed(reason, repeats=bool(_REPEATS.search(ended.output)) and not ended.oom_killed)
+
+    def _install(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, repository: str, fingerprint: str,
+                 out: IO[str]) -> ImageInfo:
+        tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
+        ended, image_id = sandbox.install(runner, folder, tag, {LABEL_ENVIRONMENT: fingerprint,
+                                                                LABEL_REPOSITORY: repository}, out)
+        if image_id is None:
+            raise _Failed(f"installing failed: {_pip_reason(ended)}", repeats=True)
+        return ImageInfo(tag, image_id)
 
     def prune(self, repository: str | None = None, keep: int = 0) -> list[str]:
-        """Remove environment images beyond the ``keep`` newest of each repository (one a
-        container still uses stays, and is tried again next time); what was removed."""
-        labels: dict[str, str | None] = {LABEL_ENVIRONMENT: None, **({LABEL_REPOSITORY: repository} if repository else {})}
-        by_repository: dict[str, list[dict]] = {}
-        for image in find_images(self.backend, labels):
-            by_repository.setdefault(image["labels"].get(LABEL_REPOSITORY, ""), []).append(image)
-        removed = []
-        for images in by_repository.values():
-            for image in images[keep:]:
-                if remove_image(self.backend, image["id"], image["tags"]):
-                    removed.append((image["tags"] or [image["id"]])[0])
-        return removed
+        return prune(self.backend, repository, keep)
 
 
-_STEP = re.compile(r"^Step (\d+)/(\d+) :")   # the legacy builder's line for each step
+def prune(backend: DockerBackend, repository: str | None = None, keep: int = 0) -> list[str]:
+    """Remove environment images beyond the ``keep`` newest of each repository (one a
+    container still uses stays, and is tried again next time); what was removed."""
+    labels: dict[str, str | None] = {LABEL_ENVIRONMENT: None, **({LABEL_REPOSITORY: repository} if repository else {})}
+    by_repository: dict[str, list[dict]] = {}
+    for image in find_images(backend, labels):
+        by_repository.setdefault(image["labels"].get(LABEL_REPOSITORY, ""), []).append(image)
+    removed = []
+    for images in by_repository.values():
+        for image in images[keep:]:
+            if remove_image(backend, image["id"], image["tags"]):
+                removed.append((image["tags"] or [image["id"]])[0])
+    return removed
+
+
+class _Failed(Exception):
+    """A build step failed; ``repeats``: it would fail the same way again (recorded)."""
+
+    def __init__(self, reason: str, repeats: bool):
+        super().__init__(reason)
+        self.reason = reason[:500]
+        self.repeats = repeats
+
+
+def _pip_reason(ended: Ended) -> str:
+    """The reason in one line: pip's (or dpkg's) first error, else how the container ended."""
+    if ended.oom_killed:
+        return "out of memory at the build's memory limit"
+    errors = [line.removeprefix("ERROR: ").strip() for line in ended.output.splitlines()
+              if line.startswith(("ERROR: ", "dpkg: error"))]
+    return errors[0] if errors else f"exited {ended.status}"
+
+
+def _fresh_folder(path: Path, user: str) -> None:
+    """An empty folder the build containers' user may write."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    if os.getuid() == 0:
+        uid, _, gid = user.partition(":")
+        os.chown(path, int(uid), int(gid or uid))
 
 
 def _count(n: int, thing: str) -> str:

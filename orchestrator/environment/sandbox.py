@@ -1,0 +1,229 @@
+"""The containers of an environment build: nothing of it runs on the host.
+
+An environment is made in two one-shot containers from the runner image, each with no
+network, the memory, CPU and pids limits of a test container, the build's deadline, the
+instance's label, and removed at its end:
+
+1. **resolve**: ``pip download --only-binary :all:`` of the declared requirements, as the
+   runner's unprivileged user, isolated from any pip configuration, on the image's own
+   Python (so its wheels fit that interpreter and glibc exactly). Its only way out is the
+   index proxy's unix socket (index.py), which reaches the configured indexes alone.
+2. **install**: the fetched .deb files and wheels installed as root (dpkg and pip, no index),
+   then committed as the environment image, given back the runner's user, entrypoint and
+   working folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from docker.errors import APIError, NotFound
+from docker.types import LogConfig
+
+from orchestrator.backends.base import ImageInfo
+from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.errors import EngineUnavailable, InfrastructureError, OrchestratorError
+
+log = logging.getLogger("orchestrator.environment")
+
+SANDBOX_PIP = Path(__file__).with_name("sandbox_pip.py")
+MAX_LOG = 4 * 1024 * 1024   # bytes of a container's output kept in environment.log
+INSTALL = """set -e
+if ls /tmp/environment/debs/*.deb >/dev/null 2>&1; then
+  echo "installing $(ls /tmp/environment/debs/*.deb | wc -l) Debian packages (dpkg)"
+  dpkg -i /tmp/environment/debs/*.deb
+fi
+if [ -s /tmp/environment/requirements.txt ]; then
+  python3 -m pip install --no-index --find-links /tmp/environment/wheels --no-cache-dir --no-input \\
+    --disable-pip-version-check -r /tmp/environment/requirements.txt -c /tmp/environment/constraints.txt
+fi
+find / -xdev -type f -perm /6000 -exec chmod a-s {} +
+find / -xdev -type d -perm -0002 ! -path /tmp -exec chmod o-w {} +
+"""
+
+
+class TimedOut(OrchestratorError):
+    """The build's deadline passed."""
+
+
+class SandboxGone(InfrastructureError):
+    """A build container was removed, or the engine lost it, before it ended."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: str
+    cpus: float
+    pids: int
+    tmp_size: str = "1g"
+
+
+@dataclass(frozen=True)
+class Ended:
+    status: int
+    oom_killed: bool
+    output: str
+
+
+class Sandbox:
+    """One-shot containers on ``backend`` for one build, all ending by ``deadline``
+    (``time.monotonic()``)."""
+
+    def __init__(self, backend: DockerBackend, labels: dict[str, str], limits: Limits, deadline: float,
+                 user: str):
+        self.backend = backend
+        self.labels = labels
+        self.limits = limits
+        self.deadline = deadline
+        self.user = user   # the runner's unprivileged user, as test containers run
+
+    def resolve(self, image: str, folder: Path, indexes: int, socket_dir: Path, out: IO[str]) -> Ended:
+        """pip download into ``folder/wheels``, through the proxy listening in ``socket_dir``."""
+        wheels = folder / "wheels"
+        args = ["/tmp/index/index.sock", "download", "--isolated", "--no-input", "--disable-pip-version-check",
+                "--no-cache-dir", "--progress-bar", "off", "--only-binary", ":all:", "--retries", "1",
+                "--timeout", "60", "--dest", "/tmp/environment/wheels",
+                "--index-url", "http://127.0.0.1:{port}/simple/0/", "--trusted-host", "127.0.0.1",
+                *(a for n in range(1, indexes) for a in ("--extra-index-url", f"http://127.0.0.1:{{port}}/simple/{n}/")),
+                "-r", "/tmp/environment/requirements.txt", "-c", "/tmp/environment/constraints.txt"]
+        binds = {str(SANDBOX_PIP): ("/tmp/sandbox_pip.py", "ro"), str(socket_dir): ("/tmp/index", "ro"),
+                 str(folder / "requirements.txt"): ("/tmp/environment/requirements.txt", "ro"),
+                 str(folder / "constraints.txt"): ("/tmp/environment/constraints.txt", "ro"),
+                 str(wheels): ("/tmp/environment/wheels", "rw")}
+        with self._container(image, ["python3", "/tmp/sandbox_pip.py", *args], binds, root=False) as container:
+            return self._run(container, out)
+
+    def install(self, image: ImageInfo, folder: Path, tag: str, labels: dict[str, str], out: IO[str]) -> tuple[Ended, str | None]:
+        """Install what ``folder`` holds into a container of ``image``, and commit it as
+        ``tag`` if that went well: (how it ended, the new image's id or None)."""
+        binds = {str(folder / name): (f"/tmp/environment/{name}", "ro")
+                 for name in ("debs", "wheels", "requirements.txt", "constraints.txt")}
+        with self._container(image.id, ["/bin/sh", "-c", INSTALL], binds, root=True) as container:
+            ended = self._run(container, out)
+            if ended.status != 0 or ended.oom_killed:
+                return ended, None
+            return ended, self._commit(container, image, tag, labels)
+
+    # -- one container ------------------------------------------------------------------
+
+    @contextmanager
+    def _container(self, image: str, command: list[str], binds: dict[str, tuple[str, str]], root: bool) -> Iterator[str]:
+        api = self.backend.api
+        host_config = api.create_host_config(
+            binds={host: {"bind": inside, "mode": mode} for host, (inside, mode) in binds.items()},
+            network_mode="none", mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
+            nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids,
+            security_opt=["no-new-privileges"], cap_drop=None if root else ["ALL"], read_only=not root,
+            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={self.limits.tmp_size}"}, init=True,
+            log_config=LogConfig(type="json-file", config={"max-size": str(MAX_LOG), "max-file": "1"}),
+        )
+        with engine_call("create an environment build's container"):
+            created = api.create_container(image, entrypoint=command, user="0" if root else self.user,
+                                           labels=self.labels, host_config=host_config, network_disabled=True,
+                                           environment=None if root else {"HOME": "/tmp"})
+        try:
+            yield created["Id"]
+        finally:
+            try:
+                with engine_call("remove an environment build's container"):
+                    api.remove_container(created["Id"], force=True, v=True)
+            except NotFound:
+                pass
+            except (APIError, EngineUnavailable) as exc:   # recovery's sweep removes it (it has the instance's label)
+                log.warning("environment build container %s not removed yet: %s", created["Id"][:12], exc)
+
+    def _run(self, container: str, out: IO[str]) -> Ended:
+        """Start ``container`` and wait for its end, killing it at the deadline (TimedOut)."""
+        with engine_call("start an environment build's container"):
+            self.backend.api.start(container)
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.backend.stop(container)
+                self._copy_output(container, out)
+                raise TimedOut("environment build timed out")
+            try:
+                state = self.backend.wait(container, min(left, 5.0))
+            except NotFound:
+                raise SandboxGone("an environment build's container disappeared while it ran") from None
+            if state is not None and state.exited:
+                output = self._copy_output(container, out)
+                return Ended(state.exit_code if state.exit_code is not None else -1, state.oom_killed, output)
+            if state is None and self.backend.inspect(container) is None:
+                raise SandboxGone("an environment build's container disappeared while it ran")
+
+    def _copy_output(self, container: str, out: IO[str]) -> str:
+        try:
+            with engine_call("read an environment build's output"):
+                data = self.backend.api.logs(container, stdout=True, stderr=True, stream=False)
+        except NotFound:
+            data = b""
+        text = data[-MAX_LOG:].decode("utf-8", "replace")
+        out.write(text)
+        out.flush()
+        return text
+
+    def _commit(self, container: str, runner: ImageInfo, tag: str, labels: dict[str, str]) -> str:
+        """The container as an image that runs like the runner image: its user, entrypoint,
+        command and working folder, and the environment's labels."""
+        with engine_call("inspect the runner image"):
+            config = self.backend.api.inspect_image(runner.id).get("Config") or {}
+        changes = [f"USER {config.get('User') or '1000:1000'}", f"WORKDIR {config.get('WorkingDir') or '/'}",
+                   f"ENTRYPOINT {json.dumps(config.get('Entrypoint') or [])}",
+                   *([f"CMD {json.dumps(config['Cmd'])}"] if config.get("Cmd") else []),
+                   *(f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items())]
+        repository, _, version = tag.rpartition(":")
+        with engine_call("commit an environment image"):
+            committed = self.backend.api.commit(container, repository=repository, tag=version, changes=changes,
+                                                pause=False)
+        return committed["Id"]
+
+
+def dpkg_status(backend: DockerBackend, image: str, cache: Path) -> Path:
+    """The dpkg status file of ``image`` (what it has installed), copied out of a container
+    that is created, never started, and removed; kept in ``cache`` by image id."""
+    target = cache / f"status-{image.removeprefix('sha256:')[:24]}"
+    if target.is_file():
+        return target
+    api = backend.api
+    with engine_call("read an image's packages"):
+        created = api.create_container(image, entrypoint=["true"], labels={"orchestrator.probe": "1"},
+                                       network_disabled=True, host_config=api.create_host_config(network_mode="none"))
+    try:
+        with engine_call("read an image's packages"):
+            stream, _ = api.get_archive(created["Id"], "/var/lib/dpkg/status")
+            data = b"".join(stream)
+    finally:
+        with engine_call("remove a container"):
+            api.remove_container(created["Id"], force=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile(tar.getmembers()[0])
+        content = member.read() if member else b""
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(target)
+    return target
+
+
+@contextmanager
+def socket_folder() -> Iterator[Path]:
+    """A short folder for the proxy's socket (a unix socket's path has at most 107 bytes,
+    and state folders can be deep), that the container's user may enter."""
+    folder = Path(tempfile.mkdtemp(prefix="orchestrator-index-"))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
