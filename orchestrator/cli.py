@@ -119,7 +119,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             unfetched = {name: s.error for name, s in observer.health().items() if not s.ok}
             if unfetched:  # what it could not see, it could not test: not a success
                 raise RepositoryError("; ".join(f"{name}: {error}" for name, error in unfetched.items()))
-            return 1 if any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
+            unfinished = [d for d in documents if d["status"] in ("queued", "running")]
+            for d in unfinished:   # never a success while a job it took is not final
+                log.error("job %s (%s) is still %s: it was not finished by this run", d["id"], d["commit"][:12],
+                          d["status"])
+            return 1 if unfinished or any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
         services.serve_api()
         threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()
         with live_view(services.store):   # in a terminal; piped, plain log lines

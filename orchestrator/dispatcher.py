@@ -24,6 +24,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus
 from orchestrator.notify import Notifier
 from orchestrator.run.attempt import Attempt
+from orchestrator.run.conclude import conclude
 from orchestrator.run.context import Context
 from orchestrator.run.recovery import Recovery
 from orchestrator.run.shards import ShardedAttempt
@@ -101,7 +102,9 @@ class Dispatcher:
 
     def step(self) -> None:
         """Collect finished attempts, then start queued jobs while slots are free."""
-        self._active = {job_id: f for job_id, f in self._active.items() if not f.done()}
+        for job_id, future in [(j, f) for j, f in self._active.items() if f.done()]:
+            del self._active[job_id]
+            self._settle(job_id, future)
         self._slots = {job_id: n for job_id, n in self._slots.items() if job_id in self._active}
         if self._warm.failed():  # those jobs are still queued: try again later
             self._warm_after = time.monotonic() + WARM_RETRY
@@ -124,6 +127,21 @@ class Dispatcher:
         while not self._free_slots() and len(self._warm) < self._depth() and not self.ctx.abandon.is_set():
             if not self._start_warm():
                 break
+
+    def _settle(self, job_id: int, future: Future[Job]) -> None:
+        """An attempt has ended: whatever escaped it is logged, and a job it left
+        ``running`` (a bug, or a store that refused its last write) is concluded here by
+        the retry policy, so that no job stays running with nothing running it."""
+        error = future.exception()
+        if error is not None:
+            log.error("job %s: its attempt raised %s: %s", job_id, type(error).__name__, error, exc_info=error)
+        job = self.store.get(job_id)
+        if job is not None and job.status is JobStatus.RUNNING and not self.ctx.abandon.is_set():
+            log.error("job %s: its attempt ended and left it running; concluding it", job_id)
+            try:
+                conclude(self.ctx, job, "internal error: the attempt ended without concluding the job")
+            except Exception:   # noqa: BLE001  (the next start's recovery re-queues it)
+                log.exception("job %s: could not be concluded", job_id)
 
     def _free_slots(self) -> bool:
         return self._free() > 0

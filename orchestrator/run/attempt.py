@@ -27,13 +27,15 @@ from orchestrator.backends.base import (
     ImageInfo, Phase, container_name,
 )
 from orchestrator.backoff import Backoff
-from orchestrator.errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, ResultsUnwritable
+from orchestrator.errors import (
+    ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, InvalidTransition, ResultsUnwritable,
+)
 from orchestrator.environment.build import EnvironmentBroken
 from orchestrator.environment.setup import Setup, setup
 from orchestrator import artifacts, history
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
-from orchestrator.models import Job, transition, utcnow
+from orchestrator.models import Job, JobStatus, transition, utcnow
 from orchestrator.verdict import Kill, flaky, judge, parse_junit
 from orchestrator.run import warm
 from orchestrator.run.conclude import conclude, os_reason
@@ -78,19 +80,30 @@ class Attempt:
             log.info("job %s: left running for the next start", self.job.id)
             return self.job
         except Exception as exc:
-            if self._still_warm():
-                if not isinstance(exc, warm.NotReleased):
-                    log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
-                self._clean_up_quietly()
-                return self.job
-            if isinstance(exc, ImageMissing):
-                return self._conclude(str(exc), final=True)
-            if isinstance(exc, EnvironmentBroken):  # what the commit declares: its result, not a retry
-                return self._conclude(str(exc), final=True, environment_log=exc.log_path)
-            if isinstance(exc, InfrastructureError):
-                return self._conclude(str(exc))
-            log.exception("job %s: internal error", self.job.id)  # a bug must not lose the job
-            return self._conclude(f"internal error: {type(exc).__name__}: {exc}")
+            try:
+                return self._ended_by(exc)
+            except Exception:   # the store refused even that: the dispatcher settles it (Dispatcher._settle)
+                log.exception("job %s: its attempt could not be concluded", self.job.id)
+                raise
+
+    def _ended_by(self, exc: Exception) -> Job:
+        """The job after its attempt met ``exc``: still queued (a warm start that was never
+        released), re-queued by the retry policy, or ended ``error``."""
+        if self._still_warm():
+            if not isinstance(exc, warm.NotReleased):
+                log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
+            self._clean_up_quietly()
+            return self.job
+        if self.release is not None and self.release.job is not None and self.job.status is JobStatus.QUEUED:
+            self.job = self.release.job   # claimed while it was being prepared: the claimed job ends, not the stale copy
+        if isinstance(exc, ImageMissing):
+            return self._conclude(str(exc), final=True)
+        if isinstance(exc, EnvironmentBroken):  # what the commit declares: its result, not a retry
+            return self._conclude(str(exc), final=True, environment_log=exc.log_path)
+        if isinstance(exc, InfrastructureError):
+            return self._conclude(str(exc))
+        log.exception("job %s: internal error", self.job.id)  # a bug must not lose the job
+        return self._conclude(f"internal error: {type(exc).__name__}: {exc}")
 
     def _run(self) -> Job:
         if self.adopt is None:
@@ -283,8 +296,19 @@ class Attempt:
 
     def _conclude(self, reason: str, final: bool = False, environment_log: Path | None = None) -> Job:
         self._clean_up_quietly()
-        self.job = conclude(self.ctx, self.job, reason, final=final, container_id=self.container_id or self.job.container_id,
-                            environment_log=environment_log, timings=self.timings)
+        try:
+            self.job = conclude(self.ctx, self.job, reason, final=final,
+                                container_id=self.container_id or self.job.container_id,
+                                environment_log=environment_log, timings=self.timings)
+        except InvalidTransition:   # the store's copy moved on from ours: conclude that one, if still this attempt's
+            fresh = self.ctx.store.get(self.job.id)
+            if fresh is None or fresh.status is not JobStatus.RUNNING or fresh.attempts != self.job.attempts:
+                log.warning("job %s: not concluded (%s): the store has it %s", self.job.id, reason,
+                            fresh.status.value if fresh else "gone")
+                self.job = fresh or self.job
+                return self.job
+            self.job = conclude(self.ctx, fresh, reason, final=final, container_id=self.container_id or fresh.container_id,
+                                environment_log=environment_log, timings=self.timings)
         return self.job
 
     def _clean_up(self) -> None:

@@ -170,3 +170,32 @@ def _spec_of(bed: Bed, job):
     attempt = Attempt(bed.ctx, job)
     ws = bed.ctx.workspaces.prepare(job.id)
     return attempt._spec(ws, bed.backend.image("ci-runner:latest"))
+
+
+@pytest.mark.parametrize("failure", ["environment", "engine", "bug"])
+def test_a_warm_job_released_while_its_environment_builds_still_ends(bed: Bed, monkeypatch, failure: str) -> None:
+    """Started warm; a slot frees and the dispatcher claims it while its environment is
+    still being built; then the build fails. The claimed job ends (or is re-queued): it
+    never stays `running` with a stale copy's compare-and-swap lost in its future."""
+    from orchestrator.environment.build import EnvironmentBroken
+    from orchestrator.errors import EngineUnavailable
+    from orchestrator.run import attempt as attempt_module
+
+    job = bed.store.next_queued()
+    release = warm.Release()
+
+    def building(*_args, **_kwargs):
+        release.give(bed.store.claim(job))   # the dispatcher released it meanwhile
+        raise {"environment": EnvironmentBroken("no matching distribution", None),
+               "engine": EngineUnavailable("Docker engine unreachable (build): gone"),
+               "bug": RuntimeError("a bug")}[failure]
+
+    monkeypatch.setattr(attempt_module, "setup", building)
+    after = Attempt(bed.ctx, job, release=release).run()
+    stored = bed.store.get(job.id)
+    assert stored == after and stored.attempts == 1
+    if failure == "environment":
+        assert stored.status is JobStatus.ERROR and stored.message.startswith("environment build failed")
+        assert bed.result()["status"] == "error"
+    else:
+        assert stored.status is JobStatus.QUEUED and stored.message.startswith("attempt 1: ")
