@@ -1,22 +1,31 @@
 """Webhook notifications: which state changes are news (``record``, called by the store
 inside the transaction of the change, so the delivery is written with it: outbox.py),
-and a background thread that sends what is due, with a timeout and retries, so a slow or
-dead receiver never holds up the dispatcher and a crash loses nothing.
+and senders in the background, one per receiver, so a slow or dead receiver never holds
+up the dispatcher, nor another receiver, and a crash loses nothing.
 
 Events: ``job.finished`` for every final status or only failures and recoveries
 (``notify.on``; never for cancelled or skipped jobs), and ``culprit_found`` when a
 bisection names a commit. Each request carries ``Idempotency-Key`` (job, attempt, event):
 delivery is at least once, and a repeat has the same key.
+
+A receiver is somebody else's server, so each request is bounded: no redirect is followed
+(a 3xx is a failed try: the body goes only to the URL of config.yaml), at most
+``MAX_ANSWER`` bytes of the answer are read, and the whole request, from connecting to the
+last byte read, ends by ``notify.timeout`` (a receiver that answers a byte at a time is cut).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import logging
+import socket
 import sqlite3
+import ssl
 import threading
 import time
-
-import requests
+from urllib.parse import unquote, urlsplit
 
 from orchestrator import outbox
 from orchestrator.backoff import Backoff
@@ -28,7 +37,8 @@ from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.notify")
 
-POLL = 0.5   # seconds between looks at the outbox when nothing wakes the sender
+POLL = 0.5          # seconds between looks at the outbox when nothing wakes a sender
+MAX_ANSWER = 4096   # bytes of a receiver's answer that are read (none of it is used)
 
 
 class Notifier:
@@ -38,8 +48,7 @@ class Notifier:
         self.outbox = Outbox(store)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._session = requests.Session()
+        self._threads: list[threading.Thread] = []
         self._retry = Backoff(0.5, 30.0)   # before a delivery's next try: 0.5 s, 1 s, 2 s ... at most 30 s
 
     # -- what is news: in the transaction of the change ---------------------------------
@@ -62,40 +71,50 @@ class Notifier:
                 outbox.add(db, new.id, new.attempts, event, url, body)
         if events:
             self._wake.set()
+            self._wake.clear()
 
     # -- sending ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Send what is due, now and as it comes (what a crash left pending included)."""
-        if self._config.webhooks and self._thread is None:
-            self._thread = threading.Thread(target=self._send_all, name="notify", daemon=True)
-            self._thread.start()
+        """Send what is due, now and as it comes (what a crash left pending included): a
+        sender for each configured receiver, and one for deliveries to receivers no
+        longer configured."""
+        if not self._config.webhooks or self._threads:
+            return
+        urls = list(dict.fromkeys(self._config.webhooks))
+        for url in urls:
+            self._threads.append(threading.Thread(target=self._send_all,
+                                                  args=(lambda url=url: self.outbox.due(url=url),),
+                                                  name="notify", daemon=True))
+        self._threads.append(threading.Thread(target=self._send_all, args=(lambda: self.outbox.due(besides=urls),),
+                                              name="notify", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    def _send_all(self) -> None:
+    def _send_all(self, due) -> None:
         while not self._stop.is_set():
-            due = self.outbox.due()
-            for delivery in due:
+            deliveries = due()
+            for delivery in deliveries:
                 if self._stop.is_set():
                     return
                 self._send(delivery)
-            if not due:
+            if not deliveries:
                 self._wake.wait(POLL)
-                self._wake.clear()
 
     def _send(self, delivery: Delivery) -> None:
         try:
-            resp = self._session.post(delivery.url, json=delivery.body, timeout=self._config.timeout,
-                                      headers={"Idempotency-Key": delivery.key})
-            if resp.status_code < 400:
+            status = post(delivery.url, json.dumps(delivery.body).encode(), {"Idempotency-Key": delivery.key},
+                          self._config.timeout)
+            if 200 <= status < 300:
                 self.outbox.sent(delivery)
                 return
-            problem = f"HTTP {resp.status_code}"
-            if resp.status_code < 500:   # refused: trying again would be refused again
+            problem = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+            if 400 <= status < 500:   # refused: trying again would be refused again
                 log.warning("webhook %s refused %s: %s", delivery.url, delivery.key, problem)
                 self.outbox.failed_try(delivery, problem, None)
                 return
-        except requests.RequestException as exc:
-            problem = type(exc).__name__
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            problem = "timed out" if isinstance(exc, (TimeoutError, socket.timeout)) else type(exc).__name__
         if delivery.tries < self._config.retries:
             self.outbox.failed_try(delivery, problem, self._retry.after(delivery.tries + 1))
         else:
@@ -105,13 +124,49 @@ class Notifier:
 
     def close(self, timeout: float = 10) -> None:
         """Send what is due within ``timeout``; what is left stays in the outbox for the next start."""
-        if self._thread is None:
+        if not self._threads:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.outbox.due(1):
             self._wake.set()
+            self._wake.clear()
             time.sleep(0.05)
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=self._config.timeout + 1)
-        self._thread = None
+        end = time.monotonic() + 2 * self._config.timeout + 1   # a request in flight ends by its own deadline
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, end - time.monotonic()))
+        self._threads = []
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    """POST ``body`` as JSON to ``url``; the answer's status. The whole request ends by
+    ``timeout`` (connecting has ``timeout`` of its own): past it, the connection is cut."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    connection: http.client.HTTPConnection = (
+        http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=ssl.create_default_context())
+        if parts.scheme == "https" else http.client.HTTPConnection(host, parts.port, timeout=timeout))
+    sent = dict(headers, **{"Content-Type": "application/json", "User-Agent": "orchestrator"})
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        sent["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    connection.connect()
+    cut = threading.Timer(timeout, _cut, args=(connection,))
+    cut.start()
+    try:
+        connection.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, sent)
+        answer = connection.getresponse()
+        answer.read(MAX_ANSWER)
+        return answer.status
+    finally:
+        cut.cancel()
+        connection.close()
+
+
+def _cut(connection: http.client.HTTPConnection) -> None:
+    try:
+        if connection.sock is not None:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -56,9 +56,15 @@ class Outbox:
     def __init__(self, store: Store):
         self.store = store
 
-    def due(self, limit: int = 50) -> list[Delivery]:
-        rows = self.store.query(f"SELECT {_COLUMNS} FROM outbox WHERE state = ? AND next_at <= ? ORDER BY id LIMIT ?",
-                                (PENDING, iso(utcnow()), limit))
+    def due(self, limit: int = 50, url: str | None = None, besides: list[str] | tuple[str, ...] = ()) -> list[Delivery]:
+        """Pending deliveries whose time has come, oldest first: all, those to ``url``, or
+        those to any receiver but ``besides``."""
+        where, args = "state = ? AND next_at <= ?", [PENDING, iso(utcnow())]
+        if url is not None:
+            where, args = where + " AND url = ?", [*args, url]
+        if besides:
+            where, args = where + f" AND url NOT IN ({', '.join('?' * len(besides))})", [*args, *besides]
+        rows = self.store.query(f"SELECT {_COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?", (*args, limit))
         return [_row(r) for r in rows]
 
     def pending(self) -> int:

@@ -153,19 +153,34 @@ class Web:
 
 class WebhookReceiver:
     """A local HTTP server that takes webhook deliveries: each body and its Idempotency-Key
-    (``received``, ``keys``); it answers 503 to the first ``fail_first`` and 400 on ``/refuse``."""
+    (``received``, ``keys``), every path asked (``paths``); it answers 503 to the first
+    ``fail_first``, 400 on ``/refuse``, and as a hostile receiver would on ``/redirect307``
+    and ``/redirect302`` (to ``redirect_to``), ``/huge`` (a 1 GB answer: ``answered``
+    counts what it managed to send) and ``/trickle`` (a byte every 4 s)."""
 
     def __init__(self) -> None:
         self.received: list[dict] = []
         self.keys: list[str] = []
+        self.paths: list[str] = []
         self.fail_first = 0
+        self.redirect_to = ""
+        self.answered = 0
+        self._closing = threading.Event()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.paths.append(self.path)
                 if self.path == "/refuse":
                     self.send_response(400)
+                elif self.path.startswith("/redirect"):
+                    self.send_response(int(self.path[-3:]))
+                    self.send_header("Location", receiver.redirect_to)
+                elif self.path == "/huge":
+                    return self._huge()
+                elif self.path == "/trickle":
+                    return self._trickle()
                 elif receiver.fail_first > 0:
                     receiver.fail_first -= 1
                     self.send_response(503)
@@ -175,13 +190,38 @@ class WebhookReceiver:
                     self.send_response(204)
                 self.end_headers()
 
+            def _huge(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 30))
+                self.end_headers()
+                chunk = b"x" * (1 << 20)
+                try:
+                    for _ in range(1024):
+                        self.wfile.write(chunk)
+                        receiver.answered += len(chunk)
+                except OSError:
+                    pass
+
+            def _trickle(self) -> None:
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                        if receiver._closing.wait(4):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass
+
             def log_message(self, *args) -> None:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"{self.base}/hook"
 
     def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()

@@ -248,7 +248,7 @@ def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) 
     assert time.monotonic() - began < 0.5
     notifier.close(timeout=5)
     (delivery,) = notifier.outbox.of_job(job.id)
-    assert delivery.state == "failed" and delivery.last_error == "ConnectionError"
+    assert delivery.state == "failed" and delivery.last_error == "ConnectionRefusedError"
     w.close()
 
 
