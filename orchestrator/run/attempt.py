@@ -265,6 +265,14 @@ class Attempt:
         reports: read on the host, so not on a backend whose tasks write elsewhere."""
         if not self.ctx.backend.shares_workspace:
             return done, None
+        try:
+            return self._collect_artifacts(done, workspaces)
+        except Exception as exc:   # noqa: BLE001  (whatever an artifact looks like, it never changes the verdict)
+            log.exception("job %s: artifacts not collected", done.id)
+            return dataclasses.replace(done, artifacts={"files": [], "refused": [f"not collected: {type(exc).__name__}"],
+                                                        "bytes": 0}), None
+
+    def _collect_artifacts(self, done: Job, workspaces: list[tuple[Path, str]]) -> tuple[Job, Path | None]:
         repo = self.ctx.config.repository(done.repository)
         staged = self.ws.root / "artifacts"
         shutil.rmtree(staged, ignore_errors=True)

@@ -3,7 +3,9 @@ sizes capped, globs; and the coverage read from a Cobertura report."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 from pathlib import Path
 
 from orchestrator import artifacts
@@ -74,3 +76,44 @@ def test_the_coverage_of_a_split_suite_counts_a_line_run_by_any_shard(tmp_path: 
     assert artifacts.coverage_of_shards(shards) == round(100 * 4 / 6, 2)   # a.py 3 of 4, b.py 1 of 2
     (tmp_path / "ws3" / "coverage.xml").symlink_to(tmp_path / "ws1" / "coverage.xml")   # never followed
     assert artifacts.coverage_of_shards(shards[2:]) is None
+
+
+def test_a_folder_of_a_hundred_thousand_files_is_capped_and_counted(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".ci-artifacts").mkdir(parents=True)
+    for i in range(100_000):
+        (ws / ".ci-artifacts" / f"f{i:06d}").touch()
+    (ws / ".ci-artifacts" / "link").symlink_to("/etc/passwd")
+    found = artifacts.collect(ws, tmp_path / "out", [])
+    document = found.document()
+    assert len(document["files"]) == artifacts.MAX_FILES
+    assert len(document["refused"]) <= artifacts.MAX_REFUSED and document["stopped"] is True
+    assert len(json.dumps(document)) < 100_000   # not the 7.7 MB record of 99,000 refusals
+
+
+def test_a_name_that_is_not_utf8_is_refused_and_listed_escaped(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".ci-artifacts").mkdir(parents=True)
+    (ws / ".ci-artifacts" / "ok.txt").write_text("fine")
+    with open(os.fsencode(ws / ".ci-artifacts") + b"/bad-\xff\xfe.txt", "wb") as fh:
+        fh.write(b"x")
+    found = artifacts.collect(ws, tmp_path / "out", [])
+    assert found.files == ["ok.txt"] and found.refused == [r".ci-artifacts/bad-\xff\xfe.txt: the name is not UTF-8"]
+    json.dumps(found.document(), ensure_ascii=False).encode("utf-8")   # what result.json is written as
+
+
+def test_a_huge_coverage_report_is_read_as_a_stream(tmp_path: Path) -> None:
+    """49 MB of tiny elements took the dispatcher to 1.1 GB when parsed whole."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    line = b'<line number="1" hits="1"/>'
+    with open(ws / "coverage.xml", "wb") as fh:
+        fh.write(b'<coverage line-rate="0.5"><packages><package><classes><class filename="a.py"><lines>')
+        for _ in range(48 * 1024 * 1024 // len(line)):
+            fh.write(line)
+        fh.write(b"</lines></class></classes></package></packages></coverage>")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert artifacts.coverage(ws, tmp_path / "none") == 50.0
+    assert artifacts.coverage_of_shards([(ws, tmp_path / "none")]) == 100.0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mb < 100, f"{grown_mb:.0f} MB more at the peak"
