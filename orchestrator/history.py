@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from orchestrator.models import Job
 from orchestrator.store import Store
-from orchestrator.verdict import outcome, test_id
+from orchestrator.verdict import cases_as_ended, outcome, test_id
 
 MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
 RECENT = 20           # runs a failing test's record looks back over
@@ -25,6 +25,7 @@ class Case:
     test_id: str
     outcome: str      # passed, failed, error, skipped
     seconds: float
+    rerun: bool = False   # from a counted re-run of the failed tests (verdict.suites)
 
 
 @dataclass(frozen=True)
@@ -35,27 +36,34 @@ class Run:
     seconds: float
 
 
-def cases(junit: bytes) -> list[Case]:
+_BAD = {"failed": 1, "error": 1}
+
+
+def cases(junit: bytes, reruns: int = 0) -> list[Case]:
+    """The report's test cases, its own suites' first, then its counted re-runs' (verdict.suites)."""
     try:
         root = ET.fromstring(junit)
     except ET.ParseError:
         return []
     found = []
-    for case in root.iter("testcase"):
+    for case, rerun in cases_as_ended(root, reruns):
         try:
             seconds = max(0.0, float(case.get("time") or 0))
         except ValueError:
             seconds = 0.0
-        found.append(Case(test_id(case), outcome(case), seconds))
+        found.append(Case(test_id(case), outcome(case), seconds, rerun))
         if len(found) >= MAX_CASES:
             break
     return found
 
 
-def record(store: Store, job: Job, junit: bytes | None) -> int:
-    """The cases of ``job``'s current attempt, each as it ended (a re-run's outcome wins),
-    ``flaky`` for one that failed and then passed when re-run; how many rows."""
-    found = {c.test_id: c for c in cases(junit)} if junit else {}
+def record(store: Store, job: Job, junit: bytes | None, reruns: int = 0) -> int:
+    """The cases of ``job``'s current attempt, each as it ended (a counted re-run's outcome
+    wins), ``flaky`` for one that failed and then passed when re-run; how many rows."""
+    found: dict[str, Case] = {}
+    for case in cases(junit, reruns) if junit else []:   # a test named twice by its own suites: the worse
+        if case.rerun or case.test_id not in found or _BAD.get(case.outcome, 0) > _BAD.get(found[case.test_id].outcome, 0):
+            found[case.test_id] = case
     rows = [(job.id, job.attempts, job.repository, c.test_id, "flaky" if c.test_id in job.flaky else c.outcome,
              c.seconds) for c in found.values()]
     passed = [(job.repository, c.test_id, c.seconds, job.id) for c in found.values() if c.outcome == "passed"]

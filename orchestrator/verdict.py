@@ -13,6 +13,7 @@ import signal
 import xml.etree.ElementTree as ET
 
 from enum import Enum
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from orchestrator.models import JobStatus, TestCounts
@@ -92,12 +93,18 @@ class Kill(Enum):
 
 
 def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, junit: bytes | None,
-          log_head: bytes = b"") -> tuple[JobStatus, str | None]:
-    """The status and reason of one finished container (a job's, or one shard's)."""
+          log_head: bytes = b"", reruns: int = 0) -> tuple[JobStatus, str | None]:
+    """The status and reason of one finished container (a job's, or one shard's). A report
+    that counts failures or errors is never ``passed``, whatever the exit status says: the
+    suite can set its own exit status (a conftest's ``session.exitstatus = 0``), and the
+    report is what the tests recorded, so that is ``failed``, with the contradiction said."""
     status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
                                timeout=cfg.timeout, memory=cfg.memory)
     if status is JobStatus.ERROR and killed is None and not final.oom_killed:
         message = cause(final.exit_code, junit, log_head) or message
+    if status is JobStatus.PASSED and junit and (counts := parse_junit(junit, reruns)) and \
+            (counts.failed or counts.errors):
+        status, message = JobStatus.FAILED, f"the suite exited 0 but its report has {_failures(counts)}"
     if killed is Kill.CANCEL:
         status, message = JobStatus.CANCELLED, "cancelled while running"
     elif killed is Kill.DISK:
@@ -108,6 +115,12 @@ def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, junit: 
     return status, message
 
 
+def _failures(counts: TestCounts) -> str:
+    said = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((counts.failed, "failure"), (counts.errors, "error"))
+            if n]
+    return " and ".join(said)
+
+
 def _errors(junit: bytes | None) -> list[ET.Element]:
     try:
         return list(ET.fromstring(junit).iter("error")) if junit else []
@@ -115,18 +128,36 @@ def _errors(junit: bytes | None) -> list[ET.Element]:
         return []
 
 
-def parse_junit(data: bytes) -> TestCounts | None:
+def suites(root: ET.Element, reruns: int) -> tuple[list[ET.Element], list[ET.Element]]:
+    """The report's own test suites, and the re-runs of its failed tests that the entrypoint
+    appended: a suite counts as a re-run only when ``reruns`` are configured, only if it is
+    named ``orchestrator-rerun-<k>`` for k from 1 to ``reruns``, and each k only once (the
+    first); any other suite is the suite's own, whatever its name."""
+    found = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    own: list[ET.Element] = []
+    rerun: dict[int, ET.Element] = {}
+    for suite in found:
+        name = suite.get("name") or ""
+        k = name.removeprefix(RERUN_SUITE)
+        if reruns and name.startswith(RERUN_SUITE) and k.isdigit() and 1 <= int(k) <= reruns and int(k) not in rerun:
+            rerun[int(k)] = suite
+        else:
+            own.append(suite)
+    return own, [rerun[k] for k in sorted(rerun)]
+
+
+def parse_junit(data: bytes, reruns: int = 0) -> TestCounts | None:
+    """The counts of a report; a test that failed and then passed when re-run (only the
+    re-runs ``suites`` counts) is counted as passed."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError:
         return None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     if root.tag not in ("testsuite", "testsuites"):
         return None
+    own, rerun = suites(root, reruns)
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    for suite in suites:
-        if (suite.get("name") or "").startswith(RERUN_SUITE):
-            continue   # a re-run of some of them: counted below, by how they ended
+    for suite in own:
         for key in totals:
             try:
                 totals[key] += int(suite.get(key, "0"))
@@ -135,7 +166,7 @@ def parse_junit(data: bytes) -> TestCounts | None:
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
     counts = TestCounts(total=totals["tests"], passed=max(passed, 0), failed=totals["failures"],
                         errors=totals["errors"], skipped=totals["skipped"])
-    recovered = _recovered(root)   # failed, then passed when re-run: counted as they ended
+    recovered = _recovered(own, rerun)   # failed, then passed when re-run: counted as they ended
     if recovered:
         failed = sum(1 for kind in recovered.values() if kind == "failed")
         errors = len(recovered) - failed
@@ -148,12 +179,13 @@ def parse_junit(data: bytes) -> TestCounts | None:
 RERUN_SUITE = "orchestrator-rerun-"   # runner_image/entrypoint.py names each re-run's testsuite so
 
 
-def flaky(data: bytes | None) -> list[str]:
+def flaky(data: bytes | None, reruns: int = 0) -> list[str]:
     """The tests that failed and then passed when re-run in the same container."""
     try:
-        return sorted(_recovered(ET.fromstring(data))) if data else []
+        root = ET.fromstring(data) if data else None
     except ET.ParseError:
         return []
+    return sorted(_recovered(*suites(root, reruns))) if root is not None else []
 
 
 def test_id(case: ET.Element) -> str:
@@ -168,41 +200,47 @@ def outcome(case: ET.Element) -> str:
                  if case.find(tag) is not None), "passed")
 
 
-def _recovered(root: ET.Element) -> dict[str, str]:
+def cases_as_ended(root: ET.Element, reruns: int) -> Iterator[tuple[ET.Element, bool]]:
+    """Every test case of the report, and whether it is a counted re-run's: its own suites'
+    first, then the re-runs' (so that, read in order, a re-run's outcome comes last)."""
+    own, rerun = suites(root, reruns)
+    for suite in own:
+        yield from ((case, False) for case in suite.iter("testcase"))
+    for suite in rerun:
+        yield from ((case, True) for case in suite.iter("testcase"))
+
+
+def _recovered(own: list[ET.Element], rerun: list[ET.Element]) -> dict[str, str]:
     """test id -> how it failed first ("failed" or "error"), for each test whose last re-run passed."""
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     first: dict[str, str] = {}
     last: dict[str, str] = {}
-    for suite in suites:
-        rerun = (suite.get("name") or "").startswith(RERUN_SUITE)
+    for suite in own:
         for case in suite.iter("testcase"):
-            test, ended = test_id(case), outcome(case)
-            if rerun:
-                last[test] = ended
-            elif ended in ("failed", "error"):
-                first[test] = ended
+            if (ended := outcome(case)) in ("failed", "error"):
+                first[test_id(case)] = ended
+    for suite in rerun:
+        for case in suite.iter("testcase"):
+            last[test_id(case)] = outcome(case)
     return {test: kind for test, kind in first.items() if last.get(test) == "passed"}
 
 
-def failures(data: bytes, limit: int = 50) -> list[dict[str, str]]:
-    """The failed and errored test cases of a JUnit report, with their messages, for the
-    job page: what a user wants to see first."""
+def failures(data: bytes, limit: int = 50) -> list[dict[str, object]]:
+    """The failed and errored tests of a JUnit report, each once with how many of its runs
+    failed (``tries``: a test that failed again when re-run is one entry, not two), with the
+    first failure's message, for the job page: what a user wants to see first."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError:
         return []
-    found = []
+    found: dict[str, dict[str, object]] = {}
     for case in root.iter("testcase"):
-        for kind in ("failure", "error"):
-            node = case.find(kind)
-            if node is not None:
-                found.append({
-                    "test": test_id(case),
-                    "kind": kind,
-                    "message": (node.get("message") or "")[:2000],
-                    "details": (node.text or "")[:8000],
-                })
-                break
-        if len(found) >= limit:
-            break
-    return found
+        node = next((n for n in (case.find("failure"), case.find("error")) if n is not None), None)
+        if node is None:
+            continue
+        test = test_id(case)
+        if test in found:
+            found[test]["tries"] = int(found[test]["tries"]) + 1   # type: ignore[call-overload]
+        elif len(found) < limit:
+            found[test] = {"test": test, "kind": node.tag, "message": (node.get("message") or "")[:2000],
+                           "details": (node.text or "")[:8000], "tries": 1}
+    return list(found.values())

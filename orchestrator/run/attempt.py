@@ -287,18 +287,26 @@ class Attempt:
     def _record_history(self, done: Job, junit: bytes | None) -> None:
         """Its test cases, in bulk; a store that refuses them costs the history, not the job."""
         try:
-            history.record(self.ctx.store, done, junit)
+            history.record(self.ctx.store, done, junit, self._reruns())
         except sqlite3.Error as exc:
             log.warning("job %s: test history not recorded (%s)", done.id, exc)
 
     def _verdict(self, final: ContainerState, killed: Kill | None, started: datetime,
                  junit: bytes | None, log_truncated: bool, log_head: bytes = b"") -> Job:
-        status, message = judge(self.ctx.config.runner, final, killed, junit, log_head)
+        reruns = self._reruns()
+        status, message = judge(self.ctx.config.runner, final, killed, junit, log_head, reruns)
         return transition(
             self.job, status, utcnow(), exit_code=final.exit_code, message=message,
-            tests=parse_junit(junit) if junit else None, log_truncated=log_truncated, flaky=tuple(flaky(junit)),
+            tests=parse_junit(junit, reruns) if junit else None, log_truncated=log_truncated,
+            flaky=tuple(flaky(junit, reruns)),
             started_at=started, finished_at=final.finished_at or utcnow(), node=final.node or self.job.node,
         )
+
+    def _reruns(self) -> int:
+        """How many re-runs of failed tests the entrypoint was asked for: a report's re-run
+        suites count up to that many (verdict.suites)."""
+        repo = self.ctx.config.repository(self.job.repository)
+        return repo.rerun_failures if repo else 0
 
     # -- endings without a verdict, and clean-up ---------------------------------------
 

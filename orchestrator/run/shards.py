@@ -93,11 +93,12 @@ class Shard:
         self.capped = CappedLog(self.ws.spool, ctx.config.runner.max_log_bytes)
         final, killed = Watch(ctx, job, container_id, self.capped, [self.ws.src, self.ws.out]).until_exit(self.started)
         self.junit = ctx.backend.report(container_id, self.ws.out)
-        self.status, self.message = judge(ctx.config.runner, final, killed, self.junit, self.capped.head())
+        self.status, self.message = judge(ctx.config.runner, final, killed, self.junit, self.capped.head(),
+                                          self.attempt._reruns())
         self.final = final
 
     def summary(self) -> dict[str, Any]:
-        tests = parse_junit(self.junit) if self.junit else None
+        tests = parse_junit(self.junit, self.attempt._reruns()) if self.junit else None
         final, started = self.final, self.started
         duration = round((final.finished_at - started).total_seconds(), 3) \
             if final is not None and final.finished_at and started else None
@@ -157,7 +158,7 @@ class ShardedAttempt(Attempt):
         ends = [s.final.finished_at for s in self.shards if s.final is not None and s.final.finished_at]
         return transition(
             self.job, status, utcnow(), exit_code=first.final.exit_code if first.final else None, message=message,
-            tests=parse_junit(junit) if junit else None, flaky=tuple(flaky(junit)),
+            tests=parse_junit(junit, self._reruns()) if junit else None, flaky=tuple(flaky(junit, self._reruns())),
             log_truncated=any(s.capped is not None and s.capped.truncated for s in self.shards),
             finished_at=max(ends) if ends else utcnow(), shards=tuple(s.summary() for s in self.shards))
 

@@ -8,6 +8,7 @@ import pytest
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
 from orchestrator.results import ResultFiles
+from orchestrator import history, verdict
 from orchestrator.verdict import cause, classify, parse_junit
 from orchestrator.workspace import read_regular_file
 
@@ -209,3 +210,61 @@ E   ModuleNotFoundError: No module named 'hypothesis'</error></testcase></testsu
 ])
 def test_the_reason_names_the_cause(exit_code, junit, log, expected) -> None:
     assert cause(exit_code, junit, log) == expected
+
+
+# -- a report must not contradict the status ------------------------------------------------
+
+FAILED_ONCE = (b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
+               b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
+               b'<testcase classname="tests.test_a" name="test_y"/></testsuite>')
+FORGED_RERUN = b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/></testsuite>'
+
+
+def test_a_rerun_suite_counts_only_when_re_runs_are_configured_and_only_as_many() -> None:
+    """The suite can append a `orchestrator-rerun-1` of its own making: with re-runs off it
+    is the suite's own suite (the failure stands, nothing is flaky); with N re-runs, only
+    orchestrator-rerun-1..N count, each once."""
+    forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
+    assert verdict.flaky(forged) == [] and verdict.parse_junit(forged).failed == 1
+    assert not any(c.rerun for c in history.cases(forged))   # the history records the failure (history.record)
+    assert verdict.flaky(forged, reruns=1) == ["tests.test_a::test_x"]
+    beyond = FAILED_ONCE + FORGED_RERUN.replace(b"rerun-1", b"rerun-3") + b"</testsuites>"
+    assert verdict.flaky(beyond, reruns=2) == [] and verdict.parse_junit(beyond, reruns=2).failed == 1
+    twice = FAILED_ONCE + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure/></testcase>') \
+        + FORGED_RERUN + b"</testsuites>"
+    assert verdict.flaky(twice, reruns=2) == []   # rerun-1 counted once: the first, which failed
+
+
+def test_a_passing_exit_with_failures_in_the_report_is_failed() -> None:
+    """A conftest that sets ``session.exitstatus = 0`` with a test failing."""
+    from orchestrator.backends.base import ContainerState, Phase
+    from orchestrator.config import RunnerConfig
+
+    exited = ContainerState("c", Phase.EXITED, {}, exit_code=0)
+    report = FAILED_ONCE + b"</testsuites>"
+    assert verdict.judge(RunnerConfig(), exited, None, report) == \
+        (JobStatus.FAILED, "the suite exited 0 but its report has 1 failure")
+    recovered = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
+    assert verdict.judge(RunnerConfig(), exited, None, recovered, reruns=1) == (JobStatus.PASSED, None)
+    assert verdict.judge(RunnerConfig(), exited, None, recovered)[0] is JobStatus.FAILED
+
+
+def test_a_test_that_failed_again_on_its_re_run_is_listed_once_with_its_tries() -> None:
+    report = FAILED_ONCE + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure message="again"/></testcase>') \
+        + b"</testsuites>"
+    (listed,) = verdict.failures(report)
+    assert listed["test"] == "tests.test_a::test_x" and listed["tries"] == 2 and listed["message"] == "no"
+
+
+def test_the_history_records_a_forged_rerun_as_the_failure_it_hides(tmp_path: Path) -> None:
+    from orchestrator.store import NewCommit, Store
+
+    store = Store(tmp_path / "db")
+    store.record_commits("demo", [NewCommit("a" * 40, "s", ("main",))])
+    job = store.claim_next()
+    forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
+    history.record(store, job, forged)   # re-runs off
+    (outcome,) = [r[0] for r in store.query("SELECT outcome FROM test_cases WHERE test_id = ?",
+                                             ("tests.test_a::test_x",))]
+    store.close()
+    assert outcome == "failed"

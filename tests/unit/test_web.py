@@ -91,7 +91,7 @@ def test_log_of_a_finished_job_is_the_result_file(web) -> None:
         b'<failure message="assert 1 == 2">long trace</failure></testcase></testsuite>')
     assert client.get(f"/api/jobs/{job.id}/log").content == b"the saved log\n"
     assert client.get(f"/api/jobs/{job.id}/failures").json() == [
-        {"test": "t::x", "kind": "failure", "message": "assert 1 == 2", "details": "long trace",
+        {"test": "t::x", "kind": "failure", "message": "assert 1 == 2", "details": "long trace", "tries": 1,
          "history": {"test_id": "t::x", "since": None, "failed_recent": 0, "recent": [], "branch": "main"}}]
 
 
@@ -381,14 +381,14 @@ def test_a_test_that_passed_on_re_run_is_flaky_and_ranked(tmp_path: Path, repo: 
               b'<testcase classname="tests.test_a" name="test_y"/></testsuite>'
               b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/>'
               b'</testsuite></testsuites>')
-    assert flaky(report) == ["tests.test_a::test_x"]
-    assert parse_junit(report) == TestCounts(total=2, passed=2, failed=0, errors=0, skipped=0)
+    assert flaky(report, reruns=1) == ["tests.test_a::test_x"]
+    assert parse_junit(report, reruns=1) == TestCounts(total=2, passed=2, failed=0, errors=0, skipped=0)
     repo.commit("root")
     w = Web(tmp_path, repo)
     w.jobs.poll()
     job = w.store.claim_next()
     done = w.store.apply(job, dataclasses.replace(job, status=JobStatus.PASSED, flaky=("tests.test_a::test_x",)))
-    history.record(w.store, done, report)
+    history.record(w.store, done, report, reruns=1)
     repo.commit("steady")
     w.jobs.poll()
     w.finish(JobStatus.PASSED)
