@@ -15,14 +15,21 @@ writes its JUnit report, through PYTEST_ADDOPTS.
 
 With ORCHESTRATOR_RERUN_FAILURES=N (repositories[].rerun_failures), tests that failed are
 run again, only they, up to N times, until a run passes them all: then the exit status is 0,
-and the report holds every run (the orchestrator names those tests flaky).
+and the report holds every run (the orchestrator names those tests flaky). Each re-run is a
+testsuite named orchestrator-rerun-<k>, k from 1, appended after the suite's own report: the
+orchestrator counts such suites only when it asked for re-runs, only up to N, each k once.
 
 With ORCHESTRATOR_SHARD=k/N (repositories[].shards), only this container's share of the
 suite runs: orchestrator_shard.py, beside this file, splits what pytest collected.
 
 With ORCHESTRATOR_REPORT_FRAME set (a Swarm task: no folder is shared with the dispatcher,
 and the container has no network), the JUnit report is printed at the end of the output,
-base64 between two lines naming that value, and the engine's log carries it back.
+base64 between two marker lines, and the engine's log carries it back. The suite writes to
+that same log, so the marker is a secret of this attempt that the suite never sees: it
+arrives in the file /ci-out/.report-frame, which this process reads and removes before the
+suite starts; the suite then runs in a process of its own, started afresh (exec), and this
+one makes itself undumpable (its memory and environment unreadable to the suite, which runs
+as the same user). A frame the suite prints itself cannot carry the marker.
 
 There, too, the dispatcher cannot watch the workspace, nor the engine tell an OOM kill:
 with ORCHESTRATOR_DISK_LIMITS set (JSON: [[[folder, ...], bytes], ...]) the suite runs in a
@@ -57,6 +64,11 @@ EXIT_DISK_LIMIT = 103
 EXIT_OUT_OF_MEMORY = 104
 WATCH_EVERY = 0.5           # as the dispatcher's DiskWatch on one engine
 MAX_ENTRIES = 1_000_000     # more files than that is over any limit
+FRAME_ENV = "ORCHESTRATOR_REPORT_FRAME"
+FRAME_FILE = "/ci-out/.report-frame"
+LIMITS_ENV = "ORCHESTRATOR_DISK_LIMITS"
+SUITE_ARGUMENT = "--suite"
+PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory.events",              # cgroup v2
                 "/sys/fs/cgroup/memory/memory.oom_control")   # cgroup v1
 
@@ -224,19 +236,31 @@ def oom_kills() -> int:
 
 
 def run_child() -> int:
-    """The suite in a child of its own process group (what it starts goes with it). The
+    """The suite in a child of its own process group (what it starts goes with it), started
+    afresh by exec: nothing of this process's memory (the report's marker) is in it. The
     child asks the OOM killer to take it before this process, which must live to tell."""
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()
     if child:
         return child
-    os.setpgid(0, 0)
     try:
-        with open("/proc/self/oom_score_adj", "w") as fh:
-            fh.write("1000")
-    except OSError:
-        pass
+        os.setpgid(0, 0)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as fh:
+                fh.write("1000")
+        except OSError:
+            pass
+        environment = {k: v for k, v in os.environ.items() if k not in (FRAME_ENV, LIMITS_ENV)}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), SUITE_ARGUMENT], environment)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(3)
+
+
+def run_suite() -> int:
+    """The suite itself, in the exec'd child (see run_child)."""
     status = 3
     try:
         status = main()
@@ -247,7 +271,25 @@ def run_child() -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(status)
+    return status
+
+
+def take_frame_marker() -> str:
+    """The report's marker, read from its file and the file removed, with this process made
+    undumpable first: the suite that runs next (same user) can read neither."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open(FRAME_FILE) as fh:
+            marker = fh.read().strip()
+        os.unlink(FRAME_FILE)
+    except OSError:
+        marker = ""
+    return marker or "missing"
 
 
 def supervised(limits: list) -> int:
@@ -271,6 +313,10 @@ def supervised(limits: list) -> int:
         print(f"\norchestrator: more than {limit} bytes written into {' and '.join(folders)}: "
               "the tests were stopped", flush=True)
         return EXIT_DISK_LIMIT
+    try:
+        os.killpg(child, signal.SIGKILL)   # what the suite left running: nothing writes after its end
+    except (ProcessLookupError, PermissionError):
+        pass
     if os.WIFSIGNALED(wait_status) and oom_kills() > oom_before:
         print("\norchestrator: the tests were killed by the kernel at the memory limit", flush=True)
         return EXIT_OUT_OF_MEMORY
@@ -279,8 +325,12 @@ def supervised(limits: list) -> int:
 
 
 if __name__ == "__main__":
-    limits = os.environ.get("ORCHESTRATOR_DISK_LIMITS")
-    status = supervised(json.loads(limits)) if limits else main()
-    if os.environ.get("ORCHESTRATOR_REPORT_FRAME"):
-        print_report(os.environ["ORCHESTRATOR_REPORT_FRAME"])
+    if sys.argv[1:] == [SUITE_ARGUMENT]:
+        sys.exit(run_suite())
+    marker = take_frame_marker() if os.environ.get(FRAME_ENV) else None
+    limits = os.environ.get(LIMITS_ENV)
+    # a framed report needs the suite in a process of its own, even with nothing to watch
+    status = supervised(json.loads(limits) if limits else []) if limits or marker is not None else main()
+    if marker is not None:
+        print_report(f"--- orchestrator report {marker}")
     sys.exit(status)

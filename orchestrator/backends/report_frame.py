@@ -1,30 +1,42 @@
 """The JUnit report carried at the end of a task's log, for a backend with no folder shared
-with its containers: runner_image/entrypoint.py prints it base64 between two marker lines
-(``ORCHESTRATOR_REPORT_FRAME`` names them); the reader keeps it out of the log."""
+with its containers: runner_image/entrypoint.py prints it base64 between two marker lines;
+the reader keeps it out of the log.
+
+The suite writes to the same log, so the marker is a random secret of each attempt
+(``new_marker``), never in the task's environment: it travels as the file FRAME_FILE in the
+job's image, which the entrypoint reads and removes before the suite starts (see its
+docstring). ``ORCHESTRATOR_REPORT_FRAME=1`` only asks for the frame. Reading stops at the
+first frame with the marker: a frame the suite prints has no way to carry it."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import secrets
 from collections.abc import Iterator
 
 from orchestrator.backends.base import MAX_REPORT_BYTES
 
 FRAME_ENV = "ORCHESTRATOR_REPORT_FRAME"
+FRAME_FILE = ".report-frame"   # in the output folder (/ci-out), read and removed by the entrypoint
 
 
-def frame(name: str) -> str:
-    return f"--- orchestrator report {name}"
+def new_marker() -> str:
+    return secrets.token_hex(16)
+
+
+def frame(marker: str) -> str:
+    return f"--- orchestrator report {marker}"
 
 
 class Unframed:
     """The output before the frame, chunk by chunk; then ``found`` and ``report``. Reading
     stops at the frame's end: a followed engine log does not end with its task."""
 
-    def __init__(self, chunks: Iterator[bytes], name: str):
+    def __init__(self, chunks: Iterator[bytes], marker: str):
         self._chunks = iter(chunks)
-        self._begin = frame(name).encode() + b" begin\n"
-        self._end = frame(name).encode() + b" end"
+        self._begin = frame(marker).encode() + b" begin\n"
+        self._end = frame(marker).encode() + b" end"
         self.found = False
         self.report: bytes | None = None
 

@@ -41,7 +41,7 @@ from orchestrator.backends.base import (
 from orchestrator.backends.docker import DockerBackend, engine_call
 from orchestrator.backends.networks import JobNetworks
 from orchestrator.backends.registry import JobImages
-from orchestrator.backends.report_frame import FRAME_ENV, Unframed, frame
+from orchestrator.backends.report_frame import FRAME_ENV, FRAME_FILE, Unframed, new_marker
 from orchestrator.config import memory_bytes
 from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.models import parse_iso
@@ -52,6 +52,7 @@ log = logging.getLogger("orchestrator.swarm")
 _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
 _WAIT_POLL = 0.25
 LIMITS_ENV = "ORCHESTRATOR_DISK_LIMITS"   # runner_image/entrypoint.py reads it
+LABEL_MARKER = "orchestrator.report-marker"   # on the service only, never on its container
 NODE_CHECK = 2.0   # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
 
 
@@ -75,6 +76,7 @@ class SwarmBackend(Backend):
         self._lock = threading.Lock()
         self._prepared: dict[str, _Prepared] = {}
         self._reports: dict[str, bytes | None] = {}   # framed reports taken out of live output
+        self._markers: dict[str, str] = {}            # service -> its report's marker
         self._stopped: set[str] = set()
         self._digests: dict[str, str] = {}            # service -> its job image's digest, for clean-up
         self._nodes: dict[str, str] = {}              # node id -> hostname
@@ -107,9 +109,17 @@ class SwarmBackend(Backend):
     def prepare(self, spec: ContainerSpec) -> str:
         """Build the job's image (the checkout on top of ``spec.image``) and push it; the
         service is created by ``start``: a service has no created-but-not-started state."""
-        image = self.images.push_job(spec)
+        marker = new_marker()   # the report's frame: a secret the job's image carries to the entrypoint alone
+        secret = spec.output_dir / FRAME_FILE
+        secret.write_text(marker)
+        secret.chmod(0o600)
+        try:
+            image = self.images.push_job(spec)
+        finally:
+            secret.unlink(missing_ok=True)
         with self._lock:
             self._prepared[spec.name] = _Prepared(spec, image)
+            self._markers[spec.name] = marker
         return spec.name
 
     # -- the service ------------------------------------------------------------------
@@ -122,7 +132,7 @@ class SwarmBackend(Backend):
         task = TaskTemplate(
             container_spec=TaskContainer(
                 image=prepared.image, user=spec.user, workdir=WORKSPACE, labels=dict(spec.labels),
-                env={**spec.environment, FRAME_ENV: frame(spec.name), LIMITS_ENV: _limits(spec)},
+                env={**spec.environment, FRAME_ENV: "1", LIMITS_ENV: _limits(spec)},
                 init=True, cap_drop=["ALL"], stop_grace_period=0,
             ),
             resources=_resources(spec),
@@ -132,7 +142,7 @@ class SwarmBackend(Backend):
             networks=[{"Target": self.networks.for_job(spec)}],
         )
         with engine_call("create a service"):
-            self.api.create_service(task, name=spec.name, labels=dict(spec.labels),
+            self.api.create_service(task, name=spec.name, labels={**spec.labels, LABEL_MARKER: self._marker(spec.name)},
                                     mode=ServiceMode("replicated-job", concurrency=1))
         state = self.inspect(container_id)
         if state is None:
@@ -155,9 +165,26 @@ class SwarmBackend(Backend):
         if state is not None and not state.exited:
             raise EngineUnavailable(f"the log of service {container_id} ended before its task")
 
+    def _marker(self, service: str) -> str:
+        """The report's marker of ``service``: kept since ``prepare``, or, after a restart, in
+        the service's own labels (which the engine shows to no container)."""
+        with self._lock:
+            if service in self._markers:
+                return self._markers[service]
+        try:
+            with engine_call("inspect a service"):
+                labels = self.api.inspect_service(service).get("Spec", {}).get("Labels") or {}
+        except NotFound:
+            labels = {}
+        if LABEL_MARKER not in labels:
+            return new_marker()   # no service, or none of ours: no frame can be read
+        with self._lock:
+            self._markers[service] = labels[LABEL_MARKER]
+        return labels[LABEL_MARKER]
+
     def _without_report(self, service: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The output up to the report's frame; the report is kept for ``report``."""
-        unframed = Unframed(chunks, service)
+        unframed = Unframed(chunks, self._marker(service))
         yield from unframed
         if unframed.found:
             with self._lock:
@@ -193,7 +220,7 @@ class SwarmBackend(Backend):
             if container_id in self._stopped:  # removed by stop: a killed container
                 return ContainerState(container_id, Phase.EXITED, {}, exit_code=137)
             return None
-        labels = service.get("Spec", {}).get("Labels") or {}
+        labels = _labels(service)
         if not tasks:
             return ContainerState(container_id, Phase.CREATED, labels)
         task = max(tasks, key=lambda t: t.get("CreatedAt", ""))
@@ -260,6 +287,7 @@ class SwarmBackend(Backend):
         with self._lock:
             prepared = self._prepared.pop(container_id, None)
             self._reports.pop(container_id, None)
+            self._markers.pop(container_id, None)
             digest = prepared.image.rpartition("@")[2] if prepared else self._digests.pop(container_id, None)
         digest = digest or self._service_digest(container_id) or self.images.local_digest(container_id)
         with contextlib.suppress(NotFound), engine_call("remove a service"):
@@ -294,7 +322,7 @@ class SwarmBackend(Backend):
                 state = self.inspect(service["Spec"]["Name"])
             except ContainerGone as exc:   # a lost task: found, ended, no exit code
                 log.warning("service %s: %s", service["Spec"]["Name"], exc)
-                state = ContainerState(service["Spec"]["Name"], Phase.RUNNING, service["Spec"].get("Labels") or {})
+                state = ContainerState(service["Spec"]["Name"], Phase.RUNNING, _labels(service))
             if state is not None:
                 states.append(state)
         return states
@@ -310,3 +338,8 @@ def _resources(spec: ContainerSpec) -> Resources:
     resources = Resources(cpu_limit=int(spec.cpus * 1e9), mem_limit=memory_bytes(spec.memory))
     resources["Limits"]["Pids"] = spec.pids   # Engine API 1.41; docker-py has no argument for it
     return resources
+
+
+def _labels(service: dict) -> dict[str, str]:
+    """A service's labels, as its job's container state carries them: without the marker."""
+    return {k: v for k, v in (service.get("Spec", {}).get("Labels") or {}).items() if k != LABEL_MARKER}
