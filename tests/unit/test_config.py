@@ -47,6 +47,11 @@ BAD = [
     ("dispatcher:\n  port: 70000\n", "dispatcher.port"),
     ("dispatcher:\n  host: 0.0.0.0\n", "requires dispatcher.api_token"),
     ("state_dir: 5\n", "state_dir"),
+    ("environments:\n  index_url: ftp://mirror/simple\n", "environments.index_url"),
+    ("environments:\n  extra_index_urls: ['http://host/${SECRET}/simple']\n", "environments.extra_index_urls[0]"),
+    ("environments:\n  timeout: 0\n", "environments.timeout"),
+    ("runner:\n  image: yes\n", "runner.image: Input should be a valid string (got True): YAML read it as a bool; "
+                                   "quote it to mean the text"),
 ]
 
 
@@ -163,3 +168,13 @@ def test_an_artifacts_glob_must_stay_in_the_workspace(tmp_path: Path, repo: Path
     message = str(info.value)
     assert "repositories[0].artifacts" in message and "relative to the workspace, like 'dist/*.whl'" in message
     assert "\n" not in message
+
+
+def test_yaml_words_that_read_as_booleans_stay_words_as_keys(tmp_path: Path, repo: Path) -> None:
+    """YAML 1.1 reads a bare `on` as true: `notify: {on: all}` failed with "Keys should be strings"."""
+    config = load_config(write(tmp_path, GOOD.format(repo=repo) + "notify:\n  on: all\n  webhooks: []\n"))
+    assert config.notify.on == "all"
+    off = load_config(write(tmp_path, GOOD.format(repo=repo) + "notify: {on: failures}\nrepositories:\n"
+                            f"  - name: x\n    url: {repo}\n    env: {{no: '1', yes: '2'}}\n    coalesce: yes\n"))
+    assert off.notify.on == "failures" and off.repositories[0].env == {"no": "1", "yes": "2"}
+    assert off.repositories[0].coalesce is True   # as a value, a YAML boolean is still one
