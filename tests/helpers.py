@@ -225,3 +225,71 @@ class WebhookReceiver:
         self._closing.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+class TestIndex:
+    """A package index on loopback for the tests, recording every request it gets
+    (``requests``: method and path). ``mode``: "up" serves ``/simple/<project>/`` as PyPI
+    does (its page, fetched from PyPI), "down" answers 503, "slow" answers a byte every
+    3 s; ``delay`` holds each answer that long first. Anything else asked (a file, say)
+    is answered 404: the tests show that nothing asks."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.mode = "up"
+        self.delay = 0.0
+        self._closing = threading.Event()
+        index = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                index.requests.append(f"GET {self.path}")
+                if index.delay and index._closing.wait(index.delay):
+                    return
+                if index.mode == "slow":
+                    return self._trickle()
+                if index.mode == "down":
+                    return self._answer(503, b"down")
+                project = self.path.strip("/").split("/")
+                if len(project) == 2 and project[0] == "simple":
+                    import requests
+
+                    upstream = requests.get(f"https://pypi.org/simple/{project[1]}/", timeout=30,
+                                            headers={"Accept": "text/html"})
+                    return self._answer(upstream.status_code, upstream.content)
+                self._answer(404, b"")
+
+            do_POST = do_HEAD = do_GET
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _trickle(self) -> None:
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
+                        if index._closing.wait(3):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import docker
 import pytest
 
 from orchestrator.environment.build import LABEL_ENVIRONMENT
-from tests.helpers import SRC_PYPROJECT, http_get
+from tests.helpers import SRC_PYPROJECT, TestIndex, http_get
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
@@ -111,3 +112,59 @@ def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
     assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
     assert json.loads(orch.cli("status", "--json").stdout)[0]["commit"] == newest
 
+
+
+def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(orch) -> None:
+    """A network or index failure is not a verdict on the declarations: nothing is recorded,
+    and the next commit with the same ones builds. An index that answers a byte every 3 s
+    holds a build no longer than `environments.timeout`."""
+    index = TestIndex()
+    try:
+        index.mode = "down"
+        first = orch.repo.commit("index down", project('"packaging>=23", "iniconfig"'))
+        orch.configure(runner={"timeout": 120}, retries=0, environments={"index_url": f"{index.url}/simple"})
+        assert orch.cli("run", "--once").returncode == 1
+        result = orch.result(first)
+        assert result["status"] == "error" and result["message"].startswith(
+            f"gave up after 1 attempts: package index unreachable: {index.url}/simple/"), result["message"]
+        assert not list((orch.config.state_dir / "environments").rglob("failed.json"))
+        index.mode = "up"
+        again = orch.repo.commit("index back", project('"packaging>=23", "iniconfig"', note="# x\n"))
+        assert orch.cli("run", "--once").returncode == 0, orch.log(again).decode()[-2000:]
+        assert orch.result(again)["environment"]["built"] is True
+
+        index.mode = "slow"
+        slow = orch.repo.commit("a new dependency, a slow index", project('"packaging>=23", "attrs"'))
+        orch.configure(runner={"timeout": 120}, retries=0,
+                       environments={"index_url": f"{index.url}/simple", "timeout": 6})
+        began = time.monotonic()
+        assert orch.cli("run", "--once").returncode == 1
+        assert time.monotonic() - began < 40
+        result = orch.result(slow)
+        assert result["status"] == "error" and result["message"] == \
+            "environment build failed: environment build timed out after 6 s", result["message"]
+    finally:
+        index.close()
+
+
+def test_a_warm_job_whose_build_fails_after_its_release_ends(orch) -> None:
+    """At parallelism 1 a short job runs while the next starts warm and builds its
+    environment, slowly, until it fails to resolve; the slot frees meanwhile and the warm
+    job is claimed. It ends `error`, and run --once says so (it stayed `running`, and the
+    run exited 0)."""
+    index = TestIndex()
+    index.delay = 4
+    try:
+        short = orch.repo.commit("short", {"tests/test_short.py": "import time\n\ndef test_a():\n    time.sleep(1)\n"})
+        orch.repo.checkout("z-broken", create=True)   # queued after main's head
+        broken = orch.repo.commit("no such dependency", project('"no-such-package-orchestrator-test==1.0"'))
+        orch.configure(runner={"parallelism": 1, "warm": 1, "timeout": 60}, retries=0,
+                       environments={"index_url": f"{index.url}/simple"})
+        run = orch.cli("run", "--once")
+        assert run.returncode == 1, run.stderr[-3000:]
+        assert orch.result(short)["status"] == "passed"
+        result = orch.result(broken)
+        assert result["status"] == "error" and "no-such-package-orchestrator-test" in result["message"]
+        assert "still running" not in run.stderr
+    finally:
+        index.close()
