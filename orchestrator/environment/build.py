@@ -201,6 +201,9 @@ class Environments:
                 if exc.repeats:
                     _write_json(folder / "failed.json", {"reason": exc.reason})
                 raise EnvironmentBroken(exc.reason, folder / "environment.log") from None
+            finally:   # the image has them, or nothing needs them: the log and the declarations stay
+                for name in ("wheels", "debs"):
+                    shutil.rmtree(folder / name, ignore_errors=True)
 
     def _system_packages(self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str,
                          out: IO[str], deadline: float) -> None:

@@ -1,0 +1,89 @@
+"""What the containers of an environment build are asked for (on a recording stand-in for
+docker-py's client; that they hold on the real engine is tests/integration and
+tests/faults/test_hostile_declarations.py): no network, a test container's limits, the
+instance's label, not root for the resolution, and removed whatever happens."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends.base import ContainerState, ImageInfo, Phase
+from orchestrator.environment.sandbox import Limits, Sandbox, TimedOut
+
+
+class RecordingApi:
+    def __init__(self, exits: bool = True):
+        self.created: list[dict] = []
+        self.removed: list[str] = []
+        self.exits = exits
+
+    def create_host_config(self, **kwargs):
+        return kwargs
+
+    def create_container(self, image, **kwargs):
+        self.created.append({"image": image, **kwargs})
+        return {"Id": f"c{len(self.created)}"}
+
+    def start(self, container_id):
+        pass
+
+    def logs(self, container_id, **kwargs):
+        return b"ERROR: No matching distribution found for x\n"
+
+    def remove_container(self, container_id, **kwargs):
+        self.removed.append(container_id)
+
+
+class RecordingBackend:
+    def __init__(self, api: RecordingApi):
+        self.api = api
+        self.stopped: list[str] = []
+
+    def wait(self, container_id, seconds):
+        if self.api.exits:
+            return ContainerState(container_id, Phase.EXITED, {}, exit_code=1)
+        time.sleep(min(seconds, 0.05))
+        return None
+
+    def inspect(self, container_id):
+        return ContainerState(container_id, Phase.RUNNING, {})
+
+    def stop(self, container_id):
+        self.stopped.append(container_id)
+
+
+def sandbox(api: RecordingApi, deadline: float) -> Sandbox:
+    return Sandbox(RecordingBackend(api), {"orchestrator.instance": "i"}, Limits("256m", 0.5, 64, "1g"), deadline,
+                   "1000:1000")  # type: ignore[arg-type]
+
+
+def test_the_resolution_runs_confined(tmp_path: Path) -> None:
+    api = RecordingApi()
+    ended = sandbox(api, time.monotonic() + 30).resolve("runner", tmp_path, 2, tmp_path, open(tmp_path / "log", "w"))
+    (created,) = api.created
+    host = created["host_config"]
+    assert host["network_mode"] == "none" and created["network_disabled"] is True
+    assert (host["mem_limit"], host["memswap_limit"], host["nano_cpus"], host["pids_limit"]) == \
+        ("256m", "256m", 500_000_000, 64)
+    assert host["cap_drop"] == ["ALL"] and host["read_only"] and "no-new-privileges" in host["security_opt"]
+    assert created["user"] == "1000:1000" and created["labels"] == {"orchestrator.instance": "i"}
+    command = created["entrypoint"]
+    assert "--isolated" in command and "--only-binary" in command and ":all:" in command
+    assert [a for a in command if a.startswith("http")] == ["http://127.0.0.1:{port}/simple/0/",
+                                                             "http://127.0.0.1:{port}/simple/1/"]
+    assert api.removed == ["c1"] and ended.status == 1 and "No matching distribution" in ended.output
+
+
+def test_the_install_is_confined_and_a_build_past_its_deadline_is_killed(tmp_path: Path) -> None:
+    api = RecordingApi(exits=False)
+    box = sandbox(api, time.monotonic() + 0.3)
+    with pytest.raises(TimedOut):
+        box.install(ImageInfo("runner", "sha256:r"), tmp_path, "orchestrator-env/x:1", {}, open(tmp_path / "log", "w"))
+    (created,) = api.created
+    host = created["host_config"]
+    assert host["network_mode"] == "none" and host["pids_limit"] == 64 and host["mem_limit"] == "256m"
+    assert created["user"] == "0" and created["environment"] is None   # nothing of ours in the committed image
+    assert box.backend.stopped == ["c1"] and api.removed == ["c1"]
