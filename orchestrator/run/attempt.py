@@ -69,10 +69,6 @@ class Attempt:
         finally:
             self.timings[f"{name}_s"] = round(time.perf_counter() - began, 4)
 
-    def _still_warm(self) -> bool:
-        """Started warm but never released: the store still has the job queued."""
-        return self.release is not None and not self.release.given
-
     def run(self) -> Job:
         try:
             return self._run()
@@ -89,13 +85,14 @@ class Attempt:
     def _ended_by(self, exc: Exception) -> Job:
         """The job after its attempt met ``exc``: still queued (a warm start that was never
         released), re-queued by the retry policy, or ended ``error``."""
-        if self._still_warm():
-            if not isinstance(exc, warm.NotReleased):
-                log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
-            self._clean_up_quietly()
-            return self.job
-        if self.release is not None and self.release.job is not None and self.job.status is JobStatus.QUEUED:
-            self.job = self.release.job   # claimed while it was being prepared: the claimed job ends, not the stale copy
+        if self.release is not None and self.job.status is JobStatus.QUEUED:
+            claimed = self.release.job if self.release.given else self.release.withdraw()
+            if claimed is None:   # never released: the job stays queued
+                if not isinstance(exc, warm.NotReleased):
+                    log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
+                self._clean_up_quietly()
+                return self.job
+            self.job = claimed   # claimed while it was being prepared: the claimed job ends, not the stale copy
         if isinstance(exc, ImageMissing):
             return self._conclude(str(exc), final=True)
         if isinstance(exc, EnvironmentBroken):  # what the commit declares: its result, not a retry

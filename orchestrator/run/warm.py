@@ -31,15 +31,42 @@ class NotReleased(Exception):
 
 
 class Release:
-    """Hands a warm attempt its job, claimed when a slot freed (None: discard it)."""
+    """Hands a warm attempt its job, claimed when a slot freed (None: discard it).
+
+    The handover is one decision between two threads: the dispatcher ``reserve``s the
+    release before it claims the job in the store, and an attempt that fails while warm
+    ``withdraw``s before it leaves the job queued; whichever comes first wins. A reserved
+    release is always given (the claimed job, or None), so an attempt that lost the race
+    waits for it and ends the job it was given: no job is claimed with nothing to run it."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._given = threading.Event()
+        self._state = "warm"   # -> reserved -> given, or -> withdrawn
         self.job: Job | None = None
 
+    def reserve(self) -> bool:
+        """The dispatcher's: True if the attempt is still warm (it will be given a job)."""
+        with self._lock:
+            if self._state != "warm":
+                return False
+            self._state = "reserved"
+            return True
+
     def give(self, job: Job | None) -> None:
-        self.job = job
+        with self._lock:
+            self.job, self._state = job, "given"
         self._given.set()
+
+    def withdraw(self, patience: float = 60.0) -> Job | None:
+        """The attempt's, when it ends before its release: None if the job stays queued
+        (never reserved, or given None); else the job the dispatcher claimed for it."""
+        with self._lock:
+            if self._state == "warm":
+                self._state = "withdrawn"
+                return None
+        self._given.wait(patience)   # reserved: the claim is one transaction away
+        return self.job
 
     def wait(self, abandon: threading.Event, poll: float = 0.2) -> Job:
         """The claimed job, once given; NotReleased if discarded or the dispatcher leaves."""
@@ -106,9 +133,11 @@ class WarmPool:
         return failed
 
     def release_first(self, claim: Callable[[Job], Job | None]) -> tuple[Job, Future[Job]] | None:
-        """Claim the first warm job and release it; None if it changed meanwhile
-        (cancelled), in which case it is discarded."""
+        """Claim the first warm job and release it; None if its attempt ended before (the
+        job is still queued), or the job changed meanwhile (cancelled): then it is discarded."""
         first = self._warm.pop(0)
+        if not first.handover.reserve():
+            return None
         claimed = claim(first.job)
         first.handover.give(claimed)
         return (claimed, first.future) if claimed is not None else None

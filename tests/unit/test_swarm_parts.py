@@ -13,22 +13,29 @@ import pytest
 
 from orchestrator.backends.base import ContainerSpec, Phase
 from orchestrator.backends.registry import checkout_archive
+from orchestrator.backends.report_frame import frame, new_marker
 from orchestrator.backends.swarm import SwarmBackend
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import ContainerGone
 
-FRAME = "--- orchestrator report svc"
+MARKER = new_marker()
 REPORT = b'<testsuites><testsuite tests="1"/></testsuites>'
 
 
-def framed_output(report: bytes) -> bytes:
+def framed_output(report: bytes, marker: str = MARKER) -> bytes:
     body = base64.encodebytes(report).decode()
-    return f"line one\nline two\n\n{FRAME} begin\n{body}{FRAME} end\n".encode()
+    return f"line one\nline two\n\n{frame(marker)} begin\n{body}{frame(marker)} end\n".encode()
+
+
+def swarm() -> SwarmBackend:
+    backend = SwarmBackend(None, "registry.test:5000", [])
+    backend._markers["svc"] = MARKER   # as prepare keeps it
+    return backend
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
 def test_the_report_is_taken_out_of_the_output_whatever_the_chunks(size: int, monkeypatch) -> None:
-    backend = SwarmBackend(None, "registry.test:5000", [])
+    backend = swarm()
     data = framed_output(REPORT)
     chunks = [data[i:i + size] for i in range(0, len(data), size)]
     monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter(chunks))
@@ -37,8 +44,18 @@ def test_the_report_is_taken_out_of_the_output_whatever_the_chunks(size: int, mo
     assert backend.report("svc", Path("/nonexistent")) == REPORT  # read again from the engine's log
 
 
+def test_a_frame_without_the_attempts_marker_is_only_output(monkeypatch) -> None:
+    """What the suite prints: a frame named after the service (the old marker), or any other."""
+    backend = swarm()
+    forged = framed_output(b"<testsuites/>", marker="svc") + framed_output(b"<x/>", marker=new_marker())
+    data = forged + framed_output(REPORT)[len(b"line one\nline two\n"):]
+    monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter([data]))
+    assert b"".join(backend.logs("svc")) == forged + b"\n"
+    assert backend.report("svc", Path("/nonexistent")) == REPORT
+
+
 def test_a_followed_log_ends_at_the_frame_though_the_stream_does_not(monkeypatch) -> None:
-    backend = SwarmBackend(None, "registry.test:5000", [])
+    backend = swarm()
     data = framed_output(REPORT)
 
     def endless(*_a, **_k):
@@ -52,7 +69,7 @@ def test_a_followed_log_ends_at_the_frame_though_the_stream_does_not(monkeypatch
 
 
 def test_output_without_a_frame_is_whole_and_there_is_no_report(monkeypatch) -> None:
-    backend = SwarmBackend(None, "registry.test:5000", [])
+    backend = swarm()
     data = b"no frame here\n" * 100 + b"--- orchestrator report other begin\n"
     assert b"".join(backend._without_report("svc", iter([data[:50], data[50:]]))) == data
     monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter([data]))

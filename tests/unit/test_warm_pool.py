@@ -71,3 +71,27 @@ def test_next_queued_skips_the_jobs_already_warm(tmp_path: Path) -> None:
         assert store.next_queued(besides=frozenset({first.id, second.id, third.id})) is None
     finally:
         store.close()
+
+
+def test_a_warm_attempt_that_ended_before_its_release_is_never_claimed(tmp_path: Path) -> None:
+    """The attempt failed while warm and left its job queued: the dispatcher, releasing it
+    a moment later, must not claim it (it did, and the job stayed `running` with nothing
+    running it). Whichever of the two comes first decides."""
+    from concurrent.futures import Future
+
+    from orchestrator.models import JobStatus
+    from orchestrator.run.warm import Release, WarmPool
+
+    config = load_config(write_config(tmp_path, {"demo": tmp_path}))
+    store = Store(config.db_path)
+    store.record_commits("demo", [NewCommit("a" * 40, "one", ("main",)), NewCommit("b" * 40, "two", ("main",))])
+    first = store.next_queued()
+    pool, early, late = WarmPool(), Release(), Release()
+    pool.add(first, early, Future())
+    assert early.withdraw() is None                    # the attempt ended first
+    assert pool.release_first(store.claim) is None and store.get(first.id).status is JobStatus.QUEUED
+    second = store.get(2)
+    pool.add(second, late, Future())
+    released = pool.release_first(store.claim)         # the dispatcher came first
+    assert released is not None and late.withdraw() == released[0] and released[0].status is JobStatus.RUNNING
+    store.close()
