@@ -61,7 +61,7 @@ def measure(bench: Bench, jobs: int, cases: int, requests_n: int) -> dict:
             folder = cfg.results_dir / "bench" / done.commit
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "junit.xml").write_bytes(junit)
-    recorded = store.query("SELECT COUNT(*) FROM test_cases")[0][0]
+    recorded = store.tests.count()
     store.close()
     with serving(config) as (base, _):
         session = requests.Session()

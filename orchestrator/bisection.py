@@ -3,62 +3,27 @@ failed right after a commit of its branch that passed, the skipped range is test
 halves until the first failing commit is named; then that commit is tested once more
 before it is named (a failure that does not repeat is flaky: no culprit, and it says so).
 
-The state of each bisection is a row of ``bisections`` (its first-parent commits, the
-known-good index ``low``, the known-bad index ``high``, the commit under test), and each
-step is taken from what the store says, so a dispatcher that restarts in the middle
-carries on from there. Its jobs run at BISECT_PRIORITY, after every new push, and a new
+The state of each bisection is a row of the store (store/bisections.py: its first-parent
+commits, the known-good index ``low``, the known-bad index ``high``, the commit under test),
+and each step is taken from what the store says, so a dispatcher that restarts in the
+middle carries on from there. Its jobs run at BISECT_PRIORITY, after every new push, and a new
 push does not cancel it. At most ceil(log2(range)) + 1 jobs: the halving, and the re-run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 
 from orchestrator.errors import InvalidTransition
-from orchestrator.models import BISECT_PRIORITY, NORMAL_PRIORITY, Job, JobStatus, iso, parse_iso, utcnow
+from orchestrator.models import BISECT_PRIORITY, NORMAL_PRIORITY, Job, JobStatus, utcnow
 from orchestrator.store import Store
+from orchestrator.store.bisections import ABANDONED, FLAKY, FOUND, SEARCH, VERIFY, Bisection
+
+__all__ = ["ABANDONED", "FLAKY", "FOUND", "SEARCH", "VERIFY", "Bisection", "Bisector"]
 
 log = logging.getLogger("orchestrator.bisection")
-
-SEARCH, VERIFY, FOUND, FLAKY, ABANDONED = "search", "verify", "found", "flaky", "abandoned"
-_COLUMNS = "id, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason, " \
-           "started_at, finished_at"
-
-
-@dataclass(frozen=True)
-class Bisection:
-    id: int
-    repository: str
-    branch: str
-    bad_job: int
-    good: str                 # the last commit of the branch that passed
-    commits: tuple[str, ...]  # after ``good`` up to the failing newest, first parents, oldest first
-    low: int                  # index of the newest commit known good (-1: ``good``)
-    high: int                 # index of the oldest commit known bad
-    probe: str | None         # the commit whose result is awaited
-    phase: str
-    culprit: str | None = None
-    jobs: int = 0             # jobs this bisection started
-    reason: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    @property
-    def budget(self) -> int:
-        return math.ceil(math.log2(len(self.commits))) + 1
-
-    def document(self) -> dict:
-        """What result.json (of the culprit), the API and the webhook say of it."""
-        return {"id": self.id, "repository": self.repository, "branch": self.branch, "good": self.good,
-                "bad": self.commits[-1],
-                "range": len(self.commits), "phase": self.phase, "culprit": self.culprit, "jobs": self.jobs,
-                "reason": self.reason, "started_at": iso(self.started_at), "finished_at": iso(self.finished_at)}
-
 
 class Bisector:
     def __init__(self, store: Store, coalescing: frozenset[str], first_parent: Callable[[str, str, str], list[str]],
@@ -88,17 +53,11 @@ class Bisector:
         return None
 
     def _insert(self, job: Job, branch: str, good: str, commits: list[str]) -> Bisection | None:
-        with self.store.transaction() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO bisections (repository, branch, bad_job, good, commits, low, high, phase,"
-                " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.repository, branch, job.id, good, json.dumps(commits), -1, len(commits) - 1, SEARCH,
-                 iso(utcnow())))
-            if cur.rowcount != 1:
-                return None
-        log.info("%s/%s: bisecting %d commits after %s to find where it began to fail",
-                 job.repository, branch, len(commits), good[:12])
-        return self.get(cur.lastrowid)
+        started = self.store.bisections.start(job, branch, good, commits)
+        if started is not None:
+            log.info("%s/%s: bisecting %d commits after %s to find where it began to fail",
+                     job.repository, branch, len(commits), good[:12])
+        return started
 
     def catch_up(self) -> None:
         """After a restart: the newest tested job of each branch, in case the process
@@ -178,34 +137,14 @@ class Bisector:
     # -- the table ---------------------------------------------------------------------
 
     def running(self) -> list[Bisection]:
-        rows = self.store.query(f"SELECT {_COLUMNS} FROM bisections WHERE phase IN (?, ?) ORDER BY id", (SEARCH, VERIFY))
-        return [_row(r) for r in rows]
+        return self.store.bisections.running()
 
     def get(self, bisection_id: int) -> Bisection | None:
-        rows = self.store.query(f"SELECT {_COLUMNS} FROM bisections WHERE id = ?", (bisection_id,))
-        return _row(rows[0]) if rows else None
+        return self.store.bisections.get(bisection_id)
 
     def of_job(self, job_id: int) -> Bisection | None:
         """The bisection started by the failure of job ``job_id``, if any."""
-        rows = self.store.query(f"SELECT {_COLUMNS} FROM bisections WHERE bad_job = ?", (job_id,))
-        return _row(rows[0]) if rows else None
+        return self.store.bisections.of_job(job_id)
 
     def _save(self, b: Bisection) -> None:
-        with self.store.transaction() as db:
-            db.execute("UPDATE bisections SET low = ?, high = ?, probe = ?, phase = ?, culprit = ?, jobs = ?,"
-                       " reason = ?, finished_at = ? WHERE id = ?",
-                       (b.low, b.high, b.probe, b.phase, b.culprit, b.jobs, b.reason, iso(b.finished_at), b.id))
-
-
-def recent(store: Store, repository: str | None = None, limit: int = 20) -> list[Bisection]:
-    """Newest first."""
-    where, args = ("WHERE repository = ?", [repository]) if repository else ("", [])
-    rows = store.query(f"SELECT {_COLUMNS} FROM bisections {where} ORDER BY id DESC LIMIT ?", [*args, limit])
-    return [_row(r) for r in rows]
-
-
-def _row(row: tuple) -> Bisection:
-    (id_, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason,
-     started_at, finished_at) = row
-    return Bisection(id_, repository, branch, bad_job, good, tuple(json.loads(commits)), low, high, probe, phase,
-                     culprit, jobs, reason, parse_iso(started_at), parse_iso(finished_at))
+        self.store.bisections.save(b)

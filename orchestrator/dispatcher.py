@@ -44,7 +44,7 @@ class Dispatcher:
         self.store = store
         self.metrics = Metrics(store)
         self.notifier = Notifier(config.notify, store)
-        store.on_change = self.notifier.record   # deliveries written with the change they tell of
+        store.news = self.notifier.news   # deliveries written with the change they tell of
         self.notifier.start()   # what a stop left in the outbox goes out now
         self.ctx = Context.create(config, store, backend, finished=self._finished,
                                   engine_error=self.metrics.engine_error, environments=environments)

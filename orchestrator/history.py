@@ -1,5 +1,5 @@
 """Test history: every test case of every job's JUnit report, recorded in bulk when the
-job ends (one ``executemany``), and what it tells about a failing test: since when it
+job ends (store/tests.py keeps it), and what it tells about a failing test: since when it
 fails on the branch, and how often it failed in the runs before.
 
 A test's id is what its JUnit report calls it, ``<classname>::<name>``
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from orchestrator.models import Job
 from orchestrator.store import Store
+from orchestrator.store.tests import Run
 from orchestrator.verdict import cases_as_ended, outcome, test_id
 
 MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
 RECENT = 20           # runs a failing test's record looks back over
-AVERAGE_WEIGHT = 0.3  # of a test's newest passing run in its recorded duration (what a suite is split by)
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,6 @@ class Case:
     outcome: str      # passed, failed, error, skipped
     seconds: float
     rerun: bool = False   # from a counted re-run of the failed tests (verdict.suites)
-
-
-@dataclass(frozen=True)
-class Run:
-    job_id: int
-    commit: str
-    outcome: str
-    seconds: float
 
 
 _BAD = {"failed": 1, "error": 1}
@@ -64,24 +56,12 @@ def record(store: Store, job: Job, junit: bytes | None, reruns: int = 0) -> int:
     for case in cases(junit, reruns) if junit else []:   # a test named twice by its own suites: the worse
         if case.rerun or case.test_id not in found or _BAD.get(case.outcome, 0) > _BAD.get(found[case.test_id].outcome, 0):
             found[case.test_id] = case
-    rows = [(job.id, job.attempts, job.repository, c.test_id, "flaky" if c.test_id in job.flaky else c.outcome,
-             c.seconds) for c in found.values()]
-    passed = [(job.repository, c.test_id, c.seconds, job.id) for c in found.values() if c.outcome == "passed"]
-    if rows:
-        with store.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", rows)
-            db.executemany(_DURATION, passed)
-    return len(rows)
-
-
-# A test's duration for splitting a suite (sharding.py): a moving average over its
-# passing runs, each job counted once, however often it is recorded.
-_DURATION = (
-    "INSERT INTO test_durations (repository, test_id, seconds, runs, job_id) VALUES (?, ?, ?, 1, ?)"
-    " ON CONFLICT (repository, test_id) DO UPDATE SET"
-    f" seconds = seconds * {1 - AVERAGE_WEIGHT} + excluded.seconds * {AVERAGE_WEIGHT},"
-    " runs = runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id")
+    if found:
+        store.tests.record(job.id, job.attempts, job.repository,
+                           [(c.test_id, "flaky" if c.test_id in job.flaky else c.outcome, c.seconds)
+                            for c in found.values()],
+                           [(c.test_id, c.seconds) for c in found.values() if c.outcome == "passed"])
+    return len(found)
 
 
 class History:
@@ -91,29 +71,13 @@ class History:
     def runs(self, repository: str, test_id: str, branch: str | None = None, before: int | None = None,
              limit: int = 100) -> list[Run]:
         """The test's outcome in the newest jobs of ``branch`` (any, if None), newest first."""
-        sql = ("SELECT j.id, j.commit_sha, t.outcome, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
-               " WHERE t.repository = ? AND t.test_id = ? AND t.attempt = j.attempts")
-        args: list[object] = [repository, test_id]
-        if branch is not None:
-            sql += " AND EXISTS (SELECT 1 FROM json_each(j.branches) WHERE value = ?)"
-            args.append(branch)
-        if before is not None:
-            sql += " AND j.id < ?"
-            args.append(before)
-        rows = self.store.query(sql + " ORDER BY j.id DESC LIMIT ?", [*args, limit])
-        return [Run(*row) for row in rows]
+        return self.store.tests.runs(repository, test_id, branch, before, limit)
 
     def flaky(self, repository: str, jobs: int = 500, limit: int = 50) -> list[dict]:
         """Tests that flip, ranked by flip rate over the newest ``jobs`` jobs: a flip is a
         change of outcome between two consecutive runs (in job order, whatever the branch),
         or a run that passed only when re-run; a test that never failed there is left out."""
-        newest = self.store.query("SELECT COALESCE(MAX(id), 0) FROM jobs WHERE repository = ?", (repository,))[0][0]
-        rows = self.store.query(
-            "SELECT t.test_id, t.outcome, j.commit_sha FROM test_cases t JOIN jobs j ON j.id = t.job_id"
-            " WHERE t.repository = ? AND t.attempt = j.attempts AND j.id > ? AND t.test_id IN"
-            " (SELECT DISTINCT test_id FROM test_cases WHERE repository = ? AND job_id > ?"
-            "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.id",
-            (repository, newest - jobs, repository, newest - jobs))
+        rows = self.store.tests.failing_tests_runs(repository, jobs)
         by_test: dict[str, list[tuple[str, str]]] = {}
         for test, ended, commit in rows:
             by_test.setdefault(test, []).append((ended, commit))
@@ -130,13 +94,7 @@ class History:
 
     def outcomes(self, repository: str, test_id: str, commits: list[str]) -> dict[str, str]:
         """The test's outcome at each of ``commits`` that was tested (its job's current attempt)."""
-        if not commits:
-            return {}
-        marks = ",".join("?" * len(commits))
-        rows = self.store.query(
-            f"SELECT j.commit_sha, t.outcome FROM test_cases t JOIN jobs j ON j.id = t.job_id WHERE t.repository = ?"
-            f" AND t.test_id = ? AND t.attempt = j.attempts AND j.commit_sha IN ({marks})", [repository, test_id, *commits])
-        return dict(rows)
+        return self.store.tests.outcomes(repository, test_id, commits)
 
     def record_of(self, job: Job, test_id: str, parents: dict[str, list[str]] | None = None) -> dict:
         """What the job page says of one failing test: ``since`` (the first commit of the

@@ -146,17 +146,13 @@ class LocalJobs:
 
     def deliveries(self, ref: JobRef) -> list[Document]:
         """The webhook deliveries of a job: sent, retrying (with the last error) or failed."""
-        from orchestrator.outbox import Outbox
-
-        return [d.document() for d in Outbox(self.store).of_job(self.job(ref).id)]
+        return [d.document() for d in self.store.outbox.of_job(self.job(ref).id)]
 
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]:
         """The newest bisections: their range, where they are, and what they named."""
-        from orchestrator.bisection import recent
-
         if repository is not None:
             self.repository(repository)
-        return [b.document() for b in recent(self.store, repository, limit)]
+        return [b.document() for b in self.store.bisections.recent(repository, limit)]
 
     def latest(self, repository: str, branch: str) -> Document | None:
         """The newest job of a branch (what its badge shows)."""

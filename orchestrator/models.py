@@ -9,7 +9,7 @@ worker and a cancel request, say) can never both win.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -67,6 +67,11 @@ class TestCounts:
     skipped: int = 0
 
 
+def _of_attempt(default: Any) -> Any:
+    """A field of one attempt's outcome: a new attempt starts it afresh (``transition``)."""
+    return field(default=default, metadata={"attempt": True})
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -78,22 +83,22 @@ class Job:
     queued_at: datetime
     attempts: int = 0
     started_at: datetime | None = None
-    finished_at: datetime | None = None
-    exit_code: int | None = None
-    message: str | None = None
-    container_id: str | None = None
+    finished_at: datetime | None = _of_attempt(None)
+    exit_code: int | None = _of_attempt(None)
+    message: str | None = _of_attempt(None)
+    container_id: str | None = _of_attempt(None)
     image_tag: str | None = None
     image_id: str | None = None
-    tests: TestCounts | None = None
-    log_truncated: bool = False
-    environment: dict[str, Any] | None = None   # what the attempt's environment was built from, if it had one
-    node: str | None = None                     # the machine that ran the attempt, on a Swarm
+    tests: TestCounts | None = _of_attempt(None)
+    log_truncated: bool = _of_attempt(False)
+    environment: dict[str, Any] | None = _of_attempt(None)   # what the attempt's environment was built from
+    node: str | None = _of_attempt(None)                     # the machine that ran the attempt, on a Swarm
     priority: int = 0                           # claimed highest first; a bisection's jobs are BISECT_PRIORITY
     culprit: dict[str, Any] | None = None       # set when a bisection named this commit: the range it bisected
-    flaky: tuple[str, ...] = ()                 # tests that failed, then passed when re-run in the same container
-    coverage: float | None = None               # line coverage in percent, from the suite's coverage.xml
-    artifacts: dict[str, Any] | None = None     # files collected for download: {"files", "refused", "bytes"}
-    shards: tuple[dict[str, Any], ...] = ()     # a split suite's containers, one summary each (sharding.py)
+    flaky: tuple[str, ...] = _of_attempt(())    # tests that failed, then passed when re-run in the same container
+    coverage: float | None = _of_attempt(None)  # line coverage in percent, from the suite's coverage.xml
+    artifacts: dict[str, Any] | None = _of_attempt(None)     # files collected for download: {"files", "refused", "bytes"}
+    shards: tuple[dict[str, Any], ...] = _of_attempt(())     # a split suite's containers, one summary each
 
     @property
     def duration_s(self) -> float | None:
@@ -101,6 +106,8 @@ class Job:
             return None
         return round((self.finished_at - self.started_at).total_seconds(), 3)
 
+
+_ATTEMPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Job) if f.metadata.get("attempt")}
 
 MANUAL_PRIORITY = 1    # submitted or retried by a user: before the pushes waiting, never coalesced
 NORMAL_PRIORITY = 0    # found by the observer
@@ -145,11 +152,7 @@ def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Jo
     if new not in _ALLOWED[job.status]:
         raise InvalidTransition(f"job {job.id}: cannot go from {job.status.value} to {new.value}")
     if new is JobStatus.RUNNING:
-        base = dict(
-            attempts=job.attempts + 1, started_at=now, finished_at=None, exit_code=None,
-            message=None, container_id=None, tests=None, log_truncated=False, environment=None, node=None, flaky=(),
-            coverage=None, artifacts=None, shards=(),
-        )
+        base: dict[str, Any] = {**_ATTEMPT_DEFAULTS, "attempts": job.attempts + 1, "started_at": now}
     elif new is JobStatus.QUEUED:
         base = dict(started_at=None, finished_at=None, container_id=None)
         if job.status.final:

@@ -1,5 +1,5 @@
-"""Webhook notifications: which state changes are news (``record``, called by the store
-inside the transaction of the change, so the delivery is written with it: outbox.py),
+"""Webhook notifications: which state changes are news (``news``, asked by the store inside
+the transaction of the change, so the delivery is written with it: store/outbox.py),
 and senders in the background, one per receiver, so a slow or dead receiver never holds
 up the dispatcher, nor another receiver, and a crash loses nothing.
 
@@ -21,19 +21,17 @@ import http.client
 import json
 import logging
 import socket
-import sqlite3
 import ssl
 import threading
 import time
 from urllib.parse import unquote, urlsplit
 
-from orchestrator import outbox
 from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus
-from orchestrator.outbox import Delivery, Outbox
 from orchestrator.results import result_document
-from orchestrator.store import Store
+from orchestrator.store import News, Store
+from orchestrator.store.outbox import Delivery
 
 log = logging.getLogger("orchestrator.notify")
 
@@ -45,7 +43,7 @@ class Notifier:
     def __init__(self, config: NotifyConfig, store: Store):
         self._config = config
         self._store = store
-        self.outbox = Outbox(store)
+        self.outbox = store.outbox
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -53,9 +51,10 @@ class Notifier:
 
     # -- what is news: in the transaction of the change ---------------------------------
 
-    def record(self, db: sqlite3.Connection, old: Job, new: Job) -> None:
+    def news(self, old: Job, new: Job) -> list[News]:
+        """The deliveries a change makes (the store writes them with the change)."""
         if not self._config.webhooks:
-            return
+            return []
         events = []
         if new.status.final and not old.status.final and new.status not in (JobStatus.CANCELLED, JobStatus.SKIPPED):
             previous = self._store.previous_verdict(new)
@@ -66,12 +65,10 @@ class Notifier:
         if new.culprit is not None and old.culprit is None:
             events.append(("culprit_found", {"event": "culprit_found", "job": result_document(new),
                                              "bisection": new.culprit}))
-        for event, body in events:
-            for url in self._config.webhooks:
-                outbox.add(db, new.id, new.attempts, event, url, body)
         if events:
             self._wake.set()
             self._wake.clear()
+        return [News(new.id, new.attempts, event, url, body) for event, body in events for url in self._config.webhooks]
 
     # -- sending ------------------------------------------------------------------------
 

@@ -102,26 +102,18 @@ class Planner:
 
     def plan(self, repository: str, count: int) -> Plan:
         repo = self.config.repository(repository)
-        rows = self.store.query("SELECT test_id, seconds FROM test_durations WHERE repository = ? LIMIT ?",
-                                (repository, MAX_DURATIONS))
-        return Plan(count, repo.shard_unit if repo else "test", {test: round(seconds, 4) for test, seconds in rows})
+        durations = self.store.tests.durations(repository, MAX_DURATIONS)
+        return Plan(count, repo.shard_unit if repo else "test",
+                    {test: round(seconds, 4) for test, seconds in durations.items()})
 
     def suite_seconds(self, repository: str) -> float | None:
         """The test time of the newest passing run of ``repository`` (None: none yet)."""
-        rows = self.store.query(
-            "SELECT SUM(t.seconds) FROM test_cases t JOIN jobs j ON j.id = t.job_id AND t.attempt = j.attempts"
-            " WHERE j.id = (SELECT MAX(id) FROM jobs WHERE repository = ? AND status = 'passed')", (repository,))
-        return rows[0][0] if rows and rows[0][0] is not None else None
+        return self.store.tests.suite_seconds(repository)
 
     def overhead(self, repository: str) -> float:
         """What one container costs beyond its tests: the median, over the newest unsplit
         passing runs, of the job's duration less its test time."""
-        rows = self.store.query(
-            "SELECT (julianday(j.finished_at) - julianday(j.started_at)) * 86400 - SUM(t.seconds)"
-            " FROM jobs j JOIN test_cases t ON t.job_id = j.id AND t.attempt = j.attempts"
-            " WHERE j.repository = ? AND j.status = 'passed' AND j.shards IS NULL"
-            " GROUP BY j.id ORDER BY j.id DESC LIMIT 20", (repository,))
-        costs = [max(row[0], 0.1) for row in rows if row[0] is not None]
+        costs = [max(cost, 0.1) for cost in self.store.tests.overheads(repository)]
         return statistics.median(costs) if costs else DEFAULT_OVERHEAD
 
 

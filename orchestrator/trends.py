@@ -11,8 +11,6 @@ from datetime import datetime, timedelta
 from orchestrator.models import TESTED_STATUSES, Job, JobStatus, iso, parse_iso, utcnow
 from orchestrator.store import Store
 
-_TESTED = tuple(s.value for s in TESTED_STATUSES)
-
 
 @dataclass(frozen=True)
 class Slow:
@@ -30,14 +28,7 @@ def runs(store: Store, repository: str, branch: str | None, limit: int = 100) ->
 
 def pass_rate_by_day(store: Store, repository: str, branch: str | None, days: int = 30) -> list[tuple[str, int, int]]:
     """(day, passed, tested) for each of the last ``days`` days that had a run, oldest first."""
-    since = iso(utcnow() - timedelta(days=days))
-    sql = ("SELECT substr(finished_at, 1, 10), SUM(status = 'passed'), COUNT(*) FROM jobs WHERE repository = ?"
-           f" AND status IN ({','.join('?' * len(_TESTED))}) AND finished_at >= ?")
-    args: list[object] = [repository, *_TESTED, since]
-    if branch is not None:
-        sql += " AND EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)"
-        args.append(branch)
-    return [(day, int(passed), int(total)) for day, passed, total in store.query(sql + " GROUP BY 1 ORDER BY 1", args)]
+    return store.pass_rate_by_day(repository, branch, iso(utcnow() - timedelta(days=days)))
 
 
 def slowest_tests(store: Store, repository: str, branch: str | None, count: int = 10, jobs: int = 20) -> list[Slow]:
@@ -46,9 +37,7 @@ def slowest_tests(store: Store, repository: str, branch: str | None, count: int 
     ids = [j.id for j in reversed(runs(store, repository, branch, limit=jobs))]
     if not ids:
         return []
-    marks = ",".join("?" * len(ids))
-    rows = store.query(f"SELECT t.test_id, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
-                       f" WHERE t.job_id IN ({marks}) AND t.attempt = j.attempts ORDER BY t.job_id", ids)
+    rows = store.tests.seconds_of_jobs(ids)
     series: dict[str, list[float]] = defaultdict(list)
     for test_id, seconds in rows:
         series[test_id].append(seconds)
@@ -62,10 +51,8 @@ def load(store: Store, minutes: int = 60, step_s: int = 60) -> list[tuple[dateti
     its first queueing)."""
     now = utcnow()
     start = now - timedelta(minutes=minutes)
-    rows = store.query("SELECT queued_at, started_at, finished_at, status FROM jobs"
-                       " WHERE finished_at IS NULL OR finished_at >= ?", (iso(start),))
     spans = []
-    for queued_at, started_at, finished_at, status in rows:
+    for queued_at, started_at, finished_at, status in store.spans(iso(start)):
         queued, started, finished = parse_iso(queued_at), parse_iso(started_at), parse_iso(finished_at)
         if status == JobStatus.SKIPPED.value or queued is None:
             continue

@@ -192,10 +192,9 @@ def test_a_split_suite_runs_as_services_of_its_own_with_the_plan_in_their_image(
                            "memory": "256m", "parallelism": 2, "timeout": 120}, repository={"shards": 2})
     store = Store(orch.config.db_path)
     try:
-        with store.transaction() as db:   # as earlier runs would have left them: test_one of test_a the longest
-            db.executemany("INSERT INTO test_durations (repository, test_id, seconds, runs, job_id) VALUES"
-                           " ('demo', ?, ?, 1, 0)", [("tests.test_a::test_one", 2.0), ("tests.test_b::test_one", 1.0),
-                                                     ("tests.test_a::test_two", 0.01), ("tests.test_b::test_two", 0.01)])
+        # as an earlier run would have left them: test_one of test_a the longest
+        store.tests.record(0, 1, "demo", [], [("tests.test_a::test_one", 2.0), ("tests.test_b::test_one", 1.0),
+                                              ("tests.test_a::test_two", 0.01), ("tests.test_b::test_two", 0.01)])
     finally:
         store.close()
     run = orch.cli("run", "--once", timeout=300)

@@ -19,7 +19,7 @@ def setup(tmp_path: Path, urls: list[str], **notify: object) -> tuple[Web, Notif
     w = Web(tmp_path, repo, notify={"webhooks": urls, "on": "all", "retries": 0, "timeout": 2, **notify})
     w.jobs.poll()
     notifier = Notifier(w.config.notify, w.store)
-    w.store.on_change = notifier.record
+    w.store.news = notifier.news
     notifier.start()
     return w, notifier
 

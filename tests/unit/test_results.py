@@ -264,7 +264,7 @@ def test_the_history_records_a_forged_rerun_as_the_failure_it_hides(tmp_path: Pa
     job = store.claim_next()
     forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
     history.record(store, job, forged)   # re-runs off
-    (outcome,) = [r[0] for r in store.query("SELECT outcome FROM test_cases WHERE test_id = ?",
-                                             ("tests.test_a::test_x",))]
+    (run,) = store.tests.runs("demo", "tests.test_a::test_x")
+    outcome = run.outcome
     store.close()
     assert outcome == "failed"

@@ -86,3 +86,39 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
     again = Store(path)
     assert again.get(1).commit == "e" * 40 and again.instance_id() == instance
     again.close()
+
+
+def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> None:
+    """The job table as 0.1.0 made it, with a job in it: opened, every field's column is
+    added, the schema's version is set, and the job reads and saves as any other."""
+    import sqlite3
+
+    from orchestrator.store.db import MIGRATIONS
+    from orchestrator.store.jobs import FIELDS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, repository TEXT NOT NULL,"
+               " commit_sha TEXT NOT NULL, branches TEXT NOT NULL, subject TEXT NOT NULL, status TEXT NOT NULL,"
+               " attempts INTEGER NOT NULL DEFAULT 0, queued_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
+               " exit_code INTEGER, message TEXT, container_id TEXT, image_tag TEXT, image_id TEXT, tests TEXT,"
+               " log_truncated INTEGER NOT NULL DEFAULT 0, UNIQUE (repository, commit_sha))")
+    db.execute("INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at)"
+               " VALUES ('demo', 'abcd1234', '[\"main\"]', 'old', 'queued', '2026-01-01T00:00:00Z')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        job = store.claim_next()
+        assert job is not None and job.commit == "abcd1234" and job.flaky == () and job.shards == ()
+        assert store.cancel_requested(job.id) is False
+        store.request_cancel(job)
+        assert store.cancel_requested(job.id) is True
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    assert {f.column for f in FIELDS} | {"cancel_requested"} <= columns
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    db.close()
+

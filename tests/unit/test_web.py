@@ -148,7 +148,7 @@ def test_api_token_guards_mutations(tmp_path: Path, repo: GitRepo) -> None:
 def notifying(w: Web) -> Notifier:
     """As the dispatcher wires it: the store tells it of each change, in its transaction."""
     notifier = Notifier(w.config.notify, w.store)
-    w.store.on_change = notifier.record
+    w.store.news = notifier.news
     notifier.start()
     return notifier
 
@@ -192,7 +192,7 @@ def test_a_delivery_is_written_with_the_final_status_and_sent_after_a_restart(tm
     repo.commit("root")
     w = Web(tmp_path, repo, notify={"webhooks": [webhooks.url], "on": "all"})
     w.jobs.poll()
-    w.store.on_change = Notifier(w.config.notify, w.store).record   # never started: a crash before sending
+    w.store.news = Notifier(w.config.notify, w.store).news   # never started: a crash before sending
     job = w.finish(JobStatus.PASSED)
     later = notifying(w)   # the next start
     later.close()

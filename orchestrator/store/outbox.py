@@ -1,22 +1,31 @@
-"""Webhook deliveries that survive a crash: each is a row of ``outbox``, written in the
-same transaction as the state change it tells of (a final status, a culprit named), and
-sent from there, at least once, by notify.py. A dispatcher killed between the two sends
-it after its restart; the receiver tells a repeat by the ``Idempotency-Key`` header.
-"""
+"""The webhook outbox: each delivery a row, written in the same transaction as the state
+change it tells of (a final status, a culprit named), and sent from there, at least once,
+by notify.py. A dispatcher killed between the two sends it after its restart; the receiver
+tells a repeat by the ``Idempotency-Key`` header."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from orchestrator.models import iso, parse_iso, utcnow
-from orchestrator.store import Store
+from orchestrator.store.db import Connection, Database, marks
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 _COLUMNS = "id, job_id, attempt, event, url, body, key, state, tries, next_at, last_error, created_at, sent_at"
+
+
+@dataclass(frozen=True)
+class News:
+    """A delivery to make: what ``Store.on_change`` answers for a change worth telling."""
+
+    job_id: int
+    attempt: int
+    event: str
+    url: str
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -43,18 +52,19 @@ class Delivery:
                 "sent_at": iso(self.sent_at), "attempt": self.attempt}
 
 
-def add(db: sqlite3.Connection, job_id: int, attempt: int, event: str, url: str, body: dict[str, Any]) -> None:
+def add(db: Connection, news: News) -> None:
     """Inside the caller's transaction (the state change's own)."""
-    key = f"job-{job_id}-attempt-{attempt}-{event}"
+    key = f"job-{news.job_id}-attempt-{news.attempt}-{news.event}"
+    now = iso(utcnow())
     db.execute("INSERT OR IGNORE INTO outbox (job_id, attempt, event, url, body, key, state, tries, next_at, created_at)"
                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-               (job_id, attempt, event, url, json.dumps(body, ensure_ascii=False), key, PENDING, iso(utcnow()),
-                iso(utcnow())))
+               (news.job_id, news.attempt, news.event, news.url, json.dumps(news.body, ensure_ascii=False), key,
+                PENDING, now, now))
 
 
 class Outbox:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, db: Database):
+        self._db = db
 
     def due(self, limit: int = 50, url: str | None = None, besides: list[str] | tuple[str, ...] = ()) -> list[Delivery]:
         """Pending deliveries whose time has come, oldest first: all, those to ``url``, or
@@ -63,15 +73,15 @@ class Outbox:
         if url is not None:
             where, args = where + " AND url = ?", [*args, url]
         if besides:
-            where, args = where + f" AND url NOT IN ({', '.join('?' * len(besides))})", [*args, *besides]
-        rows = self.store.query(f"SELECT {_COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?", (*args, limit))
-        return [_row(r) for r in rows]
+            where, args = where + f" AND url NOT IN ({marks(besides)})", [*args, *besides]
+        return [_row(r) for r in self._db.read(f"SELECT {_COLUMNS} FROM outbox WHERE {where} ORDER BY id LIMIT ?",
+                                              (*args, limit))]
 
     def pending(self) -> int:
-        return self.store.query("SELECT COUNT(*) FROM outbox WHERE state = ?", (PENDING,))[0][0]
+        return int(self._db.read("SELECT COUNT(*) FROM outbox WHERE state = ?", (PENDING,))[0][0])
 
     def of_job(self, job_id: int) -> list[Delivery]:
-        return [_row(r) for r in self.store.query(f"SELECT {_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,))]
+        return [_row(r) for r in self._db.read(f"SELECT {_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,))]
 
     def sent(self, delivery: Delivery) -> None:
         self._update(delivery, SENT, None, None, sent_at=iso(utcnow()))
@@ -85,10 +95,10 @@ class Outbox:
 
     def _update(self, delivery: Delivery, state: str, error: str | None, next_at: str | None,
                 sent_at: str | None = None) -> None:
-        with self.store.transaction() as db:
+        with self._db.write() as db:
             db.execute("UPDATE outbox SET state = ?, tries = tries + 1, last_error = COALESCE(?, last_error),"
-                       " next_at = COALESCE(?, next_at),"
-                       " sent_at = ? WHERE id = ?", (state, error, next_at, sent_at, delivery.id))
+                       " next_at = COALESCE(?, next_at), sent_at = ? WHERE id = ?",
+                       (state, error, next_at, sent_at, delivery.id))
 
 
 def _row(row: tuple) -> Delivery:

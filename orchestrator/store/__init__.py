@@ -1,0 +1,41 @@
+"""The store: SQLite (WAL), the job queue and the only source of truth for job state, and
+the only place where SQL is written.
+
+``Store`` is the jobs and the observer's progress (jobs.py), with the tables that hang off
+them: ``tests`` (the test history, tests.py), ``bisections`` (bisections.py) and ``outbox``
+(webhook deliveries, outbox.py). ``on_change(old, new)`` is asked, inside the transaction of
+every saved change of a job, what news it makes (webhook deliveries): they are written in that
+same transaction, so a crash between a final status and its webhook loses neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from orchestrator.models import Job
+from orchestrator.store import outbox
+from orchestrator.store.bisections import Bisections
+from orchestrator.store.db import Connection, Database
+from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
+from orchestrator.store.outbox import News, Outbox
+from orchestrator.store.tests import Tests
+
+__all__ = ["NewCommit", "News", "Store"]
+
+
+class Store(Jobs):
+    def __init__(self, path: Path):
+        self._database = Database(path, TABLE, ALL_COLUMNS)
+        super().__init__(self._database, self._write_news)
+        self.tests = Tests(self._database)
+        self.bisections = Bisections(self._database)
+        self.outbox = Outbox(self._database)
+        self.news: Callable[[Job, Job], Sequence[News]] | None = None
+
+    def _write_news(self, db: Connection, old: Job, new: Job) -> None:
+        for news in self.news(old, new) if self.news is not None else ():
+            outbox.add(db, news)
+
+    def close(self) -> None:
+        self._database.close()

@@ -1,0 +1,334 @@
+"""The job table: its fields, listed once, and every read and write of jobs and of the
+observer's progress.
+
+Every status change goes through ``models.transition`` and is saved with a compare-and-swap
+on the previous status and attempt, in its own transaction, before the caller acts on it.
+The observer's progress (the last seen head of each branch) is saved in the same
+transaction as the jobs it produced, so a crash can neither skip a commit nor queue it twice.
+
+FIELDS is the one list of a job's fields: the attribute of ``Job``, its column, the
+column's declaration, how it is written and read, and whether the compare-and-swap save
+writes it (branches and subject are the observer's: a stale copy of a job must not undo a
+branch added meanwhile). The columns, the table, the UPDATE and the row -> Job mapping are
+made from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
+from orchestrator.models import (
+    NORMAL_PRIORITY, TESTED_STATUSES, Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow,
+)
+from orchestrator.store.db import Connection, Database, marks
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _json_or_null(value: Any) -> Any:
+    return json.dumps(value) if value is not None else None
+
+
+def _from_json(value: Any) -> Any:
+    return json.loads(value) if value else None
+
+
+@dataclass(frozen=True)
+class Field:
+    attribute: str
+    column: str
+    declaration: str
+    write: Callable[[Any], Any] = _same
+    read: Callable[[Any], Any] = _same
+    saved: bool = True   # written by the compare-and-swap save
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("id", "id", "INTEGER PRIMARY KEY AUTOINCREMENT", saved=False),
+    Field("repository", "repository", "TEXT NOT NULL", saved=False),
+    Field("commit", "commit_sha", "TEXT NOT NULL", saved=False),
+    Field("branches", "branches", "TEXT NOT NULL", lambda b: json.dumps(sorted(set(b))),
+          lambda v: tuple(json.loads(v)), saved=False),
+    Field("subject", "subject", "TEXT NOT NULL", saved=False),
+    Field("status", "status", "TEXT NOT NULL", lambda s: s.value, JobStatus),
+    Field("queued_at", "queued_at", "TEXT NOT NULL", iso, parse_iso, saved=False),
+    Field("attempts", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    Field("started_at", "started_at", "TEXT", iso, parse_iso),
+    Field("finished_at", "finished_at", "TEXT", iso, parse_iso),
+    Field("exit_code", "exit_code", "INTEGER"),
+    Field("message", "message", "TEXT"),
+    Field("container_id", "container_id", "TEXT"),
+    Field("image_tag", "image_tag", "TEXT"),
+    Field("image_id", "image_id", "TEXT"),
+    Field("tests", "tests", "TEXT", lambda t: json.dumps(t.__dict__) if t else None,
+          lambda v: TestCounts(**json.loads(v)) if v else None),
+    Field("log_truncated", "log_truncated", "INTEGER NOT NULL DEFAULT 0", int, bool),
+    Field("environment", "environment", "TEXT", _json_or_null, _from_json),
+    Field("node", "node", "TEXT"),
+    Field("priority", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    Field("culprit", "culprit", "TEXT", _json_or_null, _from_json),
+    Field("flaky", "flaky", "TEXT", lambda f: json.dumps(list(f)) if f else None,
+          lambda v: tuple(json.loads(v)) if v else ()),
+    Field("coverage", "coverage", "REAL"),
+    Field("artifacts", "artifacts", "TEXT", _json_or_null, _from_json),
+    Field("shards", "shards", "TEXT", lambda s: json.dumps(list(s)) if s else None,
+          lambda v: tuple(json.loads(v)) if v else ()),
+)
+EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)   # the store's own, not the job's
+
+COLUMNS = ", ".join(f.column for f in FIELDS)
+_SAVED = [f for f in FIELDS if f.saved]
+TABLE = ("CREATE TABLE IF NOT EXISTS jobs ("
+         + ", ".join(f"{f.column} {f.declaration}" for f in FIELDS)
+         + "".join(f", {name} {declaration}" for name, declaration in EXTRA_COLUMNS)
+         + ", UNIQUE (repository, commit_sha))")
+ALL_COLUMNS = [(f.column, f.declaration) for f in FIELDS[1:]] + list(EXTRA_COLUMNS)
+_UPDATE = ("UPDATE jobs SET " + ", ".join(f"{f.column} = ?" for f in _SAVED)
+           + ", cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
+           + " WHERE id = ? AND status = ? AND attempts = ?")
+_TESTED = tuple(s.value for s in TESTED_STATUSES)
+_ON_BRANCH = "EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)"
+
+
+def job(row: Sequence[Any]) -> Job:
+    return Job(**{f.attribute: f.read(value) for f, value in zip(FIELDS, row)})
+
+
+@dataclass(frozen=True)
+class NewCommit:
+    """A commit to queue: what the observer found, or what a user submitted."""
+
+    sha: str
+    subject: str
+    branches: tuple[str, ...]
+    priority: int = NORMAL_PRIORITY
+
+
+Changed = Callable[[Connection, Job, Job], None]
+
+
+class Jobs:
+    """The jobs and the observer's progress in ``db``. ``changed(db, old, new)`` is told
+    of every saved change inside its transaction (the webhook outbox is written with the
+    state change it tells of)."""
+
+    def __init__(self, db: Database, changed: Changed | None = None):
+        self._db = db
+        self._changed = changed
+
+    def instance_id(self) -> str:
+        return self._db.instance_id()
+
+    # -- observer progress ------------------------------------------------------------
+
+    def heads(self, repository: str) -> dict[str, str] | None:
+        """The branch heads seen last, or None if the repository was never observed."""
+        if not self._db.read("SELECT 1 FROM repositories WHERE name = ?", (repository,)):
+            return None
+        return dict(self._db.read("SELECT branch, sha FROM heads WHERE repository = ?", (repository,)))
+
+    def record_commits(self, repository: str, commits: Sequence[NewCommit],
+                       heads: dict[str, str] | None = None) -> list[int]:
+        """Queue each commit once (a known commit gains the new branch names) and, when
+        ``heads`` is given, make it the repository's observed progress, atomically.
+        Returns the ids of the jobs that were created."""
+        now = iso(utcnow())
+        created: list[int] = []
+        with self._db.write() as db:
+            for commit in commits:
+                row = db.execute("SELECT id, branches FROM jobs WHERE repository = ? AND commit_sha = ?",
+                                 (repository, commit.sha)).fetchone()
+                if row is None:
+                    cur = db.execute(
+                        "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at, priority)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (repository, commit.sha, json.dumps(sorted(set(commit.branches))),
+                         commit.subject, JobStatus.QUEUED.value, now, commit.priority))
+                    created.append(int(cur.lastrowid or 0))
+                else:
+                    merged = sorted(set(json.loads(row[1])) | set(commit.branches))
+                    db.execute("UPDATE jobs SET branches = ? WHERE id = ?", (json.dumps(merged), row[0]))
+            if heads is not None:
+                db.execute("INSERT OR IGNORE INTO repositories (name, first_seen_at) VALUES (?, ?)", (repository, now))
+                db.execute("DELETE FROM heads WHERE repository = ?", (repository,))
+                db.executemany("INSERT INTO heads (repository, branch, sha) VALUES (?, ?, ?)",
+                               [(repository, b, s) for b, s in heads.items()])
+        return created
+
+    # -- reading jobs -------------------------------------------------------------------
+
+    def _jobs(self, where: str = "", args: Sequence[object] = (), tail: str = "") -> list[Job]:
+        return [job(r) for r in self._db.read(f"SELECT {COLUMNS} FROM jobs {where} {tail}", args)]
+
+    def get(self, job_id: int) -> Job | None:
+        found = self._jobs("WHERE id = ?", (job_id,))
+        return found[0] if found else None
+
+    def find(self, prefix: str, repository: str | None = None) -> Job:
+        """The one job whose commit starts with ``prefix``; raise if none or several."""
+        prefix = prefix.lower()
+        if not (4 <= len(prefix) <= 40) or any(c not in "0123456789abcdef" for c in prefix):
+            raise UsageError(f"{prefix[:50]!r} is not a commit sha or a prefix of one (4 to 40 hex digits)")
+        where, args = "WHERE commit_sha >= ? AND commit_sha < ?", [prefix, prefix + "g"]
+        if repository:
+            where, args = where + " AND repository = ?", [*args, repository]
+        found = self._jobs(where, args, "LIMIT 2")
+        if not found:
+            raise UnknownCommit(f"no job for a commit starting with {prefix}")
+        if len(found) > 1:
+            raise UnknownCommit(f"commit prefix {prefix} is ambiguous: give more digits or --repo")
+        return found[0]
+
+    def list_jobs(self, repository: str | None = None, status: JobStatus | None = None,
+                  branch: str | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+        """Newest first."""
+        where: list[str] = []
+        args: list[object] = []
+        for condition, value in (("repository = ?", repository), ("status = ?", status.value if status else None),
+                                 (_ON_BRANCH, branch)):
+            if value:
+                where.append(condition)
+                args.append(value)
+        return self._jobs("WHERE " + " AND ".join(where) if where else "", [*args, limit, offset],
+                          "ORDER BY id DESC LIMIT ? OFFSET ?")
+
+    def with_status(self, *statuses: JobStatus) -> list[Job]:
+        """Oldest first."""
+        return self._jobs(f"WHERE status IN ({marks(statuses)})", [s.value for s in statuses], "ORDER BY id")
+
+    def by_commit(self, repository: str, sha: str) -> Job | None:
+        found = self._jobs("WHERE repository = ? AND commit_sha = ?", (repository, sha))
+        return found[0] if found else None
+
+    def attempt_history(self, job_id: int) -> list[dict[str, object]]:
+        """Every ended attempt of a job, oldest first: why each retry happened."""
+        rows = self._db.read("SELECT attempt, outcome, message, container_id, started_at, ended_at FROM attempts"
+                            " WHERE job_id = ? ORDER BY attempt", (job_id,))
+        keys = ("attempt", "outcome", "message", "container", "started_at", "ended_at")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def count(self, status: JobStatus) -> int:
+        return int(self._db.read("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,))[0][0])
+
+    def has_queued(self) -> bool:
+        """Cheap enough to ask many times a second."""
+        return bool(self._db.read("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1"))
+
+    def cancel_requested(self, job_id: int) -> bool:
+        rows = self._db.read("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def latest_on_branch(self, repository: str, branch: str, final: bool = False,
+                         before: int | None = None) -> Job | None:
+        """The newest job of ``branch`` (optionally only tested ones, older than ``before``)."""
+        where, args = f"WHERE repository = ? AND {_ON_BRANCH}", [repository, branch]
+        if final:
+            where, args = where + f" AND status IN ({marks(_TESTED)})", [*args, *_TESTED]
+        if before is not None:
+            where, args = where + " AND id < ?", [*args, before]
+        found = self._jobs(where, args, "ORDER BY id DESC LIMIT 1")
+        return found[0] if found else None
+
+    def next_queued(self, besides: frozenset[int] = frozenset()) -> Job | None:
+        """The job ``claim_next`` would take, without taking it; the next after ``besides``
+        (jobs already started warm)."""
+        found = self._jobs(f"WHERE status = 'queued' AND id NOT IN ({marks(tuple(besides))})", tuple(besides),
+                           "ORDER BY priority DESC, id LIMIT 1")
+        return found[0] if found else None
+
+    def queued_on_branches(self, repository: str, branches: Sequence[str], priority: int) -> list[Job]:
+        """Queued jobs of ``repository`` at ``priority`` on any of ``branches``, oldest first."""
+        return self._jobs(f"WHERE status = 'queued' AND repository = ? AND priority = ? AND EXISTS (SELECT 1 FROM "
+                          f"json_each(jobs.branches) WHERE value IN ({marks(branches)}))",
+                          (repository, priority, *branches), "ORDER BY id")
+
+    def previous_verdict(self, job: Job) -> JobStatus | None:
+        """The final status of the newest earlier job on any of ``job``'s branches (what a
+        notification calls a recovery from)."""
+        earlier = [self.latest_on_branch(job.repository, b, final=True, before=job.id) for b in job.branches]
+        newest = max((j for j in earlier if j is not None), key=lambda j: j.id, default=None)
+        return newest.status if newest else None
+
+    # -- what the pictures read ----------------------------------------------------------
+
+    def pass_rate_by_day(self, repository: str, branch: str | None, since: str) -> list[tuple[str, int, int]]:
+        """(day, passed, tested) for each day since ``since`` that had a run, oldest first."""
+        sql = ("SELECT substr(finished_at, 1, 10), SUM(status = 'passed'), COUNT(*) FROM jobs WHERE repository = ?"
+               f" AND status IN ({marks(_TESTED)}) AND finished_at >= ?")
+        args: list[object] = [repository, *_TESTED, since]
+        if branch is not None:
+            sql, args = sql + f" AND {_ON_BRANCH}", [*args, branch]
+        return [(day, int(passed), int(total)) for day, passed, total in self._db.read(sql + " GROUP BY 1 ORDER BY 1",
+                                                                                       args)]
+
+    def spans(self, since: str) -> list[tuple[str | None, str | None, str | None, str]]:
+        """(queued_at, started_at, finished_at, status) of every job not finished before ``since``."""
+        return [tuple(r) for r in self._db.read("SELECT queued_at, started_at, finished_at, status FROM jobs"  # type: ignore[misc]
+                                               " WHERE finished_at IS NULL OR finished_at >= ?", (since,))]
+
+    # -- changing jobs ------------------------------------------------------------------
+
+    def request_cancel(self, job: Job) -> Job:
+        """Cancel a job: at once if queued; if running, flag it for the dispatcher, which
+        kills the container and records the result."""
+        if job.status is JobStatus.QUEUED:
+            return self.move(job, JobStatus.CANCELLED, message="cancelled before it ran")
+        if job.status is not JobStatus.RUNNING:
+            raise InvalidTransition(f"job {job.id} is already {job.status.value}")
+        with self._db.write() as db:
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job.id,))
+        return job
+
+    def claim(self, job: Job) -> Job | None:
+        """Move this queued job to running (a new attempt), unless it changed meanwhile."""
+        try:
+            return self.move(job, JobStatus.RUNNING)
+        except InvalidTransition:
+            return None
+
+    def claim_next(self) -> Job | None:
+        """Move the oldest queued job to running (a new attempt) and return it."""
+        while (found := self.next_queued()) is not None:
+            claimed = self.claim(found)
+            if claimed is not None:
+                return claimed
+        return None
+
+    def move(self, old: Job, status: JobStatus, **changes: object) -> Job:
+        """Apply one transition, if nobody else changed the job meanwhile."""
+        with self._db.write() as db:
+            current = job(db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (old.id,)).fetchone())
+            if current.status is not old.status or current.attempts != old.attempts:
+                raise InvalidTransition(f"job {old.id} is {current.status.value} (attempt {current.attempts}), "
+                                        f"not {old.status.value} (attempt {old.attempts})")
+            new = transition(current, status, utcnow(), **changes)
+            self._save(db, current, new)
+            return new
+
+    def apply(self, old: Job, new: Job) -> Job:
+        """Save ``new`` (a transition made by ``models.transition``, or facts about a running
+        attempt: its container, image, start) if the job is still ``old`` in the store."""
+        with self._db.write() as db:
+            self._save(db, old, new)
+        return new
+
+    def _save(self, db: Connection, old: Job, new: Job) -> None:
+        """The compare-and-swap write of ``new`` over ``old`` (status and attempt); an attempt
+        that ends is recorded in ``attempts``; then ``changed``, in the same transaction."""
+        values = [f.write(getattr(new, f.attribute)) for f in _SAVED]
+        cur = db.execute(_UPDATE, (*values, new.status.value, old.id, old.status.value, old.attempts))
+        if cur.rowcount != 1:
+            raise InvalidTransition(f"job {old.id} changed underneath (was {old.status.value})")
+        if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
+            db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, outcome, message, container_id,"
+                       " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (old.id, old.attempts, "retried" if new.status is JobStatus.QUEUED else new.status.value,
+                        new.message, old.container_id, iso(old.started_at), iso(new.finished_at or utcnow())))
+        if self._changed is not None:
+            self._changed(db, old, new)
