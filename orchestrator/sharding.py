@@ -25,15 +25,16 @@ from typing import Any
 from orchestrator.config import Config
 from orchestrator.models import JobStatus
 from orchestrator.store import Store
+from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.sharding")
 
-PLAN_FILE = "shard-plan.json"   # in the container's /ci-out, where the plugin reads it
+PLAN_FILE = protocol.SHARD_PLAN   # in the container's /ci-out, where the plugin reads it
 TARGET_SECONDS = 60.0           # what ``auto`` aims one shard's tests at
 DEFAULT_OVERHEAD = 5.0          # seconds a container costs beyond its tests, until jobs have told
 MAX_DURATIONS = 200_000         # test durations put in one plan
 RECORDED_FOR = 5.0              # seconds a repository's recorded suite time is used before it is read again
-COLLECTED = "orchestrator-collected"   # the property each shard's report carries (the plugin sets it)
+COLLECTED = protocol.COLLECTED_PROPERTY   # the property each shard's report carries (the plugin sets it)
 
 # The worst of the shards is the commit's status.
 _SEVERITY = [JobStatus.PASSED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.ERROR, JobStatus.CANCELLED]
@@ -50,7 +51,7 @@ class Plan:
         return json.dumps({"count": self.count, "unit": self.unit, "durations": self.durations}).encode()
 
     def environment(self, index: int) -> dict[str, str]:
-        return {"ORCHESTRATOR_SHARD": f"{index}/{self.count}"}
+        return {protocol.SHARD: f"{index}/{self.count}"}
 
 
 class Planner:

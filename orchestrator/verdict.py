@@ -17,19 +17,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from orchestrator.models import JobStatus, TestCounts
+from runner_image import orchestrator_protocol as protocol
 
 if TYPE_CHECKING:
     from orchestrator.backends.base import ContainerState
     from orchestrator.config import RunnerConfig
 
-# Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5.
-EXIT_NO_TESTS_DIR = 100
-EXIT_NO_PYTEST = 101
-EXIT_NOT_INSTALLED = 102
-# Only where the entrypoint supervises the suite (a Swarm task: the dispatcher cannot
-# watch its workspace, nor the engine tell an OOM kill):
-EXIT_DISK_LIMIT = 103
-EXIT_OUT_OF_MEMORY = 104
+# Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5 (the protocol's).
+EXIT_NO_TESTS_DIR, EXIT_NO_PYTEST, EXIT_NOT_INSTALLED = (protocol.EXIT_NO_TESTS_DIR, protocol.EXIT_NO_PYTEST,
+                                                         protocol.EXIT_NOT_INSTALLED)
+RERUN_SUITE = protocol.RERUN_SUITE
 
 _PYTEST_ERRORS = {
     2: "collection error or interrupted run (pytest exit 2)",
@@ -176,9 +173,6 @@ def parse_junit(data: bytes, reruns: int = 0) -> TestCounts | None:
     return counts
 
 
-RERUN_SUITE = "orchestrator-rerun-"   # runner_image/entrypoint.py names each re-run's testsuite so
-
-
 def flaky(data: bytes | None, reruns: int = 0) -> list[str]:
     """The tests that failed and then passed when re-run in the same container."""
     try:
@@ -189,9 +183,8 @@ def flaky(data: bytes | None, reruns: int = 0) -> list[str]:
 
 
 def test_id(case: ET.Element) -> str:
-    """A test case's id, as everything here names it: ``<classname>::<name>``."""
-    classname, name = case.get("classname") or "", case.get("name") or ""
-    return f"{classname}::{name}" if classname else name
+    """A test case's id, as everything here names it: ``<classname>::<name>`` (the protocol's rule)."""
+    return protocol.test_id(case.get("classname") or "", case.get("name") or "")
 
 
 def outcome(case: ET.Element) -> str:

@@ -53,20 +53,13 @@ import sys
 import time
 import traceback
 
-WORKSPACE = "/workspace"
-JUNIT = "/ci-out/junit.xml"
-SITE = "/ci-out/site"
-MAX_REPORT_BYTES = 20 * 1024 * 1024
+import orchestrator_protocol as protocol   # beside this file: the contract with the orchestrator
+
+WORKSPACE, JUNIT, SITE = protocol.WORKSPACE, protocol.JUNIT, protocol.SITE
 REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
-RERUN_SUITE = "orchestrator-rerun-"   # orchestrator/verdict.py reads re-runs by this name
 MAX_RERUN_TESTS = 100                 # more failures than that is a broken commit, not a flaky test
-EXIT_DISK_LIMIT = 103
-EXIT_OUT_OF_MEMORY = 104
 WATCH_EVERY = 0.5           # as the dispatcher's DiskWatch on one engine
-MAX_ENTRIES = 1_000_000     # more files than that is over any limit
-FRAME_ENV = "ORCHESTRATOR_REPORT_FRAME"
-FRAME_FILE = "/ci-out/.report-frame"
-LIMITS_ENV = "ORCHESTRATOR_DISK_LIMITS"
+FRAME_FILE = f"{protocol.OUTPUT_DIR}/{protocol.FRAME_FILE}"
 SUITE_ARGUMENT = "--suite"
 PR_SET_DUMPABLE = 4
 OOM_COUNTERS = ("/sys/fs/cgroup/memory.events",              # cgroup v2
@@ -99,8 +92,8 @@ def install_project() -> bool:
 
 def main() -> int:
     os.chdir(WORKSPACE)
-    installed = not os.environ.get("ORCHESTRATOR_INSTALL") or install_project()
-    release = os.environ.get("ORCHESTRATOR_RELEASE_FILE")
+    installed = not os.environ.get(protocol.INSTALL) or install_project()
+    release = os.environ.get(protocol.RELEASE)
     if release:
         try:
             import pytest  # noqa: F401  (warm the import cache before the job is released)
@@ -108,29 +101,29 @@ def main() -> int:
             pass
         wait_for_release(release)
     if not installed:
-        return 102
-    command = os.environ.get("ORCHESTRATOR_COMMAND")
+        return protocol.EXIT_NOT_INSTALLED
+    command = os.environ.get(protocol.COMMAND)
     if command:
         os.environ["PYTEST_ADDOPTS"] = f"{REPORT_OPTIONS} {os.environ.get('PYTEST_ADDOPTS', '')}".strip()
         return subprocess.call(["/bin/sh", "-c", command])
     if not os.path.isdir("tests"):
         print("orchestrator: this commit has no tests directory", flush=True)
-        return 100
+        return protocol.EXIT_NO_TESTS_DIR
     try:
         import pytest
     except ImportError:
         print("orchestrator: pytest is not installed in the runner image", flush=True)
-        return 101
+        return protocol.EXIT_NO_PYTEST
     from orchestrator_shard import Shard   # imported before the commit's folder goes on the path
 
     shard = Shard.from_environment()
-    sys.path.insert(0 if not os.environ.get("ORCHESTRATOR_INSTALL") else 1, WORKSPACE)
+    sys.path.insert(0 if not os.environ.get(protocol.INSTALL) else 1, WORKSPACE)
     failed = FailedTests()
     status = int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"],
                              plugins=[failed] + ([shard] if shard else [])))
     if status == 5 and shard and shard.collected:   # more shards than tests: this one's share is empty
         status = 0
-    reruns = int(os.environ.get("ORCHESTRATOR_RERUN_FAILURES") or 0)
+    reruns = int(os.environ.get(protocol.RERUN_FAILURES) or 0)
     if status == 1 and reruns and 0 < len(failed.nodeids) <= MAX_RERUN_TESTS:
         status = rerun_failures(list(failed.nodeids), reruns)
     return status
@@ -156,7 +149,7 @@ def rerun_failures(nodeids: list, times: int) -> int:
         print(f"\norchestrator: re-running the {len(nodeids)} failed test(s), re-run {attempt} of {times}", flush=True)
         report = f"{JUNIT}.rerun{attempt}"
         status = subprocess.call([sys.executable, "-m", "pytest", *nodeids, f"--junitxml={report}",
-                                  "-o", "junit_family=xunit2", "-o", f"junit_suite_name={RERUN_SUITE}{attempt}",
+                                  "-o", "junit_family=xunit2", "-o", f"junit_suite_name={protocol.RERUN_SUITE}{attempt}",
                                   "-p", "no:cacheprovider", "-v", "-rfE"], stdin=subprocess.DEVNULL)
         add_report(report)
         if status == 0:
@@ -190,36 +183,11 @@ def print_report(frame: str) -> None:
     sys.stderr.flush()
     try:
         with open(JUNIT, "rb") as fh:
-            report = fh.read(MAX_REPORT_BYTES + 1)
+            report = fh.read(protocol.MAX_REPORT_BYTES + 1)
     except OSError:
         report = b""
-    body = base64.encodebytes(report).decode() if 0 < len(report) <= MAX_REPORT_BYTES else ""
+    body = base64.encodebytes(report).decode() if 0 < len(report) <= protocol.MAX_REPORT_BYTES else ""
     os.write(1, f"\n{frame} begin\n{body}{frame} end\n".encode())
-
-
-def used(folders: list) -> int:
-    """Blocks held under ``folders`` (a sparse file costs what it uses), each inode once:
-    the count the dispatcher's DiskWatch makes on one engine (orchestrator/run/watch.py),
-    written again here because the runner image does not hold the orchestrator package."""
-    seen, total, stack = set(), 0, list(folders)
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-        if len(seen) > MAX_ENTRIES:
-            return 1 << 62
-    return total
 
 
 def oom_kills() -> int:
@@ -251,7 +219,7 @@ def run_child() -> int:
                 fh.write("1000")
         except OSError:
             pass
-        environment = {k: v for k, v in os.environ.items() if k not in (FRAME_ENV, LIMITS_ENV)}
+        environment = {k: v for k, v in os.environ.items() if k not in (protocol.REPORT_FRAME, protocol.DISK_LIMITS)}
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), SUITE_ARGUMENT], environment)
     except BaseException:
         traceback.print_exc()
@@ -298,7 +266,8 @@ def supervised(limits: list) -> int:
     over = None
     while True:
         done, wait_status = os.waitpid(child, os.WNOHANG)
-        over = next(((folders, limit) for folders, limit in limits if used(folders) > limit), None)
+        over = next(((folders, limit) for folders, limit in limits if protocol.disk_used(folders, limit) > limit),
+                    None)
         if done or over:
             break
         time.sleep(WATCH_EVERY)
@@ -312,14 +281,14 @@ def supervised(limits: list) -> int:
         folders, limit = over
         print(f"\norchestrator: more than {limit} bytes written into {' and '.join(folders)}: "
               "the tests were stopped", flush=True)
-        return EXIT_DISK_LIMIT
+        return protocol.EXIT_DISK_LIMIT
     try:
         os.killpg(child, signal.SIGKILL)   # what the suite left running: nothing writes after its end
     except (ProcessLookupError, PermissionError):
         pass
     if os.WIFSIGNALED(wait_status) and oom_kills() > oom_before:
         print("\norchestrator: the tests were killed by the kernel at the memory limit", flush=True)
-        return EXIT_OUT_OF_MEMORY
+        return protocol.EXIT_OUT_OF_MEMORY
     code = os.waitstatus_to_exitcode(wait_status)
     return 128 - code if code < 0 else code
 
@@ -327,10 +296,10 @@ def supervised(limits: list) -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == [SUITE_ARGUMENT]:
         sys.exit(run_suite())
-    marker = take_frame_marker() if os.environ.get(FRAME_ENV) else None
-    limits = os.environ.get(LIMITS_ENV)
+    marker = take_frame_marker() if os.environ.get(protocol.REPORT_FRAME) else None
+    limits = os.environ.get(protocol.DISK_LIMITS)
     # a framed report needs the suite in a process of its own, even with nothing to watch
     status = supervised(json.loads(limits) if limits else []) if limits or marker is not None else main()
     if marker is not None:
-        print_report(f"--- orchestrator report {marker}")
+        print_report(protocol.frame(marker))
     sys.exit(status)

@@ -27,17 +27,13 @@ import os
 import re
 import statistics
 
-PLAN = "/ci-out/shard-plan.json"
+try:
+    import orchestrator_protocol as protocol   # in the runner image: beside this file
+except ImportError:   # from the source tree, as the orchestrator's own tests import it
+    from runner_image import orchestrator_protocol as protocol
 
-
-def test_id(nodeid: str) -> str:
-    """The id the orchestrator knows a test by, the JUnit report's ``<classname>::<name>``,
-    from a pytest node id (pytest's junitxml makes its names the same way)."""
-    path, bracket, params = nodeid.partition("[")
-    names = path.split("::")
-    names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
-    names[-1] += bracket + params
-    return "::".join([".".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+PLAN = f"{protocol.OUTPUT_DIR}/{protocol.SHARD_PLAN}"
+test_id = protocol.test_id_of_node
 
 
 def unit_of(nodeid: str, unit: str) -> str:
@@ -88,7 +84,7 @@ class Shard:
 
     @classmethod
     def from_environment(cls) -> "Shard | None":
-        spec = os.environ.get("ORCHESTRATOR_SHARD", "")
+        spec = os.environ.get(protocol.SHARD, "")
         match = re.fullmatch(r"(\d+)/(\d+)", spec)
         if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
             return None
@@ -120,5 +116,5 @@ class Shard:
         except ImportError:   # an older pytest: the report only lacks the check
             xml = None
         if xml is not None:
-            xml.add_global_property("orchestrator-shard", f"{self.index}/{self.count}")
-            xml.add_global_property("orchestrator-collected", f"{collected}:{ids}")
+            xml.add_global_property(protocol.SHARD_PROPERTY, f"{self.index}/{self.count}")
+            xml.add_global_property(protocol.COLLECTED_PROPERTY, f"{collected}:{ids}")

@@ -31,6 +31,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner_image import orchestrator_protocol as protocol
+
 if TYPE_CHECKING:
     from orchestrator.backends.docker import DockerBackend
 
@@ -42,9 +44,7 @@ LABEL_ATTEMPT = "orchestrator.attempt"
 LABEL_WARM = "orchestrator.warm"
 LABEL_SHARD = "orchestrator.shard"   # "k/N" on each container of a split suite
 
-WORKSPACE = "/workspace"
-OUTPUT_DIR = "/ci-out"
-MAX_REPORT_BYTES = 20 * 1024 * 1024
+WORKSPACE, OUTPUT_DIR, MAX_REPORT_BYTES = protocol.WORKSPACE, protocol.OUTPUT_DIR, protocol.MAX_REPORT_BYTES
 
 
 def container_name(instance: str, job_id: int, attempt: int, shard: int | None = None) -> str:

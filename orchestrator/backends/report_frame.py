@@ -16,17 +16,15 @@ import secrets
 from collections.abc import Iterator
 
 from orchestrator.backends.base import MAX_REPORT_BYTES
+from runner_image import orchestrator_protocol as protocol
 
-FRAME_ENV = "ORCHESTRATOR_REPORT_FRAME"
-FRAME_FILE = ".report-frame"   # in the output folder (/ci-out), read and removed by the entrypoint
+FRAME_ENV = protocol.REPORT_FRAME
+FRAME_FILE = protocol.FRAME_FILE   # in the output folder (/ci-out), read and removed by the entrypoint
+frame = protocol.frame
 
 
 def new_marker() -> str:
     return secrets.token_hex(16)
-
-
-def frame(marker: str) -> str:
-    return f"--- orchestrator report {marker}"
 
 
 class Unframed:

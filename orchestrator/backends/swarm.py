@@ -45,13 +45,13 @@ from orchestrator.backends.report_frame import FRAME_ENV, FRAME_FILE, Unframed, 
 from orchestrator.config import memory_bytes
 from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.models import parse_iso
-from orchestrator.verdict import EXIT_DISK_LIMIT, EXIT_OUT_OF_MEMORY
+from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.swarm")
 
 _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
 _WAIT_POLL = 0.25
-LIMITS_ENV = "ORCHESTRATOR_DISK_LIMITS"   # runner_image/entrypoint.py reads it
+LIMITS_ENV = protocol.DISK_LIMITS   # runner_image/entrypoint.py reads it
 LABEL_MARKER = "orchestrator.report-marker"   # on the service only, never on its container
 NODE_CHECK = 2.0   # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
 
@@ -237,7 +237,8 @@ class SwarmBackend(Backend):
                 return ContainerState(service, Phase.EXITED, labels, exit_code=137, node=node)
             if state in ("complete", "failed") and exit_code is not None:
                 return ContainerState(service, Phase.EXITED, labels, exit_code=exit_code,
-                                      oom_killed=exit_code == EXIT_OUT_OF_MEMORY, over_disk=exit_code == EXIT_DISK_LIMIT,
+                                      oom_killed=exit_code == protocol.EXIT_OUT_OF_MEMORY,
+                                      over_disk=exit_code == protocol.EXIT_DISK_LIMIT,
                                       finished_at=parse_iso(status.get("Timestamp")), node=node)
             raise ContainerGone(f"task {state} on node {node or '?'} without an exit code: "
                                 f"{status.get('Err') or status.get('Message') or state}")

@@ -14,6 +14,7 @@ from orchestrator.backends.base import Backend, ImageInfo
 from orchestrator.config import Config
 from orchestrator.environment.build import EnvironmentBroken, Environments
 from orchestrator.environment.needs import BadDeclaration, detect
+from runner_image import orchestrator_protocol as protocol
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ def setup(config: Config, backend: Backend, environments: Environments | None, r
     EnvironmentBroken when what the commit declares cannot be built."""
     repo = config.repository(repository)
     assert repo is not None
-    variables = {**repo.env, **({"ORCHESTRATOR_COMMAND": repo.command} if repo.command else {}),
-                 **({"ORCHESTRATOR_RERUN_FAILURES": str(repo.rerun_failures)} if repo.rerun_failures else {})}
+    variables = {**repo.env, **({protocol.COMMAND: repo.command} if repo.command else {}),
+                 **({protocol.RERUN_FAILURES: str(repo.rerun_failures)} if repo.rerun_failures else {})}
     if repo.image:
         return Setup(backend.image(repo.image), variables)
     runner = backend.image(config.runner.image_for(repo.python))
@@ -43,7 +44,7 @@ def setup(config: Config, backend: Backend, environments: Environments | None, r
         return Setup(runner, variables)
     environment = environments.ensure(repository, needs, runner, repo.python, on_build)
     if needs.install_project:
-        variables["ORCHESTRATOR_INSTALL"] = "1"
+        variables[protocol.INSTALL] = "1"
         if version:
             for name in ("SETUPTOOLS_SCM_PRETEND_VERSION", "HATCH_VCS_PRETEND_VERSION", "PDM_BUILD_SCM_VERSION"):
                 variables.setdefault(name, version)

@@ -42,6 +42,7 @@ from orchestrator.run.conclude import conclude, os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Abandoned, Watch
 from orchestrator.workspace import Workspace, remove_tree
+from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.run")
 
@@ -146,8 +147,8 @@ class Attempt:
             workspace=ws.src.resolve(), output_dir=ws.out.resolve(), user=ctx.workspaces.container_user(),
             memory=cfg.memory, cpus=cfg.cpus, pids=cfg.pids, network=cfg.network, log_max_bytes=cfg.max_log_bytes,
             tmp_size=cfg.tmp_size, disk=cfg.disk, cpu_shares=warm.CPU_SHARES if self.release else None,
-            environment={**variables, "CI": "true", "HOME": "/tmp", "ORCHESTRATOR_COMMIT": job.commit,
-                         "ORCHESTRATOR_ATTEMPT": str(attempt),
+            environment={**variables, "CI": "true", "HOME": "/tmp", protocol.COMMIT: job.commit,
+                         protocol.ATTEMPT: str(attempt),
                          **(warm.environment() if self.release else {})},
         )
 

@@ -32,6 +32,7 @@ from orchestrator.run.watch import Watch
 from orchestrator.sharding import PLAN_FILE, Plan, merge_reports, mismatch, summary, worst
 from orchestrator.verdict import flaky, judge, parse_junit
 from orchestrator.workspace import Workspace, remove_tree
+from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.run")
 
@@ -83,7 +84,7 @@ class Shard:
         spec = dataclasses.replace(
             spec, name=container_name(ctx.instance, job.id, job.attempts, self.index),
             labels={**spec.labels, LABEL_SHARD: f"{self.index}/{plan.count}"},
-            environment={**spec.environment, **plan.environment(self.index), "ORCHESTRATOR_SHARD_TRY": str(self.tries)})
+            environment={**spec.environment, **plan.environment(self.index), protocol.SHARD_TRY: str(self.tries)})
         container_id = ctx.backend.prepare(spec)
         self.containers.append(container_id)
         state = ctx.backend.start(container_id)

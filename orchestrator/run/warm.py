@@ -20,9 +20,10 @@ from pathlib import Path
 
 from orchestrator.backends.base import LABEL_WARM, OUTPUT_DIR, ContainerState
 from orchestrator.models import Job
+from runner_image import orchestrator_protocol as protocol
 
-RELEASE_FILE = ".release"
-RELEASE_ENV = "ORCHESTRATOR_RELEASE_FILE"
+RELEASE_FILE = protocol.RELEASE_FILE
+RELEASE_ENV = protocol.RELEASE
 CPU_SHARES = 2   # the lowest weight: a warm container prepares on CPU that running jobs leave idle
 
 

@@ -24,6 +24,7 @@ from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, utcnow
 from orchestrator.run.context import Context
 from orchestrator.verdict import Kill
+from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.run")
 
@@ -65,8 +66,6 @@ class DiskWatch:
     ``every`` seconds: a suite can pass ``limit`` by what it writes in that time, no more.
     Blocks are counted (a sparse file costs what it uses), each inode once."""
 
-    MAX_ENTRIES = 1_000_000  # more files than that is over any limit
-
     def __init__(self, roots: list[Path], limit: int, every: float):
         self.roots, self.limit, self.every = roots, limit, every
         self._next = 0.0
@@ -78,26 +77,7 @@ class DiskWatch:
         return self.used() > self.limit
 
     def used(self) -> int:
-        seen: set[tuple[int, int]] = set()
-        total, stack = 0, list(self.roots)
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-            if len(seen) > self.MAX_ENTRIES:
-                return self.limit + 1
-        return total
+        return protocol.disk_used(self.roots, self.limit)
 
 
 class Watch:

@@ -5,7 +5,6 @@ tests/integration/test_shards.py."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import random
 from datetime import timedelta
@@ -23,10 +22,7 @@ from orchestrator.sharding import Planner, merge_reports, mismatch, worst
 from orchestrator.verdict import parse_junit
 from tests.helpers import write_config
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("orchestrator_shard", ROOT / "runner_image" / "orchestrator_shard.py")
-plugin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plugin)
+from runner_image import orchestrator_shard as plugin
 
 
 def test_test_ids_are_what_the_junit_report_calls_them() -> None:
