@@ -160,20 +160,22 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from orchestrator.backends import connect
-    from orchestrator.backends.image import build
+    from orchestrator.backends.engine import Engine
+    from orchestrator.backends.images import build
 
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
-    backend = connect(config.runner)
+    engine = Engine(config.runner.docker_host)
+    backend = connect(config.runner, engine)
     try:
         if args.action == "prune":
             from orchestrator.environment.build import prune
 
-            removed = prune(backend.builder, keep=max(0, args.keep))
+            removed = prune(engine, keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
         versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]
-        built = build(config, backend.builder, lambda line: console.print(line, markup=False), versions)
+        built = build(config, engine, lambda line: console.print(line, markup=False), versions)
         published = [backend.publish(info) for info in built]
     finally:
         backend.close()
@@ -196,6 +198,7 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jo
 
         return RemoteJobs(DispatcherClient(server, config.dispatcher.api_token))
     from orchestrator.backends import connect
+    from orchestrator.backends.engine import Engine
     from orchestrator.jobs import LocalJobs
     from orchestrator.store import Store
 
@@ -205,7 +208,7 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jo
         from orchestrator.workspace import prepare_directories
 
         prepare_directories(config)
-    return LocalJobs(config, Store(config.db_path), lambda: connect(config.runner))
+    return LocalJobs(config, Store(config.db_path), lambda: connect(config.runner, Engine(config.runner.docker_host)))
 
 
 def _ref(args: argparse.Namespace) -> "JobRef":

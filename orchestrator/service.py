@@ -11,6 +11,7 @@ import threading
 import time
 
 from orchestrator.backends import connect
+from orchestrator.backends.engine import Engine
 from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.environment.build import Environments, Settings
@@ -29,8 +30,9 @@ class Services:
         self.config = config
         prepare_directories(config)
         self.store = Store(config.db_path)
-        self.backend = connect(config.runner)
-        environments = Environments(config.state_dir, self.backend.builder,
+        self.engine = Engine(config.runner.docker_host)
+        self.backend = connect(config.runner, self.engine)
+        environments = Environments(config.state_dir, self.engine,
                                     Settings.of(config, self.store.instance_id()), self.backend.publish)
         self.dispatcher = Dispatcher(config, self.store, self.backend, environments)
         self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)

@@ -19,9 +19,9 @@ import docker
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.backends import connect
+from orchestrator.backends.engine import Engine
 from orchestrator import pythons
-from orchestrator.backends.image import build
+from orchestrator.backends.images import build
 from orchestrator.store import Store
 from tests.helpers import GitRepo, WebhookReceiver, write_config
 
@@ -44,11 +44,11 @@ def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("image")
     (directory / "repo").mkdir()
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
-    backend = connect(config.runner)
+    engine = Engine(config.runner.docker_host)
     try:
-        build(config, backend, lambda _line: None, pythons.OFFERED)
+        build(config, engine, lambda _line: None, pythons.OFFERED)
     finally:
-        backend.close()
+        engine.close()
     return config.runner.image
 
 

@@ -70,10 +70,6 @@ class FakeBackend(Backend):
     calls: list[str] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
-    @property
-    def builder(self):
-        raise AssertionError("the fake backend builds no images")
-
     def _call(self, name: str) -> None:
         self.calls.append(name)
         if self.faults[name] > 0:

@@ -6,16 +6,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from orchestrator.backends.base import Backend
+    from orchestrator.backends.engine import Engine
     from orchestrator.config import RunnerConfig
 
 
-def connect(runner: "RunnerConfig") -> "Backend":
-    """The backend ``runner`` names: the one place that picks it (it connects lazily)."""
+def connect(runner: "RunnerConfig", engine: "Engine") -> "Backend":
+    """The backend ``runner`` names, on ``engine`` (one engine's, or a Swarm manager's): the
+    one place that picks it (it connects lazily)."""
     if runner.backend == "swarm":
         from orchestrator.backends.swarm import SwarmBackend
 
         assert runner.registry is not None
-        return SwarmBackend(runner.docker_host, runner.registry, runner.constraints)
+        return SwarmBackend(engine, runner.registry, runner.constraints)
     from orchestrator.backends.docker import DockerBackend
 
-    return DockerBackend(runner.docker_host)
+    return DockerBackend(engine)

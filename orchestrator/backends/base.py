@@ -29,12 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from runner_image import orchestrator_protocol as protocol
-
-if TYPE_CHECKING:
-    from orchestrator.backends.docker import DockerBackend
 
 LABEL_INSTANCE = "orchestrator.instance"
 LABEL_JOB = "orchestrator.job"
@@ -104,21 +100,20 @@ class ImageInfo:
 
 
 class Backend(ABC):
+    """Where jobs' containers run. Every method raises EngineUnavailable when the engine
+    does not answer (the attempt then waits, or is re-queued); none raises for what the
+    tests did. Methods are called from many threads at once, each for its own container."""
+
     warm_starts = True   # whether a container may start before its slot frees (runner_image's release file)
     shares_workspace = True   # whether the container's workspace is the host folder (artifacts are read there)
 
-    @property
     @abstractmethod
-    def builder(self) -> "DockerBackend":
-        """The engine that builds images (runner, environments): the backend's own, or a
-        Swarm's manager."""
-
-    @abstractmethod
-    def ping(self) -> None: ...
+    def ping(self) -> None:
+        """Returns at once, or raises EngineUnavailable."""
 
     @abstractmethod
     def image(self, tag: str) -> ImageInfo:
-        """The image to run, or ImageMissing."""
+        """The image to run, or ImageMissing (a configuration error: not retried)."""
 
     def memory_total(self) -> int | None:
         """Bytes of memory where the containers run, if one engine runs them all: what
@@ -131,44 +126,56 @@ class Backend(ABC):
 
     def publish(self, image: ImageInfo) -> str | None:
         """Make a built image reachable by every machine that runs jobs; where it now is
-        (None: nothing to do, one engine runs everything)."""
+        (None: nothing to do, one engine runs everything). May block for a push."""
         return None
 
     @abstractmethod
     def prepare(self, spec: ContainerSpec) -> str:
-        """Create the container, not started, with its output captured from the start."""
+        """Create the container, not started, labelled, with its output captured from the
+        start; its id. Not idempotent: a second call makes a second container (the name
+        is the attempt's, so the engine refuses it while the first exists). May block (a
+        Swarm builds and pushes the job's image). ImageMissing if ``spec.image`` is gone."""
 
     @abstractmethod
-    def start(self, container_id: str) -> ContainerState: ...
+    def start(self, container_id: str) -> ContainerState:
+        """Start it (the clock of the job's timeout begins); its state. If the engine goes
+        away during the call, the container may or may not have started: the caller asks
+        ``inspect`` before starting it again."""
 
     @abstractmethod
     def output(self, container_id: str) -> Iterator[bytes]:
         """Everything the container prints, from its beginning, until it ends: for the one
-        attempt that watches it."""
+        attempt that watches it. Blocks between chunks; a cut raises EngineUnavailable."""
 
     @abstractmethod
     def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
-        """What the engine kept of the output; never disturbs ``output``."""
+        """What the engine kept of the output; never disturbs ``output``. With ``follow``,
+        blocks until the container ends."""
 
     @abstractmethod
-    def wait(self, container_id: str, seconds: float) -> ContainerState | None: ...
+    def wait(self, container_id: str, seconds: float) -> ContainerState | None:
+        """Block up to ``seconds``: the final state once exited, None if it still runs."""
 
     @abstractmethod
     def inspect(self, container_id: str) -> ContainerState | None:
-        """None if the container does not exist."""
+        """Its state now; None if the container does not exist."""
 
     @abstractmethod
     def report(self, container_id: str, output_dir: Path) -> bytes | None:
-        """The JUnit report of an exited container, read as the untrusted data it is."""
+        """The JUnit report of an exited container, read as the untrusted data it is
+        (a regular file, at most MAX_REPORT_BYTES), or None."""
 
     @abstractmethod
-    def stop(self, container_id: str) -> None: ...
+    def stop(self, container_id: str) -> None:
+        """Kill it. Best effort, idempotent: a container gone or stopped is fine."""
 
     @abstractmethod
-    def destroy(self, container_id: str) -> None: ...
+    def destroy(self, container_id: str) -> None:
+        """Remove it and what it holds. Idempotent: safe whatever state (or absence) it is in."""
 
     @abstractmethod
-    def find(self, labels: dict[str, str]) -> list[ContainerState]: ...
+    def find(self, labels: dict[str, str]) -> list[ContainerState]:
+        """The containers carrying all these labels (recovery after a restart)."""
 
     def close(self) -> None:
         """Release connections; the backend may be used again afterwards (it reconnects)."""

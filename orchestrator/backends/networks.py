@@ -13,13 +13,13 @@ import time
 from docker.errors import APIError, NotFound
 
 from orchestrator.backends.base import ContainerSpec
-from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.engine import Engine, engine_call
 
 log = logging.getLogger("orchestrator.swarm")
 
 
 class JobNetworks:
-    def __init__(self, manager: DockerBackend):
+    def __init__(self, manager: Engine):
         self.manager = manager
         self._lock = threading.Lock()
         self._pending: set[str] = set()   # job networks whose removal the engine refused so far

@@ -18,7 +18,7 @@ import requests
 from docker.errors import APIError, NotFound
 
 from orchestrator.backends.base import OUTPUT_DIR, WORKSPACE, ContainerSpec, ImageInfo
-from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.engine import Engine, engine_call
 from orchestrator.errors import ContainerGone, ImageMissing
 
 log = logging.getLogger("orchestrator.swarm")
@@ -31,15 +31,15 @@ class RegistryError(ContainerGone):
 
 
 class JobImages:
-    """Pushes to and deletes from ``registry`` through the engine of ``builder``."""
+    """Pushes to and deletes from ``registry`` through the engine ``engine``."""
 
-    def __init__(self, builder: DockerBackend, registry: str):
-        self.builder = builder
+    def __init__(self, engine: Engine, registry: str):
+        self.engine = engine
         self.registry = registry
 
     @property
     def api(self):
-        return self.builder.api
+        return self.engine.api
 
     def tag_of(self, job: str) -> str:
         return f"{self.registry}/{JOB_REPOSITORY}:{job}"

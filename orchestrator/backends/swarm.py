@@ -38,7 +38,7 @@ from docker.types import DriverConfig, Placement, Resources, RestartPolicy, Serv
 from orchestrator.backends.base import (
     OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
 )
-from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.engine import Engine, engine_call
 from orchestrator.backends.networks import JobNetworks
 from orchestrator.backends.registry import JobImages
 from orchestrator.backends.report_frame import FRAME_ENV, FRAME_FILE, Unframed, new_marker
@@ -63,13 +63,13 @@ class _Prepared:
 
 
 class SwarmBackend(Backend):
-    """Services on the Swarm whose manager is ``docker_host``; images through ``registry``."""
+    """Services on the Swarm whose manager is ``manager``; images through ``registry``."""
 
     warm_starts = False   # a warm container waits for a file in a shared folder: there is none
     shares_workspace = False   # the task writes on its node: no artifacts are collected
 
-    def __init__(self, docker_host: str | None, registry: str, constraints: list[str], timeout: float = 30):
-        self.manager = DockerBackend(docker_host, timeout)
+    def __init__(self, manager: Engine, registry: str, constraints: list[str]):
+        self.manager = manager
         self.images = JobImages(self.manager, registry)
         self.networks = JobNetworks(self.manager)
         self.constraints = list(constraints)
@@ -81,10 +81,6 @@ class SwarmBackend(Backend):
         self._digests: dict[str, str] = {}            # service -> its job image's digest, for clean-up
         self._nodes: dict[str, str] = {}              # node id -> hostname
         self._node_states: dict[str, tuple[float, bool]] = {}   # node id -> (when asked, down)
-
-    @property
-    def builder(self) -> DockerBackend:
-        return self.manager
 
     @property
     def api(self):

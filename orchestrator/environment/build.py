@@ -31,13 +31,13 @@ from typing import IO, Any
 
 from orchestrator import pythons
 from orchestrator.backends.base import LABEL_INSTANCE, ImageInfo
-from orchestrator.backends.docker import DockerBackend
-from orchestrator.backends.image import find_images, remove_image
+from orchestrator.backends.engine import Engine
+from orchestrator.backends.images import dpkg_status, find_images, remove_image
 from orchestrator.config import Config
 from orchestrator.environment.debs import Apt, AptTimedOut
 from orchestrator.environment.index import IndexProxy, host_index_url
 from orchestrator.environment.needs import Needs
-from orchestrator.environment.sandbox import Ended, Limits, Sandbox, TimedOut, dpkg_status, socket_folder
+from orchestrator.environment.sandbox import Ended, Limits, Sandbox, TimedOut, socket_folder
 from orchestrator.errors import InfrastructureError, OrchestratorError
 from orchestrator.workspace import container_user
 
@@ -98,13 +98,13 @@ class Environment:
 
 
 class Environments:
-    def __init__(self, state_dir: Path, backend: DockerBackend, settings: Settings,
+    def __init__(self, state_dir: Path, engine: Engine, settings: Settings,
                  publish: Callable[[ImageInfo], str | None] = lambda image: None):
         """``publish`` makes a new environment image reachable by every machine that runs
         jobs (Backend.publish: a Swarm's registry)."""
         self.state_dir = state_dir
         self.root = state_dir / "environments"
-        self.backend = backend
+        self.engine = engine
         self.settings = settings
         self.publish = publish
         self._locks: dict[str, threading.Lock] = {}
@@ -124,7 +124,7 @@ class Environments:
             failed = folder / "failed.json"
             if failed.is_file():
                 raise EnvironmentBroken(json.loads(failed.read_text())["reason"], folder / "environment.log")
-            for image in find_images(self.backend, {LABEL_ENVIRONMENT: fingerprint}):
+            for image in find_images(self.engine, {LABEL_ENVIRONMENT: fingerprint}):
                 tag = image["tags"][0] if image["tags"] else image["id"]
                 return Environment(fingerprint, ImageInfo(tag, image["id"]), needs, python, built=False)
             on_build("building environment")
@@ -176,7 +176,7 @@ class Environments:
         (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
         (folder / "constraints.txt").write_text("".join(f"{line}\n" for line in needs.constraints))
         log.info("%s: building environment %s (%d requirements)", repository, fingerprint[:12], len(needs.requirements))
-        sandbox = Sandbox(self.backend, {LABEL_INSTANCE: self.settings.instance, LABEL_ENVIRONMENT: fingerprint,
+        sandbox = Sandbox(self.engine, {LABEL_INSTANCE: self.settings.instance, LABEL_ENVIRONMENT: fingerprint,
                                          LABEL_REPOSITORY: repository}, self.settings.limits, deadline,
                           self.settings.user)
         with open(folder / "environment.log", "w") as out:
@@ -214,7 +214,7 @@ class Environments:
             failed = apt.refresh(out, deadline)
             if failed:
                 raise IndexUnreachable(f"Debian's package lists could not be read: {failed}")
-            status = dpkg_status(self.backend, runner.id, self.state_dir / "apt" / "status")
+            status = dpkg_status(self.engine, runner.id, self.state_dir / "apt" / "status")
             out.write(f"system packages: {', '.join(packages)}\n")
             failed = apt.fetch(packages, status, folder / "debs", out, deadline)
         if failed:
@@ -246,20 +246,20 @@ class Environments:
         return ImageInfo(tag, image_id)
 
     def prune(self, repository: str | None = None, keep: int = 0) -> list[str]:
-        return prune(self.backend, repository, keep)
+        return prune(self.engine, repository, keep)
 
 
-def prune(backend: DockerBackend, repository: str | None = None, keep: int = 0) -> list[str]:
+def prune(engine: Engine, repository: str | None = None, keep: int = 0) -> list[str]:
     """Remove environment images beyond the ``keep`` newest of each repository (one a
     container still uses stays, and is tried again next time); what was removed."""
     labels: dict[str, str | None] = {LABEL_ENVIRONMENT: None, **({LABEL_REPOSITORY: repository} if repository else {})}
     by_repository: dict[str, list[dict]] = {}
-    for image in find_images(backend, labels):
+    for image in find_images(engine, labels):
         by_repository.setdefault(image["labels"].get(LABEL_REPOSITORY, ""), []).append(image)
     removed = []
     for images in by_repository.values():
         for image in images[keep:]:
-            if remove_image(backend, image["id"], image["tags"]):
+            if remove_image(engine, image["id"], image["tags"]):
                 removed.append((image["tags"] or [image["id"]])[0])
     return removed
 

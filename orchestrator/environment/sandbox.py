@@ -15,11 +15,8 @@ instance's label, and removed at its end:
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,7 +29,8 @@ from docker.errors import APIError, NotFound
 from docker.types import LogConfig
 
 from orchestrator.backends.base import ImageInfo
-from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.engine import Engine, engine_call
+from orchestrator.backends.images import commit
 from orchestrator.errors import EngineUnavailable, InfrastructureError, OrchestratorError
 
 log = logging.getLogger("orchestrator.environment")
@@ -77,12 +75,11 @@ class Ended:
 
 
 class Sandbox:
-    """One-shot containers on ``backend`` for one build, all ending by ``deadline``
+    """One-shot containers on ``engine`` for one build, all ending by ``deadline``
     (``time.monotonic()``)."""
 
-    def __init__(self, backend: DockerBackend, labels: dict[str, str], limits: Limits, deadline: float,
-                 user: str):
-        self.backend = backend
+    def __init__(self, engine: Engine, labels: dict[str, str], limits: Limits, deadline: float, user: str):
+        self.engine = engine
         self.labels = labels
         self.limits = limits
         self.deadline = deadline
@@ -113,13 +110,13 @@ class Sandbox:
             ended = self._run(container, out)
             if ended.status != 0 or ended.oom_killed:
                 return ended, None
-            return ended, self._commit(container, image, tag, labels)
+            return ended, commit(self.engine, container, image, tag, labels)
 
     # -- one container ------------------------------------------------------------------
 
     @contextmanager
     def _container(self, image: str, command: list[str], binds: dict[str, tuple[str, str]], root: bool) -> Iterator[str]:
-        api = self.backend.api
+        api = self.engine.api
         host_config = api.create_host_config(
             binds={host: {"bind": inside, "mode": mode} for host, (inside, mode) in binds.items()},
             network_mode="none", mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
@@ -136,85 +133,37 @@ class Sandbox:
             yield created["Id"]
         finally:
             try:
-                with engine_call("remove an environment build's container"):
-                    api.remove_container(created["Id"], force=True, v=True)
-            except NotFound:
-                pass
+                self.engine.remove(created["Id"])
             except (APIError, EngineUnavailable) as exc:   # recovery's sweep removes it (it has the instance's label)
                 log.warning("environment build container %s not removed yet: %s", created["Id"][:12], exc)
 
     def _run(self, container: str, out: IO[str]) -> Ended:
         """Start ``container`` and wait for its end, killing it at the deadline (TimedOut)."""
         with engine_call("start an environment build's container"):
-            self.backend.api.start(container)
+            self.engine.api.start(container)
         while True:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                self.backend.stop(container)
+                self.engine.kill(container)
                 self._copy_output(container, out)
                 raise TimedOut("environment build timed out")
-            try:
-                state = self.backend.wait(container, min(left, 5.0))
-            except NotFound:
-                raise SandboxGone("an environment build's container disappeared while it ran") from None
+            state = self.engine.wait(container, min(left, 5.0))
             if state is not None and state.exited:
                 output = self._copy_output(container, out)
                 return Ended(state.exit_code if state.exit_code is not None else -1, state.oom_killed, output)
-            if state is None and self.backend.inspect(container) is None:
+            if state is None and self.engine.inspect(container) is None:
                 raise SandboxGone("an environment build's container disappeared while it ran")
 
     def _copy_output(self, container: str, out: IO[str]) -> str:
         try:
             with engine_call("read an environment build's output"):
-                data = self.backend.api.logs(container, stdout=True, stderr=True, stream=False)
+                data = self.engine.api.logs(container, stdout=True, stderr=True, stream=False)
         except NotFound:
             data = b""
         text = data[-MAX_LOG:].decode("utf-8", "replace")
         out.write(text)
         out.flush()
         return text
-
-    def _commit(self, container: str, runner: ImageInfo, tag: str, labels: dict[str, str]) -> str:
-        """The container as an image that runs like the runner image: its user, entrypoint,
-        command and working folder, and the environment's labels."""
-        with engine_call("inspect the runner image"):
-            config = self.backend.api.inspect_image(runner.id).get("Config") or {}
-        changes = [f"USER {config.get('User') or '1000:1000'}", f"WORKDIR {config.get('WorkingDir') or '/'}",
-                   f"ENTRYPOINT {json.dumps(config.get('Entrypoint') or [])}",
-                   *([f"CMD {json.dumps(config['Cmd'])}"] if config.get("Cmd") else []),
-                   *(f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items())]
-        repository, _, version = tag.rpartition(":")
-        with engine_call("commit an environment image"):
-            committed = self.backend.api.commit(container, repository=repository, tag=version, changes=changes,
-                                                pause=False)
-        return committed["Id"]
-
-
-def dpkg_status(backend: DockerBackend, image: str, cache: Path) -> Path:
-    """The dpkg status file of ``image`` (what it has installed), copied out of a container
-    that is created, never started, and removed; kept in ``cache`` by image id."""
-    target = cache / f"status-{image.removeprefix('sha256:')[:24]}"
-    if target.is_file():
-        return target
-    api = backend.api
-    with engine_call("read an image's packages"):
-        created = api.create_container(image, entrypoint=["true"], labels={"orchestrator.probe": "1"},
-                                       network_disabled=True, host_config=api.create_host_config(network_mode="none"))
-    try:
-        with engine_call("read an image's packages"):
-            stream, _ = api.get_archive(created["Id"], "/var/lib/dpkg/status")
-            data = b"".join(stream)
-    finally:
-        with engine_call("remove a container"):
-            api.remove_container(created["Id"], force=True)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        member = tar.extractfile(tar.getmembers()[0])
-        content = member.read() if member else b""
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    partial.write_bytes(content)
-    partial.replace(target)
-    return target
 
 
 @contextmanager

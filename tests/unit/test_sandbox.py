@@ -1,5 +1,5 @@
 """What the containers of an environment build are asked for (on a recording stand-in for
-docker-py's client; that they hold on the real engine is tests/integration and
+docker-py's client and the engine; that they hold on the real engine is tests/integration and
 tests/faults/test_hostile_declarations.py): no network, a test container's limits, the
 instance's label, not root for the resolution, and removed whatever happens."""
 
@@ -37,7 +37,7 @@ class RecordingApi:
         self.removed.append(container_id)
 
 
-class RecordingBackend:
+class RecordingEngine:
     def __init__(self, api: RecordingApi):
         self.api = api
         self.stopped: list[str] = []
@@ -51,12 +51,15 @@ class RecordingBackend:
     def inspect(self, container_id):
         return ContainerState(container_id, Phase.RUNNING, {})
 
-    def stop(self, container_id):
+    def kill(self, container_id):
         self.stopped.append(container_id)
+
+    def remove(self, container_id):
+        self.api.remove_container(container_id)
 
 
 def sandbox(api: RecordingApi, deadline: float) -> Sandbox:
-    return Sandbox(RecordingBackend(api), {"orchestrator.instance": "i"}, Limits("256m", 0.5, 64, "1g"), deadline,
+    return Sandbox(RecordingEngine(api), {"orchestrator.instance": "i"}, Limits("256m", 0.5, 64, "1g"), deadline,
                    "1000:1000")  # type: ignore[arg-type]
 
 
@@ -86,4 +89,4 @@ def test_the_install_is_confined_and_a_build_past_its_deadline_is_killed(tmp_pat
     host = created["host_config"]
     assert host["network_mode"] == "none" and host["pids_limit"] == 64 and host["mem_limit"] == "256m"
     assert created["user"] == "0" and created["environment"] is None   # nothing of ours in the committed image
-    assert box.backend.stopped == ["c1"] and api.removed == ["c1"]
+    assert box.engine.stopped == ["c1"] and api.removed == ["c1"]

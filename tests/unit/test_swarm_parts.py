@@ -14,6 +14,7 @@ import pytest
 from orchestrator.backends.base import ContainerSpec, Phase
 from orchestrator.backends.registry import checkout_archive
 from orchestrator.backends.report_frame import frame, new_marker
+from orchestrator.backends.engine import Engine
 from orchestrator.backends.swarm import SwarmBackend
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import ContainerGone
@@ -28,7 +29,7 @@ def framed_output(report: bytes, marker: str = MARKER) -> bytes:
 
 
 def swarm() -> SwarmBackend:
-    backend = SwarmBackend(None, "registry.test:5000", [])
+    backend = SwarmBackend(Engine(), "registry.test:5000", [])
     backend._markers["svc"] = MARKER   # as prepare keeps it
     return backend
 
@@ -100,7 +101,7 @@ def task(state: str, exit_code: int | None = None, err: str = "") -> dict:
 
 
 def test_task_states() -> None:
-    backend = SwarmBackend(None, "registry.test:5000", [])
+    backend = SwarmBackend(Engine(), "registry.test:5000", [])
     assert backend._task_state("s", {}, task("failed", 1)).exit_code == 1
     assert backend._task_state("s", {}, task("complete", 0)).phase is Phase.EXITED
     assert backend._task_state("s", {}, task("failed", 104)).oom_killed  # the entrypoint saw the OOM killer

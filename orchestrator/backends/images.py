@@ -1,15 +1,20 @@
-"""``orchestrator image build``: the runner images, one per Python version, built from
-``Dockerfile.runner``.
+"""Images on one engine: building them (the runner images, from ``Dockerfile.runner``),
+committing a container as one (an environment image), finding them by label, removing
+them, and reading what one has installed. Runner and environment images alike go
+through here; a Swarm's registry publishes them (registry.py).
 
-Works where no registry is reachable: Python packages come from a wheelhouse the host
-fills with ``pip download`` (pure-Python wheels, so one wheelhouse serves every version),
-and when a base image is neither on the engine nor pullable,
-``runner_image/bootstrap-base.sh`` builds that Python's Debian release locally.
+``orchestrator image build`` works where no registry is reachable: Python packages come
+from a wheelhouse the host fills with ``pip download`` (pure-Python wheels, so one
+wheelhouse serves every version), and when a base image is neither on the engine nor
+pullable, ``runner_image/bootstrap-base.sh`` builds that Python's Debian release locally.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import tarfile
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +25,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 
 from orchestrator import pythons
 from orchestrator.backends.base import ImageInfo
-from orchestrator.backends.docker import DockerBackend, engine_call
+from orchestrator.backends.engine import Engine, engine_call
 from orchestrator.config import Config
 from orchestrator.errors import EngineUnavailable, OrchestratorError
 from orchestrator.pythons import Python
@@ -98,25 +103,25 @@ def _exists(api: docker.APIClient, tag: str) -> bool:
         return False
 
 
-def build(config: Config, backend: DockerBackend, say: Say, versions: Iterable[str] = (pythons.DEFAULT,)) -> list[ImageInfo]:
-    """Build the runner image of each Python version on ``backend``'s engine."""
+def build(config: Config, engine: Engine, say: Say, versions: Iterable[str] = (pythons.DEFAULT,)) -> list[ImageInfo]:
+    """Build the runner image of each Python version on ``engine``."""
     context = build_context(config)
-    backend.ping()
+    engine.ping()
     fill_wheelhouse(context, say)
     built = []
     for version in dict.fromkeys(versions):
         python = pythons.OFFERED[version]
         wanted = config.runner.base_image if version == pythons.DEFAULT else python.base
-        base = ensure_base(backend.api, wanted, python, context, say)
+        base = ensure_base(engine.api, wanted, python, context, say)
         tag = config.runner.image_for(version)
         say(f"Building {tag} (Python {version}) from Dockerfile.runner on {base}")
-        built.append(build_image(backend, context, "Dockerfile.runner", tag,
+        built.append(build_image(engine, context, "Dockerfile.runner", tag,
                                  {"orchestrator.runner": "1", "orchestrator.python": version}, say,
                                  buildargs={"BASE_IMAGE": base}))
     return built
 
 
-def build_image(backend: DockerBackend, context: Path, dockerfile: str, tag: str, labels: dict[str, str], say: Say,
+def build_image(engine: Engine, context: Path, dockerfile: str, tag: str, labels: dict[str, str], say: Say,
                 buildargs: dict[str, str] | None = None, network: str | None = None) -> ImageInfo:
     """The legacy builder (docker-py's), which needs no BuildKit plug-in; with ``network``
     "none", a RUN step reaches nothing (what an environment build installs comes from its
@@ -124,7 +129,7 @@ def build_image(backend: DockerBackend, context: Path, dockerfile: str, tag: str
     image_id = None
     try:
         with engine_call("build an image"):
-            for chunk in backend.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
+            for chunk in engine.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
                                            rm=True, forcerm=True, decode=True, labels=labels, network_mode=network):
                 if "error" in chunk:
                     raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
@@ -133,26 +138,26 @@ def build_image(backend: DockerBackend, context: Path, dockerfile: str, tag: str
                 image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:
         raise OrchestratorError(f"image build failed: {exc.explanation or exc}") from None
-    return ImageInfo(tag=tag, id=image_id or backend.image(tag).id)
+    return ImageInfo(tag=tag, id=image_id or engine.image(tag).id)
 
 
-def find_images(backend: DockerBackend, labels: dict[str, str | None]) -> list[dict]:
+def find_images(engine: Engine, labels: dict[str, str | None]) -> list[dict]:
     """Images carrying all these labels (None: with any value), newest first:
     ``{"id", "tags", "created", "labels"}``."""
     with engine_call("list images"):
-        found = backend.api.images(filters={"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]})
+        found = engine.api.images(filters={"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]})
     return sorted(({"id": i["Id"], "tags": i.get("RepoTags") or [], "created": i.get("Created", 0),
                     "labels": i.get("Labels") or {}} for i in found), key=lambda i: i["created"], reverse=True)
 
 
-def remove_image(backend: DockerBackend, image_id: str, tags: Sequence[str] = ()) -> bool:
+def remove_image(engine: Engine, image_id: str, tags: Sequence[str] = ()) -> bool:
     """Remove an image by each of its ``tags`` (one published to a Swarm's registry has
     two), else by id; False if a container still uses it (it stays, and is tried again
     later). Never forced: untagging the last name removes it only when nothing uses it."""
     try:
         for name in tags or [image_id]:
             with engine_call("remove an image"):
-                backend.api.remove_image(name, force=False, noprune=False)
+                engine.api.remove_image(name, force=False, noprune=False)
         return True
     except (NotFound, ImageNotFound):
         return True
@@ -162,20 +167,43 @@ def remove_image(backend: DockerBackend, image_id: str, tags: Sequence[str] = ()
         raise
 
 
-def installed_packages(backend: DockerBackend, image: str) -> set[str]:
-    """The Debian packages installed in ``image`` (dpkg-query in a throwaway container
-    that has no network and is removed at once)."""
-    api = backend.api
-    with engine_call("list an image's packages"):
-        created = api.create_container(image, entrypoint=["dpkg-query", "-W", "-f=${Package}\\n"], user="0",
-                                       labels={"orchestrator.probe": "1"},
-                                       host_config=api.create_host_config(network_mode="none"), network_disabled=True)
+def commit(engine: Engine, container: str, runner: ImageInfo, tag: str, labels: dict[str, str]) -> str:
+    """The container as an image ``tag`` that runs like the runner image: its user,
+    entrypoint, command and working folder, and ``labels``; its id."""
+    with engine_call("inspect the runner image"):
+        config = engine.api.inspect_image(runner.id).get("Config") or {}
+    changes = [f"USER {config.get('User') or '1000:1000'}", f"WORKDIR {config.get('WorkingDir') or '/'}",
+               f"ENTRYPOINT {json.dumps(config.get('Entrypoint') or [])}",
+               *([f"CMD {json.dumps(config['Cmd'])}"] if config.get("Cmd") else []),
+               *(f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items())]
+    repository, _, version = tag.rpartition(":")
+    with engine_call("commit an image"):
+        committed = engine.api.commit(container, repository=repository, tag=version, changes=changes, pause=False)
+    return committed["Id"]
+
+
+def dpkg_status(engine: Engine, image: str, cache: Path) -> Path:
+    """The dpkg status file of ``image`` (what it has installed), copied out of a container
+    that is created, never started, and removed; kept in ``cache`` by image id."""
+    target = cache / f"status-{image.removeprefix('sha256:')[:24]}"
+    if target.is_file():
+        return target
+    api = engine.api
+    with engine_call("read an image's packages"):
+        created = api.create_container(image, entrypoint=["true"], labels={"orchestrator.probe": "1"},
+                                       network_disabled=True, host_config=api.create_host_config(network_mode="none"))
     try:
-        with engine_call("list an image's packages"):
-            api.start(created["Id"])
-            api.wait(created["Id"], timeout=120)
-            out = api.logs(created["Id"], stdout=True, stderr=False)
+        with engine_call("read an image's packages"):
+            stream, _ = api.get_archive(created["Id"], "/var/lib/dpkg/status")
+            data = b"".join(stream)
     finally:
         with engine_call("remove a container"):
             api.remove_container(created["Id"], force=True)
-    return {line.split(":")[0] for line in out.decode().split() if line}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile(tar.getmembers()[0])
+        content = member.read() if member else b""
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(target)
+    return target
