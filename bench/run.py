@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, parse_iso, transition, utcnow  # noqa: E402
+from orchestrator.mirror import Mirrors  # noqa: E402
 from orchestrator.observer import Observer  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
@@ -196,7 +197,8 @@ class Bench(Workloads):
         root = sh("git", "rev-parse", "HEAD", cwd=repo)
         config = load_config(self.config(repo, root))
         store = Store(config.db_path)
-        observer = Observer(config, store)
+        observer = Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories),
+                            store)
         observer.poll_once()  # the mirror exists, as it would on a running system
         stream = "".join(
             f"commit refs/heads/main\nmark :{i + 1}\ncommitter b <b@x> {1700000000 + i} +0000\n"

@@ -13,6 +13,7 @@ push does not cancel it. At most ceil(log2(range)) + 1 jobs: the halving, and th
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -34,6 +35,18 @@ class Bisector:
         self.coalescing = coalescing
         self.first_parent = first_parent
         self.named = named
+        self._noticed: deque[Job] = deque()   # finished jobs a bisection may start from (from attempt threads)
+
+    def noticed(self, job: Job) -> None:
+        """A job ended (any thread): a failure of a coalescing repository is considered at
+        the next ``advance``."""
+        if job.status is JobStatus.FAILED and job.repository in self.coalescing:
+            self._noticed.append(job)
+
+    def busy(self) -> bool:
+        """Whether there is a failure to consider or a bisection under way (cheap when no
+        repository coalesces)."""
+        return bool(self.coalescing) and (bool(self._noticed) or bool(self.running()))
 
     # -- starting one ------------------------------------------------------------------
 
@@ -71,7 +84,13 @@ class Bisector:
     # -- taking steps ------------------------------------------------------------------
 
     def advance(self) -> None:
-        """One step of every bisection whose awaited result is in (cheap when none runs)."""
+        """Start the bisections the failures noticed since call for, then take one step of
+        every bisection whose awaited result is in: in the scheduling thread, one at a
+        time. Nothing at all (not even a query) unless a repository coalesces."""
+        if not self.coalescing:
+            return
+        while self._noticed:
+            self.consider(self._noticed.popleft())
         for bisection in self.running():
             try:
                 self._advance(bisection)

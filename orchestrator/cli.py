@@ -105,7 +105,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     stop = stop_on_signals()
     with Services(config) as services:
-        dispatcher, observer = services.dispatcher, services.jobs.observer
+        dispatcher, observer = services.dispatcher, services.observer
         if args.once:
             dispatcher.step()  # recovers first, so an earlier process's jobs are collected
             observer.poll_once()  # new commits are queued durably even if the engine is away
@@ -143,6 +143,7 @@ def cmd_dispatcher(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_observer(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.client import DispatcherClient
+    from orchestrator.mirror import Mirrors
     from orchestrator.observer import Observer
     from orchestrator.service import stop_on_signals
 
@@ -152,7 +153,7 @@ def cmd_observer(config: Config, args: argparse.Namespace) -> int:
     token = config.dispatcher.api_token
     client = DispatcherClient(args.dispatcher_server, token, None if token else observer_key(config.state_dir))
     log.info("observing %d repositories for %s", len(config.repositories), client.base)
-    Observer(config, client).run(stop)
+    Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), client).run(stop)
     return 0
 
 
@@ -199,7 +200,7 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jo
         return RemoteJobs(DispatcherClient(server, config.dispatcher.api_token))
     from orchestrator.backends import connect
     from orchestrator.backends.engine import Engine
-    from orchestrator.jobs import LocalJobs
+    from orchestrator.service import local_jobs
     from orchestrator.store import Store
 
     if not create and not config.db_path.exists():
@@ -208,7 +209,7 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jo
         from orchestrator.workspace import prepare_directories
 
         prepare_directories(config)
-    return LocalJobs(config, Store(config.db_path), lambda: connect(config.runner, Engine(config.runner.docker_host)))
+    return local_jobs(config, Store(config.db_path), lambda: connect(config.runner, Engine(config.runner.docker_host)))
 
 
 def _ref(args: argparse.Namespace) -> "JobRef":

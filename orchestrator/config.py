@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator import pythons
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, UnknownRepository, UsageError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$", re.IGNORECASE)
@@ -230,6 +230,17 @@ class Config(_Strict):
 
     def repository(self, name: str) -> RepositoryConfig | None:
         return next((r for r in self.repositories if r.name == name), None)
+
+    def named_repository(self, name: str | None) -> RepositoryConfig:
+        """The named repository, or the only one configured; a usage error otherwise."""
+        if name is None:
+            if len(self.repositories) == 1:
+                return self.repositories[0]
+            raise UsageError("several repositories are configured: name one with --repo")
+        repo = self.repository(name)
+        if repo is None:
+            raise UnknownRepository(f"unknown repository {name[:64]!r}")
+        return repo
 
     @property
     def db_path(self) -> Path:

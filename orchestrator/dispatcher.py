@@ -13,16 +13,14 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, Backend, ContainerState
+from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, ContainerState
 from orchestrator.backoff import Backoff
-from orchestrator.bisection import Bisection, Bisector
+from orchestrator.bisection import Bisector
 from orchestrator.coalesce import Queue
-from orchestrator.config import Config, memory_bytes
-from orchestrator.environment.build import Environments
+from orchestrator.config import RunnerConfig, memory_bytes
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus
-from orchestrator.notify import Notifier
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.conclude import conclude
 from orchestrator.run.context import Context
@@ -30,7 +28,6 @@ from orchestrator.run.recovery import Recovery
 from orchestrator.run.shards import ShardedAttempt
 from orchestrator.run.warm import Release, WarmPool
 from orchestrator.sharding import Planner
-from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.dispatcher")
 
@@ -39,27 +36,24 @@ WARM_RETRY = 2.0  # after a failed warm start (engine away, say), before the nex
 
 
 class Dispatcher:
-    def __init__(self, config: Config, store: Store, backend: Backend, environments: Environments | None = None):
-        self.config = config
-        self.store = store
-        self.metrics = Metrics(store)
-        self.notifier = Notifier(config.notify, store)
-        store.news = self.notifier.news   # deliveries written with the change they tell of
-        self.notifier.start()   # what a stop left in the outbox goes out now
-        self.ctx = Context.create(config, store, backend, finished=self._finished,
-                                  engine_error=self.metrics.engine_error, environments=environments)
-        self.recovery = Recovery(self.ctx)
-        coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
-        self.queue = Queue(store, coalescing, skipped=self._skipped)
-        self.bisector = Bisector(store, coalescing, lambda repo, good, bad: self.ctx.mirrors[repo].first_parent(good, bad),
-                                 named=self._named)
-        self._failed: list[Job] = []   # finished jobs a bisection may start from (appended by attempt threads)
+    """Scheduling only: its collaborators are built once, by the composition root
+    (service.py), and given to it."""
+
+    def __init__(self, runner: RunnerConfig, stop_grace: float, ctx: Context, queue: Queue, bisector: Bisector,
+                 planner: Planner, recovery: Recovery, metrics: Metrics):
+        self.runner = runner
+        self.stop_grace = stop_grace
+        self.ctx = ctx
+        self.store = ctx.store
+        self.queue = queue
+        self.bisector = bisector
+        self.planner = planner
+        self.recovery = recovery
+        self.metrics = metrics
         # the warm jobs wait for a slot to free in workers of their own
-        self._pool = ThreadPoolExecutor(max_workers=config.runner.parallelism + self._warm_wanted(),
-                                        thread_name_prefix="job")
+        self._pool = ThreadPoolExecutor(max_workers=runner.parallelism + self._warm_wanted(), thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
         self._slots: dict[int, int] = {}   # slots each active job takes (its containers), where more than one
-        self.planner = Planner(config, store)
         self._warm = WarmPool()
         self._warm_depth: int | None = None   # how many may wait warm, once the engine said its memory
         self._warm_after = 0.0
@@ -75,29 +69,6 @@ class Dispatcher:
         """New work was queued: look at the store now rather than at the next poll."""
         self._wake.set()
 
-    def _finished(self, job: Job) -> None:
-        self.metrics.job_finished(job)
-        if job.status is JobStatus.FAILED and job.repository in self.queue.coalescing:
-            self._failed.append(job)
-
-    def _skipped(self, job: Job) -> None:
-        """A commit coalesced away: its files say by which commit."""
-        self.ctx.results.write_without_run(job, self.store.attempt_history(job.id))
-        self.metrics.job_finished(job)
-
-    def _named(self, job: Job, bisection: Bisection) -> None:
-        self.ctx.results.annotate(job, self.store.attempt_history(job.id))
-
-    def _bisect(self) -> None:
-        """Start the bisections the failures since the last step call for, then take
-        every bisection's next step: in the scheduling thread, one at a time. Nothing at
-        all (not even a query each step) unless a repository coalesces."""
-        if not self.queue.coalescing:
-            return
-        while self._failed:
-            self.bisector.consider(self._failed.pop(0))
-        self.bisector.advance()
-
     # -- scheduling -------------------------------------------------------------------
 
     def step(self) -> None:
@@ -110,7 +81,7 @@ class Dispatcher:
             self._warm_after = time.monotonic() + WARM_RETRY
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
-        self._bisect()
+        self.bisector.advance()
         while self._free_slots() and not self.ctx.abandon.is_set():
             if len(self._warm):   # in queue order, before any job that was not started warm
                 self._release_warm()
@@ -147,11 +118,10 @@ class Dispatcher:
         return self._free() > 0
 
     def _free(self) -> int:
-        return self.config.runner.parallelism - sum(self._slots.get(job_id, 1) for job_id in self._active)
+        return self.runner.parallelism - sum(self._slots.get(job_id, 1) for job_id in self._active)
 
     def _warm_wanted(self) -> int:
-        runner = self.config.runner
-        return runner.parallelism if runner.warm is None else runner.warm
+        return self.runner.parallelism if self.runner.warm is None else self.runner.warm
 
     def _depth(self) -> int:
         """``runner.warm`` (default: as many as the slots), less what the engine's memory
@@ -165,12 +135,12 @@ class Dispatcher:
             except EngineUnavailable:
                 return 0   # asked again at the next step
             room = self._warm_wanted() if total is None else \
-                total // memory_bytes(self.config.runner.memory) - self.config.runner.parallelism
+                total // memory_bytes(self.runner.memory) - self.runner.parallelism
             self._warm_depth = max(0, min(self._warm_wanted(), room))
             if self._warm_depth < self._warm_wanted():
                 log.info("%d jobs may wait warm, not %d: the engine's memory holds %d containers of %s",
-                         self._warm_depth, self._warm_wanted(), self._warm_depth + self.config.runner.parallelism,
-                         self.config.runner.memory)
+                         self._warm_depth, self._warm_wanted(), self._warm_depth + self.runner.parallelism,
+                         self.runner.memory)
         return self._warm_depth
 
     def _engine_answers(self) -> bool:
@@ -244,7 +214,7 @@ class Dispatcher:
 
     def idle(self) -> bool:
         return (self._recovered and not self._active and not len(self._warm) and not self.store.has_queued()
-                and not self._failed and not (self.queue.coalescing and self.bisector.running()))
+                and not self.bisector.busy())
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since
@@ -268,13 +238,11 @@ class Dispatcher:
 
     def shutdown(self) -> None:
         """Wait up to ``stop_grace`` for running jobs, leave the rest to the next start,
-        and close what the dispatcher opened (its threads, the notifier, the engine client)."""
-        deadline = time.monotonic() + self.config.stop_grace
+        and end what the dispatcher started (its threads)."""
+        deadline = time.monotonic() + self.stop_grace
         while self._active and time.monotonic() < deadline:
             time.sleep(0.1)
             self._active = {k: f for k, f in self._active.items() if not f.done()}
         self.ctx.abandon.set()
         self._pool.shutdown(wait=True)
         self.ctx.cleaner.shutdown(wait=True)
-        self.notifier.close()
-        self.ctx.backend.close()

@@ -12,23 +12,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
-from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UnknownRepository, UsageError
+from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UsageError
+from orchestrator.insight import Insight
+from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
+from orchestrator.observer import Observer
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.verdict import failures
 from orchestrator.store import NewCommit, Store
 
 log = logging.getLogger("orchestrator.jobs")
 
-if TYPE_CHECKING:
-    from orchestrator.insight import Insight
-    from orchestrator.observer import Observer
 
 Document = dict[str, Any]
 
@@ -58,32 +57,13 @@ class Jobs(Protocol):
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]: ...
 
 
-class LocalJobs:
-    """The operations on this machine's store. ``wake`` tells the dispatcher (when it runs
-    in this process) that work was queued; ``backend`` reaches the engine, for live logs
-    of running jobs (a callable, so that a command that needs no engine never loads its
-    client)."""
+class Arrivals:
+    """Where commits found arrive: the store, and a wake-up for the dispatcher (when it
+    runs in this process). This process's observer sends here, and so does an observer on
+    another machine, through the HTTP API."""
 
-    def __init__(self, config: Config, store: Store, backend: Callable[[], Backend] | None = None,
-                 wake: Callable[[], None] = lambda: None):
-        self.config, self.store, self.backend, self.wake = config, store, backend, wake
-        self.results = ResultFiles(config.results_dir)
-
-    @cached_property
-    def insight(self) -> "Insight":
-        """What the pictures and the history pages read (insight.py)."""
-        from orchestrator.insight import Insight
-
-        return Insight(self.store, self.repository, [r.name for r in self.config.repositories])
-
-    @cached_property
-    def observer(self) -> "Observer":
-        """The process's one observer: it sends the commits it finds here."""
-        from orchestrator.observer import Observer
-
-        return Observer(self.config, self)
-
-    # -- the observer's sink: commits found, progress recorded with them ------------------
+    def __init__(self, store: Store, wake: Callable[[], None] = lambda: None):
+        self.store, self.wake = store, wake
 
     def heads(self, repository: str) -> dict[str, str] | None:
         return self.store.heads(repository)
@@ -94,23 +74,38 @@ class LocalJobs:
             self.wake()
         return created
 
+
+class LocalJobs:
+    """The operations on this machine's store, with the parts service.py gives it: the
+    repositories' mirrors, the observer (``poll``, health), the insight (the pictures'
+    reads), where commits arrive, and ``backend``, which reaches the engine for live logs
+    of running jobs (a callable, so that a command that needs no engine never loads its
+    client)."""
+
+    def __init__(self, config: Config, store: Store, mirrors: Mirrors, observer: Observer, insight: Insight,
+                 arrivals: Arrivals, backend: Callable[[], Backend] | None = None):
+        self.config, self.store, self.mirrors, self.observer = config, store, mirrors, observer
+        self.insight, self.arrivals, self.backend = insight, arrivals, backend
+        self.results = ResultFiles(config.results_dir)
+
+    # -- commits arriving: found here, or by an observer elsewhere -------------------------
+
+    def heads(self, repository: str) -> dict[str, str] | None:
+        return self.arrivals.heads(repository)
+
+    def record_commits(self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None) -> list[int]:
+        return self.arrivals.record_commits(repository, commits, heads)
+
     # -- operations -----------------------------------------------------------------------
 
     def repository(self, name: str | None) -> RepositoryConfig:
         """The named repository, or the only one configured."""
-        if name is None:
-            if len(self.config.repositories) == 1:
-                return self.config.repositories[0]
-            raise UsageError("several repositories are configured: name one with --repo")
-        repo = self.config.repository(name)
-        if repo is None:
-            raise UnknownRepository(f"unknown repository {name[:64]!r}")
-        return repo
+        return self.config.named_repository(name)
 
     def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]:
         """Queue a commit named by a branch, tag or sha prefix; (its job, whether new)."""
         repo = self.repository(repository)
-        mirror = self.observer.mirrors[repo.name]
+        mirror = self.mirrors[repo.name]
         mirror.fetch()
         sha = mirror.resolve(rev)
         branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
@@ -120,7 +115,7 @@ class LocalJobs:
 
     def require_commits(self, repository: str, shas: list[str]) -> None:
         """UnknownCommit unless every sha is a commit of the repository (fetched if need be)."""
-        mirror = self.observer.mirrors[self.repository(repository).name]
+        mirror = self.mirrors[self.repository(repository).name]
         missing = [s for s in shas if not mirror.has_commit(s)]
         if missing:
             mirror.fetch()
@@ -179,7 +174,7 @@ class LocalJobs:
             raise Conflict(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
         job = self.store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}",
                               priority=MANUAL_PRIORITY)
-        self.wake()
+        self.arrivals.wake()
         return self.document(job)
 
     def cancel(self, ref: JobRef) -> Document:
@@ -230,7 +225,7 @@ class LocalJobs:
         """The commit graph before the job's commit, from the repository's mirror (None if
         it cannot be read: the record then follows the branch's jobs)."""
         try:
-            return self.observer.mirrors[job.repository].parents(job.commit)
+            return self.mirrors[job.repository].parents(job.commit)
         except (KeyError, OSError, RepositoryError) as exc:   # no mirror here (an observer elsewhere), say
             log.debug("no commit graph for %s: %s", job.commit[:12], exc)
             return None

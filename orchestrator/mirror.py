@@ -13,12 +13,13 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import git
 
+from orchestrator.config import RepositoryConfig
 from orchestrator.errors import RepositoryError, UnknownCommit, UsageError
 from orchestrator.models import subject_line
 
@@ -180,3 +181,22 @@ def git_reason(exc: git.GitCommandError) -> str:
     lines = [line.removeprefix("stderr: ").strip("'").strip() for line in lines]
     reasons = [line for line in lines if line.startswith(("fatal:", "error:"))]
     return "; ".join(reasons or lines[-1:])[:500] or str(exc)[:500]
+
+
+class Mirrors(Mapping[str, Mirror]):
+    """This process's one mirror of each configured repository, under the state folder."""
+
+    def __init__(self, state_dir: Path, repositories: Sequence[RepositoryConfig]):
+        self._mirrors = {r.name: Mirror(state_dir / "mirrors" / r.name, r.url) for r in repositories}
+
+    def __getitem__(self, name: str) -> Mirror:
+        return self._mirrors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mirrors)
+
+    def __len__(self) -> int:
+        return len(self._mirrors)
+
+    def first_parent(self, repository: str, good: str, bad: str) -> list[str]:
+        return self._mirrors[repository].first_parent(good, bad)

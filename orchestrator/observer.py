@@ -13,14 +13,15 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from orchestrator.backoff import Backoff
-from orchestrator.config import Config, RepositoryConfig
+from orchestrator.config import RepositoryConfig
 from orchestrator.errors import OrchestratorError, RepositoryError
-from orchestrator.mirror import Mirror
+from orchestrator.mirror import Mirror, Mirrors
 from orchestrator.models import utcnow
 from orchestrator.store import NewCommit
 
@@ -102,13 +103,15 @@ def _with_subjects(mirror: Mirror, grouped: dict[str, set[str]]) -> list[NewComm
 
 
 class Observer:
-    def __init__(self, config: Config, sink: CommitSink):
-        self._config = config
+    def __init__(self, repositories: Sequence[RepositoryConfig], poll_interval: float, mirrors: Mirrors,
+                 sink: CommitSink):
+        self._repositories = {r.name: r for r in repositories}
+        self._poll_interval = poll_interval
         self._sink = sink
-        self.mirrors = {r.name: mirror_for(config, r) for r in config.repositories}
+        self.mirrors = mirrors
         self._retry_at: dict[str, float] = {}
-        self._backoff = {r.name: Backoff(config.poll_interval, MAX_BACKOFF) for r in config.repositories}
-        self._health = {r.name: RepositoryHealth() for r in config.repositories}
+        self._backoff = {r.name: Backoff(poll_interval, MAX_BACKOFF) for r in repositories}
+        self._health = {r.name: RepositoryHealth() for r in repositories}
         self.failures: Counter[str] = Counter()  # polls that failed, per repository (for /metrics)
         self._unmatched_said: set[tuple[str, str]] = set()
 
@@ -120,7 +123,7 @@ class Observer:
         commits were queued. A failing repository, whatever the failure, is reported and
         retried later, with growing delays, while the others go on."""
         delivered = 0
-        for repo in self._config.repositories:
+        for repo in self._repositories.values():
             if time.monotonic() < self._retry_at.get(repo.name, 0):
                 continue
             try:
@@ -136,7 +139,7 @@ class Observer:
     def poll_repository(self, name: str) -> int:
         """Poll one repository now (also the instant trigger). Any failure is recorded as
         the repository's state and raised as a RepositoryError naming it."""
-        repo = self._config.repository(name)
+        repo = self._repositories.get(name)
         if repo is None:
             raise KeyError(name)
         try:
@@ -184,8 +187,4 @@ class Observer:
                 self.poll_once()
             except Exception:  # never the end of watching: the next round tries again
                 log.exception("observer: unexpected error")
-            stop.wait(self._config.poll_interval)
-
-
-def mirror_for(config: Config, repo: RepositoryConfig) -> Mirror:
-    return Mirror(config.state_dir / "mirrors" / repo.name, repo.url)
+            stop.wait(self._poll_interval)

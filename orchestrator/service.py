@@ -1,6 +1,13 @@
-"""The long-running processes put together: the store, the engine backend, the
-dispatcher, the user operations and the HTTP server, opened in that order and closed in
-the reverse one, and the signals that stop them."""
+"""The composition root: every part of a process is built here, once, and given what it
+uses: the store, the engine and the backend on it, the repositories' mirrors, the
+dispatcher's collaborators, the user operations, the observer and the HTTP server. Opened
+in that order and closed in the reverse one; and the signals that stop a process.
+
+``Services`` is a dispatcher's process (``run``, ``dispatcher``); ``local_jobs`` is what a
+command beside it (``status``, ``submit``, ``logs`` ...) works with; ``dispatcher_for``
+builds a dispatcher and its collaborators on a given store and backend (both use it, and
+so do the tests).
+"""
 
 from __future__ import annotations
 
@@ -9,35 +16,94 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from orchestrator.backends import connect
+from orchestrator.backends.base import Backend
 from orchestrator.backends.engine import Engine
+from orchestrator.bisection import Bisector
+from orchestrator.coalesce import Queue
 from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.environment.build import Environments, Settings
 from orchestrator.errors import OrchestratorError
-from orchestrator.jobs import LocalJobs
+from orchestrator.insight import Insight
+from orchestrator.jobs import Arrivals, LocalJobs
+from orchestrator.metrics import Metrics
+from orchestrator.mirror import Mirrors
+from orchestrator.models import Job
+from orchestrator.observer import Observer
+from orchestrator.results import ResultFiles
+from orchestrator.run.context import Context
+from orchestrator.run.recovery import Recovery
+from orchestrator.sharding import Planner
 from orchestrator.store import Store
 from orchestrator.workspace import prepare_directories
 
 log = logging.getLogger("orchestrator")
 
 
+def dispatcher_for(config: Config, store: Store, backend: Backend, mirrors: Mirrors, metrics: Metrics,
+                   environments: Environments | None = None, **context: object) -> Dispatcher:
+    """The dispatcher and its collaborators: the attempts' context, the queue, the bisector,
+    the planner and recovery, wired to the metrics and the result files (``context``: more
+    of the context's fields, a test's patience, say)."""
+    coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
+    results = ResultFiles(config.results_dir)
+
+    def annotate(job: Job, _bisection: object) -> None:   # a culprit named: its files say so
+        results.annotate(job, store.attempt_history(job.id))
+
+    bisector = Bisector(store, coalescing, mirrors.first_parent, named=annotate)
+
+    def finished(job: Job) -> None:
+        metrics.job_finished(job)
+        bisector.noticed(job)
+
+    def skipped(job: Job) -> None:   # a commit coalesced away: its files say by which commit
+        results.write_without_run(job, store.attempt_history(job.id))
+        metrics.job_finished(job)
+
+    ctx = Context.create(config, store, backend, mirrors, results=results, finished=finished,
+                         engine_error=metrics.engine_error, environments=environments, **context)
+
+    return Dispatcher(config.runner, config.stop_grace, ctx, Queue(store, coalescing, skipped=skipped), bisector,
+                      Planner(config.repositories, config.runner.parallelism, store), Recovery(ctx), metrics)
+
+
+def local_jobs(config: Config, store: Store, backend: Callable[[], Backend] | None = None,
+               wake: Callable[[], None] = lambda: None) -> LocalJobs:
+    """The user operations on this machine's store, with the observer they poll through."""
+    mirrors = Mirrors(config.state_dir, config.repositories)
+    arrivals = Arrivals(store, wake)
+    observer = Observer(config.repositories, config.poll_interval, mirrors, arrivals)
+    insight = Insight(store, config.named_repository, [r.name for r in config.repositories])
+    return LocalJobs(config, store, mirrors, observer, insight, arrivals, backend)
+
+
 class Services:
     """One dispatcher's process: ``with Services(config) as services: ...``."""
 
     def __init__(self, config: Config):
+        from orchestrator.notify import Notifier
+
         self.config = config
         prepare_directories(config)
         self.store = Store(config.db_path)
         self.engine = Engine(config.runner.docker_host)
         self.backend = connect(config.runner, self.engine)
-        environments = Environments(config.state_dir, self.engine,
-                                    Settings.of(config, self.store.instance_id()), self.backend.publish)
-        self.dispatcher = Dispatcher(config, self.store, self.backend, environments)
-        self.jobs = LocalJobs(config, self.store, lambda: self.backend, wake=self.dispatcher.wake)
-        observer = self.jobs.observer
-        self.dispatcher.metrics.watch_repositories(observer.health, lambda: dict(observer.failures))
+        self.metrics = Metrics(self.store)
+        self.notifier = Notifier(config.notify, self.store)
+        self.store.news = self.notifier.news   # deliveries written with the change they tell of
+        environments = Environments(config.state_dir, self.engine, Settings.of(config, self.store.instance_id()),
+                                    self.backend.publish)
+        self.jobs = local_jobs(config, self.store, lambda: self.backend)
+        self.dispatcher = dispatcher_for(config, self.store, self.backend, self.jobs.mirrors, self.metrics,
+                                         environments)
+        self.jobs.arrivals.wake = self.dispatcher.wake
+        self.observer = self.jobs.observer
+        self.metrics.watch_repositories(self.observer.health, lambda: dict(self.observer.failures))
+        self.notifier.start()   # what a stop left in the outbox goes out now
         self._server = None
 
     def __enter__(self) -> "Services":
@@ -47,6 +113,7 @@ class Services:
         if self._server is not None:
             self._server.should_exit = True
         self.dispatcher.shutdown()
+        self.notifier.close()
         self.backend.close()
         self.store.close()
 
@@ -58,7 +125,7 @@ class Services:
         from orchestrator.web.app import create_app
 
         host, port = self.config.dispatcher.host, self.config.dispatcher.port
-        app = create_app(self.jobs, self.dispatcher.metrics, self.config)
+        app = create_app(self.jobs, self.metrics, self.config)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()

@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import statistics
+from collections.abc import Sequence
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.config import Config
+from orchestrator.config import RepositoryConfig
 from orchestrator.models import JobStatus
 from orchestrator.store import Store
 from runner_image import orchestrator_protocol as protocol
@@ -58,20 +59,20 @@ class Planner:
     """How many containers a commit's suite is split across, from the config, what the
     store recorded of the repository's earlier runs, and the free slots."""
 
-    def __init__(self, config: Config, store: Store):
-        self.config = config
+    def __init__(self, repositories: Sequence[RepositoryConfig], parallelism: int, store: Store):
+        self.repositories = {r.name: r for r in repositories}
+        self.parallelism = parallelism
         self.store = store
         # what the store said of a repository's runs, and when: a split commit waiting for
         # its slots is asked about at every scheduling step, the store not that often
         self._recorded: dict[str, tuple[float, float | None, float]] = {}
-        for repo in config.repositories:
-            if repo.shards != "auto" and repo.shards > config.runner.parallelism:
+        for repo in repositories:
+            if repo.shards != "auto" and repo.shards > parallelism:
                 log.warning("%s: shards %d is more than runner.parallelism %d: its suite is split %d ways "
-                            "(raise runner.parallelism for more)", repo.name, repo.shards,
-                            config.runner.parallelism, config.runner.parallelism)
+                            "(raise runner.parallelism for more)", repo.name, repo.shards, parallelism, parallelism)
 
     def wanted(self, repository: str) -> int | str:
-        repo = self.config.repository(repository)
+        repo = self.repositories.get(repository)
         return repo.shards if repo else 1
 
     def count(self, repository: str, free: int) -> int:
@@ -85,13 +86,13 @@ class Planner:
             return 1
         suite, overhead = self._recorded_runs(repository)
         if suite is None:
-            return 1 if wanted == "auto" else min(int(wanted), self.config.runner.parallelism)
+            return 1 if wanted == "auto" else min(int(wanted), self.parallelism)
         if suite < overhead:
             return 1
         if wanted == "auto":
             return max(1, min(math.ceil(suite / TARGET_SECONDS), int(suite // overhead), free,
-                              self.config.runner.parallelism))
-        return min(int(wanted), self.config.runner.parallelism)
+                              self.parallelism))
+        return min(int(wanted), self.parallelism)
 
     def _recorded_runs(self, repository: str) -> tuple[float | None, float]:
         known = self._recorded.get(repository)
@@ -102,7 +103,7 @@ class Planner:
         return known[1], known[2]
 
     def plan(self, repository: str, count: int) -> Plan:
-        repo = self.config.repository(repository)
+        repo = self.repositories.get(repository)
         durations = self.store.tests.durations(repository, MAX_DURATIONS)
         return Plan(count, repo.shard_unit if repo else "test",
                     {test: round(seconds, 4) for test, seconds in durations.items()})

@@ -208,3 +208,21 @@ class Bed:
     def left_behind(self) -> tuple[list[str], list[str]]:
         work = self.config.state_dir / "work"
         return list(self.backend.containers), sorted(p.name for p in work.iterdir()) if work.exists() else []
+
+
+def dispatcher(config, store: Store, backend: Backend, **context: object):
+    """A dispatcher and its collaborators, as the composition root builds them."""
+    from orchestrator.metrics import Metrics
+    from orchestrator.mirror import Mirrors
+    from orchestrator.service import dispatcher_for
+
+    return dispatcher_for(config, store, backend, Mirrors(config.state_dir, config.repositories), Metrics(store),
+                          **context)
+
+
+def observer(config, sink):
+    """An observer of ``config``'s repositories that sends to ``sink``."""
+    from orchestrator.mirror import Mirrors
+    from orchestrator.observer import Observer
+
+    return Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), sink)

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config import load_config
-from orchestrator.jobs import LocalJobs
+from orchestrator.service import local_jobs
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
 from orchestrator.results import ResultFiles
@@ -119,7 +119,7 @@ class Web:
         self.config = load_config(write_config(directory, {"demo": repo.path}, **overrides))
         self.store = Store(self.config.db_path)
         self.woken: list[int] = []
-        self.jobs = LocalJobs(self.config, self.store, wake=lambda: self.woken.append(1))
+        self.jobs = local_jobs(self.config, self.store, wake=lambda: self.woken.append(1))
         self.metrics = Metrics(self.store)
         self.results = ResultFiles(self.config.results_dir)
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config
 from orchestrator.environment.build import Environments
-from orchestrator.mirror import Mirror
+from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
-from orchestrator.observer import mirror_for
 from orchestrator.results import ResultFiles
 from orchestrator.store import Store
 from orchestrator.workspace import Workspaces
@@ -41,7 +40,7 @@ class Context:
     backend: Backend
     results: ResultFiles
     workspaces: Workspaces
-    mirrors: dict[str, Mirror]
+    mirrors: Mirrors
     instance: str
     abandon: threading.Event      # set when the dispatcher leaves: running containers are left to the next start
     cleaner: Executor             # removes finished containers and checkouts off the critical path
@@ -51,12 +50,15 @@ class Context:
     environments: Environments | None = None   # builds environment images (None: every job in the runner image)
 
     @classmethod
-    def create(cls, config: Config, store: Store, backend: Backend, **hooks: object) -> "Context":
-        """The context of one dispatcher over ``config``'s directories and repositories."""
+    def create(cls, config: Config, store: Store, backend: Backend, mirrors: Mirrors | None = None,
+               results: ResultFiles | None = None, **hooks: object) -> "Context":
+        """The context of one dispatcher over ``config``'s directories and repositories
+        (``mirrors``, ``results``: the process's, else made here)."""
         return cls(
-            config=config, store=store, backend=backend, results=ResultFiles(config.results_dir),
+            config=config, store=store, backend=backend,
+            results=results if results is not None else ResultFiles(config.results_dir),
             workspaces=Workspaces(config.state_dir / "work"),
-            mirrors={r.name: mirror_for(config, r) for r in config.repositories},
+            mirrors=mirrors if mirrors is not None else Mirrors(config.state_dir, config.repositories),
             instance=store.instance_id(), abandon=threading.Event(),
             cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"), **hooks,  # type: ignore[arg-type]
         )

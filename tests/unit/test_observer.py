@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.models import MAX_SUBJECT
-from orchestrator.observer import Observer
+from tests import fakes
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
 
@@ -17,7 +17,7 @@ def world(tmp_path: Path, repo: GitRepo):
     repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
     config = load_config(write_config(tmp_path, {"demo": repo.path}))
     store = Store(config.db_path)
-    yield repo, store, Observer(config, store)
+    yield repo, store, fakes.observer(config, store)
     store.close()
 
 
@@ -50,7 +50,7 @@ def test_restart_neither_retests_nor_skips(world, tmp_path: Path) -> None:
     observer.poll_once()
     new = repo.commit("while down")
     config = load_config(tmp_path / "config.yaml")
-    fresh = Observer(config, Store(config.db_path))  # a new process, same state
+    fresh = fakes.observer(config, Store(config.db_path))  # a new process, same state
     assert fresh.poll_once() == 1
     assert queued(store)[-1][0] == new
     assert fresh.poll_once() == 0
@@ -126,7 +126,7 @@ def test_untracked_branches_are_ignored(tmp_path: Path, repo: GitRepo) -> None:
     path.write_text(path.read_text().replace(f"url: {repo.path}", f"url: {repo.path}\n  branches: [main, 'release/*']"))
     config = load_config(path)
     store = Store(config.db_path)
-    Observer(config, store).poll_once()
+    fakes.observer(config, store).poll_once()
     assert [j.branches for j in store.list_jobs()] == [("main",)]
 
 
@@ -169,7 +169,7 @@ def two(tmp_path: Path):
     good.commit("root")
     config = load_config(write_config(tmp_path, {"bad": bad.path, "good": good.path}))
     store = Store(config.db_path)
-    yield bad, good, store, Observer(config, store)
+    yield bad, good, store, fakes.observer(config, store)
     store.close()
 
 

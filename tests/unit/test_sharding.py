@@ -89,7 +89,7 @@ def planned(tmp_path: Path):
             done = store.apply(job, done)
             history.record(store, done, _report(cases))
         made.append(store)
-        return Planner(config, store)
+        return Planner(config.repositories, config.runner.parallelism, store)
     made: list[Store] = []
     yield make
     for store in made:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.dispatcher import Dispatcher
 from orchestrator.store import NewCommit, Store
+from tests import fakes
 from tests.fakes import FakeBackend
 from tests.helpers import GitRepo, write_config
 
@@ -37,7 +37,7 @@ class MemoryBackend(FakeBackend):
 def test_the_warm_depth(tmp_path: Path, runner: dict, total: int | None, depth: int) -> None:
     config = load_config(write_config(tmp_path, {"demo": tmp_path}, runner={"parallelism": 2, "memory": "1g", **runner}))
     store = Store(config.db_path)
-    dispatcher = Dispatcher(config, store, MemoryBackend(total=total))
+    dispatcher = fakes.dispatcher(config, store, MemoryBackend(total=total))
     try:
         assert dispatcher._depth() == depth
     finally:
@@ -50,7 +50,7 @@ def test_a_backend_without_warm_starts_has_none(tmp_path: Path) -> None:
     store = Store(config.db_path)
     backend = MemoryBackend(total=64 * GIB)
     backend.warm_starts = False
-    dispatcher = Dispatcher(config, store, backend)
+    dispatcher = fakes.dispatcher(config, store, backend)
     try:
         assert dispatcher._depth() == 0
     finally:
