@@ -25,8 +25,8 @@ from orchestrator.run.attempt import Attempt
 from orchestrator.run.conclude import conclude
 from orchestrator.run.context import Context
 from orchestrator.run.recovery import Recovery
-from orchestrator.run.shards import ShardedAttempt
-from orchestrator.run.warm import Release, WarmPool
+from orchestrator.run.shards import SplitAttempt
+from orchestrator.run.warm import WarmPool, WarmStart
 from orchestrator.sharding import Planner
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -186,10 +186,10 @@ class Dispatcher:
         job = self.queue.pick(besides=self._warm.job_ids)
         if job is None or self.planner.wanted(job.repository) != 1:
             return False   # a split suite is not started warm (it waits for its slots instead)
-        release = Release()
-        future = self._pool.submit(Attempt(self.ctx, job, release=release).run)
+        start = WarmStart()
+        future = self._pool.submit(Attempt(self.ctx, job, warm_start=start).run)
         future.add_done_callback(lambda _f: self._wake.set())
-        self._warm.add(job, release, future)
+        self._warm.add(job, start.handover, future)
         return True
 
     def _release_warm(self) -> None:
@@ -203,7 +203,7 @@ class Dispatcher:
     def _submit(self, job: Job, adopt: ContainerState | None, count: int = 1) -> None:
         self.touched.add(job.id)
         attempt = Attempt(self.ctx, job, adopt) if count == 1 else \
-            ShardedAttempt(self.ctx, job, self.planner.plan(job.repository, count))
+            SplitAttempt(self.ctx, job, self.planner.plan(job.repository, count))
         if count > 1:
             self._slots[job.id] = count
         future = self._pool.submit(attempt.run)

@@ -8,13 +8,12 @@ A test's id is what its JUnit report calls it, ``<classname>::<name>``
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from orchestrator.models import Job
 from orchestrator.store import Store
 from orchestrator.store.tests import Run
-from orchestrator.verdict import cases_as_ended, outcome, test_id
+from orchestrator.report import Report, outcome, test_id
 
 MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
 RECENT = 20           # runs a failing test's record looks back over
@@ -31,14 +30,10 @@ class Case:
 _BAD = {"failed": 1, "error": 1}
 
 
-def cases(junit: bytes, reruns: int = 0) -> list[Case]:
-    """The report's test cases, its own suites' first, then its counted re-runs' (verdict.suites)."""
-    try:
-        root = ET.fromstring(junit)
-    except ET.ParseError:
-        return []
+def cases(report: Report, reruns: int = 0) -> list[Case]:
+    """The report's test cases, its own suites' first, then its counted re-runs' (report.py)."""
     found = []
-    for case, rerun in cases_as_ended(root, reruns):
+    for case, rerun in report.cases(reruns):
         try:
             seconds = max(0.0, float(case.get("time") or 0))
         except ValueError:
@@ -49,11 +44,11 @@ def cases(junit: bytes, reruns: int = 0) -> list[Case]:
     return found
 
 
-def record(store: Store, job: Job, junit: bytes | None, reruns: int = 0) -> int:
+def record(store: Store, job: Job, report: Report, reruns: int = 0) -> int:
     """The cases of ``job``'s current attempt, each as it ended (a counted re-run's outcome
     wins), ``flaky`` for one that failed and then passed when re-run; how many rows."""
     found: dict[str, Case] = {}
-    for case in cases(junit, reruns) if junit else []:   # a test named twice by its own suites: the worse
+    for case in cases(report, reruns):   # a test named twice by its own suites: the worse
         if case.rerun or case.test_id not in found or _BAD.get(case.outcome, 0) > _BAD.get(found[case.test_id].outcome, 0):
             found[case.test_id] = case
     if found:

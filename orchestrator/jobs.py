@@ -23,7 +23,7 @@ from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.observer import Observer
 from orchestrator.results import ResultFiles, result_document
-from orchestrator.verdict import failures
+from orchestrator.report import Report
 from orchestrator.store import NewCommit, Store
 
 log = logging.getLogger("orchestrator.jobs")
@@ -216,7 +216,7 @@ class LocalJobs:
 
         job = self.job(ref)
         junit = self.results.report(job) if job.status.final else None
-        found = failures(junit) if junit else []
+        found = Report(junit).failures()
         record = History(self.store)
         parents = self._parents(job) if found else None
         return [{**f, "history": record.record_of(job, f["test"], parents)} for f in found]

@@ -19,12 +19,12 @@ import math
 import statistics
 from collections.abc import Sequence
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import RepositoryConfig
 from orchestrator.models import JobStatus
+from orchestrator.report import Report
 from orchestrator.store import Store
 from runner_image import orchestrator_protocol as protocol
 
@@ -50,9 +50,6 @@ class Plan:
     def document(self) -> bytes:
         """The plan file's bytes: what every shard of the commit reads."""
         return json.dumps({"count": self.count, "unit": self.unit, "durations": self.durations}).encode()
-
-    def environment(self, index: int) -> dict[str, str]:
-        return {protocol.SHARD: f"{index}/{self.count}"}
 
 
 class Planner:
@@ -123,40 +120,11 @@ def worst(statuses: list[JobStatus]) -> JobStatus:
     return max(statuses, key=_SEVERITY.index)
 
 
-def merge_reports(reports: list[bytes | None]) -> bytes | None:
-    """The shards' JUnit reports as one: every testsuite of each, in shard order."""
-    merged = ET.Element("testsuites")
-    for report in reports:
-        try:
-            root = ET.fromstring(report) if report else None
-        except ET.ParseError:
-            continue
-        if root is None:
-            continue
-        for suite in [root] if root.tag == "testsuite" else root.findall("testsuite"):
-            merged.append(suite)
-    if not len(merged):
-        return None
-    return ET.tostring(merged, encoding="utf-8", xml_declaration=True)
-
-
-def collected(report: bytes | None) -> str | None:
-    """What a shard's plugin collected in all ("count:digest"), from its report."""
-    try:
-        root = ET.fromstring(report) if report else None
-    except ET.ParseError:
-        return None
-    for prop in root.iter("property") if root is not None else ():
-        if prop.get("name") == COLLECTED:
-            return prop.get("value")
-    return None
-
-
-def mismatch(reports: list[bytes | None]) -> str | None:
+def mismatch(reports: list[Report]) -> str | None:
     """Why the shards' split cannot be trusted, if it cannot: they did not all collect the
     same tests (a parametrisation whose ids change from one run to the next), so some may
     have run twice and some not at all."""
-    seen = {value for value in map(collected, reports) if value is not None}
+    seen = {value for value in (r.property(COLLECTED) for r in reports) if value is not None}
     if len(seen) <= 1:
         return None
     counts = sorted({value.partition(":")[0] for value in seen})

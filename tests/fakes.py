@@ -226,3 +226,12 @@ def observer(config, sink):
     from orchestrator.observer import Observer
 
     return Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), sink)
+
+
+def spec_of(bed: "Bed", job):
+    """The spec of ``job``'s current attempt, as the attempt would ask for it."""
+    from orchestrator.run.spec import container_spec
+
+    ws = bed.ctx.workspaces.prepare(job.id)
+    return container_spec(bed.config.runner, bed.ctx.instance, bed.ctx.workspaces.container_user(), job, job.attempts,
+                          ws.src, ws.out, bed.backend.image("ci-runner:latest"), {})

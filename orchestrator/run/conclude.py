@@ -8,6 +8,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from orchestrator.environment.build import EnvironmentBroken
+from orchestrator.errors import ImageMissing, InfrastructureError, InvalidTransition
 from orchestrator.models import Job, JobStatus, after_infrastructure_failure, transition, utcnow
 from orchestrator.run.context import Context
 
@@ -39,3 +41,32 @@ def conclude(ctx: Context, job: Job, reason: str, final: bool = False, container
 
 def os_reason(exc: OSError) -> str:
     return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
+def after(ctx: Context, job: Job, exc: Exception, container_id: str | None,
+          timings: dict[str, float] | None = None) -> Job:
+    """How an attempt ends when ``exc`` escaped it: what the commit declares that cannot be
+    built, or a missing image, ends it ``error`` (not retried); an infrastructure failure
+    is retried by the policy; anything else is a bug, logged, that must not lose the job.
+    If the store's copy of the job moved on from ``job`` meanwhile, that copy is concluded,
+    while it is still this attempt's."""
+    if isinstance(exc, ImageMissing):
+        reason, final, environment_log = str(exc), True, None
+    elif isinstance(exc, EnvironmentBroken):
+        reason, final, environment_log = str(exc), True, exc.log_path
+    elif isinstance(exc, InfrastructureError):
+        reason, final, environment_log = str(exc), False, None
+    else:
+        log.error("job %s: internal error", job.id, exc_info=exc)
+        reason, final, environment_log = f"internal error: {type(exc).__name__}: {exc}", False, None
+    try:
+        return conclude(ctx, job, reason, final=final, container_id=container_id or job.container_id,
+                        environment_log=environment_log, timings=timings)
+    except InvalidTransition:
+        fresh = ctx.store.get(job.id)
+        if fresh is None or fresh.status is not JobStatus.RUNNING or fresh.attempts != job.attempts:
+            log.warning("job %s: not concluded (%s): the store has it %s", job.id, reason,
+                        fresh.status.value if fresh else "gone")
+            return fresh or job
+        return conclude(ctx, fresh, reason, final=final, container_id=container_id or fresh.container_id,
+                        environment_log=environment_log, timings=timings)

@@ -20,19 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from orchestrator.backends.base import LABEL_SHARD, ContainerState, container_name
+from orchestrator.backends.base import ContainerState
 from orchestrator.environment.setup import Setup
 from orchestrator.errors import InfrastructureError
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.run.attempt import Attempt, remove_leftovers
+from orchestrator.report import Report, merge
+from orchestrator.run import collect, conclude, steps
 from orchestrator.run.context import Context
-from orchestrator.run.watch import Watch
-from orchestrator.sharding import PLAN_FILE, Plan, merge_reports, mismatch, summary, worst
-from orchestrator.verdict import flaky, judge, parse_junit
+from orchestrator.run.spec import Shard as ShardSpec
+from orchestrator.run.spec import container_spec
+from orchestrator.run.watch import Abandoned, Watch
+from orchestrator.sharding import PLAN_FILE, Plan, mismatch, summary, worst
+from orchestrator.verdict import judge
 from orchestrator.workspace import Workspace, remove_tree
-from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.run")
 
@@ -41,12 +43,12 @@ class Shard:
     """Shard ``index`` of a split attempt: its own workspace and container, run again
     alone when the infrastructure ends it."""
 
-    def __init__(self, attempt: "ShardedAttempt", index: int):
+    def __init__(self, attempt: "SplitAttempt", index: int):
         self.attempt, self.index = attempt, index
         self.ws = Workspace(attempt.ws.root / f"shard-{index}")
         self.containers: list[str] = []     # every container it had (removed at the end)
         self.capped: CappedLog | None = None
-        self.junit: bytes | None = None
+        self.report = Report(None)
         self.status, self.message = JobStatus.ERROR, "did not run"
         self.final: ContainerState | None = None
         self.started: datetime | None = None
@@ -80,11 +82,10 @@ class Shard:
         ctx.mirrors[job.repository].checkout(job.commit, self.ws.src)
         (self.ws.out / PLAN_FILE).write_bytes(plan.document())
         ctx.workspaces.hand_over(self.ws)
-        spec = attempt._spec(self.ws, attempt.runs_in.image, attempt.runs_in.variables)
-        spec = dataclasses.replace(
-            spec, name=container_name(ctx.instance, job.id, job.attempts, self.index),
-            labels={**spec.labels, LABEL_SHARD: f"{self.index}/{plan.count}"},
-            environment={**spec.environment, **plan.environment(self.index), protocol.SHARD_TRY: str(self.tries)})
+        assert attempt.runs_in is not None
+        spec = container_spec(ctx.config.runner, ctx.instance, ctx.workspaces.container_user(), job, job.attempts,
+                              self.ws.src, self.ws.out, attempt.runs_in.image, attempt.runs_in.variables,
+                              shard=ShardSpec(self.index, plan.count, self.tries))
         container_id = ctx.backend.prepare(spec)
         self.containers.append(container_id)
         state = ctx.backend.start(container_id)
@@ -93,13 +94,13 @@ class Shard:
             self.capped.close()
         self.capped = CappedLog(self.ws.spool, ctx.config.runner.max_log_bytes)
         final, killed = Watch(ctx, job, container_id, self.capped, [self.ws.src, self.ws.out]).until_exit(self.started)
-        self.junit = ctx.backend.report(container_id, self.ws.out)
-        self.status, self.message = judge(ctx.config.runner, final, killed, self.junit, self.capped.head(),
-                                          self.attempt._reruns())
+        self.report = Report(ctx.backend.report(container_id, self.ws.out))
+        self.status, self.message = judge(ctx.config.runner, final, killed, self.report, self.capped.head(),
+                                          collect.reruns(ctx, job.repository))
         self.final = final
 
     def summary(self) -> dict[str, Any]:
-        tests = parse_junit(self.junit, self.attempt._reruns()) if self.junit else None
+        tests = self.report.counts(collect.reruns(self.attempt.ctx, self.attempt.job.repository))
         final, started = self.final, self.started
         duration = round((final.finished_at - started).total_seconds(), 3) \
             if final is not None and final.finished_at and started else None
@@ -119,47 +120,80 @@ class Shard:
             self.capped.close()
 
 
-class ShardedAttempt(Attempt):
-    """Runs the current attempt of ``job`` as ``plan.count`` shards (never warm, never adopted)."""
+class SplitAttempt:
+    """Runs the current attempt of ``job`` as ``plan.count`` shards (never warm, never
+    adopted), from the steps every attempt takes (run/steps.py, run/collect.py)."""
 
     def __init__(self, ctx: Context, job: Job, plan: Plan):
-        super().__init__(ctx, job)
+        self.ctx = ctx
+        self.job = job
         self.plan = plan
+        self.ws = ctx.workspaces.get(job.id)
         self.shards: list[Shard] = []
         self.runs_in: Setup | None = None
+        self.timings = steps.Timings()
+
+    def run(self) -> Job:
+        try:
+            self.job = steps.finish(self.ctx, self.job, self._run())
+            self._clean_up()
+            return self.job
+        except Abandoned:
+            log.info("job %s: its shards are left for the next start", self.job.id)
+            return self.job
+        except Exception as exc:
+            self._clean_up_quietly()
+            self.job = conclude.after(self.ctx, self.job, exc, None, self.timings)
+            return self.job
 
     def _run(self) -> Job:
         crash_point("job-claimed")
-        _, self.runs_in = self._checkout_and_environment()   # each shard then checks out its own
+        with self.timings.phase("checkout"):   # for the environment; each shard then checks out its own
+            self.ws = self.ctx.workspaces.prepare(self.job.id)
+            steps.checkout(self.ctx, self.job, self.ws)
+        with self.timings.phase("environment"):
+            self.runs_in = steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
         image = self.runs_in.image
         self.shards = [Shard(self, k) for k in range(1, self.plan.count + 1)]
         self._record(image_tag=image.tag, image_id=image.id, environment=self.runs_in.document, message=None,
                      shards=tuple(summary(s.index, JobStatus.RUNNING) for s in self.shards))
         log.info("job %s: %s split across %d containers", self.job.id, self.job.commit[:12], self.plan.count)
         try:
-            with self._phase("run"), ThreadPoolExecutor(self.plan.count, thread_name_prefix="shard") as pool:
+            with self.timings.phase("run"), ThreadPoolExecutor(self.plan.count, thread_name_prefix="shard") as pool:
                 for future in [pool.submit(shard.run) for shard in self.shards]:
                     future.result()
-            with self._phase("collect"):
-                junit = merge_reports([s.junit for s in self.shards])
-                done = self._verdict_of_shards(junit)
-                done, staged = self._artifacts(done, [(s.ws.src, f"shard-{s.index}") for s in self.shards])
-            self._save(done, junit, self._combined_log, staged, shard_logs=[s.write_log for s in self.shards])
+            with self.timings.phase("collect"):
+                report = merge([s.report for s in self.shards])
+                done = self._verdict(report)
+                done, staged = collect.with_artifacts(self.ctx, done, self.ws.root,
+                                                      [(s.ws.src, f"shard-{s.index}") for s in self.shards])
+            collect.save(self.ctx, done, report, self._combined_log, self.timings, staged,
+                         shard_logs=[s.write_log for s in self.shards])
         finally:
             for shard in self.shards:
                 shard.close()
-        return self._finish(done)
+        return done
 
-    def _verdict_of_shards(self, junit: bytes | None) -> Job:
+    def _building_environment(self, stage: str) -> None:
+        log.info("job %s: %s", self.job.id, stage)
+        self._record(message=stage)
+
+    def _record(self, **facts: object) -> None:
+        self.job = self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
+
+    def _verdict(self, report: Report) -> Job:
+        """The worst shard's status is the commit's; shards that collected different tests
+        make it ``error``; the counts are the merged report's."""
         status = worst([s.status for s in self.shards])
         first = next(s for s in self.shards if s.status is status)
         message = f"{first.name}: {first.message}" if first.message else None
-        if status is not JobStatus.CANCELLED and (why := mismatch([s.junit for s in self.shards])):
+        if status is not JobStatus.CANCELLED and (why := mismatch([s.report for s in self.shards])):
             status, message = JobStatus.ERROR, why
         ends = [s.final.finished_at for s in self.shards if s.final is not None and s.final.finished_at]
+        counted = collect.reruns(self.ctx, self.job.repository)
         return transition(
             self.job, status, utcnow(), exit_code=first.final.exit_code if first.final else None, message=message,
-            tests=parse_junit(junit, self._reruns()) if junit else None, flaky=tuple(flaky(junit, self._reruns())),
+            tests=report.counts(counted), flaky=tuple(report.flaky(counted)),
             log_truncated=any(s.capped is not None and s.capped.truncated for s in self.shards),
             finished_at=max(ends) if ends else utcnow(), shards=tuple(s.summary() for s in self.shards))
 
@@ -170,7 +204,10 @@ class ShardedAttempt(Attempt):
             out.write(b"\n")
 
     def _clean_up(self) -> None:
-        for shard in self.shards:
-            for container_id in shard.containers:
-                self.ctx.cleaner.submit(remove_leftovers, self.ctx, container_id, None, self.job.id)
-        super()._clean_up()
+        steps.clean_up(self.ctx, self.job.id, [c for shard in self.shards for c in shard.containers])
+
+    def _clean_up_quietly(self) -> None:
+        try:
+            self._clean_up()
+        except Exception as exc:  # recovery removes what is left
+            log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)

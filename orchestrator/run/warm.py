@@ -18,13 +18,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.backends.base import LABEL_WARM, OUTPUT_DIR, ContainerState
+from orchestrator.backends.base import LABEL_WARM, ContainerState
 from orchestrator.models import Job
 from runner_image import orchestrator_protocol as protocol
 
 RELEASE_FILE = protocol.RELEASE_FILE
-RELEASE_ENV = protocol.RELEASE
-CPU_SHARES = 2   # the lowest weight: a warm container prepares on CPU that running jobs leave idle
 
 
 class NotReleased(Exception):
@@ -83,12 +81,31 @@ class Release:
         return self.job is not None
 
 
-def labels() -> dict[str, str]:
-    return {LABEL_WARM: "1"}
+class WarmStart:
+    """How an attempt started warm differs from one started for a claimed job: its job is
+    still queued (so its attempt is the next one, and nothing about it may be written),
+    its container waits at the lowest CPU weight for its release file, and the claimed job
+    reaches it through ``handover`` when a slot frees."""
 
+    def __init__(self, handover: Release | None = None):
+        self.handover = handover or Release()
 
-def environment() -> dict[str, str]:
-    return {RELEASE_ENV: f"{OUTPUT_DIR}/{RELEASE_FILE}"}
+    @staticmethod
+    def attempt_of(job: Job) -> int:
+        return job.attempts + 1   # the job is not claimed yet
+
+    @property
+    def claimed(self) -> bool:
+        return self.handover.given
+
+    def wait(self, abandon: threading.Event) -> Job:
+        """The claimed job, once a slot freed; NotReleased if discarded or the dispatcher leaves."""
+        return self.handover.wait(abandon)
+
+    def ended_early(self) -> Job | None:
+        """The attempt ended before its container ran: None if the job stays queued; else
+        the job the dispatcher claimed for it meanwhile (which the attempt must end)."""
+        return self.handover.job if self.handover.given else self.handover.withdraw()
 
 
 def release(output_dir: Path) -> None:

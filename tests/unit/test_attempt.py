@@ -12,9 +12,12 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.models import JobStatus
 from orchestrator.run import warm
+from orchestrator.backends.base import LABEL_WARM
 from orchestrator.run.attempt import Attempt
+from orchestrator.run.spec import WARM_CPU_SHARES
 from orchestrator.run.context import Context
-from tests.fakes import FAST, JUNIT_FAILED, Bed, FakeBackend, behaving
+from runner_image import orchestrator_protocol as protocol
+from tests.fakes import FAST, JUNIT_FAILED, Bed, FakeBackend, behaving, spec_of
 from tests.helpers import write_config
 
 @pytest.fixture
@@ -119,7 +122,7 @@ def test_warm_then_discarded_stays_queued(bed: Bed) -> None:
     job = bed.store.next_queued()
     release = warm.Release()
     release.give(None)  # cancelled before a slot freed
-    after = Attempt(bed.ctx, job, release=release).run()
+    after = Attempt(bed.ctx, job, warm_start=warm.WarmStart(release)).run()
     assert after.status is JobStatus.QUEUED and bed.store.get(job.id).attempts == 0
     assert bed.backend.destroyed and bed.finished == []
 
@@ -128,13 +131,13 @@ def test_warm_released_runs_with_its_clock_from_the_release(bed: Bed) -> None:
     job = bed.store.next_queued()
     release = warm.Release()
     release.give(bed.store.claim(job))
-    done = Attempt(bed.ctx, job, release=release).run()
+    done = Attempt(bed.ctx, job, warm_start=warm.WarmStart(release)).run()
     assert done.status is JobStatus.PASSED and done.attempts == 1
     (spec,) = bed.backend.specs
-    assert spec.labels[warm.LABEL_WARM] == "1" and spec.labels["orchestrator.attempt"] == "1"
-    assert warm.RELEASE_ENV in spec.environment
+    assert spec.labels[LABEL_WARM] == "1" and spec.labels["orchestrator.attempt"] == "1"
+    assert protocol.RELEASE in spec.environment
     # prepared at the lowest CPU weight, given the usual one when released
-    assert spec.cpu_shares == warm.CPU_SHARES and "prioritise" in bed.backend.calls
+    assert spec.cpu_shares == WARM_CPU_SHARES and "prioritise" in bed.backend.calls
 
 
 def test_a_warm_job_whose_weight_cannot_be_raised_still_runs(bed: Bed) -> None:
@@ -142,7 +145,7 @@ def test_a_warm_job_whose_weight_cannot_be_raised_still_runs(bed: Bed) -> None:
     job = bed.store.next_queued()
     release = warm.Release()
     release.give(bed.store.claim(job))
-    assert Attempt(bed.ctx, job, release=release).run().status is JobStatus.PASSED
+    assert Attempt(bed.ctx, job, warm_start=warm.WarmStart(release)).run().status is JobStatus.PASSED
 
 
 def test_adopted_after_a_restart(bed: Bed) -> None:
@@ -167,9 +170,7 @@ def test_image_missing_is_final_not_retried(tmp_path: Path) -> None:
 
 
 def _spec_of(bed: Bed, job):
-    attempt = Attempt(bed.ctx, job)
-    ws = bed.ctx.workspaces.prepare(job.id)
-    return attempt._spec(ws, bed.backend.image("ci-runner:latest"))
+    return spec_of(bed, job)
 
 
 @pytest.mark.parametrize("failure", ["environment", "engine", "bug"])
@@ -179,7 +180,7 @@ def test_a_warm_job_released_while_its_environment_builds_still_ends(bed: Bed, m
     never stays `running` with a stale copy's compare-and-swap lost in its future."""
     from orchestrator.environment.build import EnvironmentBroken
     from orchestrator.errors import EngineUnavailable
-    from orchestrator.run import attempt as attempt_module
+    from orchestrator.run import steps as steps_module
 
     job = bed.store.next_queued()
     release = warm.Release()
@@ -190,8 +191,8 @@ def test_a_warm_job_released_while_its_environment_builds_still_ends(bed: Bed, m
                "engine": EngineUnavailable("Docker engine unreachable (build): gone"),
                "bug": RuntimeError("a bug")}[failure]
 
-    monkeypatch.setattr(attempt_module, "setup", building)
-    after = Attempt(bed.ctx, job, release=release).run()
+    monkeypatch.setattr(steps_module, "setup", building)
+    after = Attempt(bed.ctx, job, warm_start=warm.WarmStart(release)).run()
     stored = bed.store.get(job.id)
     assert stored == after and stored.attempts == 1
     if failure == "environment":

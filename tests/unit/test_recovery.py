@@ -7,12 +7,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, ContainerState, Phase
+from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, LABEL_WARM, ContainerState, Phase
 from orchestrator.models import Job, JobStatus, utcnow
-from orchestrator.run import warm
-from orchestrator.run.attempt import Attempt
 from orchestrator.run.recovery import Adopt, AdoptFiles, Discard, Recovery, Requeue, plan
-from tests.fakes import Bed, FakeBackend
+from tests.fakes import Bed, FakeBackend, spec_of
 
 
 def _job(job_id: int, attempts: int = 1, container: str | None = None) -> Job:
@@ -32,7 +30,7 @@ def test_plan_decides_for_every_job_and_container() -> None:
         _box("c3-old", 3, 1, Phase.EXITED),          # an earlier attempt's
         _box("c3", 3, 2, Phase.EXITED),              # exited: adopted, to be collected
         _box("c4", 4, 1, Phase.CREATED),             # never started: its job re-queued
-        _box("c5", 5, 1, **{warm.LABEL_WARM: "1"}),  # warm, never released: as if gone
+        _box("c5", 5, 1, **{LABEL_WARM: "1"}),  # warm, never released: as if gone
         _box("c9", 9, 1),                            # its job is no longer running
         _box("cx", "junk", 1),                       # not ours to understand
     ]
@@ -50,8 +48,7 @@ def test_plan_decides_for_every_job_and_container() -> None:
 def test_reconcile_adopts_requeues_and_cleans(tmp_path: Path) -> None:
     bed = Bed(tmp_path, FakeBackend())
     job = bed.store.claim_next()
-    running = bed.backend.adopt(Attempt(bed.ctx, job)._spec(bed.ctx.workspaces.prepare(job.id),
-                                                            bed.backend.image("ci-runner:latest")))
+    running = bed.backend.adopt(spec_of(bed, job))
     job = bed.store.apply(job, dataclasses.replace(job, container_id=running.id))
     stray = bed.backend.adopt(dataclasses.replace(bed.backend.specs[0], labels={
         **bed.backend.specs[0].labels, LABEL_JOB: "77"}))

@@ -9,7 +9,8 @@ from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
 from orchestrator.results import ResultFiles
 from orchestrator import history, verdict
-from orchestrator.verdict import cause, classify, parse_junit
+from orchestrator.report import Report
+from orchestrator.verdict import cause, classify
 from orchestrator.workspace import read_regular_file
 
 JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -18,21 +19,21 @@ JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
 
 
 def test_junit_counts() -> None:
-    assert parse_junit(JUNIT) == TestCounts(total=7, passed=3, failed=2, errors=1, skipped=1)
+    assert Report(JUNIT).counts() == TestCounts(total=7, passed=3, failed=2, errors=1, skipped=1)
     single = b'<testsuite tests="2" failures="0" errors="0" skipped="0"/>'
-    assert parse_junit(single) == TestCounts(total=2, passed=2)
+    assert Report(single).counts() == TestCounts(total=2, passed=2)
 
 
 @pytest.mark.parametrize("data", [b"", b"not xml", b"<html/>", b'<testsuite tests="many"/>'])
 def test_junit_garbage_is_no_counts(data: bytes) -> None:
-    assert parse_junit(data) is None
+    assert Report(data).counts() is None
 
 
 def test_junit_billion_laughs_is_refused() -> None:
     bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' + b"".join(
         f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(8)
     ) + b']><testsuite tests="&i;"/>'
-    assert parse_junit(bomb) is None
+    assert Report(bomb).counts() is None
 
 
 def test_junit_read_refuses_links_and_oversize(tmp_path: Path) -> None:
@@ -209,7 +210,7 @@ E   ModuleNotFoundError: No module named 'hypothesis'</error></testcase></testsu
     (1, COLLECTION, b"", None),  # failed tests speak for themselves
 ])
 def test_the_reason_names_the_cause(exit_code, junit, log, expected) -> None:
-    assert cause(exit_code, junit, log) == expected
+    assert cause(exit_code, Report(junit), log) == expected
 
 
 # -- a report must not contradict the status ------------------------------------------------
@@ -225,14 +226,14 @@ def test_a_rerun_suite_counts_only_when_re_runs_are_configured_and_only_as_many(
     is the suite's own suite (the failure stands, nothing is flaky); with N re-runs, only
     orchestrator-rerun-1..N count, each once."""
     forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
-    assert verdict.flaky(forged) == [] and verdict.parse_junit(forged).failed == 1
-    assert not any(c.rerun for c in history.cases(forged))   # the history records the failure (history.record)
-    assert verdict.flaky(forged, reruns=1) == ["tests.test_a::test_x"]
+    assert Report(forged).flaky() == [] and Report(forged).counts().failed == 1
+    assert not any(c.rerun for c in history.cases(Report(forged)))   # the history records the failure (history.record)
+    assert Report(forged).flaky(reruns=1) == ["tests.test_a::test_x"]
     beyond = FAILED_ONCE + FORGED_RERUN.replace(b"rerun-1", b"rerun-3") + b"</testsuites>"
-    assert verdict.flaky(beyond, reruns=2) == [] and verdict.parse_junit(beyond, reruns=2).failed == 1
+    assert Report(beyond).flaky(reruns=2) == [] and Report(beyond).counts(reruns=2).failed == 1
     twice = FAILED_ONCE + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure/></testcase>') \
         + FORGED_RERUN + b"</testsuites>"
-    assert verdict.flaky(twice, reruns=2) == []   # rerun-1 counted once: the first, which failed
+    assert Report(twice).flaky(reruns=2) == []   # rerun-1 counted once: the first, which failed
 
 
 def test_a_passing_exit_with_failures_in_the_report_is_failed() -> None:
@@ -242,17 +243,17 @@ def test_a_passing_exit_with_failures_in_the_report_is_failed() -> None:
 
     exited = ContainerState("c", Phase.EXITED, {}, exit_code=0)
     report = FAILED_ONCE + b"</testsuites>"
-    assert verdict.judge(RunnerConfig(), exited, None, report) == \
+    assert verdict.judge(RunnerConfig(), exited, None, Report(report)) == \
         (JobStatus.FAILED, "the suite exited 0 but its report has 1 failure")
     recovered = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
-    assert verdict.judge(RunnerConfig(), exited, None, recovered, reruns=1) == (JobStatus.PASSED, None)
-    assert verdict.judge(RunnerConfig(), exited, None, recovered)[0] is JobStatus.FAILED
+    assert verdict.judge(RunnerConfig(), exited, None, Report(recovered), reruns=1) == (JobStatus.PASSED, None)
+    assert verdict.judge(RunnerConfig(), exited, None, Report(recovered))[0] is JobStatus.FAILED
 
 
 def test_a_test_that_failed_again_on_its_re_run_is_listed_once_with_its_tries() -> None:
     report = FAILED_ONCE + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure message="again"/></testcase>') \
         + b"</testsuites>"
-    (listed,) = verdict.failures(report)
+    (listed,) = Report(report).failures()
     assert listed["test"] == "tests.test_a::test_x" and listed["tries"] == 2 and listed["message"] == "no"
 
 
@@ -263,7 +264,7 @@ def test_the_history_records_a_forged_rerun_as_the_failure_it_hides(tmp_path: Pa
     store.record_commits("demo", [NewCommit("a" * 40, "s", ("main",))])
     job = store.claim_next()
     forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
-    history.record(store, job, forged)   # re-runs off
+    history.record(store, job, Report(forged))   # re-runs off
     (run,) = store.tests.runs("demo", "tests.test_a::test_x")
     outcome = run.outcome
     store.close()

@@ -18,8 +18,8 @@ from orchestrator.config import load_config
 from orchestrator.models import Job, JobStatus, transition, utcnow
 from orchestrator.store import NewCommit, Store
 from orchestrator.run.recovery import Discard, Requeue, plan
-from orchestrator.sharding import Planner, merge_reports, mismatch, worst
-from orchestrator.verdict import parse_junit
+from orchestrator.report import Report, merge
+from orchestrator.sharding import Planner, mismatch, worst
 from tests.helpers import write_config
 
 from runner_image import orchestrator_shard as plugin
@@ -87,7 +87,7 @@ def planned(tmp_path: Path):
             job = store.claim_next()
             done = transition(job, JobStatus.PASSED, utcnow(), finished_at=job.started_at + timedelta(seconds=wall))
             done = store.apply(job, done)
-            history.record(store, done, _report(cases))
+            history.record(store, done, Report(_report(cases)))
         made.append(store)
         return Planner(config.repositories, config.runner.parallelism, store)
     made: list[Store] = []
@@ -129,17 +129,17 @@ def _shard_report(index: int, names: list[str], failed: str | None = None, colle
 
 
 def test_the_merged_report_counts_every_shard_and_the_worst_status_wins() -> None:
-    merged = merge_reports([_shard_report(1, ["a", "b"]), None, _shard_report(2, ["c"], failed="c")])
-    counts = parse_junit(merged)
+    merged = merge([Report(_shard_report(1, ["a", "b"])), Report(None), Report(_shard_report(2, ["c"], failed="c"))])
+    counts = merged.counts()
     assert (counts.total, counts.passed, counts.failed) == (3, 2, 1)
     assert worst([JobStatus.PASSED, JobStatus.FAILED, JobStatus.PASSED]) is JobStatus.FAILED
     assert worst([JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT]) is JobStatus.ERROR
-    assert merge_reports([None, b"not xml"]) is None
+    assert not merge([Report(None), Report(b"not xml")])
 
 
 def test_shards_that_collected_different_tests_are_told() -> None:
-    assert mismatch([_shard_report(1, ["a"]), _shard_report(2, ["b", "c"])]) is None
-    why = mismatch([_shard_report(1, ["a"]), _shard_report(2, ["b"], collected="4:def")])
+    assert mismatch([Report(_shard_report(1, ["a"])), Report(_shard_report(2, ["b", "c"]))]) is None
+    why = mismatch([Report(_shard_report(1, ["a"])), Report(_shard_report(2, ["b"], collected="4:def"))])
     assert why is not None and "3 vs 4" in why and "stable ids" in why
 
 

@@ -10,6 +10,7 @@ import pytest
 from orchestrator import history
 from orchestrator.models import Job, JobStatus, TestCounts
 from orchestrator.notify import Notifier
+from orchestrator.report import Report
 from tests.helpers import GitRepo, Web
 
 
@@ -113,7 +114,7 @@ def test_history_says_since_when_a_test_fails_and_draws_its_runs(tmp_path: Path,
             repo.commit(f"c{i}")
         w.jobs.poll()
         job = w.finish(JobStatus.FAILED if outcome == "failed" else JobStatus.PASSED)
-        assert history.record(w.store, job, junit(test_x=outcome, test_y="passed")) == 2
+        assert history.record(w.store, job, Report(junit(test_x=outcome, test_y="passed"))) == 2
         jobs.append(job)
         directory = w.results.path(job, "junit.xml").parent
         directory.mkdir(parents=True, exist_ok=True)
@@ -374,25 +375,25 @@ def test_a_change_that_lost_a_race_is_a_conflict(web) -> None:
 
 def test_a_test_that_passed_on_re_run_is_flaky_and_ranked(tmp_path: Path, repo: GitRepo) -> None:
     """The report keeps every run; the job passes with ``flaky``; the page ranks by flip rate."""
-    from orchestrator.verdict import flaky, parse_junit
+    from orchestrator.report import Report
 
     report = (b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
               b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
               b'<testcase classname="tests.test_a" name="test_y"/></testsuite>'
               b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/>'
               b'</testsuite></testsuites>')
-    assert flaky(report, reruns=1) == ["tests.test_a::test_x"]
-    assert parse_junit(report, reruns=1) == TestCounts(total=2, passed=2, failed=0, errors=0, skipped=0)
+    assert Report(report).flaky(reruns=1) == ["tests.test_a::test_x"]
+    assert Report(report).counts(reruns=1) == TestCounts(total=2, passed=2, failed=0, errors=0, skipped=0)
     repo.commit("root")
     w = Web(tmp_path, repo)
     w.jobs.poll()
     job = w.store.claim_next()
     done = w.store.apply(job, dataclasses.replace(job, status=JobStatus.PASSED, flaky=("tests.test_a::test_x",)))
-    history.record(w.store, done, report, reruns=1)
+    history.record(w.store, done, Report(report), reruns=1)
     repo.commit("steady")
     w.jobs.poll()
     w.finish(JobStatus.PASSED)
-    history.record(w.store, w.store.get(2), junit(test_x="passed", test_y="passed"))
+    history.record(w.store, w.store.get(2), Report(junit(test_x="passed", test_y="passed")))
     with w.client() as client:
         assert client.get(f"/api/jobs/{done.id}").json()["flaky"] == ["tests.test_a::test_x"]
         (ranked,) = client.get("/api/flaky").json()
@@ -409,7 +410,7 @@ def test_trends_in_pictures_on_the_repository_and_front_pages(tmp_path: Path, re
             repo.commit(f"c{i}")
         w.jobs.poll()
         job = w.finish(JobStatus.FAILED if outcome == "failed" else JobStatus.PASSED)
-        history.record(w.store, job, junit(test_x=outcome, test_y="passed", test_z="passed"))
+        history.record(w.store, job, Report(junit(test_x=outcome, test_y="passed", test_z="passed")))
     with w.client() as client:
         page = client.get("/repos/demo/main").text
         durations = page.split('id="durations"')[1].split("</div>")[0]
@@ -433,7 +434,7 @@ def test_failures_have_their_record_without_a_mirror(tmp_path: Path, repo: GitRe
     w = Web(tmp_path, repo)
     w.jobs.poll()
     job = w.finish(JobStatus.FAILED)
-    history.record(w.store, job, junit(test_x="failed"))
+    history.record(w.store, job, Report(junit(test_x="failed")))
     directory = w.results.path(job, "junit.xml").parent
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "junit.xml").write_bytes(junit(test_x="failed"))

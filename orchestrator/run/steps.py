@@ -1,0 +1,76 @@
+"""The steps every attempt takes, single or split: the time each phase took, the commit
+checked out, what its containers run in, the final state committed and told, and what
+it leaves removed off the critical path."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from orchestrator.environment.setup import Setup, setup
+from orchestrator.errors import EngineUnavailable
+from orchestrator.faults import crash_point
+from orchestrator.models import Job
+from orchestrator.run.context import Context
+from orchestrator.workspace import Workspace, remove_tree
+
+log = logging.getLogger("orchestrator.run")
+
+
+class Timings(dict[str, float]):
+    """Seconds per phase of an attempt, in result.json (``checkout_s``, ``run_s`` ...)."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[f"{name}_s"] = round(time.perf_counter() - began, 4)
+
+
+def checkout(ctx: Context, job: Job, ws: Workspace) -> None:
+    """Exactly ``job``'s commit into ``ws`` (fetched first if the mirror lacks it), handed
+    over to the container's user."""
+    mirror = ctx.mirrors[job.repository]
+    if not mirror.has_commit(job.commit):
+        mirror.fetch()
+    mirror.checkout(job.commit, ws.src)
+    ctx.workspaces.hand_over(ws)
+
+
+def environment(ctx: Context, job: Job, src: Path, on_build: Callable[[str], None]) -> Setup:
+    """What the commit checked out in ``src`` runs in (its environment built now if need be)."""
+    return setup(ctx.config, ctx.backend, ctx.environments, job.repository, src,
+                 ctx.mirrors[job.repository].version(job.commit), on_build=on_build)
+
+
+def finish(ctx: Context, job: Job, done: Job) -> Job:
+    """The final state committed (its files are written before), then told."""
+    job = ctx.store.apply(job, done)
+    crash_point("job-finished")
+    ctx.finished(job)
+    log.info("job %s: %s %s %s", job.id, job.commit[:12], job.status.value, job.message or "")
+    return job
+
+
+def clean_up(ctx: Context, job_id: int, containers: Sequence[str]) -> None:
+    """Set the containers and the checkout aside for removal in the background, so that
+    the slot is free for the next job at once; what a crash leaves, recovery removes."""
+    trash = ctx.workspaces.discard(job_id)
+    ctx.cleaner.submit(remove_leftovers, ctx, list(containers), trash, job_id)
+
+
+def remove_leftovers(ctx: Context, containers: list[str], trash: Path | None, job_id: int) -> None:
+    """Off the critical path (the cleaner's thread); what the engine keeps now, recovery's
+    sweep removes later."""
+    for container_id in containers:
+        try:
+            ctx.backend.destroy(container_id)
+        except EngineUnavailable as exc:
+            log.warning("job %s: container %s not removed yet (%s)", job_id, container_id[:12], exc)
+    if trash is not None:
+        remove_tree(trash)
