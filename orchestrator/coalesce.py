@@ -18,8 +18,9 @@ from orchestrator.store import Store
 log = logging.getLogger("orchestrator.coalesce")
 
 
-class Queue:
-    """``pick`` what to run (without taking it: for a warm start), ``claim`` it."""
+class Picker:
+    """Which queued job runs next (the store is the queue): ``pick`` it (without taking it:
+    for a warm start), ``claim`` it."""
 
     def __init__(self, store: Store, coalescing: frozenset[str], skipped: Callable[[Job], None] = lambda job: None):
         self.store = store

@@ -21,7 +21,6 @@ from orchestrator.errors import ConfigError, UnknownRepository, UsageError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$", re.IGNORECASE)
-_MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _SCP_LIKE = re.compile(r"^([\w.-]+@)?[\w][\w.-]*:(?!//)")     # [user@]host:path, as git reads it
 _REMOTE_URL = re.compile(r"^(https?|ssh|git|file)://[^\s-][^\s]*$")  # no option-looking host
 
@@ -257,10 +256,10 @@ def is_loopback(host: str) -> bool:
 
 
 def memory_bytes(value: str) -> int:
-    unit = value[-1].lower()
-    if unit.isdigit():
-        return int(value)
-    return int(value[:-1]) * _MEMORY_UNITS[unit]
+    """Bytes in a size like ``512m`` or ``1g``, as the engine reads it."""
+    from docker.utils import parse_bytes   # here: loading config.yaml should not load docker-py
+
+    return int(parse_bytes(value))
 
 
 def is_local_url(url: str) -> bool:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, ContainerState
 from orchestrator.backoff import Backoff
 from orchestrator.bisection import Bisector
-from orchestrator.coalesce import Queue
+from orchestrator.coalesce import Picker
 from orchestrator.config import RunnerConfig, memory_bytes
 from orchestrator.errors import EngineUnavailable
 from orchestrator.metrics import Metrics
@@ -39,13 +39,13 @@ class Dispatcher:
     """Scheduling only: its collaborators are built once, by the composition root
     (service.py), and given to it."""
 
-    def __init__(self, runner: RunnerConfig, stop_grace: float, ctx: Context, queue: Queue, bisector: Bisector,
+    def __init__(self, runner: RunnerConfig, stop_grace: float, ctx: Context, picker: Picker, bisector: Bisector,
                  planner: Planner, recovery: Recovery, metrics: Metrics):
         self.runner = runner
         self.stop_grace = stop_grace
         self.ctx = ctx
         self.store = ctx.store
-        self.queue = queue
+        self.picker = picker
         self.bisector = bisector
         self.planner = planner
         self.recovery = recovery
@@ -86,13 +86,13 @@ class Dispatcher:
             if len(self._warm):   # in queue order, before any job that was not started warm
                 self._release_warm()
                 continue
-            job = self.queue.pick(besides=self._warm.job_ids)
+            job = self.picker.pick(besides=self._warm.job_ids)
             if job is None:
                 break
             count = self.planner.count(job.repository, self._free())
             if count > self._free():
                 break   # a split suite waits for its slots, and nothing overtakes it
-            claimed = self.queue.claim(job, self._warm.job_ids)
+            claimed = self.picker.claim(job, self._warm.job_ids)
             if claimed is not None:
                 self._submit(claimed, None, count)
         while not self._free_slots() and len(self._warm) < self._depth() and not self.ctx.abandon.is_set():
@@ -183,7 +183,7 @@ class Dispatcher:
         warm (run/warm.py); whether there was one."""
         if time.monotonic() < self._warm_after:
             return False
-        job = self.queue.pick(besides=self._warm.job_ids)
+        job = self.picker.pick(besides=self._warm.job_ids)
         if job is None or self.planner.wanted(job.repository) != 1:
             return False   # a split suite is not started warm (it waits for its slots instead)
         start = WarmStart()
@@ -194,7 +194,7 @@ class Dispatcher:
 
     def _release_warm(self) -> None:
         spare = self._warm.job_ids
-        released = self._warm.release_first(lambda job: self.queue.claim(job, spare - {job.id}))  # None: discarded
+        released = self._warm.release_first(lambda job: self.picker.claim(job, spare - {job.id}))  # None: discarded
         if released is not None:
             job, future = released
             self.touched.add(job.id)

@@ -22,7 +22,7 @@ from orchestrator.backends import connect
 from orchestrator.backends.base import Backend
 from orchestrator.backends.engine import Engine
 from orchestrator.bisection import Bisector
-from orchestrator.coalesce import Queue
+from orchestrator.coalesce import Picker
 from orchestrator.config import Config
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.environment.build import Environments, Settings
@@ -67,7 +67,7 @@ def dispatcher_for(config: Config, store: Store, backend: Backend, mirrors: Mirr
     ctx = Context.create(config, store, backend, mirrors, results=results, finished=finished,
                          engine_error=metrics.engine_error, environments=environments, **context)
 
-    return Dispatcher(config.runner, config.stop_grace, ctx, Queue(store, coalescing, skipped=skipped), bisector,
+    return Dispatcher(config.runner, config.stop_grace, ctx, Picker(store, coalescing, skipped=skipped), bisector,
                       Planner(config.repositories, config.runner.parallelism, store), Recovery(ctx), metrics)
 
 

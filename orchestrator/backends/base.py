@@ -62,7 +62,7 @@ class ContainerSpec:
     pids: int
     network: str
     log_max_bytes: int
-    environment: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)   # its environment variables
     tmp_size: str = "1g"       # the scratch space at /tmp (exec: suites run what they write there)
     disk: str = "2g"           # what the workspace may hold (watched on the host; a bound of the task's own on a Swarm)
     cpu_shares: int | None = None   # a warm container's low weight until its release (None: the engine's default)

@@ -34,7 +34,7 @@ def create_args(spec: ContainerSpec) -> dict[str, Any]:
     /tmp, an init, and a log of bounded size."""
     return {
         "image": spec.image, "name": spec.name, "labels": spec.labels, "user": spec.user, "working_dir": WORKSPACE,
-        "environment": spec.environment, "network_disabled": spec.network == "none", "detach": True,
+        "environment": spec.variables, "network_disabled": spec.network == "none", "detach": True,
         "host_config": {
             "binds": {str(spec.workspace): {"bind": WORKSPACE, "mode": "rw"},
                       str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"}},

@@ -128,7 +128,7 @@ class SwarmBackend(Backend):
         task = TaskTemplate(
             container_spec=TaskContainer(
                 image=prepared.image, user=spec.user, workdir=WORKSPACE, labels=dict(spec.labels),
-                env={**spec.environment, FRAME_ENV: "1", LIMITS_ENV: _limits(spec)},
+                env={**spec.variables, FRAME_ENV: "1", LIMITS_ENV: _limits(spec)},
                 init=True, cap_drop=["ALL"], stop_grace_period=0,
             ),
             resources=_resources(spec),

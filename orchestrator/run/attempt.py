@@ -98,13 +98,13 @@ class Attempt:
         attempt = self.warm.attempt_of(self.job) if self.warm else self.job.attempts
         spec = container_spec(ctx.config.runner, ctx.instance, ctx.workspaces.container_user(), self.job, attempt,
                               self.ws.src, self.ws.out, image, runs_in.variables, warm=self.warm is not None)
-        with self.timings.phase("create"):
+        with self.timings.measure("create"):
             self.container_id = ctx.backend.prepare(spec)
             if self.warm is None:
                 self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id,
                              environment=runs_in.document, message=None)
         crash_point("container-created")
-        with self.timings.phase("start"):
+        with self.timings.measure("start"):
             try:
                 state = ctx.backend.start(self.container_id)
             except EngineUnavailable:
@@ -126,10 +126,10 @@ class Attempt:
 
     def _checkout_and_environment(self) -> Setup:
         """The commit checked out, and what its container runs in (built now if need be)."""
-        with self.timings.phase("checkout"):
+        with self.timings.measure("checkout"):
             self.ws = self.ctx.workspaces.prepare(self.job.id)
             steps.checkout(self.ctx, self.job, self.ws)
-        with self.timings.phase("environment"):
+        with self.timings.measure("environment"):
             return steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
 
     def _building_environment(self, stage: str) -> None:
@@ -169,9 +169,9 @@ class Attempt:
         try:
             started = self.job.started_at or state.started_at or utcnow()
             watch = Watch(self.ctx, self.job, state.id, capped, [self.ws.src, self.ws.out], self.engine_trouble)
-            with self.timings.phase("run"):
+            with self.timings.measure("run"):
                 final, killed = watch.until_exit(started, live=self.adopt is None)
-            with self.timings.phase("collect"):
+            with self.timings.measure("collect"):
                 report = Report(self.ctx.backend.report(state.id, self.ws.out))
                 done = collect.verdict(self.ctx, self.job, final, killed, started, report, capped.truncated,
                                        capped.head())

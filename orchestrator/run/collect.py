@@ -78,7 +78,7 @@ def save(ctx: Context, done: Job, report: Report, write_log: Callable[[BinaryIO]
          staged: Path | None, shard_logs: Sequence[Callable[[BinaryIO], None]] = ()) -> None:
     """The test history, then the result files (``result.json`` last), before the final
     state is committed."""
-    with timings.phase("history"):   # before the files, so that result.json has its time
+    with timings.measure("history"):   # before the files, so that result.json has its time
         try:
             history.record(ctx.store, done, report, reruns(ctx, done.repository))
         except sqlite3.Error as exc:   # a store that refuses them costs the history, not the job

@@ -148,10 +148,10 @@ class SplitAttempt:
 
     def _run(self) -> Job:
         crash_point("job-claimed")
-        with self.timings.phase("checkout"):   # for the environment; each shard then checks out its own
+        with self.timings.measure("checkout"):   # for the environment; each shard then checks out its own
             self.ws = self.ctx.workspaces.prepare(self.job.id)
             steps.checkout(self.ctx, self.job, self.ws)
-        with self.timings.phase("environment"):
+        with self.timings.measure("environment"):
             self.runs_in = steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
         image = self.runs_in.image
         self.shards = [Shard(self, k) for k in range(1, self.plan.count + 1)]
@@ -159,10 +159,10 @@ class SplitAttempt:
                      shards=tuple(summary(s.index, JobStatus.RUNNING) for s in self.shards))
         log.info("job %s: %s split across %d containers", self.job.id, self.job.commit[:12], self.plan.count)
         try:
-            with self.timings.phase("run"), ThreadPoolExecutor(self.plan.count, thread_name_prefix="shard") as pool:
+            with self.timings.measure("run"), ThreadPoolExecutor(self.plan.count, thread_name_prefix="shard") as pool:
                 for future in [pool.submit(shard.run) for shard in self.shards]:
                     future.result()
-            with self.timings.phase("collect"):
+            with self.timings.measure("collect"):
                 report = merge([s.report for s in self.shards])
                 done = self._verdict(report)
                 done, staged = collect.with_artifacts(self.ctx, done, self.ws.root,

@@ -33,16 +33,16 @@ def container_spec(runner: RunnerConfig, instance: str, user: str, job: Job, att
     waiting for its release file), ``shard`` runs one share of a split suite."""
     labels = {LABEL_INSTANCE: instance, LABEL_JOB: str(job.id), LABEL_ATTEMPT: str(attempt),
               LABEL_REPOSITORY: job.repository, LABEL_COMMIT: job.commit}
-    environment = {**variables, "CI": "true", "HOME": "/tmp", protocol.COMMIT: job.commit,
-                   protocol.ATTEMPT: str(attempt)}
+    variables_ = {**variables, "CI": "true", "HOME": "/tmp", protocol.COMMIT: job.commit,
+                  protocol.ATTEMPT: str(attempt)}
     if warm:
         labels[LABEL_WARM] = "1"
-        environment[protocol.RELEASE] = f"{protocol.OUTPUT_DIR}/{protocol.RELEASE_FILE}"
+        variables_[protocol.RELEASE] = f"{protocol.OUTPUT_DIR}/{protocol.RELEASE_FILE}"
     if shard is not None:
         labels[LABEL_SHARD] = f"{shard.index}/{shard.count}"
-        environment.update({protocol.SHARD: f"{shard.index}/{shard.count}", protocol.SHARD_TRY: str(shard.tries)})
+        variables_.update({protocol.SHARD: f"{shard.index}/{shard.count}", protocol.SHARD_TRY: str(shard.tries)})
     return ContainerSpec(
         name=container_name(instance, job.id, attempt, shard.index if shard else None), image=image.id, labels=labels,
         workspace=src.resolve(), output_dir=out.resolve(), user=user, memory=runner.memory, cpus=runner.cpus,
         pids=runner.pids, network=runner.network, log_max_bytes=runner.max_log_bytes, tmp_size=runner.tmp_size,
-        disk=runner.disk, cpu_shares=WARM_CPU_SHARES if warm else None, environment=environment)
+        disk=runner.disk, cpu_shares=WARM_CPU_SHARES if warm else None, variables=variables_)

@@ -24,7 +24,7 @@ class Timings(dict[str, float]):
     """Seconds per phase of an attempt, in result.json (``checkout_s``, ``run_s`` ...)."""
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def measure(self, name: str) -> Iterator[None]:
         began = time.perf_counter()
         try:
             yield

@@ -135,7 +135,7 @@ def test_warm_released_runs_with_its_clock_from_the_release(bed: Bed) -> None:
     assert done.status is JobStatus.PASSED and done.attempts == 1
     (spec,) = bed.backend.specs
     assert spec.labels[LABEL_WARM] == "1" and spec.labels["orchestrator.attempt"] == "1"
-    assert protocol.RELEASE in spec.environment
+    assert protocol.RELEASE in spec.variables
     # prepared at the lowest CPU weight, given the usual one when released
     assert spec.cpu_shares == WARM_CPU_SHARES and "prioritise" in bed.backend.calls
 

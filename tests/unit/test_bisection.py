@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.bisection import ABANDONED, FLAKY, FOUND, Bisector
-from orchestrator.coalesce import Queue
+from orchestrator.coalesce import Picker
 from orchestrator.models import BISECT_PRIORITY, MANUAL_PRIORITY, Job, JobStatus
 from orchestrator.store import NewCommit, Store
 
@@ -37,36 +37,36 @@ def finish(store: Store, job: Job, status: JobStatus) -> Job:
 
 def test_only_the_newest_of_a_branch_runs_and_the_older_end_skipped(store: Store) -> None:
     skipped: list[Job] = []
-    queue = Queue(store, frozenset({"demo"}), skipped=skipped.append)
+    picker = Picker(store, frozenset({"demo"}), skipped=skipped.append)
     jobs = queue_commits(store, 1, 4)
     other = queue_commits(store, 10, 1, branch="feature")[0]
-    claimed = queue.claim_next()
+    claimed = picker.claim_next()
     assert claimed.id == jobs[-1].id and claimed.status is JobStatus.RUNNING
     assert [j.id for j in skipped] == [j.id for j in jobs[:3]]
     assert all(store.get(j.id).message == f"covered by {sha(4)[:12]}" for j in jobs[:3])
-    assert queue.claim_next().id == other.id   # another branch: its own newest
-    assert queue.claim_next() is None
+    assert picker.claim_next().id == other.id   # another branch: its own newest
+    assert picker.claim_next() is None
 
 
 def test_without_coalescing_every_commit_runs_oldest_first(store: Store) -> None:
-    queue = Queue(store, frozenset())
+    picker = Picker(store, frozenset())
     jobs = queue_commits(store, 1, 3)
-    assert [queue.claim_next().id for _ in jobs] == [j.id for j in jobs]
+    assert [picker.claim_next().id for _ in jobs] == [j.id for j in jobs]
 
 
 def test_a_warm_pick_does_not_choose_what_another_warm_job_will_cover(store: Store) -> None:
-    queue = Queue(store, frozenset({"demo"}))
+    picker = Picker(store, frozenset({"demo"}))
     jobs = queue_commits(store, 1, 5)
-    first = queue.pick()
+    first = picker.pick()
     assert first.id == jobs[-1].id
-    assert queue.pick(besides=frozenset({first.id})) is None   # the other four are covered by it
+    assert picker.pick(besides=frozenset({first.id})) is None   # the other four are covered by it
 
 
 def test_manual_and_bisection_jobs_are_never_coalesced(store: Store) -> None:
-    queue = Queue(store, frozenset({"demo"}))
+    picker = Picker(store, frozenset({"demo"}))
     jobs = queue_commits(store, 1, 3)
     store.record_commits("demo", [NewCommit(sha(9), "asked for", ("main",), MANUAL_PRIORITY)])
-    assert queue.claim_next().commit == sha(9)   # a user's first, and alone
+    assert picker.claim_next().commit == sha(9)   # a user's first, and alone
     assert all(store.get(j.id).status is JobStatus.QUEUED for j in jobs)
 
 
@@ -79,10 +79,10 @@ class Bed:
         finish(store, queue_commits(store, 0, 1)[0], JobStatus.PASSED)
         self.jobs = queue_commits(store, 1, count)
         self.named: list[tuple[Job, object]] = []
-        self.queue = Queue(store, frozenset({"demo"}))
+        self.picker = Picker(store, frozenset({"demo"}))
         self.bisector = Bisector(store, frozenset({"demo"}), lambda repo, good, bad: [sha(i) for i in range(1, count + 1)],
                                  named=lambda job, b: self.named.append((job, b)))
-        newest = self.queue.claim_next()
+        newest = self.picker.claim_next()
         self.runs = [newest.commit]
         self.bisection = self.bisector.consider(store.move(newest, JobStatus.FAILED))
 
@@ -98,7 +98,7 @@ class Bed:
             self.bisector.advance()
             if not self.bisector.running():
                 return
-            job = self.queue.claim_next()
+            job = self.picker.claim_next()
             if job is not None:
                 assert job.priority == BISECT_PRIORITY
                 self.runs.append(job.commit)
@@ -129,7 +129,7 @@ def test_a_failure_that_does_not_repeat_names_no_culprit(store: Store) -> None:
 def test_a_probe_that_errors_abandons_with_the_reason(store: Store) -> None:
     bed = Bed(store, 8, 5)
     bed.bisector.advance()
-    probe = bed.queue.claim_next()
+    probe = bed.picker.claim_next()
     store.move(probe, JobStatus.ERROR)
     bed.bisector.advance()
     ended = bed.bisector.get(bed.bisection.id)
@@ -140,7 +140,7 @@ def test_it_resumes_from_the_store(store: Store) -> None:
     """A new Bisector (a restarted dispatcher) carries on where the last one stopped."""
     bed = Bed(store, 16, 11)
     bed.bisector.advance()
-    probe = bed.queue.claim_next()
+    probe = bed.picker.claim_next()
     store.move(probe, bed.verdict(probe))
     bed.bisector = Bisector(store, frozenset({"demo"}), lambda repo, good, bad: [sha(i) for i in range(1, 17)],
                             named=lambda job, b: bed.named.append((job, b)))

@@ -12,7 +12,7 @@ from orchestrator.backends.engine import state
 
 SPEC = ContainerSpec(name="orchestrator-i-1-1", image="sha256:abc", labels={"orchestrator.job": "1"},
                      workspace=Path("/w/src"), output_dir=Path("/w/out"), user="1000:1000", memory="256m", cpus=0.5,
-                     pids=64, network="none", log_max_bytes=1000, environment={"CI": "true"}, tmp_size="100m")
+                     pids=64, network="none", log_max_bytes=1000, variables={"CI": "true"}, tmp_size="100m")
 
 
 def test_a_job_container_is_confined() -> None:

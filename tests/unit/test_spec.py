@@ -25,7 +25,7 @@ def test_a_claimed_jobs_container() -> None:
     assert made.name == "orchestrator-inst-7-2" and made.image == "sha256:e"
     assert made.labels == {"orchestrator.instance": "inst", "orchestrator.job": "7", "orchestrator.attempt": "2",
                            "orchestrator.repository": "demo", "orchestrator.commit": "c" * 40}
-    assert made.environment == {"ORCHESTRATOR_INSTALL": "1", "CI": "true", "HOME": "/tmp", protocol.COMMIT: "c" * 40,
+    assert made.variables == {"ORCHESTRATOR_INSTALL": "1", "CI": "true", "HOME": "/tmp", protocol.COMMIT: "c" * 40,
                                 protocol.ATTEMPT: "2"}
     assert (made.memory, made.cpus, made.pids, made.tmp_size, made.disk, made.network, made.cpu_shares) == \
         ("512m", 2, 99, "64m", "1g", "none", None)
@@ -34,8 +34,8 @@ def test_a_claimed_jobs_container() -> None:
 def test_warm_and_shard_options() -> None:
     warm = spec(warm=True)
     assert warm.labels["orchestrator.warm"] == "1" and warm.cpu_shares == WARM_CPU_SHARES
-    assert warm.environment[protocol.RELEASE] == f"{protocol.OUTPUT_DIR}/{protocol.RELEASE_FILE}"
+    assert warm.variables[protocol.RELEASE] == f"{protocol.OUTPUT_DIR}/{protocol.RELEASE_FILE}"
     shard = spec(shard=Shard(2, 3, tries=2))
     assert shard.name == "orchestrator-inst-7-2-s2" and shard.labels["orchestrator.shard"] == "2/3"
-    assert shard.environment[protocol.SHARD] == "2/3" and shard.environment[protocol.SHARD_TRY] == "2"
+    assert shard.variables[protocol.SHARD] == "2/3" and shard.variables[protocol.SHARD_TRY] == "2"
     assert "orchestrator.warm" not in shard.labels and shard.cpu_shares is None
