@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from orchestrator.models import parse_iso  # noqa: E402
 from run import Bench  # noqa: E402
 from workloads import FULL, SMOKE  # noqa: E402
+
+from orchestrator.models import parse_iso  # noqa: E402
 
 SUITE = "import time\n# commit {i}\ndef test_work():\n    time.sleep(1)\n    assert {ok}\n"
 
@@ -46,22 +47,32 @@ def configured(bench: Bench, repo: Path, coalesce: bool) -> Path:
     data = yaml.safe_load(config.read_text())
     data["repositories"][0]["coalesce"] = coalesce
     config.write_text(yaml.safe_dump(data))
-    subprocess.run([sys.executable, "-m", "orchestrator", "run", "--once", "-c", str(config)],
-                   capture_output=True, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--once", "-c", str(config)],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
     return config
 
 
 def run(bench: Bench, config: Path, shas: list[str], bad: int) -> dict:
     began = time.time()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", "--once", "-c", str(config)],
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--once", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     results = bench.results(config, shas)
     newest = parse_iso(results[-1]["finished_at"]).timestamp() - began
     culprits = [r for r in results if r.get("culprit")]
-    pair = [r for r in results[bad - 2:bad] if r["finished_at"] and r["status"] != "skipped"]
+    pair = [r for r in results[bad - 2 : bad] if r["finished_at"] and r["status"] != "skipped"]
     return {
         # every commit tested: the first failing one can be read off once it and its parent have results
-        "boundary_known_s": max(parse_iso(r["finished_at"]).timestamp() for r in pair) - began if len(pair) == 2 else None,
+        "boundary_known_s": max(parse_iso(r["finished_at"]).timestamp() for r in pair) - began
+        if len(pair) == 2
+        else None,
         "exit": proc.returncode,
         "newest_result_s": newest,
         "culprit": culprits[0]["commit"] if culprits else None,
@@ -83,9 +94,14 @@ def main() -> int:
         bench = Bench(work, SMOKE if args.smoke else FULL)
         repo = bench.repo("bisect-repo")
         every, coalesced = configured(bench, repo, False), configured(bench, repo, True)
-        shas = commits(bench, repo, count, bad)   # pushed at once
-        result = {"commits": count, "bad": shas[bad - 1], "bad_index": bad,
-                  "every_commit": run(bench, every, shas, bad), "coalesced": run(bench, coalesced, shas, bad)}
+        shas = commits(bench, repo, count, bad)  # pushed at once
+        result = {
+            "commits": count,
+            "bad": shas[bad - 1],
+            "bad_index": bad,
+            "every_commit": run(bench, every, shas, bad),
+            "coalesced": run(bench, coalesced, shas, bad),
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,8 +110,10 @@ def main() -> int:
     print(f"{count} commits pushed at once, commit {bad} breaks the suite, parallelism 2\n")
     print("| | every commit | coalesced, then bisected |\n|---|---|---|")
     print(f"| newest commit's result | {every['newest_result_s']:.1f} s | {co['newest_result_s']:.1f} s |")
-    print(f"| first failing commit known | {every['boundary_known_s']:.1f} s (its result and its parent's) | "
-          f"{co['culprit_named_s']:.1f} s, named ({'right' if co['culprit'] == result['bad'] else 'WRONG'}) |")
+    print(
+        f"| first failing commit known | {every['boundary_known_s']:.1f} s (its result and its parent's) | "
+        f"{co['culprit_named_s']:.1f} s, named ({'right' if co['culprit'] == result['bad'] else 'WRONG'}) |"
+    )
     print(f"| jobs spent | {every['jobs']} | {co['jobs']} ({co['skipped']} commits skipped) |")
     return 0 if co["culprit"] == result["bad"] else 1
 

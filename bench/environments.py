@@ -8,16 +8,17 @@ import json
 from pathlib import Path
 
 import docker
-
-from tests.helpers import SRC_PYPROJECT
 from workloads import Workloads, sh
 
+from tests.helpers import SRC_PYPROJECT
+
 CODE = "def greet(name):\n    return 'hello ' + name  # {i}\n"
-TESTS = "".join(f"def test_greet_{t}():\n    from greet import greet\n    assert greet('x') == 'hello x'\n"
-                for t in range(20))
+TESTS = "".join(
+    f"def test_greet_{t}():\n    from greet import greet\n    assert greet('x') == 'hello x'\n" for t in range(20)
+)
 
 
-def measure(bench: "Workloads", run) -> dict:
+def measure(bench: Workloads, run) -> dict:
     """``run(config) -> seconds`` runs `orchestrator run --once` on a config."""
     commits = bench.sizes.commits
     flat, src = bench.work / "env-flat", bench.work / "env-src"
@@ -41,7 +42,7 @@ def measure(bench: "Workloads", run) -> dict:
         results = [json.loads((_results(config) / sha / "result.json").read_text()) for sha in shas]
         assert all(r["status"] == "passed" for r in results), [r["message"] for r in results]
     cold = {}
-    for label, deps in (("small", '"packaging>=23"'), ("numpy", '"numpy>=1.26"'))[:2 if bench.sizes.numpy else 1]:
+    for label, deps in (("small", '"packaging>=23"'), ("numpy", '"numpy>=1.26"'))[: 2 if bench.sizes.numpy else 1]:
         path = bench.work / f"env-cold-{label}"
         sh("git", "init", "-q", "-b", "main", str(path))
         for key, value in (("user.email", "bench@example.invalid"), ("user.name", "bench")):
@@ -52,8 +53,13 @@ def measure(bench: "Workloads", run) -> dict:
         run(config, build=True)
         result = json.loads((_results(config) / sha / "result.json").read_text())
         cold[label] = result["timings"]["environment_s"]
-    return {"commits": commits, "flat_s": series["flat"], "src_s": series["src"],
-            "per_commit_extra_s": (series["src"] - series["flat"]) / commits, "cold_build_s": cold}
+    return {
+        "commits": commits,
+        "flat_s": series["flat"],
+        "src_s": series["src"],
+        "per_commit_extra_s": (series["src"] - series["flat"]) / commits,
+        "cold_build_s": cold,
+    }
 
 
 def remove_images() -> None:

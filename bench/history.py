@@ -26,19 +26,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from run import Bench  # noqa: E402
+from workloads import FULL, SMOKE, pct, serving, sh  # noqa: E402
+
 from orchestrator import history  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, transition, utcnow  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
-from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE, pct, serving, sh  # noqa: E402
 
 
 def report(cases: int, job: int) -> bytes:
     """A JUnit report of ``cases`` tests; one of them fails every seventh job."""
-    body = "".join(f'<testcase classname="tests.test_m{c // 50}" name="test_{c}" time="{(c % 13) / 100}">'
-                   + ('<failure message="no"/>' if c == 7 and job % 7 == 0 else "") + "</testcase>"
-                   for c in range(cases))
+    body = "".join(
+        f'<testcase classname="tests.test_m{c // 50}" name="test_{c}" time="{(c % 13) / 100}">'
+        + ('<failure message="no"/>' if c == 7 and job % 7 == 0 else "")
+        + "</testcase>"
+        for c in range(cases)
+    )
     return f'<testsuites><testsuite tests="{cases}">{body}</testsuite></testsuites>'.encode()
 
 
@@ -51,13 +55,17 @@ def measure(bench: Bench, jobs: int, cases: int, requests_n: int) -> dict:
     recording = []
     while (job := store.claim_next()) is not None:
         status = JobStatus.FAILED if job.id % 7 == 0 else JobStatus.PASSED
-        done = store.apply(job, transition(job, status, utcnow(), exit_code=int(status is JobStatus.FAILED),
-                                           tests=TestCounts(cases, cases)))
+        done = store.apply(
+            job,
+            transition(
+                job, status, utcnow(), exit_code=int(status is JobStatus.FAILED), tests=TestCounts(cases, cases)
+            ),
+        )
         junit = report(cases, job.id)
         began = time.perf_counter()
         history.record(store, done, junit)
         recording.append(time.perf_counter() - began)
-        if status is JobStatus.FAILED:   # the job page reads its failures from the result files
+        if status is JobStatus.FAILED:  # the job page reads its failures from the result files
             folder = cfg.results_dir / "bench" / done.commit
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "junit.xml").write_bytes(junit)
@@ -82,11 +90,15 @@ def measure(bench: Bench, jobs: int, cases: int, requests_n: int) -> dict:
             "api_test_runs": timed("/api/tests/bench/tests.test_m0::test_7", branch="main"),
             "branch_page": timed("/repos/bench/main"),
         }
-    return {"jobs": jobs, "cases_per_job": cases, "cases_recorded": recorded,
-            "record_per_job_p50_s": statistics.median(recording),
-            "cases_per_hour": cases / statistics.median(recording) * 3600,
-            **{f"{k}_p50_s": statistics.median(v) for k, v in figures.items()},
-            **{f"{k}_p95_s": pct(v, 0.95) for k, v in figures.items()}}
+    return {
+        "jobs": jobs,
+        "cases_per_job": cases,
+        "cases_recorded": recorded,
+        "record_per_job_p50_s": statistics.median(recording),
+        "cases_per_hour": cases / statistics.median(recording) * 3600,
+        **{f"{k}_p50_s": statistics.median(v) for k, v in figures.items()},
+        **{f"{k}_p95_s": pct(v, 0.95) for k, v in figures.items()},
+    }
 
 
 def main() -> int:
@@ -105,12 +117,16 @@ def main() -> int:
     r = result
     print(f"{r['cases_recorded']:,} test cases recorded ({r['jobs']} jobs of {r['cases_per_job']})\n")
     print("| figure | p50 | p95 |\n|---|---|---|")
-    print(f"| recording one job's {r['cases_per_job']} cases | {r['record_per_job_p50_s'] * 1000:.1f} ms "
-          f"({r['cases_per_hour']:,.0f} cases per hour) | |")
-    for key, name in (("api_jobs_page", "`GET /api/jobs`, a page of 50"),
-                      ("api_failures_with_history", "`GET /api/jobs/{id}/failures` with each test's record"),
-                      ("api_test_runs", "`GET /api/tests/{repo}/{test}`, 100 runs"),
-                      ("branch_page", "`/repos/{repo}/{branch}` (charts, slowest tests)")):
+    print(
+        f"| recording one job's {r['cases_per_job']} cases | {r['record_per_job_p50_s'] * 1000:.1f} ms "
+        f"({r['cases_per_hour']:,.0f} cases per hour) | |"
+    )
+    for key, name in (
+        ("api_jobs_page", "`GET /api/jobs`, a page of 50"),
+        ("api_failures_with_history", "`GET /api/jobs/{id}/failures` with each test's record"),
+        ("api_test_runs", "`GET /api/tests/{repo}/{test}`, 100 runs"),
+        ("branch_page", "`/repos/{repo}/{branch}` (charts, slowest tests)"),
+    ):
         print(f"| {name} | {r[key + '_p50_s'] * 1000:.1f} ms | {r[key + '_p95_s'] * 1000:.1f} ms |")
     return 0
 

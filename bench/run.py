@@ -11,6 +11,7 @@ machines here are noisy, absolute seconds are not comparable across runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -31,15 +32,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import environments  # noqa: E402
+from workloads import FULL, SMOKE, Workloads, pct, rss, serving, sh, wait_http, wait_job  # noqa: E402
+
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.models import JobStatus, TestCounts, parse_iso, transition, utcnow  # noqa: E402
 from orchestrator.mirror import Mirrors  # noqa: E402
+from orchestrator.models import JobStatus, TestCounts, parse_iso, transition, utcnow  # noqa: E402
 from orchestrator.observer import Observer  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
-
-import environments  # noqa: E402
-from workloads import FULL, SMOKE, Workloads, pct, rss, serving, sh, wait_http, wait_job  # noqa: E402
 
 
 class Bench(Workloads):
@@ -57,7 +58,8 @@ class Bench(Workloads):
         data = {
             "repositories": [{"name": name, "url": str(repo)}],
             "poll_interval": runner.pop("poll_interval", 1.0),
-            "state_dir": str(directory / "state"), "results_dir": str(directory / "results"),
+            "state_dir": str(directory / "state"),
+            "results_dir": str(directory / "results"),
             "dispatcher": {"port": port},
             "runner": {"parallelism": 1, "timeout": 300, **runner},
         }
@@ -72,8 +74,12 @@ class Bench(Workloads):
     @staticmethod
     def orchestrator(*args: str, config: Path) -> float:
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(config)],
-                       check=False, capture_output=True, timeout=1800)
+        subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args, "-c", str(config)],
+            check=False,
+            capture_output=True,
+            timeout=1800,
+        )
         return time.perf_counter() - began
 
     @staticmethod
@@ -95,13 +101,22 @@ class Bench(Workloads):
             results = self.results(config, shas)
             idle = self.config(repo, shas[-1])
             startup = self.orchestrator("run", "--once", config=idle)
-            phases = {k: statistics.mean(r["timings"].get(k, 0.0) for r in results)
-                      for k in ("checkout_s", "create_s", "start_s", "run_s", "collect_s", "history_s")}
-            gaps = [(parse_iso(b["started_at"]) - parse_iso(a["finished_at"])).total_seconds() for a, b in zip(results, results[1:])]
+            phases = {
+                k: statistics.mean(r["timings"].get(k, 0.0) for r in results)
+                for k in ("checkout_s", "create_s", "start_s", "run_s", "collect_s", "history_s")
+            }
+            gaps = [
+                (parse_iso(b["started_at"]) - parse_iso(a["finished_at"])).total_seconds()
+                for a, b in itertools.pairwise(results)
+            ]
             accounted = startup + sum(sum(r["timings"].values()) for r in results)
             out[kind] = {
-                "commits": len(shas), "host_floor_s": floor, "orchestrator_s": total, "ratio": total / floor,
-                "startup_s": startup, "per_job_phases_s": phases,
+                "commits": len(shas),
+                "host_floor_s": floor,
+                "orchestrator_s": total,
+                "ratio": total / floor,
+                "startup_s": startup,
+                "per_job_phases_s": phases,
                 "other_per_job_s": max(0.0, (total - accounted) / len(shas)),
                 "gap_between_jobs_s": statistics.median(gaps) if gaps else None,
                 "all_passed": all(r["status"] == "passed" for r in results),
@@ -121,7 +136,8 @@ class Bench(Workloads):
         return {"host_floor_s": floor, "by_parallelism": rows}
 
     def latency(self) -> dict:
-        """From just before `git push` to the container's start, for a push into a bare repository, with the post-receive hook installed
+        """From just before `git push` to the container's start, for a push into a bare repository,
+        with the post-receive hook installed
         (instant) and without it (polling)."""
         seed = self.repo("trigger-seed")
         bare = self.work / "trigger.git"
@@ -138,11 +154,17 @@ class Bench(Workloads):
             if mode == "instant":
                 shutil.copy(ROOT / "hooks" / "post-receive", hook)
                 hook.chmod(0o755)
-                for key, value in (("orchestrator.repository", "bench"), ("orchestrator.config", str(config)),
-                                   ("orchestrator.url", f"http://127.0.0.1:{port}")):
+                for key, value in (
+                    ("orchestrator.repository", "bench"),
+                    ("orchestrator.config", str(config)),
+                    ("orchestrator.url", f"http://127.0.0.1:{port}"),
+                ):
                     sh("git", "config", key, value, cwd=bare)
-            proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-c", str(config)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "run", "-c", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 wait_http(f"http://127.0.0.1:{port}/healthz")
                 time.sleep(1.5)  # the first poll has happened
@@ -157,8 +179,12 @@ class Bench(Workloads):
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
-            out[mode] = {"poll_interval_s": poll if mode == "polling" else None,
-                         "p50_s": statistics.median(samples), "p95_s": pct(samples, 0.95), "samples": len(samples)}
+            out[mode] = {
+                "poll_interval_s": poll if mode == "polling" else None,
+                "p50_s": statistics.median(samples),
+                "p95_s": pct(samples, 0.95),
+                "samples": len(samples),
+            }
         return out
 
     def scale(self) -> dict:
@@ -185,8 +211,10 @@ class Bench(Workloads):
         burst = self.burst()
         return {
             "jobs_in_store": self.sizes.jobs,
-            "status_cli_p50_s": statistics.median(status_times), "status_cli_p95_s": pct(status_times, 0.95),
-            "api_jobs_page_p50_s": statistics.median(api), "api_jobs_page_p95_s": pct(api, 0.95),
+            "status_cli_p50_s": statistics.median(status_times),
+            "status_cli_p95_s": pct(status_times, 0.95),
+            "api_jobs_page_p50_s": statistics.median(api),
+            "api_jobs_page_p95_s": pct(api, 0.95),
             "dispatcher_rss_mb": rss_kb / 1024,
             **burst,
         }
@@ -197,13 +225,15 @@ class Bench(Workloads):
         root = sh("git", "rev-parse", "HEAD", cwd=repo)
         config = load_config(self.config(repo, root))
         store = Store(config.db_path)
-        observer = Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories),
-                            store)
+        observer = Observer(
+            config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), store
+        )
         observer.poll_once()  # the mirror exists, as it would on a running system
         stream = "".join(
             f"commit refs/heads/main\nmark :{i + 1}\ncommitter b <b@x> {1700000000 + i} +0000\n"
             f"data {len(f'burst {i}')}\nburst {i}\n" + (f"from {root}\n" if i == 0 else f"from :{i}\n") + "\n"
-            for i in range(self.sizes.burst))
+            for i in range(self.sizes.burst)
+        )
         subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, input=stream, text=True, check=True)
         began = time.perf_counter()
         queued = observer.poll_once()
@@ -222,20 +252,29 @@ def table(result: dict) -> str:
     ]
     for kind in ("io", "cpu"):
         r = o[kind]
-        lines.append(f"| per-job overhead, {kind}-bound ({r['commits']} commits, parallelism 1) | "
-                     f"{r['ratio']:.2f}× host floor ({r['orchestrator_s']:.1f} s vs {r['host_floor_s']:.1f} s) | ≤ 1.10 |")
+        lines.append(
+            f"| per-job overhead, {kind}-bound ({r['commits']} commits, parallelism 1) | "
+            f"{r['ratio']:.2f}× host floor ({r['orchestrator_s']:.1f} s vs {r['host_floor_s']:.1f} s) | ≤ 1.10 |"
+        )
     for n, row in s["by_parallelism"].items():
-        lines.append(f"| parallel scaling, parallelism {n} | {row['speedup_vs_host_floor']:.2f}× faster than host floor "
-                     f"({row['orchestrator_s']:.1f} s) | {'≥ 2.8 at 4' if n == '4' else ''} |")
+        lines.append(
+            f"| parallel scaling, parallelism {n} | {row['speedup_vs_host_floor']:.2f}× faster than host floor "
+            f"({row['orchestrator_s']:.1f} s) | {'≥ 2.8 at 4' if n == '4' else ''} |"
+        )
     for mode, r in lat.items():
         extra = f" (poll_interval {r['poll_interval_s']:g} s)" if r["poll_interval_s"] else " (hooks/post-receive)"
-        lines.append(f"| `git push` → container start, {mode}{extra} | p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s | "
-                     f"{'p50 ≤ 0.5 s' if mode == 'instant' else ''} |")
+        lines.append(
+            f"| `git push` → container start, {mode}{extra} | p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s | "
+            f"{'p50 ≤ 0.5 s' if mode == 'instant' else ''} |"
+        )
     lines += [
-        f"| `orchestrator status`, {sc['jobs_in_store']} jobs in store | p50 {sc['status_cli_p50_s'] * 1000:.0f} ms, p95 {sc['status_cli_p95_s'] * 1000:.0f} ms (whole command) | |",
-        f"| `GET /api/jobs` page of 50, {sc['jobs_in_store']} jobs | p50 {sc['api_jobs_page_p50_s'] * 1000:.1f} ms, p95 {sc['api_jobs_page_p95_s'] * 1000:.1f} ms | p50 ≤ 50 ms |",
+        f"| `orchestrator status`, {sc['jobs_in_store']} jobs in store | p50 {sc['status_cli_p50_s'] * 1000:.0f} ms, "
+        f"p95 {sc['status_cli_p95_s'] * 1000:.0f} ms (whole command) | |",
+        f"| `GET /api/jobs` page of 50, {sc['jobs_in_store']} jobs | p50 {sc['api_jobs_page_p50_s'] * 1000:.1f} ms, "
+        f"p95 {sc['api_jobs_page_p95_s'] * 1000:.1f} ms | p50 ≤ 50 ms |",
         f"| dispatcher resident memory | {sc['dispatcher_rss_mb']:.0f} MB | < 150 MB |",
-        f"| {sc['burst_commits']} commits pushed at once → all queued | {sc['burst_queue_s']:.2f} s ({sc['burst_queued']} queued) | < 2 s |",
+        f"| {sc['burst_commits']} commits pushed at once → all queued | {sc['burst_queue_s']:.2f} s "
+        f"({sc['burst_queued']} queued) | < 2 s |",
     ]
     r = o["io"]
     ph = r["per_job_phases_s"]
@@ -245,14 +284,23 @@ def table(result: dict) -> str:
         f"{env['per_commit_extra_s']:+.2f} s per commit over the same suite with no environment "
         f"({env['src_s']:.1f} s vs {env['flat_s']:.1f} s) | ≤ +0.5 s |",
         f"| cold environment build, a small dependency set | {env['cold_build_s']['small']:.1f} s | |",
-        *([f"| cold environment build, with numpy | {env['cold_build_s']['numpy']:.1f} s | |"]
-          if "numpy" in env["cold_build_s"] else []),
+        *(
+            [f"| cold environment build, with numpy | {env['cold_build_s']['numpy']:.1f} s | |"]
+            if "numpy" in env["cold_build_s"]
+            else []
+        ),
     ]
-    lines += ["", "Per-job breakdown (I/O-bound series, parallelism 1, mean seconds per job):", "",
-              "| start-up (once) | checkout | create + attach | start | container run | report + verdict | test history | other (scheduling, removal) | gap between jobs |",
-              "|---|---|---|---|---|---|---|---|---|",
-              f"| {r['startup_s']:.2f} | {ph['checkout_s']:.3f} | {ph['create_s']:.3f} | {ph['start_s']:.3f} | {ph['run_s']:.2f} | "
-              f"{ph['collect_s']:.3f} | {ph['history_s']:.4f} | {r['other_per_job_s']:.3f} | {r['gap_between_jobs_s'] or 0:.3f} |"]
+    lines += [
+        "",
+        "Per-job breakdown (I/O-bound series, parallelism 1, mean seconds per job):",
+        "",
+        "| start-up (once) | checkout | create + attach | start | container run | report + verdict | test history "
+        "| other (scheduling, removal) | gap between jobs |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {r['startup_s']:.2f} | {ph['checkout_s']:.3f} | {ph['create_s']:.3f} | {ph['start_s']:.3f} | "
+        f"{ph['run_s']:.2f} | {ph['collect_s']:.3f} | {ph['history_s']:.4f} | {r['other_per_job_s']:.3f} | "
+        f"{r['gap_between_jobs_s'] or 0:.3f} |",
+    ]
     return "\n".join(lines)
 
 
@@ -267,16 +315,20 @@ def main() -> int:
     try:
         bench = Bench(work, sizes)
         result = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-            "machine": platform.machine(), "python": platform.python_version(),
-            "docker": client.version().get("Version"), "smoke": args.smoke,
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "cores": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "docker": client.version().get("Version"),
+            "smoke": args.smoke,
         }
         result["overhead"] = bench.overhead()
         result["scaling"] = bench.scaling()
         result["latency"] = bench.latency()
         result["scale"] = bench.scale()
         result["environments"] = environments.measure(
-            bench, lambda config, build=False: bench.orchestrator("run", "--once", config=config))
+            bench, lambda config, build=False: bench.orchestrator("run", "--once", config=config)
+        )
     finally:
         environments.remove_images()
         for container in client.api.containers(all=True, filters={"label": "orchestrator.job"}):

@@ -55,8 +55,12 @@ def write_suite(repo: Path, sizes: list[tuple[int, float]], note: str) -> None:
 
 def run_once(config: Path) -> float:
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "orchestrator", "run", "--once", "-c", str(config)],
-                   capture_output=True, check=True, timeout=900)
+    subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--once", "-c", str(config)],
+        capture_output=True,
+        check=True,
+        timeout=900,
+    )
     return time.perf_counter() - began
 
 
@@ -74,8 +78,13 @@ def main() -> int:
         write_suite(repo, sizes, "unsplit")
         unsplit_sha = bench.commit(repo, "the long suite")
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=repo,
-                       capture_output=True, check=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+            timeout=600,
+        )
         host = time.perf_counter() - began
         config = bench.config(repo, root, parallelism=4)
         unsplit_wall = run_once(config)
@@ -93,26 +102,41 @@ def main() -> int:
         "tests": sum(count for count, _ in sizes),
         "suite_s": round(sum(count * seconds for count, seconds in sizes), 2),
         "host_sequential_s": round(host, 2),
-        "unsplit": {"status": unsplit["status"], "duration_s": unsplit["duration_s"], "run_once_s": round(unsplit_wall, 2)},
-        "split": {"status": split["status"], "duration_s": split["duration_s"], "run_once_s": round(split_wall, 2),
-                  "shards": [{k: s[k] for k in ("index", "status", "duration_s", "tests")} for s in split["shards"]]},
+        "unsplit": {
+            "status": unsplit["status"],
+            "duration_s": unsplit["duration_s"],
+            "run_once_s": round(unsplit_wall, 2),
+        },
+        "split": {
+            "status": split["status"],
+            "duration_s": split["duration_s"],
+            "run_once_s": round(split_wall, 2),
+            "shards": [{k: s[k] for k in ("index", "status", "duration_s", "tests")} for s in split["shards"]],
+        },
         "split_over_unsplit": round(split["duration_s"] / unsplit["duration_s"], 3),
         "split_over_quarter": round(split["duration_s"] / (unsplit["duration_s"] / 4), 3),
         "balance": round(max(durations) / statistics.mean(durations), 3),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['tests']} tests, {result['suite_s']} s of sleeps, uneven; parallelism 4; "
-          f"host, sequential: {result['host_sequential_s']:.1f} s\n")
+    print(
+        f"{result['tests']} tests, {result['suite_s']} s of sleeps, uneven; parallelism 4; "
+        f"host, sequential: {result['host_sequential_s']:.1f} s\n"
+    )
     print("| | unsplit | split 4 ways |\n|---|---|---|")
     print(f"| the job (claim to last result) | {unsplit['duration_s']:.1f} s | {split['duration_s']:.1f} s |")
     print(f"| `run --once`, start to exit | {unsplit_wall:.1f} s | {split_wall:.1f} s |")
     print(f"| split / unsplit (goal <= 0.33) | | {result['split_over_unsplit']:.2f} |")
     print(f"| split / a perfect quarter (goal <= 1.3) | | {result['split_over_quarter']:.2f} |")
-    print(f"| balance: longest shard / mean shard | | {result['balance']:.2f} "
-          f"({', '.join(f'{d:.1f}' for d in durations)} s) |")
-    passed = unsplit["status"] == split["status"] == "passed" and split["shards"] and \
-        sum(s["tests"]["total"] for s in split["shards"]) == result["tests"]
+    print(
+        f"| balance: longest shard / mean shard | | {result['balance']:.2f} "
+        f"({', '.join(f'{d:.1f}' for d in durations)} s) |"
+    )
+    passed = (
+        unsplit["status"] == split["status"] == "passed"
+        and split["shards"]
+        and sum(s["tests"]["total"] for s in split["shards"]) == result["tests"]
+    )
     return 0 if passed else 1
 
 

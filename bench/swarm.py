@@ -37,7 +37,7 @@ def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
     root = sh("git", "rev-parse", "HEAD", cwd=repo)
     shas = bench.io_series(repo)
     swarm = {"backend": "swarm", "registry": registry, "constraints": ["node.role==worker"]}
-    warm_up = bench.config(repo, None, **swarm)   # the head only: pushes and pulls the base layers
+    warm_up = bench.config(repo, None, **swarm)  # the head only: pushes and pulls the base layers
     bench.orchestrator("run", "--once", config=warm_up)
     out: dict = {"commits": len(shas), "by_parallelism": {}}
     for n in parallelism:
@@ -46,8 +46,11 @@ def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
             config = bench.config(repo, root, parallelism=n, **keys)
             seconds = bench.orchestrator("run", "--once", config=config)
             results = bench.results(config, shas)
-            row[backend] = {"seconds": seconds, "all_passed": all(r["status"] == "passed" for r in results),
-                            "nodes": sorted({r.get("node") or "local" for r in results})}
+            row[backend] = {
+                "seconds": seconds,
+                "all_passed": all(r["status"] == "passed" for r in results),
+                "nodes": sorted({r.get("node") or "local" for r in results}),
+            }
         out["by_parallelism"][str(n)] = row
     one = out["by_parallelism"][str(parallelism[0])]
     out["overhead_ratio"] = one["swarm"]["seconds"] / one["docker"]["seconds"]
@@ -56,17 +59,26 @@ def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"Swarm backend, {result['commits']} I/O-bound commits, two workers", "",
-             "| parallelism | one engine | Swarm | Swarm / one engine | Swarm speed-up over its parallelism 1 | nodes used |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Swarm backend, {result['commits']} I/O-bound commits, two workers",
+        "",
+        "| parallelism | one engine | Swarm | Swarm / one engine | Swarm speed-up over its parallelism 1 "
+        "| nodes used |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = result["by_parallelism"]
     base = next(iter(rows.values()))["swarm"]["seconds"]
     for n, row in rows.items():
         d, s = row["docker"], row["swarm"]
-        lines.append(f"| {n} | {d['seconds']:.1f} s | {s['seconds']:.1f} s | {s['seconds'] / d['seconds']:.2f}× | "
-                     f"{base / s['seconds']:.2f}× | {', '.join(s['nodes'])} |")
-    lines += ["", f"Per-job overhead of the Swarm backend at parallelism 1: {result['overhead_per_job_s']:+.2f} s "
-                  f"({result['overhead_ratio']:.2f}× one engine)."]
+        lines.append(
+            f"| {n} | {d['seconds']:.1f} s | {s['seconds']:.1f} s | {s['seconds'] / d['seconds']:.2f}× | "
+            f"{base / s['seconds']:.2f}× | {', '.join(s['nodes'])} |"
+        )
+    lines += [
+        "",
+        f"Per-job overhead of the Swarm backend at parallelism 1: {result['overhead_per_job_s']:+.2f} s "
+        f"({result['overhead_ratio']:.2f}× one engine).",
+    ]
     return "\n".join(lines)
 
 
@@ -74,8 +86,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "swarm.json")
-    parser.add_argument("--registry", help="use the Swarm this engine manages, with this registry, "
-                                           "instead of making a test bed")
+    parser.add_argument(
+        "--registry", help="use the Swarm this engine manages, with this registry, instead of making a test bed"
+    )
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="orchestrator-bench-swarm-"))

@@ -35,9 +35,11 @@ def series(bench: Bench, commits: int, files: int, trivial: int) -> tuple[Path, 
     for i in range(commits):
         for f in range(files):
             (repo / "tests" / f"test_sleep_{f}.py").write_text(
-                f"import time\n# commit {i}\ndef test_sleep():\n    time.sleep(0.25)\n")
+                f"import time\n# commit {i}\ndef test_sleep():\n    time.sleep(0.25)\n"
+            )
         (repo / "tests" / "test_trivial.py").write_text(
-            f"# commit {i}\n" + "".join(f"def test_trivial_{t}():\n    assert {t} == {t}\n" for t in range(trivial)))
+            f"# commit {i}\n" + "".join(f"def test_trivial_{t}():\n    assert {t} == {t}\n" for t in range(trivial))
+        )
         shas.append(bench.commit(repo, f"warm {i}"))
     return repo, root, shas
 
@@ -46,9 +48,15 @@ def measure(bench: Bench, smoke: bool, rounds: int) -> dict:
     files, trivial = (2, 4) if smoke else (8, 24)
     repo, root, shas = series(bench, 2 if smoke else 10, files, trivial)
     floor = bench.host_floor(repo, shas)
-    out: dict = {"commits": len(shas), "files": files, "trivial": trivial, "host_floor_s": floor, "rounds": rounds,
-                 "by_parallelism": {}}
-    for n in ((1, 2) if smoke else (2, 4, 8)):
+    out: dict = {
+        "commits": len(shas),
+        "files": files,
+        "trivial": trivial,
+        "host_floor_s": floor,
+        "rounds": rounds,
+        "by_parallelism": {},
+    }
+    for n in (1, 2) if smoke else (2, 4, 8):
         times: dict[str, list[float]] = {"one": [], "pool": []}
         passed = True
         for _ in range(rounds):
@@ -56,24 +64,31 @@ def measure(bench: Bench, smoke: bool, rounds: int) -> dict:
                 config = bench.config(repo, root, parallelism=n, warm=warm)
                 times[setting].append(bench.orchestrator("run", "--once", config=config))
                 passed = passed and all(r["status"] == "passed" for r in bench.results(config, shas))
-        row = {setting: {"orchestrator_s": statistics.median(ts), "speedup_vs_host_floor": floor / statistics.median(ts)}
-               for setting, ts in times.items()}
+        row = {
+            setting: {"orchestrator_s": statistics.median(ts), "speedup_vs_host_floor": floor / statistics.median(ts)}
+            for setting, ts in times.items()
+        }
         row["all_passed"] = passed
         out["by_parallelism"][str(n)] = row
     return out
 
 
 def table(result: dict) -> str:
-    lines = [f"Warm pool, {result['commits']} commits ({result['files']} files of a 0.25 s sleep, "
-             f"{result['trivial']} trivial tests each), "
-             f"host floor {result['host_floor_s']:.1f} s, median of {result['rounds']} runs", "",
-             "| parallelism | one warm job | warm pool (runner.warm = parallelism) | pool / one |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Warm pool, {result['commits']} commits ({result['files']} files of a 0.25 s sleep, "
+        f"{result['trivial']} trivial tests each), "
+        f"host floor {result['host_floor_s']:.1f} s, median of {result['rounds']} runs",
+        "",
+        "| parallelism | one warm job | warm pool (runner.warm = parallelism) | pool / one |",
+        "|---|---|---|---|",
+    ]
     for n, row in result["by_parallelism"].items():
         one, pool = row["one"], row["pool"]
-        lines.append(f"| {n} | {one['speedup_vs_host_floor']:.2f}× host floor ({one['orchestrator_s']:.1f} s) | "
-                     f"{pool['speedup_vs_host_floor']:.2f}× host floor ({pool['orchestrator_s']:.1f} s) | "
-                     f"{one['orchestrator_s'] / pool['orchestrator_s']:.2f}× faster |")
+        lines.append(
+            f"| {n} | {one['speedup_vs_host_floor']:.2f}× host floor ({one['orchestrator_s']:.1f} s) | "
+            f"{pool['speedup_vs_host_floor']:.2f}× host floor ({pool['orchestrator_s']:.1f} s) | "
+            f"{one['orchestrator_s'] / pool['orchestrator_s']:.2f}× faster |"
+        )
     return "\n".join(lines)
 
 

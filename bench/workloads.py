@@ -20,16 +20,16 @@ import requests
 
 @dataclass(frozen=True)
 class Sizes:
-    commits: int          # commits per series
-    io_tests: int         # tests per I/O-bound suite
-    io_sleep: float       # seconds each of them sleeps
-    cpu_seconds: float    # CPU-bound suite length on the host
+    commits: int  # commits per series
+    io_tests: int  # tests per I/O-bound suite
+    io_sleep: float  # seconds each of them sleeps
+    cpu_seconds: float  # CPU-bound suite length on the host
     parallelism: tuple[int, ...]
-    triggers: int         # commits per trigger-latency measurement
-    jobs: int             # jobs in the store for the scale test
-    burst: int            # commits pushed at once
-    requests: int         # API requests per latency figure
-    numpy: bool = True    # a cold environment build with numpy (a download of its wheels)
+    triggers: int  # commits per trigger-latency measurement
+    jobs: int  # jobs in the store for the scale test
+    burst: int  # commits pushed at once
+    requests: int  # API requests per latency figure
+    numpy: bool = True  # a cold environment build with numpy (a download of its wheels)
 
 
 FULL = Sizes(10, 25, 0.1, 2.5, (1, 2, 4, 8), 10, 10_000, 1_000, 200)
@@ -75,8 +75,9 @@ class Workloads:
     def io_series(self, path: Path) -> list[str]:
         shas = []
         for i in range(self.sizes.commits):
-            body = "".join(f"def test_io_{t}():\n    time.sleep({self.sizes.io_sleep})\n"
-                           for t in range(self.sizes.io_tests))
+            body = "".join(
+                f"def test_io_{t}():\n    time.sleep({self.sizes.io_sleep})\n" for t in range(self.sizes.io_tests)
+            )
             (path / "tests" / "test_io.py").write_text(f"import time\n# commit {i}\n{body}")
             shas.append(self.commit(path, f"io {i}"))
         return shas
@@ -87,7 +88,8 @@ class Workloads:
         for i in range(self.sizes.commits):
             (path / "tests" / "test_cpu.py").write_text(
                 f"# commit {i}\ndef test_cpu():\n    total = 0\n    for n in range({loops}):\n"
-                f"        total += n * n % 7\n    assert total >= 0\n")
+                f"        total += n * n % 7\n    assert total >= 0\n"
+            )
             shas.append(self.commit(path, f"cpu {i}"))
         return shas
 
@@ -99,9 +101,13 @@ class Workloads:
             archive = subprocess.run(["git", "-C", str(repo), "archive", sha], check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
             # Only pytest, as in the runner image: no plugins this host happens to have installed.
-            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                           cwd=checkout, check=False, capture_output=True,
-                           env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+            subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                cwd=checkout,
+                check=False,
+                capture_output=True,
+                env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+            )
             shutil.rmtree(checkout)
         return time.perf_counter() - began
 
@@ -120,8 +126,11 @@ def calibrate(seconds: float) -> int:
 @contextmanager
 def serving(config: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real dispatcher on ``config`` (its address and process) until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "dispatcher", "-c", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "dispatcher", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         from orchestrator.config import load_config
 

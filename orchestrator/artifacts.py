@@ -29,18 +29,18 @@ ARTIFACTS_DIR = ".ci-artifacts"
 MAX_FILE = 20 * 1024 * 1024
 MAX_JOB = 100 * 1024 * 1024
 MAX_FILES = 1000
-MAX_REFUSED = 100                 # refusals listed; the rest are counted
-MAX_SHARD_LINES = 2_000_000       # lines of a split suite's reports merged (beyond: no coverage)
+MAX_REFUSED = 100  # refusals listed; the rest are counted
+MAX_SHARD_LINES = 2_000_000  # lines of a split suite's reports merged (beyond: no coverage)
 MAX_COVERAGE_XML = 50 * 1024 * 1024
 
 
 @dataclass
 class Collected:
-    files: list[str] = field(default_factory=list)      # relative paths under artifacts/
-    refused: list[str] = field(default_factory=list)    # "path: why", the first MAX_REFUSED
+    files: list[str] = field(default_factory=list)  # relative paths under artifacts/
+    refused: list[str] = field(default_factory=list)  # "path: why", the first MAX_REFUSED
     bytes: int = 0
-    more_refused: int = 0                               # refusals beyond those listed
-    stopped: bool = False                               # the walk stopped at the cap: more were there
+    more_refused: int = 0  # refusals beyond those listed
+    stopped: bool = False  # the walk stopped at the cap: more were there
 
     def refuse(self, why: str) -> None:
         if len(self.refused) < MAX_REFUSED:
@@ -48,7 +48,7 @@ class Collected:
         else:
             self.more_refused += 1
 
-    def add(self, other: "Collected", under: str = "") -> None:
+    def add(self, other: Collected, under: str = "") -> None:
         """``other``'s files, collected into the folder ``under`` (a shard's)."""
         prefix = f"{under}/" if under else ""
         self.files += [prefix + name for name in other.files]
@@ -62,9 +62,13 @@ class Collected:
         """What ``result.json`` says (``artifacts``): None when nothing was found."""
         if not self.files and not self.refused:
             return None
-        return {"files": self.files, "refused": self.refused, "bytes": self.bytes,
-                **({"more_refused": self.more_refused} if self.more_refused else {}),
-                **({"stopped": True} if self.stopped else {})}
+        return {
+            "files": self.files,
+            "refused": self.refused,
+            "bytes": self.bytes,
+            **({"more_refused": self.more_refused} if self.more_refused else {}),
+            **({"stopped": True} if self.stopped else {}),
+        }
 
 
 def collect(workspace: Path, target: Path, globs: list[str]) -> Collected:
@@ -88,7 +92,7 @@ def collect(workspace: Path, target: Path, globs: list[str]) -> Collected:
         elif found.bytes + st.st_size > MAX_JOB or len(found.files) >= MAX_FILES:
             found.refuse(f"{relative}: over the job's cap ({MAX_JOB} bytes, {MAX_FILES} files)")
         else:
-            name = relative[len(ARTIFACTS_DIR) + 1:] if relative.startswith(ARTIFACTS_DIR + "/") else relative
+            name = relative[len(ARTIFACTS_DIR) + 1 :] if relative.startswith(ARTIFACTS_DIR + "/") else relative
             if _copy(source, target / name, st.st_size):
                 found.files.append(name)
                 found.bytes += st.st_size
@@ -200,7 +204,7 @@ def _merge_lines(report: Path, lines: dict[tuple[str, str], bool]) -> bool:
                 if len(lines) > MAX_SHARD_LINES:
                     return False
             if open_elements:
-                del open_elements[-1][-1]   # the element just ended is its parent's last child
+                del open_elements[-1][-1]  # the element just ended is its parent's last child
     return True
 
 

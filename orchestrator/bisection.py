@@ -26,16 +26,22 @@ __all__ = ["ABANDONED", "FLAKY", "FOUND", "SEARCH", "VERIFY", "Bisection", "Bise
 
 log = logging.getLogger("orchestrator.bisection")
 
+
 class Bisector:
-    def __init__(self, store: Store, coalescing: frozenset[str], first_parent: Callable[[str, str, str], list[str]],
-                 named: Callable[[Job, Bisection], None] = lambda job, b: None):
+    def __init__(
+        self,
+        store: Store,
+        coalescing: frozenset[str],
+        first_parent: Callable[[str, str, str], list[str]],
+        named: Callable[[Job, Bisection], None] = lambda job, b: None,
+    ):
         """``first_parent(repository, good, bad)``: the commits between (mirror.py);
         ``named(job, bisection)``: told when a bisection ends with a culprit."""
         self.store = store
         self.coalescing = coalescing
         self.first_parent = first_parent
         self.named = named
-        self._noticed: deque[Job] = deque()   # finished jobs a bisection may start from (from attempt threads)
+        self._noticed: deque[Job] = deque()  # finished jobs a bisection may start from (from attempt threads)
 
     def noticed(self, job: Job) -> None:
         """A job ended (any thread): a failure of a coalescing repository is considered at
@@ -53,7 +59,11 @@ class Bisector:
     def consider(self, job: Job) -> Bisection | None:
         """Start a bisection if ``job`` (final) is a coalesced newest commit that failed
         right after a pass on one of its branches, with untested commits between."""
-        if job.repository not in self.coalescing or job.priority != NORMAL_PRIORITY or job.status is not JobStatus.FAILED:
+        if (
+            job.repository not in self.coalescing
+            or job.priority != NORMAL_PRIORITY
+            or job.status is not JobStatus.FAILED
+        ):
             return None
         for branch in job.branches:
             last = self.store.latest_on_branch(job.repository, branch, final=True, before=job.id)
@@ -68,8 +78,13 @@ class Bisector:
     def _insert(self, job: Job, branch: str, good: str, commits: list[str]) -> Bisection | None:
         started = self.store.bisections.start(job, branch, good, commits)
         if started is not None:
-            log.info("%s/%s: bisecting %d commits after %s to find where it began to fail",
-                     job.repository, branch, len(commits), good[:12])
+            log.info(
+                "%s/%s: bisecting %d commits after %s to find where it began to fail",
+                job.repository,
+                branch,
+                len(commits),
+                good[:12],
+            )
         return started
 
     def catch_up(self) -> None:
@@ -94,26 +109,32 @@ class Bisector:
         for bisection in self.running():
             try:
                 self._advance(bisection)
-            except InvalidTransition as exc:   # a job changed underneath (a user retried it): next time
+            except InvalidTransition as exc:  # a job changed underneath (a user retried it): next time
                 log.debug("bisection %s: %s", bisection.id, exc)
 
     def _advance(self, b: Bisection) -> None:
-        if b.probe is not None:
-            job = self.store.by_commit(b.repository, b.probe)
+        probe = b.probe
+        if probe is not None:
+            job = self.store.by_commit(b.repository, probe)
             if job is None:
-                return self._end(b, ABANDONED, reason=f"the job of {b.probe[:12]} is gone")
+                self._end(b, ABANDONED, reason=f"the job of {probe[:12]} is gone")
+                return
             if not job.status.final or job.status is JobStatus.SKIPPED:
                 return None
             if b.phase == VERIFY:
                 return self._verified(b, job)
-            index = b.commits.index(b.probe)
+            index = b.commits.index(probe)
             if job.status is JobStatus.PASSED:
                 b = replace(b, low=index, probe=None)
             elif job.status is JobStatus.FAILED:
                 b = replace(b, high=index, probe=None)
             else:
-                return self._end(b, ABANDONED, reason=f"{b.probe[:12]} ended {job.status.value}: "
-                                                      "its tests gave no verdict to bisect on")
+                self._end(
+                    b,
+                    ABANDONED,
+                    reason=f"{probe[:12]} ended {job.status.value}: its tests gave no verdict to bisect on",
+                )
+                return
         if b.high - b.low > 1:
             return self._probe(b, SEARCH, b.commits[(b.low + b.high) // 2])
         return self._probe(b, VERIFY, b.commits[b.high])
@@ -123,13 +144,22 @@ class Bisector:
         as it is; a skipped one is queued at the bisection's priority."""
         job = self.store.by_commit(b.repository, sha)
         if job is None:
-            return self._end(b, ABANDONED, reason=f"{sha[:12]} has no job")
+            self._end(b, ABANDONED, reason=f"{sha[:12]} has no job")
+            return
         started = 0
-        if phase == VERIFY or job.status in (JobStatus.SKIPPED, JobStatus.CANCELLED, JobStatus.ERROR,
-                                             JobStatus.TIMED_OUT):
+        if phase == VERIFY or job.status in (
+            JobStatus.SKIPPED,
+            JobStatus.CANCELLED,
+            JobStatus.ERROR,
+            JobStatus.TIMED_OUT,
+        ):
             if job.status.final:
-                self.store.move(job, JobStatus.QUEUED, priority=BISECT_PRIORITY,
-                                message=f"bisecting {b.good[:12]}..{b.commits[-1][:12]}")
+                self.store.move(
+                    job,
+                    JobStatus.QUEUED,
+                    priority=BISECT_PRIORITY,
+                    message=f"bisecting {b.good[:12]}..{b.commits[-1][:12]}",
+                )
                 started = 1
         self._save(replace(b, phase=phase, probe=sha, jobs=b.jobs + started))
 
@@ -137,12 +167,17 @@ class Bisector:
         if job.status is JobStatus.FAILED:
             found = self._end(b, FOUND, culprit=job.commit)
             marked = self.store.apply(job, replace(job, culprit=found.document()))
-            log.info("%s/%s: %s is the first failing commit (%d jobs)", b.repository, b.branch, job.commit[:12],
-                     found.jobs)
+            log.info(
+                "%s/%s: %s is the first failing commit (%d jobs)", b.repository, b.branch, job.commit[:12], found.jobs
+            )
             self.named(marked, found)
         elif job.status is JobStatus.PASSED:
-            self._end(b, FLAKY, reason=f"{job.commit[:12]} failed, then passed when tested again: "
-                                       "the failure is flaky, no culprit is named")
+            self._end(
+                b,
+                FLAKY,
+                reason=f"{job.commit[:12]} failed, then passed when tested again: "
+                "the failure is flaky, no culprit is named",
+            )
         else:
             self._end(b, ABANDONED, reason=f"the re-run of {job.commit[:12]} ended {job.status.value}")
 

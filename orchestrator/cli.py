@@ -37,8 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("-c", "--config", default="config.yaml", help="config file (default ./config.yaml)")
         if remote:
-            p.add_argument("--server", metavar="URL", help="a dispatcher's address (default: dispatcher.url, "
-                                                            "else this machine's state_dir)")
+            p.add_argument(
+                "--server",
+                metavar="URL",
+                help="a dispatcher's address (default: dispatcher.url, else this machine's state_dir)",
+            )
         return p
 
     p = command("run", "observe, dispatch and serve the API in one process")
@@ -48,10 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dispatcher-server", default="localhost:8888", metavar="HOST:PORT")
     p = command("image", "build the runner images, or prune environment images")
     p.add_argument("action", choices=["build", "prune"])
-    p.add_argument("--python", action="append", default=[], choices=list(pythons.OFFERED), metavar="VERSION",
-                   help="build: also the runner image of this Python (default: the versions the repositories use)")
-    p.add_argument("--keep", type=int, default=1, metavar="N",
-                   help="prune: environment images kept per repository, newest first (default 1)")
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        choices=list(pythons.OFFERED),
+        metavar="VERSION",
+        help="build: also the runner image of this Python (default: the versions the repositories use)",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=1,
+        metavar="N",
+        help="prune: environment images kept per repository, newest first (default 1)",
+    )
     p = command("status", "recent jobs as a table", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array of job objects")
@@ -69,8 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)", remote=True)
     p.add_argument("--repo", help="only this repository")
-    for name, help_ in (("retry", "test a finished commit again, as a new attempt"),
-                        ("cancel", "cancel a queued or running job")):
+    for name, help_ in (
+        ("retry", "test a finished commit again, as a new attempt"),
+        ("cancel", "cancel a queued or running job"),
+    ):
         p = command(name, help_, remote=True)
         p.add_argument("sha", metavar="SHA")
         p.add_argument("--repo")
@@ -79,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
@@ -120,13 +137,14 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             if unfetched:  # what it could not see, it could not test: not a success
                 raise RepositoryError("; ".join(f"{name}: {error}" for name, error in unfetched.items()))
             unfinished = [d for d in documents if d["status"] in ("queued", "running")]
-            for d in unfinished:   # never a success while a job it took is not final
-                log.error("job %s (%s) is still %s: it was not finished by this run", d["id"], d["commit"][:12],
-                          d["status"])
+            for d in unfinished:  # never a success while a job it took is not final
+                log.error(
+                    "job %s (%s) is still %s: it was not finished by this run", d["id"], d["commit"][:12], d["status"]
+                )
             return 1 if unfinished or any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
         services.serve_api()
         threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()
-        with live_view(services.store):   # in a terminal; piped, plain log lines
+        with live_view(services.store):  # in a terminal; piped, plain log lines
             dispatcher.run(stop)
     return 0
 
@@ -146,14 +164,15 @@ def cmd_observer(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.mirror import Mirrors
     from orchestrator.observer import Observer
     from orchestrator.service import stop_on_signals
-
     from orchestrator.web.guard import observer_key
 
     stop = stop_on_signals()
     token = config.dispatcher.api_token
     client = DispatcherClient(args.dispatcher_server, token, None if token else observer_key(config.state_dir))
     log.info("observing %d repositories for %s", len(config.repositories), client.base)
-    Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), client).run(stop)
+    Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), client).run(
+        stop
+    )
     return 0
 
 
@@ -180,9 +199,11 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
         published = [backend.publish(info) for info in built]
     finally:
         backend.close()
-    for info, where in zip(built, published):
-        console.print(f"[bold green]Built {info.tag}[/] ({info.id[7:19]})" + (f", pushed as {where}" if where else ""),
-                      soft_wrap=True)   # a digest is copied, not read: never cut
+    for info, where in zip(built, published, strict=True):
+        console.print(
+            f"[bold green]Built {info.tag}[/] ({info.id[7:19]})" + (f", pushed as {where}" if where else ""),
+            soft_wrap=True,
+        )  # a digest is copied, not read: never cut
     console.print(f"in {time.monotonic() - started:.1f} s")
     return 0
 
@@ -190,7 +211,7 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
 # -- operations on jobs ---------------------------------------------------------------------
 
 
-def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jobs":
+def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Jobs:
     """The jobs of the dispatcher at ``--server`` or ``dispatcher.url``, else of this
     machine's state_dir (which only ``submit`` and ``poll`` may create)."""
     server = args.server or config.dispatcher.url
@@ -212,7 +233,7 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> "Jo
     return local_jobs(config, Store(config.db_path), lambda: connect(config.runner, Engine(config.runner.docker_host)))
 
 
-def _ref(args: argparse.Namespace) -> "JobRef":
+def _ref(args: argparse.Namespace) -> JobRef:
     from orchestrator.jobs import JobRef
 
     return JobRef(commit=args.sha, repository=args.repo)
@@ -221,7 +242,7 @@ def _ref(args: argparse.Namespace) -> "JobRef":
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.console import print_jobs
 
-    documents = _jobs(config, args).list(repository=args.repo, limit=max(1, args.limit))
+    documents = _jobs(config, args).list_jobs(repository=args.repo, limit=max(1, args.limit))
     if args.json:
         print(json.dumps(documents, indent=2, ensure_ascii=False))
     else:
@@ -233,19 +254,23 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
     jobs = _jobs(config, args)
     document, stream = jobs.open_log(_ref(args), follow=args.follow, shard=args.shard)
     if stream is None and document["shards"] and args.shard is None and document["status"] == "running":
-        print(f"orchestrator: job {document['id']} runs split across {len(document['shards'])} containers: "
-              "`--shard K` follows one; their logs together are written when they end", file=sys.stderr)
+        print(
+            f"orchestrator: job {document['id']} runs split across {len(document['shards'])} containers: "
+            "`--shard K` follows one; their logs together are written when they end",
+            file=sys.stderr,
+        )
     if stream is None and args.follow and document["status"] in ("queued", "running"):
         # following a job that has no container yet (queued, or its image still being
         # built or pushed) waits for it, as ``tail -f`` waits for a file's lines
-        print(f"orchestrator: job {document['id']} is {document['status']}: waiting for its container",
-              file=sys.stderr)
+        print(f"orchestrator: job {document['id']} is {document['status']}: waiting for its container", file=sys.stderr)
         while stream is None and document["status"] in ("queued", "running"):
             time.sleep(0.5)
             document, stream = jobs.open_log(_ref(args), follow=True, shard=args.shard)
     if stream is None:
-        print(f"orchestrator: job {document['id']} ({document['commit'][:12]}) is {document['status']}: no log yet",
-              file=sys.stderr)
+        print(
+            f"orchestrator: job {document['id']} ({document['commit'][:12]}) is {document['status']}: no log yet",
+            file=sys.stderr,
+        )
         return 0
     out = sys.stdout.buffer
     if not sys.stdout.isatty():  # a file or a pipe gets the log exactly as it was written
@@ -270,8 +295,10 @@ def cmd_bisections(config: Config, args: argparse.Namespace) -> int:
         return 0
     for b in documents:
         outcome = f"culprit {b['culprit'][:12]}" if b["culprit"] else (b["reason"] or "in progress")
-        print(f"{b['repository']}/{b['branch']}  {b['good'][:12]}..{b['bad'][:12]}  {b['range']} commits  "
-              f"{b['phase']}  {b['jobs']} jobs  {outcome}")
+        print(
+            f"{b['repository']}/{b['branch']}  {b['good'][:12]}..{b['bad'][:12]}  {b['range']} commits  "
+            f"{b['phase']}  {b['jobs']} jobs  {outcome}"
+        )
     if not documents:
         print("no bisection yet")
     return 0
@@ -279,7 +306,9 @@ def cmd_bisections(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     document, created = _jobs(config, args, create=True).submit(args.rev, args.repo)
-    print(f"{'queued' if created else 'already known'}: job {document['id']} {document['commit']} ({document['status']})")
+    print(
+        f"{'queued' if created else 'already known'}: job {document['id']} {document['commit']} ({document['status']})"
+    )
     return 0
 
 
@@ -303,7 +332,15 @@ def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "dispatcher": cmd_dispatcher, "observer": cmd_observer, "image": cmd_image,
-    "status": cmd_status, "logs": cmd_logs, "submit": cmd_submit, "poll": cmd_poll, "bisections": cmd_bisections,
-    "retry": cmd_retry, "cancel": cmd_cancel,
+    "run": cmd_run,
+    "dispatcher": cmd_dispatcher,
+    "observer": cmd_observer,
+    "image": cmd_image,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "submit": cmd_submit,
+    "poll": cmd_poll,
+    "bisections": cmd_bisections,
+    "retry": cmd_retry,
+    "cancel": cmd_cancel,
 }

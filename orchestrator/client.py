@@ -55,11 +55,14 @@ class DispatcherClient:
     def heads(self, repository: str) -> dict[str, str] | None:
         return self.call("GET", f"/api/repositories/{repository}/heads").json()["heads"]
 
-    def record_commits(self, repository: str, commits: list[NewCommit],
-                       heads: dict[str, str] | None = None) -> list[int]:
-        body = {"repository": repository,
-                "commits": [{"sha": c.sha, "subject": c.subject, "branches": list(c.branches)} for c in commits],
-                "heads": heads}
+    def record_commits(
+        self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None
+    ) -> list[int]:
+        body = {
+            "repository": repository,
+            "commits": [{"sha": c.sha, "subject": c.subject, "branches": list(c.branches)} for c in commits],
+            "heads": heads,
+        }
         return self.call("POST", "/api/commits", json=body).json()["created"]
 
 
@@ -78,10 +81,21 @@ class RemoteJobs:
             return self.client.call("POST", "/api/poll").json()["queued"]
         return self.client.call("POST", f"/api/repositories/{repository}/poll").json()["queued"]
 
-    def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
-             limit: int = 50, offset: int = 0) -> list[Document]:
-        params = {"repository": repository, "status": status.value if status else None, "branch": branch,
-                  "limit": limit, "offset": offset}
+    def list_jobs(
+        self,
+        repository: str | None = None,
+        status: JobStatus | None = None,
+        branch: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Document]:
+        params = {
+            "repository": repository,
+            "status": status.value if status else None,
+            "branch": branch,
+            "limit": limit,
+            "offset": offset,
+        }
         return self.client.call("GET", "/api/jobs", params={k: v for k, v in params.items() if v is not None}).json()
 
     def show(self, ref: JobRef) -> Document:
@@ -89,7 +103,9 @@ class RemoteJobs:
 
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]:
         params = {"repository": repository, "limit": limit}
-        return self.client.call("GET", "/api/bisections", params={k: v for k, v in params.items() if v is not None}).json()
+        return self.client.call(
+            "GET", "/api/bisections", params={k: v for k, v in params.items() if v is not None}
+        ).json()
 
     def retry(self, ref: JobRef) -> Document:
         return self.client.call("POST", f"/api/jobs/{self._id(ref)}/retry").json()
@@ -97,10 +113,16 @@ class RemoteJobs:
     def cancel(self, ref: JobRef) -> Document:
         return self.client.call("POST", f"/api/jobs/{self._id(ref)}/cancel").json()
 
-    def open_log(self, ref: JobRef, follow: bool = True, shard: int | None = None) -> tuple[Document, Iterator[bytes] | None]:
+    def open_log(
+        self, ref: JobRef, follow: bool = True, shard: int | None = None
+    ) -> tuple[Document, Iterator[bytes] | None]:
         document = self.show(ref)
-        resp = self.client.call("GET", f"/api/jobs/{document['id']}/log", stream=True,
-                                params={"follow": str(follow).lower(), **({"shard": shard} if shard else {})})
+        resp = self.client.call(
+            "GET",
+            f"/api/jobs/{document['id']}/log",
+            stream=True,
+            params={"follow": str(follow).lower(), **({"shard": shard} if shard else {})},
+        )
         if resp.headers.get("X-Log") == "none":
             resp.close()
             return document, None

@@ -25,7 +25,7 @@ class Picker:
     def __init__(self, store: Store, coalescing: frozenset[str], skipped: Callable[[Job], None] = lambda job: None):
         self.store = store
         self.coalescing = coalescing
-        self.skipped = skipped   # told of each job ended skipped (its result files are written)
+        self.skipped = skipped  # told of each job ended skipped (its result files are written)
 
     def _coalesces(self, job: Job) -> bool:
         return job.repository in self.coalescing and job.priority == NORMAL_PRIORITY and bool(job.branches)
@@ -41,8 +41,11 @@ class Picker:
         job = self.store.next_queued(frozenset(excluded))
         if job is None or not self._coalesces(job):
             return job
-        newer = [j for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY)
-                 if j.id not in excluded]
+        newer = [
+            j
+            for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY)
+            if j.id not in excluded
+        ]
         return newer[-1] if newer else job
 
     def claim(self, job: Job, spare: frozenset[int] = frozenset()) -> Job | None:
@@ -64,12 +67,14 @@ class Picker:
         return None
 
     def _older(self, job: Job) -> list[Job]:
-        return [j for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY) if j.id < job.id]
+        return [
+            j for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY) if j.id < job.id
+        ]
 
     def _skip(self, older: Job, newest: Job) -> None:
         try:
             skipped = self.store.move(older, JobStatus.SKIPPED, message=f"covered by {newest.commit[:12]}")
-        except InvalidTransition as exc:   # cancelled or claimed meanwhile: no longer ours to skip
+        except InvalidTransition as exc:  # cancelled or claimed meanwhile: no longer ours to skip
             log.debug("job %s not skipped: %s", older.id, exc)
             return
         self.skipped(skipped)

@@ -21,7 +21,7 @@ from orchestrator.errors import ConfigError, UnknownRepository, UsageError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _MEMORY = re.compile(r"^[1-9][0-9]*[bkmg]?$", re.IGNORECASE)
-_SCP_LIKE = re.compile(r"^([\w.-]+@)?[\w][\w.-]*:(?!//)")     # [user@]host:path, as git reads it
+_SCP_LIKE = re.compile(r"^([\w.-]+@)?[\w][\w.-]*:(?!//)")  # [user@]host:path, as git reads it
 _REMOTE_URL = re.compile(r"^(https?|ssh|git|file)://[^\s-][^\s]*$")  # no option-looking host
 
 
@@ -44,14 +44,16 @@ class RepositoryConfig(_Strict):
     command: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], Annotated[str, Field(max_length=10_000)]] = {}
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] | None = None
-    system_packages: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,100}$")]],
-                               Field(max_length=100)] = []
-    coalesce: bool = False   # under load, test only the newest queued commit of a branch, then bisect a failure
-    rerun_failures: Annotated[int, Field(ge=0, le=5)] = 0   # re-runs of only the failed tests, in the same container
-    artifacts: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]],
-                         Field(max_length=50)] = []   # globs, relative to the workspace, beyond .ci-artifacts/
-    shards: int | Literal["auto"] = 1   # containers one commit's suite is split across (sharding.py)
-    shard_unit: Literal["test", "class", "module"] = "test"   # what the split keeps together
+    system_packages: Annotated[
+        list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,100}$")]], Field(max_length=100)
+    ] = []
+    coalesce: bool = False  # under load, test only the newest queued commit of a branch, then bisect a failure
+    rerun_failures: Annotated[int, Field(ge=0, le=5)] = 0  # re-runs of only the failed tests, in the same container
+    artifacts: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=500)]], Field(max_length=50)
+    ] = []  # globs, relative to the workspace, beyond .ci-artifacts/
+    shards: int | Literal["auto"] = 1  # containers one commit's suite is split across (sharding.py)
+    shard_unit: Literal["test", "class", "module"] = "test"  # what the split keeps together
 
     @field_validator("shards", mode="before")
     @classmethod
@@ -61,7 +63,7 @@ class RepositoryConfig(_Strict):
         raise ValueError(f"{str(value)[:40]!r}: a number of containers from 1 to {MAX_SHARDS}, or auto")
 
     @model_validator(mode="after")
-    def _shards_split_pytest(self) -> "RepositoryConfig":
+    def _shards_split_pytest(self) -> RepositoryConfig:
         if self.shards != 1 and self.command is not None:
             raise ValueError("shards splits the default pytest run: it cannot be used with command")
         return self
@@ -78,7 +80,9 @@ class RepositoryConfig(_Strict):
     def _requirement_lines(cls, lines: list[str] | None) -> list[str] | None:
         for line in lines or []:
             if any(ord(c) < 32 for c in line) or (line.startswith("-") and not line.startswith(("-r ", "-e ."))):
-                raise ValueError(f"{line[:80]!r}: only requirements, '-r FILE', '.' and '-e .' (with extras) are allowed")
+                raise ValueError(
+                    f"{line[:80]!r}: only requirements, '-r FILE', '.' and '-e .' (with extras) are allowed"
+                )
         return lines
 
     @field_validator("artifacts")
@@ -86,8 +90,10 @@ class RepositoryConfig(_Strict):
     def _relative_globs(cls, globs: list[str]) -> list[str]:
         for g in globs:
             if g.startswith("/") or ".." in g.split("/") or any(ord(c) < 32 for c in g):
-                raise ValueError(f"{g[:80]!r}: a glob relative to the workspace, like 'dist/*.whl' "
-                                 "(no leading '/', no '..', no control characters)")
+                raise ValueError(
+                    f"{g[:80]!r}: a glob relative to the workspace, like 'dist/*.whl' "
+                    "(no leading '/', no '..', no control characters)"
+                )
         return globs
 
     @field_validator("branches")
@@ -112,8 +118,10 @@ class RepositoryConfig(_Strict):
             raise ValueError(f"{url[:80]!r}: transport helpers (name::...) run programs and are not allowed")
         if "://" in url:
             if not _REMOTE_URL.match(url):
-                raise ValueError(f"{url[:80]!r}: only local paths, file://, http(s)://, ssh://, git:// "
-                                 "and user@host:path are allowed")
+                raise ValueError(
+                    f"{url[:80]!r}: only local paths, file://, http(s)://, ssh://, git:// "
+                    "and user@host:path are allowed"
+                )
             host = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
             if host.startswith("-"):
                 raise ValueError(f"{url[:80]!r}: a host may not begin with '-'")
@@ -129,8 +137,8 @@ class DispatcherConfig(_Strict):
     api_token: Annotated[str, Field(min_length=16)] | None = None
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2000)] | None = None
     allowed_hosts: Annotated[list[Annotated[str, Field(pattern=r"^[\w.*:\[\]-]+$")]], Field(min_length=1)] | None = None
-    max_followers: Annotated[int, Field(ge=1, le=10_000)] = 512           # live log followers in all
-    max_followers_per_job: Annotated[int, Field(ge=1, le=10_000)] = 256   # ... of one job
+    max_followers: Annotated[int, Field(ge=1, le=10_000)] = 512  # live log followers in all
+    max_followers_per_job: Annotated[int, Field(ge=1, le=10_000)] = 256  # ... of one job
 
     def hosts(self) -> list[str]:
         """Host headers the API answers: ``allowed_hosts``, else this machine's loopback
@@ -143,7 +151,7 @@ class DispatcherConfig(_Strict):
         return sorted({"localhost", "127.0.0.1", "::1", self.host})
 
     @model_validator(mode="after")
-    def _token_off_loopback(self) -> "DispatcherConfig":
+    def _token_off_loopback(self) -> DispatcherConfig:
         if not is_loopback(self.host) and self.api_token is None:
             raise ValueError(f"binding {self.host} (not loopback) requires dispatcher.api_token")
         return self
@@ -154,7 +162,7 @@ class RunnerConfig(_Strict):
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*$")] = "ci-runner:latest"
     base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = pythons.OFFERED[pythons.DEFAULT].base
     parallelism: Annotated[int, Field(ge=1, le=256)] = 2
-    warm: Annotated[int, Field(ge=0, le=256)] | None = None   # jobs started ahead of a free slot; None: parallelism
+    warm: Annotated[int, Field(ge=0, le=256)] | None = None  # jobs started ahead of a free slot; None: parallelism
     timeout: Annotated[float, Field(gt=0)] = 600
     memory: str = "1g"
     cpus: Annotated[float, Field(gt=0, le=1024)] = 1.0
@@ -165,11 +173,12 @@ class RunnerConfig(_Strict):
     tmp_size: str = "1g"
     backend: Literal["docker", "swarm"] = "docker"
     registry: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9._-]+)*$")] | None = None
-    constraints: Annotated[list[Annotated[str, Field(pattern=r"^[\w.-]+ *(==|!=) *[^\s]+$", max_length=500)]],
-                           Field(max_length=50)] = []
+    constraints: Annotated[
+        list[Annotated[str, Field(pattern=r"^[\w.-]+ *(==|!=) *[^\s]+$", max_length=500)]], Field(max_length=50)
+    ] = []
 
     @model_validator(mode="after")
-    def _swarm_needs_a_registry(self) -> "RunnerConfig":
+    def _swarm_needs_a_registry(self) -> RunnerConfig:
         if self.backend == "swarm" and self.registry is None:
             raise ValueError("backend swarm needs runner.registry (host:port of a registry every node reaches)")
         return self
@@ -187,7 +196,9 @@ class RunnerConfig(_Strict):
 
 
 class NotifyConfig(_Strict):
-    webhooks: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]], Field(max_length=50)] = []
+    webhooks: Annotated[
+        list[Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2000)]], Field(max_length=50)
+    ] = []
     on: Literal["all", "failures"] = "failures"
     timeout: Annotated[float, Field(gt=0, le=300)] = 5
     retries: Annotated[int, Field(ge=0, le=10)] = 3
@@ -201,9 +212,10 @@ class EnvironmentsConfig(_Strict):
     on this host when ``index_url`` is not set, else PyPI), never from one a commit names."""
 
     index_url: Annotated[str, Field(pattern=_INDEX_URL, max_length=2000)] | None = None
-    extra_index_urls: Annotated[list[Annotated[str, Field(pattern=_INDEX_URL, max_length=2000)]],
-                                Field(max_length=10)] = []
-    timeout: Annotated[float, Field(gt=0, le=24 * 3600)] = 900   # seconds for a whole build
+    extra_index_urls: Annotated[
+        list[Annotated[str, Field(pattern=_INDEX_URL, max_length=2000)]], Field(max_length=10)
+    ] = []
+    timeout: Annotated[float, Field(gt=0, le=24 * 3600)] = 900  # seconds for a whole build
 
 
 class Config(_Strict):
@@ -220,7 +232,7 @@ class Config(_Strict):
     source: Path = Path("config.yaml")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Config":
+    def _unique_names(self) -> Config:
         names = [r.name for r in self.repositories]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -257,7 +269,7 @@ def is_loopback(host: str) -> bool:
 
 def memory_bytes(value: str) -> int:
     """Bytes in a size like ``512m`` or ``1g``, as the engine reads it."""
-    from docker.utils import parse_bytes   # here: loading config.yaml should not load docker-py
+    from docker.utils import parse_bytes  # here: loading config.yaml should not load docker-py
 
     return int(parse_bytes(value))
 
@@ -342,7 +354,7 @@ def _describe(exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     elif first["type"] != "missing":
         got = first.get("input")
         msg = f"{msg} (got {repr(got)[:60]})"

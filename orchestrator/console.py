@@ -7,8 +7,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-STYLE = {"passed": "green", "failed": "red", "error": "magenta", "timed_out": "yellow",
-         "running": "cyan", "queued": "dim", "cancelled": "dim", "skipped": "dim"}
+STYLE = {
+    "passed": "green",
+    "failed": "red",
+    "error": "magenta",
+    "timed_out": "yellow",
+    "running": "cyan",
+    "queued": "dim",
+    "cancelled": "dim",
+    "skipped": "dim",
+}
 
 
 def print_jobs(documents: list[dict[str, Any]]) -> None:
@@ -20,20 +28,40 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
-    nodes = any(doc.get("node") for doc in documents)   # a column only where jobs ran on a Swarm
-    columns = ("commit", "repository", "branch", "status", "tests", "duration", "attempts", *(("node",) if nodes else ()),
-               "subject", "message")
+    nodes = any(doc.get("node") for doc in documents)  # a column only where jobs ran on a Swarm
+    columns = (
+        "commit",
+        "repository",
+        "branch",
+        "status",
+        "tests",
+        "duration",
+        "attempts",
+        *(("node",) if nodes else ()),
+        "subject",
+        "message",
+    )
     for column in columns:
         table.add_column(column, no_wrap=column not in ("subject", "message", "branch"))
     for doc in documents:
         t = doc["tests"]
-        tests = f"{t['passed']}/{t['total']}" + (f" ({t['failed']} failed)" if t["failed"] else "") if t["total"] else "-"
+        tests = (
+            f"{t['passed']}/{t['total']}" + (f" ({t['failed']} failed)" if t["failed"] else "") if t["total"] else "-"
+        )
         duration = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
         status = doc["status"]
-        table.add_row(doc["commit"][:10], Text(doc["repository"]), Text(", ".join(doc["branches"])),
-                      Text(status, style=STYLE.get(status, "dim")), tests, duration, str(doc["attempts"]),
-                      *((Text(doc.get("node") or "-"),) if nodes else ()),
-                      Text(printable(doc["subject"])), Text(printable(doc["message"] or "")))
+        table.add_row(
+            doc["commit"][:10],
+            Text(doc["repository"]),
+            Text(", ".join(doc["branches"])),
+            Text(status, style=STYLE.get(status, "dim")),
+            tests,
+            duration,
+            str(doc["attempts"]),
+            *((Text(doc.get("node") or "-"),) if nodes else ()),
+            Text(printable(doc["subject"])),
+            Text(printable(doc["message"] or "")),
+        )
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
@@ -47,12 +75,15 @@ def printable(text: str) -> str:
 # Everything a terminal takes as a command: CSI (colours are kept), OSC (window title,
 # clipboard, hyperlinks), DCS/APC/PM/SOS strings, other escapes, and C0 controls but
 # tab, newline, carriage return and backspace.
-_SEQUENCE = re.compile(rb"""
+_SEQUENCE = re.compile(
+    rb"""
     \x1b\[[0-?]*[ -/]*[@-~]                  # CSI ... final byte
   | \x1b\][^\x07\x1b]*(?:\x07|\x1b\\)        # OSC ... BEL or ST
   | \x1b[P_^X][^\x1b]*\x1b\\                 # DCS, APC, PM, SOS ... ST
   | \x1b[ -/]*[0-OQ-WYZ\\`-~]               # any other escape
-""", re.X)
+""",
+    re.X,
+)
 _SGR = re.compile(rb"\x1b\[[0-9;:]*m")
 _CONTROLS = re.compile(rb"[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")
 _HOLD_LIMIT = 4096

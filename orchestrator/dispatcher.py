@@ -39,8 +39,17 @@ class Dispatcher:
     """Scheduling only: its collaborators are built once, by the composition root
     (service.py), and given to it."""
 
-    def __init__(self, runner: RunnerConfig, stop_grace: float, ctx: Context, picker: Picker, bisector: Bisector,
-                 planner: Planner, recovery: Recovery, metrics: Metrics):
+    def __init__(
+        self,
+        runner: RunnerConfig,
+        stop_grace: float,
+        ctx: Context,
+        picker: Picker,
+        bisector: Bisector,
+        planner: Planner,
+        recovery: Recovery,
+        metrics: Metrics,
+    ):
         self.runner = runner
         self.stop_grace = stop_grace
         self.ctx = ctx
@@ -53,9 +62,9 @@ class Dispatcher:
         # the warm jobs wait for a slot to free in workers of their own
         self._pool = ThreadPoolExecutor(max_workers=runner.parallelism + self._warm_wanted(), thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
-        self._slots: dict[int, int] = {}   # slots each active job takes (its containers), where more than one
+        self._slots: dict[int, int] = {}  # slots each active job takes (its containers), where more than one
         self._warm = WarmPool()
-        self._warm_depth: int | None = None   # how many may wait warm, once the engine said its memory
+        self._warm_depth: int | None = None  # how many may wait warm, once the engine said its memory
         self._warm_after = 0.0
         self._wake = threading.Event()
         self._engine = Backoff(1.0, 10.0)
@@ -63,7 +72,7 @@ class Dispatcher:
         self._engine_down_since: float | None = None
         self.engine_error: EngineUnavailable | None = None
         self._recovered = False
-        self.touched: set[int] = set()   # jobs this process ran or adopted (for --once)
+        self.touched: set[int] = set()  # jobs this process ran or adopted (for --once)
 
     def wake(self) -> None:
         """New work was queued: look at the store now rather than at the next poll."""
@@ -83,7 +92,7 @@ class Dispatcher:
             return
         self.bisector.advance()
         while self._free_slots() and not self.ctx.abandon.is_set():
-            if len(self._warm):   # in queue order, before any job that was not started warm
+            if len(self._warm):  # in queue order, before any job that was not started warm
                 self._release_warm()
                 continue
             job = self.picker.pick(besides=self._warm.job_ids)
@@ -91,7 +100,7 @@ class Dispatcher:
                 break
             count = self.planner.count(job.repository, self._free())
             if count > self._free():
-                break   # a split suite waits for its slots, and nothing overtakes it
+                break  # a split suite waits for its slots, and nothing overtakes it
             claimed = self.picker.claim(job, self._warm.job_ids)
             if claimed is not None:
                 self._submit(claimed, None, count)
@@ -111,7 +120,7 @@ class Dispatcher:
             log.error("job %s: its attempt ended and left it running; concluding it", job_id)
             try:
                 conclude(self.ctx, job, "internal error: the attempt ended without concluding the job")
-            except Exception:   # noqa: BLE001  (the next start's recovery re-queues it)
+            except Exception:  # noqa: BLE001  (the next start's recovery re-queues it)
                 log.exception("job %s: could not be concluded", job_id)
 
     def _free_slots(self) -> bool:
@@ -133,14 +142,21 @@ class Dispatcher:
             try:
                 total = self.ctx.backend.memory_total()
             except EngineUnavailable:
-                return 0   # asked again at the next step
-            room = self._warm_wanted() if total is None else \
-                total // memory_bytes(self.runner.memory) - self.runner.parallelism
+                return 0  # asked again at the next step
+            room = (
+                self._warm_wanted()
+                if total is None
+                else total // memory_bytes(self.runner.memory) - self.runner.parallelism
+            )
             self._warm_depth = max(0, min(self._warm_wanted(), room))
             if self._warm_depth < self._warm_wanted():
-                log.info("%d jobs may wait warm, not %d: the engine's memory holds %d containers of %s",
-                         self._warm_depth, self._warm_wanted(), self._warm_depth + self.runner.parallelism,
-                         self.runner.memory)
+                log.info(
+                    "%d jobs may wait warm, not %d: the engine's memory holds %d containers of %s",
+                    self._warm_depth,
+                    self._warm_wanted(),
+                    self._warm_depth + self.runner.parallelism,
+                    self.runner.memory,
+                )
         return self._warm_depth
 
     def _engine_answers(self) -> bool:
@@ -149,7 +165,7 @@ class Dispatcher:
         try:
             if not self._recovered:
                 self.recovery.reconcile(adopt=self._submit, active=set(self._active))
-                self.bisector.catch_up()   # a failure whose bisection a stop kept from starting
+                self.bisector.catch_up()  # a failure whose bisection a stop kept from starting
                 self._recovered = True
             elif self._free_slots() and self.store.has_queued():
                 self.ctx.backend.ping()
@@ -175,8 +191,10 @@ class Dispatcher:
         if job is None:
             return False
         return job.id in self._warm.job_ids or (
-            job.id in self._active and job.status is JobStatus.RUNNING
-            and state.labels.get(LABEL_ATTEMPT) == str(job.attempts))
+            job.id in self._active
+            and job.status is JobStatus.RUNNING
+            and state.labels.get(LABEL_ATTEMPT) == str(job.attempts)
+        )
 
     def _start_warm(self) -> bool:
         """All slots busy and work waiting: start the next queued job that is not warm yet,
@@ -185,7 +203,7 @@ class Dispatcher:
             return False
         job = self.picker.pick(besides=self._warm.job_ids)
         if job is None or self.planner.wanted(job.repository) != 1:
-            return False   # a split suite is not started warm (it waits for its slots instead)
+            return False  # a split suite is not started warm (it waits for its slots instead)
         start = WarmStart()
         future = self._pool.submit(Attempt(self.ctx, job, warm_start=start).run)
         future.add_done_callback(lambda _f: self._wake.set())
@@ -202,8 +220,11 @@ class Dispatcher:
 
     def _submit(self, job: Job, adopt: ContainerState | None, count: int = 1) -> None:
         self.touched.add(job.id)
-        attempt = Attempt(self.ctx, job, adopt) if count == 1 else \
-            SplitAttempt(self.ctx, job, self.planner.plan(job.repository, count))
+        attempt = (
+            Attempt(self.ctx, job, adopt)
+            if count == 1
+            else SplitAttempt(self.ctx, job, self.planner.plan(job.repository, count))
+        )
         if count > 1:
             self._slots[job.id] = count
         future = self._pool.submit(attempt.run)
@@ -213,8 +234,13 @@ class Dispatcher:
     # -- running and stopping ---------------------------------------------------------
 
     def idle(self) -> bool:
-        return (self._recovered and not self._active and not len(self._warm) and not self.store.has_queued()
-                and not self.bisector.busy())
+        return (
+            self._recovered
+            and not self._active
+            and not len(self._warm)
+            and not self.store.has_queued()
+            and not self.bisector.busy()
+        )
 
     def engine_down_for(self) -> float:
         return 0.0 if self._engine_down_since is None else time.monotonic() - self._engine_down_since

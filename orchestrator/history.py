@@ -8,23 +8,25 @@ A test's id is what its JUnit report calls it, ``<classname>::<name>``
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.models import Job
+from orchestrator.report import Report, outcome, test_id
 from orchestrator.store import Store
 from orchestrator.store.tests import Run
-from orchestrator.report import Report, outcome, test_id
 
-MAX_CASES = 100_000   # test cases recorded per job: a report with more is a suite of that size, or hostile
-RECENT = 20           # runs a failing test's record looks back over
+MAX_CASES = 100_000  # test cases recorded per job: a report with more is a suite of that size, or hostile
+RECENT = 20  # runs a failing test's record looks back over
 
 
 @dataclass(frozen=True)
 class Case:
     test_id: str
-    outcome: str      # passed, failed, error, skipped
+    outcome: str  # passed, failed, error, skipped
     seconds: float
-    rerun: bool = False   # from a counted re-run of the failed tests (verdict.suites)
+    rerun: bool = False  # from a counted re-run of the failed tests (verdict.suites)
 
 
 _BAD = {"failed": 1, "error": 1}
@@ -48,14 +50,21 @@ def record(store: Store, job: Job, report: Report, reruns: int = 0) -> int:
     """The cases of ``job``'s current attempt, each as it ended (a counted re-run's outcome
     wins), ``flaky`` for one that failed and then passed when re-run; how many rows."""
     found: dict[str, Case] = {}
-    for case in cases(report, reruns):   # a test named twice by its own suites: the worse
-        if case.rerun or case.test_id not in found or _BAD.get(case.outcome, 0) > _BAD.get(found[case.test_id].outcome, 0):
+    for case in cases(report, reruns):  # a test named twice by its own suites: the worse
+        if (
+            case.rerun
+            or case.test_id not in found
+            or _BAD.get(case.outcome, 0) > _BAD.get(found[case.test_id].outcome, 0)
+        ):
             found[case.test_id] = case
     if found:
-        store.tests.record(job.id, job.attempts, job.repository,
-                           [(c.test_id, "flaky" if c.test_id in job.flaky else c.outcome, c.seconds)
-                            for c in found.values()],
-                           [(c.test_id, c.seconds) for c in found.values() if c.outcome == "passed"])
+        store.tests.record(
+            job.id,
+            job.attempts,
+            job.repository,
+            [(c.test_id, "flaky" if c.test_id in job.flaky else c.outcome, c.seconds) for c in found.values()],
+            [(c.test_id, c.seconds) for c in found.values() if c.outcome == "passed"],
+        )
     return len(found)
 
 
@@ -63,8 +72,9 @@ class History:
     def __init__(self, store: Store):
         self.store = store
 
-    def runs(self, repository: str, test_id: str, branch: str | None = None, before: int | None = None,
-             limit: int = 100) -> list[Run]:
+    def runs(
+        self, repository: str, test_id: str, branch: str | None = None, before: int | None = None, limit: int = 100
+    ) -> list[Run]:
         """The test's outcome in the newest jobs of ``branch`` (any, if None), newest first."""
         return self.store.tests.runs(repository, test_id, branch, before, limit)
 
@@ -76,15 +86,23 @@ class History:
         by_test: dict[str, list[tuple[str, str]]] = {}
         for test, ended, commit in rows:
             by_test.setdefault(test, []).append((ended, commit))
-        ranked = []
+        ranked: list[dict[str, Any]] = []
         for test, runs in by_test.items():
             outcomes = ["failed" if o == "error" else o for o, _ in runs]
-            flips = sum(1 for a, b in zip(outcomes, outcomes[1:]) if a != b and "skipped" not in (a, b))
+            flips = sum(1 for a, b in itertools.pairwise(outcomes) if a != b and "skipped" not in (a, b))
             flips += outcomes.count("flaky")
             if flips:
-                ranked.append({"test_id": test, "runs": len(runs), "flips": flips,
-                               "flip_rate": round(flips / len(runs), 3), "flaky_runs": outcomes.count("flaky"),
-                               "last": runs[-1][0], "last_commit": runs[-1][1]})
+                ranked.append(
+                    {
+                        "test_id": test,
+                        "runs": len(runs),
+                        "flips": flips,
+                        "flip_rate": round(flips / len(runs), 3),
+                        "flaky_runs": outcomes.count("flaky"),
+                        "last": runs[-1][0],
+                        "last_commit": runs[-1][1],
+                    }
+                )
         return sorted(ranked, key=lambda r: (-r["flip_rate"], -r["flips"], r["test_id"]))[:limit]
 
     def outcomes(self, repository: str, test_id: str, commits: list[str]) -> dict[str, str]:
@@ -111,9 +129,13 @@ class History:
                 if run.outcome not in ("failed", "error"):
                     break
                 streak, since = streak + 1, run.commit
-        return {"test_id": test_id, "since": {"commit": since, "commits": streak} if streak > 1 else None,
-                "failed_recent": sum(1 for r in earlier if r.outcome in ("failed", "error")),
-                "recent": [r.outcome for r in reversed(earlier)], "branch": branch}
+        return {
+            "test_id": test_id,
+            "since": {"commit": since, "commits": streak} if streak > 1 else None,
+            "failed_recent": sum(1 for r in earlier if r.outcome in ("failed", "error")),
+            "recent": [r.outcome for r in reversed(earlier)],
+            "branch": branch,
+        }
 
     def _streak_in_history(self, job: Job, test_id: str, parents: dict[str, list[str]]) -> tuple[str, int]:
         known = self.outcomes(job.repository, test_id, list(parents))
@@ -121,7 +143,7 @@ class History:
         for _ in range(len(parents)):
             step = None
             for parent in parents.get(current, []):
-                cursor = parent   # past untested commits, along their first parents
+                cursor = parent  # past untested commits, along their first parents
                 while cursor in parents and cursor not in known and parents[cursor]:
                     cursor = parents[cursor][0]
                 if known.get(cursor) in ("failed", "error"):

@@ -28,20 +28,35 @@ class Insight:
         pass rate per day, the 10 slowest tests with their recent durations."""
         name = self._repository(repository).name
         return {
-            "repository": name, "branch": branch,
-            "runs": [{"id": j.id, "commit": j.commit, "status": j.status.value, "duration_s": j.duration_s,
-                      "coverage": j.coverage}
-                     for j in trends.runs(self.store, name, branch)],
-            "pass_rate": [{"day": day, "passed": passed, "tested": tested}
-                          for day, passed, tested in trends.pass_rate_by_day(self.store, name, branch)],
-            "slowest": [{"test_id": s.test_id, "mean_s": round(s.mean_s, 4), "recent_s": s.recent_s}
-                        for s in trends.slowest_tests(self.store, name, branch)],
+            "repository": name,
+            "branch": branch,
+            "runs": [
+                {
+                    "id": j.id,
+                    "commit": j.commit,
+                    "status": j.status.value,
+                    "duration_s": j.duration_s,
+                    "coverage": j.coverage,
+                }
+                for j in trends.runs(self.store, name, branch)
+            ],
+            "pass_rate": [
+                {"day": day, "passed": passed, "tested": tested}
+                for day, passed, tested in trends.pass_rate_by_day(self.store, name, branch)
+            ],
+            "slowest": [
+                {"test_id": s.test_id, "mean_s": round(s.mean_s, 4), "recent_s": s.recent_s}
+                for s in trends.slowest_tests(self.store, name, branch)
+            ],
         }
 
     def coverage(self, repository: str, branch: str) -> float | None:
         """The line coverage of the branch's newest run that measured it (the badge's)."""
-        measured = [j.coverage for j in trends.runs(self.store, self._repository(repository).name, branch)
-                    if j.coverage is not None]
+        measured = [
+            j.coverage
+            for j in trends.runs(self.store, self._repository(repository).name, branch)
+            if j.coverage is not None
+        ]
         return measured[-1] if measured else None
 
     def load(self) -> list[Document]:
@@ -56,5 +71,7 @@ class Insight:
     def test_runs(self, repository: str, test_id: str, branch: str | None = None, limit: int = 100) -> list[Document]:
         """A test's outcome and duration in the newest jobs of a branch, newest first."""
         name = self._repository(repository).name
-        return [{"job": r.job_id, "commit": r.commit, "outcome": r.outcome, "seconds": r.seconds}
-                for r in History(self.store).runs(name, test_id, branch, limit=limit)]
+        return [
+            {"job": r.job_id, "commit": r.commit, "outcome": r.outcome, "seconds": r.seconds}
+            for r in History(self.store).runs(name, test_id, branch, limit=limit)
+        ]

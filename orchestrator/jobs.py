@@ -22,8 +22,8 @@ from orchestrator.insight import Insight
 from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.observer import Observer
-from orchestrator.results import ResultFiles, result_document
 from orchestrator.report import Report
+from orchestrator.results import ResultFiles, result_document
 from orchestrator.store import NewCommit, Store
 
 log = logging.getLogger("orchestrator.jobs")
@@ -48,12 +48,20 @@ class JobRef:
 class Jobs(Protocol):
     def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]: ...
     def poll(self, repository: str | None = None) -> int: ...
-    def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
-             limit: int = 50, offset: int = 0) -> list[Document]: ...
+    def list_jobs(
+        self,
+        repository: str | None = None,
+        status: JobStatus | None = None,
+        branch: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Document]: ...
     def show(self, ref: JobRef) -> Document: ...
     def retry(self, ref: JobRef) -> Document: ...
     def cancel(self, ref: JobRef) -> Document: ...
-    def open_log(self, ref: JobRef, follow: bool = True, shard: int | None = None) -> tuple[Document, Iterator[bytes] | None]: ...
+    def open_log(
+        self, ref: JobRef, follow: bool = True, shard: int | None = None
+    ) -> tuple[Document, Iterator[bytes] | None]: ...
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]: ...
 
 
@@ -68,7 +76,9 @@ class Arrivals:
     def heads(self, repository: str) -> dict[str, str] | None:
         return self.store.heads(repository)
 
-    def record_commits(self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None) -> list[int]:
+    def record_commits(
+        self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None
+    ) -> list[int]:
         created = self.store.record_commits(repository, commits, heads)
         if created:
             self.wake()
@@ -82,8 +92,16 @@ class LocalJobs:
     of running jobs (a callable, so that a command that needs no engine never loads its
     client)."""
 
-    def __init__(self, config: Config, store: Store, mirrors: Mirrors, observer: Observer, insight: Insight,
-                 arrivals: Arrivals, backend: Callable[[], Backend] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        mirrors: Mirrors,
+        observer: Observer,
+        insight: Insight,
+        arrivals: Arrivals,
+        backend: Callable[[], Backend] | None = None,
+    ):
         self.config, self.store, self.mirrors, self.observer = config, store, mirrors, observer
         self.insight, self.arrivals, self.backend = insight, arrivals, backend
         self.results = ResultFiles(config.results_dir)
@@ -93,7 +111,9 @@ class LocalJobs:
     def heads(self, repository: str) -> dict[str, str] | None:
         return self.arrivals.heads(repository)
 
-    def record_commits(self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None) -> list[int]:
+    def record_commits(
+        self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None
+    ) -> list[int]:
         return self.arrivals.record_commits(repository, commits, heads)
 
     # -- operations -----------------------------------------------------------------------
@@ -109,8 +129,9 @@ class LocalJobs:
         mirror.fetch()
         sha = mirror.resolve(rev)
         branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
-        created = self.record_commits(repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches,
-                                                            MANUAL_PRIORITY)])
+        created = self.record_commits(
+            repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches, MANUAL_PRIORITY)]
+        )
         return self.document(self.store.find(sha, repo.name)), bool(created)
 
     def require_commits(self, repository: str, shas: list[str]) -> None:
@@ -128,8 +149,14 @@ class LocalJobs:
         names = [self.repository(repository).name] if repository else [r.name for r in self.config.repositories]
         return sum(self.observer.poll_repository(name) for name in names)
 
-    def list(self, repository: str | None = None, status: JobStatus | None = None, branch: str | None = None,
-             limit: int = 50, offset: int = 0) -> list[Document]:
+    def list_jobs(
+        self,
+        repository: str | None = None,
+        status: JobStatus | None = None,
+        branch: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Document]:
         """Newest first."""
         if repository is not None:
             self.repository(repository)
@@ -162,18 +189,24 @@ class LocalJobs:
     def health(self) -> dict[str, Any]:
         """Jobs queued and running now, and each repository's state: ``degraded`` while
         any repository cannot be polled."""
-        repositories = {name: {"ok": state.ok, "error": state.error, "since": iso(state.since)}
-                        for name, state in self.observer.health().items()}
-        return {"status": "ok" if all(r["ok"] for r in repositories.values()) else "degraded",
-                "queued": self.store.count(JobStatus.QUEUED), "running": self.store.count(JobStatus.RUNNING),
-                "repositories": repositories}
+        repositories = {
+            name: {"ok": state.ok, "error": state.error, "since": iso(state.since)}
+            for name, state in self.observer.health().items()
+        }
+        return {
+            "status": "ok" if all(r["ok"] for r in repositories.values()) else "degraded",
+            "queued": self.store.count(JobStatus.QUEUED),
+            "running": self.store.count(JobStatus.RUNNING),
+            "repositories": repositories,
+        }
 
     def retry(self, ref: JobRef) -> Document:
         job = self.job(ref)
         if not job.status.final:
             raise Conflict(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
-        job = self.store.move(job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}",
-                              priority=MANUAL_PRIORITY)
+        job = self.store.move(
+            job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}", priority=MANUAL_PRIORITY
+        )
         self.arrivals.wake()
         return self.document(job)
 
@@ -188,7 +221,9 @@ class LocalJobs:
             self.results.write_without_run(cancelled, self.store.attempt_history(job.id))
         return self.document(self.store.get(job.id) or cancelled)
 
-    def open_log(self, ref: JobRef, follow: bool = True, shard: int | None = None) -> tuple[Document, Iterator[bytes] | None]:
+    def open_log(
+        self, ref: JobRef, follow: bool = True, shard: int | None = None
+    ) -> tuple[Document, Iterator[bytes] | None]:
         """The log (with ``shard``, one shard's of a split suite): from the engine while the
         container runs (live with ``follow``), else the saved file; None when there is none yet."""
         job = self.job(ref)
@@ -205,10 +240,14 @@ class LocalJobs:
         if shard is None:
             return self.results.path(job, "output.log"), job.container_id
         if not job.shards or not 1 <= shard <= len(job.shards):
-            raise UsageError(f"job {job.id} has no shard {shard}" + (f" (it has {len(job.shards)})" if job.shards else
-                                                                      " (its suite was not split)"))
-        return (self.results.path(job, f"output.{shard}.log"),
-                container_name(self.store.instance_id(), job.id, job.attempts, shard))
+            raise UsageError(
+                f"job {job.id} has no shard {shard}"
+                + (f" (it has {len(job.shards)})" if job.shards else " (its suite was not split)")
+            )
+        return (
+            self.results.path(job, f"output.{shard}.log"),
+            container_name(self.store.instance_id(), job.id, job.attempts, shard),
+        )
 
     def failures(self, ref: JobRef) -> list[dict[str, Any]]:
         """The failing tests, each with its record on the branch (history.py)."""
@@ -226,7 +265,7 @@ class LocalJobs:
         it cannot be read: the record then follows the branch's jobs)."""
         try:
             return self.mirrors[job.repository].parents(job.commit)
-        except (KeyError, OSError, RepositoryError) as exc:   # no mirror here (an observer elsewhere), say
+        except (KeyError, OSError, RepositoryError) as exc:  # no mirror here (an observer elsewhere), say
             log.debug("no commit graph for %s: %s", job.commit[:12], exc)
             return None
 

@@ -28,22 +28,32 @@ FINISHED_SHOWN = 5
 def render(store: Store) -> Group:
     now = utcnow()
     running = store.with_status(JobStatus.RUNNING)
-    table = Table(box=None, pad_edge=False, title_justify="left",
-                  title=f"{len(running)} running · {store.count(JobStatus.QUEUED)} queued")
+    table = Table(
+        box=None,
+        pad_edge=False,
+        title_justify="left",
+        title=f"{len(running)} running · {store.count(JobStatus.QUEUED)} queued",
+    )
     for column in ("commit", "repository", "elapsed", "attempt", "subject"):
         table.add_column(column, no_wrap=column != "subject")
     for job in running:
         elapsed = f"{(now - job.started_at).total_seconds():.0f}s" if job.started_at else "-"
         doing = f" ({job.message})" if job.message else ""
-        table.add_row(job.commit[:10], Text(job.repository), elapsed, str(job.attempts),
-                      Text(printable(job.subject) + doing))
+        table.add_row(
+            job.commit[:10], Text(job.repository), elapsed, str(job.attempts), Text(printable(job.subject) + doing)
+        )
     finished = Table(box=None, pad_edge=False, title="last finished", title_justify="left")
     for column in ("commit", "repository", "status", "duration", "subject"):
         finished.add_column(column, no_wrap=column != "subject")
     done = [j for j in store.list_jobs(limit=50) if j.status in FINAL_STATUSES and j.status is not JobStatus.SKIPPED]
     for job in sorted(done, key=lambda j: j.finished_at or now, reverse=True)[:FINISHED_SHOWN]:
-        finished.add_row(job.commit[:10], Text(job.repository), Text(job.status.value, style=STYLE.get(job.status.value, "")),
-                         f"{job.duration_s:.1f}s" if job.duration_s is not None else "-", Text(printable(job.subject)))
+        finished.add_row(
+            job.commit[:10],
+            Text(job.repository),
+            Text(job.status.value, style=STYLE.get(job.status.value, "")),
+            f"{job.duration_s:.1f}s" if job.duration_s is not None else "-",
+            Text(printable(job.subject)),
+        )
     return Group(table, Text(""), finished)
 
 

@@ -37,10 +37,10 @@ class CappedLog:
         self._head = len(kept)
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
-        self.total = self._head            # bytes of the output counted so far
+        self.total = self._head  # bytes of the output counted so far
         self._floor = max(self._head, self._noted()) if resume else 0  # the output was at least this long
         self._exact = True
-        self._compare: int | None = None   # while re-reading: how much of the head the copy matched
+        self._compare: int | None = None  # while re-reading: how much of the head the copy matched
         if resume:
             self.restart()
 
@@ -71,7 +71,7 @@ class CappedLog:
             self._spool.write(chunk[:room])
             self._head += min(room, len(chunk))
             chunk = chunk[room:]
-            if self._head >= self._head_budget:   # the head is whole: on disk now, for a successor after a crash
+            if self._head >= self._head_budget:  # the head is whole: on disk now, for a successor after a crash
                 self._spool.flush()
         if not chunk:
             return
@@ -94,7 +94,7 @@ class CappedLog:
                 return b""
             self._compare = None
             self.total = self._head
-            return chunk[len(expected):]
+            return chunk[len(expected) :]
         matched, self._compare = self._compare, None
         self._exact = False  # what the copy lacks lies between the head and what follows
         self.total = self._head
@@ -125,8 +125,10 @@ class CappedLog:
             out.write(f"\n[orchestrator: log truncated, {omitted} bytes omitted]\n".encode())
         elif not self._exact:
             at_least = max(self._floor, self.total) - self._head - len(tail)
-            out.write(f"\n[orchestrator: log truncated, at least {max(at_least, 0)} bytes omitted (the engine had "
-                      f"rotated its copy of the log while the dispatcher could not read it)]\n".encode())
+            out.write(
+                f"\n[orchestrator: log truncated, at least {max(at_least, 0)} bytes omitted (the engine had "
+                f"rotated its copy of the log while the dispatcher could not read it)]\n".encode()
+            )
         out.write(tail)
 
     def _note(self) -> None:

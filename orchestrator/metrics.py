@@ -25,10 +25,12 @@ class _StoreGauges(Collector):
         self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily("orchestrator_queue_depth", "Jobs queued and not yet started",
-                                value=self._store.count(JobStatus.QUEUED))
-        yield GaugeMetricFamily("orchestrator_running_jobs", "Jobs whose container is running",
-                                value=self._store.count(JobStatus.RUNNING))
+        yield GaugeMetricFamily(
+            "orchestrator_queue_depth", "Jobs queued and not yet started", value=self._store.count(JobStatus.QUEUED)
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_running_jobs", "Jobs whose container is running", value=self._store.count(JobStatus.RUNNING)
+        )
 
 
 class _RepositoryHealth(Collector):
@@ -38,13 +40,15 @@ class _RepositoryHealth(Collector):
         self._health, self._failures = health, failures
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        up = GaugeMetricFamily("orchestrator_repository_up", "1 if the last poll of the repository worked",
-                               labels=["repository"])
+        up = GaugeMetricFamily(
+            "orchestrator_repository_up", "1 if the last poll of the repository worked", labels=["repository"]
+        )
         for name, state in self._health().items():
             up.add_metric([name], 1.0 if state.ok else 0.0)
         yield up
-        failed = CounterMetricFamily("orchestrator_repository_poll_errors", "Polls of the repository that failed",
-                                     labels=["repository"])
+        failed = CounterMetricFamily(
+            "orchestrator_repository_poll_errors", "Polls of the repository that failed", labels=["repository"]
+        )
         for name, count in self._failures().items():
             failed.add_metric([name], count)
         yield failed
@@ -53,14 +57,24 @@ class _RepositoryHealth(Collector):
 class Metrics:
     def __init__(self, store: Store):
         self.registry = CollectorRegistry()
-        self.finished = Counter("orchestrator_jobs_finished_total", "Jobs finished, by final status",
-                                ["status"], registry=self.registry)
-        self.per_node = Counter("orchestrator_node_jobs_finished_total", "Jobs finished, by the Swarm node that ran them",
-                                ["node"], registry=self.registry)
-        self.duration = Histogram("orchestrator_job_duration_seconds", "Container run time of finished jobs",
-                                  buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=self.registry)
-        self.engine_errors = Counter("orchestrator_engine_errors_total", "Docker engine calls that failed",
-                                     registry=self.registry)
+        self.finished = Counter(
+            "orchestrator_jobs_finished_total", "Jobs finished, by final status", ["status"], registry=self.registry
+        )
+        self.per_node = Counter(
+            "orchestrator_node_jobs_finished_total",
+            "Jobs finished, by the Swarm node that ran them",
+            ["node"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "orchestrator_job_duration_seconds",
+            "Container run time of finished jobs",
+            buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
+        self.engine_errors = Counter(
+            "orchestrator_engine_errors_total", "Docker engine calls that failed", registry=self.registry
+        )
         self.registry.register(_StoreGauges(store))
 
     def watch_repositories(self, health: Callable[[], dict[str, Any]], failures: Callable[[], dict[str, int]]) -> None:

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -44,15 +45,17 @@ class Mirror:
     def _git(self) -> git.Git:
         return git.Git(str(self.path))
 
-    def _run(self, *args: str, **kwargs: object) -> str:
+    def _run(self, *args: str, **kwargs: Any) -> str:
         return self._bytes(*args, **kwargs).decode("utf-8", "replace")
 
-    def _bytes(self, *args: str, **kwargs: object) -> bytes:
+    def _bytes(self, *args: str, **kwargs: Any) -> bytes:
         """Git's output as bytes: names and messages are parsed from NUL-separated formats
         and decoded here, never split on what Python takes for line breaks."""
         try:
-            return self._git().execute(["git", "--git-dir", str(self.path), *args], stdout_as_string=False,
-                                       **kwargs)
+            output: bytes = self._git().execute(
+                ["git", "--git-dir", str(self.path), *args], stdout_as_string=False, **kwargs
+            )
+            return output
         except git.GitCommandError as exc:
             raise RepositoryError(f"git {args[0]} failed in {self.path.name}: {git_reason(exc)}") from None
 
@@ -80,9 +83,9 @@ class Mirror:
         it is skipped, with a warning."""
         fields = self._bytes("for-each-ref", "--format=%(objectname)%00%(refname)%00", "refs/heads/").split(b"\0")
         heads = {}
-        for sha, ref in zip(fields[0::2], fields[1::2]):
+        for sha, ref in zip(fields[0::2], fields[1::2], strict=False):
             try:
-                name = ref.decode("utf-8")[len("refs/heads/"):]
+                name = ref.decode("utf-8")[len("refs/heads/") :]
             except UnicodeDecodeError:
                 log.warning("%s: branch %r skipped: its name is not UTF-8", self.path.name, ref[11:])
                 continue
@@ -118,8 +121,10 @@ class Mirror:
         """(sha, subject) pairs, read NUL-separated; a subject is decoded whatever its
         bytes and cut to the stored length."""
         fields = self._bytes("log", "-z", "--format=%H%x00%s", *args, "--").split(b"\0")
-        return [(sha.strip().decode(), subject_line(subject.decode("utf-8", "replace")))
-                for sha, subject in zip(fields[0::2], fields[1::2])]
+        return [
+            (sha.strip().decode(), subject_line(subject.decode("utf-8", "replace")))
+            for sha, subject in zip(fields[0::2], fields[1::2], strict=False)
+        ]
 
     def has_commit(self, sha: str) -> bool:
         try:
@@ -153,7 +158,7 @@ class Mirror:
 
     def branches_containing(self, sha: str) -> list[str]:
         out = self._bytes("for-each-ref", "--format=%(refname)%00", "--contains", sha, "refs/heads/")
-        return [ref.strip().decode("utf-8", "replace")[len("refs/heads/"):] for ref in out.split(b"\0") if ref.strip()]
+        return [ref.strip().decode("utf-8", "replace")[len("refs/heads/") :] for ref in out.split(b"\0") if ref.strip()]
 
     def checkout(self, sha: str, dest: Path) -> None:
         """Write the tree of ``sha`` into ``dest`` (no .git: the workspace is only the
@@ -164,8 +169,7 @@ class Mirror:
         index = dest.parent / (dest.name + ".index")
         try:
             self._git().execute(
-                ["git", "--git-dir", str(self.path), "--work-tree", str(dest),
-                 "read-tree", "--reset", "-u", sha],
+                ["git", "--git-dir", str(self.path), "--work-tree", str(dest), "read-tree", "--reset", "-u", sha],
                 env={"GIT_INDEX_FILE": str(index)},
             )
         except git.GitCommandError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -28,7 +28,7 @@ class JobStatus(str, Enum):
     ERROR = "error"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
-    SKIPPED = "skipped"       # coalesced: a newer commit of its branch was tested instead ("covered by <sha>")
+    SKIPPED = "skipped"  # coalesced: a newer commit of its branch was tested instead ("covered by <sha>")
 
     @property
     def final(self) -> bool:
@@ -91,14 +91,14 @@ class Job:
     image_id: str | None = None
     tests: TestCounts | None = _of_attempt(None)
     log_truncated: bool = _of_attempt(False)
-    environment: dict[str, Any] | None = _of_attempt(None)   # what the attempt's environment was built from
-    node: str | None = _of_attempt(None)                     # the machine that ran the attempt, on a Swarm
-    priority: int = 0                           # claimed highest first; a bisection's jobs are BISECT_PRIORITY
-    culprit: dict[str, Any] | None = None       # set when a bisection named this commit: the range it bisected
-    flaky: tuple[str, ...] = _of_attempt(())    # tests that failed, then passed when re-run in the same container
+    environment: dict[str, Any] | None = _of_attempt(None)  # what the attempt's environment was built from
+    node: str | None = _of_attempt(None)  # the machine that ran the attempt, on a Swarm
+    priority: int = 0  # claimed highest first; a bisection's jobs are BISECT_PRIORITY
+    culprit: dict[str, Any] | None = None  # set when a bisection named this commit: the range it bisected
+    flaky: tuple[str, ...] = _of_attempt(())  # tests that failed, then passed when re-run in the same container
     coverage: float | None = _of_attempt(None)  # line coverage in percent, from the suite's coverage.xml
-    artifacts: dict[str, Any] | None = _of_attempt(None)     # files collected for download: {"files", "refused", "bytes"}
-    shards: tuple[dict[str, Any], ...] = _of_attempt(())     # a split suite's containers, one summary each
+    artifacts: dict[str, Any] | None = _of_attempt(None)  # files collected for download: {"files", "refused", "bytes"}
+    shards: tuple[dict[str, Any], ...] = _of_attempt(())  # a split suite's containers, one summary each
 
     @property
     def duration_s(self) -> float | None:
@@ -109,9 +109,9 @@ class Job:
 
 _ATTEMPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Job) if f.metadata.get("attempt")}
 
-MANUAL_PRIORITY = 1    # submitted or retried by a user: before the pushes waiting, never coalesced
-NORMAL_PRIORITY = 0    # found by the observer
-BISECT_PRIORITY = -1   # a bisection's: after every new push
+MANUAL_PRIORITY = 1  # submitted or retried by a user: before the pushes waiting, never coalesced
+NORMAL_PRIORITY = 0  # found by the observer
+BISECT_PRIORITY = -1  # a bisection's: after every new push
 
 MAX_SUBJECT = 1000  # characters of a commit's subject that are kept, wherever it is read
 
@@ -123,12 +123,12 @@ def subject_line(text: str) -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(value: datetime | None) -> str | None:
     """The one way times are written (store, result files, API): ISO 8601, UTC, ``Z``."""
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def parse_iso(value: object) -> datetime | None:
@@ -140,7 +140,7 @@ def parse_iso(value: object) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def transition(job: Job, new: JobStatus, now: datetime, **changes: object) -> Job:
@@ -167,6 +167,7 @@ def after_infrastructure_failure(job: Job, retries: int, reason: str, now: datet
     """The retry policy: an attempt that the infrastructure ended (never the tests) is
     re-queued as a new attempt until ``retries`` re-attempts are spent, then ends ``error``."""
     if job.attempts > retries:
-        return transition(job, JobStatus.ERROR, now, message=f"gave up after {job.attempts} attempts: {reason}",
-                          **changes)
+        return transition(
+            job, JobStatus.ERROR, now, message=f"gave up after {job.attempts} attempts: {reason}", **changes
+        )
     return transition(job, JobStatus.QUEUED, now, message=f"attempt {job.attempts}: {reason}")

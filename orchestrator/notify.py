@@ -35,8 +35,8 @@ from orchestrator.store.outbox import Delivery
 
 log = logging.getLogger("orchestrator.notify")
 
-POLL = 0.5          # seconds between looks at the outbox when nothing wakes a sender
-MAX_ANSWER = 4096   # bytes of a receiver's answer that are read (none of it is used)
+POLL = 0.5  # seconds between looks at the outbox when nothing wakes a sender
+MAX_ANSWER = 4096  # bytes of a receiver's answer that are read (none of it is used)
 
 
 class Notifier:
@@ -47,7 +47,7 @@ class Notifier:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._retry = Backoff(0.5, 30.0)   # before a delivery's next try: 0.5 s, 1 s, 2 s ... at most 30 s
+        self._retry = Backoff(0.5, 30.0)  # before a delivery's next try: 0.5 s, 1 s, 2 s ... at most 30 s
 
     # -- what is news: in the transaction of the change ---------------------------------
 
@@ -60,11 +60,13 @@ class Notifier:
             previous = self._store.previous_verdict(new)
             recovered = new.status is JobStatus.PASSED and previous is not None and previous.bad
             if self._config.on == "all" or new.status.bad or recovered:
-                events.append(("job.finished", {"event": "job.finished", "recovered": recovered,
-                                                "job": result_document(new)}))
+                events.append(
+                    ("job.finished", {"event": "job.finished", "recovered": recovered, "job": result_document(new)})
+                )
         if new.culprit is not None and old.culprit is None:
-            events.append(("culprit_found", {"event": "culprit_found", "job": result_document(new),
-                                             "bisection": new.culprit}))
+            events.append(
+                ("culprit_found", {"event": "culprit_found", "job": result_document(new), "bisection": new.culprit})
+            )
         if events:
             self._wake.set()
             self._wake.clear()
@@ -80,11 +82,16 @@ class Notifier:
             return
         urls = list(dict.fromkeys(self._config.webhooks))
         for url in urls:
-            self._threads.append(threading.Thread(target=self._send_all,
-                                                  args=(lambda url=url: self.outbox.due(url=url),),
-                                                  name="notify", daemon=True))
-        self._threads.append(threading.Thread(target=self._send_all, args=(lambda: self.outbox.due(besides=urls),),
-                                              name="notify", daemon=True))
+            self._threads.append(
+                threading.Thread(
+                    target=self._send_all, args=(lambda url=url: self.outbox.due(url=url),), name="notify", daemon=True
+                )
+            )
+        self._threads.append(
+            threading.Thread(
+                target=self._send_all, args=(lambda: self.outbox.due(besides=urls),), name="notify", daemon=True
+            )
+        )
         for thread in self._threads:
             thread.start()
 
@@ -100,13 +107,17 @@ class Notifier:
 
     def _send(self, delivery: Delivery) -> None:
         try:
-            status = post(delivery.url, json.dumps(delivery.body).encode(), {"Idempotency-Key": delivery.key},
-                          self._config.timeout)
+            status = post(
+                delivery.url,
+                json.dumps(delivery.body).encode(),
+                {"Idempotency-Key": delivery.key},
+                self._config.timeout,
+            )
             if 200 <= status < 300:
                 self.outbox.sent(delivery)
                 return
             problem = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
-            if 400 <= status < 500:   # refused: trying again would be refused again
+            if 400 <= status < 500:  # refused: trying again would be refused again
                 log.warning("webhook %s refused %s: %s", delivery.url, delivery.key, problem)
                 self.outbox.failed_try(delivery, problem, None)
                 return
@@ -115,8 +126,13 @@ class Notifier:
         if delivery.tries < self._config.retries:
             self.outbox.failed_try(delivery, problem, self._retry.after(delivery.tries + 1))
         else:
-            log.warning("webhook %s: giving up on %s after %s tries (%s)", delivery.url, delivery.key,
-                        delivery.tries + 1, problem)
+            log.warning(
+                "webhook %s: giving up on %s after %s tries (%s)",
+                delivery.url,
+                delivery.key,
+                delivery.tries + 1,
+                problem,
+            )
             self.outbox.failed_try(delivery, problem, None)
 
     def close(self, timeout: float = 10) -> None:
@@ -130,7 +146,7 @@ class Notifier:
             time.sleep(0.05)
         self._stop.set()
         self._wake.set()
-        end = time.monotonic() + 2 * self._config.timeout + 1   # a request in flight ends by its own deadline
+        end = time.monotonic() + 2 * self._config.timeout + 1  # a request in flight ends by its own deadline
         for thread in self._threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         self._threads = []
@@ -143,7 +159,9 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
     host = parts.hostname or ""
     connection: http.client.HTTPConnection = (
         http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=ssl.create_default_context())
-        if parts.scheme == "https" else http.client.HTTPConnection(host, parts.port, timeout=timeout))
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    )
     sent = dict(headers, **{"Content-Type": "application/json", "User-Agent": "orchestrator"})
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"

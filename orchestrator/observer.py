@@ -52,11 +52,12 @@ class RepositoryHealth:
 
     ok: bool = True
     error: str | None = None
-    since: datetime | None = None   # the first failure of the current run of them
+    since: datetime | None = None  # the first failure of the current run of them
 
 
-def discover(mirror: Mirror, repo: RepositoryConfig, seen: dict[str, str] | None,
-             branches: dict[str, str] | None = None) -> Discovery | None:
+def discover(
+    mirror: Mirror, repo: RepositoryConfig, seen: dict[str, str] | None, branches: dict[str, str] | None = None
+) -> Discovery | None:
     """What changed since ``seen`` (None: never observed), or None if nothing did.
 
     First sight queues only the branch heads. After that, every commit not reachable from
@@ -72,16 +73,16 @@ def discover(mirror: Mirror, repo: RepositoryConfig, seen: dict[str, str] | None
         return None if current == seen else Discovery([], current)
     exclude = sorted(set(seen.values()))
     found = mirror.new_commits(sorted(set(changed.values())), exclude)
-    branches: dict[str, set[str]] = {sha: set() for sha, _ in found}
+    on: dict[str, set[str]] = {sha: set() for sha, _ in found}  # each new commit's branches
     if len(changed) == 1:
-        for names in branches.values():
+        for names in on.values():
             names.update(changed)
     else:
         for name, head in changed.items():
             for sha in mirror.reachable(head, exclude):
-                branches.setdefault(sha, set()).add(name)
-    commits = [NewCommit(sha, subject, tuple(sorted(branches[sha]))) for sha, subject in found]
-    known_heads = {sha: names for sha, names in _by_sha(changed).items() if sha not in branches}
+                on.setdefault(sha, set()).add(name)
+    commits = [NewCommit(sha, subject, tuple(sorted(on[sha]))) for sha, subject in found]
+    known_heads = {sha: names for sha, names in _by_sha(changed).items() if sha not in on}
     commits += _with_subjects(mirror, known_heads)
     return Discovery(commits, current)
 
@@ -103,8 +104,9 @@ def _with_subjects(mirror: Mirror, grouped: dict[str, set[str]]) -> list[NewComm
 
 
 class Observer:
-    def __init__(self, repositories: Sequence[RepositoryConfig], poll_interval: float, mirrors: Mirrors,
-                 sink: CommitSink):
+    def __init__(
+        self, repositories: Sequence[RepositoryConfig], poll_interval: float, mirrors: Mirrors, sink: CommitSink
+    ):
         self._repositories = {r.name: r for r in repositories}
         self._poll_interval = poll_interval
         self._sink = sink
@@ -170,7 +172,9 @@ class Observer:
             return 0
         self._sink.record_commits(repo.name, found.commits, found.heads)
         for commit in found.commits:
-            log.info("%s: queued %s %s (%s)", repo.name, commit.sha[:12], commit.subject[:60], ", ".join(commit.branches))
+            log.info(
+                "%s: queued %s %s (%s)", repo.name, commit.sha[:12], commit.subject[:60], ", ".join(commit.branches)
+            )
         return len(found.commits)
 
     def _say_unmatched(self, repo: RepositoryConfig, branches: dict[str, str]) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Python:
     version: str
-    debian: str   # the Debian release whose python3 this is
-    glibc: int    # that release's glibc minor version: manylinux_2_<glibc> wheels and older fit
-    base: str     # the official image with this Python on that release, where a registry answers
+    debian: str  # the Debian release whose python3 this is
+    glibc: int  # that release's glibc minor version: manylinux_2_<glibc> wheels and older fit
+    base: str  # the official image with this Python on that release, where a registry answers
 
     @property
     def fallback_base(self) -> str:
@@ -26,7 +26,7 @@ class Python:
         return f"orchestrator-base:{self.debian}-{BASE_REVISION}"
 
 
-BASE_REVISION = "r2"   # r2: pip from PyPI, not Debian's python3-pip and its packages
+BASE_REVISION = "r2"  # r2: pip from PyPI, not Debian's python3-pip and its packages
 DEFAULT = "3.11"
 OFFERED = {
     "3.11": Python("3.11", "bookworm", 36, "python:3.11-slim-bookworm"),
@@ -40,6 +40,6 @@ def runner_image(default_image: str, version: str) -> str:
     if version == DEFAULT:
         return default_image
     name, _, tag = default_image.rpartition(":")
-    if not name or "/" in tag:   # no tag (a registry port is not one)
+    if not name or "/" in tag:  # no tag (a registry port is not one)
         name = default_image
     return f"{name}:py{version}"

@@ -24,12 +24,18 @@ def test_id(case: ET.Element) -> str:
 
 def outcome(case: ET.Element) -> str:
     """passed, failed, error or skipped."""
-    return next((o for tag, o in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
-                 if case.find(tag) is not None), "passed")
+    return next(
+        (
+            o
+            for tag, o in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+            if case.find(tag) is not None
+        ),
+        "passed",
+    )
 
 
 class Report:
-    __test__ = False   # not a pytest test class
+    __test__ = False  # not a pytest test class
 
     def __init__(self, data: bytes | None):
         self.data = data
@@ -55,8 +61,13 @@ class Report:
         for suite in found:
             name = suite.get("name") or ""
             k = name.removeprefix(protocol.RERUN_SUITE)
-            if reruns and name.startswith(protocol.RERUN_SUITE) and k.isdigit() and 1 <= int(k) <= reruns \
-                    and int(k) not in rerun:
+            if (
+                reruns
+                and name.startswith(protocol.RERUN_SUITE)
+                and k.isdigit()
+                and 1 <= int(k) <= reruns
+                and int(k) not in rerun
+            ):
                 rerun[int(k)] = suite
             else:
                 own.append(suite)
@@ -76,15 +87,24 @@ class Report:
                 except ValueError:
                     return None
         passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
-        counts = TestCounts(total=totals["tests"], passed=max(passed, 0), failed=totals["failures"],
-                            errors=totals["errors"], skipped=totals["skipped"])
+        counts = TestCounts(
+            total=totals["tests"],
+            passed=max(passed, 0),
+            failed=totals["failures"],
+            errors=totals["errors"],
+            skipped=totals["skipped"],
+        )
         recovered = _recovered(own, rerun)
         if recovered:
             failed = sum(1 for kind in recovered.values() if kind == "failed")
             errors = len(recovered) - failed
-            counts = TestCounts(total=counts.total, passed=counts.passed + len(recovered),
-                                failed=max(counts.failed - failed, 0), errors=max(counts.errors - errors, 0),
-                                skipped=counts.skipped)
+            counts = TestCounts(
+                total=counts.total,
+                passed=counts.passed + len(recovered),
+                failed=max(counts.failed - failed, 0),
+                errors=max(counts.errors - errors, 0),
+                skipped=counts.skipped,
+            )
         return counts
 
     def flaky(self, reruns: int = 0) -> list[str]:
@@ -116,8 +136,13 @@ class Report:
             if test in found:
                 found[test]["tries"] += 1
             elif len(found) < limit:
-                found[test] = {"test": test, "kind": node.tag, "message": (node.get("message") or "")[:2000],
-                               "details": (node.text or "")[:8000], "tries": 1}
+                found[test] = {
+                    "test": test,
+                    "kind": node.tag,
+                    "message": (node.get("message") or "")[:2000],
+                    "details": (node.text or "")[:8000],
+                    "tries": 1,
+                }
         return list(found.values())
 
     def property(self, name: str) -> str | None:

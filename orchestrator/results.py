@@ -18,9 +18,10 @@ from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, tran
 from orchestrator.workspace import read_regular_file
 
 RESULT_FILES = ("result.json", "output.log", "junit.xml", "environment.log", "artifacts")
-SHARD_LOGS = "output.*.log"   # output.<k>.log: one per shard of a split suite
+SHARD_LOGS = "output.*.log"  # output.<k>.log: one per shard of a split suite
 _FINAL = {s.value for s in JobStatus if s.final}
 _COUNTS = ("total", "passed", "failed", "errors", "skipped")
+
 
 def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The ``result.json`` object; also what ``--json`` and the API return for a job.
@@ -34,8 +35,13 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "subject": job.subject,
         "status": job.status.value,
         "exit_code": job.exit_code,
-        "tests": {"total": tests.total, "passed": tests.passed, "failed": tests.failed,
-                  "errors": tests.errors, "skipped": tests.skipped},
+        "tests": {
+            "total": tests.total,
+            "passed": tests.passed,
+            "failed": tests.failed,
+            "errors": tests.errors,
+            "skipped": tests.skipped,
+        },
         "queued_at": iso(job.queued_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
@@ -48,12 +54,12 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "environment": job.environment,
         "message": job.message,
         "attempt_history": [h for h in history if h["attempt"] < job.attempts],
-        "flaky": list(job.flaky),             # failed, then passed when re-run (repositories[].rerun_failures)
-        "coverage": job.coverage,             # line coverage in percent, if the suite wrote coverage.xml
-        "artifacts": job.artifacts,           # what was collected for download, and what was refused
-        "culprit": job.culprit is not None,   # a bisection named this commit the first failing one
-        "bisection": job.culprit,             # ... the range it bisected, and what it spent
-        "shards": list(job.shards),           # a split suite's containers (repositories[].shards), else []
+        "flaky": list(job.flaky),  # failed, then passed when re-run (repositories[].rerun_failures)
+        "coverage": job.coverage,  # line coverage in percent, if the suite wrote coverage.xml
+        "artifacts": job.artifacts,  # what was collected for download, and what was refused
+        "culprit": job.culprit is not None,  # a bisection named this commit the first failing one
+        "bisection": job.culprit,  # ... the range it bisected, and what it spent
+        "shards": list(job.shards),  # a split suite's containers (repositories[].shards), else []
     }
 
 
@@ -87,19 +93,31 @@ class ResultFiles:
         doc = self.read(job.repository, job.commit)
         if not doc or doc.get("attempts") != job.attempts or doc.get("status") not in _FINAL:
             return None
-        tests = doc.get("tests") if isinstance(doc.get("tests"), dict) else {}
+        tests = doc["tests"] if isinstance(doc.get("tests"), dict) else {}
         counts = {k: int(tests.get(k, 0)) if isinstance(tests.get(k, 0), int) else 0 for k in _COUNTS}
         return transition(
-            job, JobStatus(doc["status"]), utcnow(), exit_code=doc.get("exit_code"),
-            message=doc.get("message"), log_truncated=bool(doc.get("log_truncated")), tests=TestCounts(**counts),
+            job,
+            JobStatus(doc["status"]),
+            utcnow(),
+            exit_code=doc.get("exit_code"),
+            message=doc.get("message"),
+            log_truncated=bool(doc.get("log_truncated")),
+            tests=TestCounts(**counts),
             finished_at=parse_iso(doc.get("finished_at")) or utcnow(),
             started_at=parse_iso(doc.get("started_at")) or job.started_at,
         )
 
-    def write(self, job: Job, log: Callable[[BinaryIO], None], junit: bytes | None,
-              history: Sequence[dict[str, Any]] = (), timings: dict[str, float] | None = None,
-              environment_log: Path | None = None, artifacts: Path | None = None,
-              shard_logs: Sequence[Callable[[BinaryIO], None]] = ()) -> Path:
+    def write(
+        self,
+        job: Job,
+        log: Callable[[BinaryIO], None],
+        junit: bytes | None,
+        history: Sequence[dict[str, Any]] = (),
+        timings: dict[str, float] | None = None,
+        environment_log: Path | None = None,
+        artifacts: Path | None = None,
+        shard_logs: Sequence[Callable[[BinaryIO], None]] = (),
+    ) -> Path:
         """Write ``job``'s files (with ``environment_log``, the log of its environment's
         build, as ``environment.log``; ``artifacts``, a folder collected for it, moved to
         ``artifacts/``; ``shard_logs``, each shard's own log of a split suite, as
@@ -123,34 +141,58 @@ class ResultFiles:
         else:
             (directory / "junit.xml").unlink(missing_ok=True)
         if environment_log is not None and environment_log.is_file():
-            _atomic(directory / "environment.log", lambda fh: fh.write(environment_log.read_bytes()[-MAX_REPORT_BYTES:]))
+            _atomic(
+                directory / "environment.log", lambda fh: fh.write(environment_log.read_bytes()[-MAX_REPORT_BYTES:])
+            )
         else:
             (directory / "environment.log").unlink(missing_ok=True)
-        document = json.dumps({**result_document(job, history), "timings": timings or {}}, indent=2, ensure_ascii=False).encode() + b"\n"
+        document = (
+            json.dumps(
+                {**result_document(job, history), "timings": timings or {}}, indent=2, ensure_ascii=False
+            ).encode()
+            + b"\n"
+        )
         _atomic(directory / "result.json", lambda fh: fh.write(document))
         return directory
 
-    def write_without_run(self, job: Job, history: Sequence[dict[str, Any]] = (),
-                          environment_log: Path | None = None, timings: dict[str, float] | None = None) -> Path:
+    def write_without_run(
+        self,
+        job: Job,
+        history: Sequence[dict[str, Any]] = (),
+        environment_log: Path | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Path:
         """Files for a job that ended with no verdict from a container (image missing,
         retries spent, cancelled before it ran, its environment broken): its reason is its log."""
-        return self.write(job, lambda fh: fh.write(f"[orchestrator: {job.message}]\n".encode()), None, history,
-                          timings, environment_log)
+
+        def reason(fh: BinaryIO) -> None:
+            fh.write(f"[orchestrator: {job.message}]\n".encode())
+
+        return self.write(
+            job,
+            reason,
+            None,
+            history,
+            timings,
+            environment_log,
+        )
 
     def annotate(self, job: Job, history: Sequence[dict[str, Any]] = ()) -> None:
         """Rewrite ``job``'s ``result.json`` with what is known of it now (a bisection named
         it the culprit), keeping its timings and every other file."""
         directory = self.directory(job.repository, job.commit)
         timings = (self.read(job.repository, job.commit) or {}).get("timings") or {}
-        document = json.dumps({**result_document(job, history), "timings": timings}, indent=2,
-                              ensure_ascii=False).encode() + b"\n"
+        document = (
+            json.dumps({**result_document(job, history), "timings": timings}, indent=2, ensure_ascii=False).encode()
+            + b"\n"
+        )
         directory.mkdir(parents=True, exist_ok=True)
         _atomic(directory / "result.json", lambda fh: fh.write(document))
 
     def _archive_older(self, directory: Path, attempt: int) -> None:
         previous = self.read(directory.parent.name, directory.name)
         if not previous or not isinstance(previous.get("attempts"), int) or not 0 < previous["attempts"] < attempt:
-            return   # nothing earlier, or only the notice of a job that never ran (skipped, cancelled before)
+            return  # nothing earlier, or only the notice of a job that never ran (skipped, cancelled before)
         target = directory / "attempts" / str(previous["attempts"])
         target.mkdir(parents=True, exist_ok=True)
         for path in [directory / name for name in RESULT_FILES] + list(directory.glob(SHARD_LOGS)):

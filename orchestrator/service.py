@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from orchestrator.backends import connect
 from orchestrator.backends.base import Backend
@@ -43,15 +44,22 @@ from orchestrator.workspace import prepare_directories
 log = logging.getLogger("orchestrator")
 
 
-def dispatcher_for(config: Config, store: Store, backend: Backend, mirrors: Mirrors, metrics: Metrics,
-                   environments: Environments | None = None, **context: object) -> Dispatcher:
+def dispatcher_for(
+    config: Config,
+    store: Store,
+    backend: Backend,
+    mirrors: Mirrors,
+    metrics: Metrics,
+    environments: Environments | None = None,
+    **context: object,
+) -> Dispatcher:
     """The dispatcher and its collaborators: the attempts' context, the queue, the bisector,
     the planner and recovery, wired to the metrics and the result files (``context``: more
     of the context's fields, a test's patience, say)."""
     coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
     results = ResultFiles(config.results_dir)
 
-    def annotate(job: Job, _bisection: object) -> None:   # a culprit named: its files say so
+    def annotate(job: Job, _bisection: object) -> None:  # a culprit named: its files say so
         results.annotate(job, store.attempt_history(job.id))
 
     bisector = Bisector(store, coalescing, mirrors.first_parent, named=annotate)
@@ -60,19 +68,37 @@ def dispatcher_for(config: Config, store: Store, backend: Backend, mirrors: Mirr
         metrics.job_finished(job)
         bisector.noticed(job)
 
-    def skipped(job: Job) -> None:   # a commit coalesced away: its files say by which commit
+    def skipped(job: Job) -> None:  # a commit coalesced away: its files say by which commit
         results.write_without_run(job, store.attempt_history(job.id))
         metrics.job_finished(job)
 
-    ctx = Context.create(config, store, backend, mirrors, results=results, finished=finished,
-                         engine_error=metrics.engine_error, environments=environments, **context)
+    ctx = Context.create(
+        config,
+        store,
+        backend,
+        mirrors,
+        results=results,
+        finished=finished,
+        engine_error=metrics.engine_error,
+        environments=environments,
+        **context,
+    )
 
-    return Dispatcher(config.runner, config.stop_grace, ctx, Picker(store, coalescing, skipped=skipped), bisector,
-                      Planner(config.repositories, config.runner.parallelism, store), Recovery(ctx), metrics)
+    return Dispatcher(
+        config.runner,
+        config.stop_grace,
+        ctx,
+        Picker(store, coalescing, skipped=skipped),
+        bisector,
+        Planner(config.repositories, config.runner.parallelism, store),
+        Recovery(ctx),
+        metrics,
+    )
 
 
-def local_jobs(config: Config, store: Store, backend: Callable[[], Backend] | None = None,
-               wake: Callable[[], None] = lambda: None) -> LocalJobs:
+def local_jobs(
+    config: Config, store: Store, backend: Callable[[], Backend] | None = None, wake: Callable[[], None] = lambda: None
+) -> LocalJobs:
     """The user operations on this machine's store, with the observer they poll through."""
     mirrors = Mirrors(config.state_dir, config.repositories)
     arrivals = Arrivals(store, wake)
@@ -94,19 +120,21 @@ class Services:
         self.backend = connect(config.runner, self.engine)
         self.metrics = Metrics(self.store)
         self.notifier = Notifier(config.notify, self.store)
-        self.store.news = self.notifier.news   # deliveries written with the change they tell of
-        environments = Environments(config.state_dir, self.engine, Settings.of(config, self.store.instance_id()),
-                                    self.backend.publish)
+        self.store.news = self.notifier.news  # deliveries written with the change they tell of
+        environments = Environments(
+            config.state_dir, self.engine, Settings.of(config, self.store.instance_id()), self.backend.publish
+        )
         self.jobs = local_jobs(config, self.store, lambda: self.backend)
-        self.dispatcher = dispatcher_for(config, self.store, self.backend, self.jobs.mirrors, self.metrics,
-                                         environments)
+        self.dispatcher = dispatcher_for(
+            config, self.store, self.backend, self.jobs.mirrors, self.metrics, environments
+        )
         self.jobs.arrivals.wake = self.dispatcher.wake
         self.observer = self.jobs.observer
         self.metrics.watch_repositories(self.observer.health, lambda: dict(self.observer.failures))
-        self.notifier.start()   # what a stop left in the outbox goes out now
-        self._server = None
+        self.notifier.start()  # what a stop left in the outbox goes out now
+        self._server: Any = None  # uvicorn's, once serving (the web side is loaded only then)
 
-    def __enter__(self) -> "Services":
+    def __enter__(self) -> Services:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -146,8 +174,7 @@ def stop_on_signals() -> threading.Event:
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
             os._exit(130)
-        log.info("stopping (%s); running containers are re-attached on the next start",
-                 signal.Signals(signum).name)
+        log.info("stopping (%s); running containers are re-attached on the next start", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

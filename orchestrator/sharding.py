@@ -17,8 +17,8 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +30,12 @@ from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.sharding")
 
-PLAN_FILE = protocol.SHARD_PLAN   # in the container's /ci-out, where the plugin reads it
-TARGET_SECONDS = 60.0           # what ``auto`` aims one shard's tests at
-DEFAULT_OVERHEAD = 5.0          # seconds a container costs beyond its tests, until jobs have told
-MAX_DURATIONS = 200_000         # test durations put in one plan
-RECORDED_FOR = 5.0              # seconds a repository's recorded suite time is used before it is read again
-COLLECTED = protocol.COLLECTED_PROPERTY   # the property each shard's report carries (the plugin sets it)
+PLAN_FILE = protocol.SHARD_PLAN  # in the container's /ci-out, where the plugin reads it
+TARGET_SECONDS = 60.0  # what ``auto`` aims one shard's tests at
+DEFAULT_OVERHEAD = 5.0  # seconds a container costs beyond its tests, until jobs have told
+MAX_DURATIONS = 200_000  # test durations put in one plan
+RECORDED_FOR = 5.0  # seconds a repository's recorded suite time is used before it is read again
+COLLECTED = protocol.COLLECTED_PROPERTY  # the property each shard's report carries (the plugin sets it)
 
 # The worst of the shards is the commit's status.
 _SEVERITY = [JobStatus.PASSED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.ERROR, JobStatus.CANCELLED]
@@ -65,8 +65,14 @@ class Planner:
         self._recorded: dict[str, tuple[float, float | None, float]] = {}
         for repo in repositories:
             if repo.shards != "auto" and repo.shards > parallelism:
-                log.warning("%s: shards %d is more than runner.parallelism %d: its suite is split %d ways "
-                            "(raise runner.parallelism for more)", repo.name, repo.shards, parallelism, parallelism)
+                log.warning(
+                    "%s: shards %d is more than runner.parallelism %d: its suite is split %d ways "
+                    "(raise runner.parallelism for more)",
+                    repo.name,
+                    repo.shards,
+                    parallelism,
+                    parallelism,
+                )
 
     def wanted(self, repository: str) -> int | str:
         repo = self.repositories.get(repository)
@@ -87,8 +93,7 @@ class Planner:
         if suite < overhead:
             return 1
         if wanted == "auto":
-            return max(1, min(math.ceil(suite / TARGET_SECONDS), int(suite // overhead), free,
-                              self.parallelism))
+            return max(1, min(math.ceil(suite / TARGET_SECONDS), int(suite // overhead), free, self.parallelism))
         return min(int(wanted), self.parallelism)
 
     def _recorded_runs(self, repository: str) -> tuple[float | None, float]:
@@ -102,8 +107,9 @@ class Planner:
     def plan(self, repository: str, count: int) -> Plan:
         repo = self.repositories.get(repository)
         durations = self.store.tests.durations(repository, MAX_DURATIONS)
-        return Plan(count, repo.shard_unit if repo else "test",
-                    {test: round(seconds, 4) for test, seconds in durations.items()})
+        return Plan(
+            count, repo.shard_unit if repo else "test", {test: round(seconds, 4) for test, seconds in durations.items()}
+        )
 
     def suite_seconds(self, repository: str) -> float | None:
         """The test time of the newest passing run of ``repository`` (None: none yet)."""
@@ -128,8 +134,10 @@ def mismatch(reports: list[Report]) -> str | None:
     if len(seen) <= 1:
         return None
     counts = sorted({value.partition(":")[0] for value in seen})
-    return (f"the shards collected different tests ({' vs '.join(counts)} tests, or the same number with other ids): "
-            "some test ids change from one run to the next; give them stable ids, or set shards: 1")
+    return (
+        f"the shards collected different tests ({' vs '.join(counts)} tests, or the same number with other ids): "
+        "some test ids change from one run to the next; give them stable ids, or set shards: 1"
+    )
 
 
 def summary(index: int, status: JobStatus, **facts: Any) -> dict[str, Any]:

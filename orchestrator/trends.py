@@ -16,19 +16,22 @@ from orchestrator.store import Store
 class Slow:
     test_id: str
     mean_s: float
-    recent_s: list[float]   # oldest first
+    recent_s: list[float]  # oldest first
 
 
 def runs(store: Store, repository: str, branch: str | None, limit: int = 100) -> list[Job]:
     """The newest tested jobs of a branch (any, if None), oldest first."""
-    jobs = [j for j in store.list_jobs(repository=repository, branch=branch, limit=limit * 2)
-            if j.status in TESTED_STATUSES and j.duration_s is not None]
+    jobs = [
+        j
+        for j in store.list_jobs(repository=repository, branch=branch, limit=limit * 2)
+        if j.status in TESTED_STATUSES and j.duration_s is not None
+    ]
     return list(reversed(jobs[:limit]))
 
 
 def pass_rate_by_day(store: Store, repository: str, branch: str | None, days: int = 30) -> list[tuple[str, int, int]]:
     """(day, passed, tested) for each of the last ``days`` days that had a run, oldest first."""
-    return store.pass_rate_by_day(repository, branch, iso(utcnow() - timedelta(days=days)))
+    return store.pass_rate_by_day(repository, branch, _iso(utcnow() - timedelta(days=days)))
 
 
 def slowest_tests(store: Store, repository: str, branch: str | None, count: int = 10, jobs: int = 20) -> list[Slow]:
@@ -52,7 +55,7 @@ def load(store: Store, minutes: int = 60, step_s: int = 60) -> list[tuple[dateti
     now = utcnow()
     start = now - timedelta(minutes=minutes)
     spans = []
-    for queued_at, started_at, finished_at, status in store.spans(iso(start)):
+    for queued_at, started_at, finished_at, status in store.spans(_iso(start)):
         queued, started, finished = parse_iso(queued_at), parse_iso(started_at), parse_iso(finished_at)
         if status == JobStatus.SKIPPED.value or queued is None:
             continue
@@ -60,7 +63,11 @@ def load(store: Store, minutes: int = 60, step_s: int = 60) -> list[tuple[dateti
     points = []
     for i in range(minutes * 60 // step_s + 1):
         t = start + timedelta(seconds=i * step_s)
-        queued = sum(1 for q, s, f in spans if q <= t and (s or f or now + timedelta(days=1)) > t)
+        waiting = sum(1 for q, s, f in spans if q <= t and (s or f or now + timedelta(days=1)) > t)
         running = sum(1 for q, s, f in spans if s is not None and s <= t and (f is None or f > t))
-        points.append((t, queued, running))
+        points.append((t, waiting, running))
     return points
+
+
+def _iso(value: datetime) -> str:
+    return iso(value) or ""

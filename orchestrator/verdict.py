@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
-import xml.etree.ElementTree as ET
-
 from enum import Enum
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from orchestrator.models import JobStatus, TestCounts
@@ -25,8 +22,11 @@ if TYPE_CHECKING:
     from orchestrator.config import RunnerConfig
 
 # Exit statuses of runner_image/entrypoint.py beyond pytest's own 0-5 (the protocol's).
-EXIT_NO_TESTS_DIR, EXIT_NO_PYTEST, EXIT_NOT_INSTALLED = (protocol.EXIT_NO_TESTS_DIR, protocol.EXIT_NO_PYTEST,
-                                                         protocol.EXIT_NOT_INSTALLED)
+EXIT_NO_TESTS_DIR, EXIT_NO_PYTEST, EXIT_NOT_INSTALLED = (
+    protocol.EXIT_NO_TESTS_DIR,
+    protocol.EXIT_NO_PYTEST,
+    protocol.EXIT_NOT_INSTALLED,
+)
 
 _PYTEST_ERRORS = {
     2: "collection error or interrupted run (pytest exit 2)",
@@ -39,8 +39,9 @@ _PYTEST_ERRORS = {
 }
 
 
-def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeout: float,
-             memory: str) -> tuple[JobStatus, str | None]:
+def classify(
+    exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeout: float, memory: str
+) -> tuple[JobStatus, str | None]:
     """Status and reason for one finished container."""
     if timed_out:
         return JobStatus.TIMED_OUT, f"killed after the {timeout:g} s timeout"
@@ -61,8 +62,12 @@ def classify(exit_code: int | None, *, oom_killed: bool, timed_out: bool, timeou
     return JobStatus.ERROR, f"the runner exited with status {exit_code}"
 
 
-_CAUSES = {2: "collection error", 3: "pytest internal error", 4: "pytest usage error",
-           EXIT_NOT_INSTALLED: "the commit could not be installed"}
+_CAUSES = {
+    2: "collection error",
+    3: "pytest internal error",
+    4: "pytest usage error",
+    EXIT_NOT_INSTALLED: "the commit could not be installed",
+}
 _EXCEPTION = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Warning|Exit|Interrupt)\b.*)$", re.M)
 _PYTEST_ERROR = re.compile(r"^(?:ERROR|error): (.+)$", re.M)
 
@@ -89,14 +94,25 @@ class Kill(Enum):
     DISK = "disk"
 
 
-def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, report: Report,
-          log_head: bytes = b"", reruns: int = 0) -> tuple[JobStatus, str | None]:
+def judge(
+    cfg: RunnerConfig,
+    final: ContainerState,
+    killed: Kill | None,
+    report: Report,
+    log_head: bytes = b"",
+    reruns: int = 0,
+) -> tuple[JobStatus, str | None]:
     """The status and reason of one finished container (a job's, or one shard's). A report
     that counts failures or errors is never ``passed``, whatever the exit status says: the
     suite can set its own exit status (a conftest's ``session.exitstatus = 0``), and the
     report is what the tests recorded, so that is ``failed``, with the contradiction said."""
-    status, message = classify(final.exit_code, oom_killed=final.oom_killed, timed_out=killed is Kill.TIMEOUT,
-                               timeout=cfg.timeout, memory=cfg.memory)
+    status, message = classify(
+        final.exit_code,
+        oom_killed=final.oom_killed,
+        timed_out=killed is Kill.TIMEOUT,
+        timeout=cfg.timeout,
+        memory=cfg.memory,
+    )
     if status is JobStatus.ERROR and killed is None and not final.oom_killed:
         message = cause(final.exit_code, report, log_head) or message
     if status is JobStatus.PASSED and (counts := report.counts(reruns)) and (counts.failed or counts.errors):
@@ -105,13 +121,16 @@ def judge(cfg: RunnerConfig, final: ContainerState, killed: Kill | None, report:
         status, message = JobStatus.CANCELLED, "cancelled while running"
     elif killed is Kill.DISK:
         status, message = JobStatus.ERROR, f"disk limit exceeded: more than {cfg.disk} written into the workspace"
-    elif final.over_disk:   # seen by the task itself (a Swarm), which watches /tmp too
-        status, message = JobStatus.ERROR, (f"disk limit exceeded: more than {cfg.disk} written into the "
-                                            f"workspace, or {cfg.tmp_size} into /tmp")
+    elif final.over_disk:  # seen by the task itself (a Swarm), which watches /tmp too
+        status, message = (
+            JobStatus.ERROR,
+            (f"disk limit exceeded: more than {cfg.disk} written into the workspace, or {cfg.tmp_size} into /tmp"),
+        )
     return status, message
 
 
 def _failures(counts: TestCounts) -> str:
-    said = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((counts.failed, "failure"), (counts.errors, "error"))
-            if n]
+    said = [
+        f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((counts.failed, "failure"), (counts.errors, "error")) if n
+    ]
     return " and ".join(said)

@@ -111,6 +111,7 @@ class Workspaces:
 def remove_tree(path: Path) -> None:
     """Remove a folder whatever the container left in it (read-only folders included),
     never following links out of it."""
+
     def _make_writable(func: Callable[..., Any], p: str, _exc: object) -> None:
         os.chmod(os.path.dirname(p), 0o700)
         func(p)
@@ -136,7 +137,7 @@ def read_regular_file(path: Path, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-def prepare_directories(config: "Config") -> None:
+def prepare_directories(config: Config) -> None:
     """Make ``state_dir`` and ``results_dir`` if missing, and refuse, with one line, what
     is not a directory this process can write into (a file, a dangling link, a link loop,
     a read-only place): found at start, not when the first result cannot be written."""
@@ -154,5 +155,6 @@ def prepare_directories(config: "Config") -> None:
         except ConfigError:
             raise
         except OSError as exc:
-            raise ConfigError(f"{config.source}: {key}: {path} is not a writable directory: "
-                              f"{exc.strerror or exc}") from None
+            raise ConfigError(
+                f"{config.source}: {key}: {path} is not a writable directory: {exc.strerror or exc}"
+            ) from None

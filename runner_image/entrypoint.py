@@ -53,17 +53,19 @@ import sys
 import time
 import traceback
 
-import orchestrator_protocol as protocol   # beside this file: the contract with the orchestrator
+import orchestrator_protocol as protocol  # beside this file: the contract with the orchestrator
 
 WORKSPACE, JUNIT, SITE = protocol.WORKSPACE, protocol.JUNIT, protocol.SITE
 REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
-MAX_RERUN_TESTS = 100                 # more failures than that is a broken commit, not a flaky test
-WATCH_EVERY = 0.5           # as the dispatcher's DiskWatch on one engine
+MAX_RERUN_TESTS = 100  # more failures than that is a broken commit, not a flaky test
+WATCH_EVERY = 0.5  # as the dispatcher's DiskWatch on one engine
 FRAME_FILE = f"{protocol.OUTPUT_DIR}/{protocol.FRAME_FILE}"
 SUITE_ARGUMENT = "--suite"
 PR_SET_DUMPABLE = 4
-OOM_COUNTERS = ("/sys/fs/cgroup/memory.events",              # cgroup v2
-                "/sys/fs/cgroup/memory/memory.oom_control")   # cgroup v1
+OOM_COUNTERS = (
+    "/sys/fs/cgroup/memory.events",  # cgroup v2
+    "/sys/fs/cgroup/memory/memory.oom_control",
+)  # cgroup v1
 
 
 def wait_for_release(path: str) -> None:
@@ -75,9 +77,24 @@ def install_project() -> bool:
     """pip install the commit, no dependencies, no index, no build isolation (its build
     backend is in the environment), into SITE."""
     print("orchestrator: installing this commit (pip install --no-deps)", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                           "--no-build-isolation", "--no-cache-dir", "--disable-pip-version-check",
-                           "--target", SITE, WORKSPACE], stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--target",
+            SITE,
+            WORKSPACE,
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     if proc.returncode != 0:
         print(f"orchestrator: the commit could not be installed (pip exited {proc.returncode})", flush=True)
         return False
@@ -114,14 +131,15 @@ def main() -> int:
     except ImportError:
         print("orchestrator: pytest is not installed in the runner image", flush=True)
         return protocol.EXIT_NO_PYTEST
-    from orchestrator_shard import Shard   # imported before the commit's folder goes on the path
+    from orchestrator_shard import Shard  # imported before the commit's folder goes on the path
 
     shard = Shard.from_environment()
     sys.path.insert(0 if not os.environ.get(protocol.INSTALL) else 1, WORKSPACE)
     failed = FailedTests()
-    status = int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"],
-                             plugins=[failed] + ([shard] if shard else [])))
-    if status == 5 and shard and shard.collected:   # more shards than tests: this one's share is empty
+    status = int(
+        pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"], plugins=[failed] + ([shard] if shard else []))
+    )
+    if status == 5 and shard and shard.collected:  # more shards than tests: this one's share is empty
         status = 0
     reruns = int(os.environ.get(protocol.RERUN_FAILURES) or 0)
     if status == 1 and reruns and 0 < len(failed.nodeids) <= MAX_RERUN_TESTS:
@@ -133,7 +151,7 @@ class FailedTests:
     """A pytest plugin: the node ids of the tests that failed (setup, call or teardown)."""
 
     def __init__(self) -> None:
-        self.nodeids: dict = {}   # in the order they failed, each once
+        self.nodeids: dict = {}  # in the order they failed, each once
 
     def pytest_runtest_logreport(self, report) -> None:
         if report.failed:
@@ -148,9 +166,24 @@ def rerun_failures(nodeids: list, times: int) -> int:
     for attempt in range(1, times + 1):
         print(f"\norchestrator: re-running the {len(nodeids)} failed test(s), re-run {attempt} of {times}", flush=True)
         report = f"{JUNIT}.rerun{attempt}"
-        status = subprocess.call([sys.executable, "-m", "pytest", *nodeids, f"--junitxml={report}",
-                                  "-o", "junit_family=xunit2", "-o", f"junit_suite_name={protocol.RERUN_SUITE}{attempt}",
-                                  "-p", "no:cacheprovider", "-v", "-rfE"], stdin=subprocess.DEVNULL)
+        status = subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *nodeids,
+                f"--junitxml={report}",
+                "-o",
+                "junit_family=xunit2",
+                "-o",
+                f"junit_suite_name={protocol.RERUN_SUITE}{attempt}",
+                "-p",
+                "no:cacheprovider",
+                "-v",
+                "-rfE",
+            ],
+            stdin=subprocess.DEVNULL,
+        )
         add_report(report)
         if status == 0:
             return 0
@@ -167,11 +200,11 @@ def add_report(path: str) -> None:
     except (OSError, ET.ParseError):
         return
     root = tree.getroot()
-    if root.tag == "testsuite":   # wrap a bare testsuite, so that others can follow it
+    if root.tag == "testsuite":  # wrap a bare testsuite, so that others can follow it
         wrapper = ET.Element("testsuites")
         wrapper.append(root)
         tree, root = ET.ElementTree(wrapper), wrapper
-    for suite in ([extra] if extra.tag == "testsuite" else extra.findall("testsuite")):
+    for suite in [extra] if extra.tag == "testsuite" else extra.findall("testsuite"):
         root.append(suite)
     tree.write(JUNIT, encoding="utf-8", xml_declaration=True)
     os.unlink(path)
@@ -266,8 +299,7 @@ def supervised(limits: list) -> int:
     over = None
     while True:
         done, wait_status = os.waitpid(child, os.WNOHANG)
-        over = next(((folders, limit) for folders, limit in limits if protocol.disk_used(folders, limit) > limit),
-                    None)
+        over = next(((folders, limit) for folders, limit in limits if protocol.disk_used(folders, limit) > limit), None)
         if done or over:
             break
         time.sleep(WATCH_EVERY)
@@ -279,11 +311,13 @@ def supervised(limits: list) -> int:
         if not done:
             os.waitpid(child, 0)
         folders, limit = over
-        print(f"\norchestrator: more than {limit} bytes written into {' and '.join(folders)}: "
-              "the tests were stopped", flush=True)
+        print(
+            f"\norchestrator: more than {limit} bytes written into {' and '.join(folders)}: the tests were stopped",
+            flush=True,
+        )
         return protocol.EXIT_DISK_LIMIT
     try:
-        os.killpg(child, signal.SIGKILL)   # what the suite left running: nothing writes after its end
+        os.killpg(child, signal.SIGKILL)  # what the suite left running: nothing writes after its end
     except (ProcessLookupError, PermissionError):
         pass
     if os.WIFSIGNALED(wait_status) and oom_kills() > oom_before:

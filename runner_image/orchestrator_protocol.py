@@ -13,38 +13,38 @@ import os
 import re
 
 # -- paths inside the container ----------------------------------------------------------
-WORKSPACE = "/workspace"                    # the commit's checkout (read-write)
-OUTPUT_DIR = "/ci-out"                      # what the host reads back
-JUNIT = f"{OUTPUT_DIR}/junit.xml"           # pytest's JUnit report (re-runs appended)
-SITE = f"{OUTPUT_DIR}/site"                 # where the commit itself is installed
-SHARD_PLAN = "shard-plan.json"              # in OUTPUT_DIR: a split suite's plan (the host writes it)
-RELEASE_FILE = ".release"                   # in OUTPUT_DIR: created by the host to release a warm start
-FRAME_FILE = ".report-frame"                # in OUTPUT_DIR: the report frame's secret marker (a Swarm task)
-MAX_REPORT_BYTES = 20 * 1024 * 1024         # a JUnit report larger than this is not read
+WORKSPACE = "/workspace"  # the commit's checkout (read-write)
+OUTPUT_DIR = "/ci-out"  # what the host reads back
+JUNIT = f"{OUTPUT_DIR}/junit.xml"  # pytest's JUnit report (re-runs appended)
+SITE = f"{OUTPUT_DIR}/site"  # where the commit itself is installed
+SHARD_PLAN = "shard-plan.json"  # in OUTPUT_DIR: a split suite's plan (the host writes it)
+RELEASE_FILE = ".release"  # in OUTPUT_DIR: created by the host to release a warm start
+FRAME_FILE = ".report-frame"  # in OUTPUT_DIR: the report frame's secret marker (a Swarm task)
+MAX_REPORT_BYTES = 20 * 1024 * 1024  # a JUnit report larger than this is not read
 
 # -- what the host tells the container (environment variables) --------------------------
-INSTALL = "ORCHESTRATOR_INSTALL"            # "1": pip install the commit (no deps) into SITE first
-COMMAND = "ORCHESTRATOR_COMMAND"            # a shell command instead of `pytest tests`
-RERUN_FAILURES = "ORCHESTRATOR_RERUN_FAILURES"   # N: re-run failed tests up to N times
-SHARD = "ORCHESTRATOR_SHARD"                # "k/N": run only this share of the suite (SHARD_PLAN)
-SHARD_TRY = "ORCHESTRATOR_SHARD_TRY"        # which try of a shard this is (for its log)
-RELEASE = "ORCHESTRATOR_RELEASE_FILE"       # start warm: wait for this file before the tests
+INSTALL = "ORCHESTRATOR_INSTALL"  # "1": pip install the commit (no deps) into SITE first
+COMMAND = "ORCHESTRATOR_COMMAND"  # a shell command instead of `pytest tests`
+RERUN_FAILURES = "ORCHESTRATOR_RERUN_FAILURES"  # N: re-run failed tests up to N times
+SHARD = "ORCHESTRATOR_SHARD"  # "k/N": run only this share of the suite (SHARD_PLAN)
+SHARD_TRY = "ORCHESTRATOR_SHARD_TRY"  # which try of a shard this is (for its log)
+RELEASE = "ORCHESTRATOR_RELEASE_FILE"  # start warm: wait for this file before the tests
 REPORT_FRAME = "ORCHESTRATOR_REPORT_FRAME"  # "1": print the report framed at the end of the log
-DISK_LIMITS = "ORCHESTRATOR_DISK_LIMITS"    # JSON [[[folder, ...], bytes], ...]: supervise the suite
-COMMIT = "ORCHESTRATOR_COMMIT"              # the commit under test (information for the suite)
-ATTEMPT = "ORCHESTRATOR_ATTEMPT"            # the attempt's number (information for the suite)
+DISK_LIMITS = "ORCHESTRATOR_DISK_LIMITS"  # JSON [[[folder, ...], bytes], ...]: supervise the suite
+COMMIT = "ORCHESTRATOR_COMMIT"  # the commit under test (information for the suite)
+ATTEMPT = "ORCHESTRATOR_ATTEMPT"  # the attempt's number (information for the suite)
 
 # -- exit statuses beyond pytest's own 0-5 ------------------------------------------------
 EXIT_NO_TESTS_DIR = 100
 EXIT_NO_PYTEST = 101
 EXIT_NOT_INSTALLED = 102
-EXIT_DISK_LIMIT = 103       # only where the entrypoint supervises the suite (a Swarm task)
-EXIT_OUT_OF_MEMORY = 104    # only there too: the cgroup's OOM kill count rose
+EXIT_DISK_LIMIT = 103  # only where the entrypoint supervises the suite (a Swarm task)
+EXIT_OUT_OF_MEMORY = 104  # only there too: the cgroup's OOM kill count rose
 
 # -- what the report carries -----------------------------------------------------------------
-RERUN_SUITE = "orchestrator-rerun-"         # + k: the k-th re-run's testsuite, appended by the entrypoint
-SHARD_PROPERTY = "orchestrator-shard"       # a shard's report: "k/N"
-COLLECTED_PROPERTY = "orchestrator-collected"   # a shard's report: "count:digest" of what it collected
+RERUN_SUITE = "orchestrator-rerun-"  # + k: the k-th re-run's testsuite, appended by the entrypoint
+SHARD_PROPERTY = "orchestrator-shard"  # a shard's report: "k/N"
+COLLECTED_PROPERTY = "orchestrator-collected"  # a shard's report: "count:digest" of what it collected
 
 
 def frame(marker: str) -> str:
@@ -66,7 +66,7 @@ def test_id_of_node(nodeid: str) -> str:
     return test_id(".".join(names[:-1]), names[-1]) if len(names) > 1 else names[0]
 
 
-MAX_ENTRIES = 1_000_000     # more files than that is over any disk limit
+MAX_ENTRIES = 1_000_000  # more files than that is over any disk limit
 
 
 def disk_used(folders: list, limit: int) -> int:

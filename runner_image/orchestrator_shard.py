@@ -28,8 +28,8 @@ import re
 import statistics
 
 try:
-    import orchestrator_protocol as protocol   # in the runner image: beside this file
-except ImportError:   # from the source tree, as the orchestrator's own tests import it
+    import orchestrator_protocol as protocol  # in the runner image: beside this file
+except ImportError:  # from the source tree, as the orchestrator's own tests import it
     from runner_image import orchestrator_protocol as protocol
 
 PLAN = f"{protocol.OUTPUT_DIR}/{protocol.SHARD_PLAN}"
@@ -51,7 +51,7 @@ def split(nodeids: list[str], count: int, durations: dict[str, float], unit: str
     """``nodeids`` in ``count`` groups balanced on ``durations`` (by test id), in their
     collection order within each group. Deterministic, whatever order they come in."""
     known = [durations[t] for t in map(test_id, nodeids) if t in durations]
-    if not known:   # no history: whole test files, weighed by their number of tests
+    if not known:  # no history: whole test files, weighed by their number of tests
         unit, weight = "module", {n: 1.0 for n in nodeids}
     else:
         median = statistics.median(known)
@@ -77,13 +77,14 @@ class Shard:
 
     def __init__(self, index: int, count: int, plan: dict):
         self.index, self.count = index, count
-        self.durations = {str(k): float(v) for k, v in (plan.get("durations") or {}).items()
-                          if isinstance(v, (int, float))}
-        self.unit = plan.get("unit") if plan.get("unit") in ("test", "class", "module") else "test"
-        self.collected = 0   # tests collected in all (this shard may have none of them)
+        self.durations = {
+            str(k): float(v) for k, v in (plan.get("durations") or {}).items() if isinstance(v, (int, float))
+        }
+        self.unit = str(plan["unit"]) if plan.get("unit") in ("test", "class", "module") else "test"
+        self.collected = 0  # tests collected in all (this shard may have none of them)
 
     @classmethod
-    def from_environment(cls) -> "Shard | None":
+    def from_environment(cls) -> Shard | None:
         spec = os.environ.get(protocol.SHARD, "")
         match = re.fullmatch(r"(\d+)/(\d+)", spec)
         if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
@@ -105,15 +106,18 @@ class Shard:
             config.hook.pytest_deselected(items=dropped)
         items[:] = keep
         basis = "by recorded durations" if self.durations else "by test file: no durations recorded yet"
-        print(f"\norchestrator: shard {self.index} of {self.count}: {len(keep)} of {len(nodeids)} tests ({basis})",
-              flush=True)
+        print(
+            f"\norchestrator: shard {self.index} of {self.count}: {len(keep)} of {len(nodeids)} tests ({basis})",
+            flush=True,
+        )
         self._tell_report(config, len(nodeids), digest(nodeids))
 
     def _tell_report(self, config, collected: int, ids: str) -> None:
         try:
             from _pytest.junitxml import xml_key
+
             xml = config.stash.get(xml_key, None)
-        except ImportError:   # an older pytest: the report only lacks the check
+        except ImportError:  # an older pytest: the report only lacks the check
             xml = None
         if xml is not None:
             xml.add_global_property(protocol.SHARD_PROPERTY, f"{self.index}/{self.count}")

@@ -18,10 +18,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.backends.engine import Engine
 from orchestrator import pythons
+from orchestrator.backends.engine import Engine
 from orchestrator.backends.images import build
+from orchestrator.config import load_config
 from orchestrator.store import Store
 from tests.helpers import GitRepo, WebhookReceiver, write_config
 
@@ -78,13 +78,22 @@ class Orchestrated:
         return load_config(self.config_path)
 
     def cli(self, *args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(self.config_path)],
-                              capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args, "-c", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
 
     def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args, "-c", str(self.config_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", *args, "-c", str(self.config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.processes.append(proc)
         return proc
 
@@ -96,8 +105,10 @@ class Orchestrated:
             return proc.communicate(timeout=timeout)[1]
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"{' '.join(map(str, proc.args[-4:]))} did not end within {timeout:g} s: "
-                                 f"{proc.communicate()[1][-3000:]}") from None
+            raise AssertionError(
+                f"{' '.join(map(str, proc.args[-4:]))} did not end within {timeout:g} s: "
+                f"{proc.communicate()[1][-3000:]}"
+            ) from None
 
     def path(self, sha: str, name: str = "") -> Path:
         """A commit's result folder, or one of its files (``result.json``, ``attempts/1`` ...)."""
@@ -120,7 +131,7 @@ class Orchestrated:
         finally:
             store.close()
 
-    def containers(self) -> list["Seen"]:
+    def containers(self) -> list[Seen]:
         """This set-up's containers, as listed (no per-container inspect that could race a removal)."""
         found = self.engine.api.containers(all=True, filters={"label": f"orchestrator.instance={self.instance()}"})
         return [Seen(c["Id"], c["State"], c.get("Labels") or {}) for c in found]

@@ -34,9 +34,9 @@ class Behaviour:
     output: tuple[bytes, ...] = (b"collected 1 item\n", b"1 passed\n")
     report: bytes | None = JUNIT_PASSED
     oom: bool = False
-    waits: int = 0                   # wait rounds that still find it running; -1: until stopped
+    waits: int = 0  # wait rounds that still find it running; -1: until stopped
     starts_despite_fault: bool = False  # a failed start call still started it (the answer was lost)
-    writes: int = 0                  # bytes it writes into its output folder once started
+    writes: int = 0  # bytes it writes into its output folder once started
 
 
 @dataclass
@@ -51,9 +51,15 @@ class FakeContainer:
     starts: int = 0
 
     def state(self, id_: str) -> ContainerState:
-        return ContainerState(id_, self.phase, dict(self.spec.labels), exit_code=self.exit_code,
-                              oom_killed=self.behaviour.oom and self.phase is Phase.EXITED,
-                              started_at=self.started_at, finished_at=self.finished_at)  # type: ignore[arg-type]
+        return ContainerState(
+            id_,
+            self.phase,
+            dict(self.spec.labels),
+            exit_code=self.exit_code,
+            oom_killed=self.behaviour.oom and self.phase is Phase.EXITED,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )  # type: ignore[arg-type]
 
     def exit(self, code: int) -> None:
         self.phase, self.exit_code, self.finished_at = Phase.EXITED, code, utcnow()
@@ -165,16 +171,26 @@ class FakeBackend(Backend):
 
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         self._call("find")
-        return [box.state(cid) for cid, box in self.containers.items()
-                if all(box.spec.labels.get(k) == v for k, v in labels.items())]
+        return [
+            box.state(cid)
+            for cid, box in self.containers.items()
+            if all(box.spec.labels.get(k) == v for k, v in labels.items())
+        ]
 
 
 def behaving(**changes: object) -> Behaviour:
     return replace(Behaviour(), **changes)  # type: ignore[arg-type]
 
 
-FAST = Patience(wait_slice=0.01, kill_grace=2, engine_grace=2, backoff_first=0.01, backoff_cap=0.02,
-                reread_tries=2, reread_first=0.01)
+FAST = Patience(
+    wait_slice=0.01,
+    kill_grace=2,
+    engine_grace=2,
+    backoff_first=0.01,
+    backoff_cap=0.02,
+    reread_tries=2,
+    reread_first=0.01,
+)
 
 
 class Bed:
@@ -183,8 +199,9 @@ class Bed:
     def __init__(self, tmp_path: Path, backend: FakeBackend, **runner: object):
         self.repo = GitRepo(tmp_path / "upstream")
         self.sha = self.repo.commit("root", PASSING)
-        self.config = load_config(write_config(tmp_path, {"demo": self.repo.path},
-                                               runner={"timeout": 5, **runner}, retries=1))
+        self.config = load_config(
+            write_config(tmp_path, {"demo": self.repo.path}, runner={"timeout": 5, **runner}, retries=1)
+        )
         self.store = Store(self.config.db_path)
         self.store.record_commits("demo", [NewCommit(self.sha, "root", ("main",))])
         self.backend = backend
@@ -216,8 +233,9 @@ def dispatcher(config, store: Store, backend: Backend, **context: object):
     from orchestrator.mirror import Mirrors
     from orchestrator.service import dispatcher_for
 
-    return dispatcher_for(config, store, backend, Mirrors(config.state_dir, config.repositories), Metrics(store),
-                          **context)
+    return dispatcher_for(
+        config, store, backend, Mirrors(config.state_dir, config.repositories), Metrics(store), **context
+    )
 
 
 def observer(config, sink):
@@ -228,10 +246,19 @@ def observer(config, sink):
     return Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), sink)
 
 
-def spec_of(bed: "Bed", job):
+def spec_of(bed: Bed, job):
     """The spec of ``job``'s current attempt, as the attempt would ask for it."""
     from orchestrator.run.spec import container_spec
 
     ws = bed.ctx.workspaces.prepare(job.id)
-    return container_spec(bed.config.runner, bed.ctx.instance, bed.ctx.workspaces.container_user(), job, job.attempts,
-                          ws.src, ws.out, bed.backend.image("ci-runner:latest"), {})
+    return container_spec(
+        bed.config.runner,
+        bed.ctx.instance,
+        bed.ctx.workspaces.container_user(),
+        job,
+        job.attempts,
+        ws.src,
+        ws.out,
+        bed.backend.image("ci-runner:latest"),
+        {},
+    )

@@ -13,10 +13,10 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config import load_config
-from orchestrator.service import local_jobs
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
 from orchestrator.results import ResultFiles
+from orchestrator.service import local_jobs
 from orchestrator.store import Store
 
 
@@ -70,7 +70,11 @@ test = ["pytest>=8.4"]
 """
 
 PASSING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n"}
-FAILING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n\ndef test_bad():\n    assert 2 + 2 == 5, 'arithmetic'\n"}
+FAILING = {
+    "tests/test_ok.py": (
+        "def test_ok():\n    assert 1 + 1 == 2\n\ndef test_bad():\n    assert 2 + 2 == 5, 'arithmetic'\n"
+    )
+}
 
 
 def write_config(directory: Path, repos: dict[str, Path], **overrides: object) -> Path:
@@ -133,8 +137,11 @@ class Web:
         X-Orchestrator: 1; a browser's cross-site form cannot)."""
         from fastapi.testclient import TestClient
 
-        return TestClient(self.app(), base_url=f"http://{host}:{self.config.dispatcher.port}",
-                          headers={"X-Orchestrator": "1"} if headers is None else headers)
+        return TestClient(
+            self.app(),
+            base_url=f"http://{host}:{self.config.dispatcher.port}",
+            headers={"X-Orchestrator": "1"} if headers is None else headers,
+        )
 
     def observer_key(self) -> str:
         from orchestrator.web.guard import observer_key
@@ -256,8 +263,9 @@ class TestIndex:
                 if len(project) == 2 and project[0] == "simple":
                     import requests
 
-                    upstream = requests.get(f"https://pypi.org/simple/{project[1]}/", timeout=30,
-                                            headers={"Accept": "text/html"})
+                    upstream = requests.get(
+                        f"https://pypi.org/simple/{project[1]}/", timeout=30, headers={"Accept": "text/html"}
+                    )
                     return self._answer(upstream.status_code, upstream.content)
                 self._answer(404, b"")
 
@@ -272,7 +280,9 @@ class TestIndex:
 
             def _trickle(self) -> None:
                 try:
-                    for byte in b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
+                    for byte in (
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+                    ):
                         if index._closing.wait(3):
                             return
                         self.wfile.write(bytes([byte]))

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from orchestrator.config import RunnerConfig
 
 
-def connect(runner: "RunnerConfig", engine: "Engine") -> "Backend":
+def connect(runner: RunnerConfig, engine: Engine) -> Backend:
     """The backend ``runner`` names, on ``engine`` (one engine's, or a Swarm manager's): the
     one place that picks it (it connects lazily)."""
     if runner.backend == "swarm":

@@ -38,7 +38,7 @@ LABEL_REPOSITORY = "orchestrator.repository"
 LABEL_COMMIT = "orchestrator.commit"
 LABEL_ATTEMPT = "orchestrator.attempt"
 LABEL_WARM = "orchestrator.warm"
-LABEL_SHARD = "orchestrator.shard"   # "k/N" on each container of a split suite
+LABEL_SHARD = "orchestrator.shard"  # "k/N" on each container of a split suite
 
 WORKSPACE, OUTPUT_DIR, MAX_REPORT_BYTES = protocol.WORKSPACE, protocol.OUTPUT_DIR, protocol.MAX_REPORT_BYTES
 
@@ -54,24 +54,24 @@ class ContainerSpec:
     name: str
     image: str
     labels: dict[str, str]
-    workspace: Path            # host folder mounted read-write at WORKSPACE
-    output_dir: Path           # host folder mounted read-write at OUTPUT_DIR (junit.xml)
+    workspace: Path  # host folder mounted read-write at WORKSPACE
+    output_dir: Path  # host folder mounted read-write at OUTPUT_DIR (junit.xml)
     user: str
     memory: str
     cpus: float
     pids: int
     network: str
     log_max_bytes: int
-    variables: dict[str, str] = field(default_factory=dict)   # its environment variables
-    tmp_size: str = "1g"       # the scratch space at /tmp (exec: suites run what they write there)
-    disk: str = "2g"           # what the workspace may hold (watched on the host; a bound of the task's own on a Swarm)
-    cpu_shares: int | None = None   # a warm container's low weight until its release (None: the engine's default)
+    variables: dict[str, str] = field(default_factory=dict)  # its environment variables
+    tmp_size: str = "1g"  # the scratch space at /tmp (exec: suites run what they write there)
+    disk: str = "2g"  # what the workspace may hold (watched on the host; a bound of the task's own on a Swarm)
+    cpu_shares: int | None = None  # a warm container's low weight until its release (None: the engine's default)
 
 
 class Phase(str, Enum):
     """Where a container is in its life, whatever the engine calls it."""
 
-    CREATED = "created"    # prepared, never started
+    CREATED = "created"  # prepared, never started
     RUNNING = "running"
     EXITED = "exited"
 
@@ -83,10 +83,10 @@ class ContainerState:
     labels: dict[str, str]
     exit_code: int | None = None
     oom_killed: bool = False
-    over_disk: bool = False    # its workspace outgrew the disk limit (a backend that cannot watch it from the host)
+    over_disk: bool = False  # its workspace outgrew the disk limit (a backend that cannot watch it from the host)
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    node: str | None = None    # where it runs, on a backend of several machines
+    node: str | None = None  # where it runs, on a backend of several machines
 
     @property
     def exited(self) -> bool:
@@ -104,8 +104,8 @@ class Backend(ABC):
     does not answer (the attempt then waits, or is re-queued); none raises for what the
     tests did. Methods are called from many threads at once, each for its own container."""
 
-    warm_starts = True   # whether a container may start before its slot frees (runner_image's release file)
-    shares_workspace = True   # whether the container's workspace is the host folder (artifacts are read there)
+    warm_starts = True  # whether a container may start before its slot frees (runner_image's release file)
+    shares_workspace = True  # whether the container's workspace is the host folder (artifacts are read there)
 
     @abstractmethod
     def ping(self) -> None:
@@ -122,7 +122,9 @@ class Backend(ABC):
 
     def prioritise(self, container_id: str) -> None:
         """Give a released warm container the CPU weight of any other (it waited with the
-        lowest, so that preparing it never slowed the jobs running)."""
+        lowest, so that preparing it never slowed the jobs running). Nothing where there
+        are no warm starts."""
+        return None
 
     def publish(self, image: ImageInfo) -> str | None:
         """Make a built image reachable by every machine that runs jobs; where it now is
@@ -177,5 +179,5 @@ class Backend(ABC):
     def find(self, labels: dict[str, str]) -> list[ContainerState]:
         """The containers carrying all these labels (recovery after a restart)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (nothing to release by default)
         """Release connections; the backend may be used again afterwards (it reconnects)."""

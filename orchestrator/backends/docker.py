@@ -18,13 +18,19 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import LogConfig
 
 from orchestrator.backends.base import (
-    MAX_REPORT_BYTES, OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo,
+    MAX_REPORT_BYTES,
+    OUTPUT_DIR,
+    WORKSPACE,
+    Backend,
+    ContainerSpec,
+    ContainerState,
+    ImageInfo,
 )
 from orchestrator.backends.engine import Engine, Stream, engine_call
 from orchestrator.errors import EngineUnavailable, ImageMissing
 from orchestrator.workspace import read_regular_file
 
-DEFAULT_CPU_SHARES = 1024   # the engine's weight for a container that names none
+DEFAULT_CPU_SHARES = 1024  # the engine's weight for a container that names none
 
 
 def create_args(spec: ContainerSpec) -> dict[str, Any]:
@@ -33,17 +39,33 @@ def create_args(spec: ContainerSpec) -> dict[str, Any]:
     swap beyond the memory), no capability, no new privilege, a read-only root with an exec
     /tmp, an init, and a log of bounded size."""
     return {
-        "image": spec.image, "name": spec.name, "labels": spec.labels, "user": spec.user, "working_dir": WORKSPACE,
-        "environment": spec.variables, "network_disabled": spec.network == "none", "detach": True,
+        "image": spec.image,
+        "name": spec.name,
+        "labels": spec.labels,
+        "user": spec.user,
+        "working_dir": WORKSPACE,
+        "environment": spec.variables,
+        "network_disabled": spec.network == "none",
+        "detach": True,
         "host_config": {
-            "binds": {str(spec.workspace): {"bind": WORKSPACE, "mode": "rw"},
-                      str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"}},
-            "network_mode": spec.network, "mem_limit": spec.memory, "memswap_limit": spec.memory,
-            "nano_cpus": int(spec.cpus * 1e9), "cpu_shares": spec.cpu_shares, "pids_limit": spec.pids,
-            "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "read_only": True,
-            "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={spec.tmp_size}"}, "init": True,
-            "log_config": LogConfig(type="json-file",
-                                    config={"max-size": str(max(spec.log_max_bytes, 1 << 20)), "max-file": "2"}),
+            "binds": {
+                str(spec.workspace): {"bind": WORKSPACE, "mode": "rw"},
+                str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"},
+            },
+            "network_mode": spec.network,
+            "mem_limit": spec.memory,
+            "memswap_limit": spec.memory,
+            "nano_cpus": int(spec.cpus * 1e9),
+            "cpu_shares": spec.cpu_shares,
+            "pids_limit": spec.pids,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={spec.tmp_size}"},
+            "init": True,
+            "log_config": LogConfig(
+                type="json-file", config={"max-size": str(max(spec.log_max_bytes, 1 << 20)), "max-file": "2"}
+            ),
         },
     }
 

@@ -50,7 +50,8 @@ def engine_call(what: str) -> Iterator[None]:
 def is_read_timeout(exc: BaseException) -> bool:
     """docker-py's unix-socket adapter reports a read timeout as a ConnectionError."""
     return isinstance(exc, requests.exceptions.ReadTimeout) or any(
-        isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+        isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args
+    )
 
 
 def short(exc: BaseException) -> str:
@@ -109,7 +110,7 @@ class Engine:
         try:
             with engine_call("wait for a container"):
                 self.api.wait(container_id, timeout=max(seconds, 0.01))
-        except NotFound:   # first: docker-py's NotFound is a requests exception too
+        except NotFound:  # first: docker-py's NotFound is a requests exception too
             return None
         except requests.exceptions.RequestException as exc:
             if is_read_timeout(exc):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -54,10 +54,23 @@ def fill_wheelhouse(context: Path, say: Say) -> None:
     say(f"Downloading runner packages into {wheelhouse} (pip download)")
     wheelhouse.mkdir(exist_ok=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-         "--only-binary=:all:", "--python-version", WHEEL_PYTHON, "--dest", str(wheelhouse),
-         "-r", str(requirements)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--python-version",
+            WHEEL_PYTHON,
+            "--dest",
+            str(wheelhouse),
+            "-r",
+            str(requirements),
+        ],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
@@ -83,11 +96,14 @@ def ensure_base(api: docker.APIClient, base: str, python: Python, context: Path,
     if _exists(api, fallback):
         say(f"Using the local Debian base {fallback} built earlier by runner_image/bootstrap-base.sh")
         return fallback
-    say(f"Building a Debian {python.debian} base image {fallback} (Python {python.version}) with "
-        "runner_image/bootstrap-base.sh (debootstrap, a minute or more)")
+    say(
+        f"Building a Debian {python.debian} base image {fallback} (Python {python.version}) with "
+        "runner_image/bootstrap-base.sh (debootstrap, a minute or more)"
+    )
     script = context / "runner_image" / "bootstrap-base.sh"
-    proc = subprocess.run(["bash", str(script), fallback, python.debian], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        ["bash", str(script), fallback, python.debian], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if proc.returncode != 0 or not _exists(api, fallback):
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise OrchestratorError(f"building the Debian base image {fallback} failed: {last}")
@@ -115,22 +131,47 @@ def build(config: Config, engine: Engine, say: Say, versions: Iterable[str] = (p
         base = ensure_base(engine.api, wanted, python, context, say)
         tag = config.runner.image_for(version)
         say(f"Building {tag} (Python {version}) from Dockerfile.runner on {base}")
-        built.append(build_image(engine, context, "Dockerfile.runner", tag,
-                                 {"orchestrator.runner": "1", "orchestrator.python": version}, say,
-                                 buildargs={"BASE_IMAGE": base}))
+        built.append(
+            build_image(
+                engine,
+                context,
+                "Dockerfile.runner",
+                tag,
+                {"orchestrator.runner": "1", "orchestrator.python": version},
+                say,
+                buildargs={"BASE_IMAGE": base},
+            )
+        )
     return built
 
 
-def build_image(engine: Engine, context: Path, dockerfile: str, tag: str, labels: dict[str, str], say: Say,
-                buildargs: dict[str, str] | None = None, network: str | None = None) -> ImageInfo:
+def build_image(
+    engine: Engine,
+    context: Path,
+    dockerfile: str,
+    tag: str,
+    labels: dict[str, str],
+    say: Say,
+    buildargs: dict[str, str] | None = None,
+    network: str | None = None,
+) -> ImageInfo:
     """The legacy builder (docker-py's), which needs no BuildKit plug-in; with ``network``
     "none", a RUN step reaches nothing (what an environment build installs comes from its
     wheelhouse). OrchestratorError with the builder's reason if a step fails."""
     image_id = None
     try:
         with engine_call("build an image"):
-            for chunk in engine.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs or {},
-                                           rm=True, forcerm=True, decode=True, labels=labels, network_mode=network):
+            for chunk in engine.api.build(
+                path=str(context),
+                dockerfile=dockerfile,
+                tag=tag,
+                buildargs=buildargs or {},
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels=labels,
+                network_mode=network,
+            ):
                 if "error" in chunk:
                     raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
                 if text := chunk.get("stream", "").rstrip():
@@ -146,8 +187,19 @@ def find_images(engine: Engine, labels: dict[str, str | None]) -> list[dict]:
     ``{"id", "tags", "created", "labels"}``."""
     with engine_call("list images"):
         found = engine.api.images(filters={"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]})
-    return sorted(({"id": i["Id"], "tags": i.get("RepoTags") or [], "created": i.get("Created", 0),
-                    "labels": i.get("Labels") or {}} for i in found), key=lambda i: i["created"], reverse=True)
+    return sorted(
+        (
+            {
+                "id": i["Id"],
+                "tags": i.get("RepoTags") or [],
+                "created": i.get("Created", 0),
+                "labels": i.get("Labels") or {},
+            }
+            for i in found
+        ),
+        key=lambda i: i["created"],
+        reverse=True,
+    )
 
 
 def remove_image(engine: Engine, image_id: str, tags: Sequence[str] = ()) -> bool:
@@ -172,10 +224,13 @@ def commit(engine: Engine, container: str, runner: ImageInfo, tag: str, labels: 
     entrypoint, command and working folder, and ``labels``; its id."""
     with engine_call("inspect the runner image"):
         config = engine.api.inspect_image(runner.id).get("Config") or {}
-    changes = [f"USER {config.get('User') or '1000:1000'}", f"WORKDIR {config.get('WorkingDir') or '/'}",
-               f"ENTRYPOINT {json.dumps(config.get('Entrypoint') or [])}",
-               *([f"CMD {json.dumps(config['Cmd'])}"] if config.get("Cmd") else []),
-               *(f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items())]
+    changes = [
+        f"USER {config.get('User') or '1000:1000'}",
+        f"WORKDIR {config.get('WorkingDir') or '/'}",
+        f"ENTRYPOINT {json.dumps(config.get('Entrypoint') or [])}",
+        *([f"CMD {json.dumps(config['Cmd'])}"] if config.get("Cmd") else []),
+        *(f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()),
+    ]
     repository, _, version = tag.rpartition(":")
     with engine_call("commit an image"):
         committed = engine.api.commit(container, repository=repository, tag=version, changes=changes, pause=False)
@@ -190,8 +245,13 @@ def dpkg_status(engine: Engine, image: str, cache: Path) -> Path:
         return target
     api = engine.api
     with engine_call("read an image's packages"):
-        created = api.create_container(image, entrypoint=["true"], labels={"orchestrator.probe": "1"},
-                                       network_disabled=True, host_config=api.create_host_config(network_mode="none"))
+        created = api.create_container(
+            image,
+            entrypoint=["true"],
+            labels={"orchestrator.probe": "1"},
+            network_disabled=True,
+            host_config=api.create_host_config(network_mode="none"),
+        )
     try:
         with engine_call("read an image's packages"):
             stream, _ = api.get_archive(created["Id"], "/var/lib/dpkg/status")

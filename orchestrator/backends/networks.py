@@ -22,7 +22,7 @@ class JobNetworks:
     def __init__(self, manager: Engine):
         self.manager = manager
         self._lock = threading.Lock()
-        self._pending: set[str] = set()   # job networks whose removal the engine refused so far
+        self._pending: set[str] = set()  # job networks whose removal the engine refused so far
 
     def for_job(self, spec: ContainerSpec) -> str:
         """The network the job's task joins: ``spec.network``, or for "none" one of its own."""
@@ -45,7 +45,7 @@ class JobNetworks:
             except NotFound:
                 pass
             except APIError:
-                continue   # its task's container is still being removed
+                continue  # its task's container is still being removed
             with self._lock:
                 self._pending.discard(network)
 

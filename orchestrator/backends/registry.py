@@ -23,7 +23,7 @@ from orchestrator.errors import ContainerGone, ImageMissing
 
 log = logging.getLogger("orchestrator.swarm")
 
-JOB_REPOSITORY = "orchestrator-job"   # the registry repository of the per-job images
+JOB_REPOSITORY = "orchestrator-job"  # the registry repository of the per-job images
 
 
 class RegistryError(ContainerGone):
@@ -104,8 +104,9 @@ class JobImages:
         """Job images still tagged here whose labels match ``wanted`` ("key=value"): name -> labels."""
         with engine_call("list job images"):
             images = self.api.images(name=f"{self.registry}/{JOB_REPOSITORY}", filters={"label": list(wanted)})
-        return {tag.rpartition(":")[2]: image.get("Labels") or {}
-                for image in images for tag in image.get("RepoTags") or []}
+        return {
+            tag.rpartition(":")[2]: image.get("Labels") or {} for image in images for tag in image.get("RepoTags") or []
+        }
 
     def forget(self, job: str, digest: str | None) -> None:
         """The local tag, and the manifest in the registry (its blobs go with the
@@ -115,8 +116,11 @@ class JobImages:
             return
         ca = Path("/etc/docker/certs.d") / self.registry / "ca.crt"
         try:
-            requests.delete(f"https://{self.registry}/v2/{JOB_REPOSITORY}/manifests/{digest}", timeout=10,
-                            verify=str(ca) if ca.is_file() else True)
+            requests.delete(
+                f"https://{self.registry}/v2/{JOB_REPOSITORY}/manifests/{digest}",
+                timeout=10,
+                verify=str(ca) if ca.is_file() else True,
+            )
         except requests.RequestException as exc:
             log.warning("registry %s: the manifest %s stays (%s)", self.registry, digest[:19], exc)
 
@@ -144,9 +148,9 @@ def checkout_archive(out, spec: ContainerSpec) -> None:
 
     with tarfile.open(fileobj=out, mode="w") as tar:
         tar.add(str(spec.workspace), arcname=WORKSPACE.lstrip("/"), recursive=True, filter=owned)
-        report_dir = tarfile.TarInfo(OUTPUT_DIR.lstrip("/"))   # where the report is written: no tmpfs (noexec)
+        report_dir = tarfile.TarInfo(OUTPUT_DIR.lstrip("/"))  # where the report is written: no tmpfs (noexec)
         report_dir.type, report_dir.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(owned(report_dir))
         for path in sorted(spec.output_dir.iterdir()) if spec.output_dir.is_dir() else ():
-            if path.is_file() and not path.is_symlink():   # what the orchestrator put there: a shard's plan
+            if path.is_file() and not path.is_symlink():  # what the orchestrator put there: a shard's plan
                 tar.add(str(path), arcname=f"{OUTPUT_DIR.lstrip('/')}/{path.name}", filter=owned)

@@ -19,7 +19,7 @@ from orchestrator.backends.base import MAX_REPORT_BYTES
 from runner_image import orchestrator_protocol as protocol
 
 FRAME_ENV = protocol.REPORT_FRAME
-FRAME_FILE = protocol.FRAME_FILE   # in the output folder (/ci-out), read and removed by the entrypoint
+FRAME_FILE = protocol.FRAME_FILE  # in the output folder (/ci-out), read and removed by the entrypoint
 frame = protocol.frame
 
 
@@ -44,8 +44,8 @@ class Unframed:
             held += chunk
             at = held.find(b"\n" + self._begin)
             if at >= 0:
-                yield held[:at + 1]
-                self._read_report(held[at + 1 + len(self._begin):])
+                yield held[: at + 1]
+                self._read_report(held[at + 1 + len(self._begin) :])
                 return
             if len(held) > keep:
                 yield held[:-keep]
@@ -57,7 +57,7 @@ class Unframed:
         if self._end not in rest:
             for more in self._chunks:
                 rest += more
-                if self._end in rest[-len(self._end) - len(more):] or len(rest) > 2 * MAX_REPORT_BYTES:
+                if self._end in rest[-len(self._end) - len(more) :] or len(rest) > 2 * MAX_REPORT_BYTES:
                     break
         self.found = True
         self.report = _decode(rest, self._end)

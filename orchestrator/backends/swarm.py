@@ -36,7 +36,13 @@ from docker.types import ContainerSpec as TaskContainer
 from docker.types import DriverConfig, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
 
 from orchestrator.backends.base import (
-    OUTPUT_DIR, WORKSPACE, Backend, ContainerSpec, ContainerState, ImageInfo, Phase,
+    OUTPUT_DIR,
+    WORKSPACE,
+    Backend,
+    ContainerSpec,
+    ContainerState,
+    ImageInfo,
+    Phase,
 )
 from orchestrator.backends.engine import Engine, engine_call
 from orchestrator.backends.networks import JobNetworks
@@ -51,22 +57,22 @@ log = logging.getLogger("orchestrator.swarm")
 
 _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
 _WAIT_POLL = 0.25
-LIMITS_ENV = protocol.DISK_LIMITS   # runner_image/entrypoint.py reads it
-LABEL_MARKER = "orchestrator.report-marker"   # on the service only, never on its container
-NODE_CHECK = 2.0   # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
+LIMITS_ENV = protocol.DISK_LIMITS  # runner_image/entrypoint.py reads it
+LABEL_MARKER = "orchestrator.report-marker"  # on the service only, never on its container
+NODE_CHECK = 2.0  # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
 
 
 @dataclass
 class _Prepared:
     spec: ContainerSpec
-    image: str   # registry/repository@digest
+    image: str  # registry/repository@digest
 
 
 class SwarmBackend(Backend):
     """Services on the Swarm whose manager is ``manager``; images through ``registry``."""
 
-    warm_starts = False   # a warm container waits for a file in a shared folder: there is none
-    shares_workspace = False   # the task writes on its node: no artifacts are collected
+    warm_starts = False  # a warm container waits for a file in a shared folder: there is none
+    shares_workspace = False  # the task writes on its node: no artifacts are collected
 
     def __init__(self, manager: Engine, registry: str, constraints: list[str]):
         self.manager = manager
@@ -75,12 +81,12 @@ class SwarmBackend(Backend):
         self.constraints = list(constraints)
         self._lock = threading.Lock()
         self._prepared: dict[str, _Prepared] = {}
-        self._reports: dict[str, bytes | None] = {}   # framed reports taken out of live output
-        self._markers: dict[str, str] = {}            # service -> its report's marker
+        self._reports: dict[str, bytes | None] = {}  # framed reports taken out of live output
+        self._markers: dict[str, str] = {}  # service -> its report's marker
         self._stopped: set[str] = set()
-        self._digests: dict[str, str] = {}            # service -> its job image's digest, for clean-up
-        self._nodes: dict[str, str] = {}              # node id -> hostname
-        self._node_states: dict[str, tuple[float, bool]] = {}   # node id -> (when asked, down)
+        self._digests: dict[str, str] = {}  # service -> its job image's digest, for clean-up
+        self._nodes: dict[str, str] = {}  # node id -> hostname
+        self._node_states: dict[str, tuple[float, bool]] = {}  # node id -> (when asked, down)
 
     @property
     def api(self):
@@ -95,7 +101,7 @@ class SwarmBackend(Backend):
         self.manager.close()
 
     def image(self, tag: str) -> ImageInfo:
-        return self.manager.image(tag)   # built on the manager; its layers reach the registry with each job's
+        return self.manager.image(tag)  # built on the manager; its layers reach the registry with each job's
 
     def publish(self, image: ImageInfo) -> str:
         return self.images.publish(image)
@@ -105,7 +111,7 @@ class SwarmBackend(Backend):
     def prepare(self, spec: ContainerSpec) -> str:
         """Build the job's image (the checkout on top of ``spec.image``) and push it; the
         service is created by ``start``: a service has no created-but-not-started state."""
-        marker = new_marker()   # the report's frame: a secret the job's image carries to the entrypoint alone
+        marker = new_marker()  # the report's frame: a secret the job's image carries to the entrypoint alone
         secret = spec.output_dir / FRAME_FILE
         secret.write_text(marker)
         secret.chmod(0o600)
@@ -127,9 +133,14 @@ class SwarmBackend(Backend):
         spec = prepared.spec
         task = TaskTemplate(
             container_spec=TaskContainer(
-                image=prepared.image, user=spec.user, workdir=WORKSPACE, labels=dict(spec.labels),
+                image=prepared.image,
+                user=spec.user,
+                workdir=WORKSPACE,
+                labels=dict(spec.labels),
                 env={**spec.variables, FRAME_ENV: "1", LIMITS_ENV: _limits(spec)},
-                init=True, cap_drop=["ALL"], stop_grace_period=0,
+                init=True,
+                cap_drop=["ALL"],
+                stop_grace_period=0,
             ),
             resources=_resources(spec),
             restart_policy=RestartPolicy(condition="none"),
@@ -138,8 +149,12 @@ class SwarmBackend(Backend):
             networks=[{"Target": self.networks.for_job(spec)}],
         )
         with engine_call("create a service"):
-            self.api.create_service(task, name=spec.name, labels={**spec.labels, LABEL_MARKER: self._marker(spec.name)},
-                                    mode=ServiceMode("replicated-job", concurrency=1))
+            self.api.create_service(
+                task,
+                name=spec.name,
+                labels={**spec.labels, LABEL_MARKER: self._marker(spec.name)},
+                mode=ServiceMode("replicated-job", concurrency=1),
+            )
         state = self.inspect(container_id)
         if state is None:
             raise ContainerGone(f"service {container_id} vanished right after it was created")
@@ -173,7 +188,7 @@ class SwarmBackend(Backend):
         except NotFound:
             labels = {}
         if LABEL_MARKER not in labels:
-            return new_marker()   # no service, or none of ours: no frame can be read
+            return new_marker()  # no service, or none of ours: no frame can be read
         with self._lock:
             self._markers[service] = labels[LABEL_MARKER]
         return labels[LABEL_MARKER]
@@ -232,12 +247,20 @@ class SwarmBackend(Backend):
             if service in self._stopped:
                 return ContainerState(service, Phase.EXITED, labels, exit_code=137, node=node)
             if state in ("complete", "failed") and exit_code is not None:
-                return ContainerState(service, Phase.EXITED, labels, exit_code=exit_code,
-                                      oom_killed=exit_code == protocol.EXIT_OUT_OF_MEMORY,
-                                      over_disk=exit_code == protocol.EXIT_DISK_LIMIT,
-                                      finished_at=parse_iso(status.get("Timestamp")), node=node)
-            raise ContainerGone(f"task {state} on node {node or '?'} without an exit code: "
-                                f"{status.get('Err') or status.get('Message') or state}")
+                return ContainerState(
+                    service,
+                    Phase.EXITED,
+                    labels,
+                    exit_code=exit_code,
+                    oom_killed=exit_code == protocol.EXIT_OUT_OF_MEMORY,
+                    over_disk=exit_code == protocol.EXIT_DISK_LIMIT,
+                    finished_at=parse_iso(status.get("Timestamp")),
+                    node=node,
+                )
+            raise ContainerGone(
+                f"task {state} on node {node or '?'} without an exit code: "
+                f"{status.get('Err') or status.get('Message') or state}"
+            )
         if state == "running" and task.get("NodeID") and self._node_down(task["NodeID"]):
             raise ContainerGone(f"node {node} lost")
         return ContainerState(service, Phase.RUNNING, labels, started_at=started, node=node)
@@ -270,7 +293,7 @@ class SwarmBackend(Backend):
         with self._lock:
             if container_id in self._reports:
                 return self._reports.pop(container_id)
-        for _ in self.logs(container_id, follow=False):   # read to its frame again
+        for _ in self.logs(container_id, follow=False):  # read to its frame again
             pass
         with self._lock:
             return self._reports.pop(container_id, None)
@@ -305,7 +328,7 @@ class SwarmBackend(Backend):
         """Services with these labels; and job images and networks without one (a crash
         between push and start, or before a network could go), as never-started
         containers, so that clean-up finds them too."""
-        wanted = [f"{k}={v}" for k, v in labels.items()]   # a dict each: docker-py adds to what it is given
+        wanted = [f"{k}={v}" for k, v in labels.items()]  # a dict each: docker-py adds to what it is given
         with engine_call("list services"):
             services = self.api.services(filters={"label": list(wanted)})
         with engine_call("list job networks"):
@@ -313,11 +336,13 @@ class SwarmBackend(Backend):
         leftovers = self.images.leftovers(wanted)
         leftovers.update({network["Name"]: network.get("Labels") or {} for network in networks})
         names = {service["Spec"]["Name"] for service in services} | set(self._prepared) | set(self._digests)
-        states = [ContainerState(name, Phase.CREATED, labels) for name, labels in leftovers.items() if name not in names]
+        states = [
+            ContainerState(name, Phase.CREATED, labels) for name, labels in leftovers.items() if name not in names
+        ]
         for service in services:
             try:
                 state = self.inspect(service["Spec"]["Name"])
-            except ContainerGone as exc:   # a lost task: found, ended, no exit code
+            except ContainerGone as exc:  # a lost task: found, ended, no exit code
                 log.warning("service %s: %s", service["Spec"]["Name"], exc)
                 state = ContainerState(service["Spec"]["Name"], Phase.RUNNING, _labels(service))
             if state is not None:
@@ -333,7 +358,7 @@ def _limits(spec: ContainerSpec) -> str:
 
 def _resources(spec: ContainerSpec) -> Resources:
     resources = Resources(cpu_limit=int(spec.cpus * 1e9), mem_limit=memory_bytes(spec.memory))
-    resources["Limits"]["Pids"] = spec.pids   # Engine API 1.41; docker-py has no argument for it
+    resources["Limits"]["Pids"] = spec.pids  # Engine API 1.41; docker-py has no argument for it
     return resources
 
 

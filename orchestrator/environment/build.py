@@ -45,10 +45,12 @@ log = logging.getLogger("orchestrator.environment")
 
 LABEL_ENVIRONMENT = "orchestrator.environment"
 LABEL_REPOSITORY = "orchestrator.repository"
-KEEP = 3   # environment images kept per repository, newest first
+KEEP = 3  # environment images kept per repository, newest first
 # pip's words for a failure that the same declarations meet again whatever the network does
-_REPEATS = re.compile(r"No matching distribution found|Could not find a version that satisfies|ResolutionImpossible|"
-                      r"conflicting dependencies|requires a different Python|has inconsistent|Invalid requirement")
+_REPEATS = re.compile(
+    r"No matching distribution found|Could not find a version that satisfies|ResolutionImpossible|"
+    r"conflicting dependencies|requires a different Python|has inconsistent|Invalid requirement"
+)
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,23 @@ class Settings:
     """How environments are made (config.yaml's ``environments`` and ``runner``)."""
 
     @classmethod
-    def of(cls, config: Config, instance: str) -> "Settings":
+    def of(cls, config: Config, instance: str) -> Settings:
         runner, environments = config.runner, config.environments
-        return cls(environments.index_url, tuple(environments.extra_index_urls), environments.timeout,
-                   Limits(runner.memory, runner.cpus, runner.pids, runner.tmp_size), container_user(), instance)
+        return cls(
+            environments.index_url,
+            tuple(environments.extra_index_urls),
+            environments.timeout,
+            Limits(runner.memory, runner.cpus, runner.pids, runner.tmp_size),
+            container_user(),
+            instance,
+        )
 
-    index_url: str | None             # None: the index pip on this host is configured with (read once)
+    index_url: str | None  # None: the index pip on this host is configured with (read once)
     extra_index_urls: tuple[str, ...]
-    timeout: float                    # the whole build, from its first step to the image
-    limits: Limits                    # of each build container, as of a test container
-    user: str                         # the runner's unprivileged user
-    instance: str = ""                # the label the build containers carry (recovery removes leftovers)
+    timeout: float  # the whole build, from its first step to the image
+    limits: Limits  # of each build container, as of a test container
+    user: str  # the runner's unprivileged user
+    instance: str = ""  # the label the build containers carry (recovery removes leftovers)
 
 
 class IndexUnreachable(InfrastructureError):
@@ -87,19 +95,29 @@ class Environment:
     image: ImageInfo
     needs: Needs
     python: str
-    built: bool   # built for this job (else reused)
+    built: bool  # built for this job (else reused)
 
     def document(self) -> dict[str, Any]:
         """What result.json says of it."""
-        return {"fingerprint": self.fingerprint, "image": self.image.tag, "python": self.python,
-                "detected": list(self.needs.sources), "requirements": list(self.needs.requirements),
-                "system_packages": list(self.needs.system_packages),
-                "built": self.built}
+        return {
+            "fingerprint": self.fingerprint,
+            "image": self.image.tag,
+            "python": self.python,
+            "detected": list(self.needs.sources),
+            "requirements": list(self.needs.requirements),
+            "system_packages": list(self.needs.system_packages),
+            "built": self.built,
+        }
 
 
 class Environments:
-    def __init__(self, state_dir: Path, engine: Engine, settings: Settings,
-                 publish: Callable[[ImageInfo], str | None] = lambda image: None):
+    def __init__(
+        self,
+        state_dir: Path,
+        engine: Engine,
+        settings: Settings,
+        publish: Callable[[ImageInfo], str | None] = lambda image: None,
+    ):
         """``publish`` makes a new environment image reachable by every machine that runs
         jobs (Backend.publish: a Swarm's registry)."""
         self.state_dir = state_dir
@@ -112,8 +130,14 @@ class Environments:
         self._apt = threading.Lock()
         self._index_url = settings.index_url
 
-    def ensure(self, repository: str, needs: Needs, runner: ImageInfo, python: str,
-               on_build: Callable[[str], None] = lambda stage: None) -> Environment:
+    def ensure(
+        self,
+        repository: str,
+        needs: Needs,
+        runner: ImageInfo,
+        python: str,
+        on_build: Callable[[str], None] = lambda stage: None,
+    ) -> Environment:
         """The environment image for ``needs``: found, or built now (once, however many
         jobs ask for it at the same time; ``on_build`` is told each stage of the build, in
         words: what a person watching the job sees it doing). EnvironmentBroken if it
@@ -124,9 +148,9 @@ class Environments:
             failed = folder / "failed.json"
             if failed.is_file():
                 raise EnvironmentBroken(json.loads(failed.read_text())["reason"], folder / "environment.log")
-            for image in find_images(self.engine, {LABEL_ENVIRONMENT: fingerprint}):
-                tag = image["tags"][0] if image["tags"] else image["id"]
-                return Environment(fingerprint, ImageInfo(tag, image["id"]), needs, python, built=False)
+            for found in find_images(self.engine, {LABEL_ENVIRONMENT: fingerprint}):
+                tag = found["tags"][0] if found["tags"] else found["id"]
+                return Environment(fingerprint, ImageInfo(tag, found["id"]), needs, python, built=False)
             on_build("building environment")
             image = self._build(repository, needs, runner, python, fingerprint, folder, on_build)
             self._publish(repository, image)
@@ -155,8 +179,9 @@ class Environments:
         host is configured with (asked once), then the extra ones."""
         if self._index_url is None:
             try:
-                listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                                        text=True, timeout=60).stdout
+                listed = subprocess.run(
+                    [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+                ).stdout
             except (OSError, subprocess.TimeoutExpired):
                 listed = ""
             self._index_url = host_index_url(listed)
@@ -167,8 +192,16 @@ class Environments:
         with self._guard:
             return self._locks.setdefault(fingerprint, threading.Lock())
 
-    def _build(self, repository: str, needs: Needs, runner: ImageInfo, python: str, fingerprint: str,
-               folder: Path, stage: Callable[[str], None]) -> ImageInfo:
+    def _build(
+        self,
+        repository: str,
+        needs: Needs,
+        runner: ImageInfo,
+        python: str,
+        fingerprint: str,
+        folder: Path,
+        stage: Callable[[str], None],
+    ) -> ImageInfo:
         deadline = time.monotonic() + self.settings.timeout
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("wheels", "debs"):
@@ -176,12 +209,18 @@ class Environments:
         (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
         (folder / "constraints.txt").write_text("".join(f"{line}\n" for line in needs.constraints))
         log.info("%s: building environment %s (%d requirements)", repository, fingerprint[:12], len(needs.requirements))
-        sandbox = Sandbox(self.engine, {LABEL_INSTANCE: self.settings.instance, LABEL_ENVIRONMENT: fingerprint,
-                                         LABEL_REPOSITORY: repository}, self.settings.limits, deadline,
-                          self.settings.user)
+        sandbox = Sandbox(
+            self.engine,
+            {LABEL_INSTANCE: self.settings.instance, LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository},
+            self.settings.limits,
+            deadline,
+            self.settings.user,
+        )
         with open(folder / "environment.log", "w") as out:
-            out.write(f"environment {fingerprint} for {repository}, Python {python}\n"
-                      f"detected: {', '.join(needs.sources) or 'nothing'}\n\n")
+            out.write(
+                f"environment {fingerprint} for {repository}, Python {python}\n"
+                f"detected: {', '.join(needs.sources) or 'nothing'}\n\n"
+            )
             out.flush()
             try:
                 if needs.system_packages:
@@ -201,16 +240,17 @@ class Environments:
                 if exc.repeats:
                     _write_json(folder / "failed.json", {"reason": exc.reason})
                 raise EnvironmentBroken(exc.reason, folder / "environment.log") from None
-            finally:   # the image has them, or nothing needs them: the log and the declarations stay
+            finally:  # the image has them, or nothing needs them: the log and the declarations stay
                 for name in ("wheels", "debs"):
                     shutil.rmtree(folder / name, ignore_errors=True)
 
-    def _system_packages(self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str,
-                         out: IO[str], deadline: float) -> None:
+    def _system_packages(
+        self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str, out: IO[str], deadline: float
+    ) -> None:
         """The .deb files that ``packages`` need in the runner image, from ``python``'s
         Debian release, fetched on this host into ``folder/debs`` (debs.py)."""
         apt = Apt(pythons.OFFERED[python].debian, self.state_dir)
-        with self._apt:   # one apt at a time on a package tree
+        with self._apt:  # one apt at a time on a package tree
             failed = apt.refresh(out, deadline)
             if failed:
                 raise IndexUnreachable(f"Debian's package lists could not be read: {failed}")
@@ -218,8 +258,12 @@ class Environments:
             out.write(f"system packages: {', '.join(packages)}\n")
             failed = apt.fetch(packages, status, folder / "debs", out, deadline)
         if failed:
-            raise _Failed(f"system packages: {failed}", repeats="Unable to locate package" in failed
-                          or "unmet dependencies" in failed or "has no installation candidate" in failed)
+            raise _Failed(
+                f"system packages: {failed}",
+                repeats="Unable to locate package" in failed
+                or "unmet dependencies" in failed
+                or "has no installation candidate" in failed,
+            )
 
     def _resolve(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, out: IO[str]) -> None:
         """Wheels for the requirements, for the runner image's Python, into ``folder/wheels``."""
@@ -230,17 +274,19 @@ class Environments:
         out.write("".join(f"index proxy: {url}\n" for url in proxy.fetched[:2000]))
         if ended.status == 0:
             return
-        if proxy.trouble:   # the index, not the declarations: not a verdict on the commit
+        if proxy.trouble:  # the index, not the declarations: not a verdict on the commit
             out.write("".join(f"index proxy: trouble: {what}\n" for what in proxy.trouble))
             raise IndexUnreachable(f"package index unreachable: {proxy.trouble[0]}"[:300])
         reason = _pip_reason(ended)
         raise _Failed(reason, repeats=bool(_REPEATS.search(ended.output)) and not ended.oom_killed)
 
-    def _install(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, repository: str, fingerprint: str,
-                 out: IO[str]) -> ImageInfo:
+    def _install(
+        self, sandbox: Sandbox, runner: ImageInfo, folder: Path, repository: str, fingerprint: str, out: IO[str]
+    ) -> ImageInfo:
         tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
-        ended, image_id = sandbox.install(runner, folder, tag, {LABEL_ENVIRONMENT: fingerprint,
-                                                                LABEL_REPOSITORY: repository}, out)
+        ended, image_id = sandbox.install(
+            runner, folder, tag, {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository}, out
+        )
         if image_id is None:
             raise _Failed(f"installing failed: {_pip_reason(ended)}", repeats=True)
         return ImageInfo(tag, image_id)
@@ -277,8 +323,11 @@ def _pip_reason(ended: Ended) -> str:
     """The reason in one line: pip's (or dpkg's) first error, else how the container ended."""
     if ended.oom_killed:
         return "out of memory at the build's memory limit"
-    errors = [line.removeprefix("ERROR: ").strip() for line in ended.output.splitlines()
-              if line.startswith(("ERROR: ", "dpkg: error"))]
+    errors = [
+        line.removeprefix("ERROR: ").strip()
+        for line in ended.output.splitlines()
+        if line.startswith(("ERROR: ", "dpkg: error"))
+    ]
     return errors[0] if errors else f"exited {ended.status}"
 
 

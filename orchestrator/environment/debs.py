@@ -23,7 +23,7 @@ from typing import IO
 
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-LISTS_MAX_AGE = 24 * 3600   # seconds before a tree's package lists are read again
+LISTS_MAX_AGE = 24 * 3600  # seconds before a tree's package lists are read again
 
 
 class AptTimedOut(Exception):
@@ -46,8 +46,11 @@ def host_mirror() -> str:
 
 def security_mirror(mirror: str) -> str:
     """Debian's security archive beside ``mirror`` (deb.debian.org serves both)."""
-    return mirror.rstrip("/").removesuffix("/debian") + "/debian-security" if mirror.rstrip("/").endswith("/debian") \
+    return (
+        mirror.rstrip("/").removesuffix("/debian") + "/debian-security"
+        if mirror.rstrip("/").endswith("/debian")
         else "http://deb.debian.org/debian-security"
+    )
 
 
 class Apt:
@@ -57,9 +60,18 @@ class Apt:
         self.release = release
         self.root = state_dir / "apt" / release
         self.options = [
-            "-o", f"Dir::Etc::SourceList={self.root / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State={self.root / 'state'}", "-o", f"Dir::Cache={self.root / 'cache'}",
-            "-o", "APT::Get::List-Cleanup=0", "-o", "Debug::NoLocking=1",
+            "-o",
+            f"Dir::Etc::SourceList={self.root / 'sources.list'}",
+            "-o",
+            "Dir::Etc::SourceParts=/dev/null",
+            "-o",
+            f"Dir::State={self.root / 'state'}",
+            "-o",
+            f"Dir::Cache={self.root / 'cache'}",
+            "-o",
+            "APT::Get::List-Cleanup=0",
+            "-o",
+            "Debug::NoLocking=1",
         ]
 
     def refresh(self, out: IO[str], deadline: float) -> str | None:
@@ -74,7 +86,8 @@ class Apt:
         (self.root / "sources.list").write_text(
             f"deb [signed-by={KEYRING}] {mirror} {self.release} main\n"
             f"deb [signed-by={KEYRING}] {mirror} {self.release}-updates main\n"
-            f"deb [signed-by={KEYRING}] {security_mirror(mirror)} {self.release}-security main\n")
+            f"deb [signed-by={KEYRING}] {security_mirror(mirror)} {self.release}-security main\n"
+        )
         out.write(f"apt: reading the {self.release} package lists\n")
         out.flush()
         failed = self._run(["update", "--quiet"], out, deadline, status=None)
@@ -86,16 +99,34 @@ class Apt:
         """The .deb files that installing ``packages`` into a system whose dpkg status is
         ``status`` needs (new packages and the upgrades they call for), into ``dest``."""
         (dest / "partial").mkdir(parents=True, exist_ok=True)
-        return self._run(["install", "--download-only", "--no-install-recommends", "--yes", "--quiet",
-                          "-o", f"Dir::Cache::archives={dest}", *packages], out, deadline, status=status)
+        return self._run(
+            [
+                "install",
+                "--download-only",
+                "--no-install-recommends",
+                "--yes",
+                "--quiet",
+                "-o",
+                f"Dir::Cache::archives={dest}",
+                *packages,
+            ],
+            out,
+            deadline,
+            status=status,
+        )
 
     def _run(self, args: list[str], out: IO[str], deadline: float, status: Path | None) -> str | None:
         status_option = ["-o", f"Dir::State::status={status or self.root / 'empty-status'}"]
         if status is None:
             (self.root / "empty-status").touch()
         try:
-            proc = subprocess.run(["apt-get", *self.options, *status_option, *args], stdout=out,
-                                  stderr=subprocess.PIPE, text=True, timeout=max(1.0, deadline - time.monotonic()))
+            proc = subprocess.run(
+                ["apt-get", *self.options, *status_option, *args],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
         except subprocess.TimeoutExpired:
             raise AptTimedOut() from None
         out.write(proc.stderr)

@@ -37,7 +37,7 @@ import requests
 log = logging.getLogger("orchestrator.environment")
 
 PYPI = "https://pypi.org/simple"
-MAX_PAGE = 64 * 1024 * 1024       # an index page (PyPI's largest are a few MB)
+MAX_PAGE = 64 * 1024 * 1024  # an index page (PyPI's largest are a few MB)
 MAX_FILE = 2 * 1024 * 1024 * 1024  # one distribution file
 CHUNK = 256 * 1024
 _PROJECT = re.compile(r"^/simple/(\d{1,3})/([A-Za-z0-9][A-Za-z0-9._-]{0,200})/?$")
@@ -51,15 +51,15 @@ class IndexProxy:
     def __init__(self, indexes: list[str], timeout: float = 30):
         self.indexes = [url.rstrip("/") + "/" for url in indexes]
         self.timeout = timeout
-        self.trouble: list[str] = []      # what went wrong between here and an index
-        self.fetched: list[str] = []      # every URL fetched, for the build's log
+        self.trouble: list[str] = []  # what went wrong between here and an index
+        self.fetched: list[str] = []  # every URL fetched, for the build's log
         self._files: dict[str, str] = {}  # token -> the URL an index page named
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._session = requests.Session()
 
     @contextmanager
-    def serving(self, socket_path: Path) -> Iterator["IndexProxy"]:
+    def serving(self, socket_path: Path) -> Iterator[IndexProxy]:
         """Listen on ``socket_path`` (connectable by any user: the container's is not ours)."""
         proxy = self
 
@@ -68,8 +68,9 @@ class IndexProxy:
 
         server = _UnixServer(str(socket_path), Handler)
         os.chmod(socket_path, 0o666)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name="index-proxy", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="index-proxy", daemon=True
+        )
         thread.start()
         try:
             yield self
@@ -131,8 +132,9 @@ class IndexProxy:
         with self._lock:
             self.fetched.append(url)
         try:
-            return self._session.get(url, stream=True, timeout=(10, self.timeout),
-                                     headers={"Accept": "text/html"} if page else {})
+            return self._session.get(
+                url, stream=True, timeout=(10, self.timeout), headers={"Accept": "text/html"} if page else {}
+            )
         except requests.RequestException as exc:
             self._troubled(url, type(exc).__name__)
             return None
@@ -207,7 +209,7 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     owner: IndexProxy
-    protocol_version = "HTTP/1.0"   # one request per connection, the end of the body is the end of it
+    protocol_version = "HTTP/1.0"  # one request per connection, the end of the body is the end of it
     timeout = 60
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's name)
@@ -249,7 +251,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except requests.RequestException as exc:
                 self.owner._troubled(response.url, type(exc).__name__)
             except OSError:
-                pass   # pip went away (its container ended)
+                pass  # pip went away (its container ended)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
@@ -257,8 +259,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 def _without_credentials(url: str) -> str:
     parts = urlsplit(url)
-    return url.replace(f"{parts.username}:{parts.password}@", "").replace(f"{parts.username}@", "") \
-        if parts.username else url
+    return (
+        url.replace(f"{parts.username}:{parts.password}@", "").replace(f"{parts.username}@", "")
+        if parts.username
+        else url
+    )
 
 
 def host_index_url(pip_config: str) -> str:

@@ -30,15 +30,20 @@ from packaging.requirements import InvalidRequirement, Requirement
 from orchestrator.errors import OrchestratorError
 
 TEST_NAMES = ("test", "tests", "testing", "dev")
-REQUIREMENT_FILES = ("requirements/test*.txt", "requirements-test*.txt", "requirements-dev.txt",
-                     "test-requirements.txt", "requirements.txt")
+REQUIREMENT_FILES = (
+    "requirements/test*.txt",
+    "requirements-test*.txt",
+    "requirements-dev.txt",
+    "test-requirements.txt",
+    "requirements.txt",
+)
 MAX_FILE = 1 << 20
-MAX_DEPTH = 10             # nested -r files, and include-group chains
-MAX_REQUIREMENTS = 2000    # requirements of one commit, all sources together
-_OWN = re.compile(r"^(-e\s+)?\.(\[([\w.-]+(?:\s*,\s*[\w.-]+)*)\])?/?$")   # the project itself: ".", "-e .", ".[test]"
+MAX_DEPTH = 10  # nested -r files, and include-group chains
+MAX_REQUIREMENTS = 2000  # requirements of one commit, all sources together
+_OWN = re.compile(r"^(-e\s+)?\.(\[([\w.-]+(?:\s*,\s*[\w.-]+)*)\])?/?$")  # the project itself: ".", "-e .", ".[test]"
 _ARCHIVE = re.compile(r"\.(whl|zip|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz|lzma))$", re.IGNORECASE)
 _FILE_OPTIONS = {"-r": "requirement", "--requirement": "requirement", "-c": "constraint", "--constraint": "constraint"}
-RECIPE = "2"   # how an environment is made from its needs: part of the fingerprint, so a new recipe builds anew
+RECIPE = "2"  # how an environment is made from its needs: part of the fingerprint, so a new recipe builds anew
 
 
 class BadDeclaration(OrchestratorError):
@@ -47,12 +52,12 @@ class BadDeclaration(OrchestratorError):
 
 @dataclass(frozen=True)
 class Needs:
-    requirements: tuple[str, ...] = ()      # name-based requirements for pip, canonical, sorted, without duplicates
-    install_project: bool = False           # the commit has a pyproject.toml or setup.py to install
-    sources: tuple[str, ...] = ()           # where each part was found, for result.json
-    extras: tuple[str, ...] = ()             # extras of the project to test with
-    system_packages: tuple[str, ...] = ()   # Debian packages (config.yaml's, never the commit's)
-    constraints: tuple[str, ...] = ()       # from the commit's own ``-c`` files: versions, not installs
+    requirements: tuple[str, ...] = ()  # name-based requirements for pip, canonical, sorted, without duplicates
+    install_project: bool = False  # the commit has a pyproject.toml or setup.py to install
+    sources: tuple[str, ...] = ()  # where each part was found, for result.json
+    extras: tuple[str, ...] = ()  # extras of the project to test with
+    system_packages: tuple[str, ...] = ()  # Debian packages (config.yaml's, never the commit's)
+    constraints: tuple[str, ...] = ()  # from the commit's own ``-c`` files: versions, not installs
 
     @property
     def empty(self) -> bool:
@@ -60,9 +65,16 @@ class Needs:
 
     def fingerprint(self, *more: str) -> str:
         """A hash of the declarations and of ``more`` (the Python version, the runner image)."""
-        text = "\n".join([*self.requirements, f"project={self.install_project}",
-                          *(f"deb:{p}" for p in self.system_packages), *(f"constraint:{c}" for c in self.constraints),
-                          f"recipe={RECIPE}", *more])
+        text = "\n".join(
+            [
+                *self.requirements,
+                f"project={self.install_project}",
+                *(f"deb:{p}" for p in self.system_packages),
+                *(f"constraint:{c}" for c in self.constraints),
+                f"recipe={RECIPE}",
+                *more,
+            ]
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -131,7 +143,7 @@ def detect(src: Path, install: list[str] | None = None) -> Needs:
     project = _pyproject(src)
     labels = ("project.dependencies", "project.optional-dependencies")
     if "project" not in project and (static := _setup_cfg(src)):
-        project = {**project, "project": static}   # setuptools' declarative config, read as text too
+        project = {**project, "project": static}  # setuptools' declarative config, read as text too
         labels = ("setup.cfg: install_requires", "setup.cfg: extras_require")
     if not isinstance(project.get("project", {}), dict) or not isinstance(project.get("build-system", {}), dict):
         raise BadDeclaration("pyproject.toml: [project] and [build-system] must be tables")
@@ -156,8 +168,13 @@ def detect(src: Path, install: list[str] | None = None) -> Needs:
     if install_project:
         found.strings(backend, "build-system.requires")
         sources.append("build-system.requires")
-    return Needs(tuple(sorted(set(found.requirements))), install_project, tuple(sources), tuple(found.extras),
-                 constraints=tuple(sorted(set(found.constraints))))
+    return Needs(
+        tuple(sorted(set(found.requirements))),
+        install_project,
+        tuple(sources),
+        tuple(found.extras),
+        constraints=tuple(sorted(set(found.constraints))),
+    )
 
 
 def _test_tools(found: _Found, project: dict, extras_label: str) -> list[str]:
@@ -194,8 +211,10 @@ def _group(groups: dict, name: str) -> list[str]:
         if not isinstance(items, list):
             raise BadDeclaration(f"dependency group {current[:80]!r} is missing or not a list")
         if index == 0 and (current in path or len(path) >= MAX_DEPTH):
-            raise BadDeclaration(f"dependency group {name!r} includes {current[:80]!r} "
-                                 + ("in a loop" if current in path else f"more than {MAX_DEPTH} levels deep"))
+            raise BadDeclaration(
+                f"dependency group {name!r} includes {current[:80]!r} "
+                + ("in a loop" if current in path else f"more than {MAX_DEPTH} levels deep")
+            )
         if index >= len(items):
             continue
         item = items[index]
@@ -220,7 +239,7 @@ def _read_file(found: _Found, path: Path, kind: str, depth: int) -> None:
     lines = path.read_text(errors="replace").splitlines()
     logical: list[tuple[int, str]] = []
     held, start = "", 0
-    for number, raw in enumerate(lines, 1):   # pip joins a line that ends with a backslash to the next
+    for number, raw in enumerate(lines, 1):  # pip joins a line that ends with a backslash to the next
         if not held:
             start = number
         if raw.endswith("\\"):
@@ -236,8 +255,9 @@ def _read_file(found: _Found, path: Path, kind: str, depth: int) -> None:
             _add_line(found, line, f"{shown}:{number}", depth, path.parent, kind)
 
 
-def _add_line(found: _Found, line: str, where: str, depth: int, base: Path | None = None,
-              kind: str = "requirement") -> None:
+def _add_line(
+    found: _Found, line: str, where: str, depth: int, base: Path | None = None, kind: str = "requirement"
+) -> None:
     """One requirement line: the project itself (and its extras), a requirement or
     constraint file of the commit, or a requirement; anything else is refused."""
     line = _lstrip(line).strip()
@@ -249,8 +269,13 @@ def _add_line(found: _Found, line: str, where: str, depth: int, base: Path | Non
     option, _, argument = line.partition(" ") if line.startswith("-") else ("", "", "")
     if "=" in option:
         option, _, argument = line.partition("=")
-    if option in _FILE_OPTIONS and argument.strip() and not any(_is_control(c) for c in argument) \
-            and "$" not in argument and "://" not in argument:
+    if (
+        option in _FILE_OPTIONS
+        and argument.strip()
+        and not any(_is_control(c) for c in argument)
+        and "$" not in argument
+        and "://" not in argument
+    ):
         target = (base or found.src) / argument.strip()
         _read_file(found, target, _FILE_OPTIONS[option], depth + 1)
         return
@@ -302,8 +327,9 @@ def _setup_cfg(src: Path) -> dict:
     if parser.has_option("options", "install_requires"):
         found["dependencies"] = _cfg_list(src, parser.get("options", "install_requires"))
     if parser.has_section("options.extras_require"):
-        found["optional-dependencies"] = {name: _cfg_list(src, value)
-                                          for name, value in parser.items("options.extras_require")}
+        found["optional-dependencies"] = {
+            name: _cfg_list(src, value) for name, value in parser.items("options.extras_require")
+        }
     return found
 
 
@@ -315,5 +341,8 @@ def _cfg_list(src: Path, value: str) -> list[str]:
         for name in value.strip().removeprefix("file:").split(","):
             _read_file(found, src / name.strip(), "requirement", depth=0)
         return found.requirements
-    return [re.sub(r"(^|\s)#.*$", "", line).strip() for line in value.splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        re.sub(r"(^|\s)#.*$", "", line).strip()
+        for line in value.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]

@@ -36,7 +36,7 @@ from orchestrator.errors import EngineUnavailable, InfrastructureError, Orchestr
 log = logging.getLogger("orchestrator.environment")
 
 SANDBOX_PIP = Path(__file__).with_name("sandbox_pip.py")
-MAX_LOG = 4 * 1024 * 1024   # bytes of a container's output kept in environment.log
+MAX_LOG = 4 * 1024 * 1024  # bytes of a container's output kept in environment.log
 INSTALL = """set -e
 if ls /tmp/environment/debs/*.deb >/dev/null 2>&1; then
   echo "installing $(ls /tmp/environment/debs/*.deb | wc -l) Debian packages (dpkg)"
@@ -83,29 +83,57 @@ class Sandbox:
         self.labels = labels
         self.limits = limits
         self.deadline = deadline
-        self.user = user   # the runner's unprivileged user, as test containers run
+        self.user = user  # the runner's unprivileged user, as test containers run
 
     def resolve(self, image: str, folder: Path, indexes: int, socket_dir: Path, out: IO[str]) -> Ended:
         """pip download into ``folder/wheels``, through the proxy listening in ``socket_dir``."""
         wheels = folder / "wheels"
-        args = ["/tmp/index/index.sock", "download", "--isolated", "--no-input", "--disable-pip-version-check",
-                "--no-cache-dir", "--progress-bar", "off", "--only-binary", ":all:", "--retries", "1",
-                "--timeout", "60", "--dest", "/tmp/environment/wheels",
-                "--index-url", "http://127.0.0.1:{port}/simple/0/", "--trusted-host", "127.0.0.1",
-                *(a for n in range(1, indexes) for a in ("--extra-index-url", f"http://127.0.0.1:{{port}}/simple/{n}/")),
-                "-r", "/tmp/environment/requirements.txt", "-c", "/tmp/environment/constraints.txt"]
-        binds = {str(SANDBOX_PIP): ("/tmp/sandbox_pip.py", "ro"), str(socket_dir): ("/tmp/index", "ro"),
-                 str(folder / "requirements.txt"): ("/tmp/environment/requirements.txt", "ro"),
-                 str(folder / "constraints.txt"): ("/tmp/environment/constraints.txt", "ro"),
-                 str(wheels): ("/tmp/environment/wheels", "rw")}
+        args = [
+            "/tmp/index/index.sock",
+            "download",
+            "--isolated",
+            "--no-input",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "--progress-bar",
+            "off",
+            "--only-binary",
+            ":all:",
+            "--retries",
+            "1",
+            "--timeout",
+            "60",
+            "--dest",
+            "/tmp/environment/wheels",
+            "--index-url",
+            "http://127.0.0.1:{port}/simple/0/",
+            "--trusted-host",
+            "127.0.0.1",
+            *(a for n in range(1, indexes) for a in ("--extra-index-url", f"http://127.0.0.1:{{port}}/simple/{n}/")),
+            "-r",
+            "/tmp/environment/requirements.txt",
+            "-c",
+            "/tmp/environment/constraints.txt",
+        ]
+        binds = {
+            str(SANDBOX_PIP): ("/tmp/sandbox_pip.py", "ro"),
+            str(socket_dir): ("/tmp/index", "ro"),
+            str(folder / "requirements.txt"): ("/tmp/environment/requirements.txt", "ro"),
+            str(folder / "constraints.txt"): ("/tmp/environment/constraints.txt", "ro"),
+            str(wheels): ("/tmp/environment/wheels", "rw"),
+        }
         with self._container(image, ["python3", "/tmp/sandbox_pip.py", *args], binds, root=False) as container:
             return self._run(container, out)
 
-    def install(self, image: ImageInfo, folder: Path, tag: str, labels: dict[str, str], out: IO[str]) -> tuple[Ended, str | None]:
+    def install(
+        self, image: ImageInfo, folder: Path, tag: str, labels: dict[str, str], out: IO[str]
+    ) -> tuple[Ended, str | None]:
         """Install what ``folder`` holds into a container of ``image``, and commit it as
         ``tag`` if that went well: (how it ended, the new image's id or None)."""
-        binds = {str(folder / name): (f"/tmp/environment/{name}", "ro")
-                 for name in ("debs", "wheels", "requirements.txt", "constraints.txt")}
+        binds = {
+            str(folder / name): (f"/tmp/environment/{name}", "ro")
+            for name in ("debs", "wheels", "requirements.txt", "constraints.txt")
+        }
         with self._container(image.id, ["/bin/sh", "-c", INSTALL], binds, root=True) as container:
             ended = self._run(container, out)
             if ended.status != 0 or ended.oom_killed:
@@ -115,26 +143,40 @@ class Sandbox:
     # -- one container ------------------------------------------------------------------
 
     @contextmanager
-    def _container(self, image: str, command: list[str], binds: dict[str, tuple[str, str]], root: bool) -> Iterator[str]:
+    def _container(
+        self, image: str, command: list[str], binds: dict[str, tuple[str, str]], root: bool
+    ) -> Iterator[str]:
         api = self.engine.api
         host_config = api.create_host_config(
             binds={host: {"bind": inside, "mode": mode} for host, (inside, mode) in binds.items()},
-            network_mode="none", mem_limit=self.limits.memory, memswap_limit=self.limits.memory,
-            nano_cpus=int(self.limits.cpus * 1e9), pids_limit=self.limits.pids,
-            security_opt=["no-new-privileges"], cap_drop=None if root else ["ALL"], read_only=not root,
-            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={self.limits.tmp_size}"}, init=True,
+            network_mode="none",
+            mem_limit=self.limits.memory,
+            memswap_limit=self.limits.memory,
+            nano_cpus=int(self.limits.cpus * 1e9),
+            pids_limit=self.limits.pids,
+            security_opt=["no-new-privileges"],
+            cap_drop=None if root else ["ALL"],
+            read_only=not root,
+            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={self.limits.tmp_size}"},
+            init=True,
             log_config=LogConfig(type="json-file", config={"max-size": str(MAX_LOG), "max-file": "1"}),
         )
         with engine_call("create an environment build's container"):
-            created = api.create_container(image, entrypoint=command, user="0" if root else self.user,
-                                           labels=self.labels, host_config=host_config, network_disabled=True,
-                                           environment=None if root else {"HOME": "/tmp"})
+            created = api.create_container(
+                image,
+                entrypoint=command,
+                user="0" if root else self.user,
+                labels=self.labels,
+                host_config=host_config,
+                network_disabled=True,
+                environment=None if root else {"HOME": "/tmp"},
+            )
         try:
             yield created["Id"]
         finally:
             try:
                 self.engine.remove(created["Id"])
-            except (APIError, EngineUnavailable) as exc:   # recovery's sweep removes it (it has the instance's label)
+            except (APIError, EngineUnavailable) as exc:  # recovery's sweep removes it (it has the instance's label)
                 log.warning("environment build container %s not removed yet: %s", created["Id"][:12], exc)
 
     def _run(self, container: str, out: IO[str]) -> Ended:

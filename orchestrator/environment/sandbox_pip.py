@@ -49,8 +49,9 @@ def main(argv: list) -> int:
     listener = socket.create_server(("127.0.0.1", 0))
     port = str(listener.getsockname()[1])
     threading.Thread(target=relay, args=(listener, path), daemon=True).start()
-    return subprocess.call([sys.executable, "-m", "pip", *(a.replace("{port}", port) for a in pip_args)],
-                           stdin=subprocess.DEVNULL)
+    return subprocess.call(
+        [sys.executable, "-m", "pip", *(a.replace("{port}", port) for a in pip_args)], stdin=subprocess.DEVNULL
+    )
 
 
 if __name__ == "__main__":

@@ -21,18 +21,28 @@ from runner_image import orchestrator_protocol as protocol
 class Setup:
     image: ImageInfo
     variables: dict[str, str]
-    document: dict[str, Any] | None = None   # result.json's "environment"
+    document: dict[str, Any] | None = None  # result.json's "environment"
 
 
-def setup(config: Config, backend: Backend, environments: Environments | None, repository: str, src: Path,
-          version: str | None, on_build: Callable[[str], None] = lambda stage: None) -> Setup:
+def setup(
+    config: Config,
+    backend: Backend,
+    environments: Environments | None,
+    repository: str,
+    src: Path,
+    version: str | None,
+    on_build: Callable[[str], None] = lambda stage: None,
+) -> Setup:
     """The image and variables for the checkout at ``src`` of ``repository``; ``version``
     (from ``git describe``) stands in for the ``.git`` the checkout does not have.
     EnvironmentBroken when what the commit declares cannot be built."""
     repo = config.repository(repository)
     assert repo is not None
-    variables = {**repo.env, **({protocol.COMMAND: repo.command} if repo.command else {}),
-                 **({protocol.RERUN_FAILURES: str(repo.rerun_failures)} if repo.rerun_failures else {})}
+    variables = {
+        **repo.env,
+        **({protocol.COMMAND: repo.command} if repo.command else {}),
+        **({protocol.RERUN_FAILURES: str(repo.rerun_failures)} if repo.rerun_failures else {}),
+    }
     if repo.image:
         return Setup(backend.image(repo.image), variables)
     runner = backend.image(config.runner.image_for(repo.python))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
 from orchestrator.backends.base import ContainerState, Phase
 from orchestrator.backoff import Backoff
@@ -37,8 +38,9 @@ class Attempt:
     """Runs (or resumes, or starts warm) the current attempt of ``job``; ``run`` returns
     the job as the store has it afterwards, and never raises for what the job met."""
 
-    def __init__(self, ctx: Context, job: Job, adopt: ContainerState | None = None,
-                 warm_start: warm.WarmStart | None = None):
+    def __init__(
+        self, ctx: Context, job: Job, adopt: ContainerState | None = None, warm_start: warm.WarmStart | None = None
+    ):
         self.ctx = ctx
         self.job = job
         self.adopt = adopt
@@ -57,7 +59,7 @@ class Attempt:
         except Exception as exc:
             try:
                 return self._ended_by(exc)
-            except Exception:   # the store refused even that: the dispatcher settles it (Dispatcher._settle)
+            except Exception:  # the store refused even that: the dispatcher settles it (Dispatcher._settle)
                 log.exception("job %s: its attempt could not be concluded", self.job.id)
                 raise
 
@@ -66,12 +68,12 @@ class Attempt:
         released), re-queued by the retry policy, or ended ``error``."""
         if self.warm is not None and self.job.status is JobStatus.QUEUED:
             claimed = self.warm.ended_early()
-            if claimed is None:   # never released: the job stays queued
+            if claimed is None:  # never released: the job stays queued
                 if not isinstance(exc, warm.NotReleased):
                     log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
                 self._clean_up_quietly()
                 return self.job
-            self.job = claimed   # claimed while it was being prepared: the claimed job ends, not the stale copy
+            self.job = claimed  # claimed while it was being prepared: the claimed job ends, not the stale copy
         self._clean_up_quietly()
         self.job = conclude.after(self.ctx, self.job, exc, self.container_id, self.timings)
         return self.job
@@ -96,13 +98,28 @@ class Attempt:
         runs_in = self._checkout_and_environment()
         image = runs_in.image
         attempt = self.warm.attempt_of(self.job) if self.warm else self.job.attempts
-        spec = container_spec(ctx.config.runner, ctx.instance, ctx.workspaces.container_user(), self.job, attempt,
-                              self.ws.src, self.ws.out, image, runs_in.variables, warm=self.warm is not None)
+        spec = container_spec(
+            ctx.config.runner,
+            ctx.instance,
+            ctx.workspaces.container_user(),
+            self.job,
+            attempt,
+            self.ws.src,
+            self.ws.out,
+            image,
+            runs_in.variables,
+            warm=self.warm is not None,
+        )
         with self.timings.measure("create"):
             self.container_id = ctx.backend.prepare(spec)
             if self.warm is None:
-                self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id,
-                             environment=runs_in.document, message=None)
+                self._record(
+                    container_id=self.container_id,
+                    image_tag=image.tag,
+                    image_id=image.id,
+                    environment=runs_in.document,
+                    message=None,
+                )
         crash_point("container-created")
         with self.timings.measure("start"):
             try:
@@ -113,12 +130,17 @@ class Attempt:
             self._record(started_at=state.started_at or utcnow(), node=state.node)
         else:
             self.job = self.warm.wait(ctx.abandon)
-            self._record(container_id=self.container_id, image_tag=image.tag, image_id=image.id, started_at=utcnow(),
-                         environment=runs_in.document)
+            self._record(
+                container_id=self.container_id,
+                image_tag=image.tag,
+                image_id=image.id,
+                started_at=utcnow(),
+                environment=runs_in.document,
+            )
             warm.release(self.ws.out)
             try:
                 ctx.backend.prioritise(self.container_id)
-            except EngineUnavailable as exc:   # it runs, only slower while others compete for the CPU
+            except EngineUnavailable as exc:  # it runs, only slower while others compete for the CPU
                 log.warning("job %s: its CPU weight stays low (%s)", self.job.id, exc)
         crash_point("container-started")
         log.info("job %s: %s started in container %s", self.job.id, self.job.commit[:12], self.container_id[:12])
@@ -139,7 +161,7 @@ class Attempt:
             log.info("job %s: %s", self.job.id, stage)
             self._record(message=stage)
 
-    def _record(self, **facts: object) -> None:
+    def _record(self, **facts: Any) -> None:
         """Facts about the running attempt, committed before they are acted on."""
         self.job = self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
 
@@ -148,7 +170,10 @@ class Attempt:
         now: wait for the engine (up to engine_grace), then start it if it never was."""
         self.engine_trouble = True
         patience = self.ctx.patience
-        deadline, backoff = time.monotonic() + patience.engine_grace, Backoff(patience.backoff_first, patience.backoff_cap)
+        deadline, backoff = (
+            time.monotonic() + patience.engine_grace,
+            Backoff(patience.backoff_first, patience.backoff_cap),
+        )
         while True:
             try:
                 state = self.ctx.backend.inspect(container_id)
@@ -173,8 +198,9 @@ class Attempt:
                 final, killed = watch.until_exit(started, live=self.adopt is None)
             with self.timings.measure("collect"):
                 report = Report(self.ctx.backend.report(state.id, self.ws.out))
-                done = collect.verdict(self.ctx, self.job, final, killed, started, report, capped.truncated,
-                                       capped.head())
+                done = collect.verdict(
+                    self.ctx, self.job, final, killed, started, report, capped.truncated, capped.head()
+                )
                 done, staged = collect.with_artifacts(self.ctx, done, self.ws.root, [(self.ws.src, "")])
             collect.save(self.ctx, done, report, capped.write_to, self.timings, staged)
             return done

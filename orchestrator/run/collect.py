@@ -35,15 +35,32 @@ def reruns(ctx: Context, repository: str) -> int:
     return repo.rerun_failures if repo else 0
 
 
-def verdict(ctx: Context, job: Job, final: ContainerState, killed: Kill | None, started: datetime, report: Report,
-            log_truncated: bool, log_head: bytes = b"") -> Job:
+def verdict(
+    ctx: Context,
+    job: Job,
+    final: ContainerState,
+    killed: Kill | None,
+    started: datetime,
+    report: Report,
+    log_truncated: bool,
+    log_head: bytes = b"",
+) -> Job:
     """The job as its one container ended it (not yet saved)."""
     counted = reruns(ctx, job.repository)
     status, message = judge(ctx.config.runner, final, killed, report, log_head, counted)
-    return transition(job, status, utcnow(), exit_code=final.exit_code, message=message,
-                      tests=report.counts(counted), log_truncated=log_truncated,
-                      flaky=tuple(report.flaky(counted)), started_at=started,
-                      finished_at=final.finished_at or utcnow(), node=final.node or job.node)
+    return transition(
+        job,
+        status,
+        utcnow(),
+        exit_code=final.exit_code,
+        message=message,
+        tests=report.counts(counted),
+        log_truncated=log_truncated,
+        flaky=tuple(report.flaky(counted)),
+        started_at=started,
+        finished_at=final.finished_at or utcnow(),
+        node=final.node or job.node,
+    )
 
 
 def with_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tuple[Path, str]]) -> tuple[Job, Path | None]:
@@ -55,13 +72,16 @@ def with_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tuple[P
         return done, None
     try:
         return _collect_artifacts(ctx, done, root, workspaces)
-    except Exception as exc:   # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
         log.exception("job %s: artifacts not collected", done.id)
-        return dataclasses.replace(done, artifacts={"files": [], "refused": [f"not collected: {type(exc).__name__}"],
-                                                    "bytes": 0}), None
+        return dataclasses.replace(
+            done, artifacts={"files": [], "refused": [f"not collected: {type(exc).__name__}"], "bytes": 0}
+        ), None
 
 
-def _collect_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tuple[Path, str]]) -> tuple[Job, Path | None]:
+def _collect_artifacts(
+    ctx: Context, done: Job, root: Path, workspaces: list[tuple[Path, str]]
+) -> tuple[Job, Path | None]:
     repo = ctx.config.repository(done.repository)
     staged = root / "artifacts"
     shutil.rmtree(staged, ignore_errors=True)
@@ -74,20 +94,34 @@ def _collect_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tup
     return dataclasses.replace(done, coverage=covered, artifacts=found.document()), staged
 
 
-def save(ctx: Context, done: Job, report: Report, write_log: Callable[[BinaryIO], None], timings: Timings,
-         staged: Path | None, shard_logs: Sequence[Callable[[BinaryIO], None]] = ()) -> None:
+def save(
+    ctx: Context,
+    done: Job,
+    report: Report,
+    write_log: Callable[[BinaryIO], None],
+    timings: Timings,
+    staged: Path | None,
+    shard_logs: Sequence[Callable[[BinaryIO], None]] = (),
+) -> None:
     """The test history, then the result files (``result.json`` last), before the final
     state is committed."""
-    with timings.measure("history"):   # before the files, so that result.json has its time
+    with timings.measure("history"):  # before the files, so that result.json has its time
         try:
             history.record(ctx.store, done, report, reruns(ctx, done.repository))
-        except sqlite3.Error as exc:   # a store that refuses them costs the history, not the job
+        except sqlite3.Error as exc:  # a store that refuses them costs the history, not the job
             log.warning("job %s: test history not recorded (%s)", done.id, exc)
     built = ctx.environments.log_of(done.repository, done.environment) if ctx.environments else None
     try:
-        ctx.results.write(done, write_log, report.data, ctx.store.attempt_history(done.id), timings, built, staged,
-                          shard_logs=shard_logs)
+        ctx.results.write(
+            done,
+            write_log,
+            report.data,
+            ctx.store.attempt_history(done.id),
+            timings,
+            built,
+            staged,
+            shard_logs=shard_logs,
+        )
     except OSError as exc:
         raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
     crash_point("result-written")
-

@@ -16,8 +16,15 @@ from orchestrator.run.context import Context
 log = logging.getLogger("orchestrator.run")
 
 
-def conclude(ctx: Context, job: Job, reason: str, final: bool = False, container_id: str | None = None,
-             environment_log: Path | None = None, timings: dict[str, float] | None = None) -> Job:
+def conclude(
+    ctx: Context,
+    job: Job,
+    reason: str,
+    final: bool = False,
+    container_id: str | None = None,
+    environment_log: Path | None = None,
+    timings: dict[str, float] | None = None,
+) -> Job:
     """End a running attempt that got no verdict from its container: re-queued by the
     retry policy, or (retries spent, or ``final``: the image is missing) ``error`` with
     result files that say why."""
@@ -43,8 +50,9 @@ def os_reason(exc: OSError) -> str:
     return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
-def after(ctx: Context, job: Job, exc: Exception, container_id: str | None,
-          timings: dict[str, float] | None = None) -> Job:
+def after(
+    ctx: Context, job: Job, exc: Exception, container_id: str | None, timings: dict[str, float] | None = None
+) -> Job:
     """How an attempt ends when ``exc`` escaped it: what the commit declares that cannot be
     built, or a missing image, ends it ``error`` (not retried); an infrastructure failure
     is retried by the policy; anything else is a bug, logged, that must not lose the job.
@@ -60,13 +68,31 @@ def after(ctx: Context, job: Job, exc: Exception, container_id: str | None,
         log.error("job %s: internal error", job.id, exc_info=exc)
         reason, final, environment_log = f"internal error: {type(exc).__name__}: {exc}", False, None
     try:
-        return conclude(ctx, job, reason, final=final, container_id=container_id or job.container_id,
-                        environment_log=environment_log, timings=timings)
+        return conclude(
+            ctx,
+            job,
+            reason,
+            final=final,
+            container_id=container_id or job.container_id,
+            environment_log=environment_log,
+            timings=timings,
+        )
     except InvalidTransition:
         fresh = ctx.store.get(job.id)
         if fresh is None or fresh.status is not JobStatus.RUNNING or fresh.attempts != job.attempts:
-            log.warning("job %s: not concluded (%s): the store has it %s", job.id, reason,
-                        fresh.status.value if fresh else "gone")
+            log.warning(
+                "job %s: not concluded (%s): the store has it %s",
+                job.id,
+                reason,
+                fresh.status.value if fresh else "gone",
+            )
             return fresh or job
-        return conclude(ctx, fresh, reason, final=final, container_id=container_id or fresh.container_id,
-                        environment_log=environment_log, timings=timings)
+        return conclude(
+            ctx,
+            fresh,
+            reason,
+            final=final,
+            container_id=container_id or fresh.container_id,
+            environment_log=environment_log,
+            timings=timings,
+        )

@@ -23,14 +23,14 @@ class Patience:
     """How long and how often to wait for the engine. The defaults are for real engines;
     the unit tests pass shorter ones."""
 
-    wait_slice: float = 1.0       # one wait round; also how soon a cancel request is noticed
-    kill_grace: float = 30.0      # how long a killed container may take to be reported exited
-    engine_grace: float = 60.0    # how long past the timeout an unreachable engine is waited for
-    backoff_first: float = 0.5    # first pause while the engine is away, doubled up to backoff_cap
+    wait_slice: float = 1.0  # one wait round; also how soon a cancel request is noticed
+    kill_grace: float = 30.0  # how long a killed container may take to be reported exited
+    engine_grace: float = 60.0  # how long past the timeout an unreachable engine is waited for
+    backoff_first: float = 0.5  # first pause while the engine is away, doubled up to backoff_cap
     backoff_cap: float = 5.0
-    reread_tries: int = 5         # tries to read a log again after an outage: at once, then after
-    reread_first: float = 1.0     # reread_first, doubled up to 8 times that (0, 1, 2, 4, 8 s)
-    disk_every: float = 0.5       # how often the workspace's size is measured against runner.disk
+    reread_tries: int = 5  # tries to read a log again after an outage: at once, then after
+    reread_first: float = 1.0  # reread_first, doubled up to 8 times that (0, 1, 2, 4, 8 s)
+    disk_every: float = 0.5  # how often the workspace's size is measured against runner.disk
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,34 @@ class Context:
     workspaces: Workspaces
     mirrors: Mirrors
     instance: str
-    abandon: threading.Event      # set when the dispatcher leaves: running containers are left to the next start
-    cleaner: Executor             # removes finished containers and checkouts off the critical path
-    finished: Callable[[Job], None] = lambda job: None   # metrics, notifications
+    abandon: threading.Event  # set when the dispatcher leaves: running containers are left to the next start
+    cleaner: Executor  # removes finished containers and checkouts off the critical path
+    finished: Callable[[Job], None] = lambda job: None  # metrics, notifications
     engine_error: Callable[[], None] = lambda: None
     patience: Patience = field(default_factory=Patience)
-    environments: Environments | None = None   # builds environment images (None: every job in the runner image)
+    environments: Environments | None = None  # builds environment images (None: every job in the runner image)
 
     @classmethod
-    def create(cls, config: Config, store: Store, backend: Backend, mirrors: Mirrors | None = None,
-               results: ResultFiles | None = None, **hooks: object) -> "Context":
+    def create(
+        cls,
+        config: Config,
+        store: Store,
+        backend: Backend,
+        mirrors: Mirrors | None = None,
+        results: ResultFiles | None = None,
+        **hooks: object,
+    ) -> Context:
         """The context of one dispatcher over ``config``'s directories and repositories
         (``mirrors``, ``results``: the process's, else made here)."""
         return cls(
-            config=config, store=store, backend=backend,
+            config=config,
+            store=store,
+            backend=backend,
             results=results if results is not None else ResultFiles(config.results_dir),
             workspaces=Workspaces(config.state_dir / "work"),
             mirrors=mirrors if mirrors is not None else Mirrors(config.state_dir, config.repositories),
-            instance=store.instance_id(), abandon=threading.Event(),
-            cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"), **hooks,  # type: ignore[arg-type]
+            instance=store.instance_id(),
+            abandon=threading.Event(),
+            cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"),
+            **hooks,  # type: ignore[arg-type]
         )

@@ -38,7 +38,7 @@ class Adopt:
 @dataclass(frozen=True)
 class AdoptFiles:
     job: Job
-    done: Job   # the final job the files describe
+    done: Job  # the final job the files describe
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,13 @@ class Discard:
 Decision = Adopt | AdoptFiles | Requeue | Discard
 
 
-def plan(running: list[Job], containers: list[ContainerState], *, released: Callable[[Job, ContainerState], bool],
-         completed: Callable[[Job], Job | None]) -> list[Decision]:
+def plan(
+    running: list[Job],
+    containers: list[ContainerState],
+    *,
+    released: Callable[[Job, ContainerState], bool],
+    completed: Callable[[Job], Job | None],
+) -> list[Decision]:
     """What to do with each running job and each container of this instance.
     ``released``: whether a warm container's tests began; ``completed``: the final job
     that complete result files of the current attempt describe, if any."""
@@ -71,8 +76,14 @@ def plan(running: list[Job], containers: list[ContainerState], *, released: Call
     for job in running:
         current = None
         for state in by_job.pop(job.id, []):
-            if (current is None and state.labels.get(LABEL_ATTEMPT) == str(job.attempts) and not job.shards
-                    and LABEL_SHARD not in state.labels and state.phase is not Phase.CREATED and released(job, state)):
+            if (
+                current is None
+                and state.labels.get(LABEL_ATTEMPT) == str(job.attempts)
+                and not job.shards
+                and LABEL_SHARD not in state.labels
+                and state.phase is not Phase.CREATED
+                and released(job, state)
+            ):
                 current = state
             else:
                 decisions.append(Discard(state))
@@ -81,9 +92,13 @@ def plan(running: list[Job], containers: list[ContainerState], *, released: Call
         elif (done := completed(job)) is not None:
             decisions.append(AdoptFiles(job, done))
         else:
-            reason = ("the dispatcher stopped while its shards ran: a split suite runs again whole" if job.shards
-                      else "the dispatcher stopped before its container ran" if job.container_id is None
-                      else f"container {job.container_id[:12]} is gone")
+            reason = (
+                "the dispatcher stopped while its shards ran: a split suite runs again whole"
+                if job.shards
+                else "the dispatcher stopped before its container ran"
+                if job.container_id is None
+                else f"container {job.container_id[:12]} is gone"
+            )
             decisions.append(Requeue(job, reason))
     decisions += [Discard(state) for states in by_job.values() for state in states]
     return decisions
@@ -106,8 +121,9 @@ class Recovery:
             elif isinstance(decision, AdoptFiles):
                 ctx.store.apply(decision.job, decision.done)
                 ctx.workspaces.remove(decision.job.id)
-                log.info("job %s: adopted the complete result files of attempt %s", decision.job.id,
-                         decision.job.attempts)
+                log.info(
+                    "job %s: adopted the complete result files of attempt %s", decision.job.id, decision.job.attempts
+                )
             elif isinstance(decision, Requeue):
                 ctx.workspaces.remove(decision.job.id)
                 conclude(ctx, decision.job, decision.reason)  # the same policy as a failure seen live

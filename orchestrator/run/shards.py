@@ -43,13 +43,14 @@ class Shard:
     """Shard ``index`` of a split attempt: its own workspace and container, run again
     alone when the infrastructure ends it."""
 
-    def __init__(self, attempt: "SplitAttempt", index: int):
+    def __init__(self, attempt: SplitAttempt, index: int):
         self.attempt, self.index = attempt, index
         self.ws = Workspace(attempt.ws.root / f"shard-{index}")
-        self.containers: list[str] = []     # every container it had (removed at the end)
+        self.containers: list[str] = []  # every container it had (removed at the end)
         self.capped: CappedLog | None = None
         self.report = Report(None)
-        self.status, self.message = JobStatus.ERROR, "did not run"
+        self.status: JobStatus = JobStatus.ERROR
+        self.message: str | None = "did not run"
         self.final: ContainerState | None = None
         self.started: datetime | None = None
         self.tries = 0
@@ -74,7 +75,7 @@ class Shard:
     def _once(self) -> None:
         attempt = self.attempt
         ctx, job, plan = attempt.ctx, attempt.job, attempt.plan
-        if self.containers:   # the one before, if the engine still has it: the new one takes its name
+        if self.containers:  # the one before, if the engine still has it: the new one takes its name
             ctx.backend.destroy(self.containers[-1])
         remove_tree(self.ws.root)
         self.ws.src.mkdir(parents=True)
@@ -83,9 +84,18 @@ class Shard:
         (self.ws.out / PLAN_FILE).write_bytes(plan.document())
         ctx.workspaces.hand_over(self.ws)
         assert attempt.runs_in is not None
-        spec = container_spec(ctx.config.runner, ctx.instance, ctx.workspaces.container_user(), job, job.attempts,
-                              self.ws.src, self.ws.out, attempt.runs_in.image, attempt.runs_in.variables,
-                              shard=ShardSpec(self.index, plan.count, self.tries))
+        spec = container_spec(
+            ctx.config.runner,
+            ctx.instance,
+            ctx.workspaces.container_user(),
+            job,
+            job.attempts,
+            self.ws.src,
+            self.ws.out,
+            attempt.runs_in.image,
+            attempt.runs_in.variables,
+            shard=ShardSpec(self.index, plan.count, self.tries),
+        )
         container_id = ctx.backend.prepare(spec)
         self.containers.append(container_id)
         state = ctx.backend.start(container_id)
@@ -95,19 +105,30 @@ class Shard:
         self.capped = CappedLog(self.ws.spool, ctx.config.runner.max_log_bytes)
         final, killed = Watch(ctx, job, container_id, self.capped, [self.ws.src, self.ws.out]).until_exit(self.started)
         self.report = Report(ctx.backend.report(container_id, self.ws.out))
-        self.status, self.message = judge(ctx.config.runner, final, killed, self.report, self.capped.head(),
-                                          collect.reruns(ctx, job.repository))
+        self.status, self.message = judge(
+            ctx.config.runner, final, killed, self.report, self.capped.head(), collect.reruns(ctx, job.repository)
+        )
         self.final = final
 
     def summary(self) -> dict[str, Any]:
         tests = self.report.counts(collect.reruns(self.attempt.ctx, self.attempt.job.repository))
         final, started = self.final, self.started
-        duration = round((final.finished_at - started).total_seconds(), 3) \
-            if final is not None and final.finished_at and started else None
-        return summary(self.index, self.status, message=self.message, exit_code=final.exit_code if final else None,
-                       duration_s=duration, tests=tests.__dict__ if tests else None,
-                       container=self.containers[-1] if self.containers else None,
-                       node=final.node if final else None, attempts=self.tries)
+        duration = (
+            round((final.finished_at - started).total_seconds(), 3)
+            if final is not None and final.finished_at and started
+            else None
+        )
+        return summary(
+            self.index,
+            self.status,
+            message=self.message,
+            exit_code=final.exit_code if final else None,
+            duration_s=duration,
+            tests=tests.__dict__ if tests else None,
+            container=self.containers[-1] if self.containers else None,
+            node=final.node if final else None,
+            attempts=self.tries,
+        )
 
     def write_log(self, out: BinaryIO) -> None:
         if self.capped is not None:
@@ -148,15 +169,20 @@ class SplitAttempt:
 
     def _run(self) -> Job:
         crash_point("job-claimed")
-        with self.timings.measure("checkout"):   # for the environment; each shard then checks out its own
+        with self.timings.measure("checkout"):  # for the environment; each shard then checks out its own
             self.ws = self.ctx.workspaces.prepare(self.job.id)
             steps.checkout(self.ctx, self.job, self.ws)
         with self.timings.measure("environment"):
             self.runs_in = steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
         image = self.runs_in.image
         self.shards = [Shard(self, k) for k in range(1, self.plan.count + 1)]
-        self._record(image_tag=image.tag, image_id=image.id, environment=self.runs_in.document, message=None,
-                     shards=tuple(summary(s.index, JobStatus.RUNNING) for s in self.shards))
+        self._record(
+            image_tag=image.tag,
+            image_id=image.id,
+            environment=self.runs_in.document,
+            message=None,
+            shards=tuple(summary(s.index, JobStatus.RUNNING) for s in self.shards),
+        )
         log.info("job %s: %s split across %d containers", self.job.id, self.job.commit[:12], self.plan.count)
         try:
             with self.timings.measure("run"), ThreadPoolExecutor(self.plan.count, thread_name_prefix="shard") as pool:
@@ -165,10 +191,18 @@ class SplitAttempt:
             with self.timings.measure("collect"):
                 report = merge([s.report for s in self.shards])
                 done = self._verdict(report)
-                done, staged = collect.with_artifacts(self.ctx, done, self.ws.root,
-                                                      [(s.ws.src, f"shard-{s.index}") for s in self.shards])
-            collect.save(self.ctx, done, report, self._combined_log, self.timings, staged,
-                         shard_logs=[s.write_log for s in self.shards])
+                done, staged = collect.with_artifacts(
+                    self.ctx, done, self.ws.root, [(s.ws.src, f"shard-{s.index}") for s in self.shards]
+                )
+            collect.save(
+                self.ctx,
+                done,
+                report,
+                self._combined_log,
+                self.timings,
+                staged,
+                shard_logs=[s.write_log for s in self.shards],
+            )
         finally:
             for shard in self.shards:
                 shard.close()
@@ -178,7 +212,7 @@ class SplitAttempt:
         log.info("job %s: %s", self.job.id, stage)
         self._record(message=stage)
 
-    def _record(self, **facts: object) -> None:
+    def _record(self, **facts: Any) -> None:
         self.job = self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
 
     def _verdict(self, report: Report) -> Job:
@@ -192,10 +226,17 @@ class SplitAttempt:
         ends = [s.final.finished_at for s in self.shards if s.final is not None and s.final.finished_at]
         counted = collect.reruns(self.ctx, self.job.repository)
         return transition(
-            self.job, status, utcnow(), exit_code=first.final.exit_code if first.final else None, message=message,
-            tests=report.counts(counted), flaky=tuple(report.flaky(counted)),
+            self.job,
+            status,
+            utcnow(),
+            exit_code=first.final.exit_code if first.final else None,
+            message=message,
+            tests=report.counts(counted),
+            flaky=tuple(report.flaky(counted)),
             log_truncated=any(s.capped is not None and s.capped.truncated for s in self.shards),
-            finished_at=max(ends) if ends else utcnow(), shards=tuple(s.summary() for s in self.shards))
+            finished_at=max(ends) if ends else utcnow(),
+            shards=tuple(s.summary() for s in self.shards),
+        )
 
     def _combined_log(self, out: BinaryIO) -> None:
         for shard in self.shards:

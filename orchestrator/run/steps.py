@@ -44,8 +44,15 @@ def checkout(ctx: Context, job: Job, ws: Workspace) -> None:
 
 def environment(ctx: Context, job: Job, src: Path, on_build: Callable[[str], None]) -> Setup:
     """What the commit checked out in ``src`` runs in (its environment built now if need be)."""
-    return setup(ctx.config, ctx.backend, ctx.environments, job.repository, src,
-                 ctx.mirrors[job.repository].version(job.commit), on_build=on_build)
+    return setup(
+        ctx.config,
+        ctx.backend,
+        ctx.environments,
+        job.repository,
+        src,
+        ctx.mirrors[job.repository].version(job.commit),
+        on_build=on_build,
+    )
 
 
 def finish(ctx: Context, job: Job, done: Job) -> Job:

@@ -41,7 +41,7 @@ class Release:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._given = threading.Event()
-        self._state = "warm"   # -> reserved -> given, or -> withdrawn
+        self._state = "warm"  # -> reserved -> given, or -> withdrawn
         self.job: Job | None = None
 
     def reserve(self) -> bool:
@@ -64,7 +64,7 @@ class Release:
             if self._state == "warm":
                 self._state = "withdrawn"
                 return None
-        self._given.wait(patience)   # reserved: the claim is one transaction away
+        self._given.wait(patience)  # reserved: the claim is one transaction away
         return self.job
 
     def wait(self, abandon: threading.Event, poll: float = 0.2) -> Job:
@@ -92,7 +92,7 @@ class WarmStart:
 
     @staticmethod
     def attempt_of(job: Job) -> int:
-        return job.attempts + 1   # the job is not claimed yet
+        return job.attempts + 1  # the job is not claimed yet
 
     @property
     def claimed(self) -> bool:

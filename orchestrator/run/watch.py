@@ -9,16 +9,15 @@ never re-queued, and its log is read again from the engine once it answers.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from orchestrator.backends.base import ContainerState
 from orchestrator.backoff import Backoff
 from orchestrator.config import memory_bytes
-from orchestrator.backends.base import ContainerState
 from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, utcnow
@@ -83,8 +82,15 @@ class DiskWatch:
 class Watch:
     """One container of one attempt, watched until it exits."""
 
-    def __init__(self, ctx: Context, job: Job, container_id: str, log_: CappedLog, workspace: list[Path],
-                 engine_trouble: bool = False):
+    def __init__(
+        self,
+        ctx: Context,
+        job: Job,
+        container_id: str,
+        log_: CappedLog,
+        workspace: list[Path],
+        engine_trouble: bool = False,
+    ):
         self.ctx, self.job, self.container_id, self.log = ctx, job, container_id, log_
         self.engine_trouble = engine_trouble  # the output stream may have been cut: read it again
         self._backoff = Backoff(ctx.patience.backoff_first, ctx.patience.backoff_cap)
@@ -117,13 +123,24 @@ class Watch:
                 raise Abandoned()
             elapsed = (utcnow() - started).total_seconds()
             if killed is None:
-                reason = Kill.TIMEOUT if elapsed >= timeout else (
-                    Kill.CANCEL if ctx.store.cancel_requested(self.job.id) else
-                    Kill.DISK if self._disk.exceeded() else None)
+                reason = (
+                    Kill.TIMEOUT
+                    if elapsed >= timeout
+                    else (
+                        Kill.CANCEL
+                        if ctx.store.cancel_requested(self.job.id)
+                        else Kill.DISK
+                        if self._disk.exceeded()
+                        else None
+                    )
+                )
                 if reason and self._kill(reason):
                     killed, killed_at = reason, time.monotonic()
-            slice_ = patience.wait_slice if killed else min(patience.wait_slice, patience.disk_every,
-                                                             max(timeout - elapsed, 0.05))
+            slice_ = (
+                patience.wait_slice
+                if killed
+                else min(patience.wait_slice, patience.disk_every, max(timeout - elapsed, 0.05))
+            )
             try:  # every engine call of the round: a cut anywhere in it means "wait for the engine"
                 final = ctx.backend.wait(cid, slice_)
                 gone = final is None and ctx.backend.inspect(cid) is None
@@ -149,8 +166,11 @@ class Watch:
         self.ctx.abandon.wait(self._backoff.next())
 
     def _kill(self, reason: Kill) -> bool:
-        why = {Kill.TIMEOUT: f"timeout of {self.ctx.config.runner.timeout:g} s reached", Kill.CANCEL: "cancelled",
-               Kill.DISK: f"more than {self.ctx.config.runner.disk} written into its workspace"}[reason]
+        why = {
+            Kill.TIMEOUT: f"timeout of {self.ctx.config.runner.timeout:g} s reached",
+            Kill.CANCEL: "cancelled",
+            Kill.DISK: f"more than {self.ctx.config.runner.disk} written into its workspace",
+        }[reason]
         log.warning("job %s: %s, killing its container", self.job.id, why)
         try:
             self.ctx.backend.stop(self.container_id)
@@ -172,4 +192,6 @@ class Watch:
                 return
             except EngineUnavailable:
                 continue
-        self.log.write(b"\n[orchestrator: the log could not be read again after an engine outage; it may be incomplete]\n")
+        self.log.write(
+            b"\n[orchestrator: the log could not be read again after an engine outage; it may be incomplete]\n"
+        )

@@ -13,8 +13,10 @@ from orchestrator.models import Job, iso, parse_iso, utcnow
 from orchestrator.store.db import Database
 
 SEARCH, VERIFY, FOUND, FLAKY, ABANDONED = "search", "verify", "found", "flaky", "abandoned"
-_COLUMNS = ("id, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason, "
-            "started_at, finished_at")
+_COLUMNS = (
+    "id, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason, "
+    "started_at, finished_at"
+)
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,14 @@ class Bisection:
     repository: str
     branch: str
     bad_job: int
-    good: str                 # the last commit of the branch that passed
+    good: str  # the last commit of the branch that passed
     commits: tuple[str, ...]  # after ``good`` up to the failing newest, first parents, oldest first
-    low: int                  # index of the newest commit known good (-1: ``good``)
-    high: int                 # index of the oldest commit known bad
-    probe: str | None         # the commit whose result is awaited
-    phase: str                # SEARCH, VERIFY, then FOUND, FLAKY or ABANDONED
+    low: int  # index of the newest commit known good (-1: ``good``)
+    high: int  # index of the oldest commit known bad
+    probe: str | None  # the commit whose result is awaited
+    phase: str  # SEARCH, VERIFY, then FOUND, FLAKY or ABANDONED
     culprit: str | None = None
-    jobs: int = 0             # jobs this bisection started
+    jobs: int = 0  # jobs this bisection started
     reason: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -41,10 +43,20 @@ class Bisection:
 
     def document(self) -> dict:
         """What result.json (of the culprit), the API and the webhook say of it."""
-        return {"id": self.id, "repository": self.repository, "branch": self.branch, "good": self.good,
-                "bad": self.commits[-1],
-                "range": len(self.commits), "phase": self.phase, "culprit": self.culprit, "jobs": self.jobs,
-                "reason": self.reason, "started_at": iso(self.started_at), "finished_at": iso(self.finished_at)}
+        return {
+            "id": self.id,
+            "repository": self.repository,
+            "branch": self.branch,
+            "good": self.good,
+            "bad": self.commits[-1],
+            "range": len(self.commits),
+            "phase": self.phase,
+            "culprit": self.culprit,
+            "jobs": self.jobs,
+            "reason": self.reason,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }
 
 
 class Bisections:
@@ -57,8 +69,18 @@ class Bisections:
             cur = db.execute(
                 "INSERT OR IGNORE INTO bisections (repository, branch, bad_job, good, commits, low, high, phase,"
                 " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.repository, branch, job.id, good, json.dumps(commits), -1, len(commits) - 1, SEARCH,
-                 iso(utcnow())))
+                (
+                    job.repository,
+                    branch,
+                    job.id,
+                    good,
+                    json.dumps(commits),
+                    -1,
+                    len(commits) - 1,
+                    SEARCH,
+                    iso(utcnow()),
+                ),
+            )
             if cur.rowcount != 1:
                 return None
         return self.get(int(cur.lastrowid or 0))
@@ -82,16 +104,48 @@ class Bisections:
 
     def save(self, b: Bisection) -> None:
         with self._db.write() as db:
-            db.execute("UPDATE bisections SET low = ?, high = ?, probe = ?, phase = ?, culprit = ?, jobs = ?,"
-                       " reason = ?, finished_at = ? WHERE id = ?",
-                       (b.low, b.high, b.probe, b.phase, b.culprit, b.jobs, b.reason, iso(b.finished_at), b.id))
+            db.execute(
+                "UPDATE bisections SET low = ?, high = ?, probe = ?, phase = ?, culprit = ?, jobs = ?,"
+                " reason = ?, finished_at = ? WHERE id = ?",
+                (b.low, b.high, b.probe, b.phase, b.culprit, b.jobs, b.reason, iso(b.finished_at), b.id),
+            )
 
     def _select(self, where: str, args: tuple | list) -> list[Bisection]:
         return [_row(r) for r in self._db.read(f"SELECT {_COLUMNS} FROM bisections {where}", args)]
 
 
 def _row(row: tuple) -> Bisection:
-    (id_, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason,
-     started_at, finished_at) = row
-    return Bisection(id_, repository, branch, bad_job, good, tuple(json.loads(commits)), low, high, probe, phase,
-                     culprit, jobs, reason, parse_iso(started_at), parse_iso(finished_at))
+    (
+        id_,
+        repository,
+        branch,
+        bad_job,
+        good,
+        commits,
+        low,
+        high,
+        probe,
+        phase,
+        culprit,
+        jobs,
+        reason,
+        started_at,
+        finished_at,
+    ) = row
+    return Bisection(
+        id_,
+        repository,
+        branch,
+        bad_job,
+        good,
+        tuple(json.loads(commits)),
+        low,
+        high,
+        probe,
+        phase,
+        culprit,
+        jobs,
+        reason,
+        parse_iso(started_at),
+        parse_iso(finished_at),
+    )

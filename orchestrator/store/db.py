@@ -96,7 +96,7 @@ CREATE INDEX IF NOT EXISTS test_cases_by_test ON test_cases (repository, test_id
 def _version_1(db: Connection) -> None:
     """Every table as it was when versions began (an older state_dir's tables are kept:
     they are created only where missing, and its job columns are completed on open)."""
-    for statement in _TABLES.split(";"):   # one by one: executescript would end the transaction
+    for statement in _TABLES.split(";"):  # one by one: executescript would end the transaction
         if statement.strip():
             db.execute(statement)
 

@@ -22,7 +22,15 @@ from typing import Any
 
 from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
 from orchestrator.models import (
-    NORMAL_PRIORITY, TESTED_STATUSES, Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow,
+    NORMAL_PRIORITY,
+    TESTED_STATUSES,
+    Job,
+    JobStatus,
+    TestCounts,
+    iso,
+    parse_iso,
+    transition,
+    utcnow,
 )
 from orchestrator.store.db import Connection, Database, marks
 
@@ -46,15 +54,21 @@ class Field:
     declaration: str
     write: Callable[[Any], Any] = _same
     read: Callable[[Any], Any] = _same
-    saved: bool = True   # written by the compare-and-swap save
+    saved: bool = True  # written by the compare-and-swap save
 
 
 FIELDS: tuple[Field, ...] = (
     Field("id", "id", "INTEGER PRIMARY KEY AUTOINCREMENT", saved=False),
     Field("repository", "repository", "TEXT NOT NULL", saved=False),
     Field("commit", "commit_sha", "TEXT NOT NULL", saved=False),
-    Field("branches", "branches", "TEXT NOT NULL", lambda b: json.dumps(sorted(set(b))),
-          lambda v: tuple(json.loads(v)), saved=False),
+    Field(
+        "branches",
+        "branches",
+        "TEXT NOT NULL",
+        lambda b: json.dumps(sorted(set(b))),
+        lambda v: tuple(json.loads(v)),
+        saved=False,
+    ),
     Field("subject", "subject", "TEXT NOT NULL", saved=False),
     Field("status", "status", "TEXT NOT NULL", lambda s: s.value, JobStatus),
     Field("queued_at", "queued_at", "TEXT NOT NULL", iso, parse_iso, saved=False),
@@ -66,38 +80,58 @@ FIELDS: tuple[Field, ...] = (
     Field("container_id", "container_id", "TEXT"),
     Field("image_tag", "image_tag", "TEXT"),
     Field("image_id", "image_id", "TEXT"),
-    Field("tests", "tests", "TEXT", lambda t: json.dumps(t.__dict__) if t else None,
-          lambda v: TestCounts(**json.loads(v)) if v else None),
+    Field(
+        "tests",
+        "tests",
+        "TEXT",
+        lambda t: json.dumps(t.__dict__) if t else None,
+        lambda v: TestCounts(**json.loads(v)) if v else None,
+    ),
     Field("log_truncated", "log_truncated", "INTEGER NOT NULL DEFAULT 0", int, bool),
     Field("environment", "environment", "TEXT", _json_or_null, _from_json),
     Field("node", "node", "TEXT"),
     Field("priority", "priority", "INTEGER NOT NULL DEFAULT 0"),
     Field("culprit", "culprit", "TEXT", _json_or_null, _from_json),
-    Field("flaky", "flaky", "TEXT", lambda f: json.dumps(list(f)) if f else None,
-          lambda v: tuple(json.loads(v)) if v else ()),
+    Field(
+        "flaky",
+        "flaky",
+        "TEXT",
+        lambda f: json.dumps(list(f)) if f else None,
+        lambda v: tuple(json.loads(v)) if v else (),
+    ),
     Field("coverage", "coverage", "REAL"),
     Field("artifacts", "artifacts", "TEXT", _json_or_null, _from_json),
-    Field("shards", "shards", "TEXT", lambda s: json.dumps(list(s)) if s else None,
-          lambda v: tuple(json.loads(v)) if v else ()),
+    Field(
+        "shards",
+        "shards",
+        "TEXT",
+        lambda s: json.dumps(list(s)) if s else None,
+        lambda v: tuple(json.loads(v)) if v else (),
+    ),
 )
-EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)   # the store's own, not the job's
+EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)  # the store's own, not the job's
 
 COLUMNS = ", ".join(f.column for f in FIELDS)
 _SAVED = [f for f in FIELDS if f.saved]
-TABLE = ("CREATE TABLE IF NOT EXISTS jobs ("
-         + ", ".join(f"{f.column} {f.declaration}" for f in FIELDS)
-         + "".join(f", {name} {declaration}" for name, declaration in EXTRA_COLUMNS)
-         + ", UNIQUE (repository, commit_sha))")
+TABLE = (
+    "CREATE TABLE IF NOT EXISTS jobs ("
+    + ", ".join(f"{f.column} {f.declaration}" for f in FIELDS)
+    + "".join(f", {name} {declaration}" for name, declaration in EXTRA_COLUMNS)
+    + ", UNIQUE (repository, commit_sha))"
+)
 ALL_COLUMNS = [(f.column, f.declaration) for f in FIELDS[1:]] + list(EXTRA_COLUMNS)
-_UPDATE = ("UPDATE jobs SET " + ", ".join(f"{f.column} = ?" for f in _SAVED)
-           + ", cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
-           + " WHERE id = ? AND status = ? AND attempts = ?")
+_UPDATE = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{f.column} = ?" for f in _SAVED)
+    + ", cancel_requested = CASE WHEN status = 'running' AND ? = 'running' THEN cancel_requested ELSE 0 END"
+    + " WHERE id = ? AND status = ? AND attempts = ?"
+)
 _TESTED = tuple(s.value for s in TESTED_STATUSES)
 _ON_BRANCH = "EXISTS (SELECT 1 FROM json_each(jobs.branches) WHERE value = ?)"
 
 
 def job(row: Sequence[Any]) -> Job:
-    return Job(**{f.attribute: f.read(value) for f, value in zip(FIELDS, row)})
+    return Job(**{f.attribute: f.read(value) for f, value in zip(FIELDS, row, strict=True)})
 
 
 @dataclass(frozen=True)
@@ -133,8 +167,9 @@ class Jobs:
             return None
         return dict(self._db.read("SELECT branch, sha FROM heads WHERE repository = ?", (repository,)))
 
-    def record_commits(self, repository: str, commits: Sequence[NewCommit],
-                       heads: dict[str, str] | None = None) -> list[int]:
+    def record_commits(
+        self, repository: str, commits: Sequence[NewCommit], heads: dict[str, str] | None = None
+    ) -> list[int]:
         """Queue each commit once (a known commit gains the new branch names) and, when
         ``heads`` is given, make it the repository's observed progress, atomically.
         Returns the ids of the jobs that were created."""
@@ -142,14 +177,23 @@ class Jobs:
         created: list[int] = []
         with self._db.write() as db:
             for commit in commits:
-                row = db.execute("SELECT id, branches FROM jobs WHERE repository = ? AND commit_sha = ?",
-                                 (repository, commit.sha)).fetchone()
+                row = db.execute(
+                    "SELECT id, branches FROM jobs WHERE repository = ? AND commit_sha = ?", (repository, commit.sha)
+                ).fetchone()
                 if row is None:
                     cur = db.execute(
                         "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at, priority)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (repository, commit.sha, json.dumps(sorted(set(commit.branches))),
-                         commit.subject, JobStatus.QUEUED.value, now, commit.priority))
+                        (
+                            repository,
+                            commit.sha,
+                            json.dumps(sorted(set(commit.branches))),
+                            commit.subject,
+                            JobStatus.QUEUED.value,
+                            now,
+                            commit.priority,
+                        ),
+                    )
                     created.append(int(cur.lastrowid or 0))
                 else:
                     merged = sorted(set(json.loads(row[1])) | set(commit.branches))
@@ -157,8 +201,10 @@ class Jobs:
             if heads is not None:
                 db.execute("INSERT OR IGNORE INTO repositories (name, first_seen_at) VALUES (?, ?)", (repository, now))
                 db.execute("DELETE FROM heads WHERE repository = ?", (repository,))
-                db.executemany("INSERT INTO heads (repository, branch, sha) VALUES (?, ?, ?)",
-                               [(repository, b, s) for b, s in heads.items()])
+                db.executemany(
+                    "INSERT INTO heads (repository, branch, sha) VALUES (?, ?, ?)",
+                    [(repository, b, s) for b, s in heads.items()],
+                )
         return created
 
     # -- reading jobs -------------------------------------------------------------------
@@ -185,18 +231,28 @@ class Jobs:
             raise UnknownCommit(f"commit prefix {prefix} is ambiguous: give more digits or --repo")
         return found[0]
 
-    def list_jobs(self, repository: str | None = None, status: JobStatus | None = None,
-                  branch: str | None = None, limit: int = 50, offset: int = 0) -> list[Job]:
+    def list_jobs(
+        self,
+        repository: str | None = None,
+        status: JobStatus | None = None,
+        branch: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job]:
         """Newest first."""
         where: list[str] = []
         args: list[object] = []
-        for condition, value in (("repository = ?", repository), ("status = ?", status.value if status else None),
-                                 (_ON_BRANCH, branch)):
+        for condition, value in (
+            ("repository = ?", repository),
+            ("status = ?", status.value if status else None),
+            (_ON_BRANCH, branch),
+        ):
             if value:
                 where.append(condition)
                 args.append(value)
-        return self._jobs("WHERE " + " AND ".join(where) if where else "", [*args, limit, offset],
-                          "ORDER BY id DESC LIMIT ? OFFSET ?")
+        return self._jobs(
+            "WHERE " + " AND ".join(where) if where else "", [*args, limit, offset], "ORDER BY id DESC LIMIT ? OFFSET ?"
+        )
 
     def with_status(self, *statuses: JobStatus) -> list[Job]:
         """Oldest first."""
@@ -208,10 +264,13 @@ class Jobs:
 
     def attempt_history(self, job_id: int) -> list[dict[str, object]]:
         """Every ended attempt of a job, oldest first: why each retry happened."""
-        rows = self._db.read("SELECT attempt, outcome, message, container_id, started_at, ended_at FROM attempts"
-                            " WHERE job_id = ? ORDER BY attempt", (job_id,))
+        rows = self._db.read(
+            "SELECT attempt, outcome, message, container_id, started_at, ended_at FROM attempts"
+            " WHERE job_id = ? ORDER BY attempt",
+            (job_id,),
+        )
         keys = ("attempt", "outcome", "message", "container", "started_at", "ended_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def count(self, status: JobStatus) -> int:
         return int(self._db.read("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,))[0][0])
@@ -224,10 +283,11 @@ class Jobs:
         rows = self._db.read("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
         return bool(rows and rows[0][0])
 
-    def latest_on_branch(self, repository: str, branch: str, final: bool = False,
-                         before: int | None = None) -> Job | None:
+    def latest_on_branch(
+        self, repository: str, branch: str, final: bool = False, before: int | None = None
+    ) -> Job | None:
         """The newest job of ``branch`` (optionally only tested ones, older than ``before``)."""
-        where, args = f"WHERE repository = ? AND {_ON_BRANCH}", [repository, branch]
+        where, args = f"WHERE repository = ? AND {_ON_BRANCH}", list[object]([repository, branch])
         if final:
             where, args = where + f" AND status IN ({marks(_TESTED)})", [*args, *_TESTED]
         if before is not None:
@@ -238,15 +298,21 @@ class Jobs:
     def next_queued(self, besides: frozenset[int] = frozenset()) -> Job | None:
         """The job ``claim_next`` would take, without taking it; the next after ``besides``
         (jobs already started warm)."""
-        found = self._jobs(f"WHERE status = 'queued' AND id NOT IN ({marks(tuple(besides))})", tuple(besides),
-                           "ORDER BY priority DESC, id LIMIT 1")
+        found = self._jobs(
+            f"WHERE status = 'queued' AND id NOT IN ({marks(tuple(besides))})",
+            tuple(besides),
+            "ORDER BY priority DESC, id LIMIT 1",
+        )
         return found[0] if found else None
 
     def queued_on_branches(self, repository: str, branches: Sequence[str], priority: int) -> list[Job]:
         """Queued jobs of ``repository`` at ``priority`` on any of ``branches``, oldest first."""
-        return self._jobs(f"WHERE status = 'queued' AND repository = ? AND priority = ? AND EXISTS (SELECT 1 FROM "
-                          f"json_each(jobs.branches) WHERE value IN ({marks(branches)}))",
-                          (repository, priority, *branches), "ORDER BY id")
+        return self._jobs(
+            f"WHERE status = 'queued' AND repository = ? AND priority = ? AND EXISTS (SELECT 1 FROM "
+            f"json_each(jobs.branches) WHERE value IN ({marks(branches)}))",
+            (repository, priority, *branches),
+            "ORDER BY id",
+        )
 
     def previous_verdict(self, job: Job) -> JobStatus | None:
         """The final status of the newest earlier job on any of ``job``'s branches (what a
@@ -259,18 +325,27 @@ class Jobs:
 
     def pass_rate_by_day(self, repository: str, branch: str | None, since: str) -> list[tuple[str, int, int]]:
         """(day, passed, tested) for each day since ``since`` that had a run, oldest first."""
-        sql = ("SELECT substr(finished_at, 1, 10), SUM(status = 'passed'), COUNT(*) FROM jobs WHERE repository = ?"
-               f" AND status IN ({marks(_TESTED)}) AND finished_at >= ?")
+        sql = (
+            "SELECT substr(finished_at, 1, 10), SUM(status = 'passed'), COUNT(*) FROM jobs WHERE repository = ?"
+            f" AND status IN ({marks(_TESTED)}) AND finished_at >= ?"
+        )
         args: list[object] = [repository, *_TESTED, since]
         if branch is not None:
             sql, args = sql + f" AND {_ON_BRANCH}", [*args, branch]
-        return [(day, int(passed), int(total)) for day, passed, total in self._db.read(sql + " GROUP BY 1 ORDER BY 1",
-                                                                                       args)]
+        return [
+            (day, int(passed), int(total)) for day, passed, total in self._db.read(sql + " GROUP BY 1 ORDER BY 1", args)
+        ]
 
     def spans(self, since: str) -> list[tuple[str | None, str | None, str | None, str]]:
         """(queued_at, started_at, finished_at, status) of every job not finished before ``since``."""
-        return [tuple(r) for r in self._db.read("SELECT queued_at, started_at, finished_at, status FROM jobs"  # type: ignore[misc]
-                                               " WHERE finished_at IS NULL OR finished_at >= ?", (since,))]
+        return [
+            tuple(r)
+            for r in self._db.read(
+                "SELECT queued_at, started_at, finished_at, status FROM jobs"
+                " WHERE finished_at IS NULL OR finished_at >= ?",
+                (since,),
+            )
+        ]
 
     # -- changing jobs ------------------------------------------------------------------
 
@@ -305,8 +380,10 @@ class Jobs:
         with self._db.write() as db:
             current = job(db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (old.id,)).fetchone())
             if current.status is not old.status or current.attempts != old.attempts:
-                raise InvalidTransition(f"job {old.id} is {current.status.value} (attempt {current.attempts}), "
-                                        f"not {old.status.value} (attempt {old.attempts})")
+                raise InvalidTransition(
+                    f"job {old.id} is {current.status.value} (attempt {current.attempts}), "
+                    f"not {old.status.value} (attempt {old.attempts})"
+                )
             new = transition(current, status, utcnow(), **changes)
             self._save(db, current, new)
             return new
@@ -326,9 +403,18 @@ class Jobs:
         if cur.rowcount != 1:
             raise InvalidTransition(f"job {old.id} changed underneath (was {old.status.value})")
         if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
-            db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, outcome, message, container_id,"
-                       " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (old.id, old.attempts, "retried" if new.status is JobStatus.QUEUED else new.status.value,
-                        new.message, old.container_id, iso(old.started_at), iso(new.finished_at or utcnow())))
+            db.execute(
+                "INSERT OR REPLACE INTO attempts (job_id, attempt, outcome, message, container_id,"
+                " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    old.id,
+                    old.attempts,
+                    "retried" if new.status is JobStatus.QUEUED else new.status.value,
+                    new.message,
+                    old.container_id,
+                    iso(old.started_at),
+                    iso(new.finished_at or utcnow()),
+                ),
+            )
         if self._changed is not None:
             self._changed(db, old, new)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from orchestrator.store.db import Database, marks
 
-AVERAGE_WEIGHT = 0.3   # the newest run's weight in a test's moving average duration
+AVERAGE_WEIGHT = 0.3  # the newest run's weight in a test's moving average duration
 
 # A test's duration for splitting a suite (sharding.py): a moving average over its
 # passing runs, each job counted once, however often it is recorded.
@@ -17,8 +17,9 @@ _DURATION = (
     "INSERT INTO test_durations (repository, test_id, seconds, runs, job_id) VALUES (?, ?, ?, 1, ?)"
     " ON CONFLICT (repository, test_id) DO UPDATE SET"
     f" seconds = seconds * {1 - AVERAGE_WEIGHT} + excluded.seconds * {AVERAGE_WEIGHT},"
-    " runs = runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id")
-_CURRENT = "t.attempt = j.attempts"   # a job's current attempt's cases
+    " runs = runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id"
+)
+_CURRENT = "t.attempt = j.attempts"  # a job's current attempt's cases
 _ON_BRANCH = "EXISTS (SELECT 1 FROM json_each(j.branches) WHERE value = ?)"
 
 
@@ -34,24 +35,35 @@ class Tests:
     def __init__(self, db: Database):
         self._db = db
 
-    def record(self, job_id: int, attempt: int, repository: str, cases: Sequence[tuple[str, str, float]],
-               passed: Sequence[tuple[str, float]]) -> None:
+    def record(
+        self,
+        job_id: int,
+        attempt: int,
+        repository: str,
+        cases: Sequence[tuple[str, str, float]],
+        passed: Sequence[tuple[str, float]],
+    ) -> None:
         """The (test id, outcome, seconds) of one attempt, and the (test id, seconds) of those
         that passed, which join their tests' moving averages: in one transaction."""
         with self._db.write() as db:
-            db.executemany("INSERT OR REPLACE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
-                           " VALUES (?, ?, ?, ?, ?, ?)",
-                           [(job_id, attempt, repository, test, outcome, seconds) for test, outcome, seconds in cases])
+            db.executemany(
+                "INSERT OR REPLACE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(job_id, attempt, repository, test, outcome, seconds) for test, outcome, seconds in cases],
+            )
             db.executemany(_DURATION, [(repository, test, seconds, job_id) for test, seconds in passed])
 
     def count(self) -> int:
         return int(self._db.read("SELECT COUNT(*) FROM test_cases")[0][0])
 
-    def runs(self, repository: str, test_id: str, branch: str | None = None, before: int | None = None,
-             limit: int = 100) -> list[Run]:
+    def runs(
+        self, repository: str, test_id: str, branch: str | None = None, before: int | None = None, limit: int = 100
+    ) -> list[Run]:
         """The test's outcome in the newest jobs of ``branch`` (any, if None), newest first."""
-        sql = ("SELECT j.id, j.commit_sha, t.outcome, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
-               f" WHERE t.repository = ? AND t.test_id = ? AND {_CURRENT}")
+        sql = (
+            "SELECT j.id, j.commit_sha, t.outcome, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+            f" WHERE t.repository = ? AND t.test_id = ? AND {_CURRENT}"
+        )
         args: list[object] = [repository, test_id]
         if branch is not None:
             sql, args = sql + f" AND {_ON_BRANCH}", [*args, branch]
@@ -63,38 +75,55 @@ class Tests:
         """(test id, outcome, commit) of every run, within the newest ``jobs`` jobs, of each
         test that failed, erred or was flaky there at least once; by test, oldest first."""
         newest = self._db.read("SELECT COALESCE(MAX(id), 0) FROM jobs WHERE repository = ?", (repository,))[0][0]
-        return [tuple(r) for r in self._db.read(  # type: ignore[misc]
-            "SELECT t.test_id, t.outcome, j.commit_sha FROM test_cases t JOIN jobs j ON j.id = t.job_id"
-            f" WHERE t.repository = ? AND {_CURRENT} AND j.id > ? AND t.test_id IN"
-            " (SELECT DISTINCT test_id FROM test_cases WHERE repository = ? AND job_id > ?"
-            "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.id",
-            (repository, newest - jobs, repository, newest - jobs))]
+        return [
+            tuple(r)
+            for r in self._db.read(
+                "SELECT t.test_id, t.outcome, j.commit_sha FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+                f" WHERE t.repository = ? AND {_CURRENT} AND j.id > ? AND t.test_id IN"
+                " (SELECT DISTINCT test_id FROM test_cases WHERE repository = ? AND job_id > ?"
+                "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.id",
+                (repository, newest - jobs, repository, newest - jobs),
+            )
+        ]
 
     def outcomes(self, repository: str, test_id: str, commits: Sequence[str]) -> dict[str, str]:
         """The test's outcome at each of ``commits`` that was tested (its job's current attempt)."""
         if not commits:
             return {}
-        return dict(self._db.read(
-            "SELECT j.commit_sha, t.outcome FROM test_cases t JOIN jobs j ON j.id = t.job_id WHERE t.repository = ?"
-            f" AND t.test_id = ? AND {_CURRENT} AND j.commit_sha IN ({marks(commits)})",
-            [repository, test_id, *commits]))
+        return dict(
+            self._db.read(
+                "SELECT j.commit_sha, t.outcome FROM test_cases t JOIN jobs j ON j.id = t.job_id WHERE t.repository = ?"
+                f" AND t.test_id = ? AND {_CURRENT} AND j.commit_sha IN ({marks(commits)})",
+                [repository, test_id, *commits],
+            )
+        )
 
     def seconds_of_jobs(self, job_ids: Sequence[int]) -> list[tuple[str, float]]:
         """(test id, seconds) of each case of these jobs' current attempts, by job."""
-        return [tuple(r) for r in self._db.read(  # type: ignore[misc]
-            f"SELECT t.test_id, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
-            f" WHERE t.job_id IN ({marks(job_ids)}) AND {_CURRENT} ORDER BY t.job_id", list(job_ids))]
+        return [
+            tuple(r)
+            for r in self._db.read(
+                f"SELECT t.test_id, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+                f" WHERE t.job_id IN ({marks(job_ids)}) AND {_CURRENT} ORDER BY t.job_id",
+                list(job_ids),
+            )
+        ]
 
     def durations(self, repository: str, limit: int) -> dict[str, float]:
         """Each test's moving average duration (for splitting a suite)."""
-        return dict(self._db.read("SELECT test_id, seconds FROM test_durations WHERE repository = ? LIMIT ?",
-                                 (repository, limit)))
+        return dict(
+            self._db.read(
+                "SELECT test_id, seconds FROM test_durations WHERE repository = ? LIMIT ?", (repository, limit)
+            )
+        )
 
     def suite_seconds(self, repository: str) -> float | None:
         """The test time of the newest passing run of ``repository`` (None: none yet)."""
         rows = self._db.read(
             f"SELECT SUM(t.seconds) FROM test_cases t JOIN jobs j ON j.id = t.job_id AND {_CURRENT}"
-            " WHERE j.id = (SELECT MAX(id) FROM jobs WHERE repository = ? AND status = 'passed')", (repository,))
+            " WHERE j.id = (SELECT MAX(id) FROM jobs WHERE repository = ? AND status = 'passed')",
+            (repository,),
+        )
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     def overheads(self, repository: str, limit: int = 20) -> list[float]:
@@ -103,5 +132,7 @@ class Tests:
             "SELECT (julianday(j.finished_at) - julianday(j.started_at)) * 86400 - SUM(t.seconds)"
             f" FROM jobs j JOIN test_cases t ON t.job_id = j.id AND {_CURRENT}"
             " WHERE j.repository = ? AND j.status = 'passed' AND j.shards IS NULL"
-            " GROUP BY j.id ORDER BY j.id DESC LIMIT ?", (repository, limit))
+            " GROUP BY j.id ORDER BY j.id DESC LIMIT ?",
+            (repository, limit),
+        )
         return [row[0] for row in rows if row[0] is not None]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.backends.base import MAX_REPORT_BYTES
 from orchestrator.jobs import JobRef, LocalJobs
@@ -21,6 +22,7 @@ from orchestrator.metrics import CONTENT_TYPE, Metrics
 from orchestrator.models import JobStatus, subject_line
 from orchestrator.store import NewCommit
 from orchestrator.workspace import read_regular_file
+
 
 def _text(value: str) -> str:
     """Text that can reach git and the store: no control characters, no lone surrogates."""
@@ -138,13 +140,17 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[dict[str, Any]]:
-    return jobs.list(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
+    return jobs.list_jobs(repository=repository, status=status, branch=branch, limit=limit, offset=offset)
 
 
 @router.get("/api/tests/{repository}/{test_id:path}")
-def get_test_runs(repository: str, test_id: Annotated[str, PathParam(max_length=2000)], jobs: Jobs,
-                  branch: Annotated[str | None, Query(max_length=255)] = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+def get_test_runs(
+    repository: str,
+    test_id: Annotated[str, PathParam(max_length=2000)],
+    jobs: Jobs,
+    branch: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
     return jobs.insight.test_runs(repository, test_id, branch, limit)
 
 
@@ -173,8 +179,11 @@ def list_bisections(
 
 
 @router.get("/api/jobs/find")
-def find_job(jobs: Jobs, commit: Annotated[str, Query(max_length=40)],
-             repository: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
+def find_job(
+    jobs: Jobs,
+    commit: Annotated[str, Query(max_length=40)],
+    repository: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
     """The job of the commit a sha prefix names (what the command line names jobs by)."""
     return jobs.show(JobRef(commit=commit, repository=repository))
 
@@ -195,8 +204,13 @@ def get_failures(job_id: JobId, jobs: Jobs) -> list[dict[str, Any]]:
 
 
 @router.get("/api/jobs/{job_id}/log")
-async def get_log(job_id: JobId, jobs: Jobs, request: Request, follow: bool = True,
-                  shard: Annotated[int | None, Query(ge=1, le=64)] = None) -> Response:
+async def get_log(
+    job_id: JobId,
+    jobs: Jobs,
+    request: Request,
+    follow: bool = True,
+    shard: Annotated[int | None, Query(ge=1, le=64)] = None,
+) -> Response:
     """The log (``shard``: one shard's of a split suite): followed live while the container
     runs (web/live.py: no thread per follower), what it printed so far without ``follow``,
     then the result file."""
@@ -204,13 +218,19 @@ async def get_log(job_id: JobId, jobs: Jobs, request: Request, follow: bool = Tr
     saved, container = await run_in_threadpool(jobs.log_source, job, shard)
     if follow and job.status is JobStatus.RUNNING and container and jobs.backend is not None:
         live = request.app.state.live.follow(request, container, saved)
-        return StreamingResponse(live, media_type="text/plain; charset=utf-8",
-                                 headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+        return StreamingResponse(
+            live,
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
+        )
     _, stream = await run_in_threadpool(jobs.open_log, JobRef(id=job_id), follow, shard)
     if stream is None:
         return Response(b"", media_type="text/plain; charset=utf-8", headers={"X-Log": "none"})
-    return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
-                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+    return StreamingResponse(
+        stream,
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
+    )
 
 
 @router.get("/api/jobs/{job_id}/environment.log")
@@ -234,9 +254,11 @@ def get_artifact(job_id: JobId, name: Annotated[str, PathParam(max_length=1000)]
     if data is None:
         raise HTTPException(404, f"job {job_id}: artifact {name[:200]!r} is gone")
     filename = name.rsplit("/", 1)[-1].encode("ascii", "replace").decode().replace('"', "_")
-    return Response(data, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
-                             "X-Content-Type-Options": "nosniff"})
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.post("/api/jobs/{job_id}/cancel", status_code=202, dependencies=guarded)

@@ -20,7 +20,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import Config
 from orchestrator.errors import (
-    Conflict, EngineUnavailable, OrchestratorError, RepositoryError, UnknownCommit, UnknownRepository, UsageError,
+    Conflict,
+    EngineUnavailable,
+    OrchestratorError,
+    RepositoryError,
+    UnknownCommit,
+    UnknownRepository,
+    UsageError,
 )
 from orchestrator.jobs import LocalJobs
 from orchestrator.metrics import Metrics
@@ -32,8 +38,12 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 # most specific first: the first class an error is an instance of gives its status
 _STATUS: list[tuple[type[OrchestratorError], int]] = [
-    (UnknownCommit, 404), (UnknownRepository, 404), (Conflict, 409), (UsageError, 422),
-    (RepositoryError, 503), (EngineUnavailable, 503),
+    (UnknownCommit, 404),
+    (UnknownRepository, 404),
+    (Conflict, 409),
+    (UsageError, 422),
+    (RepositoryError, 503),
+    (EngineUnavailable, 503),
 ]
 
 
@@ -46,9 +56,12 @@ def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
     token = config.dispatcher.api_token
     app.state.jobs, app.state.metrics, app.state.token_required = jobs, metrics, token is not None
     app.state.guard = Guard(token, observer_key(config.state_dir) if token is None else None)
-    app.state.live = LiveLogs(lambda container_id: jobs.backend().logs(container_id, follow=True),  # type: ignore[misc]
-                              cap=config.runner.max_log_bytes, per_job=config.dispatcher.max_followers_per_job,
-                              overall=config.dispatcher.max_followers)
+    app.state.live = LiveLogs(
+        lambda container_id: jobs.backend().logs(container_id, follow=True),  # type: ignore[misc]
+        cap=config.runner.max_log_bytes,
+        per_job=config.dispatcher.max_followers_per_job,
+        overall=config.dispatcher.max_followers,
+    )
     app.include_router(api.router)
     app.include_router(pages.router)
     return app

@@ -55,8 +55,11 @@ class Guard:
             raise HTTPException(403, f"requests from {origin[:100]} cannot change anything here")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json" and CLIENT_HEADER.lower() not in request.headers:
-            raise HTTPException(403, f"a request that changes something needs Content-Type: application/json "
-                                     f"or the header {CLIENT_HEADER}: 1")
+            raise HTTPException(
+                403,
+                f"a request that changes something needs Content-Type: application/json "
+                f"or the header {CLIENT_HEADER}: 1",
+            )
         if self.token is not None and not _matches(request.headers.get("authorization"), "Bearer", self.token):
             raise HTTPException(401, "missing or wrong api token (Authorization: Bearer <token>)")
 
@@ -65,8 +68,11 @@ class Guard:
         if self.token is not None:
             return  # change() has checked the token
         if self.observer_key is None or not _matches(request.headers.get("x-observer-key"), None, self.observer_key):
-            raise HTTPException(403, f"only the observer may record progress (heads): it sends the key in "
-                                     f"<state_dir>/{OBSERVER_KEY_FILE} as X-Observer-Key")
+            raise HTTPException(
+                403,
+                f"only the observer may record progress (heads): it sends the key in "
+                f"<state_dir>/{OBSERVER_KEY_FILE} as X-Observer-Key",
+            )
 
 
 def _matches(header: str | None, scheme: str | None, secret: str) -> bool:

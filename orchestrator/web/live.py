@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request
 
-POLL = 0.2             # how often a follower looks for new output
+POLL = 0.2  # how often a follower looks for new output
 DISCONNECT_EVERY = 1.0  # how often a follower asks whether its client is still there
 
 
@@ -35,8 +35,9 @@ class LiveLog:
         try:
             for chunk in stream:
                 if self.size + len(chunk) > self._cap:
-                    self.chunks.append(b"\n[orchestrator: the live view stops here; the saved log keeps "
-                                       b"the head and the tail]\n")
+                    self.chunks.append(
+                        b"\n[orchestrator: the live view stops here; the saved log keeps the head and the tail]\n"
+                    )
                     break
                 self.chunks.append(chunk)
                 self.size += len(chunk)

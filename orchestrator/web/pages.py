@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path as PathParam, Request
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-
 from markupsafe import Markup
 
 from orchestrator.jobs import JobRef
-from orchestrator.web.charts import Bar, bar_chart, sparkline
 from orchestrator.web.api import Jobs
+from orchestrator.web.charts import Bar, bar_chart, sparkline
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 JobId = Annotated[int, PathParam(ge=1, le=2**62)]
@@ -54,29 +54,58 @@ def _coverage_badge(jobs: Jobs, name: str, branch: str) -> Response:
         label = ("unknown", "#9f9f9f")
     else:
         label = (f"{value:.0f}%", "#2ea44f" if value >= 80 else "#dbab09" if value >= 50 else "#cb2431")
-    return Response(badge_svg(*label, label="coverage"), media_type="image/svg+xml",
-                    headers={"Cache-Control": "no-cache"})
+    return Response(
+        badge_svg(*label, label="coverage"), media_type="image/svg+xml", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, jobs: Jobs) -> Response:
     health = jobs.health()["repositories"]
-    repos = [{"name": r.name, "url": r.url, "branches": jobs.branches(r.name), "health": health[r.name]}
-             for r in jobs.config.repositories]
+    repos = [
+        {"name": r.name, "url": r.url, "branches": jobs.branches(r.name), "health": health[r.name]}
+        for r in jobs.config.repositories
+    ]
     load = jobs.insight.load()
-    charts = {f"{kind}_chart": Markup(bar_chart(
-        [Bar(f"{p['at'][11:16]} UTC: {p[kind]} {kind}", p[kind], "skipped" if kind == "queued" else "passed")
-         for p in load], f"jobs {kind} each minute of the last hour, oldest first; now {load[-1][kind]}",
-        unit="jobs", width=360, height=60)) for kind in ("queued", "running")}
-    return TEMPLATES.TemplateResponse(request, "index.html", {"repos": repos, "jobs": jobs.list(limit=50), **charts,
-                                                              "token_required": request.app.state.token_required})
+    charts = {
+        f"{kind}_chart": Markup(
+            bar_chart(
+                [
+                    Bar(f"{p['at'][11:16]} UTC: {p[kind]} {kind}", p[kind], "skipped" if kind == "queued" else "passed")
+                    for p in load
+                ],
+                f"jobs {kind} each minute of the last hour, oldest first; now {load[-1][kind]}",
+                unit="jobs",
+                width=360,
+                height=60,
+            )
+        )
+        for kind in ("queued", "running")
+    }
+    return TEMPLATES.TemplateResponse(
+        request,
+        "index.html",
+        {
+            "repos": repos,
+            "jobs": jobs.list_jobs(limit=50),
+            **charts,
+            "token_required": request.app.state.token_required,
+        },
+    )
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
     job = jobs.show(JobRef(id=job_id))
-    return TEMPLATES.TemplateResponse(request, "job.html", {"job": job, "deliveries": jobs.deliveries(JobRef(id=job_id)),
-                                                            "token_required": request.app.state.token_required})
+    return TEMPLATES.TemplateResponse(
+        request,
+        "job.html",
+        {
+            "job": job,
+            "deliveries": jobs.deliveries(JobRef(id=job_id)),
+            "token_required": request.app.state.token_required,
+        },
+    )
 
 
 @router.get("/repos/{name}", response_class=HTMLResponse)
@@ -86,31 +115,64 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
     data = jobs.insight.trends(name, branch[:255] if branch else None)
     where = f"{name}{'/' + branch if branch else ''}"
     runs = data["runs"]
-    durations = bar_chart([Bar(f"{r['commit'][:10]}: {r['status']}, {r['duration_s']:.1f} s", r["duration_s"],
-                               r["status"]) for r in runs],
-                          f"duration of the last {len(runs)} runs of {where}, oldest first, coloured by status")
+    durations = bar_chart(
+        [
+            Bar(f"{r['commit'][:10]}: {r['status']}, {r['duration_s']:.1f} s", r["duration_s"], r["status"])
+            for r in runs
+        ],
+        f"duration of the last {len(runs)} runs of {where}, oldest first, coloured by status",
+    )
     rates = data["pass_rate"]
-    pass_rate = bar_chart([Bar(f"{d['day']}: {d['passed']} of {d['tested']} passed", 100 * d["passed"] / d["tested"],
-                               "passed" if d["passed"] == d["tested"] else "failed") for d in rates],
-                          f"pass rate per day of {where}, {len(rates)} days", unit="%", top=100, height=100)
+    pass_rate = bar_chart(
+        [
+            Bar(
+                f"{d['day']}: {d['passed']} of {d['tested']} passed",
+                100 * d["passed"] / d["tested"],
+                "passed" if d["passed"] == d["tested"] else "failed",
+            )
+            for d in rates
+        ],
+        f"pass rate per day of {where}, {len(rates)} days",
+        unit="%",
+        top=100,
+        height=100,
+    )
     covered = [r for r in runs if r.get("coverage") is not None]
-    coverage = bar_chart([Bar(f"{r['commit'][:10]}: {r['coverage']:.1f} % of lines", r["coverage"], "passed")
-                          for r in covered], f"line coverage of the last {len(covered)} runs of {where} that measured it",
-                         unit="%", top=100, height=80)
-    slowest = [{**s, "spark": Markup(sparkline(s["recent_s"], f"{s['test_id']}: last {len(s['recent_s'])} durations"))}
-               for s in data["slowest"]]
+    coverage = bar_chart(
+        [Bar(f"{r['commit'][:10]}: {r['coverage']:.1f} % of lines", r["coverage"], "passed") for r in covered],
+        f"line coverage of the last {len(covered)} runs of {where} that measured it",
+        unit="%",
+        top=100,
+        height=80,
+    )
+    slowest = [
+        {**s, "spark": Markup(sparkline(s["recent_s"], f"{s['test_id']}: last {len(s['recent_s'])} durations"))}
+        for s in data["slowest"]
+    ]
     branches = [b for b, _ in jobs.branches(name)]
-    return TEMPLATES.TemplateResponse(request, "repository.html", {
-        "repository": name, "branch": branch, "branches": branches, "runs": runs, "rates": rates,
-        "durations": Markup(durations), "pass_rate": Markup(pass_rate), "slowest": slowest,
-        "coverage": Markup(coverage) if covered else None,
-        "token_required": request.app.state.token_required})
+    return TEMPLATES.TemplateResponse(
+        request,
+        "repository.html",
+        {
+            "repository": name,
+            "branch": branch,
+            "branches": branches,
+            "runs": runs,
+            "rates": rates,
+            "durations": Markup(durations),
+            "pass_rate": Markup(pass_rate),
+            "slowest": slowest,
+            "coverage": Markup(coverage) if covered else None,
+            "token_required": request.app.state.token_required,
+        },
+    )
 
 
 @router.get("/flaky", response_class=HTMLResponse)
 def flaky_page(request: Request, jobs: Jobs) -> Response:
-    return TEMPLATES.TemplateResponse(request, "flaky.html", {"tests": jobs.insight.flaky(),
-                                                              "token_required": request.app.state.token_required})
+    return TEMPLATES.TemplateResponse(
+        request, "flaky.html", {"tests": jobs.insight.flaky(), "token_required": request.app.state.token_required}
+    )
 
 
 @router.get("/tests/{name}/{test_id:path}", response_class=HTMLResponse)
@@ -119,19 +181,32 @@ def test_page(request: Request, name: str, test_id: str, jobs: Jobs, branch: str
     runs = list(reversed(jobs.insight.test_runs(name, test_id[:2000], branch[:255] if branch else None, limit=100)))
     bars = [Bar(f"{r['commit'][:10]}: {r['outcome']}, {r['seconds']:.3f} s", r["seconds"], r["outcome"]) for r in runs]
     failed = sum(1 for r in runs if r["outcome"] in ("failed", "error"))
-    summary = (f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}, "
-               f"oldest first; {failed} failed")
-    return TEMPLATES.TemplateResponse(request, "test.html", {
-        "repository": name, "test_id": test_id, "branch": branch, "runs": runs, "failed": failed,
-        "chart": Markup(bar_chart(bars, summary)), "token_required": request.app.state.token_required})
+    summary = (
+        f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}, "
+        f"oldest first; {failed} failed"
+    )
+    return TEMPLATES.TemplateResponse(
+        request,
+        "test.html",
+        {
+            "repository": name,
+            "test_id": test_id,
+            "branch": branch,
+            "runs": runs,
+            "failed": failed,
+            "chart": Markup(bar_chart(bars, summary)),
+            "token_required": request.app.state.token_required,
+        },
+    )
 
 
 def badge_svg(message: str, colour: str, label: str = "tests") -> bytes:
     left, right = 6 * len(label) + 12, 6 * len(message) + 12
     width = left + right
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" aria-label="{label}: {message}">'
-        f'<title>{label}: {message}</title>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" '
+        f'aria-label="{label}: {message}">'
+        f"<title>{label}: {message}</title>"
         f'<rect width="{left}" height="20" fill="#555"/><rect x="{left}" width="{right}" height="20" fill="{colour}"/>'
         f'<g fill="#fff" text-anchor="middle" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11">'
         f'<text x="{left / 2}" y="14">{label}</text><text x="{left + right / 2}" y="14">{message}</text></g></svg>'

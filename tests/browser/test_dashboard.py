@@ -33,7 +33,13 @@ def browser():
         pytest.fail("chromium and chromedriver are needed (scripts/setup.sh installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     chrome = webdriver.Chrome(options=options, service=Service(driver))
     yield chrome
@@ -43,7 +49,8 @@ def browser():
 def row_status(browser, sha: str) -> str | None:
     """The status shown in the commit list (read in one go: the rows are re-rendered live)."""
     rows = browser.execute_script(
-        "return [...document.querySelectorAll('#jobs tbody tr')].map(r => [r.textContent, r.dataset.status]);")
+        "return [...document.querySelectorAll('#jobs tbody tr')].map(r => [r.textContent, r.dataset.status]);"
+    )
     return next((status for text, status in rows if sha[:10] in text), None)
 
 
@@ -65,7 +72,9 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     log = browser.find_element(By.ID, "log")
     first = orch.wait_for(lambda: len(log.text) if "test_step_1" in log.text else 0, timeout=30)
     assert browser.find_element(By.ID, "status").text == "running"
-    grown = orch.wait_for(lambda: len(log.text) if len(log.text) > first and "test_step_4" in log.text else 0, timeout=30)
+    grown = orch.wait_for(
+        lambda: len(log.text) if len(log.text) > first and "test_step_4" in log.text else 0, timeout=30
+    )
     assert grown > first
     # then it fails, and the failing test's message is shown on top
     assert orch.wait_for(lambda: browser.find_element(By.ID, "status").text == "failed", timeout=60)
@@ -73,7 +82,7 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     assert "test_answer" in failure.text and "the answer should be 42" in failure.text
     assert "1 failed" in orch.wait_for(lambda: log.text if "1 failed" in log.text else "", timeout=15)
     record = browser.find_element(By.CSS_SELECTOR, ".failure .record")
-    assert "new failure" in record.text and "no earlier run of it" in record.text   # it is a new test
+    assert "new failure" in record.text and "no earlier run of it" in record.text  # it is a new test
     if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
         browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "job.png"))
     browser.get(base + "/")
@@ -88,7 +97,7 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     chart = browser.find_element(By.CSS_SELECTOR, "#durations svg")
     assert "duration of the last 3 runs" in chart.get_attribute("aria-label")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#slowest .spark")) >= 1
-    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):   # ORCHESTRATOR_SCREENSHOTS=docs: the README's picture
+    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):  # ORCHESTRATOR_SCREENSHOTS=docs: the README's picture
         browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "branch.png"))
     browser.get(base + "/")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".load rect.bar")) == 2 * 61
@@ -110,8 +119,9 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     """One commit, its suite split across two containers, one test failing and then passing
     on re-run: the Flaky tests page ranks it; the front page's row of the commit opens to
     its two shards (and stays open while the list refreshes); the job page lists them."""
-    sha = orch.repo.commit("flaky, split", {"tests/test_f.py": FLAKY_ONCE,
-                                             "tests/test_g.py": "def test_fine():\n    pass\n"})
+    sha = orch.repo.commit(
+        "flaky, split", {"tests/test_f.py": FLAKY_ONCE, "tests/test_g.py": "def test_fine():\n    pass\n"}
+    )
     orch.configure(runner={"parallelism": 2}, repository={"shards": 2, "rerun_failures": 1})
     run = orch.start("run")
     base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
@@ -122,18 +132,21 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     row = orch.wait_for(lambda: browser.find_elements(By.XPATH, "//td[contains(., 'test_flaky_once')]"), timeout=15)
     assert "tests.test_f::test_flaky_once" in row[0].text
     if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
-        browser.find_element(By.TAG_NAME, "main").screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"],
-                                                                          "flaky.png"))
+        browser.find_element(By.TAG_NAME, "main").screenshot(
+            os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "flaky.png")
+        )
     browser.get(base + "/")
     summary = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs details.shards summary"), timeout=15)
     assert summary[0].text == "2 shards"
     summary[0].click()
     shown = lambda: [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#jobs details.shards[open] li")]  # noqa: E731
     assert len(orch.wait_for(shown, timeout=5)) == 2
-    browser.execute_script("return new Promise(r => setTimeout(r, 2500));")   # two refreshes of the list
+    browser.execute_script("return new Promise(r => setTimeout(r, 2500));")  # two refreshes of the list
     assert [text.split()[0] for text in shown()] == ["passed", "passed"]
     if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
-        browser.find_element(By.ID, "jobs").screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "shards.png"))
+        browser.find_element(By.ID, "jobs").screenshot(
+            os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "shards.png")
+        )
     browser.get(base + f"/jobs/{orch.result(sha)['id']}")
     rows = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#shards tbody tr"), timeout=15)
     assert len(rows) == 2 and "output.1.log" in rows[0].text
@@ -143,6 +156,7 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
 
 def _up(base: str) -> bool:
     import requests
+
     try:
         return requests.get(base + "/healthz", timeout=2).ok
     except requests.RequestException:
@@ -173,8 +187,12 @@ def test_a_page_of_another_origin_cannot_act_for_the_user(orch, browser, tmp_pat
     site = tmp_path / "evil"
     site.mkdir()
     (site / "index.html").write_text(ATTACK.format(base=base))
-    evil = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port := free_port())],
-                            cwd=site, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    evil = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port := free_port())],
+        cwd=site,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         orch.wait_for(lambda: _answers(f"http://127.0.0.1:{port}/index.html"), timeout=30)
         browser.get(f"http://127.0.0.1:{port}/index.html")
@@ -186,6 +204,7 @@ def test_a_page_of_another_origin_cannot_act_for_the_user(orch, browser, tmp_pat
     assert job["status"] == "passed" and job["attempts"] == 1  # nothing happened
     browser.get(f"{base}/jobs/1")
     browser.find_element(By.ID, "retry").click()
+
     def retried() -> bool:
         job = requests.get(f"{base}/api/jobs/1", timeout=5).json()
         return job["attempts"] == 2 and job["status"] == "passed"

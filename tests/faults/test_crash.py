@@ -19,8 +19,7 @@ def _three_commits(orch, seconds: float = 0.5) -> list[str]:
     orch.repo.commit("root", PASSING)
     orch.configure(runner={"parallelism": 2}, retries=2)
     assert orch.cli("run", "--once").returncode == 0  # first sight: the root only
-    return [orch.repo.commit(f"c{i}", {"tests/test_slow.py": SLOW.format(seconds=seconds + i / 10)})
-            for i in range(3)]
+    return [orch.repo.commit(f"c{i}", {"tests/test_slow.py": SLOW.format(seconds=seconds + i / 10)}) for i in range(3)]
 
 
 def _one_final_result_each(orch, shas: list[str]) -> list[dict]:
@@ -35,13 +34,16 @@ def _one_final_result_each(orch, shas: list[str]) -> list[dict]:
     return results
 
 
-@pytest.mark.parametrize("point, attempts", [
-    ("job-claimed", 2),         # no container yet: re-queued as a new attempt
-    ("container-created", 2),   # created, never started: removed and re-queued
-    ("container-started", 1),   # running: re-adopted, not re-run
-    ("result-written", 1),      # exited, files written: collected, not re-run
-    ("job-finished", 1),        # final state committed: only the clean-up is left
-])
+@pytest.mark.parametrize(
+    "point, attempts",
+    [
+        ("job-claimed", 2),  # no container yet: re-queued as a new attempt
+        ("container-created", 2),  # created, never started: removed and re-queued
+        ("container-started", 1),  # running: re-adopted, not re-run
+        ("result-written", 1),  # exited, files written: collected, not re-run
+        ("job-finished", 1),  # final state committed: only the clean-up is left
+    ],
+)
 def test_sigkill_at_each_step(orch, point: str, attempts: int) -> None:
     shas = _three_commits(orch)
     crashed = orch.cli("run", "--once", env={"ORCHESTRATOR_CRASH_AT": point})
@@ -75,7 +77,7 @@ def test_sigkill_while_containers_run_readopts_them(orch) -> None:
     assert restarted.returncode == 0, restarted.stderr
     assert "re-attached" in restarted.stderr
     results = _one_final_result_each(orch, shas)
-    by_sha = dict(zip(shas, results))
+    by_sha = dict(zip(shas, results, strict=True))
     for sha, container_id in seen.items():
         assert by_sha[sha]["container"] == container_id and by_sha[sha]["attempts"] == 1
 
@@ -88,8 +90,13 @@ def test_sigkill_with_a_full_warm_pool(orch) -> None:
     assert orch.cli("run", "--once").returncode == 0
     shas = [orch.repo.commit(f"c{i}", {"tests/test_slow.py": SLOW.format(seconds=4 + i / 10)}) for i in range(4)]
     run = orch.start("run")
-    orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"
-                               and c.labels.get("orchestrator.warm") == "1"]) == 2, timeout=60)
+    orch.wait_for(
+        lambda: (
+            len([c for c in orch.containers() if c.status == "running" and c.labels.get("orchestrator.warm") == "1"])
+            == 2
+        ),
+        timeout=60,
+    )
     running = {c.labels["orchestrator.job"] for c in orch.containers() if c.labels.get("orchestrator.warm") != "1"}
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=10)
@@ -147,14 +154,16 @@ def test_sigkill_during_a_flood_keeps_the_head_and_an_honest_count(orch) -> None
     """The engine's copy of a flooding log is bounded by rotation: after a kill -9 and a
     re-attach, the saved log still begins where the output began, and says how much is
     missing as a lower bound, never more than really is."""
-    flood = ("import sys, time\n"
-             "def test_flood(capfd):\n"
-             "    line = b'y' * (1024 * 1024 - 1) + b'\\n'\n"
-             "    with capfd.disabled():\n"
-             "        for _ in range(24):\n"
-             "            sys.stdout.buffer.write(line)\n"
-             "            sys.stdout.flush()\n"
-             "            time.sleep(0.25)\n")
+    flood = (
+        "import sys, time\n"
+        "def test_flood(capfd):\n"
+        "    line = b'y' * (1024 * 1024 - 1) + b'\\n'\n"
+        "    with capfd.disabled():\n"
+        "        for _ in range(24):\n"
+        "            sys.stdout.buffer.write(line)\n"
+        "            sys.stdout.flush()\n"
+        "            time.sleep(0.25)\n"
+    )
     sha = orch.repo.commit("flood", {"tests/test_flood.py": flood, "tests/conftest.py": ""})
     orch.configure(runner={"max_log_bytes": 2_000_000, "timeout": 120})
     run = orch.start("run")
@@ -182,13 +191,13 @@ def test_a_webhook_is_sent_after_a_kill_between_the_final_status_and_its_deliver
     orch.configure(notify={"webhooks": [webhooks.url], "on": "all"})
     crashed = orch.cli("run", "--once", env={"ORCHESTRATOR_CRASH_AT": "job-finished"})
     assert crashed.returncode == -signal.SIGKILL
-    assert webhooks.received == []   # killed before anything was sent
+    assert webhooks.received == []  # killed before anything was sent
     restarted = orch.cli("run", "--once")
     assert restarted.returncode == 0, restarted.stderr
     job_id = orch.result(sha)["id"]
     assert webhooks.keys == [f"job-{job_id}-attempt-1-job.finished"]
     assert webhooks.received[0]["job"]["status"] == "passed"
-    again = orch.cli("run", "--once")   # a third start sends nothing more
+    again = orch.cli("run", "--once")  # a third start sends nothing more
     assert again.returncode == 0 and len(webhooks.received) == 1
     assert orch.containers() == []
 
@@ -196,12 +205,17 @@ def test_a_webhook_is_sent_after_a_kill_between_the_final_status_and_its_deliver
 def test_sigkill_while_a_split_suite_runs_runs_it_again_whole(orch) -> None:
     """A split attempt is not re-attached: after kill -9 its shard containers are removed and
     the commit runs again, split, as attempt 2, with every test once."""
-    sha = orch.repo.commit("two files", {"tests/test_one.py": SLOW.format(seconds=4),
-                                         "tests/test_two.py": SLOW.format(seconds=4)})
+    sha = orch.repo.commit(
+        "two files", {"tests/test_one.py": SLOW.format(seconds=4), "tests/test_two.py": SLOW.format(seconds=4)}
+    )
     orch.configure(runner={"parallelism": 2}, repository={"shards": 2}, retries=2)
     run = orch.start("run")
-    first = orch.wait_for(lambda: {c.id for c in orch.containers() if c.status == "running"
-                                   and c.labels.get("orchestrator.shard")} or None, timeout=60)
+    first = orch.wait_for(
+        lambda: (
+            {c.id for c in orch.containers() if c.status == "running" and c.labels.get("orchestrator.shard")} or None
+        ),
+        timeout=60,
+    )
     orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"]) == 2, timeout=30)
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=10)

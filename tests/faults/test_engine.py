@@ -28,9 +28,14 @@ def test_engine_outage_loses_nothing(orch, proxy) -> None:
     orch.repo.commit("root", PASSING)
     orch.configure(runner={"docker_host": proxy.url, "parallelism": 2}, retries=1)
     assert orch.cli("run", "--once").returncode == 0
-    slow = [orch.repo.commit(f"slow {i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep({5 + i})\n"})
-            for i in range(2)]
+    slow = [
+        orch.repo.commit(
+            f"slow {i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep({5 + i})\n"}
+        )
+        for i in range(2)
+    ]
     run = orch.start("run")
+
     def two_running():
         running = [c for c in orch.containers() if c.status == "running"]
         return running if len(running) == 2 else None
@@ -89,8 +94,10 @@ def _engine_errors(orch) -> float:
         text = requests.get(f"http://127.0.0.1:{orch.config.dispatcher.port}/metrics", timeout=2).text
     except requests.RequestException:
         return 0
-    return next((float(line.split()[1]) for line in text.splitlines()
-                 if line.startswith("orchestrator_engine_errors_total ")), 0)
+    return next(
+        (float(line.split()[1]) for line in text.splitlines() if line.startswith("orchestrator_engine_errors_total ")),
+        0,
+    )
 
 
 def test_a_container_removed_while_it_runs_is_retried_at_once_not_waited_for(orch) -> None:
@@ -102,7 +109,7 @@ def test_a_container_removed_while_it_runs_is_retried_at_once_not_waited_for(orc
     began = time.monotonic()
     proc = orch.start("run", "--once")
     running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"], timeout=60)
-    time.sleep(1)   # between two of the dispatcher's waits, as often as not
+    time.sleep(1)  # between two of the dispatcher's waits, as often as not
     orch.engine.api.remove_container(running[0].id, force=True)
     stderr = orch.ended(proc, timeout=90)
     result = orch.result(sha)

@@ -22,8 +22,10 @@ def _follower(port: int, job_id: int) -> socket.socket:
 
 def test_two_hundred_silent_followers_leave_the_api_answering(orch) -> None:
     orch.repo.commit("root", PASSING)
-    orch.configure(dispatcher={"host": "127.0.0.1", "port": (port := _port()), "max_followers_per_job": 200,
-                               "max_followers": 210}, runner={"timeout": 90})
+    orch.configure(
+        dispatcher={"host": "127.0.0.1", "port": (port := _port()), "max_followers_per_job": 200, "max_followers": 210},
+        runner={"timeout": 90},
+    )
     assert orch.cli("run", "--once").returncode == 0
     orch.repo.commit("silent", {"tests/test_silent.py": SILENT})
     run = orch.start("run")

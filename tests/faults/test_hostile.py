@@ -32,7 +32,10 @@ def test_hang_ignoring_sigterm_is_killed_at_the_timeout(orch) -> None:
 
 
 def test_fork_bomb_is_held_by_the_pids_limit(orch) -> None:
-    bomb = "import os\ndef test_bomb():\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+    bomb = (
+        "import os\ndef test_bomb():\n    while True:\n        try:\n            os.fork()\n"
+        "        except OSError:\n            pass\n"
+    )
     result, _ = _run(orch, {"tests/test_bomb.py": bomb}, timeout=8, pids=64)
     assert result["status"] in ("timed_out", "error") and result["message"]
     assert result["duration_s"] < 8 + 10
@@ -53,10 +56,12 @@ def test_network_attempts_fail(orch) -> None:
 def test_junit_replaced_by_a_link_to_a_host_file_is_not_read(orch, tmp_path) -> None:
     secret = tmp_path / "host-secret.xml"
     secret.write_text('<testsuite tests="99" failures="0" errors="0" skipped="0">TOP SECRET</testsuite>')
-    swap = ("import os\n"
-            "def pytest_unconfigure(config):\n"
-            "    os.replace('/ci-out/junit.xml', '/ci-out/real.xml')\n"
-            f"    os.symlink({str(secret)!r}, '/ci-out/junit.xml')\n")
+    swap = (
+        "import os\n"
+        "def pytest_unconfigure(config):\n"
+        "    os.replace('/ci-out/junit.xml', '/ci-out/real.xml')\n"
+        f"    os.symlink({str(secret)!r}, '/ci-out/junit.xml')\n"
+    )
     result, _ = _run(orch, {"tests/conftest.py": swap, **PASSING})
     assert result["status"] == "passed" and result["tests"]["total"] == 0  # counts not taken from the link
     directory = orch.path(result["commit"])
@@ -72,9 +77,11 @@ def test_symlinks_out_of_the_checkout_do_not_reach_the_host(orch, tmp_path) -> N
     orch.repo.path.mkdir(parents=True, exist_ok=True)
     os.symlink(victim, orch.repo.path / "escape")
     os.symlink("/etc", orch.repo.path / "etc-link")
-    probe = ("import os, pytest\n"
-             "def test_link_target_is_not_the_host_file():\n"
-             "    with pytest.raises(OSError):\n        open('escape').read()\n")
+    probe = (
+        "import os, pytest\n"
+        "def test_link_target_is_not_the_host_file():\n"
+        "    with pytest.raises(OSError):\n        open('escape').read()\n"
+    )
     result, _ = _run(orch, {"tests/test_links.py": probe})
     assert result["status"] == "passed"
     assert victim.read_text() == "untouched" and victim.stat().st_uid == owner
@@ -83,13 +90,15 @@ def test_symlinks_out_of_the_checkout_do_not_reach_the_host(orch, tmp_path) -> N
 
 
 def test_gigabyte_log_flood_is_capped_with_flat_memory(orch) -> None:
-    flood = ("import sys\n"
-             "def test_flood(capfd):\n"
-             "    line = b'x' * (1024 * 1024 - 1) + b'\\n'\n"
-             "    with capfd.disabled():  # past pytest's capture, straight to the container's stdout\n"
-             "        for _ in range(1024):\n"
-             "            sys.stdout.buffer.write(line)\n"
-             "        sys.stdout.flush()\n")
+    flood = (
+        "import sys\n"
+        "def test_flood(capfd):\n"
+        "    line = b'x' * (1024 * 1024 - 1) + b'\\n'\n"
+        "    with capfd.disabled():  # past pytest's capture, straight to the container's stdout\n"
+        "        for _ in range(1024):\n"
+        "            sys.stdout.buffer.write(line)\n"
+        "        sys.stdout.flush()\n"
+    )
     sha = orch.repo.commit("flood", {"tests/test_flood.py": flood, "tests/conftest.py": ""})
     orch.configure(runner={"max_log_bytes": 2_000_000, "timeout": 120})
     run = orch.start("run", "--once")
@@ -128,13 +137,15 @@ def test_results_that_cannot_be_written_end_the_job_loudly(orch) -> None:
 
 
 def test_writing_without_end_into_the_workspace_is_stopped_at_the_disk_limit(orch) -> None:
-    fill = ("import itertools, os, time\n"
-            "def test_fill():\n"
-            "    block = os.urandom(1024 * 1024)\n"
-            "    for i in itertools.count():\n"
-            "        with open(f'/workspace/fill-{i}', 'wb') as fh:\n"
-            "            fh.write(block * 4)\n"
-            "        time.sleep(0.01)\n")
+    fill = (
+        "import itertools, os, time\n"
+        "def test_fill():\n"
+        "    block = os.urandom(1024 * 1024)\n"
+        "    for i in itertools.count():\n"
+        "        with open(f'/workspace/fill-{i}', 'wb') as fh:\n"
+        "            fh.write(block * 4)\n"
+        "        time.sleep(0.01)\n"
+    )
     result, _ = _run(orch, {"tests/test_fill.py": fill}, disk="64m", timeout=60)
     assert result["status"] == "error" and result["message"].startswith("disk limit exceeded")
     assert result["duration_s"] < 30  # stopped by the watchdog, not by the timeout

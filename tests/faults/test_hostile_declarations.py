@@ -18,16 +18,24 @@ from tests.helpers import PASSING, TestIndex
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
 SECRET = "topsecret-value-4711"
-BACKEND = ("import pathlib\npathlib.Path({marker!r}).write_text('a build backend ran on the host')\n"
-           "from setuptools import setup\nsetup(name='probe', version='1.0')\n")
+BACKEND = (
+    "import pathlib\npathlib.Path({marker!r}).write_text('a build backend ran on the host')\n"
+    "from setuptools import setup\nsetup(name='probe', version='1.0')\n"
+)
 
 
 def probe(into: Path, marker: Path) -> Path:
     """A project whose build writes ``marker``: as a folder, and as a Git repository."""
     into.mkdir(parents=True)
     (into / "setup.py").write_text(BACKEND.format(marker=str(marker)))
-    (into / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
-    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.email=x@y", "-c", "user.name=x", "commit", "-q", "-m", "p"]):
+    (into / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.email=x@y", "-c", "user.name=x", "commit", "-q", "-m", "p"],
+    ):
         subprocess.run(["git", *args], cwd=into, check=True, capture_output=True)
     return into
 
@@ -45,16 +53,24 @@ def cases(index: str, host_dir: Path, host_file: Path) -> dict[str, dict[str, st
         "dep-extra-index": {"pyproject.toml": pyproject.format(deps=f'"--extra-index-url {index}/simple", "probe"')},
         "group-index-url": {"pyproject.toml": f'[dependency-groups]\ntest = ["--index-url {index}/simple", "probe"]\n'},
         "toml-newline": {"pyproject.toml": pyproject.format(deps=f'"pytest\\n--extra-index-url {index}/simple"')},
-        "build-find-links": {"pyproject.toml": f'[build-system]\nrequires = ["--find-links {index}/", "setuptools"]\n'
-                                               '[project]\nname = "p"\nversion = "1"\n'},
+        "build-find-links": {
+            "pyproject.toml": f'[build-system]\nrequires = ["--find-links {index}/", "setuptools"]\n'
+            '[project]\nname = "p"\nversion = "1"\n'
+        },
         "req-constraints-url": {"requirements.txt": f"-c {index}/constraints.txt\npytest\n"},
-        "req-trusted-host": {"requirements.txt": f"--trusted-host 127.0.0.1\n--extra-index-url {index}/simple\nprobe\n"},
-        "setup-cfg-index": {"setup.cfg": f"[metadata]\nname = p\n[options]\ninstall_requires =\n"
-                                         f"    --extra-index-url {index}/simple\n    probe\n"},
+        "req-trusted-host": {
+            "requirements.txt": f"--trusted-host 127.0.0.1\n--extra-index-url {index}/simple\nprobe\n"
+        },
+        "setup-cfg-index": {
+            "setup.cfg": f"[metadata]\nname = p\n[options]\ninstall_requires =\n"
+            f"    --extra-index-url {index}/simple\n    probe\n"
+        },
         "bare-url": {"requirements.txt": f"{sdist}\n"},
         "wheel-direct-ref": {"requirements.txt": f"probe @ {wheel}\n"},
         "bom-index": {"requirements.txt": f"\ufeff--extra-index-url {index}/simple\nprobe\n"},
-        "env-var": {"requirements.txt": f"probe @ {index}/${{ORCH_TEST_SECRET}}/${{HOME}}/probe-1.0-py3-none-any.whl\n"},
+        "env-var": {
+            "requirements.txt": f"probe @ {index}/${{ORCH_TEST_SECRET}}/${{HOME}}/probe-1.0-py3-none-any.whl\n"
+        },
         "host-file": {"pyproject.toml": pyproject.format(deps=f'"-r {host_file}"')},
         "bom-host-file": {"requirements.txt": f"\ufeff-r {host_file}\n"},
     }
@@ -87,7 +103,7 @@ def test_nothing_a_commit_declares_reaches_the_host(orch, tmp_path: Path) -> Non
             assert SECRET not in everything and "SECRET:" not in everything, (name, message)
         assert index.requests == [], index.requests
         assert not marker.exists(), marker.read_text()
-        assert not (orch.config.state_dir / "environments").exists()   # nothing was even tried
+        assert not (orch.config.state_dir / "environments").exists()  # nothing was even tried
 
         # The same index, named in config.yaml: pip asks it (and finds iniconfig on PyPI).
         orch.repo.checkout("main")
@@ -98,4 +114,3 @@ def test_nothing_a_commit_declares_reaches_the_host(orch, tmp_path: Path) -> Non
         assert "GET /simple/iniconfig/" in index.requests and not marker.exists()
     finally:
         index.close()
-

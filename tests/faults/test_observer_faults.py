@@ -56,12 +56,18 @@ def test_run_keeps_watching_and_tests_each_push(orch) -> None:
     base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
     orch.wait_for(lambda: [j for j in _jobs(base) if j["status"] == "passed"], timeout=60)
     pushed = orch.repo.commit("pushed later", FAILING)
-    job = orch.wait_for(lambda: [j for j in _jobs(base) if j["commit"] == pushed and j["status"] == "failed"], timeout=60)
+    job = orch.wait_for(
+        lambda: [j for j in _jobs(base) if j["commit"] == pushed and j["status"] == "failed"], timeout=60
+    )
     assert job[0]["tests"]["failed"] == 1
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) == 0
 
 
 def _has_commit(mirror, sha: str) -> bool:
-    return subprocess.run(["git", "--git-dir", str(mirror), "cat-file", "-e", f"{sha}^{{commit}}"],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["git", "--git-dir", str(mirror), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True
+        ).returncode
+        == 0
+    )

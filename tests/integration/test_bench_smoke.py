@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["cores"] >= 1 and result["smoke"] is True
@@ -30,8 +34,12 @@ def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
 
 def test_warm_pool_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     out = tmp_path / "warm.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "warm.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "warm.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["host_floor_s"] > 0 and all(row["all_passed"] for row in result["by_parallelism"].values())
@@ -40,9 +48,13 @@ def test_warm_pool_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> Non
 
 def test_bisection_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     out = tmp_path / "bisect.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bisect.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]   # 0 only when the right commit was named
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bisect.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]  # 0 only when the right commit was named
     result = json.loads(out.read_text())
     assert result["coalesced"]["culprit"] == result["bad"] and result["every_commit"]["jobs"] == result["commits"]
     assert "| jobs spent |" in proc.stdout
@@ -50,8 +62,12 @@ def test_bisection_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> Non
 
 def test_history_benchmark_smoke_run(tmp_path: Path) -> None:
     out = tmp_path / "history.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "history.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "history.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["cases_recorded"] == result["jobs"] * result["cases_per_job"]
@@ -60,9 +76,13 @@ def test_history_benchmark_smoke_run(tmp_path: Path) -> None:
 
 def test_shards_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     out = tmp_path / "shards.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "shards.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]   # 0 only when both runs passed and the shards ran every test
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shards.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]  # 0 only when both runs passed and the shards ran every test
     result = json.loads(out.read_text())
     assert len(result["split"]["shards"]) == 4 and result["split_over_unsplit"] < 1
     assert "| balance: longest shard / mean shard |" in proc.stdout

@@ -23,8 +23,10 @@ SLOW_BAD = "import time\n\ndef test_value():\n    time.sleep(6)\n    assert 1 + 
 
 def pushed_at_once(orch, count: int, bad_from: int, bad: str = BAD) -> list[str]:
     """``count`` commits after a passing root; from commit ``bad_from`` (1-based) on, the test fails."""
-    return [orch.repo.commit(f"c{i}", {"tests/test_value.py": bad if i >= bad_from else GOOD, "n.txt": str(i)})
-            for i in range(1, count + 1)]
+    return [
+        orch.repo.commit(f"c{i}", {"tests/test_value.py": bad if i >= bad_from else GOOD, "n.txt": str(i)})
+        for i in range(1, count + 1)
+    ]
 
 
 def first_sight(orch, **runner) -> None:
@@ -88,7 +90,7 @@ def test_a_flaky_failure_names_no_culprit_and_says_so(orch) -> None:
     shas = pushed_at_once(orch, 4, bad_from=3, bad=FLAKY)
     assert orch.cli("run", "--once", timeout=300).returncode == 1
     assert not any(orch.result(s)["culprit"] for s in shas)
-    boundary = orch.result(shas[2])   # failed first, passed on the re-run
+    boundary = orch.result(shas[2])  # failed first, passed on the re-run
     assert boundary["status"] == "passed" and boundary["attempts"] == 2
     run = orch.cli("bisections")
     assert "flaky" in run.stdout and "no culprit" in run.stdout, run.stdout
@@ -99,8 +101,11 @@ def test_a_bisection_resumes_after_the_dispatcher_is_killed(orch) -> None:
     shas = pushed_at_once(orch, 8, bad_from=6, bad=SLOW_BAD)
     run = orch.start("run")
     # the newest (6 s) fails, then the first probe of the bisection starts
-    orch.wait_for(lambda: any(c.status == "running" and c.labels["orchestrator.commit"] != shas[-1]
-                              for c in orch.containers()), timeout=120, interval=0.3)
+    orch.wait_for(
+        lambda: any(c.status == "running" and c.labels["orchestrator.commit"] != shas[-1] for c in orch.containers()),
+        timeout=120,
+        interval=0.3,
+    )
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=10)
     again = orch.cli("run", "--once", timeout=300)

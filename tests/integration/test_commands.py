@@ -51,8 +51,12 @@ def test_logs_follow_a_running_container(orch) -> None:
     orch.configure()
     run = orch.start("run", "--once")
     orch.wait_for(lambda: orch.containers(), timeout=60)
-    follow = subprocess.run([sys.executable, "-m", "orchestrator", "logs", sha[:12], "--follow",
-                             "-c", str(orch.config_path)], capture_output=True, text=True, timeout=60)
+    follow = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "logs", sha[:12], "--follow", "-c", str(orch.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert follow.returncode == 0
     assert all(f"test_tick_{i} PASSED" in follow.stdout for i in range(6)), follow.stdout
     assert "6 passed" in follow.stdout  # it followed until the container ended
@@ -69,20 +73,29 @@ def test_dispatcher_and_observer_as_separate_processes(orch) -> None:
     dispatcher = orch.start("dispatcher")
     orch.wait_for(lambda: http_get(f"{base}/healthz"), timeout=30)
     observer = orch.start("observer", "--dispatcher-server", f"127.0.0.1:{port}")
-    first = orch.wait_for(lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["status"] == "passed"], timeout=60)
+    first = orch.wait_for(
+        lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["status"] == "passed"], timeout=60
+    )
     assert len(first) == 1
     new = orch.repo.commit("second", FAILING)
-    job = orch.wait_for(lambda: [j for j in http_get(f"{base}/api/jobs").json()
-                                 if j["commit"] == new and j["status"] == "failed"], timeout=60)[0]
+    job = orch.wait_for(
+        lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["commit"] == new and j["status"] == "failed"],
+        timeout=60,
+    )[0]
     assert http_get(f"{base}/api/jobs/{job['id']}").json()["tests"]["failed"] == 1
     # bad input is a 4xx with a reason
     ours = {"X-Orchestrator": "1"}  # what the project's own clients send (no form can)
     assert requests.post(f"{base}/api/commits", data=b"{not json", headers=ours, timeout=10).status_code == 422
     assert requests.post(f"{base}/api/commits", data=b"{not json", timeout=10).status_code == 403  # as a form would
-    assert requests.post(f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "../../x"}]},
-                         timeout=10).status_code == 422
-    unknown = requests.post(f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "0" * 40}]},
-                            timeout=10)
+    assert (
+        requests.post(
+            f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "../../x"}]}, timeout=10
+        ).status_code
+        == 422
+    )
+    unknown = requests.post(
+        f"{base}/api/commits", json={"repository": "demo", "commits": [{"sha": "0" * 40}]}, timeout=10
+    )
     assert unknown.status_code == 404 and "unknown commit" in unknown.json()["detail"]
     assert requests.get(f"{base}/api/jobs/999", timeout=10).status_code == 404
     assert requests.post(f"{base}/api/commits", data=b"x" * (9 * 1024 * 1024), timeout=30).status_code == 413
@@ -141,23 +154,31 @@ def test_as_many_jobs_wait_warm_as_there_are_slots_and_start_in_queue_order(orch
     orch.repo.commit("root", PASSING)
     orch.configure(runner={"parallelism": 2})
     assert orch.cli("run", "--once").returncode == 0
-    shas = [orch.repo.commit(f"c{i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep({4 - i % 2})\n"})
-            for i in range(5)]
+    shas = [
+        orch.repo.commit(
+            f"c{i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep({4 - i % 2})\n"}
+        )
+        for i in range(5)
+    ]
     run = orch.start("run", "--once")
 
     def warm() -> list[str]:
-        return [c.labels["orchestrator.job"] for c in orch.containers()
-                if c.status == "running" and c.labels.get("orchestrator.warm") == "1"]
+        return [
+            c.labels["orchestrator.job"]
+            for c in orch.containers()
+            if c.status == "running" and c.labels.get("orchestrator.warm") == "1"
+        ]
 
-    orch.wait_for(lambda: len(warm()) == 2 and len([c for c in orch.containers() if c.status == "running"]) == 4,
-                  timeout=60)
+    orch.wait_for(
+        lambda: len(warm()) == 2 and len([c for c in orch.containers() if c.status == "running"]) == 4, timeout=60
+    )
     status = {j["commit"]: j["status"] for j in json.loads(orch.cli("status", "--json").stdout)}
     assert [status[sha] for sha in shas] == ["running", "running", "queued", "queued", "queued"]
     assert orch.cli("cancel", shas[3][:10]).returncode == 0
     assert run.wait(timeout=120) == 0, run.stderr[-2000:]
     results = [orch.result(sha) for sha in shas]
     assert [r["status"] for r in results] == ["passed", "passed", "passed", "cancelled", "passed"]
-    assert results[2]["started_at"] <= results[4]["started_at"]   # the warm one first
+    assert results[2]["started_at"] <= results[4]["started_at"]  # the warm one first
     assert all(r["attempts"] == 1 for r in results[:3] + results[4:])
     assert orch.containers() == []
 
@@ -176,8 +197,12 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     orch.wait_for(lambda: http_get(f"{base}/healthz"), timeout=30)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(remote)],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args, "-c", str(remote)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     assert cli("poll").stdout.strip() == "queued 1 new commit"  # first sight: the head only
     head = orch.repo.head()
@@ -186,8 +211,10 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     assert follow.returncode == 0 and "7 passed" in follow.stdout, follow.stderr  # followed to the end
     submitted = cli("submit", old[:10])
     assert submitted.returncode == 0 and f"queued: job 2 {old}" in submitted.stdout
-    job = orch.wait_for(lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["commit"] == old
-                                 and j["status"] == "passed"], timeout=60)[0]
+    job = orch.wait_for(
+        lambda: [j for j in http_get(f"{base}/api/jobs").json() if j["commit"] == old and j["status"] == "passed"],
+        timeout=60,
+    )[0]
     status = json.loads(cli("status", "--json").stdout)
     assert {j["commit"]: j["status"] for j in status}[old] == "passed"
     assert cli("cancel", old[:10]).returncode == 2  # already final: refused, as locally
@@ -195,8 +222,13 @@ def test_job_commands_against_a_dispatcher_on_another_machine(orch, tmp_path) ->
     assert retried.returncode == 0 and "attempt 2" in retried.stdout
     unknown = cli("logs", "deadbeef")
     assert unknown.returncode == 3 and "no job for a commit starting with deadbeef" in unknown.stderr
-    orch.wait_for(lambda: http_get(f"{base}/api/jobs/{job['id']}").json()["attempts"] == 2
-                  and http_get(f"{base}/api/jobs/{job['id']}").json()["status"] == "passed", timeout=60)
+    orch.wait_for(
+        lambda: (
+            http_get(f"{base}/api/jobs/{job['id']}").json()["attempts"] == 2
+            and http_get(f"{base}/api/jobs/{job['id']}").json()["status"] == "passed"
+        ),
+        timeout=60,
+    )
     assert not (elsewhere / "state").exists()  # nothing went to the local state_dir
     local = orch.cli("status", "--server", base)
     assert local.returncode == 0 and old[:10] in local.stdout

@@ -17,16 +17,21 @@ from tests.helpers import SRC_PYPROJECT, TestIndex, http_get
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
 CODE = 'from packaging.version import Version\n\ndef greet(name):\n    return "hello %s %s" % (name, Version("1.0"))\n'
-TESTS = ("import pytest\nfrom greet import greet\n\n"
-         "def test_greet():\n    assert greet('x') == 'hello x 1.0'\n\n"
-         "def test_the_projects_own_pytest_runs():\n    assert int(pytest.__version__.split('.')[0]) >= 9\n\n"
-         "def test_the_commit_is_the_installed_copy():\n    import greet, os\n"
-         "    assert os.path.dirname(greet.__file__) == '/ci-out/site/greet'\n")
+TESTS = (
+    "import pytest\nfrom greet import greet\n\n"
+    "def test_greet():\n    assert greet('x') == 'hello x 1.0'\n\n"
+    "def test_the_projects_own_pytest_runs():\n    assert int(pytest.__version__.split('.')[0]) >= 9\n\n"
+    "def test_the_commit_is_the_installed_copy():\n    import greet, os\n"
+    "    assert os.path.dirname(greet.__file__) == '/ci-out/site/greet'\n"
+)
 
 
 def project(deps: str = '"packaging>=23"', note: str = "") -> dict[str, str]:
-    return {"pyproject.toml": SRC_PYPROJECT.format(deps=deps), "src/greet/__init__.py": CODE + note,
-            "tests/test_greet.py": TESTS}
+    return {
+        "pyproject.toml": SRC_PYPROJECT.format(deps=deps),
+        "src/greet/__init__.py": CODE + note,
+        "tests/test_greet.py": TESTS,
+    }
 
 
 def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_change(orch) -> None:
@@ -39,18 +44,26 @@ def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_chan
     # the build says how far it got, stage by stage (the job's message: the live view, the dashboard)
     assert re.search(r"building environment: resolving \d+ requirements", run.stderr), run.stderr[-3000:]
     assert "building environment: installing" in run.stderr
-    assert result["environment"]["detected"] == ["dependency-groups: test", "project.dependencies",
-                                                 "build-system.requires"]
+    assert result["environment"]["detected"] == [
+        "dependency-groups: test",
+        "project.dependencies",
+        "build-system.requires",
+    ]
     assert result["timings"]["environment_s"] > 1
     assert "Successfully installed" in orch.path(first, "environment.log").read_text()  # the job that built it
     same = orch.repo.commit("code only", project(note="# a change\n"))
     assert orch.cli("run", "--once").returncode == 0
     again = orch.result(same)
     assert not orch.path(same, "environment.log").exists()
-    assert again["environment"]["built"] is False and again["environment"]["fingerprint"] == \
-        result["environment"]["fingerprint"] and again["timings"]["environment_s"] < 1
-    two = [orch.repo.commit("new dependency", project('"packaging>=23", "iniconfig"')),
-           orch.repo.commit("and more code", project('"packaging>=23", "iniconfig"', note="# more\n"))]
+    assert (
+        again["environment"]["built"] is False
+        and again["environment"]["fingerprint"] == result["environment"]["fingerprint"]
+        and again["timings"]["environment_s"] < 1
+    )
+    two = [
+        orch.repo.commit("new dependency", project('"packaging>=23", "iniconfig"')),
+        orch.repo.commit("and more code", project('"packaging>=23", "iniconfig"', note="# more\n")),
+    ]
     assert orch.cli("run", "--once").returncode == 0
     built = [orch.result(sha)["environment"] for sha in two]
     assert built[0]["fingerprint"] == built[1]["fingerprint"] != result["environment"]["fingerprint"]
@@ -82,12 +95,17 @@ def test_a_dependency_that_cannot_be_resolved_is_an_error_with_its_log(orch) -> 
 def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> None:
     """The trixie runner image: a compiled cp313 wheel, and a Debian package fetched from
     trixie (not from the host's bookworm) by a private apt tree."""
-    sha = orch.repo.commit("3.13", {
-        "pyproject.toml": SRC_PYPROJECT.format(deps='"pyyaml>=6"'), "src/greet/__init__.py": "",
-        "tests/test_py313.py": "import shutil, sys, yaml\n\n"
-                               "def test_python_3_13():\n    assert sys.version_info[:2] == (3, 13)\n\n"
-                               "def test_a_compiled_cp313_wheel():\n    assert yaml.__with_libyaml__\n\n"
-                               "def test_a_trixie_package():\n    assert shutil.which('less')\n"})
+    sha = orch.repo.commit(
+        "3.13",
+        {
+            "pyproject.toml": SRC_PYPROJECT.format(deps='"pyyaml>=6"'),
+            "src/greet/__init__.py": "",
+            "tests/test_py313.py": "import shutil, sys, yaml\n\n"
+            "def test_python_3_13():\n    assert sys.version_info[:2] == (3, 13)\n\n"
+            "def test_a_compiled_cp313_wheel():\n    assert yaml.__with_libyaml__\n\n"
+            "def test_a_trixie_package():\n    assert shutil.which('less')\n",
+        },
+    )
     orch.configure(runner={"timeout": 300}, repository={"python": "3.13", "system_packages": ["less"]})
     assert orch.cli("run", "--once", timeout=600).returncode == 0, orch.log(sha).decode()[-2000:]
     result = orch.result(sha)
@@ -98,7 +116,7 @@ def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> 
 
 
 def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
-    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):   # other tests' "demo"
+    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):  # other tests' "demo"
         engine.images.remove(image.id, force=True)
     orch.repo.commit("one", project())
     orch.configure(runner={"timeout": 120})
@@ -107,11 +125,13 @@ def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
     assert orch.cli("run", "--once").returncode == 0
     pruned = orch.cli("image", "prune", "--keep", "1")
     assert pruned.returncode == 0 and pruned.stdout.count("orchestrator-env/demo:") == 1
-    left = [i for i in engine.images.list(filters={"label": "orchestrator.repository=demo"})
-            if LABEL_ENVIRONMENT in i.labels]
+    left = [
+        i
+        for i in engine.images.list(filters={"label": "orchestrator.repository=demo"})
+        if LABEL_ENVIRONMENT in i.labels
+    ]
     assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
     assert json.loads(orch.cli("status", "--json").stdout)[0]["commit"] == newest
-
 
 
 def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(orch) -> None:
@@ -126,7 +146,8 @@ def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(or
         assert orch.cli("run", "--once").returncode == 1
         result = orch.result(first)
         assert result["status"] == "error" and result["message"].startswith(
-            f"gave up after 1 attempts: package index unreachable: {index.url}/simple/"), result["message"]
+            f"gave up after 1 attempts: package index unreachable: {index.url}/simple/"
+        ), result["message"]
         assert not list((orch.config.state_dir / "environments").rglob("failed.json"))
         index.mode = "up"
         again = orch.repo.commit("index back", project('"packaging>=23", "iniconfig"', note="# x\n"))
@@ -135,14 +156,17 @@ def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(or
 
         index.mode = "slow"
         slow = orch.repo.commit("a new dependency, a slow index", project('"packaging>=23", "attrs"'))
-        orch.configure(runner={"timeout": 120}, retries=0,
-                       environments={"index_url": f"{index.url}/simple", "timeout": 6})
+        orch.configure(
+            runner={"timeout": 120}, retries=0, environments={"index_url": f"{index.url}/simple", "timeout": 6}
+        )
         began = time.monotonic()
         assert orch.cli("run", "--once").returncode == 1
         assert time.monotonic() - began < 40
         result = orch.result(slow)
-        assert result["status"] == "error" and result["message"] == \
-            "environment build failed: environment build timed out after 6 s", result["message"]
+        assert (
+            result["status"] == "error"
+            and result["message"] == "environment build failed: environment build timed out after 6 s"
+        ), result["message"]
     finally:
         index.close()
 
@@ -156,10 +180,13 @@ def test_a_warm_job_whose_build_fails_after_its_release_ends(orch) -> None:
     index.delay = 4
     try:
         short = orch.repo.commit("short", {"tests/test_short.py": "import time\n\ndef test_a():\n    time.sleep(1)\n"})
-        orch.repo.checkout("z-broken", create=True)   # queued after main's head
+        orch.repo.checkout("z-broken", create=True)  # queued after main's head
         broken = orch.repo.commit("no such dependency", project('"no-such-package-orchestrator-test==1.0"'))
-        orch.configure(runner={"parallelism": 1, "warm": 1, "timeout": 60}, retries=0,
-                       environments={"index_url": f"{index.url}/simple"})
+        orch.configure(
+            runner={"parallelism": 1, "warm": 1, "timeout": 60},
+            retries=0,
+            environments={"index_url": f"{index.url}/simple"},
+        )
         run = orch.cli("run", "--once")
         assert run.returncode == 1, run.stderr[-3000:]
         assert orch.result(short)["status"] == "passed"

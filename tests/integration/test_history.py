@@ -21,7 +21,7 @@ def test_failing_since_across_a_merge(orch) -> None:
     broke = orch.repo.commit("breaks it on a side branch", {"tests/test_a.py": BAD})
     orch.repo.checkout("main")
     fine = orch.repo.commit("main goes on", {"other.txt": "1"})
-    assert orch.cli("run", "--once").returncode == 1   # side fails, main passes
+    assert orch.cli("run", "--once").returncode == 1  # side fails, main passes
     orch.repo.git("merge", "--no-ff", "-q", "-m", "merge side", "side")
     merge = orch.repo.head()
     assert orch.cli("run", "--once").returncode == 1
@@ -33,9 +33,9 @@ def test_failing_since_across_a_merge(orch) -> None:
         job = orch.result(merge)["id"]
         (failure,) = http_get(f"http://127.0.0.1:{port}/api/jobs/{job}/failures").json()
         assert failure["test"] == "tests.test_a::test_value"
-        assert failure["history"]["since"] == {"commit": broke, "commits": 2}   # from the side branch
+        assert failure["history"]["since"] == {"commit": broke, "commits": 2}  # from the side branch
         runs = http_get(f"http://127.0.0.1:{port}/api/tests/demo/tests.test_a::test_other").json()
-        assert len(runs) == 4 and {r["outcome"] for r in runs} == {"passed"}   # every case recorded
+        assert len(runs) == 4 and {r["outcome"] for r in runs} == {"passed"}  # every case recorded
         assert orch.result(merge)["timings"]["history_s"] < 1
     finally:
         dispatcher.terminate()

@@ -20,7 +20,9 @@ def test_every_verdict_from_real_containers(orch) -> None:
         "fixed": orch.repo.commit("fixed", {"tests/test_broken.py": None, **PASSING}),
         "none": orch.repo.commit("no tests", {"tests/test_ok.py": "def helper():\n    pass\n"}),
         "nodir": orch.repo.commit("no tests dir", {"tests": None}),
-        "hang": orch.repo.commit("hang", {"tests/test_hang.py": "import time\ndef test_hang():\n    time.sleep(600)\n"}),
+        "hang": orch.repo.commit(
+            "hang", {"tests/test_hang.py": "import time\ndef test_hang():\n    time.sleep(600)\n"}
+        ),
     }
     started = time.monotonic()
     proc = orch.cli("run", "--once")
@@ -49,8 +51,12 @@ def test_parallelism_two_never_three(orch) -> None:
     orch.repo.commit("root", PASSING)
     orch.configure(runner={"parallelism": 2})
     assert orch.cli("run", "--once").returncode == 0
-    shas = [orch.repo.commit(f"slow {i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep(1.5)  # {i}\n"})
-            for i in range(5)]
+    shas = [
+        orch.repo.commit(
+            f"slow {i}", {"tests/test_slow.py": f"import time\ndef test_slow():\n    time.sleep(1.5)  # {i}\n"}
+        )
+        for i in range(5)
+    ]
     assert orch.cli("run", "--once").returncode == 0
     spans = [(orch.result(s)["started_at"], orch.result(s)["finished_at"]) for s in shas]
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
@@ -61,7 +67,7 @@ def test_parallelism_two_never_three(orch) -> None:
     assert peak == 2
 
 
-ISOLATION = '''
+ISOLATION = """
 import os, pathlib, pytest
 
 def test_not_root():
@@ -89,7 +95,7 @@ def test_scratch_space_runs_what_a_test_writes_there(tmp_path):
     script.chmod(0o755)
     assert subprocess.run([str(script)], capture_output=True, text=True).stdout == "hello from tmp\\n"
     assert os.statvfs("/tmp").f_blocks * os.statvfs("/tmp").f_frsize == 64 * 1024 * 1024
-'''
+"""
 
 
 def test_container_is_confined(orch) -> None:
@@ -105,6 +111,7 @@ def test_labels_limits_and_removal(orch) -> None:
     sha = orch.repo.commit("slow", {"tests/test_slow.py": "import time\ndef test_slow():\n    time.sleep(4)\n"})
     orch.configure(runner={"memory": "300m", "pids": 100, "cpus": 0.5})
     run = orch.start("run", "--once")
+
     def inspected():
         # a container can be listed a moment before the engine lets it be inspected
         for seen in orch.containers():
@@ -131,7 +138,10 @@ def test_labels_limits_and_removal(orch) -> None:
 
 
 def test_log_is_capped_and_says_so(orch) -> None:
-    flood = "import sys\ndef test_flood():\n    for i in range(200000):\n        sys.stdout.write(f'line {i:06d} ' + 'x' * 40 + '\\n')\n    assert False\n"
+    flood = (
+        "import sys\ndef test_flood():\n    for i in range(200000):\n"
+        "        sys.stdout.write(f'line {i:06d} ' + 'x' * 40 + '\\n')\n    assert False\n"
+    )
     sha = orch.repo.commit("flood", {"tests/test_flood.py": flood})
     orch.configure(runner={"max_log_bytes": 100_000})
     orch.cli("run", "--once")
@@ -164,13 +174,15 @@ def test_parallel_jobs_never_share_a_loopback(orch) -> None:
     orch.repo.commit("root", PASSING)
     orch.configure(runner={"parallelism": 2})
     assert orch.cli("run", "--once").returncode == 0
-    server = ("import socket, time\n"
-              "def test_listen():\n"
-              "    s = socket.socket()\n"
-              "    s.bind(('127.0.0.1', 45678))  # the same port in every job\n"
-              "    s.listen()\n"
-              "    time.sleep(2.5)\n"
-              "    s.close()\n")
+    server = (
+        "import socket, time\n"
+        "def test_listen():\n"
+        "    s = socket.socket()\n"
+        "    s.bind(('127.0.0.1', 45678))  # the same port in every job\n"
+        "    s.listen()\n"
+        "    time.sleep(2.5)\n"
+        "    s.close()\n"
+    )
     shas = [orch.repo.commit(f"listen {i}", {"tests/test_listen.py": server + f"# {i}\n"}) for i in range(4)]
     assert orch.cli("run", "--once").returncode == 0
     results = [orch.result(s) for s in shas]
@@ -179,7 +191,7 @@ def test_parallel_jobs_never_share_a_loopback(orch) -> None:
     assert spans[1][0] < spans[0][1]  # two of them did listen at the same time
 
 
-FLAKY_ONCE = '''import os
+FLAKY_ONCE = """import os
 
 def test_steady():
     pass
@@ -189,7 +201,7 @@ def test_flaky_once():
     if not os.path.exists(marker):
         open(marker, "w").close()
         raise AssertionError("fails the first time only")
-'''
+"""
 BROKEN = "def test_broken():\n    assert False\n"
 
 
@@ -200,8 +212,12 @@ def test_failed_tests_are_rerun_and_one_that_then_passes_is_flaky(orch) -> None:
     orch.configure(repository={"rerun_failures": 2})
     assert orch.cli("run", "--once").returncode == 0
     result = orch.result(sha)
-    assert (result["status"], result["flaky"], result["tests"]["passed"], result["tests"]["failed"]) == \
-        ("passed", ["tests.test_f::test_flaky_once"], 2, 0), orch.log(sha).decode()[-2000:]
+    assert (result["status"], result["flaky"], result["tests"]["passed"], result["tests"]["failed"]) == (
+        "passed",
+        ["tests.test_f::test_flaky_once"],
+        2,
+        0,
+    ), orch.log(sha).decode()[-2000:]
     report = orch.path(sha, "junit.xml").read_text()
     assert report.count("orchestrator-rerun-1") == 1 and "fails the first time only" in report
     assert b"re-running the 1 failed test(s), re-run 1 of 2" in orch.log(sha)
@@ -212,7 +228,7 @@ def test_failed_tests_are_rerun_and_one_that_then_passes_is_flaky(orch) -> None:
     assert orch.path(broken, "junit.xml").read_text().count("orchestrator-rerun-") == 2
 
 
-LEAVES_ARTIFACTS = '''import os
+LEAVES_ARTIFACTS = """import os
 
 def test_writes_artifacts():
     os.makedirs(".ci-artifacts/screens", exist_ok=True)
@@ -224,7 +240,7 @@ def test_writes_artifacts():
     os.makedirs("dist", exist_ok=True)
     with open("dist/report.txt", "w") as fh:
         fh.write("made by the suite")
-'''
+"""
 
 
 def test_artifacts_and_coverage_are_collected_from_a_real_container(orch) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orchestrator-tests" / "sdists"
@@ -26,55 +25,110 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orches
 class Project:
     name: str
     version: str
-    kind: str                                    # what it shows
-    test_deps: tuple[str, ...]                   # what the host's venv installs to run its tests
+    kind: str  # what it shows
+    test_deps: tuple[str, ...]  # what the host's venv installs to run its tests
     repository: dict = field(default_factory=dict)  # config.yaml keys for it
     tests: str = "tests"
-    tag: bool = False                            # tagged, so that its version comes from Git
-    extra: str = ""                              # the host's venv installs the project with this extra
-    select: str = ""                             # a -k expression, on both sides (the command says it too)
-    as_uid_1000: int = 0                         # passed in the container (uid 1000) less on the host (root)
+    tag: bool = False  # tagged, so that its version comes from Git
+    extra: str = ""  # the host's venv installs the project with this extra
+    select: str = ""  # a -k expression, on both sides (the command says it too)
+    as_uid_1000: int = 0  # passed in the container (uid 1000) less on the host (root)
 
 
 # sh's tests write executable scripts to the temp folder and run them; its slow signal and
 # timeout tests are left out (a minute of sleeping), and one that fails on the host too
-SH_FAST = ("not sig and not timeout and not nested and not bufsize and not piped_generator and not nonblocking_iter "
-           "and not eintr and not session and not callback")
+SH_FAST = (
+    "not sig and not timeout and not nested and not bufsize and not piped_generator and not nonblocking_iter "
+    "and not eintr and not session and not callback"
+)
 
 
 PROJECTS = [
-    Project("click", "8.5.1", "src layout, [dependency-groups] tests, flit, needs `less`", ("pytest",),
-            {"system_packages": ["less"]}),
-    Project("pluggy", "1.7.0", "setuptools-scm version from Git, [dependency-groups] testing, a dependency of "
-            "pytest itself", ("pytest>=8", "pytest-benchmark"), {"command": "python -m pytest testing"}, "testing",
-            tag=True),
+    Project(
+        "click",
+        "8.5.1",
+        "src layout, [dependency-groups] tests, flit, needs `less`",
+        ("pytest",),
+        {"system_packages": ["less"]},
+    ),
+    Project(
+        "pluggy",
+        "1.7.0",
+        "setuptools-scm version from Git, [dependency-groups] testing, a dependency of pytest itself",
+        ("pytest>=8", "pytest-benchmark"),
+        {"command": "python -m pytest testing"},
+        "testing",
+        tag=True,
+    ),
     Project("more-itertools", "11.2.1", "requirements/testing.txt, flit", ()),
-    Project("exceptiongroup", "1.3.2", "the detected [project.optional-dependencies] test, flit_scm (version "
-            "from Git), on Python 3.13", (), {"python": "3.13"}, tag=True, extra="test"),
-    Project("sh", "2.4.0", "tests that write scripts to /tmp and run them; install: ['.'] instead of its heavy "
-            "dev group", (), {"install": ["."], "command": f"python -m pytest tests -k '{SH_FAST}'"}, select=SH_FAST,
-            as_uid_1000=-1),  # test_uid_drops_supplementary_groups needs root
-    Project("python-dotenv", "1.2.4", "the detected requirements.txt (IPython, tox, ...); its tests run its "
-            "`dotenv` console script", ("-r", "requirements.txt"), as_uid_1000=+1),  # a 000-mode file root can read
-
-    Project("markupsafe", "3.0.3", "C speedups compiled in the container by gcc, from system_packages "
-            "[gcc, python3-dev] as the README says (the speedups double the tests that run)", (),
-            {"system_packages": ["gcc", "python3-dev"]}),
-    Project("numpy-financial", "1.0.0", "setup.py only (never run on the host): numpy, a compiled wheel, named "
-            "in install", ("numpy>=1.15",), {"install": ["numpy>=1.15", "pytest"],
-                                           "command": "python -m pytest numpy_financial/tests"},
-            "numpy_financial/tests"),
+    Project(
+        "exceptiongroup",
+        "1.3.2",
+        "the detected [project.optional-dependencies] test, flit_scm (version from Git), on Python 3.13",
+        (),
+        {"python": "3.13"},
+        tag=True,
+        extra="test",
+    ),
+    Project(
+        "sh",
+        "2.4.0",
+        "tests that write scripts to /tmp and run them; install: ['.'] instead of its heavy dev group",
+        (),
+        {"install": ["."], "command": f"python -m pytest tests -k '{SH_FAST}'"},
+        select=SH_FAST,
+        as_uid_1000=-1,
+    ),  # test_uid_drops_supplementary_groups needs root
+    Project(
+        "python-dotenv",
+        "1.2.4",
+        "the detected requirements.txt (IPython, tox, ...); its tests run its `dotenv` console script",
+        ("-r", "requirements.txt"),
+        as_uid_1000=+1,
+    ),  # a 000-mode file root can read
+    Project(
+        "markupsafe",
+        "3.0.3",
+        "C speedups compiled in the container by gcc, from system_packages "
+        "[gcc, python3-dev] as the README says (the speedups double the tests that run)",
+        (),
+        {"system_packages": ["gcc", "python3-dev"]},
+    ),
+    Project(
+        "numpy-financial",
+        "1.0.0",
+        "setup.py only (never run on the host): numpy, a compiled wheel, named in install",
+        ("numpy>=1.15",),
+        {"install": ["numpy>=1.15", "pytest"], "command": "python -m pytest numpy_financial/tests"},
+        "numpy_financial/tests",
+    ),
 ]
 
 
 def sdist(project: Project, into: Path) -> Path:
     """The project's source distribution, unpacked into ``into``."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    found = list(CACHE.glob(f"{project.name.replace('-', '_')}-{project.version}.tar.gz")) or \
-        list(CACHE.glob(f"{project.name}-{project.version}.tar.gz"))
+    found = list(CACHE.glob(f"{project.name.replace('-', '_')}-{project.version}.tar.gz")) or list(
+        CACHE.glob(f"{project.name}-{project.version}.tar.gz")
+    )
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                        "--dest", str(CACHE), f"{project.name}=={project.version}"], check=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "--dest",
+                str(CACHE),
+                f"{project.name}=={project.version}",
+            ],
+            check=True,
+            timeout=300,
+        )
         found = list(CACHE.glob(f"*{project.version}.tar.gz"))
     with tarfile.open(found[0]) as tar:
         tar.extractall(into, filter="data")
@@ -86,21 +140,36 @@ def host_counts(source: Path, project: Project, venv: Path) -> dict[str, int]:
     """Outcomes in a fresh venv on this host (the reference the container must match)."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     target = f"{source}[{project.extra}]" if project.extra else str(source)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "pytest", *project.test_deps, target],
-                   cwd=source, check=True, timeout=600)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "pytest", *project.test_deps, target],
+        cwd=source,
+        check=True,
+        timeout=600,
+    )
     select = ["-k", project.select] if project.select else []
-    ran = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *select,
-                          project.tests],
-                         cwd=source, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *select, project.tests],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"},
+    )
     summary = ran.stdout.strip().splitlines()[-1]  # "765 passed, 2 skipped, 21194 subtests passed in 22.31s"
-    counts = {word: int(n) for n, word in re.findall(r"(?:^|, )(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)\b",
-                                                     summary.strip("= "))}
+    counts = {
+        word: int(n)
+        for n, word in re.findall(
+            r"(?:^|, )(\d+) (passed|failed|skipped|xfailed|xpassed|errors?)\b", summary.strip("= ")
+        )
+    }
     return {"passed": counts.get("passed", 0), "total": sum(counts.values())}
 
 
-@pytest.mark.parametrize("project", PROJECTS, ids=[p.name + (f"-py{p.repository['python']}" if "python" in p.repository
-                                                             else "") for p in PROJECTS])
+@pytest.mark.parametrize(
+    "project",
+    PROJECTS,
+    ids=[p.name + (f"-py{p.repository['python']}" if "python" in p.repository else "") for p in PROJECTS],
+)
 def test_a_real_project_passes_as_on_the_host(orch, tmp_path: Path, project: Project) -> None:
     source = sdist(project, tmp_path / "sdist")
     shutil.copytree(source, orch.repo.path, dirs_exist_ok=True)

@@ -16,9 +16,11 @@ _spec.loader.exec_module(shard_plugin)
 
 # Uneven durations that four groups can balance exactly (2 s each), spread over three files
 # unevenly, so that a split by file (what is done with no history) could not.
-SLEEPS = {"tests/test_a.py": {"slowest": 2.0, "slow": 1.5, "tiny": 0.1},
-          "tests/test_b.py": {"big": 1.2, "medium": 1.0, "small": 0.4, "smaller": 0.3},
-          "tests/test_c.py": {"mid": 0.8, "half": 0.5, "fifth": 0.2}}
+SLEEPS = {
+    "tests/test_a.py": {"slowest": 2.0, "slow": 1.5, "tiny": 0.1},
+    "tests/test_b.py": {"big": 1.2, "medium": 1.0, "small": 0.4, "smaller": 0.3},
+    "tests/test_c.py": {"mid": 0.8, "half": 0.5, "fifth": 0.2},
+}
 
 
 def suite(failing: str | None = None, note: str = "") -> dict[str, str]:
@@ -70,7 +72,7 @@ def test_a_split_suite_runs_each_test_once_balanced_on_recorded_durations_and_fa
     result = orch.result(split)
     assert result["status"] == "passed" and result["tests"]["passed"] == 10, result
     merged = report_ids(orch.path(split, "junit.xml").read_bytes())
-    assert sorted(merged) == sorted(unsplit)      # none missed, none twice
+    assert sorted(merged) == sorted(unsplit)  # none missed, none twice
     shards = result["shards"]
     assert [s["index"] for s in shards] == [1, 2, 3, 4] and {s["status"] for s in shards} == {"passed"}
     expected = shard_plugin.split(sorted(nodeid(t) for t in unsplit), 4, recorded)
@@ -80,7 +82,7 @@ def test_a_split_suite_runs_each_test_once_balanced_on_recorded_durations_and_fa
         assert ran == set(group), (index, ran, group)
         assert f"shard {index} of 4: {len(group)} of 10 tests" in log
     loads = [sum(recorded[t] for t in unsplit if nodeid(t) in group) for group in expected]
-    assert max(loads) / (sum(loads) / 4) < 1.2, loads    # balanced, where a split by file could not be
+    assert max(loads) / (sum(loads) / 4) < 1.2, loads  # balanced, where a split by file could not be
     combined = orch.log(split).decode()
     assert all(f"===== shard {k} of 4: passed =====" in combined for k in range(1, 5))
 
@@ -100,14 +102,19 @@ def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
     """No history: two shards, one test file each. One shard's container is removed while
     it runs; that shard runs again in a new container, the other is not touched, and the
     commit passes with every test once."""
-    sha = orch.repo.commit("two files", {
-        "tests/test_one.py": "import time\n\ndef test_one():\n    time.sleep(4)\n",
-        "tests/test_two.py": "import time\n\ndef test_two():\n    time.sleep(4)\n",
-    })
+    sha = orch.repo.commit(
+        "two files",
+        {
+            "tests/test_one.py": "import time\n\ndef test_one():\n    time.sleep(4)\n",
+            "tests/test_two.py": "import time\n\ndef test_two():\n    time.sleep(4)\n",
+        },
+    )
     orch.configure(repository={"shards": 2})
     proc = orch.start("run", "--once")
-    running = orch.wait_for(lambda: [c for c in orch.containers() if c.status == "running"
-                                     and c.labels.get(LABEL_SHARD) == "2/2"], timeout=60)
+    running = orch.wait_for(
+        lambda: [c for c in orch.containers() if c.status == "running" and c.labels.get(LABEL_SHARD) == "2/2"],
+        timeout=60,
+    )
     orch.engine.api.remove_container(running[0].id, force=True)
     stderr = orch.ended(proc, timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
@@ -115,8 +122,10 @@ def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
     assert result["status"] == "passed" and result["tests"]["passed"] == 2, result
     assert [(s["index"], s["attempts"]) for s in result["shards"]] == [(1, 1), (2, 2)]
     assert result["attempts"] == 1
-    assert sorted(report_ids(orch.path(sha, "junit.xml").read_bytes())) == \
-        ["tests.test_one::test_one", "tests.test_two::test_two"]
+    assert sorted(report_ids(orch.path(sha, "junit.xml").read_bytes())) == [
+        "tests.test_one::test_one",
+        "tests.test_two::test_two",
+    ]
 
 
 def test_more_shards_than_tests_leaves_the_extra_ones_empty_and_passing(orch) -> None:
@@ -129,22 +138,25 @@ def test_more_shards_than_tests_leaves_the_extra_ones_empty_and_passing(orch) ->
     assert len(result["shards"]) == count and {s["status"] for s in result["shards"]} == {"passed"}
 
 
-WRITES_COVERAGE = '''def test_{name}():
+WRITES_COVERAGE = """def test_{name}():
     lines = "".join(f'<line number="{{n}}" hits="{{h}}"/>' for n, h in enumerate({hits}, start=1))
     with open("coverage.xml", "w") as fh:   # what pytest-cov writes, for this shard's share only
         fh.write('<?xml version="1.0"?><coverage line-rate="0.5"><packages><package><classes>'
                  '<class name="mod.py" filename="mod.py"><lines>' + lines + '</lines></class>'
                  '</classes></package></packages></coverage>')
-'''
+"""
 
 
 def test_the_coverage_of_a_split_suite_is_that_of_its_shards_together(orch) -> None:
     """Each shard's report covers half of mod.py's lines, each another half; the commit's
     coverage is of both together (75 %: three of four lines ran), not one shard's 50 %."""
-    sha = orch.repo.commit("coverage", {
-        "tests/test_one.py": WRITES_COVERAGE.format(name="one", hits=[1, 1, 0, 0]),
-        "tests/test_two.py": WRITES_COVERAGE.format(name="two", hits=[0, 1, 1, 0]),
-    })
+    sha = orch.repo.commit(
+        "coverage",
+        {
+            "tests/test_one.py": WRITES_COVERAGE.format(name="one", hits=[1, 1, 0, 0]),
+            "tests/test_two.py": WRITES_COVERAGE.format(name="two", hits=[0, 1, 1, 0]),
+        },
+    )
     orch.configure(repository={"shards": 2})
     assert orch.cli("run", "--once").returncode == 0
     result = orch.result(sha)
@@ -153,10 +165,13 @@ def test_the_coverage_of_a_split_suite_is_that_of_its_shards_together(orch) -> N
 
 
 def test_cancelling_a_split_suite_stops_every_shard(orch) -> None:
-    sha = orch.repo.commit("slow", {
-        "tests/test_one.py": "import time\n\ndef test_one():\n    time.sleep(60)\n",
-        "tests/test_two.py": "import time\n\ndef test_two():\n    time.sleep(60)\n",
-    })
+    sha = orch.repo.commit(
+        "slow",
+        {
+            "tests/test_one.py": "import time\n\ndef test_one():\n    time.sleep(60)\n",
+            "tests/test_two.py": "import time\n\ndef test_two():\n    time.sleep(60)\n",
+        },
+    )
     orch.configure(repository={"shards": 2}, runner={"timeout": 120})
     proc = orch.start("run", "--once")
     orch.wait_for(lambda: len([c for c in orch.containers() if c.status == "running"]) == 2, timeout=60)

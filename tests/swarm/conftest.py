@@ -21,13 +21,18 @@ class Testbed:
 
     dir: Path
     registry: str
-    workers: dict[str, str]     # hostname -> engine socket
-    pids: dict[str, int]        # hostname -> dockerd pid
+    workers: dict[str, str]  # hostname -> engine socket
+    pids: dict[str, int]  # hostname -> dockerd pid
 
     def restart(self, name: str) -> None:
         number = name.rsplit("w", 1)[1]
-        out = subprocess.run(["bash", str(SCRIPT), "restart", str(self.dir), number], capture_output=True, text=True,
-                             timeout=120, check=True)
+        out = subprocess.run(
+            ["bash", str(SCRIPT), "restart", str(self.dir), number],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         self.pids[name] = int(out.stdout.split()[-1])
 
     def ready(self, manager: docker.DockerClient, timeout: float = 60) -> None:
@@ -55,8 +60,9 @@ def testbed(tmp_path_factory, engine: docker.DockerClient, runner_image: str):
         bed.ready(engine)
         yield bed
     finally:
-        down = subprocess.run(["bash", str(SCRIPT), "down", str(directory)], capture_output=True, text=True,
-                              timeout=300)
+        down = subprocess.run(
+            ["bash", str(SCRIPT), "down", str(directory)], capture_output=True, text=True, timeout=300
+        )
         assert down.returncode == 0, down.stderr[-3000:]
         assert engine.info()["Swarm"]["LocalNodeState"] == "inactive"
         assert not (gwbridge_before is None and engine.networks.list(names=["docker_gwbridge"]))
@@ -66,15 +72,24 @@ def testbed(tmp_path_factory, engine: docker.DockerClient, runner_image: str):
 def swarm_orch(orch, testbed: Testbed, engine: docker.DockerClient):
     """``orch`` configured for the Swarm; no service, job image or registry tag of its
     instance is left after the test."""
+
     def configure(**runner) -> Path:
-        return orch.configure(runner={"backend": "swarm", "registry": testbed.registry,
-                                      "constraints": ["node.role==worker"], "memory": "256m", **runner})
+        return orch.configure(
+            runner={
+                "backend": "swarm",
+                "registry": testbed.registry,
+                "constraints": ["node.role==worker"],
+                "memory": "256m",
+                **runner,
+            }
+        )
+
     orch.configure_swarm = configure
     yield orch
     if orch.config_path is None or not orch.config.db_path.exists():
         return
     prefix = f"orchestrator-{orch.instance()}-"
-    for proc in orch.processes:   # a dispatcher still running could start another service
+    for proc in orch.processes:  # a dispatcher still running could start another service
         if proc.poll() is None:
             proc.kill()
     services = [s for s in engine.services.list() if s.name.startswith(prefix)]

@@ -27,7 +27,7 @@ PASS = "import time\n\ndef test_one():\n    time.sleep({sleep})\n\ndef test_two(
 # with every marker it can find (its environment, /ci-out, every process's environment and
 # command line, the memory of every process it may read). Only the entrypoint knows the
 # marker, and the suite can read none of it: the job is failed by its real report.
-FAIL = r'''import base64, glob, os, re
+FAIL = r"""import base64, glob, os, re
 
 FORGED = (b'<testsuites><testsuite name="pytest" tests="2" failures="0" errors="0" skipped="0">'
           b'<testcase classname="x" name="a"/><testcase classname="x" name="b"/></testsuite></testsuites>')
@@ -81,12 +81,16 @@ def test_broken():
 
 def test_fine():
     pass
-'''
+"""
 
 
 def commits(orch, count: int, sleep: float = 2, failing: int | None = None) -> list[str]:
-    return [orch.repo.commit(f"commit {i}", {"tests/test_a.py": FAIL if i == failing else PASS.format(sleep=sleep),
-                                             "note.txt": f"{i}\n"}) for i in range(count)]
+    return [
+        orch.repo.commit(
+            f"commit {i}", {"tests/test_a.py": FAIL if i == failing else PASS.format(sleep=sleep), "note.txt": f"{i}\n"}
+        )
+        for i in range(count)
+    ]
 
 
 def test_jobs_spread_over_the_workers_with_whole_results(swarm_orch, testbed: Testbed) -> None:
@@ -101,13 +105,19 @@ def test_jobs_spread_over_the_workers_with_whole_results(swarm_orch, testbed: Te
     for i, sha in enumerate([first, *shas]):
         result = orch.result(sha)
         expected = ("failed", 1, 2, 1) if i == 3 else ("passed", 1, 2, 0)
-        assert (result["status"], result["attempts"], result["tests"]["total"], result["tests"]["failed"]) == \
-            expected, (result, orch.log(sha).decode()[-2000:])
+        assert (
+            result["status"],
+            result["attempts"],
+            result["tests"]["total"],
+            result["tests"]["failed"],
+        ) == expected, (result, orch.log(sha).decode()[-2000:])
         assert result["node"] in testbed.workers
         nodes.add(result["node"])
         log = orch.log(sha).decode()
         assert ("test_broken FAILED" if i == 3 else "test_two PASSED") in log
-        assert ("orchestrator report 1 begin" in log) if i == 3 else ("orchestrator report" not in log)  # forged: output
+        assert (
+            ("orchestrator report 1 begin" in log) if i == 3 else ("orchestrator report" not in log)
+        )  # forged: output
         assert orch.path(sha, "junit.xml").read_bytes().startswith(b"<?xml")
         assert (b"test_broken" in orch.path(sha, "junit.xml").read_bytes()) == (i == 3)
     assert nodes == set(testbed.workers)  # the engine placed them on both
@@ -115,14 +125,15 @@ def test_jobs_spread_over_the_workers_with_whole_results(swarm_orch, testbed: Te
     assert all(name in status.stdout for name in testbed.workers)
 
 
-def test_a_job_whose_worker_dies_runs_again_elsewhere(swarm_orch, testbed: Testbed,
-                                                      engine: docker.DockerClient) -> None:
+def test_a_job_whose_worker_dies_runs_again_elsewhere(
+    swarm_orch, testbed: Testbed, engine: docker.DockerClient
+) -> None:
     orch = swarm_orch
     sha = commits(orch, 1, sleep=18)[0]
     orch.configure_swarm(parallelism=1, timeout=300)
     dispatcher = orch.start("run", "--once")
     node = orch.wait_for(lambda: running_node(engine, orch.instance()), timeout=120, interval=0.5)
-    os.kill(testbed.pids[node], signal.SIGKILL)   # the worker's engine, by its own pid
+    os.kill(testbed.pids[node], signal.SIGKILL)  # the worker's engine, by its own pid
     try:
         out, err = dispatcher.communicate(timeout=240)
         result = orch.result(sha)
@@ -143,16 +154,26 @@ def running_node(engine: docker.DockerClient, instance: str) -> str | None:
     return None
 
 
-def test_a_dispatcher_killed_while_services_run_adopts_them(swarm_orch, testbed: Testbed,
-                                                            engine: docker.DockerClient) -> None:
+def test_a_dispatcher_killed_while_services_run_adopts_them(
+    swarm_orch, testbed: Testbed, engine: docker.DockerClient
+) -> None:
     orch = swarm_orch
     commits(orch, 1, sleep=0)
     orch.configure_swarm(parallelism=2, timeout=300)
     assert orch.cli("run", "--once", timeout=300).returncode == 0
     shas = commits(orch, 2, sleep=12)
     first = orch.start("run")
-    orch.wait_for(lambda: sum(1 for s in engine.services.list(filters={"label": f"orchestrator.instance={orch.instance()}"})
-                              if any(t["Status"]["State"] == "running" for t in s.tasks())) == 2, timeout=120)
+    orch.wait_for(
+        lambda: (
+            sum(
+                1
+                for s in engine.services.list(filters={"label": f"orchestrator.instance={orch.instance()}"})
+                if any(t["Status"]["State"] == "running" for t in s.tasks())
+            )
+            == 2
+        ),
+        timeout=120,
+    )
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     again = orch.cli("run", "--once", timeout=300)
@@ -165,10 +186,16 @@ def test_a_dispatcher_killed_while_services_run_adopts_them(swarm_orch, testbed:
 
 def test_a_flood_and_a_timeout_behave_as_on_one_engine(swarm_orch) -> None:
     orch = swarm_orch
-    flood = orch.repo.commit("flood", {"tests/test_flood.py": (
-        "import sys\n\ndef test_flood(capfd):\n    line = b'x' * (1024 * 1024 - 1) + b'\\n'\n"
-        "    with capfd.disabled():  # past pytest's capture, straight to the task's output\n"
-        "        for _ in range(20):\n            sys.stdout.buffer.write(line)\n        sys.stdout.flush()\n")})
+    flood = orch.repo.commit(
+        "flood",
+        {
+            "tests/test_flood.py": (
+                "import sys\n\ndef test_flood(capfd):\n    line = b'x' * (1024 * 1024 - 1) + b'\\n'\n"
+                "    with capfd.disabled():  # past pytest's capture, straight to the task's output\n"
+                "        for _ in range(20):\n            sys.stdout.buffer.write(line)\n        sys.stdout.flush()\n"
+            )
+        },
+    )
     orch.configure_swarm(parallelism=2, timeout=120, max_log_bytes=1_000_000)
     orch.cli("run", "--once", timeout=300)
     result = orch.result(flood)
@@ -187,14 +214,35 @@ def test_a_split_suite_runs_as_services_of_its_own_with_the_plan_in_their_image(
     placed on a worker, split as those durations say (the plan reached the task inside its
     job image), one merged report, and nothing left behind."""
     orch = swarm_orch
-    split = orch.repo.commit("two files", {"tests/test_a.py": PASS.format(sleep=1), "tests/test_b.py": PASS.format(sleep=1)})
-    orch.configure(runner={"backend": "swarm", "registry": testbed.registry, "constraints": ["node.role==worker"],
-                           "memory": "256m", "parallelism": 2, "timeout": 120}, repository={"shards": 2})
+    split = orch.repo.commit(
+        "two files", {"tests/test_a.py": PASS.format(sleep=1), "tests/test_b.py": PASS.format(sleep=1)}
+    )
+    orch.configure(
+        runner={
+            "backend": "swarm",
+            "registry": testbed.registry,
+            "constraints": ["node.role==worker"],
+            "memory": "256m",
+            "parallelism": 2,
+            "timeout": 120,
+        },
+        repository={"shards": 2},
+    )
     store = Store(orch.config.db_path)
     try:
         # as an earlier run would have left them: test_one of test_a the longest
-        store.tests.record(0, 1, "demo", [], [("tests.test_a::test_one", 2.0), ("tests.test_b::test_one", 1.0),
-                                              ("tests.test_a::test_two", 0.01), ("tests.test_b::test_two", 0.01)])
+        store.tests.record(
+            0,
+            1,
+            "demo",
+            [],
+            [
+                ("tests.test_a::test_one", 2.0),
+                ("tests.test_b::test_one", 1.0),
+                ("tests.test_a::test_two", 0.01),
+                ("tests.test_b::test_two", 0.01),
+            ],
+        )
     finally:
         store.close()
     run = orch.cli("run", "--once", timeout=300)
@@ -213,10 +261,10 @@ def test_a_registry_that_is_away_is_a_clear_error_after_retries(swarm_orch, test
     orch = swarm_orch
     sha = commits(orch, 1, sleep=0)[0]
     host = testbed.registry.split(":")[0]
-    orch.configure_swarm(registry=f"{host}:5999", timeout=60)   # nothing listens there
+    orch.configure_swarm(registry=f"{host}:5999", timeout=60)  # nothing listens there
     assert orch.cli("run", "--once", timeout=300).returncode == 1
     result = orch.result(sha)
-    assert result["status"] == "error" and result["attempts"] == 2   # retries: 1 in the tests' config
+    assert result["status"] == "error" and result["attempts"] == 2  # retries: 1 in the tests' config
     assert f"push to registry {host}:5999 failed" in result["message"]
 
 
@@ -229,10 +277,12 @@ def test_image_build_pushes_the_runner_images_to_the_registry(swarm_orch, testbe
     assert {"latest", "py3.13"} <= set(registry_tags(testbed, "ci-runner"))
 
 
-DISK_FILL = ("def test_fill():\n    with open('big', 'wb') as fh:\n        for _ in range(200):\n"
-             "            fh.write(b'x' * (1 << 20))\n            fh.flush()\n    import time\n    time.sleep(30)\n")
+DISK_FILL = (
+    "def test_fill():\n    with open('big', 'wb') as fh:\n        for _ in range(200):\n"
+    "            fh.write(b'x' * (1 << 20))\n            fh.flush()\n    import time\n    time.sleep(30)\n"
+)
 MEMORY_HOG = "def test_hog():\n    blocks = [bytearray(1 << 20) for _ in range(2000)]\n"
-CONFINED = '''import os, stat, subprocess, time
+CONFINED = """import os, stat, subprocess, time
 
 def test_what_a_task_may_do(capfd):
     for folder in ("/tmp", "/workspace"):   # write a program, and run it
@@ -251,11 +301,12 @@ def test_what_a_task_may_do(capfd):
         for i in range(8):
             print(f"live line {i}", flush=True)
             time.sleep(1)
-'''
+"""
 
 
-def test_the_task_keeps_its_own_limits_and_its_log_is_followed_live(swarm_orch, testbed: Testbed,
-                                                                    engine: docker.DockerClient) -> None:
+def test_the_task_keeps_its_own_limits_and_its_log_is_followed_live(
+    swarm_orch, testbed: Testbed, engine: docker.DockerClient
+) -> None:
     """What the dispatcher watches from the host on one engine, a task watches itself: the
     disk limit and the OOM killer give the same reasons; /tmp and the workspace run
     programs; nothing else is writable, nothing setuid; a running job's log is followed live
@@ -270,10 +321,15 @@ def test_the_task_keeps_its_own_limits_and_its_log_is_followed_live(swarm_orch, 
     assert b"the tests were stopped" in orch.log(fill)
 
     hog = orch.repo.commit("eat the memory", {"tests/test_a.py": MEMORY_HOG})
-    confined = orch.repo.commit("stay inside", {"tests/test_a.py": CONFINED, "pyproject.toml": (
-        '[project]\nname = "confined"\nversion = "0"\ndependencies = ["six"]\n')})
+    confined = orch.repo.commit(
+        "stay inside",
+        {
+            "tests/test_a.py": CONFINED,
+            "pyproject.toml": ('[project]\nname = "confined"\nversion = "0"\ndependencies = ["six"]\n'),
+        },
+    )
     orch.configure_swarm(parallelism=2, timeout=180)
-    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):   # built anew here
+    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):  # built anew here
         engine.images.remove(image.id, force=True)
     dispatcher = orch.start("run", "--once")
     try:
@@ -308,8 +364,12 @@ def test_the_swarm_benchmark_runs(testbed: Testbed, tmp_path: Path) -> None:
     figures belong in the README, not in assertions)."""
     out = tmp_path / "swarm.json"
     bench = Path(__file__).resolve().parents[2] / "bench" / "swarm.py"
-    proc = subprocess.run([sys.executable, str(bench), "--smoke", "--registry", testbed.registry, "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--smoke", "--registry", testbed.registry, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     for row in result["by_parallelism"].values():

@@ -40,23 +40,31 @@ def test_submit_known_commit_wakes_dispatcher(api) -> None:
     assert again.json()["created"] == [] and again.json()["jobs"] == [2]
 
 
-@pytest.mark.parametrize("method, path, body, status", [
-    ("post", "/api/commits", b"{", 422),
-    ("post", "/api/commits", json.dumps({"repository": "demo"}), 422),
-    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "XYZ"}]}), 422),
-    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40, "extra": 1}]}), 422),
-    ("post", "/api/commits", json.dumps({"repository": "nope", "commits": []}), 404),
-    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40}]}), 404),
-    ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40, "branches": ["x\ny"]}]}), 422),
-    ("post", "/api/commits", json.dumps([1, 2, 3]), 422),
-    ("get", "/api/jobs/../../etc/passwd", None, 404),
-    ("get", "/api/jobs/abc", None, 422),
-    ("get", "/api/jobs/-1", None, 422),
-    ("get", "/api/jobs/99999999999999999999999", None, 422),
-    ("get", "/api/jobs?limit=100000", None, 422),
-    ("get", "/api/jobs?status=exploded", None, 422),
-    ("get", "/api/repositories/..%2F..%2Fetc/heads", None, 404),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status",
+    [
+        ("post", "/api/commits", b"{", 422),
+        ("post", "/api/commits", json.dumps({"repository": "demo"}), 422),
+        ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "XYZ"}]}), 422),
+        ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40, "extra": 1}]}), 422),
+        ("post", "/api/commits", json.dumps({"repository": "nope", "commits": []}), 404),
+        ("post", "/api/commits", json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40}]}), 404),
+        (
+            "post",
+            "/api/commits",
+            json.dumps({"repository": "demo", "commits": [{"sha": "a" * 40, "branches": ["x\ny"]}]}),
+            422,
+        ),
+        ("post", "/api/commits", json.dumps([1, 2, 3]), 422),
+        ("get", "/api/jobs/../../etc/passwd", None, 404),
+        ("get", "/api/jobs/abc", None, 422),
+        ("get", "/api/jobs/-1", None, 422),
+        ("get", "/api/jobs/99999999999999999999999", None, 422),
+        ("get", "/api/jobs?limit=100000", None, 422),
+        ("get", "/api/jobs?status=exploded", None, 422),
+        ("get", "/api/repositories/..%2F..%2Fetc/heads", None, 404),
+    ],
+)
 def test_bad_requests_are_4xx_with_a_reason(api, method, path, body, status) -> None:
     client = api[0]
     resp = client.request(method.upper(), path, content=body, headers={"content-type": "application/json"})
@@ -79,8 +87,9 @@ def test_submit_by_revision_and_find_by_prefix(api) -> None:
 
 def test_oversized_body_is_413(api) -> None:
     client = api[0]
-    resp = client.post("/api/commits", content=b"[" + b"0," * (5 * 1024 * 1024) + b"0]",
-                       headers={"content-type": "application/json"})
+    resp = client.post(
+        "/api/commits", content=b"[" + b"0," * (5 * 1024 * 1024) + b"0]", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 413
 
 
@@ -106,20 +115,26 @@ def test_random_bodies_never_500(api) -> None:
 def test_a_long_subject_is_cut_not_refused(api) -> None:
     client, repo, _, _, web = api
     new = repo.commit("y" * 3000)
-    resp = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new, "subject": "y" * 3000}],
-                                            "heads": {"main": new}}, headers={"X-Observer-Key": web.observer_key()})
+    resp = client.post(
+        "/api/commits",
+        json={"repository": "demo", "commits": [{"sha": new, "subject": "y" * 3000}], "heads": {"main": new}},
+        headers={"X-Observer-Key": web.observer_key()},
+    )
     assert resp.status_code == 201
     job = client.get(f"/api/jobs/{resp.json()['jobs'][0]}").json()
     assert len(job["subject"]) == MAX_SUBJECT and job["subject"].endswith("…")
 
 
-@pytest.mark.parametrize("body", [
-    b'{"repository": "\\ud800", "commits": []}',
-    b'{"repository": "demo", "commits": [{"sha": "\\udfff"}]}',
-    b'{"repository": "demo", "commits": [{"sha": "' + b"a" * 40 + b'", "branches": ["\\ud83d"]}]}',
-    b'{"rev": "\\ud800"}',
-    b'{"repository": "\xff\xfe"}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"repository": "\\ud800", "commits": []}',
+        b'{"repository": "demo", "commits": [{"sha": "\\udfff"}]}',
+        b'{"repository": "demo", "commits": [{"sha": "' + b"a" * 40 + b'", "branches": ["\\ud83d"]}]}',
+        b'{"rev": "\\ud800"}',
+        b'{"repository": "\xff\xfe"}',
+    ],
+)
 def test_unpaired_surrogates_and_bad_bytes_are_a_422(api, body) -> None:
     client = api[0]
     path = "/api/jobs" if b'"rev"' in body else "/api/commits"

@@ -17,7 +17,7 @@ def test_links_are_refused_and_sizes_capped(tmp_path: Path, monkeypatch) -> None
     (ws / ".ci-artifacts" / "report.html").write_text("<h1>ok</h1>")
     (ws / ".ci-artifacts" / "sub" / "data.bin").write_bytes(b"\0" * 100)
     (ws / ".ci-artifacts" / "secret").symlink_to("/etc/passwd")
-    (ws / ".ci-artifacts" / "folder").symlink_to("/etc")          # a linked folder: never entered
+    (ws / ".ci-artifacts" / "folder").symlink_to("/etc")  # a linked folder: never entered
     os.mkfifo(ws / ".ci-artifacts" / "pipe")
     (ws / ".ci-artifacts" / "big").write_bytes(b"x" * 2048)
     (ws / "build").mkdir()
@@ -59,9 +59,13 @@ def _cobertura(hits: dict[str, list[int]]) -> str:
     classes = "".join(
         f'<class name="{name}" filename="{name}"><lines>'
         + "".join(f'<line number="{n}" hits="{h}"/>' for n, h in enumerate(ran, start=1))
-        + "</lines></class>" for name, ran in hits.items())
-    return f'<?xml version="1.0"?><coverage line-rate="0.1"><packages><package><classes>{classes}' \
-           '</classes></package></packages></coverage>'
+        + "</lines></class>"
+        for name, ran in hits.items()
+    )
+    return (
+        f'<?xml version="1.0"?><coverage line-rate="0.1"><packages><package><classes>{classes}'
+        "</classes></package></packages></coverage>"
+    )
 
 
 def test_the_coverage_of_a_split_suite_counts_a_line_run_by_any_shard(tmp_path: Path) -> None:
@@ -73,8 +77,8 @@ def test_the_coverage_of_a_split_suite_counts_a_line_run_by_any_shard(tmp_path: 
         if hits:
             (workspace / "coverage.xml").write_text(_cobertura(hits))
         shards.append((workspace, staged))
-    assert artifacts.coverage_of_shards(shards) == round(100 * 4 / 6, 2)   # a.py 3 of 4, b.py 1 of 2
-    (tmp_path / "ws3" / "coverage.xml").symlink_to(tmp_path / "ws1" / "coverage.xml")   # never followed
+    assert artifacts.coverage_of_shards(shards) == round(100 * 4 / 6, 2)  # a.py 3 of 4, b.py 1 of 2
+    (tmp_path / "ws3" / "coverage.xml").symlink_to(tmp_path / "ws1" / "coverage.xml")  # never followed
     assert artifacts.coverage_of_shards(shards[2:]) is None
 
 
@@ -88,7 +92,7 @@ def test_a_folder_of_a_hundred_thousand_files_is_capped_and_counted(tmp_path: Pa
     document = found.document()
     assert len(document["files"]) == artifacts.MAX_FILES
     assert len(document["refused"]) <= artifacts.MAX_REFUSED and document["stopped"] is True
-    assert len(json.dumps(document)) < 100_000   # not the 7.7 MB record of 99,000 refusals
+    assert len(json.dumps(document)) < 100_000  # not the 7.7 MB record of 99,000 refusals
 
 
 def test_a_name_that_is_not_utf8_is_refused_and_listed_escaped(tmp_path: Path) -> None:
@@ -99,7 +103,7 @@ def test_a_name_that_is_not_utf8_is_refused_and_listed_escaped(tmp_path: Path) -
         fh.write(b"x")
     found = artifacts.collect(ws, tmp_path / "out", [])
     assert found.files == ["ok.txt"] and found.refused == [r".ci-artifacts/bad-\xff\xfe.txt: the name is not UTF-8"]
-    json.dumps(found.document(), ensure_ascii=False).encode("utf-8")   # what result.json is written as
+    json.dumps(found.document(), ensure_ascii=False).encode("utf-8")  # what result.json is written as
 
 
 def test_a_huge_coverage_report_is_read_as_a_stream(tmp_path: Path) -> None:

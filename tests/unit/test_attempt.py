@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.base import LABEL_WARM
 from orchestrator.config import load_config
 from orchestrator.models import JobStatus
 from orchestrator.run import warm
-from orchestrator.backends.base import LABEL_WARM
 from orchestrator.run.attempt import Attempt
-from orchestrator.run.spec import WARM_CPU_SHARES
 from orchestrator.run.context import Context
+from orchestrator.run.spec import WARM_CPU_SHARES
 from runner_image import orchestrator_protocol as protocol
 from tests.fakes import FAST, JUNIT_FAILED, Bed, FakeBackend, behaving, spec_of
 from tests.helpers import write_config
+
 
 @pytest.fixture
 def bed(tmp_path: Path, request):
@@ -44,8 +45,12 @@ def test_failed_is_not_retried(bed: Bed) -> None:
 
 @pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=-1)}], indirect=True)
 def test_timeout_kills_and_says_so(bed: Bed, tmp_path: Path) -> None:
-    bed.ctx = Context.create(load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"timeout": 0.2})),
-                             bed.store, bed.backend, patience=FAST)
+    bed.ctx = Context.create(
+        load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"timeout": 0.2})),
+        bed.store,
+        bed.backend,
+        patience=FAST,
+    )
     done = bed.attempt()
     assert done.status is JobStatus.TIMED_OUT and "0.2 s timeout" in done.message and "stop" in bed.backend.calls
 
@@ -58,8 +63,7 @@ def test_cancel_while_running(bed: Bed) -> None:
     assert done.status is JobStatus.CANCELLED and done.message == "cancelled while running"
 
 
-@pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=3), "faults": Counter(wait=2, inspect=1)}],
-                         indirect=True)
+@pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=3), "faults": Counter(wait=2, inspect=1)}], indirect=True)
 def test_engine_lost_mid_wait_is_waited_for(bed: Bed) -> None:
     done = bed.attempt()
     assert done.status is JobStatus.PASSED and done.attempts == 1  # waited, not re-queued
@@ -76,8 +80,9 @@ def test_engine_lost_at_start_requeues_a_new_attempt(bed: Bed) -> None:
     assert bed.result()["attempt_history"][0]["outcome"] == "retried"
 
 
-@pytest.mark.parametrize("bed", [{"behaviour": behaving(starts_despite_fault=True), "faults": Counter(start=1)}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "bed", [{"behaviour": behaving(starts_despite_fault=True), "faults": Counter(start=1)}], indirect=True
+)
 def test_engine_cut_while_starting_does_not_start_twice(bed: Bed) -> None:
     done = bed.attempt()
     assert done.status is JobStatus.PASSED and done.attempts == 1
@@ -90,20 +95,25 @@ def test_out_of_memory_is_an_error_in_words(bed: Bed) -> None:
     assert done.status is JobStatus.ERROR and "out of memory" in done.message and done.attempts == 1
 
 
-@pytest.mark.parametrize("bed", [{"behaviour": behaving(output=tuple(f"line {i:04d}\n".encode() for i in range(500)))}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "bed", [{"behaviour": behaving(output=tuple(f"line {i:04d}\n".encode() for i in range(500)))}], indirect=True
+)
 def test_truncated_log_keeps_head_and_tail(bed: Bed, tmp_path: Path) -> None:
-    bed.ctx = Context.create(load_config(write_config(tmp_path, {"demo": bed.repo.path},
-                                                      runner={"max_log_bytes": 1024})),
-                             bed.store, bed.backend, patience=FAST)
+    bed.ctx = Context.create(
+        load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"max_log_bytes": 1024})),
+        bed.store,
+        bed.backend,
+        patience=FAST,
+    )
     done = bed.attempt()
     log = bed.log()
     assert done.log_truncated and bed.result()["log_truncated"] is True
     assert log.startswith(b"line 0000\n") and log.endswith(b"line 0499\n") and b"log truncated" in log
 
 
-@pytest.mark.parametrize("bed", [{"behaviour": behaving(exit_code=1, waits=1), "faults": Counter(wait=1, logs=9)}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "bed", [{"behaviour": behaving(exit_code=1, waits=1), "faults": Counter(wait=1, logs=9)}], indirect=True
+)
 def test_log_unreadable_after_an_outage_keeps_the_verdict(bed: Bed) -> None:
     done = bed.attempt()
     assert done.status is JobStatus.FAILED and done.attempts == 1
@@ -112,10 +122,17 @@ def test_log_unreadable_after_an_outage_keeps_the_verdict(bed: Bed) -> None:
 
 @pytest.mark.parametrize("bed", [{"behaviour": behaving(waits=-1, writes=8 * 1024 * 1024)}], indirect=True)
 def test_a_workspace_past_the_disk_limit_is_killed(bed: Bed, tmp_path: Path) -> None:
-    bed.ctx = Context.create(load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"disk": "6m"})),
-                             bed.store, bed.backend, patience=FAST)
+    bed.ctx = Context.create(
+        load_config(write_config(tmp_path, {"demo": bed.repo.path}, runner={"disk": "6m"})),
+        bed.store,
+        bed.backend,
+        patience=FAST,
+    )
     done = bed.attempt()
-    assert done.status is JobStatus.ERROR and done.message == "disk limit exceeded: more than 6m written into the workspace"
+    assert (
+        done.status is JobStatus.ERROR
+        and done.message == "disk limit exceeded: more than 6m written into the workspace"
+    )
 
 
 def test_warm_then_discarded_stays_queued(bed: Bed) -> None:
@@ -186,10 +203,12 @@ def test_a_warm_job_released_while_its_environment_builds_still_ends(bed: Bed, m
     release = warm.Release()
 
     def building(*_args, **_kwargs):
-        release.give(bed.store.claim(job))   # the dispatcher released it meanwhile
-        raise {"environment": EnvironmentBroken("no matching distribution", None),
-               "engine": EngineUnavailable("Docker engine unreachable (build): gone"),
-               "bug": RuntimeError("a bug")}[failure]
+        release.give(bed.store.claim(job))  # the dispatcher released it meanwhile
+        raise {
+            "environment": EnvironmentBroken("no matching distribution", None),
+            "engine": EngineUnavailable("Docker engine unreachable (build): gone"),
+            "bug": RuntimeError("a bug"),
+        }[failure]
 
     monkeypatch.setattr(steps_module, "setup", building)
     after = Attempt(bed.ctx, job, warm_start=warm.WarmStart(release)).run()

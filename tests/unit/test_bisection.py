@@ -44,7 +44,7 @@ def test_only_the_newest_of_a_branch_runs_and_the_older_end_skipped(store: Store
     assert claimed.id == jobs[-1].id and claimed.status is JobStatus.RUNNING
     assert [j.id for j in skipped] == [j.id for j in jobs[:3]]
     assert all(store.get(j.id).message == f"covered by {sha(4)[:12]}" for j in jobs[:3])
-    assert picker.claim_next().id == other.id   # another branch: its own newest
+    assert picker.claim_next().id == other.id  # another branch: its own newest
     assert picker.claim_next() is None
 
 
@@ -59,14 +59,14 @@ def test_a_warm_pick_does_not_choose_what_another_warm_job_will_cover(store: Sto
     jobs = queue_commits(store, 1, 5)
     first = picker.pick()
     assert first.id == jobs[-1].id
-    assert picker.pick(besides=frozenset({first.id})) is None   # the other four are covered by it
+    assert picker.pick(besides=frozenset({first.id})) is None  # the other four are covered by it
 
 
 def test_manual_and_bisection_jobs_are_never_coalesced(store: Store) -> None:
     picker = Picker(store, frozenset({"demo"}))
     jobs = queue_commits(store, 1, 3)
     store.record_commits("demo", [NewCommit(sha(9), "asked for", ("main",), MANUAL_PRIORITY)])
-    assert picker.claim_next().commit == sha(9)   # a user's first, and alone
+    assert picker.claim_next().commit == sha(9)  # a user's first, and alone
     assert all(store.get(j.id).status is JobStatus.QUEUED for j in jobs)
 
 
@@ -80,8 +80,12 @@ class Bed:
         self.jobs = queue_commits(store, 1, count)
         self.named: list[tuple[Job, object]] = []
         self.picker = Picker(store, frozenset({"demo"}))
-        self.bisector = Bisector(store, frozenset({"demo"}), lambda repo, good, bad: [sha(i) for i in range(1, count + 1)],
-                                 named=lambda job, b: self.named.append((job, b)))
+        self.bisector = Bisector(
+            store,
+            frozenset({"demo"}),
+            lambda repo, good, bad: [sha(i) for i in range(1, count + 1)],
+            named=lambda job, b: self.named.append((job, b)),
+        )
         newest = self.picker.claim_next()
         self.runs = [newest.commit]
         self.bisection = self.bisector.consider(store.move(newest, JobStatus.FAILED))
@@ -89,7 +93,7 @@ class Bed:
     def verdict(self, job: Job) -> JobStatus:
         index = int(job.commit, 16)
         if self.flaky and job.attempts > 1:
-            return JobStatus.PASSED   # the failure does not repeat
+            return JobStatus.PASSED  # the failure does not repeat
         return JobStatus.FAILED if index >= self.bad_from else JobStatus.PASSED
 
     def run(self, limit: int = 50) -> None:
@@ -111,10 +115,10 @@ def test_the_first_failing_commit_is_named_within_the_budget(store: Store, count
     bed = Bed(store, count, bad_from)
     assert bed.bisection is not None
     bed.run()
-    (job, bisection), = bed.named
+    ((job, bisection),) = bed.named
     assert job.commit == sha(bad_from) and job.culprit["culprit"] == sha(bad_from)
     assert bisection.phase == FOUND and bisection.jobs <= math.ceil(math.log2(count)) + 1
-    assert bisection.jobs == len(bed.runs) - 1   # every job it started, and only those
+    assert bisection.jobs == len(bed.runs) - 1  # every job it started, and only those
     assert store.get(job.id).culprit["good"] == sha(0)
 
 
@@ -142,9 +146,13 @@ def test_it_resumes_from_the_store(store: Store) -> None:
     bed.bisector.advance()
     probe = bed.picker.claim_next()
     store.move(probe, bed.verdict(probe))
-    bed.bisector = Bisector(store, frozenset({"demo"}), lambda repo, good, bad: [sha(i) for i in range(1, 17)],
-                            named=lambda job, b: bed.named.append((job, b)))
-    bed.bisector.catch_up()   # finds nothing new to start: the bisection exists
+    bed.bisector = Bisector(
+        store,
+        frozenset({"demo"}),
+        lambda repo, good, bad: [sha(i) for i in range(1, 17)],
+        named=lambda job, b: bed.named.append((job, b)),
+    )
+    bed.bisector.catch_up()  # finds nothing new to start: the bisection exists
     bed.run()
     assert bed.named[0][0].commit == sha(11)
 
@@ -152,6 +160,6 @@ def test_it_resumes_from_the_store(store: Store) -> None:
 def test_no_bisection_without_a_pass_before_or_untested_commits(store: Store) -> None:
     bisector = Bisector(store, frozenset({"demo"}), lambda repo, good, bad: [bad])
     job = queue_commits(store, 1, 1)[0]
-    assert bisector.consider(finish(store, job, JobStatus.FAILED)) is None     # nothing passed before it
+    assert bisector.consider(finish(store, job, JobStatus.FAILED)) is None  # nothing passed before it
     second = queue_commits(store, 2, 1)[0]
     assert bisector.consider(finish(store, second, JobStatus.FAILED)) is None  # a failure before it

@@ -50,8 +50,10 @@ BAD = [
     ("environments:\n  index_url: ftp://mirror/simple\n", "environments.index_url"),
     ("environments:\n  extra_index_urls: ['http://host/${SECRET}/simple']\n", "environments.extra_index_urls[0]"),
     ("environments:\n  timeout: 0\n", "environments.timeout"),
-    ("runner:\n  image: yes\n", "runner.image: Input should be a valid string (got True): YAML read it as a bool; "
-                                   "quote it to mean the text"),
+    (
+        "runner:\n  image: yes\n",
+        "runner.image: Input should be a valid string (got True): YAML read it as a bool; quote it to mean the text",
+    ),
 ]
 
 
@@ -64,47 +66,68 @@ def test_bad_values_name_the_key(tmp_path: Path, repo: Path, extra: str, expecte
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("repositories:\n  - name: Demo!\n    url: {repo}\n", "repositories[0].name"),
-    ("repositories:\n  - name: ../x\n    url: {repo}\n", "repositories[0].name"),
-    ("repositories:\n  - name: demo\n    url: ./missing\n", "repositories[0].url: no such repository"),
-    ("repositories:\n  - name: demo\n    url: {repo}\n    branches: ['[unclosed']\n", "repositories[0].branches"),
-    ("repositories:\n  - name: demo\n    url: {repo}\n    branches: []\n", "repositories[0].branches"),
-    ("repositories:\n  - {{name: a, url: {repo}}}\n  - {{name: a, url: {repo}}}\n", "used twice"),
-    ("repositories: []\n", "repositories"),
-    ("repositories:\n  - name: demo\n    url: {repo}\n    shards: 0\n", "repositories[0].shards: '0': a number of containers"),
-    ("repositories:\n  - name: demo\n    url: {repo}\n    shards: many\n", "from 1 to 64, or auto"),
-    ("repositories:\n  - name: demo\n    url: {repo}\n    shards: 2\n    command: make\n", "cannot be used with command"),
-    ("repositories:\n  - name: demo\n    url: {repo}\n    shard_unit: file\n", "repositories[0].shard_unit"),
-    ("poll_interval: 5\n", "repositories: Field required"),
-    ("- just a list\n", "expected a mapping"),
-    ("repositories: [\n", "not valid YAML at line"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("repositories:\n  - name: Demo!\n    url: {repo}\n", "repositories[0].name"),
+        ("repositories:\n  - name: ../x\n    url: {repo}\n", "repositories[0].name"),
+        ("repositories:\n  - name: demo\n    url: ./missing\n", "repositories[0].url: no such repository"),
+        ("repositories:\n  - name: demo\n    url: {repo}\n    branches: ['[unclosed']\n", "repositories[0].branches"),
+        ("repositories:\n  - name: demo\n    url: {repo}\n    branches: []\n", "repositories[0].branches"),
+        ("repositories:\n  - {{name: a, url: {repo}}}\n  - {{name: a, url: {repo}}}\n", "used twice"),
+        ("repositories: []\n", "repositories"),
+        (
+            "repositories:\n  - name: demo\n    url: {repo}\n    shards: 0\n",
+            "repositories[0].shards: '0': a number of containers",
+        ),
+        ("repositories:\n  - name: demo\n    url: {repo}\n    shards: many\n", "from 1 to 64, or auto"),
+        (
+            "repositories:\n  - name: demo\n    url: {repo}\n    shards: 2\n    command: make\n",
+            "cannot be used with command",
+        ),
+        ("repositories:\n  - name: demo\n    url: {repo}\n    shard_unit: file\n", "repositories[0].shard_unit"),
+        ("poll_interval: 5\n", "repositories: Field required"),
+        ("- just a list\n", "expected a mapping"),
+        ("repositories: [\n", "not valid YAML at line"),
+    ],
+)
 def test_bad_structure(tmp_path: Path, repo: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text.format(repo=repo)))
     assert expected in str(info.value)
 
 
-@pytest.mark.parametrize("url", [
-    "ext::sh -c touch% /tmp/pwned",
-    "ext::sh -c touch% /tmp/pwned ://example.com/x",
-    "fd::17",
-    "foo::bar",
-    "-uhack",
-    "--upload-pack=touch /tmp/pwned",
-    "ftp://example.com/repo.git",
-    "https://-oProxyCommand=x/repo.git",
-    "ssh://-oProxyCommand=touch%20pwned/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ext::sh -c touch% /tmp/pwned",
+        "ext::sh -c touch% /tmp/pwned ://example.com/x",
+        "fd::17",
+        "foo::bar",
+        "-uhack",
+        "--upload-pack=touch /tmp/pwned",
+        "ftp://example.com/repo.git",
+        "https://-oProxyCommand=x/repo.git",
+        "ssh://-oProxyCommand=touch%20pwned/x",
+    ],
+)
 def test_urls_git_would_run_a_program_for_are_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {url!r}\n"))
     assert "repositories[0].url" in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["https://example.com/a/b.git", "http://127.0.0.1:8080/x", "ssh://git@host/x.git",
-                                 "git://host/x", "git@example.com:team/x.git", "host.example:x.git"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/a/b.git",
+        "http://127.0.0.1:8080/x",
+        "ssh://git@host/x.git",
+        "git://host/x",
+        "git@example.com:team/x.git",
+        "host.example:x.git",
+    ],
+)
 def test_urls_git_fetches_as_usual_are_accepted(tmp_path: Path, url: str) -> None:
     config = load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {url!r}\n"))
     assert config.repositories[0].url == url
@@ -117,25 +140,33 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path, repo: Path) -> None:
     path = write(tmp_path, GOOD.format(repo=repo) + "runner:\n  parallelism: many\n")
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "status", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "status", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "runner.parallelism" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p: p.write_text("a file"), "is not a directory"),
-    (lambda p: p.symlink_to(p.parent / "nowhere"), "leads nowhere"),
-    (lambda p: p.symlink_to(p), "leads nowhere"),  # a link to itself: a loop
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: p.write_text("a file"), "is not a directory"),
+        (lambda p: p.symlink_to(p.parent / "nowhere"), "leads nowhere"),
+        (lambda p: p.symlink_to(p), "leads nowhere"),  # a link to itself: a loop
+    ],
+)
 @pytest.mark.parametrize("key", ["state_dir", "results_dir"])
 def test_directories_that_cannot_be_written_are_refused_at_start(tmp_path: Path, repo: Path, make, words, key) -> None:
     path = write(tmp_path, GOOD.format(repo=repo) + f"{key}: ./odd\n")
     make(tmp_path / "odd")
     for command in (["run", "--once"], ["dispatcher"], ["submit", "HEAD"], ["poll"]):
-        proc = subprocess.run([sys.executable, "-m", "orchestrator", *command, "-c", str(path)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *command, "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2, (command, proc.stderr)
         assert proc.stderr.count("\n") == 1 and f"{key}: " in proc.stderr and words in proc.stderr
 
@@ -147,8 +178,13 @@ def test_a_python_the_images_do_not_offer_is_refused(tmp_path: Path, repo: Path)
 
 
 def test_each_python_runs_in_its_own_runner_image(tmp_path: Path, repo: Path) -> None:
-    config = load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: '3.13'\n"
-                                         "runner:\n  image: registry.local:5000/ci/runner:v2\n"))
+    config = load_config(
+        write(
+            tmp_path,
+            f"repositories:\n  - name: demo\n    url: {repo}\n    python: '3.13'\n"
+            "runner:\n  image: registry.local:5000/ci/runner:v2\n",
+        )
+    )
     assert config.repositories[0].python == "3.13"
     assert config.runner.image_for("3.11") == "registry.local:5000/ci/runner:v2"
     assert config.runner.image_for("3.13") == "registry.local:5000/ci/runner:py3.13"
@@ -174,7 +210,12 @@ def test_yaml_words_that_read_as_booleans_stay_words_as_keys(tmp_path: Path, rep
     """YAML 1.1 reads a bare `on` as true: `notify: {on: all}` failed with "Keys should be strings"."""
     config = load_config(write(tmp_path, GOOD.format(repo=repo) + "notify:\n  on: all\n  webhooks: []\n"))
     assert config.notify.on == "all"
-    off = load_config(write(tmp_path, GOOD.format(repo=repo) + "notify: {on: failures}\nrepositories:\n"
-                            f"  - name: x\n    url: {repo}\n    env: {{no: '1', yes: '2'}}\n    coalesce: yes\n"))
+    off = load_config(
+        write(
+            tmp_path,
+            GOOD.format(repo=repo) + "notify: {on: failures}\nrepositories:\n"
+            f"  - name: x\n    url: {repo}\n    env: {{no: '1', yes: '2'}}\n    coalesce: yes\n",
+        )
+    )
     assert off.notify.on == "failures" and off.repositories[0].env == {"no": "1", "yes": "2"}
-    assert off.repositories[0].coalesce is True   # as a value, a YAML boolean is still one
+    assert off.repositories[0].coalesce is True  # as a value, a YAML boolean is still one

@@ -18,8 +18,10 @@ from orchestrator.models import JobStatus
 from tests.helpers import GitRepo, Web
 
 HOSTILE_SUBJECT = "[/] [link=https://evil.example]click[/link] [bold red]alarm"
-ESCAPES = (b"plain \x1b[31mred\x1b[0m \x1b]0;pwned title\x07 \x1b]52;c;ZXZpbA==\x07 \x1b[2J"
-           b" \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\ \x1bP+q\x1b\\ end\n")
+ESCAPES = (
+    b"plain \x1b[31mred\x1b[0m \x1b]0;pwned title\x07 \x1b]52;c;ZXZpbA==\x07 \x1b[2J"
+    b" \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\ \x1bP+q\x1b\\ end\n"
+)
 
 
 @pytest.fixture
@@ -34,8 +36,9 @@ def finished(tmp_path: Path, repo: GitRepo):
 
 
 def _cli(w: Web, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args, "-c", str(w.config.source)],
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args, "-c", str(w.config.source)], capture_output=True, timeout=60
+    )
 
 
 def test_markup_in_a_subject_is_shown_as_text(finished) -> None:
@@ -53,8 +56,12 @@ def test_logs_to_a_file_are_exact(finished) -> None:
 def test_logs_to_a_terminal_keep_colours_and_nothing_else(finished) -> None:
     w, job = finished
     main, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", job.commit[:10], "-c", str(w.config.source)],
-                            stdout=secondary, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "logs", job.commit[:10], "-c", str(w.config.source)],
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     os.close(secondary)
     seen, deadline = b"", time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -79,5 +86,5 @@ def test_logs_to_a_terminal_keep_colours_and_nothing_else(finished) -> None:
 @pytest.mark.parametrize("size", [1, 2, 7, 4096])
 def test_filter_is_the_same_whatever_the_chunks(size: int) -> None:
     f = TerminalFilter()
-    out = b"".join(f.feed(ESCAPES[i:i + size]) for i in range(0, len(ESCAPES), size)) + f.close()
+    out = b"".join(f.feed(ESCAPES[i : i + size]) for i in range(0, len(ESCAPES), size)) + f.close()
     assert out == b"plain \x1b[31mred\x1b[0m    link  end\n"

@@ -26,13 +26,13 @@ def test_an_attempt_that_escapes_with_its_job_running_is_concluded(tmp_path: Pat
     store = Store(config.db_path)
     store.record_commits("demo", [NewCommit(sha, "root", ("main",))])
 
-    def escapes(self):   # a bug past every handler: the job stays running in the store
+    def escapes(self):  # a bug past every handler: the job stays running in the store
         raise RuntimeError("escaped the attempt")
 
     monkeypatch.setattr(attempt_module.Attempt, "run", escapes)
     dispatcher = fakes.dispatcher(config, store, FakeBackend())
     stop = threading.Event()
-    timer = threading.Timer(20, stop.set)   # bounded, whatever happens
+    timer = threading.Timer(20, stop.set)  # bounded, whatever happens
     timer.start()
     try:
         with caplog.at_level(logging.ERROR, logger="orchestrator.dispatcher"):
@@ -49,8 +49,15 @@ def test_an_attempt_that_escapes_with_its_job_running_is_concluded(tmp_path: Pat
 
 # -- scheduling, on the fake backend ---------------------------------------------------------
 
-def _world(tmp_path: Path, repositories: dict[str, int], runner: dict, shards: dict[str, int] | None = None,
-           behaviour=None, faults=None):
+
+def _world(
+    tmp_path: Path,
+    repositories: dict[str, int],
+    runner: dict,
+    shards: dict[str, int] | None = None,
+    behaviour=None,
+    faults=None,
+):
     """Repositories (name -> commits, each queued in order, round-robin), a store and a
     dispatcher over a fake backend whose containers run until stopped."""
     from collections import Counter
@@ -58,15 +65,25 @@ def _world(tmp_path: Path, repositories: dict[str, int], runner: dict, shards: d
     from tests.fakes import FAST, behaving
 
     repos = {name: GitRepo(tmp_path / name) for name in repositories}
-    shas = {name: [repo.commit(f"{name} {i}", {**PASSING, "n.txt": f"{i}\n"}) for i in range(count)]
-            for (name, count), repo in zip(repositories.items(), repos.values())}
+    shas = {
+        name: [repo.commit(f"{name} {i}", {**PASSING, "n.txt": f"{i}\n"}) for i in range(count)]
+        for (name, count), repo in zip(repositories.items(), repos.values(), strict=True)
+    }
     config = load_config(write_config(tmp_path, {n: r.path for n, r in repos.items()}, runner=runner, retries=0))
     if shards:
-        config = config.model_copy(update={"repositories": [r.model_copy(update={"shards": shards.get(r.name, 1)})
-                                                            for r in config.repositories]})
+        config = config.model_copy(
+            update={
+                "repositories": [r.model_copy(update={"shards": shards.get(r.name, 1)}) for r in config.repositories]
+            }
+        )
     store = Store(config.db_path)
-    order = [(name, sha) for i in range(max(repositories.values())) for name in repositories
-             if i < len(shas[name]) for sha in [shas[name][i]]]
+    order = [
+        (name, sha)
+        for i in range(max(repositories.values()))
+        for name in repositories
+        if i < len(shas[name])
+        for sha in [shas[name][i]]
+    ]
     for name, sha in order:
         store.record_commits(name, [NewCommit(sha, "s", ("main",))])
     backend = FakeBackend(behaviour or behaving(waits=-1), faults=faults or Counter())
@@ -99,13 +116,14 @@ def test_never_more_jobs_than_slots(tmp_path: Path) -> None:
 
 
 def test_a_split_suite_waits_at_the_head_for_its_slots_and_nothing_overtakes_it(tmp_path: Path) -> None:
-    config, store, backend, dispatcher = _world(tmp_path, {"plain": 2, "split": 1}, {"parallelism": 2, "warm": 0},
-                                                shards={"split": 2})
-    try:   # queued: plain 0, split 0, plain 1
+    config, store, backend, dispatcher = _world(
+        tmp_path, {"plain": 2, "split": 1}, {"parallelism": 2, "warm": 0}, shards={"split": 2}
+    )
+    try:  # queued: plain 0, split 0, plain 1
         dispatcher.step()
         _until(lambda: len(backend.specs) == 1)
         dispatcher.step()
-        assert _statuses(store) == ["running", "queued", "queued"]   # one slot free: the split one needs two
+        assert _statuses(store) == ["running", "queued", "queued"]  # one slot free: the split one needs two
         assert dispatcher._free() == 1
     finally:
         dispatcher.shutdown()
@@ -115,18 +133,19 @@ def test_a_split_suite_waits_at_the_head_for_its_slots_and_nothing_overtakes_it(
 def test_warm_jobs_are_released_in_queue_order_when_a_slot_frees(tmp_path: Path) -> None:
     from tests.fakes import behaving
 
-    config, store, backend, dispatcher = _world(tmp_path, {"demo": 3}, {"parallelism": 1, "warm": 2},
-                                                behaviour=behaving(waits=-1))
+    config, store, backend, dispatcher = _world(
+        tmp_path, {"demo": 3}, {"parallelism": 1, "warm": 2}, behaviour=behaving(waits=-1)
+    )
     try:
-        dispatcher.step()   # job 1 runs; jobs 2 and 3 start warm (still queued in the store)
+        dispatcher.step()  # job 1 runs; jobs 2 and 3 start warm (still queued in the store)
         _until(lambda: len(backend.specs) == 3)
         assert _statuses(store) == ["running", "queued", "queued"]
         first = next(cid for cid, box in backend.containers.items() if box.spec.labels["orchestrator.job"] == "1")
-        backend.stop(first)   # job 1's container ends
+        backend.stop(first)  # job 1's container ends
         _until(lambda: store.get(1).status.value != "running")
         _until(lambda: (dispatcher.step(), store.get(2).status.value == "running")[1])
-        assert _statuses(store)[1:] == ["running", "queued"]   # job 2 first, job 3 still waiting warm
-        assert len(backend.specs) == 3   # job 2 runs in the container it was started warm in
+        assert _statuses(store)[1:] == ["running", "queued"]  # job 2 first, job 3 still waiting warm
+        assert len(backend.specs) == 3  # job 2 runs in the container it was started warm in
     finally:
         dispatcher.shutdown()
         store.close()
@@ -135,14 +154,15 @@ def test_warm_jobs_are_released_in_queue_order_when_a_slot_frees(tmp_path: Path)
 def test_an_engine_away_is_backed_off_and_nothing_is_claimed_meanwhile(tmp_path: Path) -> None:
     from collections import Counter
 
-    config, store, backend, dispatcher = _world(tmp_path, {"demo": 1}, {"parallelism": 1, "warm": 0},
-                                                faults=Counter(find=1))
+    config, store, backend, dispatcher = _world(
+        tmp_path, {"demo": 1}, {"parallelism": 1, "warm": 0}, faults=Counter(find=1)
+    )
     try:
-        dispatcher.step()   # recovery asks the engine first: it is away
+        dispatcher.step()  # recovery asks the engine first: it is away
         assert dispatcher.engine_error is not None and _statuses(store) == ["queued"] and backend.specs == []
-        dispatcher.step()   # within the back-off: not even asked
+        dispatcher.step()  # within the back-off: not even asked
         assert backend.calls.count("find") == 1
-        dispatcher._engine_retry_at = 0   # the back-off has passed
+        dispatcher._engine_retry_at = 0  # the back-off has passed
         dispatcher.step()
         _until(lambda: len(backend.specs) == 1)
         assert dispatcher.engine_error is None and _statuses(store) == ["running"]

@@ -27,14 +27,16 @@ def test_it_shows_running_jobs_the_queue_and_the_last_finished(tmp_path: Path) -
     done = store.claim_next()
     store.move(done, JobStatus.PASSED)
     running = store.claim_next()
-    store.apply(running, dataclasses.replace(running, started_at=utcnow() - timedelta(seconds=42.2),
-                                             message="building environment"))
+    store.apply(
+        running,
+        dataclasses.replace(running, started_at=utcnow() - timedelta(seconds=42.2), message="building environment"),
+    )
     console = Console(record=True, width=160)
     console.print(render(store))
     text = console.export_text()
     assert "1 running · 2 queued" in text and f"{1:040x}"[:10] in text and "building environment" in text
     assert "42s" in text
-    assert "last finished" in text and "passed" in text and "subject [bold]0[/]" in text   # text, not markup
+    assert "last finished" in text and "passed" in text and "subject [bold]0[/]" in text  # text, not markup
     store.close()
 
 
@@ -48,11 +50,16 @@ def test_a_terminal_gets_the_view_and_a_pipe_plain_lines(tmp_path: Path) -> None
     time.sleep(3)
     piped.terminate()
     _, err = piped.communicate(timeout=20)
-    assert "running ·" not in err and "INFO" in err   # plain log lines
+    assert "running ·" not in err and "INFO" in err  # plain log lines
 
     leader, follower = pty.openpty()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
-                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
     os.close(follower)
     seen, deadline = b"", time.monotonic() + 20
     while b"running \xc2\xb7" not in seen and time.monotonic() < deadline:

@@ -7,8 +7,16 @@ from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
 
 
 def job(status: JobStatus = JobStatus.QUEUED, **kw) -> Job:
-    return Job(id=1, repository="demo", commit="a" * 40, branches=("main",), subject="s",
-               status=status, queued_at=utcnow(), **kw)
+    return Job(
+        id=1,
+        repository="demo",
+        commit="a" * 40,
+        branches=("main",),
+        subject="s",
+        status=status,
+        queued_at=utcnow(),
+        **kw,
+    )
 
 
 def test_status_is_stored_by_value() -> None:
@@ -40,30 +48,40 @@ def test_requeue_keeps_attempts_and_retry_clears_outcome() -> None:
     assert retried.exit_code is None and retried.attempts == 2
 
 
-@pytest.mark.parametrize("source, target", [
-    (JobStatus.QUEUED, JobStatus.PASSED),
-    (JobStatus.QUEUED, JobStatus.QUEUED),
-    (JobStatus.PASSED, JobStatus.FAILED),
-    (JobStatus.PASSED, JobStatus.RUNNING),
-    (JobStatus.CANCELLED, JobStatus.RUNNING),
-    (JobStatus.RUNNING, JobStatus.RUNNING),
-])
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        (JobStatus.QUEUED, JobStatus.PASSED),
+        (JobStatus.QUEUED, JobStatus.QUEUED),
+        (JobStatus.PASSED, JobStatus.FAILED),
+        (JobStatus.PASSED, JobStatus.RUNNING),
+        (JobStatus.CANCELLED, JobStatus.RUNNING),
+        (JobStatus.RUNNING, JobStatus.RUNNING),
+    ],
+)
 def test_illegal_transitions_are_rejected(source: JobStatus, target: JobStatus) -> None:
     with pytest.raises(InvalidTransition):
         transition(job(source), target, utcnow())
 
 
 def test_final_and_bad() -> None:
-    assert {s for s in JobStatus if s.final} == {JobStatus.PASSED, JobStatus.FAILED, JobStatus.ERROR,
-                                                  JobStatus.TIMED_OUT, JobStatus.CANCELLED, JobStatus.SKIPPED}
+    assert {s for s in JobStatus if s.final} == {
+        JobStatus.PASSED,
+        JobStatus.FAILED,
+        JobStatus.ERROR,
+        JobStatus.TIMED_OUT,
+        JobStatus.CANCELLED,
+        JobStatus.SKIPPED,
+    }
     assert {s for s in JobStatus if s.bad} == {JobStatus.FAILED, JobStatus.ERROR, JobStatus.TIMED_OUT}
 
 
 def test_skipped_comes_only_from_queued_and_goes_back_to_queued() -> None:
     """A coalesced commit ends skipped without running; a bisection (or a user) queues it again."""
     now = utcnow()
-    job = Job(id=1, repository="r", commit="a" * 40, branches=("main",), subject="", status=JobStatus.QUEUED,
-              queued_at=now)
+    job = Job(
+        id=1, repository="r", commit="a" * 40, branches=("main",), subject="", status=JobStatus.QUEUED, queued_at=now
+    )
     skipped = transition(job, JobStatus.SKIPPED, now, message="covered by bbbbbbbbbbbb")
     assert skipped.status is JobStatus.SKIPPED and skipped.finished_at == now and skipped.attempts == 0
     requeued = transition(skipped, JobStatus.QUEUED, now, priority=-1)

@@ -36,16 +36,18 @@ def ended(notifier: Notifier, job_id: int, timeout: float = 15) -> list:
 
 def test_no_redirect_is_followed_and_a_3xx_is_a_failed_try(tmp_path: Path) -> None:
     hostile, elsewhere = WebhookReceiver(), WebhookReceiver()
-    hostile.redirect_to = elsewhere.url   # another origin
+    hostile.redirect_to = elsewhere.url  # another origin
     try:
         w, notifier = setup(tmp_path, [f"{hostile.base}/redirect307", f"{hostile.base}/redirect302"])
         job = w.finish(JobStatus.PASSED)
         deliveries = ended(notifier, job.id)
         notifier.close()
-        assert sorted(d.last_error for d in deliveries) == ["HTTP 302 (redirects are not followed)",
-                                                            "HTTP 307 (redirects are not followed)"]
+        assert sorted(d.last_error for d in deliveries) == [
+            "HTTP 302 (redirects are not followed)",
+            "HTTP 307 (redirects are not followed)",
+        ]
         assert all(d.state == "failed" for d in deliveries)
-        assert elsewhere.paths == [] and elsewhere.received == []   # the body went nowhere else
+        assert elsewhere.paths == [] and elsewhere.received == []  # the body went nowhere else
         w.close()
     finally:
         hostile.close()
@@ -81,9 +83,13 @@ def test_a_trickling_receiver_holds_back_no_other_and_is_cut_at_the_deadline(tmp
         deliveries = {d.url: d for d in ended(notifier, job.id)}
         notifier.close()
         slow_one = deliveries[f"{slow.base}/trickle"]
-        assert slow_one.state == "failed" and slow_one.last_error in ("timed out", "RemoteDisconnected",
-                                                                      "ConnectionResetError", "BadStatusLine")
-        assert time.monotonic() - began < 8   # cut at its 2 s deadline, not after a byte every 4 s
+        assert slow_one.state == "failed" and slow_one.last_error in (
+            "timed out",
+            "RemoteDisconnected",
+            "ConnectionResetError",
+            "BadStatusLine",
+        )
+        assert time.monotonic() - began < 8  # cut at its 2 s deadline, not after a byte every 4 s
         w.close()
     finally:
         slow.close()

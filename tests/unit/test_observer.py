@@ -7,8 +7,8 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.models import MAX_SUBJECT
-from tests import fakes
 from orchestrator.store import Store
+from tests import fakes
 from tests.helpers import GitRepo, write_config
 
 

@@ -14,8 +14,17 @@ from tests.fakes import Bed, FakeBackend, spec_of
 
 
 def _job(job_id: int, attempts: int = 1, container: str | None = None) -> Job:
-    return Job(id=job_id, repository="demo", commit=f"{job_id:040x}", branches=("main",), subject="",
-               status=JobStatus.RUNNING, queued_at=utcnow(), attempts=attempts, container_id=container)
+    return Job(
+        id=job_id,
+        repository="demo",
+        commit=f"{job_id:040x}",
+        branches=("main",),
+        subject="",
+        status=JobStatus.RUNNING,
+        queued_at=utcnow(),
+        attempts=attempts,
+        container_id=container,
+    )
 
 
 def _box(name: str, job: int | str, attempt: int, phase: Phase = Phase.RUNNING, **labels: str) -> ContainerState:
@@ -23,20 +32,23 @@ def _box(name: str, job: int | str, attempt: int, phase: Phase = Phase.RUNNING, 
 
 
 def test_plan_decides_for_every_job_and_container() -> None:
-    running = [_job(1), _job(2, container="c2"), _job(3, attempts=2, container="c3"), _job(4, container="c4"),
-               _job(5)]
+    running = [_job(1), _job(2, container="c2"), _job(3, attempts=2, container="c3"), _job(4, container="c4"), _job(5)]
     containers = [
-        _box("c1", 1, 1),                            # its job's current attempt: adopted
-        _box("c3-old", 3, 1, Phase.EXITED),          # an earlier attempt's
-        _box("c3", 3, 2, Phase.EXITED),              # exited: adopted, to be collected
-        _box("c4", 4, 1, Phase.CREATED),             # never started: its job re-queued
+        _box("c1", 1, 1),  # its job's current attempt: adopted
+        _box("c3-old", 3, 1, Phase.EXITED),  # an earlier attempt's
+        _box("c3", 3, 2, Phase.EXITED),  # exited: adopted, to be collected
+        _box("c4", 4, 1, Phase.CREATED),  # never started: its job re-queued
         _box("c5", 5, 1, **{LABEL_WARM: "1"}),  # warm, never released: as if gone
-        _box("c9", 9, 1),                            # its job is no longer running
-        _box("cx", "junk", 1),                       # not ours to understand
+        _box("c9", 9, 1),  # its job is no longer running
+        _box("cx", "junk", 1),  # not ours to understand
     ]
     done2 = dataclasses.replace(running[1], status=JobStatus.PASSED)
-    decisions = plan(running, containers, released=lambda job, state: state.id != "c5",
-                     completed=lambda job: done2 if job.id == 2 else None)
+    decisions = plan(
+        running,
+        containers,
+        released=lambda job, state: state.id != "c5",
+        completed=lambda job: done2 if job.id == 2 else None,
+    )
     adopted = {d.job.id: d.container.id for d in decisions if isinstance(d, Adopt)}
     assert adopted == {1: "c1", 3: "c3"}
     assert [d.job.id for d in decisions if isinstance(d, AdoptFiles)] == [2]
@@ -50,8 +62,9 @@ def test_reconcile_adopts_requeues_and_cleans(tmp_path: Path) -> None:
     job = bed.store.claim_next()
     running = bed.backend.adopt(spec_of(bed, job))
     job = bed.store.apply(job, dataclasses.replace(job, container_id=running.id))
-    stray = bed.backend.adopt(dataclasses.replace(bed.backend.specs[0], labels={
-        **bed.backend.specs[0].labels, LABEL_JOB: "77"}))
+    stray = bed.backend.adopt(
+        dataclasses.replace(bed.backend.specs[0], labels={**bed.backend.specs[0].labels, LABEL_JOB: "77"})
+    )
     (bed.config.state_dir / "work" / "55").mkdir()  # a checkout a crash left
     adopted: list[tuple[int, str]] = []
     Recovery(bed.ctx).reconcile(adopt=lambda j, state: adopted.append((j.id, state.id)), active=set())

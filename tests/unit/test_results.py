@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import history, verdict
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
-from orchestrator.results import ResultFiles
-from orchestrator import history, verdict
 from orchestrator.report import Report
+from orchestrator.results import ResultFiles
 from orchestrator.verdict import cause, classify
 from orchestrator.workspace import read_regular_file
 
@@ -30,9 +30,11 @@ def test_junit_garbage_is_no_counts(data: bytes) -> None:
 
 
 def test_junit_billion_laughs_is_refused() -> None:
-    bomb = b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">' + b"".join(
-        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(8)
-    ) + b']><testsuite tests="&i;"/>'
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+        + b"".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(8))
+        + b']><testsuite tests="&i;"/>'
+    )
     assert Report(bomb).counts() is None
 
 
@@ -50,20 +52,23 @@ def test_junit_read_refuses_links_and_oversize(tmp_path: Path) -> None:
     assert read_regular_file(secret, 1 << 20) == JUNIT
 
 
-@pytest.mark.parametrize("exit_code, oom, timed_out, status, words", [
-    (0, False, False, JobStatus.PASSED, None),
-    (1, False, False, JobStatus.FAILED, None),
-    (2, False, False, JobStatus.ERROR, "collection error"),
-    (3, False, False, JobStatus.ERROR, "internal error"),
-    (4, False, False, JobStatus.ERROR, "usage error"),
-    (5, False, False, JobStatus.ERROR, "no tests collected"),
-    (100, False, False, JobStatus.ERROR, "tests directory missing"),
-    (137, True, False, JobStatus.ERROR, "out of memory"),
-    (137, False, True, JobStatus.TIMED_OUT, "timeout"),
-    (137, False, False, JobStatus.ERROR, "killed by SIGKILL"),
-    (143, False, False, JobStatus.ERROR, "SIGTERM"),
-    (42, False, False, JobStatus.ERROR, "status 42"),
-])
+@pytest.mark.parametrize(
+    "exit_code, oom, timed_out, status, words",
+    [
+        (0, False, False, JobStatus.PASSED, None),
+        (1, False, False, JobStatus.FAILED, None),
+        (2, False, False, JobStatus.ERROR, "collection error"),
+        (3, False, False, JobStatus.ERROR, "internal error"),
+        (4, False, False, JobStatus.ERROR, "usage error"),
+        (5, False, False, JobStatus.ERROR, "no tests collected"),
+        (100, False, False, JobStatus.ERROR, "tests directory missing"),
+        (137, True, False, JobStatus.ERROR, "out of memory"),
+        (137, False, True, JobStatus.TIMED_OUT, "timeout"),
+        (137, False, False, JobStatus.ERROR, "killed by SIGKILL"),
+        (143, False, False, JobStatus.ERROR, "SIGTERM"),
+        (42, False, False, JobStatus.ERROR, "status 42"),
+    ],
+)
 def test_status_from_outcome(exit_code, oom, timed_out, status, words) -> None:
     got, message = classify(exit_code, oom_killed=oom, timed_out=timed_out, timeout=10, memory="256m")
     assert got is status
@@ -92,8 +97,16 @@ def test_capped_log_small_output_is_whole(tmp_path: Path) -> None:
 
 
 def _job(attempts: int = 1) -> Job:
-    job = Job(id=3, repository="demo", commit="b" * 40, branches=("main",), subject="s",
-              status=JobStatus.QUEUED, queued_at=utcnow(), attempts=attempts - 1)
+    job = Job(
+        id=3,
+        repository="demo",
+        commit="b" * 40,
+        branches=("main",),
+        subject="s",
+        status=JobStatus.QUEUED,
+        queued_at=utcnow(),
+        attempts=attempts - 1,
+    )
     running = transition(job, JobStatus.RUNNING, utcnow())
     return transition(running, JobStatus.FAILED, utcnow(), exit_code=1, tests=TestCounts(2, 1, 1, 0, 0))
 
@@ -104,8 +117,20 @@ def test_result_files_written_and_older_attempt_archived(tmp_path: Path) -> None
     doc = json.loads((first / "result.json").read_text())
     assert doc["status"] == "failed" and doc["commit"] == "b" * 40 and doc["attempts"] == 1
     assert doc["tests"] == {"total": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0}
-    assert set(doc) >= {"repository", "branches", "subject", "exit_code", "queued_at", "started_at",
-                        "finished_at", "duration_s", "image", "container", "log_truncated", "message"}
+    assert set(doc) >= {
+        "repository",
+        "branches",
+        "subject",
+        "exit_code",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "image",
+        "container",
+        "log_truncated",
+        "message",
+    }
     assert oct((first / "result.json").stat().st_mode & 0o777) == "0o644"
     files.write(_job(2), lambda fh: fh.write(b"second log\n"), None)
     assert (first / "output.log").read_bytes() == b"second log\n"
@@ -198,27 +223,46 @@ COLLECTION = b"""<testsuites><testsuite errors="1" tests="0"><testcase classname
 E   ModuleNotFoundError: No module named 'hypothesis'</error></testcase></testsuite></testsuites>"""
 
 
-@pytest.mark.parametrize("exit_code, junit, log, expected", [
-    (2, COLLECTION, b"", "collection error: ModuleNotFoundError: No module named 'hypothesis'"),
-    (4, None, b"ERROR: usage: pytest [options]\nERROR: file or directory not found: tests\n",
-     "pytest usage error: usage: pytest [options]"),
-    (102, None, b"ERROR: Could not find a version that satisfies the requirement hatchling\n",
-     "the commit could not be installed: Could not find a version that satisfies the requirement hatchling"),
-    (2, None, b"E   pytest.PytestCollectionWarning: cannot collect test class 'TestSuite'\n",
-     "collection error: pytest.PytestCollectionWarning: cannot collect test class 'TestSuite'"),
-    (2, b"not xml", b"", None),
-    (1, COLLECTION, b"", None),  # failed tests speak for themselves
-])
+@pytest.mark.parametrize(
+    "exit_code, junit, log, expected",
+    [
+        (2, COLLECTION, b"", "collection error: ModuleNotFoundError: No module named 'hypothesis'"),
+        (
+            4,
+            None,
+            b"ERROR: usage: pytest [options]\nERROR: file or directory not found: tests\n",
+            "pytest usage error: usage: pytest [options]",
+        ),
+        (
+            102,
+            None,
+            b"ERROR: Could not find a version that satisfies the requirement hatchling\n",
+            "the commit could not be installed: Could not find a version that satisfies the requirement hatchling",
+        ),
+        (
+            2,
+            None,
+            b"E   pytest.PytestCollectionWarning: cannot collect test class 'TestSuite'\n",
+            "collection error: pytest.PytestCollectionWarning: cannot collect test class 'TestSuite'",
+        ),
+        (2, b"not xml", b"", None),
+        (1, COLLECTION, b"", None),  # failed tests speak for themselves
+    ],
+)
 def test_the_reason_names_the_cause(exit_code, junit, log, expected) -> None:
     assert cause(exit_code, Report(junit), log) == expected
 
 
 # -- a report must not contradict the status ------------------------------------------------
 
-FAILED_ONCE = (b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
-               b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
-               b'<testcase classname="tests.test_a" name="test_y"/></testsuite>')
-FORGED_RERUN = b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/></testsuite>'
+FAILED_ONCE = (
+    b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
+    b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
+    b'<testcase classname="tests.test_a" name="test_y"/></testsuite>'
+)
+FORGED_RERUN = (
+    b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/></testsuite>'
+)
 
 
 def test_a_rerun_suite_counts_only_when_re_runs_are_configured_and_only_as_many() -> None:
@@ -227,13 +271,17 @@ def test_a_rerun_suite_counts_only_when_re_runs_are_configured_and_only_as_many(
     orchestrator-rerun-1..N count, each once."""
     forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
     assert Report(forged).flaky() == [] and Report(forged).counts().failed == 1
-    assert not any(c.rerun for c in history.cases(Report(forged)))   # the history records the failure (history.record)
+    assert not any(c.rerun for c in history.cases(Report(forged)))  # the history records the failure (history.record)
     assert Report(forged).flaky(reruns=1) == ["tests.test_a::test_x"]
     beyond = FAILED_ONCE + FORGED_RERUN.replace(b"rerun-1", b"rerun-3") + b"</testsuites>"
     assert Report(beyond).flaky(reruns=2) == [] and Report(beyond).counts(reruns=2).failed == 1
-    twice = FAILED_ONCE + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure/></testcase>') \
-        + FORGED_RERUN + b"</testsuites>"
-    assert Report(twice).flaky(reruns=2) == []   # rerun-1 counted once: the first, which failed
+    twice = (
+        FAILED_ONCE
+        + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure/></testcase>')
+        + FORGED_RERUN
+        + b"</testsuites>"
+    )
+    assert Report(twice).flaky(reruns=2) == []  # rerun-1 counted once: the first, which failed
 
 
 def test_a_passing_exit_with_failures_in_the_report_is_failed() -> None:
@@ -243,16 +291,21 @@ def test_a_passing_exit_with_failures_in_the_report_is_failed() -> None:
 
     exited = ContainerState("c", Phase.EXITED, {}, exit_code=0)
     report = FAILED_ONCE + b"</testsuites>"
-    assert verdict.judge(RunnerConfig(), exited, None, Report(report)) == \
-        (JobStatus.FAILED, "the suite exited 0 but its report has 1 failure")
+    assert verdict.judge(RunnerConfig(), exited, None, Report(report)) == (
+        JobStatus.FAILED,
+        "the suite exited 0 but its report has 1 failure",
+    )
     recovered = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
     assert verdict.judge(RunnerConfig(), exited, None, Report(recovered), reruns=1) == (JobStatus.PASSED, None)
     assert verdict.judge(RunnerConfig(), exited, None, Report(recovered))[0] is JobStatus.FAILED
 
 
 def test_a_test_that_failed_again_on_its_re_run_is_listed_once_with_its_tries() -> None:
-    report = FAILED_ONCE + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure message="again"/></testcase>') \
+    report = (
+        FAILED_ONCE
+        + FORGED_RERUN.replace(b'name="test_x"/>', b'name="test_x"><failure message="again"/></testcase>')
         + b"</testsuites>"
+    )
     (listed,) = Report(report).failures()
     assert listed["test"] == "tests.test_a::test_x" and listed["tries"] == 2 and listed["message"] == "no"
 
@@ -264,7 +317,7 @@ def test_the_history_records_a_forged_rerun_as_the_failure_it_hides(tmp_path: Pa
     store.record_commits("demo", [NewCommit("a" * 40, "s", ("main",))])
     job = store.claim_next()
     forged = FAILED_ONCE + FORGED_RERUN + b"</testsuites>"
-    history.record(store, job, Report(forged))   # re-runs off
+    history.record(store, job, Report(forged))  # re-runs off
     (run,) = store.tests.runs("demo", "tests.test_a::test_x")
     outcome = run.outcome
     store.close()

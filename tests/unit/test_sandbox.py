@@ -59,8 +59,9 @@ class RecordingEngine:
 
 
 def sandbox(api: RecordingApi, deadline: float) -> Sandbox:
-    return Sandbox(RecordingEngine(api), {"orchestrator.instance": "i"}, Limits("256m", 0.5, 64, "1g"), deadline,
-                   "1000:1000")  # type: ignore[arg-type]
+    return Sandbox(
+        RecordingEngine(api), {"orchestrator.instance": "i"}, Limits("256m", 0.5, 64, "1g"), deadline, "1000:1000"
+    )  # type: ignore[arg-type]
 
 
 def test_the_resolution_runs_confined(tmp_path: Path) -> None:
@@ -69,14 +70,20 @@ def test_the_resolution_runs_confined(tmp_path: Path) -> None:
     (created,) = api.created
     host = created["host_config"]
     assert host["network_mode"] == "none" and created["network_disabled"] is True
-    assert (host["mem_limit"], host["memswap_limit"], host["nano_cpus"], host["pids_limit"]) == \
-        ("256m", "256m", 500_000_000, 64)
+    assert (host["mem_limit"], host["memswap_limit"], host["nano_cpus"], host["pids_limit"]) == (
+        "256m",
+        "256m",
+        500_000_000,
+        64,
+    )
     assert host["cap_drop"] == ["ALL"] and host["read_only"] and "no-new-privileges" in host["security_opt"]
     assert created["user"] == "1000:1000" and created["labels"] == {"orchestrator.instance": "i"}
     command = created["entrypoint"]
     assert "--isolated" in command and "--only-binary" in command and ":all:" in command
-    assert [a for a in command if a.startswith("http")] == ["http://127.0.0.1:{port}/simple/0/",
-                                                             "http://127.0.0.1:{port}/simple/1/"]
+    assert [a for a in command if a.startswith("http")] == [
+        "http://127.0.0.1:{port}/simple/0/",
+        "http://127.0.0.1:{port}/simple/1/",
+    ]
     assert api.removed == ["c1"] and ended.status == 1 and "No matching distribution" in ended.output
 
 
@@ -88,5 +95,5 @@ def test_the_install_is_confined_and_a_build_past_its_deadline_is_killed(tmp_pat
     (created,) = api.created
     host = created["host_config"]
     assert host["network_mode"] == "none" and host["pids_limit"] == 64 and host["mem_limit"] == "256m"
-    assert created["user"] == "0" and created["environment"] is None   # nothing of ours in the committed image
+    assert created["user"] == "0" and created["environment"] is None  # nothing of ours in the committed image
     assert box.engine.stopped == ["c1"] and api.removed == ["c1"]

@@ -16,19 +16,46 @@ RUNNER = RunnerConfig(memory="512m", cpus=2, pids=99, tmp_size="64m", disk="1g")
 
 
 def spec(**options):
-    return container_spec(RUNNER, "inst", "1000:1000", JOB, 2, Path("/w/src"), Path("/w/out"),
-                          ImageInfo("env:x", "sha256:e"), {"ORCHESTRATOR_INSTALL": "1"}, **options)
+    return container_spec(
+        RUNNER,
+        "inst",
+        "1000:1000",
+        JOB,
+        2,
+        Path("/w/src"),
+        Path("/w/out"),
+        ImageInfo("env:x", "sha256:e"),
+        {"ORCHESTRATOR_INSTALL": "1"},
+        **options,
+    )
 
 
 def test_a_claimed_jobs_container() -> None:
     made = spec()
     assert made.name == "orchestrator-inst-7-2" and made.image == "sha256:e"
-    assert made.labels == {"orchestrator.instance": "inst", "orchestrator.job": "7", "orchestrator.attempt": "2",
-                           "orchestrator.repository": "demo", "orchestrator.commit": "c" * 40}
-    assert made.variables == {"ORCHESTRATOR_INSTALL": "1", "CI": "true", "HOME": "/tmp", protocol.COMMIT: "c" * 40,
-                                protocol.ATTEMPT: "2"}
-    assert (made.memory, made.cpus, made.pids, made.tmp_size, made.disk, made.network, made.cpu_shares) == \
-        ("512m", 2, 99, "64m", "1g", "none", None)
+    assert made.labels == {
+        "orchestrator.instance": "inst",
+        "orchestrator.job": "7",
+        "orchestrator.attempt": "2",
+        "orchestrator.repository": "demo",
+        "orchestrator.commit": "c" * 40,
+    }
+    assert made.variables == {
+        "ORCHESTRATOR_INSTALL": "1",
+        "CI": "true",
+        "HOME": "/tmp",
+        protocol.COMMIT: "c" * 40,
+        protocol.ATTEMPT: "2",
+    }
+    assert (made.memory, made.cpus, made.pids, made.tmp_size, made.disk, made.network, made.cpu_shares) == (
+        "512m",
+        2,
+        99,
+        "64m",
+        "1g",
+        "none",
+        None,
+    )
 
 
 def test_warm_and_shard_options() -> None:

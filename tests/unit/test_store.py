@@ -98,13 +98,17 @@ def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> Non
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, repository TEXT NOT NULL,"
-               " commit_sha TEXT NOT NULL, branches TEXT NOT NULL, subject TEXT NOT NULL, status TEXT NOT NULL,"
-               " attempts INTEGER NOT NULL DEFAULT 0, queued_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
-               " exit_code INTEGER, message TEXT, container_id TEXT, image_tag TEXT, image_id TEXT, tests TEXT,"
-               " log_truncated INTEGER NOT NULL DEFAULT 0, UNIQUE (repository, commit_sha))")
-    db.execute("INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at)"
-               " VALUES ('demo', 'abcd1234', '[\"main\"]', 'old', 'queued', '2026-01-01T00:00:00Z')")
+    db.execute(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, repository TEXT NOT NULL,"
+        " commit_sha TEXT NOT NULL, branches TEXT NOT NULL, subject TEXT NOT NULL, status TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, queued_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
+        " exit_code INTEGER, message TEXT, container_id TEXT, image_tag TEXT, image_id TEXT, tests TEXT,"
+        " log_truncated INTEGER NOT NULL DEFAULT 0, UNIQUE (repository, commit_sha))"
+    )
+    db.execute(
+        "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at)"
+        " VALUES ('demo', 'abcd1234', '[\"main\"]', 'old', 'queued', '2026-01-01T00:00:00Z')"
+    )
     db.commit()
     db.close()
     store = Store(path)
@@ -121,4 +125,3 @@ def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> Non
     assert {f.column for f in FIELDS} | {"cancel_requested"} <= columns
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     db.close()
-

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.base import ContainerSpec, Phase
+from orchestrator.backends.engine import Engine
 from orchestrator.backends.registry import checkout_archive
 from orchestrator.backends.report_frame import frame, new_marker
-from orchestrator.backends.engine import Engine
 from orchestrator.backends.swarm import SwarmBackend
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import ContainerGone
@@ -30,7 +30,7 @@ def framed_output(report: bytes, marker: str = MARKER) -> bytes:
 
 def swarm() -> SwarmBackend:
     backend = SwarmBackend(Engine(), "registry.test:5000", [])
-    backend._markers["svc"] = MARKER   # as prepare keeps it
+    backend._markers["svc"] = MARKER  # as prepare keeps it
     return backend
 
 
@@ -38,7 +38,7 @@ def swarm() -> SwarmBackend:
 def test_the_report_is_taken_out_of_the_output_whatever_the_chunks(size: int, monkeypatch) -> None:
     backend = swarm()
     data = framed_output(REPORT)
-    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
     monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter(chunks))
     assert b"".join(backend.logs("svc")) == b"line one\nline two\n\n"
     assert backend.report("svc", Path("/nonexistent")) == REPORT
@@ -49,7 +49,7 @@ def test_a_frame_without_the_attempts_marker_is_only_output(monkeypatch) -> None
     """What the suite prints: a frame named after the service (the old marker), or any other."""
     backend = swarm()
     forged = framed_output(b"<testsuites/>", marker="svc") + framed_output(b"<x/>", marker=new_marker())
-    data = forged + framed_output(REPORT)[len(b"line one\nline two\n"):]
+    data = forged + framed_output(REPORT)[len(b"line one\nline two\n") :]
     monkeypatch.setattr(backend, "_engine_log", lambda *_a, **_k: iter([data]))
     assert b"".join(backend.logs("svc")) == forged + b"\n"
     assert backend.report("svc", Path("/nonexistent")) == REPORT
@@ -81,9 +81,20 @@ def test_the_checkout_archive_holds_every_file_owned_by_the_container_user(tmp_p
     src = tmp_path / "src"
     (src / "tests").mkdir(parents=True)
     (src / "tests" / "test_a.py").write_text("def test_a(): pass\n")
-    (src / ".dockerignore").write_text("tests\n")   # means nothing here: no build context
-    spec = ContainerSpec(name="job", image="sha256:abc", labels={}, workspace=src, output_dir=tmp_path / "out",
-                         user="1000:1000", memory="1g", cpus=1, pids=64, network="none", log_max_bytes=1 << 20)
+    (src / ".dockerignore").write_text("tests\n")  # means nothing here: no build context
+    spec = ContainerSpec(
+        name="job",
+        image="sha256:abc",
+        labels={},
+        workspace=src,
+        output_dir=tmp_path / "out",
+        user="1000:1000",
+        memory="1g",
+        cpus=1,
+        pids=64,
+        network="none",
+        log_max_bytes=1 << 20,
+    )
     buffer = io.BytesIO()
     checkout_archive(buffer, spec)
     buffer.seek(0)
@@ -105,7 +116,7 @@ def test_task_states() -> None:
     assert backend._task_state("s", {}, task("failed", 1)).exit_code == 1
     assert backend._task_state("s", {}, task("complete", 0)).phase is Phase.EXITED
     assert backend._task_state("s", {}, task("failed", 104)).oom_killed  # the entrypoint saw the OOM killer
-    assert backend._task_state("s", {}, task("failed", 103)).over_disk   # ... the workspace over runner.disk
+    assert backend._task_state("s", {}, task("failed", 103)).over_disk  # ... the workspace over runner.disk
     assert not backend._task_state("s", {}, task("failed", 1)).over_disk
     assert backend._task_state("s", {}, task("running")).phase is Phase.RUNNING
     for lost in ("orphaned", "rejected", "shutdown"):
@@ -120,13 +131,16 @@ def test_swarm_needs_a_registry(tmp_path: Path) -> None:
     path.write_text(f"repositories:\n  - name: a\n    url: {tmp_path}\nrunner:\n  backend: swarm\n")
     with pytest.raises(ConfigError, match="runner: .*registry"):
         load_config(path)
-    path.write_text(f"repositories:\n  - name: a\n    url: {tmp_path}\nrunner:\n  backend: swarm\n"
-                    "  registry: 10.0.0.1:5000\n  constraints: ['node.role==worker', 'node.labels.ci == true']\n")
+    path.write_text(
+        f"repositories:\n  - name: a\n    url: {tmp_path}\nrunner:\n  backend: swarm\n"
+        "  registry: 10.0.0.1:5000\n  constraints: ['node.role==worker', 'node.labels.ci == true']\n"
+    )
     assert load_config(path).runner.constraints == ["node.role==worker", "node.labels.ci == true"]
 
 
 def test_a_published_image_keeps_its_path_and_loses_only_a_registry() -> None:
     from orchestrator.backends.registry import _without_registry
+
     assert _without_registry("ci-runner:latest") == "ci-runner:latest"
     assert _without_registry("orchestrator-env/demo:0123") == "orchestrator-env/demo:0123"
     assert _without_registry("registry.example:5000/ci-runner:py3.13") == "ci-runner:py3.13"

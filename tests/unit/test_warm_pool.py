@@ -26,16 +26,21 @@ class MemoryBackend(FakeBackend):
         return self.total
 
 
-@pytest.mark.parametrize(("runner", "total", "depth"), [
-    ({}, None, 2),                                   # as many as the slots
-    ({}, 16 * GIB, 2),
-    ({"warm": 5}, 16 * GIB, 5),
-    ({"warm": 5}, 4 * GIB, 2),                       # 4 containers of 1g: 2 run, 2 wait
-    ({"warm": 5, "memory": "2g"}, 5 * GIB, 0),       # no room beyond the running ones
-    ({"warm": 0}, 16 * GIB, 0),                      # warm starts off
-])
+@pytest.mark.parametrize(
+    ("runner", "total", "depth"),
+    [
+        ({}, None, 2),  # as many as the slots
+        ({}, 16 * GIB, 2),
+        ({"warm": 5}, 16 * GIB, 5),
+        ({"warm": 5}, 4 * GIB, 2),  # 4 containers of 1g: 2 run, 2 wait
+        ({"warm": 5, "memory": "2g"}, 5 * GIB, 0),  # no room beyond the running ones
+        ({"warm": 0}, 16 * GIB, 0),  # warm starts off
+    ],
+)
 def test_the_warm_depth(tmp_path: Path, runner: dict, total: int | None, depth: int) -> None:
-    config = load_config(write_config(tmp_path, {"demo": tmp_path}, runner={"parallelism": 2, "memory": "1g", **runner}))
+    config = load_config(
+        write_config(tmp_path, {"demo": tmp_path}, runner={"parallelism": 2, "memory": "1g", **runner})
+    )
     store = Store(config.db_path)
     dispatcher = fakes.dispatcher(config, store, MemoryBackend(total=total))
     try:
@@ -88,10 +93,10 @@ def test_a_warm_attempt_that_ended_before_its_release_is_never_claimed(tmp_path:
     first = store.next_queued()
     pool, early, late = WarmPool(), Release(), Release()
     pool.add(first, early, Future())
-    assert early.withdraw() is None                    # the attempt ended first
+    assert early.withdraw() is None  # the attempt ended first
     assert pool.release_first(store.claim) is None and store.get(first.id).status is JobStatus.QUEUED
     second = store.get(2)
     pool.add(second, late, Future())
-    released = pool.release_first(store.claim)         # the dispatcher came first
+    released = pool.release_first(store.claim)  # the dispatcher came first
     assert released is not None and late.withdraw() == released[0] and released[0].status is JobStatus.RUNNING
     store.close()

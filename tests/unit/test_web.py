@@ -89,25 +89,36 @@ def test_log_of_a_finished_job_is_the_result_file(web) -> None:
     (directory / "output.log").write_bytes(b"the saved log\n")
     (directory / "junit.xml").write_bytes(
         b'<testsuite tests="1" failures="1"><testcase classname="t" name="x">'
-        b'<failure message="assert 1 == 2">long trace</failure></testcase></testsuite>')
+        b'<failure message="assert 1 == 2">long trace</failure></testcase></testsuite>'
+    )
     assert client.get(f"/api/jobs/{job.id}/log").content == b"the saved log\n"
     assert client.get(f"/api/jobs/{job.id}/failures").json() == [
-        {"test": "t::x", "kind": "failure", "message": "assert 1 == 2", "details": "long trace", "tries": 1,
-         "history": {"test_id": "t::x", "since": None, "failed_recent": 0, "recent": [], "branch": "main"}}]
+        {
+            "test": "t::x",
+            "kind": "failure",
+            "message": "assert 1 == 2",
+            "details": "long trace",
+            "tries": 1,
+            "history": {"test_id": "t::x", "since": None, "failed_recent": 0, "recent": [], "branch": "main"},
+        }
+    ]
 
 
 def junit(**outcomes: str) -> bytes:
     """A report whose cases ``name=outcome`` take 0.1 s each (0.5 s the failing ones)."""
-    cases = "".join(f'<testcase classname="tests.test_a" name="{n}" time="{0.5 if o == "failed" else 0.1}">'
-                    + ('<failure message="no">trace</failure>' if o == "failed" else "") + "</testcase>"
-                    for n, o in outcomes.items())
+    cases = "".join(
+        f'<testcase classname="tests.test_a" name="{n}" time="{0.5 if o == "failed" else 0.1}">'
+        + ('<failure message="no">trace</failure>' if o == "failed" else "")
+        + "</testcase>"
+        for n, o in outcomes.items()
+    )
     return f'<testsuites><testsuite tests="{len(outcomes)}">{cases}</testsuite></testsuites>'.encode()
 
 
 def test_history_says_since_when_a_test_fails_and_draws_its_runs(tmp_path: Path, repo: GitRepo) -> None:
     repo.commit("root")
     w = Web(tmp_path, repo)
-    outcomes = ["passed", "failed", "passed", "failed", "failed", "failed"]   # flaky once, then broken
+    outcomes = ["passed", "failed", "passed", "failed", "failed", "failed"]  # flaky once, then broken
     jobs = []
     for i, outcome in enumerate(outcomes):
         if i:
@@ -125,7 +136,7 @@ def test_history_says_since_when_a_test_fails_and_draws_its_runs(tmp_path: Path,
         assert record["since"] == {"commit": jobs[3].commit, "commits": 3}
         assert record["failed_recent"] == 3 and record["recent"] == ["passed", "failed", "passed", "failed", "failed"]
         (first,) = client.get(f"/api/jobs/{jobs[1].id}/failures").json()
-        assert first["history"]["since"] is None   # a new failure
+        assert first["history"]["since"] is None  # a new failure
         runs = client.get("/api/tests/demo/tests.test_a::test_x", params={"branch": "main"}).json()
         assert [r["outcome"] for r in runs] == list(reversed(outcomes)) and runs[0]["seconds"] == 0.5
         page = client.get("/tests/demo/tests.test_a::test_x", params={"branch": "main"}).text
@@ -173,13 +184,13 @@ def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: G
     while len(webhooks.received) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     notifier.close()
-    received = sorted(webhooks.received, key=lambda b: b["job"]["id"])   # a retried one arrives after the next
+    received = sorted(webhooks.received, key=lambda b: b["job"]["id"])  # a retried one arrives after the next
     assert [(b["job"]["status"], b["recovered"]) for b in received] == [("failed", False), ("passed", True)]
     assert received[1]["job"]["commit"] == second  # "still fine" sent nothing
     assert f"job-{first.id}-attempt-1-job.finished" in webhooks.keys
     (delivery,) = notifier.outbox.of_job(first.id)
     assert delivery.document()["state"] == "sent" and delivery.tries == 2 and delivery.last_error == "HTTP 503"
-    with w.client() as client:   # what a user sees of it
+    with w.client() as client:  # what a user sees of it
         (shown,) = client.get(f"/api/jobs/{first.id}/deliveries").json()
         assert (shown["event"], shown["state"], shown["tries"]) == ("job.finished", "sent", 2)
         page = client.get(f"/jobs/{first.id}").text
@@ -187,15 +198,16 @@ def test_webhook_on_failures_and_recoveries_with_retries(tmp_path: Path, repo: G
     w.close()
 
 
-def test_a_delivery_is_written_with_the_final_status_and_sent_after_a_restart(tmp_path: Path, repo: GitRepo,
-                                                                             webhooks) -> None:
+def test_a_delivery_is_written_with_the_final_status_and_sent_after_a_restart(
+    tmp_path: Path, repo: GitRepo, webhooks
+) -> None:
     """Nothing sends it before the "restart": the row was written in the status's transaction."""
     repo.commit("root")
     w = Web(tmp_path, repo, notify={"webhooks": [webhooks.url], "on": "all"})
     w.jobs.poll()
-    w.store.news = Notifier(w.config.notify, w.store).news   # never started: a crash before sending
+    w.store.news = Notifier(w.config.notify, w.store).news  # never started: a crash before sending
     job = w.finish(JobStatus.PASSED)
-    later = notifying(w)   # the next start
+    later = notifying(w)  # the next start
     later.close()
     assert [b["job"]["id"] for b in webhooks.received] == [job.id]
     assert [d.state for d in later.outbox.of_job(job.id)] == ["sent"]
@@ -236,7 +248,7 @@ def test_skipped_and_culprit_on_the_dashboard_and_the_badge(web) -> None:
     w.store.move(job, JobStatus.SKIPPED, message="covered by 0123456789ab")
     assert b"skipped" in client.get("/badge/demo/main.svg").content
     page = client.get("/").text
-    assert 's-skipped' in page and "covered by 0123456789ab" in page
+    assert "s-skipped" in page and "covered by 0123456789ab" in page
 
 
 def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) -> None:
@@ -290,8 +302,11 @@ def test_host_header_must_be_an_allowed_one(tmp_path: Path, repo: GitRepo) -> No
     w.close()
     token = "s3cret-token-of-enough-length"
     (tmp_path / "2").mkdir()
-    w = Web(tmp_path / "2", repo, dispatcher={"host": "0.0.0.0", "port": 8999, "api_token": token,
-                                              "allowed_hosts": ["ci.example.org"]})
+    w = Web(
+        tmp_path / "2",
+        repo,
+        dispatcher={"host": "0.0.0.0", "port": 8999, "api_token": token, "allowed_hosts": ["ci.example.org"]},
+    )
     with w.client(host="ci.example.org") as client:
         assert client.get("/healthz").status_code == 200
     with w.client(host="127.0.0.1") as client:
@@ -299,7 +314,9 @@ def test_host_header_must_be_an_allowed_one(tmp_path: Path, repo: GitRepo) -> No
     w.close()
 
 
-def test_long_subjects_and_branch_names_are_clipped_with_the_full_text_in_a_tooltip(tmp_path: Path, repo: GitRepo) -> None:
+def test_long_subjects_and_branch_names_are_clipped_with_the_full_text_in_a_tooltip(
+    tmp_path: Path, repo: GitRepo
+) -> None:
     subject = "s" * 900
     repo.commit(subject)
     repo.git("branch", "b" * 200)
@@ -312,16 +329,19 @@ def test_long_subjects_and_branch_names_are_clipped_with_the_full_text_in_a_tool
     w.close()
 
 
-@pytest.mark.parametrize("headers", [
-    {"Content-Type": "application/x-www-form-urlencoded"},         # what an HTML form sends
-    {"Content-Type": "text/plain"},                                # enctype=text/plain
-    {"Content-Type": "multipart/form-data; boundary=x"},
-    {},                                                            # fetch(url, {method: "POST", mode: "no-cors"})
-    {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
-    {"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"},
-    {"X-Orchestrator": "1", "Origin": "http://evil.example"},
-    {"X-Orchestrator": "1", "Origin": "null"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/x-www-form-urlencoded"},  # what an HTML form sends
+        {"Content-Type": "text/plain"},  # enctype=text/plain
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        {},  # fetch(url, {method: "POST", mode: "no-cors"})
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"},
+        {"X-Orchestrator": "1", "Origin": "http://evil.example"},
+        {"X-Orchestrator": "1", "Origin": "null"},
+    ],
+)
 def test_changes_refuse_what_another_site_can_make_a_browser_send(web, headers) -> None:
     _, w, _, _ = web
     with w.client(headers=headers) as client:
@@ -333,8 +353,11 @@ def test_changes_refuse_what_another_site_can_make_a_browser_send(web, headers) 
 
 def test_changes_are_allowed_from_this_site(web) -> None:
     _, w, _, _ = web
-    same = {"X-Orchestrator": "1", "Origin": f"http://127.0.0.1:{w.config.dispatcher.port}",
-            "Sec-Fetch-Site": "same-origin"}
+    same = {
+        "X-Orchestrator": "1",
+        "Origin": f"http://127.0.0.1:{w.config.dispatcher.port}",
+        "Sec-Fetch-Site": "same-origin",
+    }
     with w.client(headers=same) as client:
         assert client.post("/api/jobs/1/cancel").status_code == 202
     with w.client(headers={"Content-Type": "application/json"}) as client:
@@ -377,11 +400,13 @@ def test_a_test_that_passed_on_re_run_is_flaky_and_ranked(tmp_path: Path, repo: 
     """The report keeps every run; the job passes with ``flaky``; the page ranks by flip rate."""
     from orchestrator.report import Report
 
-    report = (b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
-              b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
-              b'<testcase classname="tests.test_a" name="test_y"/></testsuite>'
-              b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/>'
-              b'</testsuite></testsuites>')
+    report = (
+        b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
+        b'<testcase classname="tests.test_a" name="test_x"><failure message="no"/></testcase>'
+        b'<testcase classname="tests.test_a" name="test_y"/></testsuite>'
+        b'<testsuite name="orchestrator-rerun-1" tests="1"><testcase classname="tests.test_a" name="test_x"/>'
+        b"</testsuite></testsuites>"
+    )
     assert Report(report).flaky(reruns=1) == ["tests.test_a::test_x"]
     assert Report(report).counts(reruns=1) == TestCounts(total=2, passed=2, failed=0, errors=0, skipped=0)
     repo.commit("root")
@@ -416,9 +441,9 @@ def test_trends_in_pictures_on_the_repository_and_front_pages(tmp_path: Path, re
         durations = page.split('id="durations"')[1].split("</div>")[0]
         assert durations.count('class="bar"') == 3 and "coloured by status" in durations
         rate = page.split('id="pass-rate"')[1].split("</div>")[0]
-        assert rate.count('class="bar"') == 1 and "2 of 3 passed" in page   # one day: today
+        assert rate.count('class="bar"') == 1 and "2 of 3 passed" in page  # one day: today
         slowest = page.split('id="slowest"')[1]
-        assert slowest.count("<tr>") == 4 and slowest.count('class="spark"') == 3   # a header and 3 tests
+        assert slowest.count("<tr>") == 4 and slowest.count('class="spark"') == 3  # a header and 3 tests
         assert client.get("/repos/demo").status_code == 200
         trends = client.get("/api/repositories/demo/trends", params={"branch": "main"}).json()
         assert [r["status"] for r in trends["runs"]] == ["passed", "failed", "passed"]
@@ -439,6 +464,7 @@ def test_failures_have_their_record_without_a_mirror(tmp_path: Path, repo: GitRe
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "junit.xml").write_bytes(junit(test_x="failed"))
     import shutil
+
     shutil.rmtree(w.config.state_dir / "mirrors")
     with w.client() as client:
         (failure,) = client.get(f"/api/jobs/{job.id}/failures").json()
@@ -450,8 +476,10 @@ def test_a_split_suite_shows_its_shards_and_each_shard_log(web) -> None:
     """The front page's row expands to the shards; the job page lists them; each shard's
     log is served by its number, and a number the job does not have is refused, saying so."""
     client, w, _, sha = web
-    shards = ({"index": 1, "status": "passed", "duration_s": 2.5, "attempts": 1, "message": None},
-              {"index": 2, "status": "failed", "duration_s": 3.0, "attempts": 2, "message": None})
+    shards = (
+        {"index": 1, "status": "passed", "duration_s": 2.5, "attempts": 1, "message": None},
+        {"index": 2, "status": "failed", "duration_s": 3.0, "attempts": 2, "message": None},
+    )
     job = w.finish(JobStatus.FAILED, shards=shards)
     directory = w.results.path(job, "output.log").parent
     directory.mkdir(parents=True)
