@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import Bench  # noqa: E402
 from workloads import FULL, SMOKE, pct, serving, sh  # noqa: E402
 
-from orchestrator import history  # noqa: E402
+from orchestrator import history
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, transition, utcnow  # noqa: E402
+from orchestrator.report import Report  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def measure(bench: Bench, jobs: int, cases: int, requests_n: int) -> dict:
         )
         junit = report(cases, job.id)
         began = time.perf_counter()
-        history.record(store, done, junit)
+        history.record(store, done, Report(junit))
         recording.append(time.perf_counter() - began)
         if status is JobStatus.FAILED:  # the job page reads its failures from the result files
             folder = cfg.results_dir / "bench" / done.commit

@@ -25,6 +25,24 @@ from orchestrator.config import load_config
 from orchestrator.store import Store
 from tests.helpers import GitRepo, WebhookReceiver, write_config
 
+# Run in parallel (pytest-xdist, --dist loadgroup), each test has its own state_dir and
+# labels, so tests do not see each other; but these share what the engine holds for all:
+# environment images (built, pruned and removed by label, and a repository named "demo" in
+# each) and the Swarm test bed on this host's engine. They run one after the other, in one
+# worker, while the rest share the others.
+SHARED_ENGINE_STATE = (
+    "tests/swarm/",
+    "tests/integration/test_environments.py",
+    "tests/integration/test_real_projects.py",
+    "tests/faults/test_hostile_declarations.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.nodeid.startswith(SHARED_ENGINE_STATE):
+            item.add_marker(pytest.mark.xdist_group("engine-images"))
+
 
 @pytest.fixture
 def repo(tmp_path: Path) -> GitRepo:
