@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import Bench  # noqa: E402
 from workloads import FULL, SMOKE, pct, serving, sh  # noqa: E402
 
-from orchestrator import history
+from orchestrator import history  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, transition, utcnow  # noqa: E402
 from orchestrator.report import Report  # noqa: E402
