@@ -158,6 +158,26 @@ class Web:
         self.store.close()
 
 
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    """An HTTP server on a free loopback port, serving from a thread of its own."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def trickle(handler: http.server.BaseHTTPRequestHandler, answer: bytes, every: float, closing: threading.Event) -> None:
+    """Write ``answer`` a byte every ``every`` seconds, until ``closing``."""
+    try:
+        for byte in answer:
+            if closing.wait(every):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+    except OSError:
+        pass
+
+
 class WebhookReceiver:
     """A local HTTP server that takes webhook deliveries: each body and its Idempotency-Key
     (``received``, ``keys``), every path asked (``paths``); it answers 503 to the first
@@ -210,21 +230,12 @@ class WebhookReceiver:
                     pass
 
             def _trickle(self) -> None:
-                try:
-                    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
-                        if receiver._closing.wait(4):
-                            return
-                        self.wfile.write(bytes([byte]))
-                        self.wfile.flush()
-                except OSError:
-                    pass
+                trickle(self, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 4, receiver._closing)
 
             def log_message(self, *args) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(Handler)
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.url = f"{self.base}/hook"
 
@@ -279,23 +290,13 @@ class TestIndex:
                 self.wfile.write(body)
 
             def _trickle(self) -> None:
-                try:
-                    for byte in (
-                        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
-                    ):
-                        if index._closing.wait(3):
-                            return
-                        self.wfile.write(bytes([byte]))
-                        self.wfile.flush()
-                except OSError:
-                    pass
+                answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+                trickle(self, answer, 3, index._closing)
 
             def log_message(self, *args) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(Handler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
 

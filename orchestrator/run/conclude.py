@@ -67,16 +67,20 @@ def after(
     else:
         log.error("job %s: internal error", job.id, exc_info=exc)
         reason, final, environment_log = f"internal error: {type(exc).__name__}: {exc}", False, None
-    try:
+
+    def end(current: Job) -> Job:
         return conclude(
             ctx,
-            job,
+            current,
             reason,
             final=final,
-            container_id=container_id or job.container_id,
+            container_id=container_id or current.container_id,
             environment_log=environment_log,
             timings=timings,
         )
+
+    try:
+        return end(job)
     except InvalidTransition:
         fresh = ctx.store.get(job.id)
         if fresh is None or fresh.status is not JobStatus.RUNNING or fresh.attempts != job.attempts:
@@ -87,12 +91,4 @@ def after(
                 fresh.status.value if fresh else "gone",
             )
             return fresh or job
-        return conclude(
-            ctx,
-            fresh,
-            reason,
-            final=final,
-            container_id=container_id or fresh.container_id,
-            environment_log=environment_log,
-            timings=timings,
-        )
+        return end(fresh)

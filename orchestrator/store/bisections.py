@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from orchestrator.models import Job, iso, parse_iso, utcnow
 from orchestrator.store.db import Database
 
 SEARCH, VERIFY, FOUND, FLAKY, ABANDONED = "search", "verify", "found", "flaky", "abandoned"
 _COLUMNS = (
-    "id, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason, "
-    "started_at, finished_at"
+    "id, repository, branch, bad_job, good, commits, low, high, probe, phase, culprit, jobs, reason, started_at, "
+    "finished_at"
 )
 
 
@@ -114,38 +116,16 @@ class Bisections:
         return [_row(r) for r in self._db.read(f"SELECT {_COLUMNS} FROM bisections {where}", args)]
 
 
+_READ: dict[str, Callable[[Any], Any]] = {
+    "commits": lambda v: tuple(json.loads(v)),
+    "started_at": parse_iso,
+    "finished_at": parse_iso,
+}
+
+
 def _row(row: tuple) -> Bisection:
-    (
-        id_,
-        repository,
-        branch,
-        bad_job,
-        good,
-        commits,
-        low,
-        high,
-        probe,
-        phase,
-        culprit,
-        jobs,
-        reason,
-        started_at,
-        finished_at,
-    ) = row
-    return Bisection(
-        id_,
-        repository,
-        branch,
-        bad_job,
-        good,
-        tuple(json.loads(commits)),
-        low,
-        high,
-        probe,
-        phase,
-        culprit,
-        jobs,
-        reason,
-        parse_iso(started_at),
-        parse_iso(finished_at),
-    )
+    return Bisection(**{f.name: _READ.get(f.name, _same)(v) for f, v in zip(fields(Bisection), row, strict=True)})
+
+
+def _same(value: Any) -> Any:
+    return value

@@ -47,6 +47,14 @@ def _from_json(value: Any) -> Any:
     return json.loads(value) if value else None
 
 
+def _tuple_write(value: tuple) -> str | None:
+    return json.dumps(list(value)) if value else None
+
+
+def _tuple_read(value: Any) -> tuple:
+    return tuple(json.loads(value)) if value else ()
+
+
 @dataclass(frozen=True)
 class Field:
     attribute: str
@@ -92,22 +100,10 @@ FIELDS: tuple[Field, ...] = (
     Field("node", "node", "TEXT"),
     Field("priority", "priority", "INTEGER NOT NULL DEFAULT 0"),
     Field("culprit", "culprit", "TEXT", _json_or_null, _from_json),
-    Field(
-        "flaky",
-        "flaky",
-        "TEXT",
-        lambda f: json.dumps(list(f)) if f else None,
-        lambda v: tuple(json.loads(v)) if v else (),
-    ),
+    Field("flaky", "flaky", "TEXT", _tuple_write, _tuple_read),
     Field("coverage", "coverage", "REAL"),
     Field("artifacts", "artifacts", "TEXT", _json_or_null, _from_json),
-    Field(
-        "shards",
-        "shards",
-        "TEXT",
-        lambda s: json.dumps(list(s)) if s else None,
-        lambda v: tuple(json.loads(v)) if v else (),
-    ),
+    Field("shards", "shards", "TEXT", _tuple_write, _tuple_read),
 )
 EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)  # the store's own, not the job's
 
