@@ -8,4 +8,4 @@ scripts/setup.sh
 python3 -m ruff check --quiet .
 python3 -m ruff format --check --quiet .
 python3 -m mypy
-exec python3 -m pytest -q -n 2 --dist loadgroup tests "$@"   # two workers (tests/conftest.py: what stays serial)
+exec python3 -m pytest -q -n 2 tests "$@"   # two workers (tests/conftest.py: what stays one after the other)

@@ -25,23 +25,28 @@ from orchestrator.config import load_config
 from orchestrator.store import Store
 from tests.helpers import GitRepo, WebhookReceiver, write_config
 
-# Run in parallel (pytest-xdist, --dist loadgroup), each test has its own state_dir and
-# labels, so tests do not see each other; but these share what the engine holds for all:
-# environment images (built, pruned and removed by label, and a repository named "demo" in
-# each) and the Swarm test bed on this host's engine. They run one after the other, in one
-# worker, while the rest share the others.
-SHARED_ENGINE_STATE = (
-    "tests/swarm/",
+# Run in parallel (pytest-xdist, scripts/test.sh), each test has its own state_dir and
+# labels, so tests do not see each other; but these modules share what the engine holds
+# for all: environment images (built, pruned and removed by label, a repository named
+# "demo" in each) and the Swarm test bed on this host's engine. They are one unit of work,
+# run one after the other in one worker, while every other module is a unit of its own.
+SHARE_ENGINE_IMAGES = (
+    "tests/faults/test_hostile_declarations.py",
     "tests/integration/test_environments.py",
     "tests/integration/test_real_projects.py",
-    "tests/faults/test_hostile_declarations.py",
+    "tests/swarm/",
 )
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if item.nodeid.startswith(SHARED_ENGINE_STATE):
-            item.add_marker(pytest.mark.xdist_group("engine-images"))
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "share-engine-images" if nodeid.startswith(SHARE_ENGINE_IMAGES) else nodeid.split("::", 1)[0]
+
+    config.option.loadscopereorder = False  # in collection order: the long shared unit starts early
+    return ByModule(config, log)
 
 
 @pytest.fixture

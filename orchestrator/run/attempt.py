@@ -66,15 +66,16 @@ class Attempt:
     def _ended_by(self, exc: Exception) -> Job:
         """The job after its attempt met ``exc``: still queued (a warm start that was never
         released), re-queued by the retry policy, or ended ``error``."""
+        # first what it leaves: once a warm start is withdrawn, the job may be started
+        # again at once, in the same workspace, and nothing of this attempt may touch it
+        self._clean_up_quietly()
         if self.warm is not None and self.job.status is JobStatus.QUEUED:
             claimed = self.warm.ended_early()
             if claimed is None:  # never released: the job stays queued
                 if not isinstance(exc, warm.NotReleased):
                     log.warning("job %s: starting it warm failed (%s); it stays queued", self.job.id, exc)
-                self._clean_up_quietly()
                 return self.job
             self.job = claimed  # claimed while it was being prepared: the claimed job ends, not the stale copy
-        self._clean_up_quietly()
         self.job = conclude.after(self.ctx, self.job, exc, self.container_id, self.timings)
         return self.job
 
