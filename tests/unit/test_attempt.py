@@ -219,3 +219,25 @@ def test_a_warm_job_released_while_its_environment_builds_still_ends(bed: Bed, m
         assert bed.result()["status"] == "error"
     else:
         assert stored.status is JobStatus.QUEUED and stored.message.startswith("attempt 1: ")
+
+
+def test_a_warm_attempt_that_fails_leaves_nothing_once_it_withdraws(bed: Bed, monkeypatch) -> None:
+    """Once a warm start is withdrawn the job may start again at once, in the same
+    workspace: by then this attempt has set its workspace aside (it moved the new one away)."""
+    from orchestrator.errors import EngineUnavailable
+    from orchestrator.run import steps as steps_module
+
+    job = bed.store.next_queued()
+    seen: list[bool] = []
+
+    class Watching(warm.WarmStart):
+        def ended_early(self):
+            seen.append(bed.ctx.workspaces.get(job.id).root.exists())
+            return super().ended_early()
+
+    def building(*_args, **_kwargs):
+        raise EngineUnavailable("Docker engine unreachable (build): gone")
+
+    monkeypatch.setattr(steps_module, "setup", building)
+    after = Attempt(bed.ctx, job, warm_start=Watching()).run()
+    assert after.status is JobStatus.QUEUED and seen == [False]
