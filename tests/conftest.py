@@ -27,11 +27,12 @@ from tests.helpers import GitRepo, WebhookReceiver, write_config
 
 # Run in parallel (pytest-xdist, scripts/test.sh), each test has its own state_dir and
 # labels, so tests do not see each other; but these modules share what the engine holds
-# for all: environment images (built, pruned and removed by label, a repository named
-# "demo" in each) and the Swarm test bed on this host's engine. They are one unit of work,
+# for all: environment images (built, and pruned by `image prune` whoever built them) and the
+# Swarm test bed on this host's engine. They are one unit of work,
 # run one after the other in one worker, while every other module is a unit of its own.
 SHARE_ENGINE_IMAGES = (
     "tests/faults/test_hostile_declarations.py",
+    "tests/integration/test_bench_smoke.py",
     "tests/integration/test_environments.py",
     "tests/integration/test_real_projects.py",
     "tests/swarm/",
@@ -182,14 +183,15 @@ class Orchestrated:
 
 
 @pytest.fixture
-def environment_images(engine: docker.DockerClient):
-    """Environment images a test builds are removed after it (they carry no instance label)."""
-    label = "orchestrator.environment"
-    before = {i.id for i in engine.images.list(filters={"label": label})}
+def environment_images(orch, engine: docker.DockerClient):
+    """The environment images a test builds are removed after it: those that carry its
+    instance's label (their build containers had it), never another test's."""
     yield
-    for image in engine.images.list(filters={"label": label}):
-        if image.id not in before:
-            engine.images.remove(image.id, force=True)
+    if orch.config_path is None or not orch.config.db_path.exists():
+        return
+    labels = ["orchestrator.environment", f"orchestrator.instance={orch.instance()}"]
+    for image in engine.images.list(filters={"label": labels}):
+        engine.images.remove(image.id, force=True)
 
 
 @pytest.fixture
