@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="prune: environment images kept per repository, newest first (default 1)",
     )
+    p.add_argument("--repo", help="prune: only this repository's environment images (default: every repository's)")
     p = command("status", "recent jobs as a table", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array of job objects")
@@ -191,7 +192,9 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
         if args.action == "prune":
             from orchestrator.environment.build import prune
 
-            removed = prune(engine, keep=max(0, args.keep))
+            if args.repo is not None:
+                config.named_repository(args.repo)  # a repository of this config, or a usage error
+            removed = prune(engine, args.repo, keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
         versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]

@@ -26,17 +26,23 @@ from orchestrator.store import Store
 from tests.helpers import GitRepo, WebhookReceiver, write_config
 
 # Run in parallel (pytest-xdist, scripts/test.sh), each test has its own state_dir and
-# labels, so tests do not see each other; but these modules share what the engine holds
-# for all: environment images (built, and pruned by `image prune` whoever built them) and the
-# Swarm test bed on this host's engine. They are one unit of work,
-# run one after the other in one worker, while every other module is a unit of its own.
+# labels, so tests do not see each other; but these modules build environments for a
+# repository named "demo" and expect to find them as they left them (built anew, reused,
+# pruned). They are one unit of work, run one after the other in one worker, while every
+# other module is a unit of its own.
 SHARE_ENGINE_IMAGES = (
     "tests/faults/test_hostile_declarations.py",
-    "tests/integration/test_bench_smoke.py",
     "tests/integration/test_environments.py",
     "tests/integration/test_real_projects.py",
-    "tests/swarm/",
 )
+
+
+LONG_FIRST = (*SHARE_ENGINE_IMAGES, "tests/swarm/", "tests/integration/test_bench_smoke.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The longest units first, so that two workers end together."""
+    items.sort(key=lambda item: next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), 99))
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -91,10 +97,13 @@ class Orchestrated:
         self.engine = engine
         self.repo = GitRepo(tmp_path / "upstream")
         self.config_path: Path | None = None
+        self.name = "demo"
         self.processes: list[subprocess.Popen] = []
 
-    def configure(self, **overrides: object) -> Path:
-        self.config_path = write_config(self.dir, {"demo": self.repo.path}, **overrides)
+    def configure(self, name: str = "demo", **overrides: object) -> Path:
+        """config.yaml for the repository, named ``name``."""
+        self.name = name
+        self.config_path = write_config(self.dir, {name: self.repo.path}, **overrides)
         return self.config_path
 
     @property
@@ -136,7 +145,7 @@ class Orchestrated:
 
     def path(self, sha: str, name: str = "") -> Path:
         """A commit's result folder, or one of its files (``result.json``, ``attempts/1`` ...)."""
-        directory = self.config.results_dir / "demo" / sha
+        directory = self.config.results_dir / self.name / sha
         return directory / name if name else directory
 
     def result(self, sha: str) -> dict:

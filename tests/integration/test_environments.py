@@ -116,18 +116,17 @@ def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> 
 
 
 def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
-    for image in engine.images.list(filters={"label": "orchestrator.repository=demo"}):  # other tests' "demo"
-        engine.images.remove(image.id, force=True)
+    """A repository of a name no other test uses: other tests' environments are not its to prune."""
     orch.repo.commit("one", project())
-    orch.configure(runner={"timeout": 120})
+    orch.configure(name="prune-demo", runner={"timeout": 120})
     assert orch.cli("run", "--once").returncode == 0
     newest = orch.repo.commit("two", project('"packaging>=23", "iniconfig"'))
     assert orch.cli("run", "--once").returncode == 0
-    pruned = orch.cli("image", "prune", "--keep", "1")
-    assert pruned.returncode == 0 and pruned.stdout.count("orchestrator-env/demo:") == 1
+    pruned = orch.cli("image", "prune", "--keep", "1", "--repo", "prune-demo")
+    assert pruned.returncode == 0 and pruned.stdout.count("orchestrator-env/prune-demo:") == 1, pruned.stdout
     left = [
         i
-        for i in engine.images.list(filters={"label": "orchestrator.repository=demo"})
+        for i in engine.images.list(filters={"label": "orchestrator.repository=prune-demo"})
         if LABEL_ENVIRONMENT in i.labels
     ]
     assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
