@@ -22,6 +22,7 @@ from orchestrator.config import Config, load_config
 from orchestrator.errors import OrchestratorError, RepositoryError, UsageError
 
 if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays short
+    from orchestrator.backends.base import Backend
     from orchestrator.jobs import JobRef, Jobs
 
 log = logging.getLogger("orchestrator")
@@ -222,8 +223,6 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Job
         from orchestrator.client import DispatcherClient, RemoteJobs
 
         return RemoteJobs(DispatcherClient(server, config.dispatcher.api_token))
-    from orchestrator.backends import connect
-    from orchestrator.backends.engine import Engine
     from orchestrator.service import local_jobs
     from orchestrator.store import Store
 
@@ -233,7 +232,15 @@ def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Job
         from orchestrator.workspace import prepare_directories
 
         prepare_directories(config)
-    return local_jobs(config, Store(config.db_path), lambda: connect(config.runner, Engine(config.runner.docker_host)))
+    return local_jobs(config, Store(config.db_path), lambda: _backend(config))
+
+
+def _backend(config: Config) -> Backend:
+    """The engine's backend, loaded only when a command needs it (a running job's live log)."""
+    from orchestrator.backends import connect
+    from orchestrator.backends.engine import Engine
+
+    return connect(config.runner, Engine(config.runner.docker_host))
 
 
 def _ref(args: argparse.Namespace) -> JobRef:

@@ -12,19 +12,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UsageError
-from orchestrator.insight import Insight
 from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
-from orchestrator.observer import Observer
-from orchestrator.report import Report
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.store import NewCommit, Store
+
+if TYPE_CHECKING:
+    from orchestrator.insight import Insight
+    from orchestrator.observer import Observer
 
 log = logging.getLogger("orchestrator.jobs")
 
@@ -97,14 +99,26 @@ class LocalJobs:
         config: Config,
         store: Store,
         mirrors: Mirrors,
-        observer: Observer,
-        insight: Insight,
+        observer: Callable[[], Observer],
+        insight: Callable[[], Insight],
         arrivals: Arrivals,
         backend: Callable[[], Backend] | None = None,
     ):
-        self.config, self.store, self.mirrors, self.observer = config, store, mirrors, observer
-        self.insight, self.arrivals, self.backend = insight, arrivals, backend
+        self.config, self.store, self.mirrors = config, store, mirrors
+        self._observer, self._insight, self.arrivals, self.backend = observer, insight, arrivals, backend
         self.results = ResultFiles(config.results_dir)
+
+    @cached_property
+    def observer(self) -> Observer:
+        """The process's one observer (``poll``, health), made when first used: a command
+        that polls nothing never loads it."""
+        return self._observer()
+
+    @cached_property
+    def insight(self) -> Insight:
+        """What the pictures and the history pages read (insight.py), made when first read:
+        a command that shows no picture never loads it."""
+        return self._insight()
 
     # -- commits arriving: found here, or by an observer elsewhere -------------------------
 
@@ -255,6 +269,8 @@ class LocalJobs:
 
         job = self.job(ref)
         junit = self.results.report(job) if job.status.final else None
+        from orchestrator.report import Report
+
         found = Report(junit).failures()
         record = History(self.store)
         parents = self._parents(job) if found else None

@@ -16,13 +16,14 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import git
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import RepositoryConfig
 from orchestrator.errors import RepositoryError, UnknownCommit, UsageError
 from orchestrator.models import subject_line
+
+if TYPE_CHECKING:
+    import git
 
 log = logging.getLogger("orchestrator.observer")
 
@@ -43,7 +44,7 @@ class Mirror:
             yield
 
     def _git(self) -> git.Git:
-        return git.Git(str(self.path))
+        return _gitpython().Git(str(self.path))
 
     def _run(self, *args: str, **kwargs: Any) -> str:
         return self._bytes(*args, **kwargs).decode("utf-8", "replace")
@@ -56,7 +57,7 @@ class Mirror:
                 ["git", "--git-dir", str(self.path), *args], stdout_as_string=False, **kwargs
             )
             return output
-        except git.GitCommandError as exc:
+        except _gitpython().GitCommandError as exc:
             raise RepositoryError(f"git {args[0]} failed in {self.path.name}: {git_reason(exc)}") from None
 
     def fetch(self) -> None:
@@ -68,11 +69,11 @@ class Mirror:
                 tmp = self.path.with_name(self.path.name + ".cloning")
                 shutil.rmtree(tmp, ignore_errors=True)
                 try:
-                    git.Repo.clone_from(self.url, str(tmp), mirror=True, env={"GIT_TERMINAL_PROMPT": "0"})
-                except git.GitCommandError as exc:
+                    _gitpython().Repo.clone_from(self.url, str(tmp), mirror=True, env={"GIT_TERMINAL_PROMPT": "0"})
+                except _gitpython().GitCommandError as exc:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise RepositoryError(f"cannot clone {self.url}: {git_reason(exc)}") from None
-                except git.exc.UnsafeProtocolError as exc:
+                except _gitpython().exc.UnsafeProtocolError as exc:
                     raise RepositoryError(f"cannot clone {self.url}: {exc}") from None
                 os.replace(tmp, self.path)
                 return
@@ -172,7 +173,7 @@ class Mirror:
                 ["git", "--git-dir", str(self.path), "--work-tree", str(dest), "read-tree", "--reset", "-u", sha],
                 env={"GIT_INDEX_FILE": str(index)},
             )
-        except git.GitCommandError as exc:
+        except _gitpython().GitCommandError as exc:
             raise RepositoryError(f"checkout of {sha[:12]} failed: {git_reason(exc)}") from None
         finally:
             index.unlink(missing_ok=True)
@@ -204,3 +205,10 @@ class Mirrors(Mapping[str, Mirror]):
 
     def first_parent(self, repository: str, good: str, bad: str) -> list[str]:
         return self._mirrors[repository].first_parent(good, bad)
+
+
+def _gitpython() -> Any:
+    """GitPython, loaded when Git is first used (a command that reads only the store never does)."""
+    import git
+
+    return git

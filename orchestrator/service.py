@@ -17,29 +17,22 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.backends import connect
 from orchestrator.backends.base import Backend
-from orchestrator.backends.engine import Engine
-from orchestrator.bisection import Bisector
-from orchestrator.coalesce import Picker
 from orchestrator.config import Config
-from orchestrator.dispatcher import Dispatcher
-from orchestrator.environment.build import Environments, Settings
 from orchestrator.errors import OrchestratorError
-from orchestrator.insight import Insight
 from orchestrator.jobs import Arrivals, LocalJobs
-from orchestrator.metrics import Metrics
 from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
-from orchestrator.observer import Observer
-from orchestrator.results import ResultFiles
-from orchestrator.run.context import Context
-from orchestrator.run.recovery import Recovery
-from orchestrator.sharding import Planner
 from orchestrator.store import Store
-from orchestrator.workspace import prepare_directories
+
+if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is built: a command is quick
+    from orchestrator.dispatcher import Dispatcher
+    from orchestrator.environment.build import Environments
+    from orchestrator.insight import Insight
+    from orchestrator.metrics import Metrics
+    from orchestrator.observer import Observer
 
 log = logging.getLogger("orchestrator")
 
@@ -56,6 +49,14 @@ def dispatcher_for(
     """The dispatcher and its collaborators: the attempts' context, the queue, the bisector,
     the planner and recovery, wired to the metrics and the result files (``context``: more
     of the context's fields, a test's patience, say)."""
+    from orchestrator.bisection import Bisector
+    from orchestrator.coalesce import Picker
+    from orchestrator.dispatcher import Dispatcher
+    from orchestrator.results import ResultFiles
+    from orchestrator.run.context import Context
+    from orchestrator.run.recovery import Recovery
+    from orchestrator.sharding import Planner
+
     coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
     results = ResultFiles(config.results_dir)
 
@@ -102,8 +103,15 @@ def local_jobs(
     """The user operations on this machine's store, with the observer they poll through."""
     mirrors = Mirrors(config.state_dir, config.repositories)
     arrivals = Arrivals(store, wake)
-    observer = Observer(config.repositories, config.poll_interval, mirrors, arrivals)
-    insight = Insight(store, config.named_repository, [r.name for r in config.repositories])
+
+    def observer() -> Observer:
+
+        return Observer(config.repositories, config.poll_interval, mirrors, arrivals)
+
+    def insight() -> Insight:
+
+        return Insight(store, config.named_repository, [r.name for r in config.repositories])
+
     return LocalJobs(config, store, mirrors, observer, insight, arrivals, backend)
 
 
@@ -111,7 +119,12 @@ class Services:
     """One dispatcher's process: ``with Services(config) as services: ...``."""
 
     def __init__(self, config: Config):
+        from orchestrator.backends import connect
+        from orchestrator.backends.engine import Engine
+        from orchestrator.environment.build import Environments, Settings
+        from orchestrator.metrics import Metrics
         from orchestrator.notify import Notifier
+        from orchestrator.workspace import prepare_directories
 
         self.config = config
         prepare_directories(config)
