@@ -104,13 +104,15 @@ def local_jobs(
     mirrors = Mirrors(config.state_dir, config.repositories)
     arrivals = Arrivals(store, wake)
 
-    def observer() -> Observer:
+    def observer() -> Observer:  # made, and its module loaded, when first used
+        from orchestrator import observer as observing
 
-        return Observer(config.repositories, config.poll_interval, mirrors, arrivals)
+        return observing.Observer(config.repositories, config.poll_interval, mirrors, arrivals)
 
     def insight() -> Insight:
+        from orchestrator import insight as reading
 
-        return Insight(store, config.named_repository, [r.name for r in config.repositories])
+        return reading.Insight(store, config.named_repository, [r.name for r in config.repositories])
 
     return LocalJobs(config, store, mirrors, observer, insight, arrivals, backend)
 
