@@ -7,6 +7,7 @@ fixture removes any container left with that label and fails the test if there w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -194,13 +195,16 @@ class Orchestrated:
 @pytest.fixture
 def environment_images(orch, engine: docker.DockerClient):
     """The environment images a test builds are removed after it: those that carry its
-    instance's label (their build containers had it), never another test's."""
+    instance's label (their build containers had it). By name and never forced, as
+    `orchestrator image prune` does: one another test's container still uses stays."""
     yield
     if orch.config_path is None or not orch.config.db_path.exists():
         return
     labels = ["orchestrator.environment", f"orchestrator.instance={orch.instance()}"]
     for image in engine.images.list(filters={"label": labels}):
-        engine.images.remove(image.id, force=True)
+        for name in image.tags or [image.id]:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                engine.images.remove(name)
 
 
 @pytest.fixture

@@ -148,7 +148,7 @@ class Environments:
             failed = folder / "failed.json"
             if failed.is_file():
                 raise EnvironmentBroken(json.loads(failed.read_text())["reason"], folder / "environment.log")
-            for found in find_images(self.engine, {LABEL_ENVIRONMENT: fingerprint}):
+            for found in find_images(self.engine, {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository}):
                 tag = found["tags"][0] if found["tags"] else found["id"]
                 return Environment(fingerprint, ImageInfo(tag, found["id"]), needs, python, built=False)
             on_build("building environment")

@@ -112,7 +112,7 @@ class Attempt:
             warm=self.warm is not None,
         )
         with self.timings.measure("create"):
-            self.container_id = ctx.backend.prepare(spec)
+            self.container_id = steps.prepare(ctx, spec, runs_in)
             if self.warm is None:
                 self._record(
                     container_id=self.container_id,

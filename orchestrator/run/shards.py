@@ -96,7 +96,7 @@ class Shard:
             attempt.runs_in.variables,
             shard=ShardSpec(self.index, plan.count, self.tries),
         )
-        container_id = ctx.backend.prepare(spec)
+        container_id = steps.prepare(ctx, spec, attempt.runs_in)
         self.containers.append(container_id)
         state = ctx.backend.start(container_id)
         self.started = state.started_at or utcnow()

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from orchestrator.backends.base import ContainerSpec
 from orchestrator.environment.setup import Setup, setup
-from orchestrator.errors import EngineUnavailable
+from orchestrator.errors import EngineUnavailable, ImageMissing, InfrastructureError
 from orchestrator.faults import crash_point
 from orchestrator.models import Job
 from orchestrator.run.context import Context
@@ -53,6 +54,20 @@ def environment(ctx: Context, job: Job, src: Path, on_build: Callable[[str], Non
         ctx.mirrors[job.repository].version(job.commit),
         on_build=on_build,
     )
+
+
+def prepare(ctx: Context, spec: ContainerSpec, runs_in: Setup) -> str:
+    """The container made, not started. An environment image removed between its lookup
+    and now (pruned by another repository's build or by an operator) is not the user's to
+    build: the attempt is retried, and the next one builds the environment again."""
+    try:
+        return ctx.backend.prepare(spec)
+    except ImageMissing:
+        if runs_in.document is None:
+            raise
+        raise InfrastructureError(
+            f"environment image {runs_in.image.tag} was removed before the job's container was made"
+        ) from None
 
 
 def finish(ctx: Context, job: Job, done: Job) -> Job:

@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from orchestrator.environment.build import LABEL_ENVIRONMENT
-from tests.helpers import SRC_PYPROJECT, TestIndex, http_get
+from tests.helpers import SRC_PYPROJECT, TestIndex, http_get, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
 
@@ -115,22 +115,31 @@ def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> 
     assert "trixie" in log and "cp313" in log
 
 
-def test_prune_keeps_the_newest(orch, engine: docker.DockerClient) -> None:
-    """A repository of a name no other test uses: other tests' environments are not its to prune."""
+def test_prune_keeps_the_newest_of_one_repository_and_never_another_s(
+    orch, engine: docker.DockerClient, environment_images
+) -> None:
+    """Repositories of names no other test uses: other tests' environments are not theirs to
+    prune. Two repositories that declare the same each have their own image, so that
+    pruning one never removes what the other's next job runs in."""
     orch.repo.commit("one", project())
     orch.configure(name="prune-demo", runner={"timeout": 120})
+    orch.config_path = write_config(
+        orch.dir, {"prune-demo": orch.repo.path, "prune-other": orch.repo.path}, runner={"timeout": 120}
+    )
     assert orch.cli("run", "--once").returncode == 0
     newest = orch.repo.commit("two", project('"packaging>=23", "iniconfig"'))
     assert orch.cli("run", "--once").returncode == 0
     pruned = orch.cli("image", "prune", "--keep", "1", "--repo", "prune-demo")
     assert pruned.returncode == 0 and pruned.stdout.count("orchestrator-env/prune-demo:") == 1, pruned.stdout
-    left = [
-        i
-        for i in engine.images.list(filters={"label": "orchestrator.repository=prune-demo"})
-        if LABEL_ENVIRONMENT in i.labels
-    ]
-    assert [i.labels[LABEL_ENVIRONMENT] for i in left] == [orch.result(newest)["environment"]["fingerprint"]]
-    assert json.loads(orch.cli("status", "--json").stdout)[0]["commit"] == newest
+
+    def kept(repository: str) -> list[str]:
+        found = engine.images.list(filters={"label": f"orchestrator.repository={repository}"})
+        return [i.labels[LABEL_ENVIRONMENT] for i in found if LABEL_ENVIRONMENT in i.labels]
+
+    fingerprint = orch.result(newest)["environment"]["fingerprint"]
+    assert kept("prune-demo") == [fingerprint]
+    assert len(kept("prune-other")) == 2 and fingerprint in kept("prune-other")
+    assert {row["commit"] for row in json.loads(orch.cli("status", "--json").stdout)[:2]} == {newest}
 
 
 def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(orch) -> None:

@@ -186,6 +186,33 @@ def test_image_missing_is_final_not_retried(tmp_path: Path) -> None:
     assert b.left_behind() == ([], [])
 
 
+def test_an_environment_image_pruned_before_its_container_is_made_is_retried(bed: Bed, monkeypatch) -> None:
+    """Another repository's build (or an operator) pruned the environment image between its
+    lookup and the container's creation: not a configuration error the user must fix, but
+    an attempt tried again, which finds (or builds) the environment anew."""
+    from orchestrator.backends.base import ImageInfo
+    from orchestrator.environment.setup import Setup
+    from orchestrator.errors import ImageMissing
+    from orchestrator.run import steps as steps_module
+
+    env = ImageInfo("orchestrator-env/demo:0123456789abcdef", "sha256:" + "e" * 64)
+    monkeypatch.setattr(
+        steps_module, "setup", lambda *_a, **_k: Setup(env, {}, {"fingerprint": "0123456789abcdef", "built": False})
+    )
+    prepare, gone = bed.backend.prepare, [True]
+
+    def pruned_once(spec):
+        if gone and gone.pop():
+            raise ImageMissing(f"runner image {spec.image} is missing: run `orchestrator image build`")
+        return prepare(spec)
+
+    monkeypatch.setattr(bed.backend, "prepare", pruned_once)
+    done = bed.attempt()
+    assert done.status is JobStatus.QUEUED and done.attempts == 1
+    assert "environment image orchestrator-env/demo:0123456789abcdef was removed" in done.message
+    assert bed.attempt().status is JobStatus.PASSED
+
+
 def _spec_of(bed: Bed, job):
     return spec_of(bed, job)
 
