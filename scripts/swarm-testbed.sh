@@ -13,13 +13,21 @@
 set -euo pipefail
 
 action=${1:?usage: swarm-testbed.sh up|down DIR [WORKERS]}
-dir=$(realpath -m "${2:?usage: swarm-testbed.sh up|down DIR [WORKERS]}")
 workers=${3:-2}   # for restart: the worker's number
-prefix=ob$(printf '%s' "$dir" | md5sum | cut -c1-4)    # ob + 4 hex: names stay within IFNAMSIZ
-net=${SWARM_TESTBED_NET:-10.231.$((0x$(printf '%s' "$dir" | md5sum | cut -c5-6) % 200 + 20))}
-gateway=$net.1
-registry=$gateway:5000
-certs=/etc/docker/certs.d/$registry
+# The engine's swarm is one per machine: who holds it, so that a test bed whose owner was
+# killed (a session or CI run stopped mid-suite) is torn down by the next one, not left
+# to make every later run fail. "OWNER-PID OWNER-START DIR"
+holder=/var/tmp/orchestrator-swarm-testbed.owner
+
+names() {   # the names and addresses of the test bed in folder $1
+  dir=$(realpath -m "$1")
+  prefix=ob$(printf '%s' "$dir" | md5sum | cut -c1-4)    # ob + 4 hex: names stay within IFNAMSIZ
+  net=${SWARM_TESTBED_NET:-10.231.$((0x$(printf '%s' "$dir" | md5sum | cut -c5-6) % 200 + 20))}
+  gateway=$net.1
+  registry=$gateway:5000
+  certs=/etc/docker/certs.d/$registry
+}
+names "${2:?usage: swarm-testbed.sh up|down DIR [WORKERS]}"
 
 say() { printf 'swarm-testbed: %s\n' "$*" >&2; }
 
@@ -59,6 +67,38 @@ down() {
   ip link del "${prefix}br" 2>/dev/null || true
   rm -rf "$certs"
   rm -rf "$dir"
+  if [ -f "$holder" ] && [ "$(cut -d' ' -f3- "$holder")" = "$dir" ]; then rm -f "$holder"; fi
+}
+
+started() { cut -d' ' -f22 "/proc/$1/stat" 2>/dev/null; }   # a pid's start time: pids are reused
+
+take_over() {   # the engine is in a swarm: a killed test bed's is torn down, anything else refused
+  local addr owner_pid owner_start owner_dir
+  addr=$(docker info --format '{{.Swarm.NodeAddr}}')
+  if [ -f "$holder" ]; then
+    read -r owner_pid owner_start owner_dir < "$holder"
+    if [ -n "$owner_pid" ] && [ "$(started "$owner_pid")" = "$owner_start" ]; then
+      say "another test bed ($owner_dir, for pid $owner_pid) holds this engine's swarm; end it first"
+      exit 3
+    fi
+    say "tearing down the test bed its killed owner left in $owner_dir"
+    ( names "$owner_dir"; down )
+    rm -f "$holder"
+  fi
+  if [[ $addr == 10.231.* ]] && [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != inactive ]; then
+    # its folder is gone, or it was made before owners were recorded
+    say "leaving the swarm a killed test bed left (manager on $addr)"
+    timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
+    for link in $(ip -o addr show to "$addr" | awk '{print $2}'); do
+      for ns in $(ip netns list | awk '{print $1}' | grep "^${link%br}-w" || true); do ip netns del "$ns" || true; done
+      ip link del "$link" 2>/dev/null || true
+    done
+    timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1 || true   # swarm init made it; unused now
+  fi
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != inactive ]; then
+    say "this host's engine is already part of a swarm; leave it first (docker swarm leave)"
+    exit 3
+  fi
 }
 
 start_worker() {   # the engine of worker $1, in its namespace, under its own hostname
@@ -77,10 +117,7 @@ start_worker() {   # the engine of worker $1, in its namespace, under its own ho
 }
 
 up() {
-  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != inactive ]; then
-    say "this host's engine is already part of a swarm; leave it first (docker swarm leave)"
-    exit 3
-  fi
+  [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = inactive ] || take_over
   mkdir -p "$dir"
   command -v docker-registry >/dev/null || { say "docker-registry is missing (apt-get install docker-registry)"; exit 3; }
 
@@ -107,6 +144,7 @@ EOF
   [ -n "$(docker network ls -q --filter name='^docker_gwbridge$')" ] || touch "$dir/gwbridge"
   docker swarm init --advertise-addr "$gateway" --listen-addr "$gateway:2377" >/dev/null
   touch "$dir/manager"
+  echo "$PPID $(started $PPID) $dir" > "$holder"
   token=$(docker swarm join-token -q worker)
 
   for i in $(seq 1 "$workers"); do
