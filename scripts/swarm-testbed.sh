@@ -56,6 +56,7 @@ down() {
       umount -l "$mount" 2>/dev/null || true
     done
     ip netns del "${prefix}-$(basename "$node")" 2>/dev/null || true
+    ip link del "${prefix}h${node##*/w}" 2>/dev/null || true   # its namespace may outlive the name
   done
   [ -f "$dir/registry.pid" ] && end_pid "$(cat "$dir/registry.pid")"
   if [ -f "$dir/manager" ]; then
@@ -91,6 +92,7 @@ take_over() {   # the engine is in a swarm: a killed test bed's is torn down, an
     timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
     for link in $(ip -o addr show to "$addr" | awk '{print $2}'); do
       for ns in $(ip netns list | awk '{print $1}' | grep "^${link%br}-w" || true); do ip netns del "$ns" || true; done
+      for veth in $(ip -o link show master "$link" | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$veth" || true; done
       ip link del "$link" 2>/dev/null || true
     done
     timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1 || true   # swarm init made it; unused now
