@@ -30,6 +30,13 @@ log = logging.getLogger("orchestrator")
 ONCE_ENGINE_PATIENCE = 120.0  # seconds `run --once` waits for an engine that went away
 
 
+def _python_name(value: str) -> str:
+    try:
+        return pythons.named(value)
+    except pythons.NotOffered as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Test every new commit in its own container.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -56,9 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         "--python",
         action="append",
         default=[],
-        choices=list(pythons.OFFERED),
+        type=_python_name,
         metavar="VERSION",
-        help="build: also the runner image of this Python (default: the versions the repositories use)",
+        help="build: also the runner image of this Python (default: the ones the repositories use)",
+    )
+    p.add_argument(
+        "--refresh-base",
+        action="store_true",
+        help="build: build the local Debian bases again (a testing release's moves on; its base is pinned until then)",
     )
     p.add_argument(
         "--keep",
@@ -77,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repo")
     p.add_argument("-f", "--follow", action="store_true", help="follow a running container live")
     p.add_argument("--shard", type=int, metavar="K", help="one shard's log, of a suite split across containers")
+    p.add_argument(
+        "--python",
+        metavar="V",
+        help="the commit's variant on this Python (default: the first failing)",
+    )
     p = command("submit", "queue a commit by hand", remote=True)
     p.add_argument("rev", metavar="REV")
     p.add_argument("--repo")
@@ -92,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         p = command(name, help_, remote=True)
         p.add_argument("sha", metavar="SHA")
         p.add_argument("--repo")
+        p.add_argument("--python", metavar="V", help="only the commit's variant on this Python")
     return parser
 
 
@@ -198,8 +216,14 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
             removed = prune(engine, args.repo, keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
-        versions = [pythons.DEFAULT, *(repo.python for repo in config.repositories), *args.python]
-        built = build(config, engine, lambda line: console.print(line, markup=False), versions)
+        listed = [repo.pythons_for(None) if repo.python != pythons.AUTO else () for repo in config.repositories]
+        auto = [
+            name for repo in config.repositories if repo.python == pythons.AUTO for name in pythons.allowed_by(">0")
+        ]
+        versions = [pythons.DEFAULT, *(name for names in listed for name in names), *auto, *args.python]
+        built = build(
+            config, engine, lambda line: console.print(line, markup=False), versions, refresh_base=args.refresh_base
+        )
         published = [backend.publish(info) for info in built]
     finally:
         backend.close()
@@ -246,7 +270,7 @@ def _backend(config: Config) -> Backend:
 def _ref(args: argparse.Namespace) -> JobRef:
     from orchestrator.jobs import JobRef
 
-    return JobRef(commit=args.sha, repository=args.repo)
+    return JobRef(commit=args.sha, repository=args.repo, python=getattr(args, "python", None))
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
@@ -328,16 +352,27 @@ def cmd_poll(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _variant(document: dict) -> str:
+    return f" on Python {document['python']}" if document.get("python") else ""
+
+
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
-    document = _jobs(config, args).retry(_ref(args))
-    print(f"queued job {document['id']} {document['commit']} again (attempt {document['attempts'] + 1})")
+    for document in _jobs(config, args).retry(_ref(args)):
+        print(
+            f"queued job {document['id']} {document['commit']}{_variant(document)} again"
+            f" (attempt {document['attempts'] + 1})"
+        )
     return 0
 
 
 def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
-    document = _jobs(config, args).cancel(_ref(args))
-    done = "cancelled" if document["status"] == "cancelled" else "cancel requested (the dispatcher stops its container)"
-    print(f"job {document['id']} {document['commit']}: {done}")
+    for document in _jobs(config, args).cancel(_ref(args)):
+        done = (
+            "cancelled"
+            if document["status"] == "cancelled"
+            else "cancel requested (the dispatcher stops its container)"
+        )
+        print(f"job {document['id']} {document['commit']}{_variant(document)}: {done}")
     return 0
 
 

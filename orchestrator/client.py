@@ -66,6 +66,9 @@ class DispatcherClient:
         return self.call("POST", "/api/commits", json=body).json()["created"]
 
 
+FINAL = {"passed", "failed", "error", "timed_out", "cancelled", "skipped"}
+
+
 class RemoteJobs:
     """``jobs.Jobs`` through the HTTP API of a dispatcher on another machine."""
 
@@ -107,11 +110,23 @@ class RemoteJobs:
             "GET", "/api/bisections", params={k: v for k, v in params.items() if v is not None}
         ).json()
 
-    def retry(self, ref: JobRef) -> Document:
-        return self.client.call("POST", f"/api/jobs/{self._id(ref)}/retry").json()
+    def variants(self, ref: JobRef) -> list[Document]:
+        if ref.id is not None:
+            return [self.show(ref)]
+        return self.client.call("GET", "/api/jobs/variants", params=self._params(ref)).json()
 
-    def cancel(self, ref: JobRef) -> Document:
-        return self.client.call("POST", f"/api/jobs/{self._id(ref)}/cancel").json()
+    def retry(self, ref: JobRef) -> list[Document]:
+        return self._each(ref, "retry", lambda d: d["status"] in FINAL)
+
+    def cancel(self, ref: JobRef) -> list[Document]:
+        return self._each(ref, "cancel", lambda d: d["status"] not in FINAL)
+
+    def _each(self, ref: JobRef, action: str, fits) -> list[Document]:
+        """``action`` on each job ``ref`` names that ``fits`` (the first one regardless, so
+        that the dispatcher's own refusal is what the user reads)."""
+        found = self.variants(ref)
+        chosen = [d for d in found if fits(d)] or found[:1]
+        return [self.client.call("POST", f"/api/jobs/{d['id']}/{action}").json() for d in chosen]
 
     def open_log(
         self, ref: JobRef, follow: bool = True, shard: int | None = None
@@ -131,5 +146,12 @@ class RemoteJobs:
     def _id(self, ref: JobRef) -> int:
         if ref.id is not None:
             return ref.id
-        params = {"commit": ref.commit or "", **({"repository": ref.repository} if ref.repository else {})}
-        return self.client.call("GET", "/api/jobs/find", params=params).json()["id"]
+        return self.client.call("GET", "/api/jobs/find", params=self._params(ref)).json()["id"]
+
+    @staticmethod
+    def _params(ref: JobRef) -> dict[str, str]:
+        return {
+            "commit": ref.commit or "",
+            **({"repository": ref.repository} if ref.repository else {}),
+            **({"python": ref.python} if ref.python else {}),
+        }

@@ -39,7 +39,7 @@ class RepositoryConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Annotated[str, Field(min_length=1, max_length=4096)]
     branches: Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], Field(min_length=1)] = ["*"]
-    python: str = pythons.DEFAULT
+    python: str | Annotated[list[str], Field(min_length=1, max_length=8)] = pythons.DEFAULT  # or "auto"
     install: Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=200)] | None = None
     command: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], Annotated[str, Field(max_length=10_000)]] = {}
@@ -70,10 +70,25 @@ class RepositoryConfig(_Strict):
 
     @field_validator("python")
     @classmethod
-    def _offered(cls, version: str) -> str:
-        if version not in pythons.OFFERED:
-            raise ValueError(f"Python {version!r} is not offered; the runner images offer {', '.join(pythons.OFFERED)}")
-        return version
+    def _offered(cls, value: str | list[str]) -> str | list[str]:
+        """One offered Python (the layout of results as ever), several (a matrix: each
+        commit once per Python), or auto (those its ``requires-python`` allows)."""
+        if isinstance(value, str):
+            return value if value == pythons.AUTO else pythons.named(value)
+        return list(dict.fromkeys(pythons.named(name) for name in value))
+
+    @property
+    def matrix(self) -> bool:
+        """Whether each commit runs as variants, one per Python, each in a folder of its own."""
+        return not isinstance(self.python, str) or self.python == pythons.AUTO
+
+    def pythons_for(self, requires_python: str | None) -> tuple[str, ...]:
+        """The Pythons a commit runs on; ``requires_python`` is read only for auto."""
+        if isinstance(self.python, list):
+            return tuple(self.python)
+        if self.python == pythons.AUTO:
+            return pythons.allowed_by(requires_python)
+        return (self.python,)
 
     @field_validator("install")
     @classmethod
@@ -160,7 +175,7 @@ class DispatcherConfig(_Strict):
 class RunnerConfig(_Strict):
     docker_host: str | None = None
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*$")] = "ci-runner:latest"
-    base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = pythons.OFFERED[pythons.DEFAULT].base
+    base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = str(pythons.OFFERED[pythons.DEFAULT].base)
     parallelism: Annotated[int, Field(ge=1, le=256)] = 2
     warm: Annotated[int, Field(ge=0, le=256)] | None = None  # jobs started ahead of a free slot; None: parallelism
     timeout: Annotated[float, Field(gt=0)] = 600

@@ -20,13 +20,19 @@ STYLE = {
 
 
 def print_jobs(documents: list[dict[str, Any]]) -> None:
-    """Jobs (``result.json`` documents) as a table: a terminal's width, else wide enough.
-    Subjects, branch names and messages are Text, so ``[/]`` or ``[link=...]`` in a
-    commit is shown as it is."""
+    """Jobs (``result.json`` documents) as a table: a terminal's width, else wide enough;
+    one row per commit, with a cell per Python where its commits run on several (the row's
+    status is the commit's: the worst of its variants'). Subjects, branch names and
+    messages are Text, so ``[/]`` or ``[link=...]`` in a commit is shown as it is."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from orchestrator import pythons
+
+    rows = _commit_rows(documents)
+    seen = {d["python"] for d in documents if d.get("python")}
+    cells = [name for name in pythons.OFFERED if name in seen]  # a column per Python, in the offered order
     table = Table(box=None, pad_edge=False)
     nodes = any(doc.get("node") for doc in documents)  # a column only where jobs ran on a Swarm
     columns = (
@@ -34,6 +40,7 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
         "repository",
         "branch",
         "status",
+        *cells,
         "tests",
         "duration",
         "attempts",
@@ -43,18 +50,20 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
     )
     for column in columns:
         table.add_column(column, no_wrap=column not in ("subject", "message", "branch"))
-    for doc in documents:
+    for doc, variants in rows:
         t = doc["tests"]
         tests = (
             f"{t['passed']}/{t['total']}" + (f" ({t['failed']} failed)" if t["failed"] else "") if t["total"] else "-"
         )
         duration = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
         status = doc["status"]
+        by_python = {v["python"]: v["status"] for v in variants}
         table.add_row(
             doc["commit"][:10],
             Text(doc["repository"]),
             Text(", ".join(doc["branches"])),
             Text(status, style=STYLE.get(status, "dim")),
+            *(Text(by_python.get(name, ""), style=STYLE.get(by_python.get(name, ""), "dim")) for name in cells),
             tests,
             duration,
             str(doc["attempts"]),
@@ -66,6 +75,36 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
     console.print(table)
+
+
+def _commit_rows(documents: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """One row per commit, in the order its first job comes: a single Python's job as it
+    is; a commit's variants as one (the worst status, tests added up, the longest duration,
+    the first failing variant's message), with the variants beside it."""
+    from orchestrator import variants as combine
+    from orchestrator.models import JobStatus
+
+    grouped: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
+    for doc in documents:
+        grouped.setdefault((doc["repository"], doc["commit"], bool(doc.get("python"))), []).append(doc)
+    rows: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for (_, _, several), docs in grouped.items():
+        if not several:
+            rows.extend((doc, []) for doc in docs)
+            continue
+        status = combine.overall(JobStatus(d["status"]) for d in docs).value
+        tests = {k: sum(d["tests"][k] for d in docs) for k in docs[0]["tests"]}
+        durations = [d["duration_s"] for d in docs if d["duration_s"] is not None]
+        first_bad = next((d for d in docs if d["status"] == status), docs[0])
+        row = {
+            **first_bad,
+            "status": status,
+            "tests": tests,
+            "duration_s": max(durations) if durations else None,
+            "attempts": max(d["attempts"] for d in docs),
+        }
+        rows.append((row, docs))
+    return rows
 
 
 def printable(text: str) -> str:

@@ -9,6 +9,7 @@ job's ``result.json`` document.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from orchestrator import pythons, variants
 from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UsageError
@@ -42,6 +44,7 @@ class JobRef:
     id: int | None = None
     commit: str | None = None
     repository: str | None = None
+    python: str | None = None  # one variant of a commit on several Pythons (None: as the operation chooses)
 
     def __str__(self) -> str:
         return f"job {self.id}" if self.id is not None else f"commit {self.commit}"
@@ -59,8 +62,9 @@ class Jobs(Protocol):
         offset: int = 0,
     ) -> list[Document]: ...
     def show(self, ref: JobRef) -> Document: ...
-    def retry(self, ref: JobRef) -> Document: ...
-    def cancel(self, ref: JobRef) -> Document: ...
+    def variants(self, ref: JobRef) -> list[Document]: ...
+    def retry(self, ref: JobRef) -> list[Document]: ...
+    def cancel(self, ref: JobRef) -> list[Document]: ...
     def open_log(
         self, ref: JobRef, follow: bool = True, shard: int | None = None
     ) -> tuple[Document, Iterator[bytes] | None]: ...
@@ -72,8 +76,14 @@ class Arrivals:
     runs in this process). This process's observer sends here, and so does an observer on
     another machine, through the HTTP API."""
 
-    def __init__(self, store: Store, wake: Callable[[], None] = lambda: None):
-        self.store, self.wake = store, wake
+    def __init__(
+        self,
+        store: Store,
+        wake: Callable[[], None] = lambda: None,
+        variants: Callable[[str, str], tuple[str, ...]] = lambda repository, sha: ("",),
+    ):
+        """``variants(repository, sha)``: the Pythons a commit runs on (variants.py)."""
+        self.store, self.wake, self.variants = store, wake, variants
 
     def heads(self, repository: str) -> dict[str, str] | None:
         return self.store.heads(repository)
@@ -81,6 +91,7 @@ class Arrivals:
     def record_commits(
         self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None
     ) -> list[int]:
+        commits = [dataclasses.replace(c, pythons=self.variants(repository, c.sha)) for c in commits]
         created = self.store.record_commits(repository, commits, heads)
         if created:
             self.wake()
@@ -214,26 +225,45 @@ class LocalJobs:
             "repositories": repositories,
         }
 
-    def retry(self, ref: JobRef) -> Document:
-        job = self.job(ref)
-        if not job.status.final:
+    def retry(self, ref: JobRef) -> list[Document]:
+        """Queue a finished job again; a commit's variants without ``ref.python``: each
+        finished one (a Conflict if none is)."""
+        chosen = self._jobs_of(ref)
+        finished = [j for j in chosen if j.status.final]
+        if not finished:
+            job = chosen[0]
             raise Conflict(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
-        job = self.store.move(
-            job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}", priority=MANUAL_PRIORITY
-        )
+        queued = [
+            self.store.move(
+                job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}", priority=MANUAL_PRIORITY
+            )
+            for job in finished
+        ]
         self.arrivals.wake()
-        return self.document(job)
+        return [self.document(job) for job in queued]
 
-    def cancel(self, ref: JobRef) -> Document:
+    def cancel(self, ref: JobRef) -> list[Document]:
         """A queued job is cancelled at once (its files say so); a running one is flagged,
-        and the dispatcher stops its container."""
-        job = self.job(ref)
-        if job.status.final:
+        and the dispatcher stops its container. A commit's variants without
+        ``ref.python``: each one not yet finished (a Conflict if none is)."""
+        chosen = self._jobs_of(ref)
+        pending = [j for j in chosen if not j.status.final]
+        if not pending:
+            job = chosen[0]
             raise Conflict(f"job {job.id} ({job.commit[:12]}) is already {job.status.value}")
-        cancelled = self.store.request_cancel(job)
-        if cancelled.status is JobStatus.CANCELLED:
-            self.results.write_without_run(cancelled, self.store.attempt_history(job.id))
-        return self.document(self.store.get(job.id) or cancelled)
+        done = []
+        for job in pending:
+            cancelled = self.store.request_cancel(job)
+            if cancelled.status is JobStatus.CANCELLED:
+                self.results.write_without_run(cancelled, self.store.attempt_history(job.id))
+            done.append(self.document(self.store.get(job.id) or cancelled))
+        if pending[0].python:
+            self.results.summarise(self.store.of_commit(pending[0].repository, pending[0].commit))
+        return done
+
+    def variants(self, ref: JobRef) -> list[Document]:
+        """The jobs a reference names: a commit's variants (or the one named), or the job."""
+        return [self.document(job) for job in self._jobs_of(ref)]
 
     def open_log(
         self, ref: JobRef, follow: bool = True, shard: int | None = None
@@ -288,14 +318,30 @@ class LocalJobs:
     # -- lookups ------------------------------------------------------------------------
 
     def job(self, ref: JobRef) -> Job:
+        """The one job ``ref`` names; of a commit's variants with no Python named, the one
+        a user looks at first: the first that failed, else the first not yet finished,
+        else the first."""
+        found = self._jobs_of(ref)
+        return next(
+            (j for j in found if j.status.bad),
+            next((j for j in found if not j.status.final), found[0]),
+        )
+
+    def _jobs_of(self, ref: JobRef) -> list[Job]:
         if ref.id is not None:
             job = self.store.get(ref.id)
             if job is None:
                 raise UnknownCommit(f"no job {ref.id}")
-            return job
+            return [job]
         if ref.repository is not None:
             self.repository(ref.repository)
-        return self.store.find(ref.commit or "", ref.repository)
+        if ref.python is not None:
+            try:
+                python = pythons.named(ref.python)
+            except pythons.NotOffered as exc:
+                raise UsageError(str(exc)) from None
+            return [self.store.find(ref.commit or "", ref.repository, python)]
+        return variants.ordered(self.store.variants(ref.commit or "", ref.repository))
 
     def document(self, job: Job) -> Document:
         return result_document(job, self.store.attempt_history(job.id))

@@ -157,6 +157,20 @@ class Mirror:
         base, distance, short = match.groups()
         return base if distance == "0" else f"{base}.post{distance}+g{short}"
 
+    def file(self, sha: str, path: str, limit: int = 1 << 20) -> str | None:
+        """A file of commit ``sha`` as text, read from the object store (never a checkout, so
+        a link is its target's name, never followed): None if absent, not a file, or larger
+        than ``limit`` bytes."""
+        if not re.fullmatch(r"[0-9a-f]{40}", sha):
+            return None
+        spec = f"{sha}:{path}"
+        try:
+            if self._run("cat-file", "-t", spec).strip() != "blob" or int(self._run("cat-file", "-s", spec)) > limit:
+                return None
+            return self._bytes("cat-file", "blob", spec).decode("utf-8", "replace")
+        except (RepositoryError, ValueError):
+            return None
+
     def branches_containing(self, sha: str) -> list[str]:
         out = self._bytes("for-each-ref", "--format=%(refname)%00", "--contains", sha, "refs/heads/")
         return [ref.strip().decode("utf-8", "replace")[len("refs/heads/") :] for ref in out.split(b"\0") if ref.strip()]

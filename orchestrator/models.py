@@ -99,6 +99,7 @@ class Job:
     coverage: float | None = _of_attempt(None)  # line coverage in percent, from the suite's coverage.xml
     artifacts: dict[str, Any] | None = _of_attempt(None)  # files collected for download: {"files", "refused", "bytes"}
     shards: tuple[dict[str, Any], ...] = _of_attempt(())  # a split suite's containers, one summary each
+    python: str = ""  # the Python of this variant of the commit; "" where the repository names one Python
 
     @property
     def duration_s(self) -> float | None:

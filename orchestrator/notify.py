@@ -4,8 +4,10 @@ and senders in the background, one per receiver, so a slow or dead receiver neve
 up the dispatcher, nor another receiver, and a crash loses nothing.
 
 Events: ``job.finished`` for every final status or only failures and recoveries
-(``notify.on``; never for cancelled or skipped jobs), and ``culprit_found`` when a
-bisection names a commit. Each request carries ``Idempotency-Key`` (job, attempt, event):
+(``notify.on``; never for cancelled or skipped jobs; a variant's names its ``python``),
+``commit.finished`` once every variant of a commit on several Pythons has ended (with
+``notify.on: failures``, only when the commit's status is bad), and ``culprit_found``
+when a bisection names a commit. Each request carries ``Idempotency-Key`` (job, attempt, event):
 delivery is at least once, and a repeat has the same key.
 
 A receiver is somebody else's server, so each request is bounded: no redirect is followed
@@ -29,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus
-from orchestrator.results import result_document
+from orchestrator.results import commit_document, result_document
 from orchestrator.store import News, Store
 from orchestrator.store.outbox import Delivery
 
@@ -63,6 +65,11 @@ class Notifier:
                 events.append(
                     ("job.finished", {"event": "job.finished", "recovered": recovered, "job": result_document(new)})
                 )
+        if new.python and new.status.final and not old.status.final:
+            jobs = self._store.of_commit(new.repository, new.commit)
+            summary = commit_document(jobs)
+            if all(j.status.final for j in jobs) and (self._config.on == "all" or JobStatus(summary["status"]).bad):
+                events.append(("commit.finished", {"event": "commit.finished", "commit": summary}))
         if new.culprit is not None and old.culprit is None:
             events.append(
                 ("culprit_found", {"event": "culprit_found", "job": result_document(new), "bisection": new.culprit})

@@ -1,5 +1,8 @@
 """The files users read: ``<results_dir>/<repo>/<sha>/``, each written atomically,
-``result.json`` last; an earlier attempt's files kept in ``attempts/<n>/``. The JUnit
+``result.json`` last; an earlier attempt's files kept in ``attempts/<n>/``. A commit
+that runs on several Pythons has a folder per variant below it (``py3.14/``,
+``pypy3.11/``), each laid out as a single Python's, and a summary ``result.json`` beside
+them: the commit's status (the worst of its variants') and each variant's. The JUnit
 report is read back as a regular file without following links and with a size cap, since
 the code under test could have replaced it. (The verdict they hold: ``verdict.py``.)"""
 
@@ -13,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from orchestrator import pythons
 from orchestrator.backends.base import MAX_REPORT_BYTES
 from orchestrator.models import Job, JobStatus, TestCounts, iso, parse_iso, transition, utcnow
 from orchestrator.workspace import read_regular_file
@@ -60,6 +64,31 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "culprit": job.culprit is not None,  # a bisection named this commit the first failing one
         "bisection": job.culprit,  # ... the range it bisected, and what it spent
         "shards": list(job.shards),  # a split suite's containers (repositories[].shards), else []
+        "python": job.python or None,  # the variant's Python; null where the repository names one
+    }
+
+
+def commit_document(jobs: Sequence[Job]) -> dict[str, Any]:
+    """The summary ``result.json`` of a commit's variants: its status and each variant's."""
+    from orchestrator import variants
+
+    first = jobs[0]
+    return {
+        "repository": first.repository,
+        "commit": first.commit,
+        "branches": sorted({b for j in jobs for b in j.branches}),
+        "subject": first.subject,
+        "status": variants.overall(j.status for j in jobs).value,
+        "variants": [
+            {
+                "python": j.python,
+                "id": j.id,
+                "status": j.status.value,
+                "tests": result_document(j)["tests"],
+                "folder": variants.folder(j),
+            }
+            for j in variants.ordered(jobs)
+        ],
     }
 
 
@@ -69,28 +98,39 @@ class ResultFiles:
     def __init__(self, results_dir: Path):
         self.root = results_dir
 
-    def directory(self, repository: str, commit: str) -> Path:
-        return self.root / repository / commit
+    def directory(self, repository: str, commit: str, python: str = "") -> Path:
+        """A commit's folder; with ``python``, its variant's below it."""
+        base = self.root / repository / commit
+        return base / pythons.folder(python) if python else base
+
+    def of(self, job: Job) -> Path:
+        return self.directory(job.repository, job.commit, job.python)
 
     def path(self, job: Job, name: str) -> Path:
         """One of ``job``'s result files (``RESULT_FILES``)."""
-        return self.directory(job.repository, job.commit) / name
+        return self.of(job) / name
+
+    def summarise(self, jobs: Sequence[Job]) -> None:
+        """The summary ``result.json`` of a commit's variants, beside their folders (nothing
+        for a single Python's job, whose own ``result.json`` is there)."""
+        if not jobs or not any(j.python for j in jobs):
+            return
+        document = json.dumps(commit_document(jobs), indent=2, ensure_ascii=False).encode() + b"\n"
+        directory = self.directory(jobs[0].repository, jobs[0].commit)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic(directory / "result.json", lambda fh: fh.write(document))
 
     def report(self, job: Job) -> bytes | None:
         """The saved JUnit report, read as a regular file with a size cap."""
         return read_regular_file(self.path(job, "junit.xml"), MAX_REPORT_BYTES)
 
-    def read(self, repository: str, commit: str) -> dict[str, Any] | None:
-        data = read_regular_file(self.directory(repository, commit) / "result.json", 1 << 20)
-        try:
-            return json.loads(data) if data else None
-        except ValueError:
-            return None
+    def read(self, repository: str, commit: str, python: str = "") -> dict[str, Any] | None:
+        return _read_document(self.directory(repository, commit, python))
 
     def completed(self, job: Job) -> Job | None:
         """``job`` (running) finished as its complete result files say, if they are this
         attempt's: a crash came after ``result.json`` was written, before the store knew."""
-        doc = self.read(job.repository, job.commit)
+        doc = self.read(job.repository, job.commit, job.python)
         if not doc or doc.get("attempts") != job.attempts or doc.get("status") not in _FINAL:
             return None
         tests = doc["tests"] if isinstance(doc.get("tests"), dict) else {}
@@ -123,7 +163,7 @@ class ResultFiles:
         ``artifacts/``; ``shard_logs``, each shard's own log of a split suite, as
         ``output.<k>.log``, ``log`` then being their combined view); an earlier attempt's
         files move to ``attempts/<n>/``."""
-        directory = self.directory(job.repository, job.commit)
+        directory = self.of(job)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".*.tmp"):  # a write a crash cut short; this job is its only writer
             stale.unlink(missing_ok=True)
@@ -180,8 +220,8 @@ class ResultFiles:
     def annotate(self, job: Job, history: Sequence[dict[str, Any]] = ()) -> None:
         """Rewrite ``job``'s ``result.json`` with what is known of it now (a bisection named
         it the culprit), keeping its timings and every other file."""
-        directory = self.directory(job.repository, job.commit)
-        timings = (self.read(job.repository, job.commit) or {}).get("timings") or {}
+        directory = self.of(job)
+        timings = (_read_document(directory) or {}).get("timings") or {}
         document = (
             json.dumps({**result_document(job, history), "timings": timings}, indent=2, ensure_ascii=False).encode()
             + b"\n"
@@ -190,7 +230,7 @@ class ResultFiles:
         _atomic(directory / "result.json", lambda fh: fh.write(document))
 
     def _archive_older(self, directory: Path, attempt: int) -> None:
-        previous = self.read(directory.parent.name, directory.name)
+        previous = _read_document(directory)
         if not previous or not isinstance(previous.get("attempts"), int) or not 0 < previous["attempts"] < attempt:
             return  # nothing earlier, or only the notice of a job that never ran (skipped, cancelled before)
         target = directory / "attempts" / str(previous["attempts"])
@@ -198,6 +238,14 @@ class ResultFiles:
         for path in [directory / name for name in RESULT_FILES] + list(directory.glob(SHARD_LOGS)):
             if path.exists():
                 os.replace(path, target / path.name)
+
+
+def _read_document(directory: Path) -> dict[str, Any] | None:
+    data = read_regular_file(directory / "result.json", 1 << 20)
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
 
 
 def _atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:

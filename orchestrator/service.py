@@ -26,6 +26,7 @@ from orchestrator.jobs import Arrivals, LocalJobs
 from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
 from orchestrator.store import Store
+from orchestrator.variants import Variants
 
 if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is built: a command is quick
     from orchestrator.dispatcher import Dispatcher
@@ -102,7 +103,7 @@ def local_jobs(
 ) -> LocalJobs:
     """The user operations on this machine's store, with the observer they poll through."""
     mirrors = Mirrors(config.state_dir, config.repositories)
-    arrivals = Arrivals(store, wake)
+    arrivals = Arrivals(store, wake, Variants(config, mirrors))
 
     def observer() -> Observer:  # made, and its module loaded, when first used
         from orchestrator import observer as observing

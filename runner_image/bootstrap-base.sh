@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Builds a minimal Debian image with Debian's Python 3 and pip from PyPI, for hosts that
 # reach no container registry: debootstrap fills a root file system from the host's own
-# Debian mirror and `docker import` turns it into an image. Usage: bootstrap-base.sh TAG [SUITE]
+# Debian mirror and `docker import` turns it into an image.
+#
+#   bootstrap-base.sh TAG [SUITE [INTERPRETER...]]
+#
+# INTERPRETER: a package of the release whose command is its name (python3.15, pypy3),
+# installed beside python3, each with pip. The image's labels record the day it was built
+# and the version of each interpreter's package: a testing release is pinned by them.
+# BASE_NAME (optional): the `orchestrator.base` label, by which the newest is found.
 set -euo pipefail
 
-tag=${1:?usage: bootstrap-base.sh TAG [SUITE]}
+tag=${1:?usage: bootstrap-base.sh TAG [SUITE [INTERPRETER...]]}
 suite=${2:-bookworm}
+shift $(( $# < 2 ? $# : 2 ))
+interpreters=("$@")
 
 if ! command -v debootstrap >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -34,8 +43,14 @@ rootfs=$(mktemp -d "${TMPDIR:-/tmp}/orchestrator-rootfs.XXXXXX")
 trap 'rm -rf "$rootfs"' EXIT
 
 echo "bootstrap-base: debootstrap $suite from ${mirror:-the default mirror} (a few minutes)" >&2
-debootstrap --variant=minbase --include=python3,ca-certificates \
-  "$suite" "$rootfs" ${mirror:+"$mirror"} >&2
+include=python3,ca-certificates
+for interpreter in "${interpreters[@]}"; do include=$include,$interpreter; done
+# A release newer than this host's debootstrap knows (forky on bookworm) is made by sid's
+# script: every release since buster is, with the same keyring.
+script=/usr/share/debootstrap/scripts/$suite
+[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
+debootstrap --variant=minbase --include="$include" \
+  "$suite" "$rootfs" "${mirror:-http://deb.debian.org/debian}" "$script" >&2
 
 # pip from PyPI into /usr/local, as in the official python images, not Debian's python3-pip:
 # that one brings Debian's own copies of packaging, setuptools and friends, which pip cannot
@@ -44,9 +59,12 @@ echo "bootstrap-base: installing pip from PyPI (downloaded on this host)" >&2
 python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
   --dest "$rootfs/tmp/pip" pip >&2
 wheel=$(ls "$rootfs"/tmp/pip/pip-*.whl)
-chroot "$rootfs" env PIP_BREAK_SYSTEM_PACKAGES=1 python3 "/tmp/pip/${wheel##*/}/pip" install --quiet \
-  --no-index --no-cache-dir --disable-pip-version-check --root-user-action=ignore "/tmp/pip/${wheel##*/}" >&2
+for interpreter in python3 "${interpreters[@]}"; do
+  chroot "$rootfs" env PIP_BREAK_SYSTEM_PACKAGES=1 "$interpreter" "/tmp/pip/${wheel##*/}/pip" install --quiet \
+    --no-index --no-cache-dir --disable-pip-version-check --root-user-action=ignore "/tmp/pip/${wheel##*/}" >&2
+done
 rm -rf "$rootfs/tmp/pip"
+packages=$(chroot "$rootfs" dpkg-query -W -f '${Package}=${Version} ' python3 "${interpreters[@]}")
 
 # Keep the image small: package caches and docs are not needed to run tests.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
@@ -54,5 +72,7 @@ rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
 
 echo "bootstrap-base: importing as $tag" >&2
 tar --numeric-owner -C "$rootfs" -c . | docker import \
-  --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$tag" >/dev/null
+  --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
+  --change "LABEL orchestrator.base=${BASE_NAME:-$tag} orchestrator.base.day=$(date -u +%Y%m%d) \
+orchestrator.base.packages=\"${packages% }\"" - "$tag" >/dev/null
 echo "$tag"

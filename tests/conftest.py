@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,12 @@ SHARE_ENGINE_IMAGES = (
 )
 
 
-LONG_FIRST = (*SHARE_ENGINE_IMAGES, "tests/swarm/", "tests/integration/test_bench_smoke.py")
+LONG_FIRST = (
+    *SHARE_ENGINE_IMAGES,
+    "tests/swarm/",
+    "tests/integration/test_pythons.py",
+    "tests/integration/test_bench_smoke.py",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -77,10 +83,32 @@ def runner_image(engine: docker.DockerClient, tmp_path_factory) -> str:
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
     engine = Engine(config.runner.docker_host)
     try:
-        build(config, engine, lambda _line: None, pythons.OFFERED)
+        build(config, engine, lambda _line: None, [n for n in pythons.OFFERED if n not in MATRIX_PYTHONS])
     finally:
         engine.close()
     return config.runner.image
+
+
+MATRIX_PYTHONS = ("3.14", "3.15", "pypy3.11")  # forky's: built only where a test asks
+
+
+@pytest.fixture(scope="session")
+def matrix_runners(runner_image: str, tmp_path_factory) -> tuple[str, ...]:
+    """The runner images of forky's Pythons, built (once: a lock keeps two workers from
+    building the same base side by side) by the first test that needs them."""
+    import fcntl
+
+    directory = tmp_path_factory.mktemp("matrix-image")
+    (directory / "repo").mkdir()
+    config = load_config(write_config(directory, {"demo": directory / "repo"}))
+    engine = Engine(config.runner.docker_host)
+    try:
+        with open(Path(tempfile.gettempdir()) / "orchestrator-tests-matrix.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            build(config, engine, lambda _line: None, MATRIX_PYTHONS)
+    finally:
+        engine.close()
+    return MATRIX_PYTHONS
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -78,31 +80,52 @@ def fill_wheelhouse(context: Path, say: Say) -> None:
     stamp.write_text(digest + "\n")
 
 
-def ensure_base(api: docker.APIClient, base: str, python: Python, context: Path, say: Say) -> str:
+def ensure_base(
+    engine: Engine, base: str | None, python: Python, context: Path, say: Say, refresh: bool = False
+) -> str:
     """The base image to build FROM: ``base`` if present or pullable, else the local Debian
-    base of ``python``'s release (built once with bootstrap-base.sh)."""
-    if _exists(api, base):
-        return base
-    repo, _, tag = base.partition(":")
-    try:
-        with engine_call("pull an image"):
-            api.pull(repo, tag=tag or "latest")
-        say(f"Pulled base image {base}")
-        return base
-    except (APIError, EngineUnavailable) as exc:
-        reason = getattr(exc, "explanation", None) or str(exc)
-        say(f"Base image {base} is not on this engine and cannot be pulled ({reason.splitlines()[0][:120]})")
+    base of ``python``'s release (built once with bootstrap-base.sh; a moving release's
+    newest, unless ``refresh`` asks for a new one)."""
+    api = engine.api
+    if base is not None:
+        if _exists(api, base):
+            return base
+        repo, _, tag = base.partition(":")
+        try:
+            with engine_call("pull an image"):
+                api.pull(repo, tag=tag or "latest")
+            say(f"Pulled base image {base}")
+            return base
+        except (APIError, EngineUnavailable) as exc:
+            reason = getattr(exc, "explanation", None) or str(exc)
+            say(f"Base image {base} is not on this engine and cannot be pulled ({reason.splitlines()[0][:120]})")
     fallback = python.fallback_base
-    if _exists(api, fallback):
+    if python.release.moving:
+        # by its tag too: every image built FROM it inherits its labels
+        pinned = [
+            tag
+            for image in find_images(engine, {"orchestrator.base": fallback})
+            for tag in image["tags"]
+            if tag.startswith(f"{fallback}-")
+        ]
+        if pinned and not refresh:
+            say(f"Using the local Debian {python.debian} base {pinned[0]}")
+            return pinned[0]
+        fallback = f"{fallback}-{time.strftime('%Y%m%d', time.gmtime())}"
+    elif _exists(api, fallback) and not refresh:
         say(f"Using the local Debian base {fallback} built earlier by runner_image/bootstrap-base.sh")
         return fallback
     say(
-        f"Building a Debian {python.debian} base image {fallback} (Python {python.version}) with "
+        f"Building a Debian {python.debian} base image {fallback} (Python {python.name}) with "
         "runner_image/bootstrap-base.sh (debootstrap, a minute or more)"
     )
     script = context / "runner_image" / "bootstrap-base.sh"
     proc = subprocess.run(
-        ["bash", str(script), fallback, python.debian], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        ["bash", str(script), fallback, python.debian, *python.release.interpreters],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "BASE_NAME": python.fallback_base},
     )
     if proc.returncode != 0 or not _exists(api, fallback):
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -119,16 +142,26 @@ def _exists(api: docker.APIClient, tag: str) -> bool:
         return False
 
 
-def build(config: Config, engine: Engine, say: Say, versions: Iterable[str] = (pythons.DEFAULT,)) -> list[ImageInfo]:
-    """Build the runner image of each Python version on ``engine``."""
+def build(
+    config: Config,
+    engine: Engine,
+    say: Say,
+    versions: Iterable[str] = (pythons.DEFAULT,),
+    refresh_base: bool = False,
+) -> list[ImageInfo]:
+    """Build the runner image of each Python on ``engine`` (``refresh_base``: the local
+    Debian bases too, each release once)."""
     context = build_context(config)
     engine.ping()
     fill_wheelhouse(context, say)
     built = []
+    refreshed: set[str] = set()
     for version in dict.fromkeys(versions):
         python = pythons.OFFERED[version]
         wanted = config.runner.base_image if version == pythons.DEFAULT else python.base
-        base = ensure_base(engine.api, wanted, python, context, say)
+        refresh = refresh_base and python.debian not in refreshed
+        base = ensure_base(engine, wanted, python, context, say, refresh=refresh)
+        refreshed.add(python.debian)
         tag = config.runner.image_for(version)
         say(f"Building {tag} (Python {version}) from Dockerfile.runner on {base}")
         built.append(
@@ -139,7 +172,7 @@ def build(config: Config, engine: Engine, say: Say, versions: Iterable[str] = (p
                 tag,
                 {"orchestrator.runner": "1", "orchestrator.python": version},
                 say,
-                buildargs={"BASE_IMAGE": base},
+                buildargs={"BASE_IMAGE": base, "PYTHON": python.command},
             )
         )
     return built

@@ -236,10 +236,11 @@ class Environments:
                 out.write(f"\n{reason}\n")
                 raise EnvironmentBroken(reason, folder / "environment.log") from None
             except _Failed as exc:
-                out.write(f"\n{exc.reason}\n")
+                reason = f"{exc.reason} (Python {python})"  # a variant's failure names its Python
+                out.write(f"\n{reason}\n")
                 if exc.repeats:
-                    _write_json(folder / "failed.json", {"reason": exc.reason})
-                raise EnvironmentBroken(exc.reason, folder / "environment.log") from None
+                    _write_json(folder / "failed.json", {"reason": reason})
+                raise EnvironmentBroken(reason, folder / "environment.log") from None
             finally:  # the image has them, or nothing needs them: the log and the declarations stay
                 for name in ("wheels", "debs"):
                     shutil.rmtree(folder / name, ignore_errors=True)

@@ -301,6 +301,18 @@ def _read(src: Path, name: str) -> str | None:
     return path.read_text(errors="replace")
 
 
+def requires_python(text: str | None) -> str | None:
+    """``[project].requires-python`` of a pyproject.toml's ``text``, read as data: None if
+    it is absent, unreadable, not a string, or longer than any real one."""
+    if text is None:
+        return None
+    try:
+        value = tomllib.loads(text).get("project", {}).get("requires-python")
+    except (tomllib.TOMLDecodeError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and len(value) <= 200 else None
+
+
 def _pyproject(src: Path) -> dict:
     text = _read(src, "pyproject.toml")
     try:

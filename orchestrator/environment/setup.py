@@ -32,9 +32,11 @@ def setup(
     src: Path,
     version: str | None,
     on_build: Callable[[str], None] = lambda stage: None,
+    python: str = "",
 ) -> Setup:
     """The image and variables for the checkout at ``src`` of ``repository``; ``version``
-    (from ``git describe``) stands in for the ``.git`` the checkout does not have.
+    (from ``git describe``) stands in for the ``.git`` the checkout does not have;
+    ``python``: the variant's Python ("" for the repository's one).
     EnvironmentBroken when what the commit declares cannot be built."""
     repo = config.repository(repository)
     assert repo is not None
@@ -45,14 +47,15 @@ def setup(
     }
     if repo.image:
         return Setup(backend.image(repo.image), variables)
-    runner = backend.image(config.runner.image_for(repo.python))
+    python = python or str(repo.python)
+    runner = backend.image(config.runner.image_for(python))
     try:
         needs = dataclasses.replace(detect(src, repo.install), system_packages=tuple(sorted(repo.system_packages)))
     except BadDeclaration as exc:
         raise EnvironmentBroken(str(exc), None) from None
     if needs.empty or environments is None:
         return Setup(runner, variables)
-    environment = environments.ensure(repository, needs, runner, repo.python, on_build)
+    environment = environments.ensure(repository, needs, runner, python, on_build)
     if needs.install_project:
         variables[protocol.INSTALL] = "1"
         if version:

@@ -41,7 +41,7 @@ def conclude(
     except OSError as exc:  # the final state is recorded all the same, and says so
         done = dataclasses.replace(done, message=f"{done.message} (no result files: {os_reason(exc)})")
     done = ctx.store.apply(job, done)
-    ctx.finished(done)
+    ctx.ended(done)
     log.error("job %s: %s error: %s", done.id, done.commit[:12], done.message)
     return done
 

@@ -3,6 +3,7 @@ result files, the workspaces and the repositories, and how patient to be with th
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -16,6 +17,8 @@ from orchestrator.models import Job
 from orchestrator.results import ResultFiles
 from orchestrator.store import Store
 from orchestrator.workspace import Workspaces
+
+log = logging.getLogger("orchestrator.run")
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,13 @@ class Context:
             cleaner=ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-up"),
             **hooks,  # type: ignore[arg-type]
         )
+
+    def ended(self, job: Job) -> None:
+        """``job`` reached its final state: its commit's summary is brought up to date (a
+        commit on several Pythons), then ``finished`` is told."""
+        if job.python:
+            try:
+                self.results.summarise(self.store.of_commit(job.repository, job.commit))
+            except OSError as exc:  # the variant's own files are written; the summary follows the next one
+                log.warning("job %s: the summary of %s not written: %s", job.id, job.commit[:12], exc)
+        self.finished(job)

@@ -53,6 +53,7 @@ def environment(ctx: Context, job: Job, src: Path, on_build: Callable[[str], Non
         src,
         ctx.mirrors[job.repository].version(job.commit),
         on_build=on_build,
+        python=job.python,
     )
 
 
@@ -74,7 +75,7 @@ def finish(ctx: Context, job: Job, done: Job) -> Job:
     """The final state committed (its files are written before), then told."""
     job = ctx.store.apply(job, done)
     crash_point("job-finished")
-    ctx.finished(job)
+    ctx.ended(job)
     log.info("job %s: %s %s %s", job.id, job.commit[:12], job.status.value, job.message or "")
     return job
 

@@ -101,7 +101,21 @@ def _version_1(db: Connection) -> None:
             db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_version_1]
+def _version_2(db: Connection, jobs_table: str) -> None:
+    """A job per (repository, commit, python): the variants of a commit on several Pythons.
+    SQLite cannot change a table's UNIQUE: the table is made anew and its rows copied
+    (SQLite's documented procedure: new table, copy, drop, rename)."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()[0]
+    if "UNIQUE (repository, commit_sha, python)" in sql:
+        return
+    columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(jobs)"))
+    db.execute(jobs_table.replace("jobs (", "jobs_new (", 1))
+    db.execute(f"INSERT INTO jobs_new ({columns}) SELECT {columns} FROM jobs")
+    db.execute("DROP TABLE jobs")
+    db.execute("ALTER TABLE jobs_new RENAME TO jobs")
+
+
+MIGRATIONS: list[Callable[[Connection, str], None]] = [lambda db, _table: _version_1(db), _version_2]
 
 
 class Database:
@@ -122,7 +136,7 @@ class Database:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for migrate in MIGRATIONS[version:]:
-                migrate(db)
+                migrate(db, jobs_table)
             db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id)")

@@ -104,6 +104,7 @@ FIELDS: tuple[Field, ...] = (
     Field("coverage", "coverage", "REAL"),
     Field("artifacts", "artifacts", "TEXT", _json_or_null, _from_json),
     Field("shards", "shards", "TEXT", _tuple_write, _tuple_read),
+    Field("python", "python", "TEXT NOT NULL DEFAULT ''", saved=False),
 )
 EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)  # the store's own, not the job's
 
@@ -113,7 +114,7 @@ TABLE = (
     "CREATE TABLE IF NOT EXISTS jobs ("
     + ", ".join(f"{f.column} {f.declaration}" for f in FIELDS)
     + "".join(f", {name} {declaration}" for name, declaration in EXTRA_COLUMNS)
-    + ", UNIQUE (repository, commit_sha))"
+    + ", UNIQUE (repository, commit_sha, python))"
 )
 ALL_COLUMNS = [(f.column, f.declaration) for f in FIELDS[1:]] + list(EXTRA_COLUMNS)
 _UPDATE = (
@@ -138,6 +139,7 @@ class NewCommit:
     subject: str
     branches: tuple[str, ...]
     priority: int = NORMAL_PRIORITY
+    pythons: tuple[str, ...] = ("",)  # a job for each: the variants of a repository with several Pythons
 
 
 Changed = Callable[[Connection, Job, Job], None]
@@ -173,27 +175,30 @@ class Jobs:
         created: list[int] = []
         with self._db.write() as db:
             for commit in commits:
-                row = db.execute(
-                    "SELECT id, branches FROM jobs WHERE repository = ? AND commit_sha = ?", (repository, commit.sha)
-                ).fetchone()
-                if row is None:
-                    cur = db.execute(
-                        "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at, priority)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            repository,
-                            commit.sha,
-                            json.dumps(sorted(set(commit.branches))),
-                            commit.subject,
-                            JobStatus.QUEUED.value,
-                            now,
-                            commit.priority,
-                        ),
-                    )
-                    created.append(int(cur.lastrowid or 0))
-                else:
-                    merged = sorted(set(json.loads(row[1])) | set(commit.branches))
-                    db.execute("UPDATE jobs SET branches = ? WHERE id = ?", (json.dumps(merged), row[0]))
+                for python in commit.pythons:
+                    row = db.execute(
+                        "SELECT id, branches FROM jobs WHERE repository = ? AND commit_sha = ? AND python = ?",
+                        (repository, commit.sha, python),
+                    ).fetchone()
+                    if row is None:
+                        cur = db.execute(
+                            "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at, priority,"
+                            " python) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                repository,
+                                commit.sha,
+                                json.dumps(sorted(set(commit.branches))),
+                                commit.subject,
+                                JobStatus.QUEUED.value,
+                                now,
+                                commit.priority,
+                                python,
+                            ),
+                        )
+                        created.append(int(cur.lastrowid or 0))
+                    else:
+                        merged = sorted(set(json.loads(row[1])) | set(commit.branches))
+                        db.execute("UPDATE jobs SET branches = ? WHERE id = ?", (json.dumps(merged), row[0]))
             if heads is not None:
                 db.execute("INSERT OR IGNORE INTO repositories (name, first_seen_at) VALUES (?, ?)", (repository, now))
                 db.execute("DELETE FROM heads WHERE repository = ?", (repository,))
@@ -212,20 +217,33 @@ class Jobs:
         found = self._jobs("WHERE id = ?", (job_id,))
         return found[0] if found else None
 
-    def find(self, prefix: str, repository: str | None = None) -> Job:
-        """The one job whose commit starts with ``prefix``; raise if none or several."""
+    def find(self, prefix: str, repository: str | None = None, python: str | None = None) -> Job:
+        """The one job whose commit starts with ``prefix``: the variant on ``python``, or
+        (None) the commit's first; raise if none, or if several commits match."""
+        found = self.variants(prefix, repository)
+        if python is None:
+            return found[0]
+        for job in found:
+            if job.python == python:
+                return job
+        ran = ", ".join(j.python for j in found if j.python) or "its repository's one Python"
+        raise UnknownCommit(f"commit {found[0].commit[:12]} has no variant on Python {python[:20]} (it ran on {ran})")
+
+    def variants(self, prefix: str, repository: str | None = None) -> list[Job]:
+        """Every job of the one commit whose sha starts with ``prefix`` (a variant per
+        Python, or its one job), in the order they were queued; raise if none or several."""
         prefix = prefix.lower()
         if not (4 <= len(prefix) <= 40) or any(c not in "0123456789abcdef" for c in prefix):
             raise UsageError(f"{prefix[:50]!r} is not a commit sha or a prefix of one (4 to 40 hex digits)")
         where, args = "WHERE commit_sha >= ? AND commit_sha < ?", [prefix, prefix + "g"]
         if repository:
             where, args = where + " AND repository = ?", [*args, repository]
-        found = self._jobs(where, args, "LIMIT 2")
+        found = self._jobs(where, args, "ORDER BY id LIMIT 65")
         if not found:
             raise UnknownCommit(f"no job for a commit starting with {prefix}")
-        if len(found) > 1:
+        if len({(j.repository, j.commit) for j in found}) > 1:
             raise UnknownCommit(f"commit prefix {prefix} is ambiguous: give more digits or --repo")
-        return found[0]
+        return found
 
     def list_jobs(
         self,
@@ -254,9 +272,14 @@ class Jobs:
         """Oldest first."""
         return self._jobs(f"WHERE status IN ({marks(statuses)})", [s.value for s in statuses], "ORDER BY id")
 
-    def by_commit(self, repository: str, sha: str) -> Job | None:
-        found = self._jobs("WHERE repository = ? AND commit_sha = ?", (repository, sha))
+    def by_commit(self, repository: str, sha: str, python: str = "") -> Job | None:
+        """The job of a commit on ``python`` ("": its repository's one Python)."""
+        found = self._jobs("WHERE repository = ? AND commit_sha = ? AND python = ?", (repository, sha, python))
         return found[0] if found else None
+
+    def of_commit(self, repository: str, sha: str) -> list[Job]:
+        """Every variant of a commit, in the order they were queued."""
+        return self._jobs("WHERE repository = ? AND commit_sha = ?", (repository, sha), "ORDER BY id")
 
     def attempt_history(self, job_id: int) -> list[dict[str, object]]:
         """Every ended attempt of a job, oldest first: why each retry happened."""
@@ -280,10 +303,13 @@ class Jobs:
         return bool(rows and rows[0][0])
 
     def latest_on_branch(
-        self, repository: str, branch: str, final: bool = False, before: int | None = None
+        self, repository: str, branch: str, final: bool = False, before: int | None = None, python: str | None = None
     ) -> Job | None:
-        """The newest job of ``branch`` (optionally only tested ones, older than ``before``)."""
+        """The newest job of ``branch`` (optionally only tested ones, older than ``before``,
+        of the variant on ``python``)."""
         where, args = f"WHERE repository = ? AND {_ON_BRANCH}", list[object]([repository, branch])
+        if python is not None:
+            where, args = where + " AND python = ?", [*args, python]
         if final:
             where, args = where + f" AND status IN ({marks(_TESTED)})", [*args, *_TESTED]
         if before is not None:
@@ -311,9 +337,11 @@ class Jobs:
         )
 
     def previous_verdict(self, job: Job) -> JobStatus | None:
-        """The final status of the newest earlier job on any of ``job``'s branches (what a
-        notification calls a recovery from)."""
-        earlier = [self.latest_on_branch(job.repository, b, final=True, before=job.id) for b in job.branches]
+        """The final status of the newest earlier job on any of ``job``'s branches, on its
+        Python (what a notification calls a recovery from)."""
+        earlier = [
+            self.latest_on_branch(job.repository, b, final=True, before=job.id, python=job.python) for b in job.branches
+        ]
         newest = max((j for j in earlier if j is not None), key=lambda j: j.id, default=None)
         return newest.status if newest else None
 

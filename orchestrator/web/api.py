@@ -183,9 +183,22 @@ def find_job(
     jobs: Jobs,
     commit: Annotated[str, Query(max_length=40)],
     repository: Annotated[str | None, Query(max_length=64)] = None,
+    python: Annotated[str | None, Query(max_length=20)] = None,
 ) -> dict[str, Any]:
-    """The job of the commit a sha prefix names (what the command line names jobs by)."""
-    return jobs.show(JobRef(commit=commit, repository=repository))
+    """The job of the commit a sha prefix names (what the command line names jobs by): the
+    variant on ``python``, else the one a user looks at first."""
+    return jobs.show(JobRef(commit=commit, repository=repository, python=python))
+
+
+@router.get("/api/jobs/variants")
+def find_variants(
+    jobs: Jobs,
+    commit: Annotated[str, Query(max_length=40)],
+    repository: Annotated[str | None, Query(max_length=64)] = None,
+    python: Annotated[str | None, Query(max_length=20)] = None,
+) -> list[dict[str, Any]]:
+    """Every job of the commit a sha prefix names: one per Python it runs on."""
+    return jobs.variants(JobRef(commit=commit, repository=repository, python=python))
 
 
 @router.get("/api/jobs/{job_id}")
@@ -263,9 +276,9 @@ def get_artifact(job_id: JobId, name: Annotated[str, PathParam(max_length=1000)]
 
 @router.post("/api/jobs/{job_id}/cancel", status_code=202, dependencies=guarded)
 def cancel(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
-    return jobs.cancel(JobRef(id=job_id))
+    return jobs.cancel(JobRef(id=job_id))[0]
 
 
 @router.post("/api/jobs/{job_id}/retry", status_code=202, dependencies=guarded)
 def retry(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
-    return jobs.retry(JobRef(id=job_id))
+    return jobs.retry(JobRef(id=job_id))[0]

@@ -174,7 +174,55 @@ def test_directories_that_cannot_be_written_are_refused_at_start(tmp_path: Path,
 def test_a_python_the_images_do_not_offer_is_refused(tmp_path: Path, repo: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: '3.12'\n"))
-    assert "repositories[0].python" in str(info.value) and "offer 3.11, 3.13" in str(info.value)
+    message = str(info.value)
+    assert "repositories[0].python" in message and "offer 3.11, 3.13, 3.14, 3.15, pypy3.11" in message
+    assert message.count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "pythons_", "matrix"),
+    [
+        ("'3.13'", ("3.13",), False),
+        ("['3.11', '3.14', pypy3, '3.14']", ("3.11", "3.14", "pypy3.11"), True),
+        ("auto", ("3.11",), True),  # no requires-python read here: the default alone
+    ],
+)
+def test_one_python_several_or_auto(tmp_path: Path, repo: Path, value: str, pythons_: tuple, matrix: bool) -> None:
+    config = load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: {value}\n"))
+    assert config.repositories[0].pythons_for(None) == pythons_ and config.repositories[0].matrix is matrix
+
+
+@pytest.mark.parametrize("value", ["['3.11', '2.7']", "[]", "[auto]", "3.14"])
+def test_a_list_of_pythons_names_offered_ones(tmp_path: Path, repo: Path, value: str) -> None:
+    """An unquoted 3.14 is YAML's float, not a name: refused with the rest, on one line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"repositories:\n  - name: demo\n    url: {repo}\n    python: {value}\n"))
+    assert "repositories[0].python" in str(info.value) and str(info.value).count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("requires", "allowed"),
+    [
+        (">=3.11", ("3.11", "3.13", "3.14", "3.15")),
+        (">=3.12,<3.15", ("3.13", "3.14")),
+        ("~=3.14.0", ("3.14",)),
+        ("<3", ("3.11",)),  # allows none offered: the default, not nothing
+        ("not a specifier", ("3.11",)),
+        (None, ("3.11",)),
+    ],
+)
+def test_auto_is_every_offered_cpython_requires_python_allows(requires, allowed) -> None:
+    assert pythons.allowed_by(requires) == allowed
+
+
+def test_requires_python_is_read_as_data() -> None:
+    from orchestrator.environment.needs import requires_python
+
+    assert requires_python('[project]\nrequires-python = ">=3.12"\n') == ">=3.12"
+    assert requires_python("[project]\nrequires-python = 3\n") is None
+    assert requires_python("[project\n") is None
+    assert requires_python("x = " + "[" * 100_000) is None
+    assert requires_python('project = "a string"\n') is None
 
 
 def test_each_python_runs_in_its_own_runner_image(tmp_path: Path, repo: Path) -> None:
@@ -189,6 +237,7 @@ def test_each_python_runs_in_its_own_runner_image(tmp_path: Path, repo: Path) ->
     assert config.runner.image_for("3.11") == "registry.local:5000/ci/runner:v2"
     assert config.runner.image_for("3.13") == "registry.local:5000/ci/runner:py3.13"
     assert pythons.runner_image("localhost:5000/runner", "3.13") == "localhost:5000/runner:py3.13"
+    assert config.runner.image_for("pypy3.11") == "registry.local:5000/ci/runner:pypy3.11"
 
 
 @pytest.mark.parametrize("line", ["--index-url https://evil.example/simple", "-f /tmp/wheels", "-e git+https://x/y"])

@@ -118,6 +118,10 @@ def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> Non
         assert store.cancel_requested(job.id) is False
         store.request_cancel(job)
         assert store.cancel_requested(job.id) is True
+        assert job.python == ""  # its one Python, as before variants
+        variants = store.record_commits("demo", [NewCommit("abcd1234", "old", ("main",), pythons=("3.13", "3.14"))])
+        assert len(variants) == 2 and [store.get(i).python for i in variants] == ["3.13", "3.14"]
+        assert store.get(job.id).status is JobStatus.RUNNING  # kept, with its id, through the table's renewal
     finally:
         store.close()
     db = sqlite3.connect(path)
