@@ -68,7 +68,7 @@ class Workspaces:
         ws = self.get(job_id)
         remove_tree(ws.root)
         ws.src.mkdir(parents=True)
-        ws.out.mkdir()
+        make_output(ws.out)
         return ws
 
     def hand_over(self, ws: Workspace) -> None:
@@ -158,3 +158,10 @@ def prepare_directories(config: Config) -> None:
             raise ConfigError(
                 f"{config.source}: {key}: {path} is not a writable directory: {exc.strerror or exc}"
             ) from None
+
+
+def make_output(out: Path) -> None:
+    """A container's output folder, with the folder the commit is installed into (the
+    runner image's ci-out.pth names it; Python 3.15 says so in every log when it is missing)."""
+    out.mkdir()
+    (out / "site").mkdir()

@@ -151,6 +151,9 @@ def checkout_archive(out, spec: ContainerSpec) -> None:
         report_dir = tarfile.TarInfo(OUTPUT_DIR.lstrip("/"))  # where the report is written: no tmpfs (noexec)
         report_dir.type, report_dir.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(owned(report_dir))
+        site = tarfile.TarInfo(f"{OUTPUT_DIR.lstrip('/')}/site")  # where ci-out.pth points (workspace.make_output)
+        site.type, site.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(owned(site))
         for path in sorted(spec.output_dir.iterdir()) if spec.output_dir.is_dir() else ():
             if path.is_file() and not path.is_symlink():  # what the orchestrator put there: a shard's plan
                 tar.add(str(path), arcname=f"{OUTPUT_DIR.lstrip('/')}/{path.name}", filter=owned)

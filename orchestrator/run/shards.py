@@ -34,7 +34,7 @@ from orchestrator.run.spec import container_spec
 from orchestrator.run.watch import Abandoned, Watch
 from orchestrator.sharding import PLAN_FILE, Plan, mismatch, summary, worst
 from orchestrator.verdict import judge
-from orchestrator.workspace import Workspace, remove_tree
+from orchestrator.workspace import Workspace, make_output, remove_tree
 
 log = logging.getLogger("orchestrator.run")
 
@@ -79,7 +79,7 @@ class Shard:
             ctx.backend.destroy(self.containers[-1])
         remove_tree(self.ws.root)
         self.ws.src.mkdir(parents=True)
-        self.ws.out.mkdir()
+        make_output(self.ws.out)
         ctx.mirrors[job.repository].checkout(job.commit, self.ws.src)
         (self.ws.out / PLAN_FILE).write_bytes(plan.document())
         ctx.workspaces.hand_over(self.ws)
