@@ -98,7 +98,7 @@ class Dispatcher:
             job = self.picker.pick(besides=self._warm.job_ids)
             if job is None:
                 break
-            count = self.planner.count(job.repository, self._free())
+            count = self.planner.count(job.repository, self._free(), job.python)
             if count > self._free():
                 break  # a split suite waits for its slots, and nothing overtakes it
             claimed = self.picker.claim(job, self._warm.job_ids)
@@ -223,7 +223,7 @@ class Dispatcher:
         attempt = (
             Attempt(self.ctx, job, adopt)
             if count == 1
-            else SplitAttempt(self.ctx, job, self.planner.plan(job.repository, count))
+            else SplitAttempt(self.ctx, job, self.planner.plan(job.repository, count, job.python))
         )
         if count > 1:
             self._slots[job.id] = count

@@ -1,6 +1,8 @@
 """Test history: every test case of every job's JUnit report, recorded in bulk when the
 job ends (store/tests.py keeps it), and what it tells about a failing test: since when it
-fails on the branch, and how often it failed in the runs before.
+fails on the branch, and how often it failed in the runs before. A commit on several
+Pythons has a history per variant: each of these reads follows one Python, and a test's
+record says where else the same commit failed or passed ("fails on 3.14 only").
 
 A test's id is what its JUnit report calls it, ``<classname>::<name>``
 (``tests.test_a.TestX::test_y[1]``). Only each job's current attempt counts.
@@ -64,6 +66,7 @@ def record(store: Store, job: Job, report: Report, reruns: int = 0) -> int:
             job.repository,
             [(c.test_id, "flaky" if c.test_id in job.flaky else c.outcome, c.seconds) for c in found.values()],
             [(c.test_id, c.seconds) for c in found.values() if c.outcome == "passed"],
+            job.python,
         )
     return len(found)
 
@@ -73,21 +76,28 @@ class History:
         self.store = store
 
     def runs(
-        self, repository: str, test_id: str, branch: str | None = None, before: int | None = None, limit: int = 100
+        self,
+        repository: str,
+        test_id: str,
+        branch: str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        python: str | None = None,
     ) -> list[Run]:
-        """The test's outcome in the newest jobs of ``branch`` (any, if None), newest first."""
-        return self.store.tests.runs(repository, test_id, branch, before, limit)
+        """The test's outcome in the newest jobs of ``branch`` (any, if None) on ``python``
+        (any variant, if None), newest first."""
+        return self.store.tests.runs(repository, test_id, branch, before, limit, python)
 
     def flaky(self, repository: str, jobs: int = 500, limit: int = 50) -> list[dict]:
         """Tests that flip, ranked by flip rate over the newest ``jobs`` jobs: a flip is a
         change of outcome between two consecutive runs (in job order, whatever the branch),
         or a run that passed only when re-run; a test that never failed there is left out."""
         rows = self.store.tests.failing_tests_runs(repository, jobs)
-        by_test: dict[str, list[tuple[str, str]]] = {}
-        for test, ended, commit in rows:
-            by_test.setdefault(test, []).append((ended, commit))
+        by_test: dict[tuple[str, str], list[tuple[str, str]]] = {}  # a variant's runs flip on their own
+        for test, python, ended, commit in rows:
+            by_test.setdefault((test, python), []).append((ended, commit))
         ranked: list[dict[str, Any]] = []
-        for test, runs in by_test.items():
+        for (test, python), runs in by_test.items():
             outcomes = ["failed" if o == "error" else o for o, _ in runs]
             flips = sum(1 for a, b in itertools.pairwise(outcomes) if a != b and "skipped" not in (a, b))
             flips += outcomes.count("flaky")
@@ -95,6 +105,7 @@ class History:
                 ranked.append(
                     {
                         "test_id": test,
+                        "python": python or None,
                         "runs": len(runs),
                         "flips": flips,
                         "flip_rate": round(flips / len(runs), 3),
@@ -105,9 +116,9 @@ class History:
                 )
         return sorted(ranked, key=lambda r: (-r["flip_rate"], -r["flips"], r["test_id"]))[:limit]
 
-    def outcomes(self, repository: str, test_id: str, commits: list[str]) -> dict[str, str]:
-        """The test's outcome at each of ``commits`` that was tested (its job's current attempt)."""
-        return self.store.tests.outcomes(repository, test_id, commits)
+    def outcomes(self, repository: str, test_id: str, commits: list[str], python: str = "") -> dict[str, str]:
+        """The test's outcome at each of ``commits`` tested on ``python`` (its job's current attempt)."""
+        return self.store.tests.outcomes(repository, test_id, commits, python)
 
     def record_of(self, job: Job, test_id: str, parents: dict[str, list[str]] | None = None) -> dict:
         """What the job page says of one failing test: ``since`` (the first commit of the
@@ -120,7 +131,7 @@ class History:
         commits that were never tested (skipped) are stepped over. Without, it follows the
         branch's jobs in the order they were tested."""
         branch = job.branches[0] if job.branches else None
-        earlier = self.runs(job.repository, test_id, branch, before=job.id, limit=RECENT)
+        earlier = self.runs(job.repository, test_id, branch, before=job.id, limit=RECENT, python=job.python)
         if parents:
             since, streak = self._streak_in_history(job, test_id, parents)
         else:
@@ -135,10 +146,29 @@ class History:
             "failed_recent": sum(1 for r in earlier if r.outcome in ("failed", "error")),
             "recent": [r.outcome for r in reversed(earlier)],
             "branch": branch,
+            **self._elsewhere(job, test_id),
         }
 
+    def _elsewhere(self, job: Job, test_id: str) -> dict[str, Any]:
+        """Of a variant's failing test: on which of the commit's Pythons it failed, and on
+        which it passed, and that in words ("fails on 3.14 only (passes on 3.11, 3.13)")."""
+        if not job.python:
+            return {}
+        from orchestrator import variants
+
+        found = self.store.tests.by_python(job.repository, test_id, job.commit)
+        order = [j.python for j in variants.ordered(self.store.of_commit(job.repository, job.commit))]
+        failed = [p for p in order if found.get(p) in ("failed", "error")]
+        passed = [p for p in order if found.get(p) in ("passed", "flaky")]
+        words = None
+        if failed and passed:
+            words = f"fails on {', '.join(failed)} only (passes on {', '.join(passed)})"
+        elif failed and len(failed) > 1:
+            words = f"fails on every Python it ran on ({', '.join(failed)})"
+        return {"pythons": {"failed": failed, "passed": passed, "words": words}}
+
     def _streak_in_history(self, job: Job, test_id: str, parents: dict[str, list[str]]) -> tuple[str, int]:
-        known = self.outcomes(job.repository, test_id, list(parents))
+        known = self.outcomes(job.repository, test_id, list(parents), job.python)
         since, streak, current = job.commit, 1, job.commit
         for _ in range(len(parents)):
             step = None

@@ -68,10 +68,19 @@ class Insight:
         names = [self._repository(repository).name] if repository else self.repositories
         return [{"repository": name, **t} for name in names for t in History(self.store).flaky(name)]
 
-    def test_runs(self, repository: str, test_id: str, branch: str | None = None, limit: int = 100) -> list[Document]:
-        """A test's outcome and duration in the newest jobs of a branch, newest first."""
+    def test_runs(
+        self, repository: str, test_id: str, branch: str | None = None, limit: int = 100, python: str | None = None
+    ) -> list[Document]:
+        """A test's outcome and duration in the newest jobs of a branch (of one Python's
+        variants, with ``python``), newest first."""
         name = self._repository(repository).name
         return [
-            {"job": r.job_id, "commit": r.commit, "outcome": r.outcome, "seconds": r.seconds}
-            for r in History(self.store).runs(name, test_id, branch, limit=limit)
+            {
+                "job": r.job_id,
+                "commit": r.commit,
+                "outcome": r.outcome,
+                "seconds": r.seconds,
+                "python": r.python or None,
+            }
+            for r in History(self.store).runs(name, test_id, branch, limit=limit, python=python)
         ]

@@ -62,7 +62,7 @@ class Planner:
         self.store = store
         # what the store said of a repository's runs, and when: a split commit waiting for
         # its slots is asked about at every scheduling step, the store not that often
-        self._recorded: dict[str, tuple[float, float | None, float]] = {}
+        self._recorded: dict[tuple[str, str], tuple[float, float | None, float]] = {}
         for repo in repositories:
             if repo.shards != "auto" and repo.shards > parallelism:
                 log.warning(
@@ -78,7 +78,7 @@ class Planner:
         repo = self.repositories.get(repository)
         return repo.shards if repo else 1
 
-    def count(self, repository: str, free: int) -> int:
+    def count(self, repository: str, free: int, python: str = "") -> int:
         """The containers for the next commit of ``repository``: ``shards`` (at most
         ``parallelism``; the job then waits for that many free slots), or for ``auto`` one
         per TARGET_SECONDS of the recorded suite, at most the free slots and no more than
@@ -87,7 +87,7 @@ class Planner:
         wanted = self.wanted(repository)
         if wanted == 1:
             return 1
-        suite, overhead = self._recorded_runs(repository)
+        suite, overhead = self._recorded_runs(repository, python)
         if suite is None:
             return 1 if wanted == "auto" else min(int(wanted), self.parallelism)
         if suite < overhead:
@@ -96,29 +96,34 @@ class Planner:
             return max(1, min(math.ceil(suite / TARGET_SECONDS), int(suite // overhead), free, self.parallelism))
         return min(int(wanted), self.parallelism)
 
-    def _recorded_runs(self, repository: str) -> tuple[float | None, float]:
-        known = self._recorded.get(repository)
+    def _recorded_runs(self, repository: str, python: str = "") -> tuple[float | None, float]:
+        known = self._recorded.get((repository, python))
         if known is None or time.monotonic() - known[0] >= RECORDED_FOR:
-            suite = self.suite_seconds(repository)
-            known = (time.monotonic(), suite, self.overhead(repository) if suite is not None else DEFAULT_OVERHEAD)
-            self._recorded[repository] = known
+            suite = self.suite_seconds(repository, python)
+            known = (
+                time.monotonic(),
+                suite,
+                self.overhead(repository, python) if suite is not None else DEFAULT_OVERHEAD,
+            )
+            self._recorded[(repository, python)] = known
         return known[1], known[2]
 
-    def plan(self, repository: str, count: int) -> Plan:
+    def plan(self, repository: str, count: int, python: str = "") -> Plan:
+        """The split of a commit's suite (its variant on ``python``'s: each Python's own durations)."""
         repo = self.repositories.get(repository)
-        durations = self.store.tests.durations(repository, MAX_DURATIONS)
+        durations = self.store.tests.durations(repository, MAX_DURATIONS, python)
         return Plan(
             count, repo.shard_unit if repo else "test", {test: round(seconds, 4) for test, seconds in durations.items()}
         )
 
-    def suite_seconds(self, repository: str) -> float | None:
-        """The test time of the newest passing run of ``repository`` (None: none yet)."""
-        return self.store.tests.suite_seconds(repository)
+    def suite_seconds(self, repository: str, python: str = "") -> float | None:
+        """The test time of the newest passing run of ``repository`` on ``python`` (None: none yet)."""
+        return self.store.tests.suite_seconds(repository, python)
 
-    def overhead(self, repository: str) -> float:
+    def overhead(self, repository: str, python: str = "") -> float:
         """What one container costs beyond its tests: the median, over the newest unsplit
         passing runs, of the job's duration less its test time."""
-        costs = [max(cost, 0.1) for cost in self.store.tests.overheads(repository)]
+        costs = [max(cost, 0.1) for cost in self.store.tests.overheads(repository, python=python)]
         return statistics.median(costs) if costs else DEFAULT_OVERHEAD
 
 

@@ -115,7 +115,26 @@ def _version_2(db: Connection, jobs_table: str) -> None:
     db.execute("ALTER TABLE jobs_new RENAME TO jobs")
 
 
-MIGRATIONS: list[Callable[[Connection, str], None]] = [lambda db, _table: _version_1(db), _version_2]
+def _version_3(db: Connection) -> None:
+    """Test durations per variant: a suite is split by what it takes on its own Python."""
+    db.execute(
+        "CREATE TABLE test_durations_new (repository TEXT NOT NULL, python TEXT NOT NULL DEFAULT '',"
+        " test_id TEXT NOT NULL, seconds REAL NOT NULL, runs INTEGER NOT NULL, job_id INTEGER NOT NULL,"
+        " PRIMARY KEY (repository, python, test_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO test_durations_new (repository, test_id, seconds, runs, job_id)"
+        " SELECT repository, test_id, seconds, runs, job_id FROM test_durations"
+    )
+    db.execute("DROP TABLE test_durations")
+    db.execute("ALTER TABLE test_durations_new RENAME TO test_durations")
+
+
+MIGRATIONS: list[Callable[[Connection, str], None]] = [
+    lambda db, _table: _version_1(db),
+    _version_2,
+    lambda db, _table: _version_3(db),
+]
 
 
 class Database:

@@ -14,12 +14,13 @@ AVERAGE_WEIGHT = 0.3  # the newest run's weight in a test's moving average durat
 # A test's duration for splitting a suite (sharding.py): a moving average over its
 # passing runs, each job counted once, however often it is recorded.
 _DURATION = (
-    "INSERT INTO test_durations (repository, test_id, seconds, runs, job_id) VALUES (?, ?, ?, 1, ?)"
-    " ON CONFLICT (repository, test_id) DO UPDATE SET"
+    "INSERT INTO test_durations (repository, python, test_id, seconds, runs, job_id) VALUES (?, ?, ?, ?, 1, ?)"
+    " ON CONFLICT (repository, python, test_id) DO UPDATE SET"
     f" seconds = seconds * {1 - AVERAGE_WEIGHT} + excluded.seconds * {AVERAGE_WEIGHT},"
     " runs = runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id"
 )
 _CURRENT = "t.attempt = j.attempts"  # a job's current attempt's cases
+# Every read of a test's history is of one variant (j.python: "" where the repository has one Python).
 _ON_BRANCH = "EXISTS (SELECT 1 FROM json_each(j.branches) WHERE value = ?)"
 
 
@@ -29,6 +30,7 @@ class Run:
     commit: str
     outcome: str
     seconds: float
+    python: str = ""
 
 
 class Tests:
@@ -42,6 +44,7 @@ class Tests:
         repository: str,
         cases: Sequence[tuple[str, str, float]],
         passed: Sequence[tuple[str, float]],
+        python: str = "",
     ) -> None:
         """The (test id, outcome, seconds) of one attempt, and the (test id, seconds) of those
         that passed, which join their tests' moving averages: in one transaction."""
@@ -51,50 +54,71 @@ class Tests:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(job_id, attempt, repository, test, outcome, seconds) for test, outcome, seconds in cases],
             )
-            db.executemany(_DURATION, [(repository, test, seconds, job_id) for test, seconds in passed])
+            db.executemany(_DURATION, [(repository, python, test, seconds, job_id) for test, seconds in passed])
 
     def count(self) -> int:
         return int(self._db.read("SELECT COUNT(*) FROM test_cases")[0][0])
 
     def runs(
-        self, repository: str, test_id: str, branch: str | None = None, before: int | None = None, limit: int = 100
+        self,
+        repository: str,
+        test_id: str,
+        branch: str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        python: str | None = None,
     ) -> list[Run]:
-        """The test's outcome in the newest jobs of ``branch`` (any, if None), newest first."""
+        """The test's outcome in the newest jobs of ``branch`` (any, if None), of the variant
+        on ``python`` (any, if None), newest first."""
         sql = (
-            "SELECT j.id, j.commit_sha, t.outcome, t.seconds FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+            "SELECT j.id, j.commit_sha, t.outcome, t.seconds, j.python FROM test_cases t JOIN jobs j ON j.id = t.job_id"
             f" WHERE t.repository = ? AND t.test_id = ? AND {_CURRENT}"
         )
         args: list[object] = [repository, test_id]
+        if python is not None:
+            sql, args = sql + " AND j.python = ?", [*args, python]
         if branch is not None:
             sql, args = sql + f" AND {_ON_BRANCH}", [*args, branch]
         if before is not None:
             sql, args = sql + " AND j.id < ?", [*args, before]
         return [Run(*row) for row in self._db.read(sql + " ORDER BY j.id DESC LIMIT ?", [*args, limit])]
 
-    def failing_tests_runs(self, repository: str, jobs: int) -> list[tuple[str, str, str]]:
-        """(test id, outcome, commit) of every run, within the newest ``jobs`` jobs, of each
-        test that failed, erred or was flaky there at least once; by test, oldest first."""
+    def failing_tests_runs(self, repository: str, jobs: int) -> list[tuple[str, str, str, str]]:
+        """(test id, python, outcome, commit) of every run, within the newest ``jobs`` jobs,
+        of each test that failed, erred or was flaky there at least once; by test and
+        variant, oldest first."""
         newest = self._db.read("SELECT COALESCE(MAX(id), 0) FROM jobs WHERE repository = ?", (repository,))[0][0]
         return [
             tuple(r)
             for r in self._db.read(
-                "SELECT t.test_id, t.outcome, j.commit_sha FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+                "SELECT t.test_id, j.python, t.outcome, j.commit_sha FROM test_cases t JOIN jobs j ON j.id = t.job_id"
                 f" WHERE t.repository = ? AND {_CURRENT} AND j.id > ? AND t.test_id IN"
                 " (SELECT DISTINCT test_id FROM test_cases WHERE repository = ? AND job_id > ?"
-                "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.id",
+                "  AND outcome IN ('failed', 'error', 'flaky')) ORDER BY t.test_id, j.python, j.id",
                 (repository, newest - jobs, repository, newest - jobs),
             )
         ]
 
-    def outcomes(self, repository: str, test_id: str, commits: Sequence[str]) -> dict[str, str]:
-        """The test's outcome at each of ``commits`` that was tested (its job's current attempt)."""
+    def outcomes(self, repository: str, test_id: str, commits: Sequence[str], python: str = "") -> dict[str, str]:
+        """The test's outcome at each of ``commits`` that was tested on ``python`` (its
+        job's current attempt)."""
         if not commits:
             return {}
         return dict(
             self._db.read(
                 "SELECT j.commit_sha, t.outcome FROM test_cases t JOIN jobs j ON j.id = t.job_id WHERE t.repository = ?"
-                f" AND t.test_id = ? AND {_CURRENT} AND j.commit_sha IN ({marks(commits)})",
-                [repository, test_id, *commits],
+                f" AND t.test_id = ? AND {_CURRENT} AND j.python = ? AND j.commit_sha IN ({marks(commits)})",
+                [repository, test_id, python, *commits],
+            )
+        )
+
+    def by_python(self, repository: str, test_id: str, commit: str) -> dict[str, str]:
+        """The test's outcome in each variant of ``commit`` (its python -> outcome)."""
+        return dict(
+            self._db.read(
+                "SELECT j.python, t.outcome FROM test_cases t JOIN jobs j ON j.id = t.job_id"
+                f" WHERE t.repository = ? AND t.test_id = ? AND {_CURRENT} AND j.commit_sha = ?",
+                (repository, test_id, commit),
             )
         )
 
@@ -109,30 +133,31 @@ class Tests:
             )
         ]
 
-    def durations(self, repository: str, limit: int) -> dict[str, float]:
-        """Each test's moving average duration (for splitting a suite)."""
+    def durations(self, repository: str, limit: int, python: str = "") -> dict[str, float]:
+        """Each test's moving average duration on ``python`` (for splitting a suite)."""
         return dict(
             self._db.read(
-                "SELECT test_id, seconds FROM test_durations WHERE repository = ? LIMIT ?", (repository, limit)
+                "SELECT test_id, seconds FROM test_durations WHERE repository = ? AND python = ? LIMIT ?",
+                (repository, python, limit),
             )
         )
 
-    def suite_seconds(self, repository: str) -> float | None:
-        """The test time of the newest passing run of ``repository`` (None: none yet)."""
+    def suite_seconds(self, repository: str, python: str = "") -> float | None:
+        """The test time of the newest passing run of ``repository`` on ``python`` (None: none yet)."""
         rows = self._db.read(
             f"SELECT SUM(t.seconds) FROM test_cases t JOIN jobs j ON j.id = t.job_id AND {_CURRENT}"
-            " WHERE j.id = (SELECT MAX(id) FROM jobs WHERE repository = ? AND status = 'passed')",
-            (repository,),
+            " WHERE j.id = (SELECT MAX(id) FROM jobs WHERE repository = ? AND python = ? AND status = 'passed')",
+            (repository, python),
         )
         return rows[0][0] if rows and rows[0][0] is not None else None
 
-    def overheads(self, repository: str, limit: int = 20) -> list[float]:
-        """What each of the newest unsplit passing runs took beyond its tests, in seconds."""
+    def overheads(self, repository: str, limit: int = 20, python: str = "") -> list[float]:
+        """What each of the newest unsplit passing runs on ``python`` took beyond its tests, in seconds."""
         rows = self._db.read(
             "SELECT (julianday(j.finished_at) - julianday(j.started_at)) * 86400 - SUM(t.seconds)"
             f" FROM jobs j JOIN test_cases t ON t.job_id = j.id AND {_CURRENT}"
-            " WHERE j.repository = ? AND j.status = 'passed' AND j.shards IS NULL"
+            " WHERE j.repository = ? AND j.python = ? AND j.status = 'passed' AND j.shards IS NULL"
             " GROUP BY j.id ORDER BY j.id DESC LIMIT ?",
-            (repository, limit),
+            (repository, python, limit),
         )
         return [row[0] for row in rows if row[0] is not None]

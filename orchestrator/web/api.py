@@ -150,8 +150,10 @@ def get_test_runs(
     jobs: Jobs,
     branch: Annotated[str | None, Query(max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    python: Annotated[str | None, Query(max_length=20)] = None,
 ) -> list[dict[str, Any]]:
-    return jobs.insight.test_runs(repository, test_id, branch, limit)
+    """A test's runs, newest first; ``python``: only that Python's variants."""
+    return jobs.insight.test_runs(repository, test_id, branch, limit, python)
 
 
 @router.get("/api/repositories/{name}/trends")

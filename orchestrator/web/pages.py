@@ -176,13 +176,21 @@ def flaky_page(request: Request, jobs: Jobs) -> Response:
 
 
 @router.get("/tests/{name}/{test_id:path}", response_class=HTMLResponse)
-def test_page(request: Request, name: str, test_id: str, jobs: Jobs, branch: str | None = None) -> Response:
-    """A test's outcome and duration over the newest 100 jobs of a branch."""
-    runs = list(reversed(jobs.insight.test_runs(name, test_id[:2000], branch[:255] if branch else None, limit=100)))
+def test_page(
+    request: Request, name: str, test_id: str, jobs: Jobs, branch: str | None = None, python: str | None = None
+) -> Response:
+    """A test's outcome and duration over the newest 100 jobs of a branch (of one Python's
+    variants, with ``?python=``)."""
+    branch = branch[:255] if branch else None
+    everywhere = jobs.insight.test_runs(name, test_id[:2000], branch, limit=100)
+    pythons = sorted({r["python"] for r in everywhere if r["python"]})
+    chosen = jobs.insight.test_runs(name, test_id[:2000], branch, 100, python[:20]) if python else everywhere
+    runs = list(reversed(chosen))
     bars = [Bar(f"{r['commit'][:10]}: {r['outcome']}, {r['seconds']:.3f} s", r["seconds"], r["outcome"]) for r in runs]
     failed = sum(1 for r in runs if r["outcome"] in ("failed", "error"))
     summary = (
-        f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}, "
+        f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}"
+        f"{' on Python ' + python[:20] if python else ''}, "
         f"oldest first; {failed} failed"
     )
     return TEMPLATES.TemplateResponse(
@@ -192,6 +200,8 @@ def test_page(request: Request, name: str, test_id: str, jobs: Jobs, branch: str
             "repository": name,
             "test_id": test_id,
             "branch": branch,
+            "python": python,
+            "pythons": pythons,
             "runs": runs,
             "failed": failed,
             "chart": Markup(bar_chart(bars, summary)),

@@ -99,3 +99,43 @@ def test_status_shows_a_commit_s_variants_as_one_row(store: Store) -> None:
         ("a", "failed", 2),
     ]
     assert rows[1][0]["tests"]["total"] == 2
+
+
+def _tested(store: Store, sha: str, outcomes: dict[str, str], seconds: float = 1.0) -> list[int]:
+    """A commit on each Python of ``outcomes``, its one test ending so on each."""
+    ids = store.record_commits("demo", [NewCommit(sha, "s", ("main",), pythons=tuple(outcomes))])
+    for job_id, (python, outcome) in zip(ids, outcomes.items(), strict=True):
+        job = store.claim(store.get(job_id))
+        store.tests.record(
+            job.id,
+            job.attempts,
+            "demo",
+            [("t::x", outcome, seconds)],
+            [("t::x", seconds)] if outcome == "passed" else [],
+            python,
+        )
+        store.move(job, JobStatus.PASSED if outcome == "passed" else JobStatus.FAILED)
+    return ids
+
+
+def test_a_test_failing_on_one_python_only_says_so_and_keeps_a_history_per_python(store: Store) -> None:
+    from orchestrator.history import History
+
+    _tested(store, "1" * 40, {"3.11": "passed", "3.13": "passed", "3.14": "failed"})
+    ids = _tested(store, "2" * 40, {"3.11": "passed", "3.13": "passed", "3.14": "failed"}, seconds=3.0)
+    record = History(store).record_of(store.get(ids[2]), "t::x")
+    assert record["pythons"]["words"] == "fails on 3.14 only (passes on 3.11, 3.13)"
+    assert record["since"] == {"commit": "1" * 40, "commits": 2}  # on 3.14: failing since the first commit
+    assert record["recent"] == ["failed"]  # 3.14's runs only, not 3.11's passes
+    assert [r.python for r in History(store).runs("demo", "t::x", python="3.13")] == ["3.13", "3.13"]
+    assert store.tests.durations("demo", 10, "3.11") == {"t::x": pytest.approx(1.6)}  # its own moving average
+    assert store.tests.durations("demo", 10, "3.14") == {}  # never passed there
+
+
+def test_flakiness_is_ranked_per_python(store: Store) -> None:
+    from orchestrator.history import History
+
+    for i, outcome in enumerate(["passed", "failed", "passed", "failed"]):
+        _tested(store, f"{i + 3}" * 40, {"3.11": "passed", "3.14": outcome})
+    ranked = History(store).flaky("demo")
+    assert [(r["python"], r["flips"], r["runs"]) for r in ranked] == [("3.14", 3, 4)]  # 3.11 never flipped
