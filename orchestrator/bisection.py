@@ -8,6 +8,8 @@ commits, the known-good index ``low``, the known-bad index ``high``, the commit 
 and each step is taken from what the store says, so a dispatcher that restarts in the
 middle carries on from there. Its jobs run at BISECT_PRIORITY, after every new push, and a new
 push does not cancel it. At most ceil(log2(range)) + 1 jobs: the halving, and the re-run.
+A commit on several Pythons is bisected in the variant that failed (its bad job's Python),
+and the culprit is named for that variant.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Bisector:
         ):
             return None
         for branch in job.branches:
-            last = self.store.latest_on_branch(job.repository, branch, final=True, before=job.id)
+            last = self.store.latest_on_branch(job.repository, branch, final=True, before=job.id, python=job.python)
             if last is None or last.status is not JobStatus.PASSED:
                 continue
             commits = self.first_parent(job.repository, last.commit, job.commit)
@@ -92,9 +94,10 @@ class Bisector:
         stopped between its failure and the start of its bisection."""
         for repository in sorted(self.coalescing):
             for branch in sorted(self.store.heads(repository) or {}):
-                job = self.store.latest_on_branch(repository, branch, final=True)
-                if job is not None and job.status is JobStatus.FAILED and self.of_job(job.id) is None:
-                    self.consider(job)
+                newest = self.store.latest_on_branch(repository, branch, final=True)
+                for job in self.store.of_commit(repository, newest.commit) if newest is not None else ():
+                    if job.status is JobStatus.FAILED and self.of_job(job.id) is None:
+                        self.consider(job)
 
     # -- taking steps ------------------------------------------------------------------
 
@@ -115,7 +118,7 @@ class Bisector:
     def _advance(self, b: Bisection) -> None:
         probe = b.probe
         if probe is not None:
-            job = self.store.by_commit(b.repository, probe)
+            job = self.store.by_commit(b.repository, probe, self._python(b))
             if job is None:
                 self._end(b, ABANDONED, reason=f"the job of {probe[:12]} is gone")
                 return
@@ -142,7 +145,7 @@ class Bisector:
     def _probe(self, b: Bisection, phase: str, sha: str) -> None:
         """Test ``sha``: a commit already tested in the search (not for the re-run) is read
         as it is; a skipped one is queued at the bisection's priority."""
-        job = self.store.by_commit(b.repository, sha)
+        job = self.store.by_commit(b.repository, sha, self._python(b))
         if job is None:
             self._end(b, ABANDONED, reason=f"{sha[:12]} has no job")
             return
@@ -162,6 +165,11 @@ class Bisector:
                 )
                 started = 1
         self._save(replace(b, phase=phase, probe=sha, jobs=b.jobs + started))
+
+    def _python(self, b: Bisection) -> str:
+        """The variant a bisection searches: its failing job's Python ("": the one)."""
+        bad = self.store.get(b.bad_job)
+        return bad.python if bad is not None else ""
 
     def _verified(self, b: Bisection, job: Job) -> None:
         if job.status is JobStatus.FAILED:

@@ -1,6 +1,7 @@
 """Which queued job runs next, with coalescing: for a repository with ``coalesce: true``,
-when several commits of a branch wait, only the newest is tested, and the older ones end
-``skipped`` ("covered by <sha>"), which a bisection may test later (bisection.py).
+when several commits of a branch wait, only the newest is tested (with all of its
+variants, one per Python), and the older ones end ``skipped`` ("covered by <sha>"), which a
+bisection may test later (bisection.py).
 
 Every repository without it keeps the plain order: highest priority first, then oldest.
 A bisection's jobs (a lower priority) are never coalesced, and never cover anything.
@@ -46,7 +47,9 @@ class Picker:
             for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY)
             if j.id not in excluded
         ]
-        return newer[-1] if newer else job
+        if not newer:
+            return job
+        return next(j for j in newer if j.commit == newer[-1].commit)  # the newest commit's first variant
 
     def claim(self, job: Job, spare: frozenset[int] = frozenset()) -> Job | None:
         """Claim ``job`` (None if it changed meanwhile); first, with coalescing, end the
@@ -67,8 +70,11 @@ class Picker:
         return None
 
     def _older(self, job: Job) -> list[Job]:
+        """The older commits ``job`` covers: every variant of each (never ``job``'s own commit's)."""
         return [
-            j for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY) if j.id < job.id
+            j
+            for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY)
+            if j.id < job.id and j.commit != job.commit
         ]
 
     def _skip(self, older: Job, newest: Job) -> None:

@@ -163,3 +163,35 @@ def test_no_bisection_without_a_pass_before_or_untested_commits(store: Store) ->
     assert bisector.consider(finish(store, job, JobStatus.FAILED)) is None  # nothing passed before it
     second = queue_commits(store, 2, 1)[0]
     assert bisector.consider(finish(store, second, JobStatus.FAILED)) is None  # a failure before it
+
+
+def test_variants_coalesce_together_and_a_bisection_searches_the_failing_python(store: Store) -> None:
+    """Two Pythons: the newest commit runs on both, the older ones are skipped on both; it
+    passed before on both, fails now on 3.14 only: the bisection re-tests only 3.14's jobs
+    and names the culprit for that variant."""
+    pythons = ("3.11", "3.14")
+    store.record_commits("demo", [NewCommit(sha(0), "c0", ("main",), pythons=pythons)])
+    picker = Picker(store, frozenset({"demo"}))
+    for _ in pythons:
+        finish(store, picker.claim_next(), JobStatus.PASSED)
+    store.record_commits("demo", [NewCommit(sha(i), f"c{i}", ("main",), pythons=pythons) for i in range(1, 9)])
+    claimed = [picker.claim_next(), picker.claim_next()]
+    assert [(j.commit, j.python) for j in claimed] == [(sha(8), "3.11"), (sha(8), "3.14")]
+    assert picker.claim_next() is None  # every variant of c1..c7 skipped
+    assert {j.status for i in range(1, 8) for j in store.of_commit("demo", sha(i))} == {JobStatus.SKIPPED}
+    store.move(claimed[0], JobStatus.PASSED)
+    bisector = Bisector(store, frozenset({"demo"}), lambda repo, good, bad: [sha(i) for i in range(1, 9)])
+    bisection = bisector.consider(store.move(claimed[1], JobStatus.FAILED))
+    assert bisection is not None
+    for _ in range(30):
+        bisector.advance()
+        if not bisector.running():
+            break
+        job = picker.claim_next()
+        if job is not None:
+            assert job.python == "3.14" and job.priority == BISECT_PRIORITY
+            store.move(job, JobStatus.FAILED if int(job.commit, 16) >= 5 else JobStatus.PASSED)
+    ended = bisector.of_job(claimed[1].id)
+    assert ended.phase == FOUND and ended.culprit == sha(5)
+    assert store.by_commit("demo", sha(5), "3.14").culprit is not None
+    assert store.by_commit("demo", sha(5), "3.11").status is JobStatus.SKIPPED  # never re-tested
