@@ -201,10 +201,22 @@ class LocalJobs:
             self.repository(repository)
         return [b.document() for b in self.store.bisections.recent(repository, limit)]
 
-    def latest(self, repository: str, branch: str) -> Document | None:
-        """The newest job of a branch (what its badge shows)."""
-        job = self.store.latest_on_branch(self.repository(repository).name, branch)
-        return self.document(job) if job else None
+    def latest(self, repository: str, branch: str, python: str | None = None) -> Document | None:
+        """The newest job of a branch (what its badge shows): of its variant on ``python``;
+        without, where the newest commit runs on several Pythons, its job that a user looks
+        at first, with the commit's status (the worst of its variants')."""
+        name = self.repository(repository).name
+        if python is not None:
+            try:
+                python = pythons.named(python)
+            except pythons.NotOffered as exc:
+                raise UsageError(str(exc)) from None
+        job = self.store.latest_on_branch(name, branch, python=python)
+        if job is None or not job.python or python is not None:
+            return self.document(job) if job else None
+        found = variants.ordered(self.store.of_commit(name, job.commit))
+        first = self.job(JobRef(id=None, commit=job.commit, repository=name))
+        return {**self.document(first), "status": variants.overall(j.status for j in found).value}
 
     def branches(self, repository: str) -> list[tuple[str, Document | None]]:
         """Each branch the observer has seen, with its newest job."""

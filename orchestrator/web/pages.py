@@ -35,13 +35,15 @@ router = APIRouter()
 
 
 @router.get("/badge/{name}/{branch:path}", response_class=Response)
-def badge(name: str, branch: str, jobs: Jobs) -> Response:
+def badge(name: str, branch: str, jobs: Jobs, python: str | None = None) -> Response:
+    """The branch's newest commit: its status (the worst of its variants'), or with
+    ``?python=`` its variant's on that Python."""
     jobs.repository(name)
     if not branch.endswith(".svg"):
         raise HTTPException(404, "badges end in .svg")
     if branch.endswith("/coverage.svg"):
         return _coverage_badge(jobs, name, branch[: -len("/coverage.svg")])
-    job = jobs.latest(name, branch[:-4])
+    job = jobs.latest(name, branch[:-4], python[:20] if python else None)
     label = BADGE.get(job["status"] if job else "", ("unknown", "#9f9f9f"))
     return Response(badge_svg(*label), media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
 

@@ -154,6 +154,33 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     assert run.wait(timeout=30) == 0
 
 
+def test_a_commit_on_two_pythons_is_one_row_with_a_cell_each(orch, browser) -> None:
+    """The row's status is the commit's (the worst of its variants'); each Python's cell
+    links to its own job page, and the badge exists for the branch and for each Python."""
+    sha = orch.repo.commit(
+        "new syntax", {"tests/test_v.py": "import sys\n\ndef test_v():\n    assert sys.version_info < (3, 13)\n"}
+    )
+    orch.configure(repository={"python": ["3.11", "3.13"]})
+    run = orch.start("run")
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    orch.wait_for(lambda: _up(base), timeout=30)
+    orch.wait_for(lambda: orch.result(sha) if orch.has_result(sha) else None, timeout=90)
+    orch.wait_for(lambda: orch.result(sha)["status"] == "failed", timeout=90)
+    browser.get(base + "/")
+    cells = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs .variants a"), timeout=15)
+    assert [(c.text, c.get_attribute("href").rsplit("/", 1)[1]) for c in cells] == [
+        ("3.11 passed", str(orch.result(sha)["variants"][0]["id"])),
+        ("3.13 failed", str(orch.result(sha)["variants"][1]["id"])),
+    ]
+    assert row_status(browser, sha) == "failed"
+    rows = browser.execute_script("return document.querySelectorAll('#jobs tbody tr').length")
+    assert rows == 1
+    assert b"failing" in requests.get(f"{base}/badge/demo/main.svg", timeout=10).content
+    assert b"passing" in requests.get(f"{base}/badge/demo/main.svg?python=3.11", timeout=10).content
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 0
+
+
 def _up(base: str) -> bool:
     import requests
 
