@@ -133,3 +133,42 @@ def test_kill_9_while_two_variants_run_readopts_both(orch, matrix_runners) -> No
         assert result["status"] == "passed" and result["attempts"] == 1 and result["container"] == seen[name]
     assert orch.result(sha)["status"] == "passed"
     assert orch.containers() == []
+
+
+@pytest.mark.usefixtures("environment_images")
+@pytest.mark.parametrize("name", ["more-itertools", "pluggy"])
+def test_a_real_project_passes_on_every_python_its_requires_python_allows(orch, matrix_runners, tmp_path, name) -> None:
+    """Each variant builds its own environment (its interpreter's wheels) and runs every test
+    the host collects with none failing; the host has only its own Python, so the variant on
+    that one must pass exactly as many as the host's fresh virtual environment."""
+    import shutil
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.test_real_projects import PROJECTS, host_counts, sdist
+
+    project = next(p for p in PROJECTS if p.name == name)
+    source = sdist(project, tmp_path / "sdist")
+    shutil.copytree(source, orch.repo.path, dirs_exist_ok=True)
+    sha = orch.repo.commit(f"{project.name} {project.version}")
+    if project.tag:
+        orch.repo.git("tag", project.version)
+    orch.configure(
+        runner={"timeout": 600, "memory": "1g", "pids": 512, "parallelism": 2},
+        repository={**project.repository, "python": "auto"},
+    )
+    with ThreadPoolExecutor(1) as pool:
+        reference = pool.submit(host_counts, source, project, tmp_path / "venv")
+        run = orch.cli("run", "--once", timeout=1200)
+        host = reference.result(timeout=900)
+    summary = orch.result(sha)
+    assert [v["python"] for v in summary["variants"]] == ["3.11", "3.13", "3.14", "3.15"], summary
+    assert summary["status"] == "passed", (summary, run.stderr[-2000:])
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for variant in summary["variants"]:
+        result = _variant(orch, sha, variant["folder"])
+        log = orch.path(sha, f"{variant['folder']}/output.log").read_text()
+        assert result["environment"]["python"] == variant["python"] and f"Python {variant['python']}." in log
+        assert result["tests"]["total"] == host["total"] > 10 and result["tests"]["failed"] == 0, variant
+        if variant["python"] == here:
+            assert result["tests"]["passed"] == host["passed"] + project.as_uid_1000
