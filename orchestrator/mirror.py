@@ -79,6 +79,49 @@ class Mirror:
                 return
             self._run("fetch", "--prune", "--force", "--quiet", "origin", env={"GIT_TERMINAL_PROMPT": "0"})
 
+    def cloned(self) -> bool:
+        return (self.path / "HEAD").exists()
+
+    def refs_stamp(self) -> tuple | None:
+        """For a repository on this machine: a cheap fingerprint of its branch refs (the
+        size and modification time of each ref file and folder, of packed-refs and of a
+        reftable), read with stat alone, no git: it changes whenever a branch moves, is made
+        or deleted. None where the repository is elsewhere or laid out otherwise (it is
+        then asked with ``remote_heads``)."""
+        git_dir = _local_git_dir(self.url)
+        if git_dir is None:
+            return None
+        stamp: list[tuple[str, int, int]] = []
+        try:
+            for name in ("packed-refs", "reftable"):
+                path = git_dir / name
+                if path.exists():
+                    stamp.append((name, *_stat(path)))
+                    if path.is_dir():
+                        stamp += [(f"{name}/{f.name}", *_stat(f)) for f in sorted(path.iterdir())]
+            for folder, dirs, files in os.walk(git_dir / "refs" / "heads"):
+                dirs.sort()
+                stamp.append((folder, *_stat(Path(folder))))
+                stamp += [(f, *_stat(Path(folder) / f)) for f in sorted(files)]
+        except OSError:
+            return None
+        return tuple(stamp)
+
+    def remote_heads(self) -> dict[str, str]:
+        """The branch heads the repository has now, asked in one round trip that fetches no
+        object (``git ls-remote``): what the observer compares before it fetches."""
+        out = self._bytes("ls-remote", "--heads", "origin", env={"GIT_TERMINAL_PROMPT": "0"})
+        heads = {}
+        for line in out.split(b"\n"):
+            sha, _, ref = line.partition(b"\t")
+            if not ref.startswith(b"refs/heads/"):
+                continue
+            try:
+                heads[ref[len(b"refs/heads/") :].decode("utf-8")] = sha.decode()
+            except UnicodeDecodeError:
+                continue  # branches() skips it too, with its warning
+        return heads
+
     def branches(self) -> dict[str, str]:
         """Branch name -> head sha. A name that is not UTF-8 cannot be stored or shown:
         it is skipped, with a warning."""
@@ -200,6 +243,25 @@ def git_reason(exc: git.GitCommandError) -> str:
     lines = [line.removeprefix("stderr: ").strip("'").strip() for line in lines]
     reasons = [line for line in lines if line.startswith(("fatal:", "error:"))]
     return "; ".join(reasons or lines[-1:])[:500] or str(exc)[:500]
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.lstat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _local_git_dir(url: str) -> Path | None:
+    """The Git folder of a repository named by a local path or a file:// URL, bare or not."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif "://" in url or re.match(r"^[^/]+@[^/]+:", url):
+        return None
+    path = Path(url)
+    if (path / ".git").is_dir():
+        return path / ".git"
+    if (path / "HEAD").is_file() and (path / "refs").is_dir():
+        return path
+    return None
 
 
 class Mirrors(Mapping[str, Mirror]):

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -28,6 +29,8 @@ from orchestrator.store import NewCommit
 log = logging.getLogger("orchestrator.observer")
 
 MAX_BACKOFF = 300.0
+POLLERS = 8  # repositories polled at a time
+TICK = 0.5  # seconds between looks at the refs of repositories on this machine (stat only)
 
 
 class CommitSink(Protocol):
@@ -115,6 +118,10 @@ class Observer:
         self._backoff = {r.name: Backoff(poll_interval, MAX_BACKOFF) for r in repositories}
         self._health = {r.name: RepositoryHealth() for r in repositories}
         self.failures: Counter[str] = Counter()  # polls that failed, per repository (for /metrics)
+        # each repository's heads when its commits were last delivered: the cheap check's reference
+        self._delivered: dict[str, dict[str, str]] = {}
+        self._stamps: dict[str, tuple] = {}  # a local repository's refs when last looked at (watch_once)
+        self._next_at: dict[str, float] = {}  # when a repository elsewhere is looked at next
         self._unmatched_said: set[tuple[str, str]] = set()
 
     def health(self) -> dict[str, RepositoryHealth]:
@@ -124,18 +131,26 @@ class Observer:
         """Fetch and deliver every repository that is not backing off; return how many
         commits were queued. A failing repository, whatever the failure, is reported and
         retried later, with growing delays, while the others go on."""
-        delivered = 0
-        for repo in self._repositories.values():
-            if time.monotonic() < self._retry_at.get(repo.name, 0):
-                continue
-            try:
-                delivered += self.poll_repository(repo.name)
-            except RepositoryError as exc:
-                delay = self._backoff[repo.name].next()
-                self._retry_at[repo.name] = time.monotonic() + delay
-                log.warning("%s; retrying in %.0f s", exc, delay)
-            else:
-                self._retry_at.pop(repo.name, None)
+        return self._poll_all([name for name in self._repositories if time.monotonic() >= self._retry_at.get(name, 0)])
+
+    def _poll_all(self, due: list[str]) -> int:
+        if len(due) <= 1:
+            return sum(self._poll_due(name) for name in due)
+        # git waits on the network or the disk, not on this process: several at a time, so
+        # that a round of many repositories takes a fraction of the poll interval
+        with ThreadPoolExecutor(min(POLLERS, len(due)), thread_name_prefix="poll") as pool:
+            return sum(pool.map(self._poll_due, due))
+
+    def _poll_due(self, name: str) -> int:
+        try:
+            delivered = self.poll_repository(name)
+        except RepositoryError as exc:
+            self._stamps.pop(name, None)  # looked at again once the back-off is over, changed or not
+            delay = self._backoff[name].next()
+            self._retry_at[name] = time.monotonic() + delay
+            log.warning("%s; retrying in %.0f s", exc, delay)
+            return 0
+        self._retry_at.pop(name, None)
         return delivered
 
     def poll_repository(self, name: str) -> int:
@@ -163,14 +178,22 @@ class Observer:
         self._health[name] = RepositoryHealth(ok=False, error=reason[:500], since=before.since or utcnow())
 
     def _poll(self, repo: RepositoryConfig) -> int:
+        """The cheap check first: the repository's heads, asked without fetching; when they
+        are what this observer last delivered, nothing moved and nothing is fetched. Else
+        fetch, find the new commits, deliver them with the heads they advance to."""
         mirror = self.mirrors[repo.name]
+        if repo.name in self._delivered and mirror.cloned():
+            if mirror.remote_heads() == self._delivered[repo.name]:
+                return 0
         mirror.fetch()
         branches = mirror.branches()
         self._say_unmatched(repo, branches)
         found = discover(mirror, repo, self._sink.heads(repo.name), branches)
+        if found is not None:
+            self._sink.record_commits(repo.name, found.commits, found.heads)
+        self._delivered[repo.name] = branches  # what the store now holds for them
         if found is None:
             return 0
-        self._sink.record_commits(repo.name, found.commits, found.heads)
         for commit in found.commits:
             log.info(
                 "%s: queued %s %s (%s)", repo.name, commit.sha[:12], commit.subject[:60], ", ".join(commit.branches)
@@ -185,10 +208,31 @@ class Observer:
                     self._unmatched_said.add((repo.name, pattern))
                     log.warning("%s: branch pattern %r matches no branch", repo.name, pattern)
 
+    def watch_once(self) -> int:
+        """One look of the watching loop: a repository on this machine is polled when its
+        refs' stamp changed (read with stat alone, every TICK), one elsewhere every
+        ``poll_interval``; each only once its back-off is over."""
+        now = time.monotonic()
+        due = []
+        for name in self._repositories:
+            if now < self._retry_at.get(name, 0):
+                continue
+            stamp = self.mirrors[name].refs_stamp()
+            if stamp is None:
+                if now >= self._next_at.get(name, 0):
+                    due.append(name)
+                    self._next_at[name] = now + self._poll_interval
+            elif stamp != self._stamps.get(name):
+                due.append(name)
+                self._stamps[name] = stamp  # taken before the poll: a push during it is seen next time
+        return self._poll_all(due)
+
     def run(self, stop: threading.Event) -> None:
+        local = any(self.mirrors[name].refs_stamp() is not None for name in self._repositories)
+        tick = min(TICK, self._poll_interval) if local else self._poll_interval
         while not stop.is_set():
             try:
-                self.poll_once()
+                self.watch_once()
             except Exception:  # never the end of watching: the next round tries again
                 log.exception("observer: unexpected error")
-            stop.wait(self._poll_interval)
+            stop.wait(tick)

@@ -205,3 +205,71 @@ def test_a_subject_is_cut_where_it_is_read(world) -> None:
     sha = repo.commit("x" * 5000 + "\n\nbody")
     observer.poll_once()
     assert store.find(sha).subject == "x" * (MAX_SUBJECT - 1) + "…"
+
+
+def test_nothing_is_fetched_while_the_heads_stay_where_they_were_delivered(world, monkeypatch) -> None:
+    """The cheap check: the repository's heads are asked first (no objects); only a moved
+    head, a new or a deleted branch makes it fetch. Many repositories are polled side by side."""
+    from orchestrator.mirror import Mirror
+
+    repo, store, observer = world
+    fetched: list[str] = []
+    fetch = Mirror.fetch
+    monkeypatch.setattr(Mirror, "fetch", lambda self: (fetched.append(self.path.name), fetch(self))[1])
+    assert observer.poll_once() == 1 and len(fetched) == 1
+    assert observer.poll_once() == 0 and observer.poll_once() == 0 and len(fetched) == 1
+    new = repo.commit("moved")
+    assert observer.poll_once() == 1 and len(fetched) == 2 and queued(store)[-1][0] == new
+    repo.checkout("side", create=True)
+    assert observer.poll_once() == 1 and len(fetched) == 3  # a new branch at a known commit gets its job
+    repo.git("branch", "-D", "main")
+    assert observer.poll_once() == 0 and len(fetched) == 4  # a deleted branch is a change too
+    assert store.heads("demo") == {"side": new}
+
+
+def test_many_repositories_are_polled_side_by_side(tmp_path: Path) -> None:
+    repos = {}
+    for i in range(12):
+        r = GitRepo(tmp_path / f"r{i}")
+        r.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
+        repos[f"r{i}"] = r
+    config = load_config(write_config(tmp_path, {name: r.path for name, r in repos.items()}))
+    store = Store(config.db_path)
+    try:
+        observer = fakes.observer(config, store)
+        assert observer.poll_once() == 12
+        shas = {name: r.commit("next") for name, r in list(repos.items())[::3]}
+        assert observer.poll_once() == 4
+        assert {(j.repository, j.commit) for j in store.list_jobs(limit=100) if j.subject == "next"} == set(
+            shas.items()
+        )
+    finally:
+        store.close()
+
+
+def test_a_repository_on_this_machine_is_looked_at_with_stat_alone_until_it_moves(world, monkeypatch) -> None:
+    """The watching loop reads a local repository's refs with stat: no git at all while
+    nothing moves; a push is seen at the next look; a poll that failed is tried again after
+    its back-off though the refs did not move."""
+    from orchestrator.mirror import Mirror
+
+    repo, store, observer = world
+    asked: list[str] = []
+    remote_heads, fetch = Mirror.remote_heads, Mirror.fetch
+    monkeypatch.setattr(Mirror, "remote_heads", lambda self: (asked.append("ls-remote"), remote_heads(self))[1])
+    monkeypatch.setattr(Mirror, "fetch", lambda self: (asked.append("fetch"), fetch(self))[1])
+    assert observer.watch_once() == 1 and asked == ["fetch"]
+    assert observer.watch_once() == 0 and observer.watch_once() == 0 and asked == ["fetch"]  # stat only
+    new = repo.commit("pushed")
+    assert observer.watch_once() == 1 and queued(store)[-1][0] == new
+    assert asked == ["fetch", "ls-remote", "fetch"]
+
+    def broken(self):
+        raise OSError("disk on fire")
+
+    repo.commit("while broken")
+    monkeypatch.setattr(Mirror, "fetch", broken)
+    assert observer.watch_once() == 0  # failed: backing off
+    monkeypatch.setattr(Mirror, "fetch", fetch)
+    observer._retry_at.clear()  # the back-off is over
+    assert observer.watch_once() == 1  # looked at again though its refs did not move since
