@@ -41,26 +41,35 @@ end_pid() {   # TERM, then KILL after a while: only a pid this test bed recorded
 
 down() {
   set +e   # tear down as much as there is, whatever fails
-  [ -d "$dir" ] || return 0
-  for node in "$dir"/w*; do
-    [ -d "$node" ] || continue
-    if [ -f "$node/pid" ]; then
-      DOCKER_HOST=unix://$node/docker.sock timeout 10 docker swarm leave --force >/dev/null 2>&1 || true
-      end_pid "$(cat "$node/pid")"
-    fi
-    # A killed engine leaves its containerd and shims: they are ours when they name our folder.
-    for proc in /proc/[0-9]*; do
-      if tr '\0' ' ' < "$proc/cmdline" 2>/dev/null | grep -qF -- "$node/"; then end_pid "${proc#/proc/}"; fi
+  if [ -d "$dir" ]; then
+    for node in "$dir"/w*; do
+      [ -d "$node" ] || continue
+      if [ -f "$node/pid" ]; then
+        DOCKER_HOST=unix://$node/docker.sock timeout 10 docker swarm leave --force >/dev/null 2>&1 || true
+        end_pid "$(cat "$node/pid")"
+      fi
     done
-    grep -F " $node/" /proc/mounts | awk '{print $2}' | sort -r | while read -r mount; do
-      umount -l "$mount" 2>/dev/null || true
-    done
-    ip netns del "${prefix}-$(basename "$node")" 2>/dev/null || true
-    ip link del "${prefix}h${node##*/w}" 2>/dev/null || true   # its namespace may outlive the name
+    [ -f "$dir/registry.pid" ] && end_pid "$(cat "$dir/registry.pid")"
+  fi
+  # Whatever still names this folder is ours: a killed engine's containerd and shims, and a
+  # registry or engine whose folder was moved or removed under it (it would hold the address).
+  for proc in /proc/[0-9]*; do
+    if tr '\0' ' ' < "$proc/cmdline" 2>/dev/null | grep -qF -- "$dir/"; then end_pid "${proc#/proc/}"; fi
   done
-  [ -f "$dir/registry.pid" ] && end_pid "$(cat "$dir/registry.pid")"
+  grep -F " $dir/" /proc/mounts | awk '{print $2}' | sort -r | while read -r mount; do
+    umount -l "$mount" 2>/dev/null || true
+  done
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${prefix}-w" || true); do ip netns del "$ns" || true; done
+  for veth in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^${prefix}h" || true); do
+    ip link del "$veth" 2>/dev/null || true   # a namespace may outlive its name
+  done
   if [ -f "$dir/manager" ]; then
     timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
+  elif [ "$(docker info --format '{{.Swarm.NodeAddr}}' 2>/dev/null)" = "$gateway" ]; then
+    # our swarm, whose folder (and its record of the gwbridge) is gone: leave it, and the
+    # gwbridge it made goes too unless something else uses it
+    timeout 30 docker swarm leave --force >/dev/null 2>&1 || true
+    timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1 || true
   fi
   if [ -f "$dir/gwbridge" ]; then
     timeout 30 docker network rm docker_gwbridge >/dev/null 2>&1 || true
@@ -163,10 +172,16 @@ EOF
     DOCKER_HOST=unix://$node/docker.sock timeout 60 docker swarm join --token "$token" "$gateway:2377" >/dev/null
     say "worker ${prefix}-w$i on $net.$((i + 1)) joined"
   done
+  answered=
   for _ in $(seq 1 100); do
-    curl -sf --cacert "$dir/registry.crt" "https://$registry/v2/" >/dev/null && break
+    if curl -sf --cacert "$dir/registry.crt" "https://$registry/v2/" >/dev/null; then answered=1; break; fi
     sleep 0.1
   done
+  # with this test bed's certificate, from its own process: not another that holds the address
+  if [ -z "$answered" ] || ! kill -0 "$(cat "$dir/registry.pid")" 2>/dev/null; then
+    say "the registry on $registry did not answer with this test bed's certificate (see $dir/registry.log)"
+    exit 1
+  fi
   echo "MANAGER=unix:///var/run/docker.sock"
   echo "REGISTRY=$registry"
   for i in $(seq 1 "$workers"); do

@@ -58,11 +58,13 @@ def test_auto_runs_each_python_requires_python_allows_and_the_commit_is_the_wors
     unknown = orch.cli("logs", sha[:12], "--python", "3.12")
     assert unknown.returncode == 2 and "not offered" in unknown.stderr and unknown.stderr.count("\n") == 1
 
+    before = {name: _variant(orch, sha, f"py{name}")["attempts"] for name in ("3.13", "3.14")}
     retried = orch.cli("retry", sha[:12], "--python", "3.14")
     assert retried.returncode == 0 and retried.stdout.count("queued job") == 1 and "Python 3.14" in retried.stdout
     assert orch.cli("run", "--once", timeout=300).returncode == 1
-    again = _variant(orch, sha, "py3.14")
-    assert again["attempts"] == 2 and _variant(orch, sha, "py3.13")["attempts"] == 1
+    again = _variant(orch, sha, "py3.14")  # a new attempt of 3.14 alone (an infrastructure retry may add one)
+    assert again["attempts"] > before["3.14"], again["attempt_history"]
+    assert _variant(orch, sha, "py3.13")["attempts"] == before["3.13"]
     assert orch.result(sha)["status"] == "failed"
 
 

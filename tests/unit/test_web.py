@@ -268,7 +268,8 @@ def test_webhook_never_blocks_on_a_dead_receiver(tmp_path: Path, repo: GitRepo) 
 def test_a_repository_that_cannot_be_polled_is_degraded_health(web) -> None:
     client, w, repo, _ = web
     w.metrics.watch_repositories(w.jobs.observer.health, lambda: dict(w.jobs.observer.failures))
-    w.jobs.observer.mirrors["demo"].branches = lambda: 1 / 0  # whatever goes wrong in one repository
+    mirror = w.jobs.observer.mirrors["demo"]
+    mirror.remote_heads = mirror.branches = lambda: 1 / 0  # whatever goes wrong in one repository
     resp = client.post("/api/repositories/demo/poll")
     assert resp.status_code == 503 and "ZeroDivisionError" in resp.json()["detail"]
     health = client.get("/healthz").json()
