@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,10 @@ SHARE_ENGINE_IMAGES = (
 )
 
 
-LONG_FIRST = (
+LONG_FIRST = (  # test_pythons first on its worker: its forky images build while the other worker tests
     *SHARE_ENGINE_IMAGES,
-    "tests/swarm/",
     "tests/integration/test_pythons.py",
+    "tests/swarm/",
     "tests/integration/test_bench_smoke.py",
 )
 
@@ -103,7 +102,9 @@ def matrix_runners(runner_image: str, tmp_path_factory) -> tuple[str, ...]:
     config = load_config(write_config(directory, {"demo": directory / "repo"}))
     engine = Engine(config.runner.docker_host)
     try:
-        with open(Path(tempfile.gettempdir()) / "orchestrator-tests-matrix.lock", "w") as lock:
+        shared = tmp_path_factory.getbasetemp()  # under xdist, each worker's; their parent is the run's
+        shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+        with open(shared / "matrix-images.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             build(config, engine, lambda _line: None, MATRIX_PYTHONS)
     finally:
