@@ -27,7 +27,7 @@ CHATTY_FAILING = (
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (binary and driver):
         pytest.fail("chromium and chromedriver are needed (scripts/setup.sh installs them)")
@@ -41,7 +41,9 @@ def browser():
         "--window-size=1400,1000",
     ):
         options.add_argument(arg)
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    scratch = tmp_path / "chromium-tmp"  # chromium's own temporary folders, removed with the test's
+    scratch.mkdir()
+    chrome = webdriver.Chrome(options=options, service=Service(driver, env={**os.environ, "TMPDIR": str(scratch)}))
     yield chrome
     chrome.quit()
 

@@ -137,7 +137,10 @@ def sdist(project: Project, into: Path) -> Path:
 
 
 def host_counts(source: Path, project: Project, venv: Path) -> dict[str, int]:
-    """Outcomes in a fresh venv on this host (the reference the container must match)."""
+    """Outcomes in a fresh venv on this host (the reference the container must match). Its
+    temporary files go to a folder of the test's: a project's suite leaves some behind."""
+    scratch = venv.parent / "host-tmp"
+    scratch.mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     target = f"{source}[{project.extra}]" if project.extra else str(source)
     subprocess.run(
@@ -153,7 +156,7 @@ def host_counts(source: Path, project: Project, venv: Path) -> dict[str, int]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"},
+        env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(scratch)},
     )
     summary = ran.stdout.strip().splitlines()[-1]  # "765 passed, 2 skipped, 21194 subtests passed in 22.31s"
     counts = {
