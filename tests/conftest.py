@@ -224,16 +224,17 @@ class Orchestrated:
 @pytest.fixture
 def environment_images(orch, engine: docker.DockerClient):
     """The environment images a test builds are removed after it: those that carry its
-    instance's label (their build containers had it). By name and never forced, as
-    `orchestrator image prune` does: one another test's container still uses stays."""
+    instance's label (their build containers had it). Forced: its job's stopped container
+    may still be on its way out, and an image left behind would be found by the next run's
+    test of the same declarations (it would not build, and its log would not be there).
+    Another test's job that found it a moment before is retried and builds it again."""
     yield
     if orch.config_path is None or not orch.config.db_path.exists():
         return
     labels = ["orchestrator.environment", f"orchestrator.instance={orch.instance()}"]
     for image in engine.images.list(filters={"label": labels}):
-        for name in image.tags or [image.id]:
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                engine.images.remove(name)
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            engine.images.remove(image.id, force=True)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import requests
@@ -27,7 +28,7 @@ CHATTY_FAILING = (
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser():
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (binary and driver):
         pytest.fail("chromium and chromedriver are needed (scripts/setup.sh installs them)")
@@ -41,11 +42,13 @@ def browser(tmp_path):
         "--window-size=1400,1000",
     ):
         options.add_argument(arg)
-    scratch = tmp_path / "chromium-tmp"  # chromium's own temporary folders, removed with the test's
-    scratch.mkdir()
-    chrome = webdriver.Chrome(options=options, service=Service(driver, env={**os.environ, "TMPDIR": str(scratch)}))
+    # chromium's own temporary folders, removed after it: a short path, since its singleton
+    # socket goes there (a unix socket's path is at most 107 bytes; the test's folder is longer)
+    scratch = tempfile.mkdtemp(prefix="chromium-")
+    chrome = webdriver.Chrome(options=options, service=Service(driver, env={**os.environ, "TMPDIR": scratch}))
     yield chrome
     chrome.quit()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def row_status(browser, sha: str) -> str | None:
