@@ -35,14 +35,14 @@ def engine_call(what: str) -> Iterator[None]:
         yield
     except (NotFound, ImageNotFound):
         raise
+    except APIError as exc:  # before RequestException, of which it is one: a 409 is an answer, not an outage
+        if exc.status_code is not None and exc.status_code < 500:
+            raise
+        raise EngineUnavailable(f"Docker engine failed to {what}: {exc.explanation or exc}") from None
     except requests.exceptions.RequestException as exc:
         if is_read_timeout(exc):
             raise
         raise EngineUnavailable(f"Docker engine unreachable ({what}): {short(exc)}") from None
-    except APIError as exc:
-        if exc.status_code is not None and exc.status_code < 500:
-            raise
-        raise EngineUnavailable(f"Docker engine failed to {what}: {exc.explanation or exc}") from None
     except _ENGINE_ERRORS as exc:
         raise EngineUnavailable(f"Docker engine unreachable ({what}): {short(exc)}") from None
 

@@ -154,7 +154,10 @@ class Environments:
             on_build("building environment")
             image = self._build(repository, needs, runner, python, fingerprint, folder, on_build)
             self._publish(repository, image)
-            self.prune(repository, keep=KEEP)
+            try:  # best effort: the environment is built; what is not pruned now is pruned later
+                self.prune(repository, keep=KEEP)
+            except OrchestratorError as exc:
+                log.warning("%s: older environments not pruned (%s)", repository, exc)
             return Environment(fingerprint, image, needs, python, built=True)
 
     def _publish(self, repository: str, image: ImageInfo) -> None:
