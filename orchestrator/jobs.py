@@ -206,11 +206,7 @@ class LocalJobs:
         without, where the newest commit runs on several Pythons, its job that a user looks
         at first, with the commit's status (the worst of its variants')."""
         name = self.repository(repository).name
-        if python is not None:
-            try:
-                python = pythons.named(python)
-            except pythons.NotOffered as exc:
-                raise UsageError(str(exc)) from None
+        python = _offered(python)
         job = self.store.latest_on_branch(name, branch, python=python)
         if job is None or not job.python or python is not None:
             return self.document(job) if job else None
@@ -348,15 +344,21 @@ class LocalJobs:
         if ref.repository is not None:
             self.repository(ref.repository)
         if ref.python is not None:
-            try:
-                python = pythons.named(ref.python)
-            except pythons.NotOffered as exc:
-                raise UsageError(str(exc)) from None
-            return [self.store.find(ref.commit or "", ref.repository, python)]
+            return [self.store.find(ref.commit or "", ref.repository, _offered(ref.python))]
         return variants.ordered(self.store.variants(ref.commit or "", ref.repository))
 
     def document(self, job: Job) -> Document:
         return result_document(job, self.store.attempt_history(job.id))
+
+
+def _offered(python: str | None) -> str | None:
+    """A Python a user named (``--python``, ``?python=``), or a usage error naming the offered ones."""
+    if python is None:
+        return None
+    try:
+        return pythons.named(python)
+    except pythons.NotOffered as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _file(path) -> Iterator[bytes]:
