@@ -231,6 +231,14 @@ class EnvironmentsConfig(_Strict):
         list[Annotated[str, Field(pattern=_INDEX_URL, max_length=2000)]], Field(max_length=10)
     ] = []
     timeout: Annotated[float, Field(gt=0, le=24 * 3600)] = 900  # seconds for a whole build
+    cache_size: str = "5g"  # the wheel files kept for every environment on this machine
+
+    @field_validator("cache_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not _MEMORY.match(value):
+            raise ValueError(f"{value!r} is not a size like 500m or 5g")
+        return value
 
 
 class Config(_Strict):

@@ -3,10 +3,12 @@ per repository and *fingerprint* (a hash of the declarations, the Python version
 runner image) and shared by every commit that has the same.
 
 Nothing a commit declares runs on this host, nor chooses what it fetches: its requirements
-(name-based only: needs.py) are resolved by pip in a container with no network whose one
-way out is a proxy to the indexes of config.yaml (index.py), and installed in a second
-container with no network; both have a test container's limits, and the whole build has a
-deadline (sandbox.py). A build that fails the same way every time (no such distribution,
+(name-based only: needs.py) are resolved and unpacked by uv, wheels only, in a container with
+no network whose one way out is a proxy to the indexes of config.yaml (index.py); the host
+lays what it unpacked over the runner image as one more layer (layer.py), read as data;
+system packages are installed by dpkg in a second container with no network. Each container
+has a test container's limits, and the whole build has a deadline (sandbox.py).
+A build that fails the same way every time (no such distribution,
 no resolution, an install that fails) is recorded with its log and reason and not tried
 again for the same fingerprint; an index that could not be reached is an infrastructure
 failure, tried again by the retry policy; a build past its deadline ends the job
@@ -32,12 +34,14 @@ from typing import IO, Any
 from orchestrator import pythons
 from orchestrator.backends.base import LABEL_INSTANCE, ImageInfo
 from orchestrator.backends.engine import Engine
-from orchestrator.backends.images import dpkg_status, find_images, remove_image
-from orchestrator.config import Config
+from orchestrator.backends.images import LoadRefused, dpkg_status, find_images, load_layer, remove_image
+from orchestrator.config import Config, memory_bytes
 from orchestrator.environment.debs import Apt, AptTimedOut
 from orchestrator.environment.index import IndexProxy, host_index_url
+from orchestrator.environment.layer import BadSite, Layer, Site
 from orchestrator.environment.needs import Needs
 from orchestrator.environment.sandbox import Ended, Limits, Sandbox, TimedOut, socket_folder
+from orchestrator.environment.wheels import WheelCache
 from orchestrator.errors import InfrastructureError, OrchestratorError
 from orchestrator.workspace import container_user
 
@@ -46,10 +50,12 @@ log = logging.getLogger("orchestrator.environment")
 LABEL_ENVIRONMENT = "orchestrator.environment"
 LABEL_REPOSITORY = "orchestrator.repository"
 KEEP = 3  # environment images kept per repository, newest first
-# pip's words for a failure that the same declarations meet again whatever the network does
+# the resolver's words for a failure that the same declarations meet again whatever the
+# network does (uv's, and dpkg's)
 _REPEATS = re.compile(
-    r"No matching distribution found|Could not find a version that satisfies|ResolutionImpossible|"
-    r"conflicting dependencies|requires a different Python|has inconsistent|Invalid requirement"
+    r"No solution found when resolving|not found in the package registry|no usable wheels|"
+    r"unsatisfiable|requires a different Python|Invalid requirement|Failed to parse|"
+    r"has no installation candidate|Unable to locate package"
 )
 
 
@@ -64,6 +70,7 @@ class Settings:
             environments.index_url,
             tuple(environments.extra_index_urls),
             environments.timeout,
+            memory_bytes(environments.cache_size),
             Limits(runner.memory, runner.cpus, runner.pids, runner.tmp_size),
             container_user(),
             instance,
@@ -72,6 +79,7 @@ class Settings:
     index_url: str | None  # None: the index pip on this host is configured with (read once)
     extra_index_urls: tuple[str, ...]
     timeout: float  # the whole build, from its first step to the image
+    cache_size: int  # bytes of wheel files kept, for every environment (the least recently used go first)
     limits: Limits  # of each build container, as of a test container
     user: str  # the runner's unprivileged user
     instance: str = ""  # the label the build containers carry (recovery removes leftovers)
@@ -129,6 +137,8 @@ class Environments:
         self._guard = threading.Lock()
         self._apt = threading.Lock()
         self._index_url = settings.index_url
+        self.wheels = WheelCache(state_dir / "cache" / "wheels", settings.cache_size)
+        self._loads = True  # the engine takes a lone layer (else: a container and a commit)
 
     def ensure(
         self,
@@ -207,18 +217,21 @@ class Environments:
     ) -> ImageInfo:
         deadline = time.monotonic() + self.settings.timeout
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("wheels", "debs"):
+        for name in ("out", "debs"):
             _fresh_folder(folder / name, self.settings.user)
         (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
         (folder / "constraints.txt").write_text("".join(f"{line}\n" for line in needs.constraints))
         log.info("%s: building environment %s (%d requirements)", repository, fingerprint[:12], len(needs.requirements))
+        labels = {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository}
         sandbox = Sandbox(
             self.engine,
-            {LABEL_INSTANCE: self.settings.instance, LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository},
+            {LABEL_INSTANCE: self.settings.instance, **labels},
             self.settings.limits,
             deadline,
             self.settings.user,
         )
+        tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
+        below = None  # the image with the system packages, when there are some
         with open(folder / "environment.log", "w") as out:
             out.write(
                 f"environment {fingerprint} for {repository}, Python {python}\n"
@@ -226,14 +239,19 @@ class Environments:
             )
             out.flush()
             try:
+                layer = Layer((), (), ())
+                if needs.requirements:  # first: the one step that reads the commit's declarations
+                    stage(f"building environment: resolving {_count(len(needs.requirements), 'requirement')}")
+                    layer = self._unpack(sandbox, runner, folder, out)
+                base = runner
                 if needs.system_packages:
                     stage(f"building environment: fetching {_count(len(needs.system_packages), 'system package')}")
                     self._system_packages(folder, needs.system_packages, runner, python, out, deadline)
-                if needs.requirements:
-                    stage(f"building environment: resolving {_count(len(needs.requirements), 'requirement')}")
-                    self._resolve(sandbox, runner, folder, out)
+                    stage("building environment: installing system packages")
+                    below = self._dpkg(sandbox, runner, folder, f"{tag}-system", out)
+                    base = below
                 stage("building environment: installing")
-                return self._install(sandbox, runner, folder, repository, fingerprint, out)
+                return self._lay(sandbox, base, layer, folder, tag, labels, out)
             except (TimedOut, AptTimedOut):
                 reason = f"environment build timed out after {self.settings.timeout:g} s"
                 out.write(f"\n{reason}\n")
@@ -245,8 +263,12 @@ class Environments:
                     _write_json(folder / "failed.json", {"reason": reason})
                 raise EnvironmentBroken(reason, folder / "environment.log") from None
             finally:  # the image has them, or nothing needs them: the log and the declarations stay
-                for name in ("wheels", "debs"):
-                    shutil.rmtree(folder / name, ignore_errors=True)
+                for name in ("out", "debs", "layer.tar", "removed"):
+                    shutil.rmtree(folder / name, ignore_errors=True) if (folder / name).is_dir() else (
+                        folder / name
+                    ).unlink(missing_ok=True)
+                if below is not None:  # its layers are the environment's now; the name goes
+                    remove_image(self.engine, below.id, [f"{tag}-system"])
 
     def _system_packages(
         self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str, out: IO[str], deadline: float
@@ -269,31 +291,67 @@ class Environments:
                 or "has no installation candidate" in failed,
             )
 
-    def _resolve(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, out: IO[str]) -> None:
-        """Wheels for the requirements, for the runner image's Python, into ``folder/wheels``."""
+    def _unpack(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, out: IO[str]) -> Layer:
+        """The requirements resolved and unpacked for the runner image's Python, into
+        ``folder/out/site``; the layer they make over the runner image."""
         indexes = self.indexes()
-        proxy = IndexProxy(list(indexes))
+        proxy = IndexProxy(list(indexes), cache=self.wheels)
         with socket_folder() as sockets, proxy.serving(sockets / "index.sock"):
-            ended = sandbox.resolve(runner.id, folder, len(indexes), sockets, out)
+            ended = sandbox.unpack(runner.id, folder, len(indexes), sockets, uv_binary(), out)
         out.write("".join(f"index proxy: {url}\n" for url in proxy.fetched[:2000]))
-        if ended.status == 0:
-            return
-        if proxy.trouble:  # the index, not the declarations: not a verdict on the commit
-            out.write("".join(f"index proxy: trouble: {what}\n" for what in proxy.trouble))
-            raise IndexUnreachable(f"package index unreachable: {proxy.trouble[0]}"[:300])
-        reason = _pip_reason(ended)
-        raise _Failed(reason, repeats=bool(_REPEATS.search(ended.output)) and not ended.oom_killed)
+        if ended.status != 0:
+            if proxy.trouble:  # the index, not the declarations: not a verdict on the commit
+                out.write("".join(f"index proxy: trouble: {what}\n" for what in proxy.trouble))
+                raise IndexUnreachable(f"package index unreachable: {proxy.trouble[0]}"[:300])
+            reason = _reason(ended)
+            raise _Failed(reason, repeats=bool(_REPEATS.search(ended.output)) and not ended.oom_killed)
+        try:
+            layer = Layer.plan(folder / "out" / "site", Site.read(folder / "out" / "site.json"))
+        except (BadSite, OSError) as exc:
+            raise _Failed(f"the unpacked packages could not be read: {exc}", repeats=False) from None
+        if layer.left_out:
+            out.write("left out (not a file or folder an install makes): " + ", ".join(layer.left_out[:50]) + "\n")
+        return layer
 
-    def _install(
-        self, sandbox: Sandbox, runner: ImageInfo, folder: Path, repository: str, fingerprint: str, out: IO[str]
-    ) -> ImageInfo:
-        tag = f"orchestrator-env/{repository}:{fingerprint[:16]}"
-        ended, image_id = sandbox.install(
-            runner, folder, tag, {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository}, out
-        )
+    def _dpkg(self, sandbox: Sandbox, runner: ImageInfo, folder: Path, tag: str, out: IO[str]) -> ImageInfo:
+        ended, image_id = sandbox.system_packages(runner, folder, tag, {}, out)
         if image_id is None:
-            raise _Failed(f"installing failed: {_pip_reason(ended)}", repeats=True)
+            raise _Failed(f"installing system packages failed: {_reason(ended)}", repeats=True)
         return ImageInfo(tag, image_id)
+
+    def _lay(
+        self,
+        sandbox: Sandbox,
+        base: ImageInfo,
+        layer: Layer,
+        folder: Path,
+        tag: str,
+        labels: dict[str, str],
+        out: IO[str],
+    ) -> ImageInfo:
+        """``layer`` over ``base`` as the image ``tag``: loaded as it is where the engine
+        takes a lone layer, else put in place by a root container and committed."""
+        if self._loads:
+            with open(folder / "layer.tar", "wb") as tar:
+                diff_id = layer.write(tar)
+            try:
+                image_id = load_layer(  # labelled as a committed build container's image would be
+                    self.engine, base, folder / "layer.tar", diff_id, tag, {**sandbox.labels, **labels}
+                )
+                out.write(
+                    f"laid over the image: {len(layer.entries)} files and folders ({len(layer.removed)} replaced)\n"
+                )
+                return ImageInfo(tag, image_id)
+            except LoadRefused as exc:
+                log.warning("%s; environments are committed from a container instead", exc)
+                self._loads = False
+        with open(folder / "layer.tar", "wb") as tar:
+            layer.write(tar, whiteouts=False)
+        (folder / "removed").write_text("".join(f"{path}\n" for path in layer.removed))
+        ended, copied = sandbox.copy(base, folder / "layer.tar", folder / "removed", tag, labels, out)
+        if copied is None:
+            raise _Failed(f"installing failed: {_reason(ended)}", repeats=True)
+        return ImageInfo(tag, copied)
 
     def prune(self, repository: str | None = None, keep: int = 0) -> list[str]:
         return prune(self.engine, repository, keep)
@@ -323,16 +381,28 @@ class _Failed(Exception):
         self.repeats = repeats
 
 
-def _pip_reason(ended: Ended) -> str:
-    """The reason in one line: pip's (or dpkg's) first error, else how the container ended."""
+def _reason(ended: Ended) -> str:
+    """The reason in one line: the resolver's (or dpkg's) first error, with its cause when
+    it gives one, else how the container ended."""
     if ended.oom_killed:
         return "out of memory at the build's memory limit"
-    errors = [
-        line.removeprefix("ERROR: ").strip()
-        for line in ended.output.splitlines()
-        if line.startswith(("ERROR: ", "dpkg: error"))
-    ]
-    return errors[0] if errors else f"exited {ended.status}"
+    lines = ended.output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(("error: ", "ERROR: ", "dpkg: error")):
+            cause = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            said = cause.removeprefix("cause: ") if cause.startswith("cause: ") else line.split(" ", 1)[1].strip()
+            return " ".join(said.split())
+    return f"exited {ended.status}"
+
+
+def uv_binary() -> Path:
+    """uv, from this host's install of the orchestrator (a dependency): run in the unpack
+    container, mounted read-only."""
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        raise OrchestratorError("uv is not installed on this host (pip install uv)") from None
+    return Path(find_uv_bin())
 
 
 def _fresh_folder(path: Path, user: str) -> None:

@@ -24,15 +24,18 @@ import http.server
 import logging
 import os
 import re
+import shutil
 import socketserver
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit
 
 import requests
+
+from orchestrator.environment.wheels import WheelCache
 
 log = logging.getLogger("orchestrator.environment")
 
@@ -48,12 +51,13 @@ _KEPT = ("data-requires-python", "data-dist-info-metadata", "data-core-metadata"
 class IndexProxy:
     """Serves the configured ``indexes`` on a unix socket while in ``serving``."""
 
-    def __init__(self, indexes: list[str], timeout: float = 30):
+    def __init__(self, indexes: list[str], timeout: float = 30, cache: WheelCache | None = None):
         self.indexes = [url.rstrip("/") + "/" for url in indexes]
         self.timeout = timeout
+        self.cache = cache  # files kept by digest, for every build on this host (wheels.py)
         self.trouble: list[str] = []  # what went wrong between here and an index
         self.fetched: list[str] = []  # every URL fetched, for the build's log
-        self._files: dict[str, str] = {}  # token -> the URL an index page named
+        self._files: dict[str, tuple[str, str]] = {}  # token -> the URL an index page named, its sha256
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._session = requests.Session()
@@ -102,11 +106,29 @@ class IndexProxy:
                 return 502, b""
             return 200, self._rewrite(body.decode(response.encoding or "utf-8", "replace"), response.url)
 
+    def kept(self, token: str) -> Path | None:
+        """The cache's copy of a linked file, if it has one with the digest its page gave."""
+        with self._lock:
+            url, sha256 = self._files.get(token, ("", ""))
+        found = self.cache.get(sha256) if self.cache is not None and sha256 else None
+        if found is not None:
+            with self._lock:
+                self.fetched.append(f"(kept) {url}")
+        return found
+
+    def known(self, token: str) -> bool:
+        with self._lock:
+            return token in self._files
+
+    def digest(self, token: str) -> str:
+        with self._lock:
+            return self._files.get(token, ("", ""))[1]
+
     def file(self, token: str, metadata: bool) -> tuple[requests.Response | None, int]:
         """The upstream response for a linked file (to stream), or the status to answer."""
         with self._lock:
-            url = self._files.get(token)
-        if url is None:
+            url, _ = self._files.get(token, ("", ""))
+        if not url:
             return None, 404
         url += ".metadata" if metadata else ""
         response = self._get(url, page=False)
@@ -170,8 +192,9 @@ class IndexProxy:
                 continue
             name = quote(unquote(urlsplit(target).path.rsplit("/", 1)[-1]) or "file", safe="")
             token = hashlib.sha1(target.encode()).hexdigest()
+            algorithm, _, value = fragment.partition("=")
             with self._lock:
-                self._files[token] = target
+                self._files[token] = (target, value.lower() if algorithm == "sha256" else "")
             kept = "".join(f' {attr}="{html.escape(attrs[attr] or "", quote=True)}"' for attr in _KEPT if attr in attrs)
             href = f"/files/{token}/{name}" + (f"#{fragment}" if fragment else "")
             out.append(f'<a href="{html.escape(href, quote=True)}"{kept}>{html.escape(label)}</a><br/>')
@@ -218,13 +241,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, body = self.owner.page(int(found.group(1)), found.group(2))
             self._answer(status, body, "text/html")
         elif found := _FILE.match(path):
-            response, status = self.owner.file(found.group(1), path.endswith(".metadata"))
+            metadata = path.endswith(".metadata")
+            kept = None if metadata else self.owner.kept(found.group(1))
+            if kept is not None:
+                return self._send_kept(kept)
+            response, status = self.owner.file(found.group(1), metadata)
             if response is None:
                 self._answer(status, b"", "text/plain")
             else:
-                self._stream(response)
+                self._stream(response, "" if metadata else self.owner.digest(found.group(1)))
         else:
             self._answer(404, b"", "text/plain")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        """uv asks a file's head first (to read a wheel's metadata by ranges): answered
+        from here, without going upstream, and with no ranges offered, so it fetches the
+        file whole."""
+        found = _FILE.match(self.path.split("?", 1)[0])
+        known = found is not None and self.owner.known(found.group(1))
+        self.send_response(200 if known else 404)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
 
     def _answer(self, status: int, body: bytes, kind: str) -> None:
         self.send_response(status)
@@ -233,8 +270,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _stream(self, response: requests.Response) -> None:
-        with response:
+    def _stream(self, response: requests.Response, sha256: str) -> None:
+        """The upstream file to the client; kept by the cache as it passes, when its page
+        gave a digest and what came matches it."""
+        cache = self.owner.cache
+        with response, cache.keeping(sha256) if cache is not None else nullcontext() as keeper:
             size = response.headers.get("Content-Length", "")
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -246,12 +286,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 for chunk in response.iter_content(CHUNK):
                     sent += len(chunk)
                     if sent > MAX_FILE or self.owner.closed():
-                        break
+                        raise OSError("cut")
                     self.wfile.write(chunk)
+                    if keeper is not None:
+                        keeper.write(chunk)
             except requests.RequestException as exc:
                 self.owner._troubled(response.url, type(exc).__name__)
+                if keeper is not None:
+                    keeper.ok = False
+            except OSError:  # the resolver went away (its container ended), or the file was cut
+                if keeper is not None:
+                    keeper.ok = False
+
+    def _send_kept(self, path: Path) -> None:
+        try:
+            f = open(path, "rb")
+        except OSError:  # evicted between the look and now
+            return self._answer(503, b"", "text/plain")
+        with f:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            self.end_headers()
+            try:
+                shutil.copyfileobj(f, self.wfile, CHUNK)
             except OSError:
-                pass  # pip went away (its container ended)
+                pass
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass

@@ -1,16 +1,22 @@
 """The containers of an environment build: nothing of it runs on the host.
 
-An environment is made in two one-shot containers from the runner image, each with no
-network, the memory, CPU and pids limits of a test container, the build's deadline, the
-instance's label, and removed at its end:
+Each container is one-shot, from the runner image, with no network, the memory, CPU and pids
+limits of a test container, the build's deadline, the instance's label, and is removed at
+its end:
 
-1. **resolve**: ``pip download --only-binary :all:`` of the declared requirements, as the
-   runner's unprivileged user, isolated from any pip configuration, on the image's own
-   Python (so its wheels fit that interpreter and glibc exactly). Its only way out is the
-   index proxy's unix socket (index.py), which reaches the configured indexes alone.
-2. **install**: the fetched .deb files and wheels installed as root (dpkg and pip, no index),
-   then committed as the environment image, given back the runner's user, entrypoint and
-   working folder.
+1. **unpack**: ``uv pip install --no-build --target`` of the declared requirements into a
+   folder of the host, as the runner's unprivileged user, isolated from any configuration,
+   on the image's own Python (so its wheels fit that interpreter and glibc exactly). uv is
+   this host's binary, mounted read-only. Its only way out is the index proxy's unix socket
+   (index.py), which reaches the configured indexes alone. The host then lays that folder
+   over the image as a layer of its own (layer.py): no second container.
+2. **system packages**, when the repository names some: the .deb files fetched on the host
+   installed as root (dpkg, no index), committed as the image the layer goes on.
+3. **copy**, only on an engine that cannot load a layer by itself: the layer's files put in
+   place as root, and committed.
+
+Whatever a root container leaves is given back the runner's user, entrypoint and working
+folder, and loses every setuid, setgid and world-writable bit.
 """
 
 from __future__ import annotations
@@ -35,20 +41,25 @@ from orchestrator.errors import EngineUnavailable, InfrastructureError, Orchestr
 
 log = logging.getLogger("orchestrator.environment")
 
-SANDBOX_PIP = Path(__file__).with_name("sandbox_pip.py")
+SANDBOX_UNPACK = Path(__file__).with_name("sandbox_unpack.py")
 MAX_LOG = 4 * 1024 * 1024  # bytes of a container's output kept in environment.log
-INSTALL = """set -e
-if ls /tmp/environment/debs/*.deb >/dev/null 2>&1; then
-  echo "installing $(ls /tmp/environment/debs/*.deb | wc -l) Debian packages (dpkg)"
-  dpkg -i /tmp/environment/debs/*.deb
-fi
-if [ -s /tmp/environment/requirements.txt ]; then
-  python3 -m pip install --no-index --find-links /tmp/environment/wheels --no-cache-dir --no-input \\
-    --disable-pip-version-check -r /tmp/environment/requirements.txt -c /tmp/environment/constraints.txt
-fi
-find / -xdev -type f -perm /6000 -exec chmod a-s {} +
+CONFINE = """find / -xdev -type f -perm /6000 -exec chmod a-s {} +
 find / -xdev -type d -perm -0002 ! -path /tmp -exec chmod o-w {} +
 """
+SYSTEM_PACKAGES = (
+    """set -e
+echo "installing $(ls /tmp/environment/debs/*.deb | wc -l) Debian packages (dpkg)"
+dpkg -i /tmp/environment/debs/*.deb
+"""
+    + CONFINE
+)
+COPY = (
+    """set -e
+tr '\\n' '\\0' < /tmp/environment/removed | xargs -0 -r rm -rf --
+tar -xf /tmp/environment/layer.tar -C / --no-same-owner
+"""
+    + CONFINE
+)
 
 
 class TimedOut(OrchestratorError):
@@ -85,56 +96,73 @@ class Sandbox:
         self.deadline = deadline
         self.user = user  # the runner's unprivileged user, as test containers run
 
-    def resolve(self, image: str, folder: Path, indexes: int, socket_dir: Path, out: IO[str]) -> Ended:
-        """pip download into ``folder/wheels``, through the proxy listening in ``socket_dir``."""
-        wheels = folder / "wheels"
-        args = [
-            "/tmp/index/index.sock",
-            "download",
-            "--isolated",
-            "--no-input",
-            "--disable-pip-version-check",
-            "--no-cache-dir",
-            "--progress-bar",
-            "off",
-            "--only-binary",
-            ":all:",
-            "--retries",
-            "1",
-            "--timeout",
-            "60",
-            "--dest",
-            "/tmp/environment/wheels",
+    def unpack(self, image: str, folder: Path, indexes: int, socket_dir: Path, uv: Path, out: IO[str]) -> Ended:
+        """uv installs the requirements into ``folder/site`` (site.json beside it says where
+        the image keeps its packages), through the proxy listening in ``socket_dir``."""
+        command = [
+            "/tmp/uv",
+            "pip",
+            "install",
+            "--no-config",
+            "--no-python-downloads",
+            "--python",
+            "python3",
+            "--color",
+            "never",
+            "--no-progress",
+            "--no-build",
+            "--link-mode",
+            "copy",
+            "--compile-bytecode",
+            "--cache-dir",
+            "/tmp/uv-cache",
+            "--target",
+            "/tmp/environment/out/site",
             "--index-url",
             "http://127.0.0.1:{port}/simple/0/",
-            "--trusted-host",
-            "127.0.0.1",
             *(a for n in range(1, indexes) for a in ("--extra-index-url", f"http://127.0.0.1:{{port}}/simple/{n}/")),
             "-r",
             "/tmp/environment/requirements.txt",
-            "-c",
-            "/tmp/environment/constraints.txt",
+            *(["-c", "/tmp/environment/constraints.txt"] if (folder / "constraints.txt").stat().st_size else []),
         ]
         binds = {
-            str(SANDBOX_PIP): ("/tmp/sandbox_pip.py", "ro"),
+            str(SANDBOX_UNPACK): ("/tmp/sandbox_unpack.py", "ro"),
+            str(uv): ("/tmp/uv", "ro"),
             str(socket_dir): ("/tmp/index", "ro"),
             str(folder / "requirements.txt"): ("/tmp/environment/requirements.txt", "ro"),
             str(folder / "constraints.txt"): ("/tmp/environment/constraints.txt", "ro"),
-            str(wheels): ("/tmp/environment/wheels", "rw"),
+            str(folder / "out"): ("/tmp/environment/out", "rw"),
         }
-        with self._container(image, ["python3", "/tmp/sandbox_pip.py", *args], binds, root=False) as container:
+        entry = ["python3", "/tmp/sandbox_unpack.py", "/tmp/index/index.sock", "/tmp/environment/out", *command]
+        with self._container(image, entry, binds, root=False) as container:
             return self._run(container, out)
 
-    def install(
+    def system_packages(
         self, image: ImageInfo, folder: Path, tag: str, labels: dict[str, str], out: IO[str]
     ) -> tuple[Ended, str | None]:
-        """Install what ``folder`` holds into a container of ``image``, and commit it as
-        ``tag`` if that went well: (how it ended, the new image's id or None)."""
-        binds = {
-            str(folder / name): (f"/tmp/environment/{name}", "ro")
-            for name in ("debs", "wheels", "requirements.txt", "constraints.txt")
-        }
-        with self._container(image.id, ["/bin/sh", "-c", INSTALL], binds, root=True) as container:
+        """dpkg installs the .deb files of ``folder/debs`` into a container of ``image``,
+        committed as ``tag`` if that went well: (how it ended, the new image's id or None)."""
+        binds = {str(folder / "debs"): ("/tmp/environment/debs", "ro")}
+        return self._root(image, SYSTEM_PACKAGES, binds, tag, labels, out)
+
+    def copy(
+        self, image: ImageInfo, layer: Path, removed: Path, tag: str, labels: dict[str, str], out: IO[str]
+    ) -> tuple[Ended, str | None]:
+        """The files of ``layer`` (a tar with no whiteouts) put into a container of
+        ``image`` after the paths listed in ``removed`` are taken away, committed as ``tag``."""
+        binds = {str(layer): ("/tmp/environment/layer.tar", "ro"), str(removed): ("/tmp/environment/removed", "ro")}
+        return self._root(image, COPY, binds, tag, labels, out)
+
+    def _root(
+        self,
+        image: ImageInfo,
+        script: str,
+        binds: dict[str, tuple[str, str]],
+        tag: str,
+        labels: dict[str, str],
+        out: IO[str],
+    ) -> tuple[Ended, str | None]:
+        with self._container(image.id, ["/bin/sh", "-c", script], binds, root=True) as container:
             ended = self._run(container, out)
             if ended.status != 0 or ended.oom_killed:
                 return ended, None

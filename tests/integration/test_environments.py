@@ -21,6 +21,9 @@ TESTS = (
     "import pytest\nfrom greet import greet\n\n"
     "def test_greet():\n    assert greet('x') == 'hello x 1.0'\n\n"
     "def test_the_projects_own_pytest_runs():\n    assert int(pytest.__version__.split('.')[0]) >= 9\n\n"
+    # the runner image's pytest (8.3) is replaced whole, as an install over it would: one version is left
+    "def test_one_pytest_is_installed():\n    from importlib.metadata import distributions\n"
+    "    assert [d.version for d in distributions() if d.metadata['Name'] == 'pytest'] == [pytest.__version__]\n\n"
     "def test_the_commit_is_the_installed_copy():\n    import greet, os\n"
     "    assert os.path.dirname(greet.__file__) == '/ci-out/site/greet'\n"
 )
@@ -34,13 +37,13 @@ def project(deps: str = '"packaging>=23"', note: str = "") -> dict[str, str]:
     }
 
 
-def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_change(orch) -> None:
+def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_change(orch, engine) -> None:
     first = orch.repo.commit("src layout, dependency group", project())
     orch.configure(runner={"parallelism": 2, "timeout": 120})
     run = orch.cli("run", "--once")
     assert run.returncode == 0, orch.log(first).decode()[-2000:]
     result = orch.result(first)
-    assert result["tests"]["passed"] == 3 and result["environment"]["built"] is True
+    assert result["tests"]["passed"] == 4 and result["environment"]["built"] is True
     # the build says how far it got, stage by stage (the job's message: the live view, the dashboard)
     assert re.search(r"building environment: resolving \d+ requirements", run.stderr), run.stderr[-3000:]
     assert "building environment: installing" in run.stderr
@@ -50,7 +53,11 @@ def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_chan
         "build-system.requires",
     ]
     assert result["timings"]["environment_s"] > 1
-    assert "Successfully installed" in orch.path(first, "environment.log").read_text()  # the job that built it
+    # the image is the instance's, as its build containers were (what the instance cleans up)
+    mine = engine.images.list(filters={"label": [f"orchestrator.instance={orch.instance()}", LABEL_ENVIRONMENT]})
+    assert [image.labels[LABEL_ENVIRONMENT] for image in mine] == [result["environment"]["fingerprint"]]
+    built_log = orch.path(first, "environment.log").read_text()  # kept for the job that built it
+    assert re.search(r"Installed \d+ packages", built_log), built_log
     same = orch.repo.commit("code only", project(note="# a change\n"))
     assert orch.cli("run", "--once").returncode == 0
     again = orch.result(same)
@@ -149,7 +156,8 @@ def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(or
     index = TestIndex()
     try:
         index.mode = "down"
-        first = orch.repo.commit("index down", project('"packaging>=23", "iniconfig"'))
+        # declarations no other test makes: another worker's environment of the same would be found
+        first = orch.repo.commit("index down", project('"packaging>=23", "iniconfig>=1.0"'))
         orch.configure(runner={"timeout": 120}, retries=0, environments={"index_url": f"{index.url}/simple"})
         assert orch.cli("run", "--once").returncode == 1
         result = orch.result(first)
@@ -158,7 +166,7 @@ def test_an_index_away_is_retried_later_and_a_slow_one_is_cut_at_the_deadline(or
         ), result["message"]
         assert not list((orch.config.state_dir / "environments").rglob("failed.json"))
         index.mode = "up"
-        again = orch.repo.commit("index back", project('"packaging>=23", "iniconfig"', note="# x\n"))
+        again = orch.repo.commit("index back", project('"packaging>=23", "iniconfig>=1.0"', note="# x\n"))
         assert orch.cli("run", "--once").returncode == 0, orch.log(again).decode()[-2000:]
         assert orch.result(again)["environment"]["built"] is True
 

@@ -1,7 +1,7 @@
 """What the containers of an environment build are asked for (on a recording stand-in for
 docker-py's client and the engine; that they hold on the real engine is tests/integration and
 tests/faults/test_hostile_declarations.py): no network, a test container's limits, the
-instance's label, not root for the resolution, and removed whatever happens."""
+instance's label, not root for the unpack, and removed whatever happens."""
 
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ class RecordingApi:
         pass
 
     def logs(self, container_id, **kwargs):
-        return b"ERROR: No matching distribution found for x\n"
+        return (
+            b"error: No solution found when resolving dependencies\n"
+            b"  cause: Because x was not found in the package registry\n"
+        )
 
     def remove_container(self, container_id, **kwargs):
         self.removed.append(container_id)
@@ -64,9 +67,12 @@ def sandbox(api: RecordingApi, deadline: float) -> Sandbox:
     )  # type: ignore[arg-type]
 
 
-def test_the_resolution_runs_confined(tmp_path: Path) -> None:
+def test_the_unpack_runs_confined(tmp_path: Path) -> None:
     api = RecordingApi()
-    ended = sandbox(api, time.monotonic() + 30).resolve("runner", tmp_path, 2, tmp_path, open(tmp_path / "log", "w"))
+    for name in ("requirements.txt", "constraints.txt"):
+        (tmp_path / name).write_text("x\n")
+    uv = tmp_path / "uv"
+    ended = sandbox(api, time.monotonic() + 30).unpack("runner", tmp_path, 2, tmp_path, uv, open(tmp_path / "log", "w"))
     (created,) = api.created
     host = created["host_config"]
     assert host["network_mode"] == "none" and created["network_disabled"] is True
@@ -79,21 +85,27 @@ def test_the_resolution_runs_confined(tmp_path: Path) -> None:
     assert host["cap_drop"] == ["ALL"] and host["read_only"] and "no-new-privileges" in host["security_opt"]
     assert created["user"] == "1000:1000" and created["labels"] == {"orchestrator.instance": "i"}
     command = created["entrypoint"]
-    assert "--isolated" in command and "--only-binary" in command and ":all:" in command
+    assert "--no-build" in command and "--no-config" in command and "--no-python-downloads" in command
     assert [a for a in command if a.startswith("http")] == [
         "http://127.0.0.1:{port}/simple/0/",
         "http://127.0.0.1:{port}/simple/1/",
     ]
-    assert api.removed == ["c1"] and ended.status == 1 and "No matching distribution" in ended.output
+    # uv is this host's, read-only; the one folder it may write is the one the host reads back
+    assert host["binds"][str(uv)] == {"bind": "/tmp/uv", "mode": "ro"}
+    assert [b["bind"] for b in host["binds"].values() if b["mode"] == "rw"] == ["/tmp/environment/out"]
+    assert api.removed == ["c1"] and ended.status == 1 and "not found in the package registry" in ended.output
 
 
-def test_the_install_is_confined_and_a_build_past_its_deadline_is_killed(tmp_path: Path) -> None:
+def test_the_system_packages_are_confined_and_a_build_past_its_deadline_is_killed(tmp_path: Path) -> None:
     api = RecordingApi(exits=False)
     box = sandbox(api, time.monotonic() + 0.3)
     with pytest.raises(TimedOut):
-        box.install(ImageInfo("runner", "sha256:r"), tmp_path, "orchestrator-env/x:1", {}, open(tmp_path / "log", "w"))
+        box.system_packages(
+            ImageInfo("runner", "sha256:r"), tmp_path, "orchestrator-env/x:1", {}, open(tmp_path / "log", "w")
+        )
     (created,) = api.created
     host = created["host_config"]
     assert host["network_mode"] == "none" and host["pids_limit"] == 64 and host["mem_limit"] == "256m"
     assert created["user"] == "0" and created["environment"] is None  # nothing of ours in the committed image
+    assert "dpkg -i" in created["entrypoint"][-1] and "chmod a-s" in created["entrypoint"][-1]
     assert box.engine.stopped == ["c1"] and api.removed == ["c1"]
