@@ -1,6 +1,7 @@
 """The environment figures of the benchmark: what a commit costs when its environment is
 reused (a pure-Python src-layout project against the same suite with no environment), and
-how long a cold environment build takes, with a small dependency set and with numpy."""
+how long a cold environment build takes, with a small dependency set and with numpy: on a
+fresh state_dir, and again for a new fingerprint of the same packages (the wheels kept)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ def measure(bench: Workloads, run) -> dict:
         run(config, build=True)
         result = json.loads((_results(config) / sha / "result.json").read_text())
         cold[label] = result["timings"]["environment_s"]
+        # a new fingerprint of the same packages on a machine that has built before (its wheels kept)
+        _write(path, "src", 1, deps + ', "iniconfig>=1"')
+        sha = bench.commit(path, f"{label}, again")
+        run(config, build=True)
+        result = json.loads((_results(config) / sha / "result.json").read_text())
+        cold[f"{label}_again"] = result["timings"]["environment_s"]
     return {
         "commits": commits,
         "flat_s": series["flat"],

@@ -284,8 +284,12 @@ def table(result: dict) -> str:
         f"{env['per_commit_extra_s']:+.2f} s per commit over the same suite with no environment "
         f"({env['src_s']:.1f} s vs {env['flat_s']:.1f} s) | ≤ +0.5 s |",
         f"| cold environment build, a small dependency set | {env['cold_build_s']['small']:.1f} s | |",
+        f"| the same packages, a new fingerprint (wheels kept) | {env['cold_build_s']['small_again']:.1f} s | |",
         *(
-            [f"| cold environment build, with numpy | {env['cold_build_s']['numpy']:.1f} s | |"]
+            [
+                f"| cold environment build, with numpy | {env['cold_build_s']['numpy']:.1f} s | |",
+                f"| numpy, a new fingerprint (wheels kept) | {env['cold_build_s']['numpy_again']:.1f} s | |",
+            ]
             if "numpy" in env["cold_build_s"]
             else []
         ),

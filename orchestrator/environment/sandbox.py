@@ -113,7 +113,6 @@ class Sandbox:
             "--no-build",
             "--link-mode",
             "copy",
-            "--compile-bytecode",
             "--cache-dir",
             "/tmp/uv-cache",
             "--target",

@@ -3,9 +3,10 @@ network and is not root. This program listens on the container's own loopback, c
 each connection to the index proxy (index.py), a unix socket the host mounted at the path
 given first; then runs the command given after the output folder (uv, mounted read-only),
 ``{port}`` in its arguments replaced by the port it listens on; and, if that went well,
-writes ``site.json`` into the output folder: where the image's interpreter keeps its
-packages and scripts, and the files of each distribution installed there already (the
-host lays the unpacked packages over those, layer.py). Exits with the command's status.
+compiles what it installed and writes ``site.json`` into the output folder: where the
+image's interpreter keeps its packages and scripts, and the files of each distribution
+installed there already (the host lays the unpacked packages over those, layer.py). Exits
+with the first status that is not 0.
 
 Standard library only: it runs on the runner image's Python, mounted read-only from the
 orchestrator's package, so the runner image needs nothing new for it.
@@ -73,8 +74,23 @@ def main(argv: list) -> int:
     threading.Thread(target=relay, args=(listener, path), daemon=True).start()
     status = subprocess.call([a.replace("{port}", port) for a in command], stdin=subprocess.DEVNULL)
     if status == 0:
+        status = compile_all(os.path.join(out, "site"))
+    if status == 0:
         describe(out)
     return status
+
+
+def compile_all(site: str) -> int:
+    """Bytecode for what the image's Python will import, made once here rather than in
+    memory by every job (pytest's own imports take 0.68 s without it, 0.30 s with it); not
+    for the tests that packages carry (half of numpy's files), which a project's suite
+    rarely imports."""
+    if not os.path.isdir(site):
+        return 0
+    return subprocess.call(
+        [sys.executable, "-m", "compileall", "-q", "-j", "0", "-x", r"[/\\]tests?[/\\]", site],
+        stdin=subprocess.DEVNULL,
+    )
 
 
 if __name__ == "__main__":

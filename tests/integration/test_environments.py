@@ -24,6 +24,9 @@ TESTS = (
     # the runner image's pytest (8.3) is replaced whole, as an install over it would: one version is left
     "def test_one_pytest_is_installed():\n    from importlib.metadata import distributions\n"
     "    assert [d.version for d in distributions() if d.metadata['Name'] == 'pytest'] == [pytest.__version__]\n\n"
+    # compiled once by the build, not in memory by every job
+    "def test_the_environment_is_compiled():\n    import os, importlib.util, packaging.version\n"
+    "    assert os.path.isfile(importlib.util.cache_from_source(packaging.version.__file__))\n\n"
     "def test_the_commit_is_the_installed_copy():\n    import greet, os\n"
     "    assert os.path.dirname(greet.__file__) == '/ci-out/site/greet'\n"
 )
@@ -43,7 +46,7 @@ def test_a_src_layout_project_reuses_its_environment_until_its_dependencies_chan
     run = orch.cli("run", "--once")
     assert run.returncode == 0, orch.log(first).decode()[-2000:]
     result = orch.result(first)
-    assert result["tests"]["passed"] == 4 and result["environment"]["built"] is True
+    assert result["tests"]["passed"] == 5 and result["environment"]["built"] is True
     # the build says how far it got, stage by stage (the job's message: the live view, the dashboard)
     assert re.search(r"building environment: resolving \d+ requirements", run.stderr), run.stderr[-3000:]
     assert "building environment: installing" in run.stderr
