@@ -35,7 +35,7 @@ _PYTEST_ERRORS = {
     5: "no tests collected (pytest exit 5)",
     EXIT_NO_TESTS_DIR: "tests directory missing in this commit",
     EXIT_NO_PYTEST: "pytest is not installed in the runner image",
-    EXIT_NOT_INSTALLED: "the commit could not be installed (pip install --no-deps; see its log)",
+    EXIT_NOT_INSTALLED: "the commit could not be installed (install --no-deps; see its log)",
 }
 
 

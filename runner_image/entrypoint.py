@@ -47,6 +47,7 @@ The orchestrator reads the verdict from this status, never from the log.
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,29 +75,20 @@ def wait_for_release(path: str) -> None:
 
 
 def install_project() -> bool:
-    """pip install the commit, no dependencies, no index, no build isolation (its build
-    backend is in the environment), into SITE."""
-    print("orchestrator: installing this commit (pip install --no-deps)", flush=True)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            "--no-build-isolation",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "--target",
-            SITE,
-            WORKSPACE,
-        ],
-        stdin=subprocess.DEVNULL,
-    )
+    """Install the commit, no dependencies, no index, no build isolation (its build
+    backend is in the environment), into SITE: with the image's uv (0.3 s here), else
+    with pip (0.9 s: an image built before uv came into it)."""
+    uv = shutil.which("uv")
+    tool = "uv pip" if uv else "pip"
+    print(f"orchestrator: installing this commit ({tool} install --no-deps)", flush=True)
+    common = ["install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation", "--target", SITE, WORKSPACE]
+    if uv:
+        command = [uv, "pip", *common, "--no-cache", "--no-config", "--no-python-downloads", "--python", sys.executable]
+    else:
+        command = [sys.executable, "-m", "pip", *common, "--no-cache-dir", "--disable-pip-version-check"]
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        print(f"orchestrator: the commit could not be installed (pip exited {proc.returncode})", flush=True)
+        print(f"orchestrator: the commit could not be installed ({tool} exited {proc.returncode})", flush=True)
         return False
     # PYTHONPATH puts the commit before the images' own copies (pluggy under test, not
     # pytest's); the image's ci-out.pth keeps it importable for children that clear their
