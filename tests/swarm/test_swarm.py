@@ -304,6 +304,7 @@ def test_what_a_task_may_do(capfd):
 """
 
 
+@pytest.mark.usefixtures("environment_images")  # the environment it builds goes, with its registry name
 def test_the_task_keeps_its_own_limits_and_its_log_is_followed_live(
     swarm_orch, testbed: Testbed, engine: docker.DockerClient
 ) -> None:
