@@ -86,3 +86,18 @@ def test_shards_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     result = json.loads(out.read_text())
     assert len(result["split"]["shards"]) == 4 and result["split_over_unsplit"] < 1
     assert "| balance: longest shard / mean shard |" in proc.stdout
+
+
+def test_limit_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    out = tmp_path / "limit.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "limit.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["all_passed"] and result["host_floor_s"] > 0 and result["p1_s"] > 0 and result["p4_s"] > 0
+    assert set(result["phases_s"]) == {"1", "4"} and result["phases_s"]["1"]["run_s"] > 0
+    assert "| parallelism 1, our time / host floor |" in proc.stdout
