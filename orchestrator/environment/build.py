@@ -240,7 +240,7 @@ class Environments:
             out.flush()
             try:
                 layer = Layer((), (), ())
-                if needs.requirements:  # first: the one step that reads the commit's declarations
+                if needs.requirements:  # first: declarations that cannot be met fail before any apt work
                     stage(f"building environment: resolving {_count(len(needs.requirements), 'requirement')}")
                     layer = self._unpack(sandbox, runner, folder, out)
                 base = runner
@@ -263,12 +263,15 @@ class Environments:
                     _write_json(folder / "failed.json", {"reason": reason})
                 raise EnvironmentBroken(reason, folder / "environment.log") from None
             finally:  # the image has them, or nothing needs them: the log and the declarations stay
-                for name in ("out", "debs", "layer.tar", "removed"):
-                    shutil.rmtree(folder / name, ignore_errors=True) if (folder / name).is_dir() else (
-                        folder / name
-                    ).unlink(missing_ok=True)
-                if below is not None:  # its layers are the environment's now; the name goes
-                    remove_image(self.engine, below.id, [f"{tag}-system"])
+                for name in ("out", "debs"):
+                    shutil.rmtree(folder / name, ignore_errors=True)
+                for name in ("layer.tar", "removed"):
+                    (folder / name).unlink(missing_ok=True)
+                if below is not None:  # its layers are the environment's now; only its name goes
+                    try:
+                        remove_image(self.engine, below.id, [f"{tag}-system"])
+                    except OrchestratorError as exc:  # never in place of the build's own outcome
+                        log.warning("%s: %s-system not removed (%s)", repository, tag, exc)
 
     def _system_packages(
         self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str, out: IO[str], deadline: float
