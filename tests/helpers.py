@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
+import os
 import socket
 import subprocess
 import textwrap
@@ -109,10 +111,28 @@ def http_get(url: str):
         return None
 
 
+_NEXT_PORT = itertools.count()
+PORTS_PER_WORKER = 3000
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a server that starts later (a dispatcher told it in config.yaml).
+    Not one the kernel would hand out: servers that bind port 0 get theirs from its ephemeral
+    range (32768 and up), and a port freed here could be taken by one of those before its
+    server binds it (CI once saw a test's receiver answered by some other server). Below that
+    range, each xdist worker has a band of its own, walked in turn, so that two workers are
+    never handed the same port either."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 4
+    low = 20000 + worker * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = low + next(_NEXT_PORT) % PORTS_PER_WORKER
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + PORTS_PER_WORKER - 1}")
 
 
 class Web:
