@@ -214,3 +214,46 @@ def test_a_warm_job_whose_build_fails_after_its_release_ends(orch) -> None:
         assert "still running" not in run.stderr
     finally:
         index.close()
+
+
+def test_an_engine_that_cannot_load_a_layer_gets_the_same_environment_committed(
+    tmp_path, engine, runner_image: str
+) -> None:
+    """The fallback for an engine that refuses a lone layer (the containerd image store), on
+    the real engine: a root container removes what the layer replaces, puts its files in
+    place, and is committed. The image runs the declared packages, one pytest, nothing setuid."""
+    from orchestrator.backends.engine import Engine
+    from orchestrator.environment.build import Environments, Settings
+    from orchestrator.environment.needs import detect
+    from orchestrator.environment.sandbox import Limits
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pyproject.toml").write_text(SRC_PYPROJECT.format(deps='"packaging>=23", "iniconfig>=2.0"'))
+    ours = Engine()
+    instance = f"fallback-{time.monotonic_ns()}"
+    settings = Settings(None, (), 300, 1 << 30, Limits("512m", 1.0, 256), "1000:1000", instance)
+    environments = Environments(tmp_path / "state", ours, settings)
+    environments._loads = False  # as after the engine refused a load
+    try:
+        built = environments.ensure("fallback-demo", detect(src), ours.image(runner_image), "3.11")
+        assert built.built and engine.images.get(built.image.id).labels["orchestrator.instance"] == instance
+        check = (
+            "import packaging, iniconfig, pytest, os\n"
+            "from importlib.metadata import distributions\n"
+            "assert [d.version for d in distributions() if d.metadata['Name'] == 'pytest'] == [pytest.__version__]\n"
+            "assert int(pytest.__version__.split('.')[0]) >= 9\n"
+            "print('ok', pytest.__version__)\n"
+        )
+        out = engine.containers.run(
+            built.image.id, entrypoint=["python3", "-c", check], network_mode="none", remove=True
+        )
+        assert out.decode().startswith("ok 9"), out
+        setuid = engine.containers.run(
+            built.image.id, entrypoint=["sh", "-c", "find / -xdev -perm /6000 -type f"], remove=True, user="0"
+        )
+        assert setuid.strip() == b""
+    finally:
+        for image in engine.images.list(filters={"label": f"orchestrator.instance={instance}"}):
+            engine.images.remove(image.id, force=True)
+        ours.close()
