@@ -1,14 +1,16 @@
 """The host's side of an environment's resolution: the package indexes of config.yaml,
-and nothing else, served to pip in a container that has no network.
+and nothing else, served to the resolver (uv) in a container that has no network.
 
-pip runs in the resolution container (sandbox.py) and reaches this proxy through a unix
+uv runs in the unpack container (sandbox.py) and reaches this proxy through a unix
 socket mounted into it. The proxy answers two kinds of request:
 
 - ``/simple/<n>/<project>/``: the project's page of the n-th configured index, fetched
   here and written out again with every file link replaced by a ``/files/<token>`` of this
-  proxy (its ``#sha256=`` kept, so pip still checks what it gets);
+  proxy (its ``#sha256=`` kept, so the resolver still checks what it gets, and so does the
+  wheel cache before it keeps a file: wheels.py);
 - ``/files/<token>/<name>`` (and ``<name>.metadata``, PEP 658): a file that an index page
-  linked, under its own name (pip reads a distribution's version and tags from it).
+  linked, under its own name (the resolver reads a distribution's version and tags from it);
+  its head is answered here, with no ranges offered.
 
 So every URL this host fetches is an index's from config.yaml, or one an index's page named:
 never one a commit chose. An index that cannot be reached, times out or answers other than
@@ -85,7 +87,7 @@ class IndexProxy:
             thread.join(timeout=5)
             self._session.close()
 
-    # -- what pip asks for ------------------------------------------------------------
+    # -- what the resolver asks for ------------------------------------------------------------
 
     def page(self, index: int, project: str) -> tuple[int, bytes]:
         """The project's page of index ``index``, its links made this proxy's."""
