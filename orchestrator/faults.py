@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import signal
 
+CRASH_AT = "ORCHESTRATOR_CRASH_AT"  # the variable that names the point
 POINTS = frozenset({"job-claimed", "container-created", "container-started", "result-written", "job-finished"})
 
 
 def crash_point(name: str) -> None:
     assert name in POINTS, name
-    if os.environ.get("ORCHESTRATOR_CRASH_AT") == name:
+    if os.environ.get(CRASH_AT) == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from orchestrator.faults import CRASH_AT
 from tests.helpers import PASSING
 
 pytestmark = pytest.mark.docker
@@ -46,7 +47,7 @@ def _one_final_result_each(orch, shas: list[str]) -> list[dict]:
 )
 def test_sigkill_at_each_step(orch, point: str, attempts: int) -> None:
     shas = _three_commits(orch)
-    crashed = orch.cli("run", "--once", env={"ORCHESTRATOR_CRASH_AT": point})
+    crashed = orch.cli("run", "--once", env={CRASH_AT: point})
     assert crashed.returncode == -signal.SIGKILL
     restarted = orch.cli("run", "--once")
     assert restarted.returncode == 0, restarted.stderr
@@ -189,7 +190,7 @@ def test_a_webhook_is_sent_after_a_kill_between_the_final_status_and_its_deliver
     the next start sends it, once, with the job's idempotency key."""
     sha = orch.repo.commit("root", PASSING)
     orch.configure(notify={"webhooks": [webhooks.url], "on": "all"})
-    crashed = orch.cli("run", "--once", env={"ORCHESTRATOR_CRASH_AT": "job-finished"})
+    crashed = orch.cli("run", "--once", env={CRASH_AT: "job-finished"})
     assert crashed.returncode == -signal.SIGKILL
     assert webhooks.received == []  # killed before anything was sent
     restarted = orch.cli("run", "--once")

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from runner_image import orchestrator_protocol as protocol
 from tests.helpers import PASSING
 
 pytestmark = pytest.mark.docker
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.docker
 GOOD = "def test_value():\n    assert 1 + 1 == 2\n"
 BAD = "def test_value():\n    assert 1 + 1 == 3, 'broken by this commit'\n"
 # fails on a commit's first attempt, passes when the same commit is tested again
-FLAKY = "import os\n\ndef test_value():\n    assert os.environ['ORCHESTRATOR_ATTEMPT'] != '1'\n"
+FLAKY = f"import os\n\ndef test_value():\n    assert os.environ['{protocol.ATTEMPT}'] != '1'\n"
 SLOW_BAD = "import time\n\ndef test_value():\n    time.sleep(6)\n    assert 1 + 1 == 3\n"
 
 

@@ -25,7 +25,7 @@ def spec(**options):
         Path("/w/src"),
         Path("/w/out"),
         ImageInfo("env:x", "sha256:e"),
-        {"ORCHESTRATOR_INSTALL": "1"},
+        {protocol.INSTALL: "1"},
         **options,
     )
 
@@ -41,7 +41,7 @@ def test_a_claimed_jobs_container() -> None:
         "orchestrator.commit": "c" * 40,
     }
     assert made.variables == {
-        "ORCHESTRATOR_INSTALL": "1",
+        protocol.INSTALL: "1",
         "CI": "true",
         "HOME": "/tmp",
         protocol.COMMIT: "c" * 40,
