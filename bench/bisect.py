@@ -11,7 +11,6 @@ time until the culprit is named; and the jobs (containers) each mode spent.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE  # noqa: E402
+from workloads import FULL, SMOKE, save  # noqa: E402
 
 from orchestrator.models import parse_iso  # noqa: E402
 
@@ -104,8 +103,7 @@ def main() -> int:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     every, co = result["every_commit"], result["coalesced"]
     print(f"{count} commits pushed at once, commit {bad} breaks the suite, parallelism 2\n")
     print("| | every commit | coalesced, then bisected |\n|---|---|---|")

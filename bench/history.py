@@ -12,7 +12,6 @@ recording costs is also in each real job's result.json (``timings.history_s``).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE, pct, serving, sh  # noqa: E402
+from workloads import FULL, SMOKE, pct, save, serving, sh  # noqa: E402
 
 from orchestrator import history  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
@@ -113,8 +112,7 @@ def main() -> int:
         result = measure(Bench(work, SMOKE if args.smoke else FULL), jobs, cases, n)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     r = result
     print(f"{r['cases_recorded']:,} test cases recorded ({r['jobs']} jobs of {r['cases_per_job']})\n")
     print("| figure | p50 | p95 |\n|---|---|---|")

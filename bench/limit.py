@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shutil
 import statistics
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import Bench  # noqa: E402
 from warm import series  # noqa: E402
-from workloads import FULL, SMOKE  # noqa: E402
+from workloads import FULL, SMOKE, save  # noqa: E402
 
 from orchestrator.models import parse_iso  # noqa: E402
 
@@ -118,8 +117,7 @@ def main() -> int:
         result = measure(Bench(work, SMOKE if args.smoke else FULL), args.smoke, 1 if args.smoke else args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(table(result))
     return 0
 

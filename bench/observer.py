@@ -14,7 +14,6 @@ Goals: under half a core, p50 under 2 s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -30,6 +29,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from workloads import save  # noqa: E402
 
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
@@ -169,8 +171,7 @@ def main() -> int:
         result = measure(work, count, 5.0, 3 if args.smoke else 12, 5.0 if args.smoke else 30.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(
         f"{result['repositories']} repositories, poll_interval {result['poll_interval_s']:g} s: "
         f"observer {result['observer_cores']:.2f} cores while quiet; push -> queued "

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import environments  # noqa: E402
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE, sh  # noqa: E402
+from workloads import FULL, SMOKE, save, sh  # noqa: E402
 
 MATRIX = ["3.11", "3.13", "3.14"]
 
@@ -197,8 +197,7 @@ def main() -> int:
     finally:
         environments.remove_images()
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(table(result))
     return 0
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import environments  # noqa: E402
-from workloads import FULL, SMOKE, Workloads, pct, rss, serving, sh, wait_http, wait_job  # noqa: E402
+from workloads import FULL, SMOKE, Workloads, pct, rss, save, serving, sh, wait_http, wait_job  # noqa: E402
 
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.mirror import Mirrors  # noqa: E402
@@ -343,8 +343,7 @@ def main() -> int:
             if container["Labels"].get("orchestrator.repository") == "bench":
                 client.api.remove_container(container["Id"], force=True)
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(table(result))
     print(f"\nJSON: {args.out}")
     return 0

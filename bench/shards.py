@@ -14,7 +14,6 @@ balance, the longest shard over the mean shard.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE  # noqa: E402
+from workloads import FULL, SMOKE, save  # noqa: E402
 
 # (count, seconds): 39.5 s in all, a few long tests and many short ones
 FULL_SUITE = [(8, 2.0), (14, 1.0), (20, 0.4), (30, 0.05)]
@@ -117,8 +116,7 @@ def main() -> int:
         "split_over_quarter": round(split["duration_s"] / (unsplit["duration_s"] / 4), 3),
         "balance": round(max(durations) / statistics.mean(durations), 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(
         f"{result['tests']} tests, {result['suite_s']} s of sleeps, uneven; parallelism 4; "
         f"host, sequential: {result['host_sequential_s']:.1f} s\n"

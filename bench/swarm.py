@@ -15,7 +15,6 @@ worker pull them, as any Swarm does once.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE, sh  # noqa: E402
+from workloads import FULL, SMOKE, save, sh  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "swarm-testbed.sh"
 
@@ -106,8 +105,7 @@ def main() -> int:
         if args.registry is None:
             subprocess.run(["bash", str(SCRIPT), "down", str(bed)], capture_output=True, timeout=300)
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(table(result))
     return 0
 

@@ -13,7 +13,6 @@ machine that slows down during the run slows both.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import Bench  # noqa: E402
-from workloads import FULL, SMOKE, sh  # noqa: E402
+from workloads import FULL, SMOKE, save, sh  # noqa: E402
 
 
 def series(bench: Bench, commits: int, files: int, trivial: int) -> tuple[Path, str, list[str]]:
@@ -103,8 +102,7 @@ def main() -> int:
         result = measure(Bench(work, SMOKE if args.smoke else FULL), args.smoke, 1 if args.smoke else args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     print(table(result))
     return 0
 

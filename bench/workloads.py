@@ -3,6 +3,7 @@ host floor, and the small helpers the measurements share (see run.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,12 @@ SMOKE = Sizes(2, 2, 0.05, 0.2, (1, 2), 2, 200, 20, 10, numpy=False)
 
 def sh(*args: str, cwd: Path | None = None, **kw) -> str:
     return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True, **kw).stdout.strip()
+
+
+def save(out: Path, result: dict) -> None:
+    """A benchmark's figures as JSON at ``out`` (bench/out/ by default), beside its table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def pct(values: list[float], q: float) -> float:
