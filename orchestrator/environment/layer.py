@@ -55,6 +55,8 @@ class Site:
         for where in (purelib, scripts):
             if not isinstance(where, str) or not _SAFE_PATH.match(where) or posixpath.normpath(where) != where:
                 raise BadSite(f"{path.name}: not a plain absolute path: {str(where)[:100]!r}")
+            if not where.startswith("/usr/"):  # an interpreter's folders: never /etc, /bin or /opt/runner
+                raise BadSite(f"{path.name}: not a folder of the interpreter under /usr: {where[:100]!r}")
         if not isinstance(present, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(p, str) for p in v)
             for k, v in present.items()

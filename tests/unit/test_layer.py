@@ -97,6 +97,8 @@ def test_a_distribution_the_unpack_did_not_install_is_left_alone(tmp_path: Path)
     "document",
     [
         {"purelib": "usr/lib", "scripts": "/usr/local/bin"},
+        {"purelib": "/usr/lib/python3/dist-packages", "scripts": "/etc/cron.d"},
+        {"purelib": "/opt/runner", "scripts": "/usr/local/bin"},
         {"purelib": "/usr/lib/../../etc", "scripts": "/usr/local/bin"},
         {"purelib": "/usr/lib", "scripts": "/usr/local/bin\n/etc"},
         {"purelib": "/usr/lib", "scripts": "/usr/local/bin", "present": {"a-1.dist-info": "pkg/x.py"}},
