@@ -13,16 +13,21 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
-    out = tmp_path / "bench.json"
+def smoke(script: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """``bench/<script> --smoke``, which must exit 0: its output and its JSON figures."""
+    out = tmp_path / f"{script}.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    proc, result = smoke("run.py", tmp_path)
     assert result["cores"] >= 1 and result["smoke"] is True
     assert result["overhead"]["io"]["all_passed"] and result["overhead"]["cpu"]["all_passed"]
     assert all(row["all_passed"] for row in result["scaling"]["by_parallelism"].values())
@@ -33,71 +38,31 @@ def test_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
 
 
 def test_warm_pool_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
-    out = tmp_path / "warm.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "warm.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    proc, result = smoke("warm.py", tmp_path)
     assert result["host_floor_s"] > 0 and all(row["all_passed"] for row in result["by_parallelism"].values())
     assert "| parallelism | one warm job |" in proc.stdout
 
 
 def test_bisection_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
-    out = tmp_path / "bisect.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bisect.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]  # 0 only when the right commit was named
-    result = json.loads(out.read_text())
+    proc, result = smoke("bisect.py", tmp_path)  # 0 only when the right commit was named
     assert result["coalesced"]["culprit"] == result["bad"] and result["every_commit"]["jobs"] == result["commits"]
     assert "| jobs spent |" in proc.stdout
 
 
 def test_history_benchmark_smoke_run(tmp_path: Path) -> None:
-    out = tmp_path / "history.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "history.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    proc, result = smoke("history.py", tmp_path)
     assert result["cases_recorded"] == result["jobs"] * result["cases_per_job"]
     assert "| `GET /api/jobs`, a page of 50 |" in proc.stdout
 
 
 def test_shards_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
-    out = tmp_path / "shards.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "shards.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]  # 0 only when both runs passed and the shards ran every test
-    result = json.loads(out.read_text())
+    proc, result = smoke("shards.py", tmp_path)  # 0 only when both runs passed and the shards ran every test
     assert len(result["split"]["shards"]) == 4 and result["split_over_unsplit"] < 1
     assert "| balance: longest shard / mean shard |" in proc.stdout
 
 
 def test_limit_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
-    out = tmp_path / "limit.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "limit.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    proc, result = smoke("limit.py", tmp_path)
     assert result["all_passed"] and result["host_floor_s"] > 0 and result["p1_s"] > 0 and result["p4_s"] > 0
     assert set(result["phases_s"]) == {"1", "4"} and result["phases_s"]["1"]["run_s"] > 0
     assert "| parallelism 1, our time / host floor |" in proc.stdout
