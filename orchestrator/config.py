@@ -54,6 +54,9 @@ class RepositoryConfig(_Strict):
     ] = []  # globs, relative to the workspace, beyond .ci-artifacts/
     shards: int | Literal["auto"] = 1  # containers one commit's suite is split across (sharding.py)
     shard_unit: Literal["test", "class", "module"] = "test"  # what the split keeps together
+    # queue: the shards take units from a queue they share as they go (one engine); fixed: each
+    # shard's share is set at collection from the recorded durations (always so on a Swarm)
+    shard_split: Literal["queue", "fixed"] = "queue"
 
     @field_validator("shards", mode="before")
     @classmethod

@@ -46,6 +46,7 @@ class Plan:
     count: int
     unit: str = "test"
     durations: dict[str, float] = field(default_factory=dict)
+    queue: bool = False  # the shards take units from a shared queue, where the engine can share a folder
 
     def document(self) -> bytes:
         """The plan file's bytes: what every shard of the commit reads."""
@@ -113,7 +114,10 @@ class Planner:
         repo = self.repositories.get(repository)
         durations = self.store.tests.durations(repository, MAX_DURATIONS, python)
         return Plan(
-            count, repo.shard_unit if repo else "test", {test: round(seconds, 4) for test, seconds in durations.items()}
+            count,
+            repo.shard_unit if repo else "test",
+            {test: round(seconds, 4) for test, seconds in durations.items()},
+            queue=repo is not None and repo.shard_split == "queue",
         )
 
     def suite_seconds(self, repository: str, python: str = "") -> float | None:
@@ -143,6 +147,20 @@ def mismatch(reports: list[Report]) -> str | None:
         f"the shards collected different tests ({' vs '.join(counts)} tests, or the same number with other ids): "
         "some test ids change from one run to the next; give them stable ids, or set shards: 1"
     )
+
+
+def unrun(reports: list[Report]) -> str | None:
+    """Why the shards did not run each collected test exactly once, if they did not: the
+    tests each says it ran do not add up to what they collected. Asked only of reports that
+    all say both (a shard stopped early by an error says neither)."""
+    collected = {r.property(COLLECTED) for r in reports}
+    ran = [r.property(protocol.RAN_PROPERTY) for r in reports]
+    if len(collected) != 1 or None in collected or not all(n and n.isdigit() for n in ran):
+        return None
+    total, expected = sum(int(n) for n in ran if n), (collected.pop() or "").partition(":")[0]
+    if not expected.isdigit() or total == int(expected):
+        return None
+    return f"the shards ran {total} tests in all, not once each of the {expected} they collected"
 
 
 def summary(index: int, status: JobStatus, **facts: Any) -> dict[str, Any]:

@@ -73,9 +73,12 @@ class Workspaces:
 
     def hand_over(self, ws: Workspace) -> None:
         """Give the checkout and output folder to the container's user."""
-        if os.getuid() != 0:
-            return
         for top in (ws.src, ws.out):
+            self.hand_over_folder(top)
+
+    def hand_over_folder(self, top: Path) -> None:
+        """Give ``top`` and what it holds to the container's user."""
+        if os.getuid() == 0:
             for dirpath, dirnames, filenames in os.walk(top):
                 os.lchown(dirpath, RUNNER_UID, RUNNER_UID)
                 for name in filenames + dirnames:

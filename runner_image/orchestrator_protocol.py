@@ -15,6 +15,7 @@ import re
 # -- paths inside the container ----------------------------------------------------------
 WORKSPACE = "/workspace"  # the commit's checkout (read-write)
 OUTPUT_DIR = "/ci-out"  # what the host reads back
+CLAIMS_DIR = "/ci-claims"  # a split suite's shared queue on one engine: one claim per unit taken
 JUNIT = f"{OUTPUT_DIR}/junit.xml"  # pytest's JUnit report (re-runs appended)
 SITE = f"{OUTPUT_DIR}/site"  # where the commit itself is installed
 SHARD_PLAN = "shard-plan.json"  # in OUTPUT_DIR: a split suite's plan (the host writes it)
@@ -28,6 +29,7 @@ COMMAND = "ORCHESTRATOR_COMMAND"  # a shell command instead of `pytest tests`
 RERUN_FAILURES = "ORCHESTRATOR_RERUN_FAILURES"  # N: re-run failed tests up to N times
 SHARD = "ORCHESTRATOR_SHARD"  # "k/N": run only this share of the suite (SHARD_PLAN)
 SHARD_TRY = "ORCHESTRATOR_SHARD_TRY"  # which try of a shard this is (for its log)
+SHARD_CLAIMS = "ORCHESTRATOR_SHARD_CLAIMS"  # CLAIMS_DIR: take units from the shared queue, not a fixed share
 RELEASE = "ORCHESTRATOR_RELEASE_FILE"  # start warm: wait for this file before the tests
 REPORT_FRAME = "ORCHESTRATOR_REPORT_FRAME"  # "1": print the report framed at the end of the log
 DISK_LIMITS = "ORCHESTRATOR_DISK_LIMITS"  # JSON [[[folder, ...], bytes], ...]: supervise the suite
@@ -45,6 +47,7 @@ EXIT_OUT_OF_MEMORY = 104  # only there too: the cgroup's OOM kill count rose
 RERUN_SUITE = "orchestrator-rerun-"  # + k: the k-th re-run's testsuite, appended by the entrypoint
 SHARD_PROPERTY = "orchestrator-shard"  # a shard's report: "k/N"
 COLLECTED_PROPERTY = "orchestrator-collected"  # a shard's report: "count:digest" of what it collected
+RAN_PROPERTY = "orchestrator-ran"  # a shard's report: how many of them it ran (its loop ended)
 
 
 def frame(marker: str) -> str:

@@ -41,6 +41,7 @@ LABEL_WARM = "orchestrator.warm"
 LABEL_SHARD = "orchestrator.shard"  # "k/N" on each container of a split suite
 
 WORKSPACE, OUTPUT_DIR, MAX_REPORT_BYTES = protocol.WORKSPACE, protocol.OUTPUT_DIR, protocol.MAX_REPORT_BYTES
+CLAIMS_DIR = protocol.CLAIMS_DIR
 
 
 def container_name(instance: str, job_id: int, attempt: int, shard: int | None = None) -> str:
@@ -66,6 +67,7 @@ class ContainerSpec:
     tmp_size: str = "1g"  # the scratch space at /tmp (exec: suites run what they write there)
     disk: str = "2g"  # what the workspace may hold (watched on the host; a bound of the task's own on a Swarm)
     cpu_shares: int | None = None  # a warm container's low weight until its release (None: the engine's default)
+    claims: Path | None = None  # host folder mounted read-write at CLAIMS_DIR: a split suite's shared queue
 
 
 class Phase(str, Enum):

@@ -18,6 +18,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import LogConfig
 
 from orchestrator.backends.base import (
+    CLAIMS_DIR,
     MAX_REPORT_BYTES,
     OUTPUT_DIR,
     WORKSPACE,
@@ -51,6 +52,7 @@ def create_args(spec: ContainerSpec) -> dict[str, Any]:
             "binds": {
                 str(spec.workspace): {"bind": WORKSPACE, "mode": "rw"},
                 str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"},
+                **({str(spec.claims): {"bind": CLAIMS_DIR, "mode": "rw"}} if spec.claims else {}),
             },
             "network_mode": spec.network,
             "mem_limit": spec.memory,

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from orchestrator.backends.base import ContainerState
@@ -32,7 +33,7 @@ from orchestrator.run.context import Context
 from orchestrator.run.spec import Shard as ShardSpec
 from orchestrator.run.spec import container_spec
 from orchestrator.run.watch import Abandoned, Watch
-from orchestrator.sharding import PLAN_FILE, Plan, mismatch, summary, worst
+from orchestrator.sharding import PLAN_FILE, Plan, mismatch, summary, unrun, worst
 from orchestrator.verdict import judge
 from orchestrator.workspace import Workspace, make_output, remove_tree
 
@@ -84,6 +85,7 @@ class Shard:
         (self.ws.out / PLAN_FILE).write_bytes(plan.document())
         ctx.workspaces.hand_over(self.ws)
         assert attempt.runs_in is not None
+        watched = [self.ws.src, self.ws.out] + ([attempt.claims] if attempt.claims else [])
         spec = container_spec(
             ctx.config.runner,
             ctx.instance,
@@ -94,7 +96,7 @@ class Shard:
             self.ws.out,
             attempt.runs_in.image,
             attempt.runs_in.variables,
-            shard=ShardSpec(self.index, plan.count, self.tries),
+            shard=ShardSpec(self.index, plan.count, self.tries, attempt.claims),
         )
         container_id = steps.prepare(ctx, spec, attempt.runs_in)
         self.containers.append(container_id)
@@ -103,7 +105,7 @@ class Shard:
         if self.capped is not None:
             self.capped.close()
         self.capped = CappedLog(self.ws.spool, ctx.config.runner.max_log_bytes)
-        final, killed = Watch(ctx, job, container_id, self.capped, [self.ws.src, self.ws.out]).until_exit(self.started)
+        final, killed = Watch(ctx, job, container_id, self.capped, watched).until_exit(self.started)
         self.report = Report(ctx.backend.report(container_id, self.ws.out))
         self.status, self.message = judge(
             ctx.config.runner, final, killed, self.report, self.capped.head(), collect.reruns(ctx, job.repository)
@@ -153,6 +155,7 @@ class SplitAttempt:
         self.shards: list[Shard] = []
         self.runs_in: Setup | None = None
         self.timings = steps.Timings()
+        self.claims: Path | None = None  # the shards' shared queue, where the engine can mount one folder in all
 
     def run(self) -> Job:
         try:
@@ -175,6 +178,10 @@ class SplitAttempt:
         with self.timings.measure("environment"):
             self.runs_in = steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
         image = self.runs_in.image
+        if self.plan.queue and self.ctx.backend.shares_workspace:  # a Swarm's tasks share no folder
+            self.claims = self.ws.root / "claims"
+            self.claims.mkdir()
+            self.ctx.workspaces.hand_over_folder(self.claims)
         self.shards = [Shard(self, k) for k in range(1, self.plan.count + 1)]
         self._record(
             image_tag=image.tag,
@@ -221,7 +228,8 @@ class SplitAttempt:
         status = worst([s.status for s in self.shards])
         first = next(s for s in self.shards if s.status is status)
         message = f"{first.name}: {first.message}" if first.message else None
-        if status is not JobStatus.CANCELLED and (why := mismatch([s.report for s in self.shards])):
+        reports = [s.report for s in self.shards]
+        if status is not JobStatus.CANCELLED and (why := mismatch(reports) or unrun(reports)):
             status, message = JobStatus.ERROR, why
         ends = [s.final.finished_at for s in self.shards if s.final is not None and s.final.finished_at]
         counted = collect.reruns(self.ctx, self.job.repository)

@@ -31,6 +31,7 @@ class Shard:
     index: int  # from 1
     count: int
     tries: int = 1
+    claims: Path | None = None  # the queue shared with the other shards (one engine), else a fixed share
 
 
 def container_spec(
@@ -69,6 +70,8 @@ def container_spec(
     if shard is not None:
         labels[LABEL_SHARD] = f"{shard.index}/{shard.count}"
         variables_.update({protocol.SHARD: f"{shard.index}/{shard.count}", protocol.SHARD_TRY: str(shard.tries)})
+        if shard.claims is not None:
+            variables_[protocol.SHARD_CLAIMS] = protocol.CLAIMS_DIR
     return ContainerSpec(
         name=container_name(instance, job.id, attempt, shard.index if shard else None),
         image=image.id,
@@ -85,4 +88,5 @@ def container_spec(
         disk=runner.disk,
         cpu_shares=WARM_CPU_SHARES if warm else None,
         variables=variables_,
+        claims=shard.claims.resolve() if shard is not None and shard.claims is not None else None,
     )

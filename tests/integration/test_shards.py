@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 import xml.etree.ElementTree as ET
-from pathlib import Path
+
+import pytest
 
 from orchestrator.backends.base import LABEL_SHARD
-
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("orchestrator_shard", ROOT / "runner_image" / "orchestrator_shard.py")
-shard_plugin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(shard_plugin)
 
 # Uneven durations that four groups can balance exactly (2 s each), spread over three files
 # unevenly, so that a split by file (what is done with no history) could not.
@@ -53,11 +48,11 @@ def nodeid(test: str) -> str:
     return f"{module.replace('.', '/')}.py::{name}"
 
 
-def test_a_split_suite_runs_each_test_once_balanced_on_recorded_durations_and_fails_by_its_shard(orch) -> None:
+def test_a_split_suite_takes_each_test_once_from_the_shared_queue_and_fails_by_its_shard(orch) -> None:
     """Unsplit first (which records the durations), then split 4 ways: each test runs in
-    exactly one shard, the merged report holds the unsplit run's test ids, each shard got
-    the longest-first group the recorded durations give; then a test of shard 3 fails:
-    the commit is failed, naming it, and only shard 3 is."""
+    exactly one shard, the merged report holds the unsplit run's test ids, each shard took
+    its tests from the queue the four share, longest first, and the shards end together;
+    then a test fails: the commit is failed, naming it, and only the shard that ran it is."""
     first = orch.repo.commit("suite", suite())
     orch.configure(runner={"parallelism": 4})
     assert orch.cli("run", "--once").returncode == 0
@@ -75,33 +70,34 @@ def test_a_split_suite_runs_each_test_once_balanced_on_recorded_durations_and_fa
     assert sorted(merged) == sorted(unsplit)  # none missed, none twice
     shards = result["shards"]
     assert [s["index"] for s in shards] == [1, 2, 3, 4] and {s["status"] for s in shards} == {"passed"}
-    expected = shard_plugin.split(sorted(nodeid(t) for t in unsplit), 4, recorded)
-    for index, group in enumerate(expected, start=1):
+    assert sum(s["tests"]["total"] for s in shards) == 10
+    for index in range(1, 5):
         log = orch.path(split, f"output.{index}.log").read_text()
-        ran = {n for n in map(nodeid, unsplit) if f"{n} PASSED" in log}
-        assert ran == set(group), (index, ran, group)
-        assert f"shard {index} of 4: {len(group)} of 10 tests" in log
-    loads = [sum(recorded[t] for t in unsplit if nodeid(t) in group) for group in expected]
-    assert max(loads) / (sum(loads) / 4) < 1.2, loads  # balanced, where a split by file could not be
+        assert f"shard {index} of 4: taking the 10 tests from a queue shared with the other shards" in log
+    # the longest test (2.0 s) bounds the split; the queue keeps every shard near it
+    logs = [orch.path(split, f"output.{k}.log").read_text() for k in range(1, 5)]
+    loads = [sum(recorded[t] for t in unsplit if f"{nodeid(t)} PASSED" in log) for log in logs]
+    assert sum(loads) == pytest.approx(sum(recorded.values())) and max(loads) <= 2.0 * 1.3, loads
     combined = orch.log(split).decode()
     assert all(f"===== shard {k} of 4: passed =====" in combined for k in range(1, 5))
 
-    victim = next(t for t in unsplit if nodeid(t) in expected[2]).rpartition("::test_")[2]
+    victim = "medium"
     broken = orch.repo.commit("break one", suite(failing=victim, note="broken"))
     assert orch.cli("run", "--once").returncode == 1
     result = orch.result(broken)
     assert result["status"] == "failed" and result["tests"]["failed"] == 1
-    assert [s["status"] for s in result["shards"]] == ["passed", "passed", "failed", "passed"]
+    failing = [k for k in range(1, 5) if "broken on purpose" in orch.path(broken, f"output.{k}.log").read_text()]
+    assert len(failing) == 1, failing
+    assert [s["status"] for s in result["shards"]] == ["failed" if k in failing else "passed" for k in range(1, 5)]
     assert f"test_{victim}" in orch.path(broken, "junit.xml").read_text()
-    assert "broken on purpose" in orch.path(broken, "output.3.log").read_text()
-    shown = orch.cli("logs", broken[:12], "--shard", "3")
+    shown = orch.cli("logs", broken[:12], "--shard", str(failing[0]))
     assert shown.returncode == 0 and "broken on purpose" in shown.stdout
 
 
 def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
-    """No history: two shards, one test file each. One shard's container is removed while
-    it runs; that shard runs again in a new container, the other is not touched, and the
-    commit passes with every test once."""
+    """No history: two shards, two tests. One shard's container is removed while it runs;
+    that shard runs again in a new container, takes back the test it had claimed, the
+    other is not touched, and the commit passes with every test once."""
     sha = orch.repo.commit(
         "two files",
         {
@@ -128,14 +124,21 @@ def test_a_shard_removed_by_the_engine_runs_again_alone(orch) -> None:
     ]
 
 
-def test_more_shards_than_tests_leaves_the_extra_ones_empty_and_passing(orch) -> None:
+@pytest.mark.parametrize("split", ["queue", "fixed"])
+def test_more_shards_than_tests_leaves_the_extra_ones_empty_and_passing(orch, split: str) -> None:
+    """Either way of splitting: with the queue, two shards find it empty; with the fixed
+    split (which shares no folder), two get an empty share."""
     count = 3
     sha = orch.repo.commit("one test", {"tests/test_only.py": "def test_only():\n    pass\n"})
-    orch.configure(runner={"parallelism": 3}, repository={"shards": count})
+    orch.configure(runner={"parallelism": 3}, repository={"shards": count, "shard_split": split})
     assert orch.cli("run", "--once").returncode == 0
     result = orch.result(sha)
     assert result["status"] == "passed" and result["tests"]["total"] == 1, result
     assert len(result["shards"]) == count and {s["status"] for s in result["shards"]} == {"passed"}
+    assert sorted(s["tests"]["total"] for s in result["shards"]) == [0, 0, 1]
+    logs = [orch.path(sha, f"output.{k}.log").read_text() for k in range(1, count + 1)]
+    said = "taking the 1 tests from a queue shared" if split == "queue" else "of 1 tests (by test file"
+    assert all(said in log for log in logs), logs
 
 
 WRITES_COVERAGE = """def test_{name}():

@@ -4,6 +4,7 @@ docker-py's client. That the engine does what is asked is tests/integration's jo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from orchestrator.backends.base import ContainerSpec, Phase
@@ -52,6 +53,11 @@ def test_a_job_container_is_confined() -> None:
     assert host["read_only"] is True and host["tmpfs"] == {"/tmp": "rw,exec,nosuid,nodev,size=100m"}
     assert host["init"] is True and host["cpu_shares"] is None
     assert host["log_config"]["Config"] == {"max-size": str(1 << 20), "max-file": "2"}  # at least 1 MiB a file
+
+
+def test_a_shard_of_a_queued_split_also_mounts_the_shared_claims_folder() -> None:
+    binds = create_args(dataclasses.replace(SPEC, claims=Path("/w/claims")))["host_config"]["binds"]
+    assert binds["/w/claims"] == {"bind": "/ci-claims", "mode": "rw"} and len(binds) == 3
 
 
 def test_a_warm_container_waits_at_the_lowest_weight_and_a_network_is_kept() -> None:

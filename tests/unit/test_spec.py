@@ -66,3 +66,6 @@ def test_warm_and_shard_options() -> None:
     assert shard.name == "orchestrator-inst-7-2-s2" and shard.labels["orchestrator.shard"] == "2/3"
     assert shard.variables[protocol.SHARD] == "2/3" and shard.variables[protocol.SHARD_TRY] == "2"
     assert "orchestrator.warm" not in shard.labels and shard.cpu_shares is None
+    assert shard.claims is None and protocol.SHARD_CLAIMS not in shard.variables  # a fixed share
+    queued = spec(shard=Shard(1, 3, claims=Path("/w/claims")))
+    assert queued.claims == Path("/w/claims").resolve() and queued.variables[protocol.SHARD_CLAIMS] == "/ci-claims"
