@@ -56,9 +56,12 @@ def test_history_benchmark_smoke_run(tmp_path: Path) -> None:
 
 
 def test_shards_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
-    proc, result = smoke("shards.py", tmp_path)  # 0 only when both runs passed and the shards ran every test
-    assert len(result["split"]["shards"]) == 4 and result["split_over_unsplit"] < 1
-    assert "| balance: longest shard / mean shard |" in proc.stdout
+    proc, result = smoke("shards.py", tmp_path)  # 0 only when every run passed and the shards ran every test
+    cases = result["cases"]
+    assert list(cases) == ["as recorded", "slower, fixed split", "slower, queue", "no history, queue"]
+    assert all(len(case["shards"]) == 4 and case["over_best"] > 0 for case in cases.values())
+    assert result["slower"]["tests"] > 0 and result["split_over_unsplit"] < 1
+    assert "| slower, queue |" in proc.stdout
 
 
 def test_limit_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
