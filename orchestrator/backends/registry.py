@@ -9,6 +9,7 @@ API, so this is how both the image and the commit's files reach a node.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import tarfile
 import tempfile
@@ -19,6 +20,7 @@ from docker.errors import APIError, NotFound
 
 from orchestrator.backends.base import OUTPUT_DIR, WORKSPACE, ContainerSpec, ImageInfo
 from orchestrator.backends.engine import Engine, engine_call
+from orchestrator.backends.images import LoadRefused, load_layer
 from orchestrator.errors import ContainerGone, ImageMissing
 
 log = logging.getLogger("orchestrator.swarm")
@@ -54,31 +56,44 @@ class JobImages:
         return f"{target}@{self._push(target, tag or 'latest')}"
 
     def push_job(self, spec: ContainerSpec) -> str:
-        """The checkout on top of ``spec.image``: a container of that image (never started)
-        gets the files and is committed: one layer, the labels in its config, faster than
-        a build step and blind to the commit's own .dockerignore. Pushed; what runs is
-        ``registry/repository@digest``."""
-        with tempfile.TemporaryFile() as archive:
-            checkout_archive(archive, spec)
-            archive.seek(0)
+        """The checkout on top of ``spec.image``, as one layer loaded into the manager's
+        engine (no container, no commit: a commit costs ~1.9 s on fuse-overlayfs, a load
+        ~0.06 s), with the labels in its config and blind to the commit's own .dockerignore.
+        Pushed; what runs is ``registry/repository@digest``."""
+        tag = self.tag_of(spec.name)
+        with tempfile.TemporaryDirectory(prefix="orchestrator-job-") as folder:
+            layer = Path(folder) / "layer.tar"
+            with open(layer, "wb") as out:
+                checkout_archive(out, spec)
             try:
-                with engine_call("create a job image"):
-                    created = self.api.create_container(spec.image, labels=dict(spec.labels), network_disabled=True)
+                load_layer(self.engine, ImageInfo(spec.image, spec.image), layer, _diff_id(layer), tag, spec.labels)
             except NotFound:
                 raise ImageMissing(f"image {spec.image} is missing: run `orchestrator image build`") from None
-            try:
-                with engine_call("create a job image"):
-                    self.api.put_archive(created["Id"], "/", archive)
-                    self.api.commit(created["Id"], repository=f"{self.registry}/{JOB_REPOSITORY}", tag=spec.name)
-            finally:
-                with contextlib.suppress(NotFound, APIError), engine_call("remove a container"):
-                    self.api.remove_container(created["Id"], force=True)
+            except LoadRefused as exc:  # an engine that wants every layer in the archive
+                log.info("job image %s: %s; committing it from a container instead", spec.name, exc)
+                self._commit(spec, layer)
         try:
             digest = self._push(f"{self.registry}/{JOB_REPOSITORY}", spec.name)
         except RegistryError:
-            self._untag(self.tag_of(spec.name))
+            self._untag(tag)
             raise
         return f"{self.registry}/{JOB_REPOSITORY}@{digest}"
+
+    def _commit(self, spec: ContainerSpec, layer: Path) -> None:
+        """The job image the slow way: a container of ``spec.image`` (never started) gets
+        the files and is committed."""
+        try:
+            with engine_call("create a job image"):
+                created = self.api.create_container(spec.image, labels=dict(spec.labels), network_disabled=True)
+        except NotFound:
+            raise ImageMissing(f"image {spec.image} is missing: run `orchestrator image build`") from None
+        try:
+            with engine_call("create a job image"), open(layer, "rb") as archive:
+                self.api.put_archive(created["Id"], "/", archive)
+                self.api.commit(created["Id"], repository=f"{self.registry}/{JOB_REPOSITORY}", tag=spec.name)
+        finally:
+            with contextlib.suppress(NotFound, APIError), engine_call("remove a container"):
+                self.api.remove_container(created["Id"], force=True)
 
     def _push(self, repository: str, tag: str) -> str:
         digest = None
@@ -127,6 +142,14 @@ class JobImages:
     def _untag(self, tag: str) -> None:
         with contextlib.suppress(NotFound, APIError), engine_call("remove a job image"):
             self.api.remove_image(tag, force=True)
+
+
+def _diff_id(layer: Path) -> str:
+    digest = hashlib.sha256()
+    with open(layer, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _without_registry(name: str) -> str:
