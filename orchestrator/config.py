@@ -194,6 +194,9 @@ class RunnerConfig(_Strict):
     constraints: Annotated[
         list[Annotated[str, Field(pattern=r"^[\w.-]+ *(==|!=) *[^\s]+$", max_length=500)]], Field(max_length=50)
     ] = []
+    # Swarm, network none: an internal network of its own per job (a service cannot join none);
+    # false where the workers' engines give a task without networks none (dockerd --bridge=none)
+    swarm_job_networks: bool = True
 
     @model_validator(mode="after")
     def _swarm_needs_a_registry(self) -> RunnerConfig:

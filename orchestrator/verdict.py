@@ -36,6 +36,10 @@ _PYTEST_ERRORS = {
     EXIT_NO_TESTS_DIR: "tests directory missing in this commit",
     EXIT_NO_PYTEST: "pytest is not installed in the runner image",
     EXIT_NOT_INSTALLED: "the commit could not be installed (install --no-deps; see its log)",
+    protocol.EXIT_HAS_NETWORK: (
+        "the task had a network interface and runner.swarm_job_networks is false: the workers' engines must "
+        "give a task without networks none (dockerd --bridge=none); nothing of the commit ran"
+    ),
 }
 
 

@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -319,9 +320,17 @@ def supervised(limits: list) -> int:
     return 128 - code if code < 0 else code
 
 
+def networks() -> list[str]:
+    """The network interfaces this container has, but loopback."""
+    return sorted(name for _, name in socket.if_nameindex() if name != "lo")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == [SUITE_ARGUMENT]:
         sys.exit(run_suite())
+    if os.environ.get(protocol.NO_NETWORK) and (found := networks()):  # before anything of the commit runs
+        print(f"orchestrator: this task has a network ({', '.join(found)}); nothing of the commit ran", flush=True)
+        sys.exit(protocol.EXIT_HAS_NETWORK)
     marker = take_frame_marker() if os.environ.get(protocol.REPORT_FRAME) else None
     limits = os.environ.get(protocol.DISK_LIMITS)
     # a framed report needs the suite in a process of its own, even with nothing to watch

@@ -32,6 +32,7 @@ SHARD_TRY = "ORCHESTRATOR_SHARD_TRY"  # which try of a shard this is (for its lo
 SHARD_CLAIMS = "ORCHESTRATOR_SHARD_CLAIMS"  # CLAIMS_DIR: take units from the shared queue, not a fixed share
 RELEASE = "ORCHESTRATOR_RELEASE_FILE"  # start warm: wait for this file before the tests
 REPORT_FRAME = "ORCHESTRATOR_REPORT_FRAME"  # "1": print the report framed at the end of the log
+NO_NETWORK = "ORCHESTRATOR_NO_NETWORK"  # "1": refuse to run in a task with any network interface but lo
 DISK_LIMITS = "ORCHESTRATOR_DISK_LIMITS"  # JSON [[[folder, ...], bytes], ...]: supervise the suite
 COMMIT = "ORCHESTRATOR_COMMIT"  # the commit under test (information for the suite)
 ATTEMPT = "ORCHESTRATOR_ATTEMPT"  # the attempt's number (information for the suite)
@@ -42,6 +43,7 @@ EXIT_NO_PYTEST = 101
 EXIT_NOT_INSTALLED = 102
 EXIT_DISK_LIMIT = 103  # only where the entrypoint supervises the suite (a Swarm task)
 EXIT_OUT_OF_MEMORY = 104  # only there too: the cgroup's OOM kill count rose
+EXIT_HAS_NETWORK = 105  # NO_NETWORK was asked, and the task has a network: nothing of the commit ran
 
 # -- what the report carries -----------------------------------------------------------------
 RERUN_SUITE = "orchestrator-rerun-"  # + k: the k-th re-run's testsuite, appended by the entrypoint

@@ -17,7 +17,7 @@ def connect(runner: RunnerConfig, engine: Engine) -> Backend:
         from orchestrator.backends.swarm import SwarmBackend
 
         assert runner.registry is not None
-        return SwarmBackend(engine, runner.registry, runner.constraints)
+        return SwarmBackend(engine, runner.registry, runner.constraints, job_networks=runner.swarm_job_networks)
     from orchestrator.backends.docker import DockerBackend
 
     return DockerBackend(engine)

@@ -48,6 +48,7 @@ from orchestrator.backends.engine import Engine, engine_call
 from orchestrator.backends.networks import JobNetworks
 from orchestrator.backends.registry import JobImages
 from orchestrator.backends.report_frame import FRAME_ENV, FRAME_FILE, Unframed, new_marker
+from orchestrator.backoff import Backoff
 from orchestrator.config import memory_bytes
 from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.models import parse_iso
@@ -56,7 +57,8 @@ from runner_image import orchestrator_protocol as protocol
 log = logging.getLogger("orchestrator.swarm")
 
 _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
-_WAIT_POLL = 0.25
+_WAIT_POLL = 0.25  # the longest pause between two looks at a task
+_FIRST_POLL = 0.03  # the first: a task starts ~0.4 s after its service and ends just after its log
 LIMITS_ENV = protocol.DISK_LIMITS  # runner_image/entrypoint.py reads it
 LABEL_MARKER = "orchestrator.report-marker"  # on the service only, never on its container
 NODE_CHECK = 2.0  # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
@@ -74,8 +76,9 @@ class SwarmBackend(Backend):
     warm_starts = False  # a warm container waits for a file in a shared folder: there is none
     shares_workspace = False  # the task writes on its node: no artifacts are collected
 
-    def __init__(self, manager: Engine, registry: str, constraints: list[str]):
+    def __init__(self, manager: Engine, registry: str, constraints: list[str], job_networks: bool = True):
         self.manager = manager
+        self.job_networks = job_networks  # False: a task with no network has none (its node's engine says so)
         self.images = JobImages(self.manager, registry)
         self.networks = JobNetworks(self.manager)
         self.constraints = list(constraints)
@@ -84,6 +87,7 @@ class SwarmBackend(Backend):
         self._reports: dict[str, bytes | None] = {}  # framed reports taken out of live output
         self._markers: dict[str, str] = {}  # service -> its report's marker
         self._stopped: set[str] = set()
+        self._log_ended: set[str] = set()  # services whose live log reached its end
         self._digests: dict[str, str] = {}  # service -> its job image's digest, for clean-up
         self._nodes: dict[str, str] = {}  # node id -> hostname
         self._node_states: dict[str, tuple[float, bool]] = {}  # node id -> (when asked, down)
@@ -131,13 +135,17 @@ class SwarmBackend(Backend):
             prepared = self._prepared.pop(container_id)
             self._digests[container_id] = prepared.image.rpartition("@")[2]
         spec = prepared.spec
+        # with network none, either an internal network of its own (a service cannot join
+        # none), or none at all where the workers' engines give none: the task checks that
+        no_network = spec.network == "none" and not self.job_networks
+        checks = {protocol.NO_NETWORK: "1"} if no_network else {}
         task = TaskTemplate(
             container_spec=TaskContainer(
                 image=prepared.image,
                 user=spec.user,
                 workdir=WORKSPACE,
                 labels=dict(spec.labels),
-                env={**spec.variables, FRAME_ENV: "1", LIMITS_ENV: _limits(spec)},
+                env={**spec.variables, FRAME_ENV: "1", LIMITS_ENV: _limits(spec), **checks},
                 init=True,
                 cap_drop=["ALL"],
                 stop_grace_period=0,
@@ -146,7 +154,7 @@ class SwarmBackend(Backend):
             restart_policy=RestartPolicy(condition="none"),
             placement=Placement(constraints=self.constraints),
             log_driver=DriverConfig("json-file", {"max-size": str(max(spec.log_max_bytes, 1 << 20)), "max-file": "2"}),
-            networks=[{"Target": self.networks.for_job(spec)}],
+            networks=[] if no_network else [{"Target": self.networks.for_job(spec)}],
         )
         with engine_call("create a service"):
             self.api.create_service(
@@ -168,8 +176,9 @@ class SwarmBackend(Backend):
         once); a stream that ends while the task still runs is a cut, so the watcher reads
         the whole log again once the task has ended."""
         state = self.inspect(container_id)
+        pause = Backoff(_FIRST_POLL, _WAIT_POLL, 1.5)
         while state is not None and not state.exited and state.started_at is None:
-            time.sleep(_WAIT_POLL)
+            time.sleep(pause.next())
             state = self.inspect(container_id)
         yield from self._engine_log(container_id, follow=True)
         state = self.inspect(container_id)
@@ -197,8 +206,9 @@ class SwarmBackend(Backend):
         """The output up to the report's frame; the report is kept for ``report``."""
         unframed = Unframed(chunks, self._marker(service))
         yield from unframed
-        if unframed.found:
-            with self._lock:
+        with self._lock:
+            self._log_ended.add(service)  # the task exits right after its report's frame
+            if unframed.found:
                 self._reports[service] = unframed.report
 
     def logs(self, container_id: str, follow: bool = False) -> Iterator[bytes]:
@@ -216,11 +226,13 @@ class SwarmBackend(Backend):
 
     def wait(self, container_id: str, seconds: float) -> ContainerState | None:
         deadline = time.monotonic() + seconds
+        # fast once its log has ended (the task exits right after), else at the longest pause
+        pause = Backoff(_FIRST_POLL if container_id in self._log_ended else _WAIT_POLL, _WAIT_POLL, 1.5)
         while True:
             state = self.inspect(container_id)
             if state is None or state.exited or time.monotonic() >= deadline:
                 return state
-            time.sleep(min(_WAIT_POLL, max(deadline - time.monotonic(), 0)))
+            time.sleep(min(pause.next(), max(deadline - time.monotonic(), 0)))
 
     def inspect(self, container_id: str) -> ContainerState | None:
         try:
@@ -308,6 +320,7 @@ class SwarmBackend(Backend):
             prepared = self._prepared.pop(container_id, None)
             self._reports.pop(container_id, None)
             self._markers.pop(container_id, None)
+            self._log_ended.discard(container_id)
             digest = prepared.image.rpartition("@")[2] if prepared else self._digests.pop(container_id, None)
         digest = digest or self._service_digest(container_id) or self.images.local_digest(container_id)
         with contextlib.suppress(NotFound), engine_call("remove a service"):

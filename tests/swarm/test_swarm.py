@@ -373,6 +373,32 @@ def test_the_swarm_benchmark_runs(testbed: Testbed, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     for row in result["by_parallelism"].values():
-        assert row["docker"]["all_passed"] and row["swarm"]["all_passed"], row
-        assert set(row["swarm"]["nodes"]) <= set(testbed.workers)
+        assert all(row[b]["all_passed"] for b in ("docker", "swarm", "swarm, no job networks")), row
+        assert set(row["swarm"]["nodes"]) | set(row["swarm, no job networks"]["nodes"]) <= set(testbed.workers)
     assert "| parallelism | one engine | Swarm |" in proc.stdout
+
+
+NO_NETWORK = """import socket
+
+def test_only_loopback():
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]
+"""
+
+
+def test_without_job_networks_a_task_has_no_network_at_all(swarm_orch, engine: docker.DockerClient) -> None:
+    """runner.swarm_job_networks false, on workers whose engines run with --bridge=none
+    (the test bed's): no network is created for the job, and its task has loopback only,
+    checked by its own test and by the entrypoint before anything of the commit runs."""
+    orch = swarm_orch
+    sha = orch.repo.commit("loopback only", {"tests/test_net.py": NO_NETWORK})
+    orch.configure_swarm(parallelism=1, timeout=120, swarm_job_networks=False)
+    since = int(time.time())
+    run = orch.cli("run", "--once", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:] + orch.log(sha).decode()[-2000:]
+    result = orch.result(sha)
+    assert (result["status"], result["tests"]["passed"]) == ("passed", 1), result
+    created = engine.api.events(
+        since=since, until=int(time.time()) + 1, filters={"type": "network", "event": "create"}, decode=True
+    )
+    prefix = f"orchestrator-{orch.instance()}-"
+    assert not [e for e in created if e.get("Actor", {}).get("Attributes", {}).get("name", "").startswith(prefix)]

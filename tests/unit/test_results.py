@@ -62,6 +62,7 @@ def test_junit_read_refuses_links_and_oversize(tmp_path: Path) -> None:
         (4, False, False, JobStatus.ERROR, "usage error"),
         (5, False, False, JobStatus.ERROR, "no tests collected"),
         (100, False, False, JobStatus.ERROR, "tests directory missing"),
+        (105, False, False, JobStatus.ERROR, "the task had a network interface"),
         (137, True, False, JobStatus.ERROR, "out of memory"),
         (137, False, True, JobStatus.TIMED_OUT, "timeout"),
         (137, False, False, JobStatus.ERROR, "killed by SIGKILL"),

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -18,9 +22,12 @@ from orchestrator.backends.report_frame import frame, new_marker
 from orchestrator.backends.swarm import SwarmBackend
 from orchestrator.config import ConfigError, load_config
 from orchestrator.errors import ContainerGone
+from runner_image import orchestrator_protocol as protocol
 
 MARKER = new_marker()
 REPORT = b'<testsuites><testsuite tests="1"/></testsuites>'
+
+RUNNER = Path(__file__).resolve().parents[2] / "runner_image"
 
 
 def framed_output(report: bytes, marker: str = MARKER) -> bytes:
@@ -145,3 +152,22 @@ def test_a_published_image_keeps_its_path_and_loses_only_a_registry() -> None:
     assert _without_registry("orchestrator-env/demo:0123") == "orchestrator-env/demo:0123"
     assert _without_registry("registry.example:5000/ci-runner:py3.13") == "ci-runner:py3.13"
     assert _without_registry("localhost/team/ci-runner") == "team/ci-runner"
+
+
+@pytest.mark.skipif(
+    not [name for _, name in socket.if_nameindex() if name != "lo"], reason="this host has no network interface but lo"
+)
+def test_a_task_that_must_have_no_network_refuses_to_run_where_it_has_one(tmp_path: Path) -> None:
+    """The entrypoint itself, on this host (which has interfaces): asked to run with no
+    network, it stops before anything else, naming them, with the exit the host reads."""
+    env = {**os.environ, protocol.NO_NETWORK: "1", "PYTHONPATH": str(RUNNER)}
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER / "entrypoint.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == protocol.EXIT_HAS_NETWORK, proc.stdout + proc.stderr
+    assert "orchestrator: this task has a network (" in proc.stdout and "nothing of the commit ran" in proc.stdout
