@@ -52,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -287,22 +288,29 @@ def take_frame_marker() -> str:
 
 
 def supervised(limits: list) -> int:
+    """Run the suite in a child and watch it: its disk use every WATCH_EVERY seconds, and
+    its end the moment it comes (a thread waits for it), not at the next look."""
     oom_before = oom_kills()
     child = run_child()
+    ended, statuses = threading.Event(), []
+
+    def reap() -> None:
+        statuses.append(os.waitpid(child, 0)[1])
+        ended.set()
+
+    threading.Thread(target=reap, name="reap", daemon=True).start()
     over = None
     while True:
-        done, wait_status = os.waitpid(child, os.WNOHANG)
+        done = ended.wait(WATCH_EVERY)
         over = next(((folders, limit) for folders, limit in limits if protocol.disk_used(folders, limit) > limit), None)
         if done or over:
             break
-        time.sleep(WATCH_EVERY)
     if over:
         try:
             os.killpg(child, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if not done:
-            os.waitpid(child, 0)
+        ended.wait()
         folders, limit = over
         print(
             f"\norchestrator: more than {limit} bytes written into {' and '.join(folders)}: the tests were stopped",
@@ -313,6 +321,7 @@ def supervised(limits: list) -> int:
         os.killpg(child, signal.SIGKILL)  # what the suite left running: nothing writes after its end
     except (ProcessLookupError, PermissionError):
         pass
+    wait_status = statuses[0]
     if os.WIFSIGNALED(wait_status) and oom_kills() > oom_before:
         print("\norchestrator: the tests were killed by the kernel at the memory limit", flush=True)
         return protocol.EXIT_OUT_OF_MEMORY
