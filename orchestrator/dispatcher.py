@@ -136,7 +136,7 @@ class Dispatcher:
         """``runner.warm`` (default: as many as the slots), less what the engine's memory
         cannot hold: every container, running or waiting warm, may grow to
         ``runner.memory`` once released."""
-        if not self.ctx.backend.warm_starts:
+        if not self.ctx.backend.prepares_ahead:
             return 0
         if self._warm_depth is None:
             try:

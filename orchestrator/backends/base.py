@@ -107,6 +107,7 @@ class Backend(ABC):
     tests did. Methods are called from many threads at once, each for its own container."""
 
     warm_starts = True  # whether a container may start before its slot frees (runner_image's release file)
+    prepares_ahead = True  # whether a job may be prepared (checked out, its container or image made) before then
     shares_workspace = True  # whether the container's workspace is the host folder (artifacts are read there)
 
     @abstractmethod

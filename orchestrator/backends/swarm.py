@@ -74,6 +74,7 @@ class SwarmBackend(Backend):
     """Services on the Swarm whose manager is ``manager``; images through ``registry``."""
 
     warm_starts = False  # a warm container waits for a file in a shared folder: there is none
+    prepares_ahead = True  # but its image may be pushed while the job before runs: the service is made on release
     shares_workspace = False  # the task writes on its node: no artifacts are collected
 
     def __init__(self, manager: Engine, registry: str, constraints: list[str], job_networks: bool = True):

@@ -109,7 +109,7 @@ class Attempt:
             self.ws.out,
             image,
             runs_in.variables,
-            warm=self.warm is not None,
+            warm=self.warm is not None and ctx.backend.warm_starts,
         )
         with self.timings.measure("create"):
             self.container_id = steps.prepare(ctx, spec, runs_in)
@@ -122,6 +122,16 @@ class Attempt:
                     message=None,
                 )
         crash_point("container-created")
+        if self.warm is not None and not ctx.backend.warm_starts:  # prepared ahead: started once released
+            self.job = self.warm.wait(ctx.abandon)
+            self.warm = None  # from here on, an attempt like any other
+            self._record(
+                container_id=self.container_id,
+                image_tag=image.tag,
+                image_id=image.id,
+                environment=runs_in.document,
+                message=None,
+            )
         with self.timings.measure("start"):
             try:
                 state = ctx.backend.start(self.container_id)

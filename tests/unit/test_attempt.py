@@ -4,6 +4,7 @@ which files, and what is left behind (nothing). Real containers: tests/integrati
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -155,6 +156,32 @@ def test_warm_released_runs_with_its_clock_from_the_release(bed: Bed) -> None:
     assert protocol.RELEASE in spec.variables
     # prepared at the lowest CPU weight, given the usual one when released
     assert spec.cpu_shares == WARM_CPU_SHARES and "prioritise" in bed.backend.calls
+
+
+def test_where_nothing_starts_warm_a_job_is_prepared_ahead_and_started_once_released(bed: Bed) -> None:
+    """A Swarm's way: the job image is made while the slot is busy, the service only once
+    the job is claimed; its container is recorded then, and nothing waits for a file."""
+    bed.backend.warm_starts = False
+    job = bed.store.next_queued()
+    release = warm.Release()
+    attempt = Attempt(bed.ctx, job, warm_start=warm.WarmStart(release))
+    seen_at_release: list[list[str]] = []
+    claimed = bed.store.claim(job)
+
+    def give() -> None:
+        seen_at_release.append(list(bed.backend.calls))
+        release.give(claimed)
+
+    timer = threading.Timer(0.3, give)
+    timer.start()
+    done = attempt.run()
+    timer.join()
+    assert done.status is JobStatus.PASSED and done.attempts == 1 and done.container_id is not None
+    assert "prepare" in seen_at_release[0] and "start" not in seen_at_release[0]  # made ahead, started on release
+    assert bed.backend.calls.index("prepare") < bed.backend.calls.index("start")
+    (spec,) = bed.backend.specs
+    assert LABEL_WARM not in spec.labels and protocol.RELEASE not in spec.variables and spec.cpu_shares is None
+    assert "prioritise" not in bed.backend.calls
 
 
 def test_a_warm_job_whose_weight_cannot_be_raised_still_runs(bed: Bed) -> None:

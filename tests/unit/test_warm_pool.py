@@ -50,13 +50,18 @@ def test_the_warm_depth(tmp_path: Path, runner: dict, total: int | None, depth: 
         store.close()
 
 
-def test_a_backend_without_warm_starts_has_none(tmp_path: Path) -> None:
+def test_a_backend_that_prepares_nothing_ahead_has_no_warm_jobs(tmp_path: Path) -> None:
+    """A backend that cannot start warm but can prepare ahead (a Swarm: the job image is
+    pushed, the service made on release) keeps the depth; one that can do neither has none."""
     config = load_config(write_config(tmp_path, {"demo": tmp_path}, runner={"warm": 4}))
     store = Store(config.db_path)
     backend = MemoryBackend(total=64 * GIB)
     backend.warm_starts = False
     dispatcher = fakes.dispatcher(config, store, backend)
     try:
+        assert dispatcher._depth() == 4
+        backend.prepares_ahead = False
+        dispatcher._warm_depth = None
         assert dispatcher._depth() == 0
     finally:
         dispatcher.shutdown()
