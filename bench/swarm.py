@@ -7,7 +7,9 @@ namespaces, a TLS registry).
     python bench/swarm.py --smoke    # a tiny workload
     python bench/swarm.py --registry HOST:PORT   # on the Swarm this engine already manages
 
-Both backends run the same I/O-bound series in one run. Jobs go to the workers only
+Both backends run the same I/O-bound series in one run, the Swarm twice: with an internal
+network of its own per job (the default), and with ``swarm_job_networks: false`` (the test
+bed's workers run with --bridge=none, so a task without networks has none). Jobs go to the workers only
 (node.role==worker); a warm-up job first pushes the runner image's layers and lets each
 worker pull them, as any Swarm does once.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ from run import Bench  # noqa: E402
 from workloads import FULL, SMOKE, save, sh  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "swarm-testbed.sh"
+SWARMS = ("swarm", "swarm, no job networks")  # with a network of its own per job (the default), and without
 
 
 def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
@@ -41,7 +45,11 @@ def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
     out: dict = {"commits": len(shas), "by_parallelism": {}}
     for n in parallelism:
         row = {}
-        for backend, keys in (("docker", {}), ("swarm", swarm)):
+        for backend, keys in (
+            ("docker", {}),
+            ("swarm", swarm),
+            ("swarm, no job networks", {**swarm, "swarm_job_networks": False}),
+        ):
             config = bench.config(repo, root, parallelism=n, **keys)
             seconds = bench.orchestrator("run", "--once", config=config)
             results = bench.results(config, shas)
@@ -49,11 +57,19 @@ def measure(bench: Bench, registry: str, parallelism: tuple[int, ...]) -> dict:
                 "seconds": seconds,
                 "all_passed": all(r["status"] == "passed" for r in results),
                 "nodes": sorted({r.get("node") or "local" for r in results}),
+                # per job, the mean of each phase result.json records
+                "phases_s": {
+                    phase: round(statistics.mean(r["timings"].get(phase, 0.0) for r in results), 3)
+                    for phase in sorted({p for r in results for p in r["timings"]})
+                },
             }
         out["by_parallelism"][str(n)] = row
     one = out["by_parallelism"][str(parallelism[0])]
-    out["overhead_ratio"] = one["swarm"]["seconds"] / one["docker"]["seconds"]
-    out["overhead_per_job_s"] = (one["swarm"]["seconds"] - one["docker"]["seconds"]) / len(shas)
+    for backend in SWARMS:
+        out.setdefault("overhead_ratio", {})[backend] = one[backend]["seconds"] / one["docker"]["seconds"]
+        out.setdefault("overhead_per_job_s", {})[backend] = (one[backend]["seconds"] - one["docker"]["seconds"]) / len(
+            shas
+        )
     return out
 
 
@@ -61,23 +77,31 @@ def table(result: dict) -> str:
     lines = [
         f"Swarm backend, {result['commits']} I/O-bound commits, two workers",
         "",
-        "| parallelism | one engine | Swarm | Swarm / one engine | Swarm speed-up over its parallelism 1 "
-        "| nodes used |",
-        "|---|---|---|---|---|---|",
+        "| parallelism | one engine | Swarm | Swarm / one engine | Swarm, no job networks | its / one engine "
+        "| Swarm speed-up over its parallelism 1 | nodes used |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = result["by_parallelism"]
     base = next(iter(rows.values()))["swarm"]["seconds"]
     for n, row in rows.items():
-        d, s = row["docker"], row["swarm"]
+        d, s, bare = row["docker"], row["swarm"], row[SWARMS[1]]
         lines.append(
             f"| {n} | {d['seconds']:.1f} s | {s['seconds']:.1f} s | {s['seconds'] / d['seconds']:.2f}× | "
+            f"{bare['seconds']:.1f} s | {bare['seconds'] / d['seconds']:.2f}× | "
             f"{base / s['seconds']:.2f}× | {', '.join(s['nodes'])} |"
         )
-    lines += [
-        "",
-        f"Per-job overhead of the Swarm backend at parallelism 1: {result['overhead_per_job_s']:+.2f} s "
-        f"({result['overhead_ratio']:.2f}× one engine).",
-    ]
+    one = next(iter(rows.values()))
+    phases = sorted(set().union(*(one[b]["phases_s"] for b in ("docker", *SWARMS))))
+    lines += ["", "| per job, parallelism 1 | one engine | Swarm | Swarm, no job networks |", "|---|---|---|---|"]
+    for phase in phases:
+        cells = " | ".join(f"{one[b]['phases_s'].get(phase, 0.0):.2f} s" for b in ("docker", *SWARMS))
+        lines.append(f"| {phase} | {cells} |")
+    lines.append("")
+    for backend in SWARMS:
+        lines.append(
+            f"Per-job overhead of {backend} at parallelism 1: {result['overhead_per_job_s'][backend]:+.2f} s "
+            f"({result['overhead_ratio'][backend]:.2f}× one engine)."
+        )
     return "\n".join(lines)
 
 
