@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("bisections", "recent bisections: the range, where each is, the culprit it named", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("merge", "ask for a branch to be merged by the merge queue, tested merged first", remote=True)
+    p.add_argument("branch", metavar="BRANCH")
+    p.add_argument("--into", metavar="TARGET", help="the target (it must be the merge queue's own)")
+    p.add_argument("--repo")
+    p.add_argument("--cancel", action="store_true", help="take the branch's open request out of the queue")
+    p = command("merges", "the merge queue: open requests in order, then the ended ones", remote=True)
+    p.add_argument("--repo")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
     p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)", remote=True)
     p.add_argument("--repo", help="only this repository")
     for name, help_ in (
@@ -338,6 +346,35 @@ def cmd_bisections(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(config: Config, args: argparse.Namespace) -> int:
+    jobs = _jobs(config, args, create=True)
+    if args.cancel:
+        done = jobs.cancel_merge(args.branch, args.repo)
+        print(f"merge request {done['id']} of {done['branch']}: cancelled")
+        return 0
+    merge, changed = jobs.merge(args.branch, args.into, args.repo)
+    said = "queued" if changed else "already queued"
+    print(f"{said}: merge request {merge['id']} of {merge['branch']} at {merge['sha'][:12]} into {merge['target']}")
+    return 0
+
+
+def cmd_merges(config: Config, args: argparse.Namespace) -> int:
+    documents = _jobs(config, args).merges(args.repo)
+    if args.json:
+        print(json.dumps(documents, indent=2, ensure_ascii=False))
+        return 0
+    for m in documents:
+        candidate = f"candidate {m['candidate'][:12]} (job {m['job_id']})" if m["candidate"] else "no candidate yet"
+        why = f"  {m['message']}" if m["message"] else ""
+        print(
+            f"{m['id']:>4}  {m['repository']}  {m['branch']} -> {m['target']}  {m['state']:<9}  {candidate}  "
+            f"waited {m['waited_s']:.0f} s{why}"
+        )
+    if not documents:
+        print("no merge request yet")
+    return 0
+
+
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:
     document, created = _jobs(config, args, create=True).submit(args.rev, args.repo)
     print(
@@ -386,6 +423,8 @@ COMMANDS = {
     "submit": cmd_submit,
     "poll": cmd_poll,
     "bisections": cmd_bisections,
+    "merge": cmd_merge,
+    "merges": cmd_merges,
     "retry": cmd_retry,
     "cancel": cmd_cancel,
 }

@@ -110,6 +110,21 @@ class RemoteJobs:
             "GET", "/api/bisections", params={k: v for k, v in params.items() if v is not None}
         ).json()
 
+    def merge(self, branch: str, into: str | None = None, repository: str | None = None) -> tuple[Document, bool]:
+        body = {"branch": branch, "into": into, "repository": repository}
+        answer = self.client.call("POST", "/api/merges", json={k: v for k, v in body.items() if v is not None}).json()
+        return answer["merge"], answer["changed"]
+
+    def merges(self, repository: str | None = None, limit: int = 50) -> list[Document]:
+        params = {"repository": repository, "limit": limit}
+        return self.client.call("GET", "/api/merges", params={k: v for k, v in params.items() if v is not None}).json()
+
+    def cancel_merge(self, branch: str, repository: str | None = None) -> Document:
+        body = {"branch": branch, "repository": repository}
+        return self.client.call(
+            "POST", "/api/merges/cancel", json={k: v for k, v in body.items() if v is not None}
+        ).json()
+
     def variants(self, ref: JobRef) -> list[Document]:
         if ref.id is not None:
             return [self.show(ref)]

@@ -35,6 +35,28 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 MAX_SHARDS = 64
 
 
+class MergeQueueConfig(_Strict):
+    """A repository's merge queue (merge_queue.py): requests are tested merged onto
+    ``target`` and it is moved only to a candidate that passed."""
+
+    target: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,200}$")] = "main"
+    strategy: Literal["merge", "rebase", "fast-forward"] = "merge"
+    depth: Annotated[int, Field(ge=1, le=16)] = 4  # candidates tested at once, each on the one ahead
+    branches: Annotated[str, Field(min_length=1, max_length=200)] = "merge/*"  # a push to one asks for a merge
+    committer_name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^<>\n]+$")] = "orchestrator"
+    committer_email: Annotated[str, Field(pattern=r"^[^<>\s]+@[^<>\s]+$", max_length=200)] = "orchestrator@localhost"
+    push_url: Annotated[str, Field(min_length=1, max_length=4096)] | None = None  # default: the repository's url
+
+    @field_validator("target")
+    @classmethod
+    def _branch_name(cls, value: str) -> str:
+        """A plain branch name: not an option, no ``..``, no empty component, no ``.lock``."""
+        parts = value.split("/")
+        if value.startswith("-") or ".." in value or "" in parts or any(p.endswith((".", ".lock")) for p in parts):
+            raise ValueError(f"{value[:60]!r} is not a branch name")
+        return value
+
+
 class RepositoryConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     url: Annotated[str, Field(min_length=1, max_length=4096)]
@@ -57,6 +79,7 @@ class RepositoryConfig(_Strict):
     # queue: the shards take units from a queue they share as they go (one engine); fixed: each
     # shard's share is set at collection from the recorded durations (always so on a Swarm)
     shard_split: Literal["queue", "fixed"] = "queue"
+    merge_queue: MergeQueueConfig | None = None  # none: no merge queue for this repository
 
     @field_validator("shards", mode="before")
     @classmethod

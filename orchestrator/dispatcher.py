@@ -19,6 +19,7 @@ from orchestrator.bisection import Bisector
 from orchestrator.coalesce import Picker
 from orchestrator.config import RunnerConfig, memory_bytes
 from orchestrator.errors import EngineUnavailable
+from orchestrator.merge_queue import MergeQueue
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus
 from orchestrator.run.attempt import Attempt
@@ -49,6 +50,7 @@ class Dispatcher:
         planner: Planner,
         recovery: Recovery,
         metrics: Metrics,
+        merge_queue: MergeQueue | None = None,
     ):
         self.runner = runner
         self.stop_grace = stop_grace
@@ -59,6 +61,7 @@ class Dispatcher:
         self.planner = planner
         self.recovery = recovery
         self.metrics = metrics
+        self.merge_queue = merge_queue
         # the warm jobs wait for a slot to free in workers of their own
         self._pool = ThreadPoolExecutor(max_workers=runner.parallelism + self._warm_wanted(), thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
@@ -91,6 +94,8 @@ class Dispatcher:
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
         self.bisector.advance()
+        if self.merge_queue is not None:
+            self.merge_queue.advance()
         while self._free_slots() and not self.ctx.abandon.is_set():
             if len(self._warm):  # in queue order, before any job that was not started warm
                 self._release_warm()
@@ -240,6 +245,7 @@ class Dispatcher:
             and not len(self._warm)
             and not self.store.has_queued()
             and not self.bisector.busy()
+            and (self.merge_queue is None or not self.merge_queue.busy())
         )
 
     def engine_down_for(self) -> float:

@@ -39,6 +39,11 @@ class Conflict(UsageError):
     """An operation the job's current status does not allow (retry a running job, say)."""
 
 
+class MergeRefused(OrchestratorError):
+    """A merge request that cannot become a candidate: it conflicts with its target, cannot
+    be fast-forwarded, or has nothing to merge. The request is rejected, nothing tested."""
+
+
 class InfrastructureError(OrchestratorError):
     """Not the code under test speaking: a job that meets one is retried as a new attempt."""
 

@@ -11,7 +11,17 @@ import os
 import signal
 
 CRASH_AT = "ORCHESTRATOR_CRASH_AT"  # the variable that names the point
-POINTS = frozenset({"job-claimed", "container-created", "container-started", "result-written", "job-finished"})
+POINTS = frozenset(
+    {
+        "job-claimed",
+        "container-created",
+        "container-started",
+        "result-written",
+        "job-finished",
+        "merge-before-push",  # a merge request recorded as merging, its target not pushed yet
+        "merge-after-push",  # the target pushed to the candidate, not recorded as merged yet
+    }
+)
 
 
 def crash_point(name: str) -> None:

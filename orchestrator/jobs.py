@@ -69,6 +69,9 @@ class Jobs(Protocol):
         self, ref: JobRef, follow: bool = True, shard: int | None = None
     ) -> tuple[Document, Iterator[bytes] | None]: ...
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]: ...
+    def merge(self, branch: str, into: str | None = None, repository: str | None = None) -> tuple[Document, bool]: ...
+    def merges(self, repository: str | None = None, limit: int = 50) -> list[Document]: ...
+    def cancel_merge(self, branch: str, repository: str | None = None) -> Document: ...
 
 
 class Arrivals:
@@ -158,6 +161,42 @@ class LocalJobs:
             repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches, MANUAL_PRIORITY)]
         )
         return self.document(self.store.find(sha, repo.name)), bool(created)
+
+    def merge(self, branch: str, into: str | None = None, repository: str | None = None) -> tuple[Document, bool]:
+        """Ask for ``branch`` (at its head now) to enter the merge queue's target; (the
+        request, whether anything changed: asking again for the same head changes nothing)."""
+        repo = self.repository(repository)
+        queue = repo.merge_queue
+        if queue is None:
+            raise UsageError(f"{repo.name} has no merge queue: set repositories[].merge_queue in config.yaml")
+        if into is not None and into != queue.target:
+            raise UsageError(f"the merge queue of {repo.name} merges into {queue.target}, not {into[:100]!r}")
+        mirror = self.mirrors[repo.name]
+        mirror.fetch()
+        sha = mirror.branches().get(branch)
+        if sha is None or branch == queue.target:
+            raise UnknownCommit(f"no branch {branch[:100]!r} to merge in {repo.name}")
+        merge, changed = self.store.merges.request(repo.name, branch, queue.target, sha)
+        if changed:
+            self.arrivals.wake()
+        return merge.document(), changed
+
+    def merges(self, repository: str | None = None, limit: int = 50) -> list[Document]:
+        """The open requests in queue order, then the ended ones, newest first."""
+        name = self.repository(repository).name if repository else None
+        return [m.document() for m in self.store.merges.recent(name, limit)]
+
+    def cancel_merge(self, branch: str, repository: str | None = None) -> Document:
+        from orchestrator.merge_queue import cancel
+
+        repo = self.repository(repository)
+        merge = next((m for m in self.store.merges.open_requests(repo.name) if m.branch == branch), None)
+        if merge is None:
+            raise UnknownCommit(f"no open merge request of {branch[:100]!r} in {repo.name}")
+        done = cancel(self.store, merge, "cancelled by request")
+        if done is None:
+            raise Conflict(f"the merge of {branch[:100]!r} is being pushed: it cannot be cancelled now")
+        return done.document()
 
     def require_commits(self, repository: str, shas: list[str]) -> None:
         """UnknownCommit unless every sha is a commit of the repository (fetched if need be)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import RepositoryConfig
-from orchestrator.errors import RepositoryError, UnknownCommit, UsageError
+from orchestrator.errors import MergeRefused, RepositoryError, UnknownCommit, UsageError
 from orchestrator.models import subject_line
 
 if TYPE_CHECKING:
@@ -234,6 +234,103 @@ class Mirror:
             raise RepositoryError(f"checkout of {sha[:12]} failed: {git_reason(exc)}") from None
         finally:
             index.unlink(missing_ok=True)
+
+    # -- the merge queue's candidates: commits written here, held by no ref (the store keeps
+    # their shas; a fetch prunes every ref the repository does not have)
+
+    def candidate(self, base: str, head: str, strategy: str, message: str, identity: tuple[str, str]) -> str:
+        """``head`` put onto ``base`` as ``strategy`` says, as a commit of this mirror:
+        ``merge``, a merge commit of the two (``message``, made by ``identity``: name and
+        e-mail); ``rebase``, each commit of ``base..head`` replayed onto ``base`` (its author
+        and message kept, ``identity`` its committer); ``fast-forward``, ``head`` itself.
+        MergeRefused when it does not apply cleanly (naming the files) or there is nothing
+        to merge."""
+        for sha in (base, head):
+            if not SHA_RE.match(sha):
+                raise UsageError(f"{sha[:60]!r} is not a full commit sha")
+        if self._is_ancestor(head, base):
+            raise MergeRefused("nothing to merge: it is in the target already")
+        if strategy == "fast-forward":
+            if not self._is_ancestor(base, head):
+                raise MergeRefused("cannot be fast-forwarded onto the target: rebase it first")
+            return head
+        name, email = identity
+        env = {"GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+        if strategy == "merge":
+            tree = self._merged_tree(base, head, None)
+            return self._commit_tree(
+                tree, [base, head], message, {**env, "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email}
+            )
+        onto = base
+        for sha in self._run("rev-list", "--reverse", "--topo-order", "--no-merges", f"{base}..{head}", "--").split():
+            tree = self._merged_tree(onto, sha, f"{sha}^")
+            author = self._run("log", "-1", "--format=%an%x00%ae%x00%aI%x00%B", sha, "--").split("\0", 3)
+            onto = self._commit_tree(
+                tree,
+                [onto],
+                author[3].rstrip("\n") or "(no message)",
+                {**env, "GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1], "GIT_AUTHOR_DATE": author[2]},
+            )
+        return onto
+
+    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        try:
+            self._run("merge-base", "--is-ancestor", ancestor, descendant)
+            return True
+        except RepositoryError:
+            return False
+
+    def _merged_tree(self, ours: str, theirs: str, merge_base: str | None) -> str:
+        """The tree of ``theirs`` merged into ``ours`` (git merge-tree: no work tree, no
+        index); MergeRefused naming the conflicting files."""
+        args = ["merge-tree", "--write-tree", "--name-only", "--no-messages", "-z"]
+        if merge_base is not None:
+            args.append(f"--merge-base={merge_base}")
+        status, out, err = self._git().execute(
+            ["git", "--git-dir", str(self.path), *args, ours, theirs],
+            with_extended_output=True,
+            with_exceptions=False,
+            stdout_as_string=False,
+        )
+        fields = [f.decode("utf-8", "replace") for f in out.split(b"\0") if f]
+        if status == 0 and fields:
+            return fields[0].strip()
+        if status == 1 and len(fields) > 1:
+            files = sorted(set(fields[1:]))
+            shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+            raise MergeRefused(f"conflicts with the target in {shown}")
+        reason = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
+        raise RepositoryError(f"git merge-tree failed in {self.path.name}: {reason.strip()[:300]}")
+
+    def _commit_tree(self, tree: str, parents: list[str], message: str, env: dict[str, str]) -> str:
+        args = ["commit-tree", tree, *[a for p in parents for a in ("-p", p)], "-m", message]
+        return self._run(*args, env=env).strip()
+
+    def push(self, url: str, sha: str, branch: str, expected: str) -> None:
+        """Move ``branch`` of the repository at ``url`` to ``sha`` if it is at ``expected``
+        (``--force-with-lease``): RepositoryError if it moved meanwhile, or the push was
+        refused."""
+        self._run(
+            "push",
+            "--porcelain",
+            f"--force-with-lease=refs/heads/{branch}:{expected}",
+            "--end-of-options",
+            url,
+            f"{sha}:refs/heads/{branch}",
+            env={"GIT_TERMINAL_PROMPT": "0"},
+        )
+
+    def head_of(self, url: str, branch: str) -> str | None:
+        """Where ``branch`` of the repository at ``url`` is now, asked of it (not of this
+        mirror, which is as old as its last fetch); None if it has no such branch."""
+        out = self._bytes(
+            "ls-remote", "--end-of-options", url, f"refs/heads/{branch}", env={"GIT_TERMINAL_PROMPT": "0"}
+        )
+        for line in out.split(b"\n"):
+            sha, _, ref = line.partition(b"\t")
+            if ref == f"refs/heads/{branch}".encode():
+                return sha.decode()
+        return None
 
 
 def git_reason(exc: git.GitCommandError) -> str:

@@ -53,6 +53,7 @@ def dispatcher_for(
     from orchestrator.bisection import Bisector
     from orchestrator.coalesce import Picker
     from orchestrator.dispatcher import Dispatcher
+    from orchestrator.merge_queue import MergeQueue
     from orchestrator.results import ResultFiles
     from orchestrator.run.context import Context
     from orchestrator.run.recovery import Recovery
@@ -86,6 +87,7 @@ def dispatcher_for(
         **context,
     )
 
+    candidates = Arrivals(store, variants=Variants(config, mirrors))  # a merge candidate's jobs, on its Pythons
     return Dispatcher(
         config.runner,
         config.stop_grace,
@@ -95,6 +97,7 @@ def dispatcher_for(
         Planner(config.repositories, config.runner.parallelism, store),
         Recovery(ctx),
         metrics,
+        MergeQueue(store, config.repositories, mirrors, candidates.record_commits),
     )
 
 

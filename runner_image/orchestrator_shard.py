@@ -234,7 +234,7 @@ class Shard:
             },
         )
 
-    def pytest_runtestloop(self, session):
+    def pytest_runtestloop(self, session) -> object:
         """pytest's own loop, over the units this shard takes as it goes: the next unit is
         taken only once the current unit's last test has run, when pytest tears it down
         (see ``NextUnit``), so a shard never holds a unit it has not started. None (pytest's
@@ -250,7 +250,7 @@ class Shard:
         pending: deque = deque()
         ran: set[int] = set()
 
-        def take_next():
+        def take_next() -> object:
             for number in numbers:
                 pending.extend(self.queue[number])
                 return items[pending[0]]

@@ -2,10 +2,11 @@
 the only place where SQL is written.
 
 ``Store`` is the jobs and the observer's progress (jobs.py), with the tables that hang off
-them: ``tests`` (the test history, tests.py), ``bisections`` (bisections.py) and ``outbox``
-(webhook deliveries, outbox.py). ``on_change(old, new)`` is asked, inside the transaction of
-every saved change of a job, what news it makes (webhook deliveries): they are written in that
-same transaction, so a crash between a final status and its webhook loses neither.
+them: ``tests`` (the test history, tests.py), ``bisections`` (bisections.py), ``merges``
+(the merge queue's requests, merges.py) and ``outbox`` (webhook deliveries, outbox.py).
+``on_change(old, new)`` is asked, inside the transaction of every saved change of a job,
+what news it makes (webhook deliveries): they are written in that same transaction, so a
+crash between a final status and its webhook loses neither.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orchestrator.store import outbox
 from orchestrator.store.bisections import Bisections
 from orchestrator.store.db import Connection, Database
 from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
+from orchestrator.store.merges import Merges
 from orchestrator.store.outbox import News, Outbox
 from orchestrator.store.tests import Tests
 
@@ -31,6 +33,7 @@ class Store(Jobs):
         self.tests = Tests(self._database)
         self.bisections = Bisections(self._database)
         self.outbox = Outbox(self._database)
+        self.merges = Merges(self._database)
         self.news: Callable[[Job, Job], Sequence[News]] | None = None
 
     def _write_news(self, db: Connection, old: Job, new: Job) -> None:

@@ -130,10 +130,19 @@ def _version_3(db: Connection) -> None:
     db.execute("ALTER TABLE test_durations_new RENAME TO test_durations")
 
 
+def _version_4(db: Connection) -> None:
+    """The merge queue's requests (merges.py)."""
+    from orchestrator.store.merges import TABLE
+
+    db.execute(TABLE)
+    db.execute("CREATE INDEX IF NOT EXISTS merges_open ON merges (state, position)")
+
+
 MIGRATIONS: list[Callable[[Connection, str], None]] = [
     lambda db, _table: _version_1(db),
     _version_2,
     lambda db, _table: _version_3(db),
+    lambda db, _table: _version_4(db),
 ]
 
 

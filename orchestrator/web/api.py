@@ -72,6 +72,21 @@ class SubmitIn(BaseModel):
     repository: RepositoryName | None = None
 
 
+class MergeIn(BaseModel):
+    """A merge request: a branch of the repository, into its merge queue's target."""
+
+    model_config = ConfigDict(extra="forbid")
+    branch: BranchName
+    into: BranchName | None = None
+    repository: RepositoryName | None = None
+
+
+class MergeCancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    branch: BranchName
+    repository: RepositoryName | None = None
+
+
 def _jobs(request: Request) -> LocalJobs:
     return request.app.state.jobs
 
@@ -178,6 +193,26 @@ def list_bisections(
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> list[dict[str, Any]]:
     return jobs.bisections(repository=repository, limit=limit)
+
+
+@router.post("/api/merges", status_code=201, dependencies=guarded)
+def request_merge(body: MergeIn, jobs: Jobs) -> dict[str, Any]:
+    merge, changed = jobs.merge(body.branch, body.into, body.repository)
+    return {"merge": merge, "changed": changed}
+
+
+@router.get("/api/merges")
+def list_merges(
+    jobs: Jobs,
+    repository: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[dict[str, Any]]:
+    return jobs.merges(repository=repository, limit=limit)
+
+
+@router.post("/api/merges/cancel", status_code=202, dependencies=guarded)
+def cancel_merge(body: MergeCancelIn, jobs: Jobs) -> dict[str, Any]:
+    return jobs.cancel_merge(body.branch, body.repository)
 
 
 @router.get("/api/jobs/find")

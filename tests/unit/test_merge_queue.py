@@ -1,0 +1,111 @@
+"""The merge queue's decisions (merge_queue.py) on real Git repositories and a real store,
+with the candidates' jobs ended by hand instead of by containers (tests/integration has
+the real runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from orchestrator.merge_queue import MergeQueue
+from orchestrator.mirror import Mirrors
+from orchestrator.models import JobStatus, utcnow
+from orchestrator.store import Store
+from tests.helpers import GitRepo, write_config
+
+
+@pytest.fixture
+def bed(tmp_path: Path):
+    repo = GitRepo(tmp_path / "upstream")
+    repo.git("config", "receive.denyCurrentBranch", "updateInstead")
+    root = repo.commit("root", {"a.txt": "a\n"})
+    config = load_config(write_config(tmp_path, {"demo": repo.path}, repository={"merge_queue": {"depth": 2}}))
+    store = Store(config.db_path)
+    mirrors = Mirrors(config.state_dir, config.repositories)
+    mirrors["demo"].fetch()
+    queue = MergeQueue(store, config.repositories, mirrors, store.record_commits)
+    yield repo, root, store, mirrors, queue
+    store.close()
+
+
+def work(repo: GitRepo, name: str, files: dict[str, str]) -> str:
+    repo.git("checkout", "-q", "-b", name, "main")
+    sha = repo.commit(name, files)
+    repo.git("checkout", "-q", "main")
+    return sha
+
+
+def end(store: Store, sha: str, status: JobStatus) -> None:
+    (job,) = store.of_commit("demo", sha)
+    running = store.claim(job)
+    store.move(running, status, finished_at=utcnow())
+
+
+def step(queue: MergeQueue, mirrors: Mirrors) -> dict[str, object]:
+    mirrors["demo"].fetch()
+    queue.advance(force=True)
+    return {m.branch: m for m in queue.store.merges.recent("demo")}
+
+
+def test_depth_speculation_and_a_failure_in_the_middle(bed) -> None:
+    """Three requests, depth 2: two candidates at once, the second on the first; the first
+    fails, so the second is made again on main (its old job cancelled), the third joins."""
+    repo, root, store, mirrors, queue = bed
+    shas = {name: work(repo, name, {f"{name}.txt": name}) for name in ("one", "two", "three")}
+    for name, sha in shas.items():
+        queue.request("demo", name, sha)
+    state = step(queue, mirrors)
+    assert [state[n].state for n in ("one", "two", "three")] == ["testing", "testing", "queued"]
+    assert state["one"].base == root and state["two"].base == state["one"].candidate
+    stale = state["two"].candidate
+    end(store, state["one"].candidate, JobStatus.FAILED)
+    state = step(queue, mirrors)
+    assert state["one"].state == "rejected" and "failed" in state["one"].message
+    assert state["two"].state == "testing" and state["two"].base == root and state["two"].candidate != stale
+    assert store.of_commit("demo", stale)[0].status is JobStatus.CANCELLED  # never started: no slot spent
+    assert state["three"].base == state["two"].candidate
+    assert repo.head("main") == root  # nothing pushed yet
+    end(store, state["three"].candidate, JobStatus.PASSED)  # behind the head: waits
+    state = step(queue, mirrors)
+    assert state["three"].state == "testing" and repo.head("main") == root
+    end(store, state["two"].candidate, JobStatus.PASSED)
+    state = step(queue, mirrors)  # the head merges, and the one behind it, passed already, follows at once
+    assert state["two"].state == state["three"].state == "merged"
+    assert repo.head("main") == state["three"].candidate
+    assert repo.git("rev-list", "--first-parent", "main").split() == [
+        state["three"].candidate,
+        state["two"].candidate,
+        root,
+    ]
+    assert not queue.busy()
+
+
+def test_a_request_asked_again_moves_to_the_back_and_drops_its_candidate(bed) -> None:
+    repo, root, store, mirrors, queue = bed
+    first = work(repo, "alice", {"x.txt": "1"})
+    work(repo, "bob", {"y.txt": "1"})
+    queue.request("demo", "alice", first)
+    queue.request("demo", "bob", repo.head("bob"))
+    state = step(queue, mirrors)
+    old = state["alice"].candidate
+    again, changed = queue.request("demo", "alice", first)
+    assert not changed and again.candidate == old
+    repo.git("checkout", "-q", "alice")
+    newer = repo.commit("more", {"x.txt": "2"})
+    repo.git("checkout", "-q", "main")
+    moved, changed = queue.request("demo", "alice", newer)
+    assert changed and moved.state == "queued" and moved.candidate is None and moved.sha == newer
+    assert [m.branch for m in store.merges.open_requests("demo")] == ["bob", "alice"]
+    state = step(queue, mirrors)
+    assert state["bob"].base == root and state["alice"].base == state["bob"].candidate
+
+
+def test_a_move_is_refused_when_the_request_changed_meanwhile(bed) -> None:
+    repo, _root, store, mirrors, queue = bed
+    sha = work(repo, "alice", {"x.txt": "1"})
+    merge, _ = queue.request("demo", "alice", sha)
+    assert store.merges.move(merge, "cancelled", message="by hand") is not None
+    assert store.merges.move(merge, "testing", candidate="0" * 40) is None  # read before the cancel
+    assert store.merges.get(merge.id).state == "cancelled"
