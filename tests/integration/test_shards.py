@@ -152,7 +152,9 @@ WRITES_COVERAGE = """def test_{name}():
 
 def test_the_coverage_of_a_split_suite_is_that_of_its_shards_together(orch) -> None:
     """Each shard's report covers half of mod.py's lines, each another half; the commit's
-    coverage is of both together (75 %: three of four lines ran), not one shard's 50 %."""
+    coverage is of both together (75 %: three of four lines ran), not one shard's 50 %.
+    The fixed split, so that each shard runs one test (with the queue, the first shard to
+    start may take both, and its second report replaces its first)."""
     sha = orch.repo.commit(
         "coverage",
         {
@@ -160,7 +162,7 @@ def test_the_coverage_of_a_split_suite_is_that_of_its_shards_together(orch) -> N
             "tests/test_two.py": WRITES_COVERAGE.format(name="two", hits=[0, 1, 1, 0]),
         },
     )
-    orch.configure(repository={"shards": 2})
+    orch.configure(repository={"shards": 2, "shard_split": "fixed"})
     assert orch.cli("run", "--once").returncode == 0
     result = orch.result(sha)
     assert result["status"] == "passed" and len(result["shards"]) == 2, result
