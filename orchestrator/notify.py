@@ -6,9 +6,11 @@ up the dispatcher, nor another receiver, and a crash loses nothing.
 Events: ``job.finished`` for every final status or only failures and recoveries
 (``notify.on``; never for cancelled or skipped jobs; a variant's names its ``python``),
 ``commit.finished`` once every variant of a commit on several Pythons has ended (with
-``notify.on: failures``, only when the commit's status is bad), and ``culprit_found``
-when a bisection names a commit. Each request carries ``Idempotency-Key`` (job, attempt, event):
-delivery is at least once, and a repeat has the same key.
+``notify.on: failures``, only when the commit's status is bad), ``culprit_found``
+when a bisection names a commit, and ``merge.merged`` and ``merge.rejected`` when the merge
+queue ends a request (whatever ``notify.on`` says: they are not a job's verdict). Each
+request carries ``Idempotency-Key`` (job, attempt, event; a merge request's id, head and
+state): delivery is at least once, and a repeat has the same key.
 
 A receiver is somebody else's server, so each request is bounded: no redirect is followed
 (a 3xx is a failed try: the body goes only to the URL of config.yaml), at most
@@ -33,6 +35,7 @@ from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus
 from orchestrator.results import commit_document, result_document
 from orchestrator.store import News, Store
+from orchestrator.store.merges import MERGED, REJECTED, Merge
 from orchestrator.store.outbox import Delivery
 
 log = logging.getLogger("orchestrator.notify")
@@ -78,6 +81,17 @@ class Notifier:
             self._wake.set()
             self._wake.clear()
         return [News(new.id, new.attempts, event, url, body) for event, body in events for url in self._config.webhooks]
+
+    def merge_news(self, old: Merge, new: Merge) -> list[News]:
+        """A merge request merged or rejected (the store writes it with the change)."""
+        if not self._config.webhooks or new.state not in (MERGED, REJECTED) or old.state == new.state:
+            return []
+        event = f"merge.{new.state}"
+        body = {"event": event, "merge": new.document()}
+        self._wake.set()
+        self._wake.clear()
+        key = f"merge-{new.id}-{new.sha[:12]}-{new.state}"
+        return [News(new.job_id or 0, 0, event, url, body, key) for url in self._config.webhooks]
 
     # -- sending ------------------------------------------------------------------------
 

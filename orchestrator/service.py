@@ -140,6 +140,7 @@ class Services:
         self.metrics = Metrics(self.store)
         self.notifier = Notifier(config.notify, self.store)
         self.store.news = self.notifier.news  # deliveries written with the change they tell of
+        self.store.merges.news = self.notifier.merge_news
         environments = Environments(
             config.state_dir, self.engine, Settings.of(config, self.store.instance_id()), self.backend.publish
         )

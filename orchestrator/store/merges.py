@@ -12,11 +12,13 @@ the state it was read in, so two steps never act on one request twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
 from orchestrator.models import iso, parse_iso, utcnow
+from orchestrator.store import outbox
 from orchestrator.store.db import Database
 
 QUEUED, TESTING, MERGING = "queued", "testing", "merging"
@@ -98,6 +100,8 @@ def _merge(row: tuple) -> Merge:
 class Merges:
     def __init__(self, db: Database):
         self._db = db
+        # what a change makes news of (webhook deliveries), written in the change's transaction
+        self.news: Callable[[Merge, Merge], Sequence[outbox.News]] | None = None
 
     def request(self, repository: str, branch: str, target: str, sha: str) -> tuple[Merge, bool]:
         """Ask for ``branch`` at ``sha`` to enter ``target``: a new request at the back of
@@ -190,4 +194,7 @@ class Merges:
                     old.candidate,
                 ),
             )
+            if cur.rowcount == 1:
+                for news in self.news(old, new) if self.news is not None else ():
+                    outbox.add(db, news)
         return new if cur.rowcount == 1 else None

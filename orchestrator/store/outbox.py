@@ -26,6 +26,7 @@ class News:
     event: str
     url: str
     body: dict[str, Any]
+    key: str | None = None  # the Idempotency-Key; None: job-<id>-attempt-<n>-<event>
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Delivery:
 
 def add(db: Connection, news: News) -> None:
     """Inside the caller's transaction (the state change's own)."""
-    key = f"job-{news.job_id}-attempt-{news.attempt}-{news.event}"
+    key = news.key or f"job-{news.job_id}-attempt-{news.attempt}-{news.event}"
     now = iso(utcnow())
     db.execute(
         "INSERT OR IGNORE INTO outbox (job_id, attempt, event, url, body, key, state, tries, next_at, created_at)"

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
+from orchestrator.config import NotifyConfig, load_config
 from orchestrator.merge_queue import MergeQueue
 from orchestrator.mirror import Mirrors
 from orchestrator.models import JobStatus, utcnow
+from orchestrator.notify import Notifier
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
 
@@ -53,6 +54,8 @@ def test_depth_speculation_and_a_failure_in_the_middle(bed) -> None:
     """Three requests, depth 2: two candidates at once, the second on the first; the first
     fails, so the second is made again on main (its old job cancelled), the third joins."""
     repo, root, store, mirrors, queue = bed
+    receiver = "http://127.0.0.1:9/hook"  # nothing sends here: the deliveries stay in the outbox
+    store.merges.news = Notifier(NotifyConfig(webhooks=[receiver]), store).merge_news
     shas = {name: work(repo, name, {f"{name}.txt": name}) for name in ("one", "two", "three")}
     for name, sha in shas.items():
         queue.request("demo", name, sha)
@@ -80,6 +83,12 @@ def test_depth_speculation_and_a_failure_in_the_middle(bed) -> None:
         root,
     ]
     assert not queue.busy()
+    told = [(d.event, d.body["merge"]["branch"], d.key) for d in store.outbox.due(url=receiver)]
+    assert told == [
+        ("merge.rejected", "one", f"merge-{state['one'].id}-{shas['one'][:12]}-rejected"),
+        ("merge.merged", "two", f"merge-{state['two'].id}-{shas['two'][:12]}-merged"),
+        ("merge.merged", "three", f"merge-{state['three'].id}-{shas['three'][:12]}-merged"),
+    ]
 
 
 def test_a_request_asked_again_moves_to_the_back_and_drops_its_candidate(bed) -> None:
