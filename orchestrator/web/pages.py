@@ -170,6 +170,18 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
     )
 
 
+@router.get("/merges", response_class=HTMLResponse)
+@router.get("/merges/{name}", response_class=HTMLResponse)
+def merges_page(request: Request, jobs: Jobs, name: str | None = None) -> Response:
+    """Each merge queue: its open requests in order, then the ended ones (rendered here: it
+    reads without JavaScript; only Cancel needs it)."""
+    repos = [jobs.repository(name)] if name else [r for r in jobs.config.repositories if r.merge_queue]
+    queues = [{"repo": r, "merges": jobs.merges(r.name)} for r in repos]
+    return TEMPLATES.TemplateResponse(
+        request, "merges.html", {"queues": queues, "token_required": request.app.state.token_required}
+    )
+
+
 @router.get("/flaky", response_class=HTMLResponse)
 def flaky_page(request: Request, jobs: Jobs) -> Response:
     return TEMPLATES.TemplateResponse(

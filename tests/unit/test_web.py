@@ -493,3 +493,29 @@ def test_a_split_suite_shows_its_shards_and_each_shard_log(web) -> None:
     refused = client.get(f"/api/jobs/{job.id}/log?shard=3")
     assert refused.status_code == 422 and "has no shard 3 (it has 2)" in refused.text
     assert client.get(f"/api/jobs/{job.id}/log?shard=0").status_code == 422
+
+
+def test_the_merge_queue_page_lists_requests_and_cancels_one(tmp_path: Path, repo: GitRepo) -> None:
+    """A request through the API, shown on /merges with its Cancel button (the branch's
+    name, HTML of a push, shown as text), cancelled through the API the button calls."""
+    repo.commit("root", {"tests/test_a.py": "def test_a(): pass\n"})
+    repo.git("checkout", "-q", "-b", "x<b>bold</b>")
+    head = repo.commit("work", {"b.txt": "b"})
+    repo.git("checkout", "-q", "main")
+    w = Web(tmp_path, repo, repository={"merge_queue": {"target": "main"}})
+    try:
+        with w.client() as client:
+            asked = client.post("/api/merges", json={"branch": "x<b>bold</b>", "repository": "demo"})
+            assert asked.status_code == 201 and asked.json()["changed"] and asked.json()["merge"]["sha"] == head
+            assert client.post("/api/merges", json={"branch": "nope"}).status_code == 404
+            assert client.post("/api/merges", json={"branch": "x<b>bold</b>", "into": "dev"}).status_code == 422
+            page = client.get("/merges").text
+            assert "x&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+            assert 'class="cancel-merge"' in page and "queued" in page
+            cancelled = client.post("/api/merges/cancel", json={"branch": "x<b>bold</b>", "repository": "demo"})
+            assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+            listed = client.get("/api/merges", params={"repository": "demo"}).json()
+            assert [(m["state"], m["message"]) for m in listed] == [("cancelled", "cancelled by request")]
+            assert 'class="cancel-merge"' not in client.get("/merges/demo").text
+    finally:
+        w.close()
