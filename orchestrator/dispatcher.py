@@ -85,7 +85,8 @@ class Dispatcher:
 
     def step(self) -> None:
         """Collect finished attempts, then start queued jobs while slots are free."""
-        for job_id, future in [(j, f) for j, f in self._active.items() if f.done()]:
+        ended = [(j, f) for j, f in self._active.items() if f.done()]
+        for job_id, future in ended:
             del self._active[job_id]
             self._settle(job_id, future)
         self._slots = {job_id: n for job_id, n in self._slots.items() if job_id in self._active}
@@ -95,7 +96,7 @@ class Dispatcher:
             return
         self.bisector.advance()
         if self.merge_queue is not None:
-            self.merge_queue.advance()
+            self.merge_queue.advance(force=bool(ended))  # a candidate that passed is pushed at once
         while self._free_slots() and not self.ctx.abandon.is_set():
             if len(self._warm):  # in queue order, before any job that was not started warm
                 self._release_warm()

@@ -135,7 +135,9 @@ class MergeQueue:
                 break
             if merge.state == TESTING and merge.base == expected and merge.candidate:
                 verdict, why = self._verdict(merge)
-                if verdict is None or (verdict and expected != target):  # running, or passed behind the head
+                if verdict is None or expected != target:
+                    # running, or ended behind the head: a failure there may be the fault of a
+                    # request ahead; it counts once everything ahead merged (it is the head)
                     expected, testing = merge.candidate, testing + 1
                     continue
                 if verdict:  # the head passed: the target moves to it

@@ -69,3 +69,11 @@ def test_limit_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     assert result["all_passed"] and result["host_floor_s"] > 0 and result["p1_s"] > 0 and result["p4_s"] > 0
     assert set(result["phases_s"]) == {"1", "4"} and result["phases_s"]["1"]["run_s"] > 0
     assert "| parallelism 1, our time / host floor |" in proc.stdout
+
+
+def test_merge_queue_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    proc, result = smoke("merge_queue.py", tmp_path)  # 0 only when every passing request merged
+    cases = result["cases"]
+    assert list(cases) == ["speculative, all passing", "one at a time, all passing", "speculative, the 3rd failing"]
+    assert cases["speculative, the 3rd failing"]["rejected"] == 1
+    assert result["to_target_p50_s"] is not None and "| speculative, all passing |" in proc.stdout

@@ -51,8 +51,11 @@ def step(queue: MergeQueue, mirrors: Mirrors) -> dict[str, object]:
 
 
 def test_depth_speculation_and_a_failure_in_the_middle(bed) -> None:
-    """Three requests, depth 2: two candidates at once, the second on the first; the first
-    fails, so the second is made again on main (its old job cancelled), the third joins."""
+    """Three requests, depth 2: two candidates at once, the second on the first; the second
+    fails first, which waits (it may be the first's fault); then the first fails, so the
+    second is made again on main and the third joins. The second is asked again at a new
+    head: it goes to the back, and the third's candidate, made on it and not started, is
+    cancelled (no slot spent). Two that passed merge in one step, head first."""
     repo, root, store, mirrors, queue = bed
     receiver = "http://127.0.0.1:9/hook"  # nothing sends here: the deliveries stay in the outbox
     store.merges.news = Notifier(NotifyConfig(webhooks=[receiver]), store).merge_news
@@ -63,31 +66,42 @@ def test_depth_speculation_and_a_failure_in_the_middle(bed) -> None:
     assert [state[n].state for n in ("one", "two", "three")] == ["testing", "testing", "queued"]
     assert state["one"].base == root and state["two"].base == state["one"].candidate
     stale = state["two"].candidate
+    end(store, stale, JobStatus.FAILED)  # behind the head: maybe one's fault, so it waits
+    state = step(queue, mirrors)
+    assert state["two"].state == "testing" and state["two"].candidate == stale
     end(store, state["one"].candidate, JobStatus.FAILED)
     state = step(queue, mirrors)
     assert state["one"].state == "rejected" and "failed" in state["one"].message
     assert state["two"].state == "testing" and state["two"].base == root and state["two"].candidate != stale
-    assert store.of_commit("demo", stale)[0].status is JobStatus.CANCELLED  # never started: no slot spent
     assert state["three"].base == state["two"].candidate
     assert repo.head("main") == root  # nothing pushed yet
-    end(store, state["three"].candidate, JobStatus.PASSED)  # behind the head: waits
+    queue.request("demo", "two", repo.head("two"))  # asked again at the same head: nothing changes
+    three_before = state["three"].candidate
+    repo.git("checkout", "-q", "two")
+    repo.commit("more of two", {"two.txt": "two, more"})
+    repo.git("checkout", "-q", "main")
+    queue.request("demo", "two", repo.head("two"))  # a new head: two goes to the back
     state = step(queue, mirrors)
-    assert state["three"].state == "testing" and repo.head("main") == root
-    end(store, state["two"].candidate, JobStatus.PASSED)
+    assert state["three"].base == root and state["two"].base == state["three"].candidate
+    assert store.of_commit("demo", three_before)[0].status is JobStatus.CANCELLED  # stale, never started
+    end(store, state["two"].candidate, JobStatus.PASSED)  # behind the head: waits
+    state = step(queue, mirrors)
+    assert state["two"].state == "testing" and repo.head("main") == root
+    end(store, state["three"].candidate, JobStatus.PASSED)
     state = step(queue, mirrors)  # the head merges, and the one behind it, passed already, follows at once
-    assert state["two"].state == state["three"].state == "merged"
-    assert repo.head("main") == state["three"].candidate
+    assert state["three"].state == state["two"].state == "merged"
+    assert repo.head("main") == state["two"].candidate
     assert repo.git("rev-list", "--first-parent", "main").split() == [
-        state["three"].candidate,
         state["two"].candidate,
+        state["three"].candidate,
         root,
     ]
     assert not queue.busy()
     told = [(d.event, d.body["merge"]["branch"], d.key) for d in store.outbox.due(url=receiver)]
     assert told == [
         ("merge.rejected", "one", f"merge-{state['one'].id}-{shas['one'][:12]}-rejected"),
-        ("merge.merged", "two", f"merge-{state['two'].id}-{shas['two'][:12]}-merged"),
         ("merge.merged", "three", f"merge-{state['three'].id}-{shas['three'][:12]}-merged"),
+        ("merge.merged", "two", f"merge-{state['two'].id}-{state['two'].sha[:12]}-merged"),
     ]
 
 
