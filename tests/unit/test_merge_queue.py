@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import NotifyConfig, load_config
+from orchestrator.errors import MergeRefused
 from orchestrator.merge_queue import MergeQueue
 from orchestrator.mirror import Mirrors
 from orchestrator.models import JobStatus, utcnow
@@ -31,8 +32,8 @@ def bed(tmp_path: Path):
     store.close()
 
 
-def work(repo: GitRepo, name: str, files: dict[str, str]) -> str:
-    repo.git("checkout", "-q", "-b", name, "main")
+def work(repo: GitRepo, name: str, files: dict[str, str], base: str = "main") -> str:
+    repo.git("checkout", "-q", "-b", name, base)
     sha = repo.commit(name, files)
     repo.git("checkout", "-q", "main")
     return sha
@@ -132,3 +133,36 @@ def test_a_move_is_refused_when_the_request_changed_meanwhile(bed) -> None:
     assert store.merges.move(merge, "cancelled", message="by hand") is not None
     assert store.merges.move(merge, "testing", candidate="0" * 40) is None  # read before the cancel
     assert store.merges.get(merge.id).state == "cancelled"
+
+
+def test_the_strategies_make_their_candidates_in_the_mirror(bed) -> None:
+    """merge: a merge commit by the queue's identity; rebase: each commit replayed on the
+    target, its author and message kept; fast-forward: the branch itself, refused when it
+    does not contain the target; a conflict or nothing to merge refused, naming why."""
+    repo, root, _store, mirrors, _queue = bed
+    feature = work(repo, "feature", {"f.txt": "f"})
+    repo.git("checkout", "-q", "feature")
+    second = repo.commit("feature, part two", {"g.txt": "g"})
+    repo.git("checkout", "-q", "main")
+    moved = repo.commit("main moved on", {"m.txt": "m"})
+    clash = work(repo, "clash", {"m.txt": "other"}, base=root)
+    mirror = mirrors["demo"]
+    mirror.fetch()
+    identity = ("Queue", "queue@example.invalid")
+    merged = mirror.candidate(moved, second, "merge", "Merge branch 'feature' into main", identity)
+    assert mirror._run("log", "-1", "--format=%P|%an|%cn|%s", merged).strip() == (
+        f"{moved} {second}|Queue|Queue|Merge branch 'feature' into main"
+    )
+    rebased = mirror.candidate(moved, second, "rebase", "unused", identity)
+    lines = mirror._run("log", "--format=%s|%an|%cn", f"{moved}..{rebased}").splitlines()
+    assert lines == ["feature, part two|Dev|Queue", "feature|Dev|Queue"]
+    assert mirror._run("rev-list", "--parents", "-n1", f"{rebased}~1").split()[1:] == [moved]
+    with pytest.raises(MergeRefused, match="cannot be fast-forwarded"):
+        mirror.candidate(moved, second, "fast-forward", "unused", identity)
+    assert mirror.candidate(root, second, "fast-forward", "unused", identity) == second
+    for strategy in ("merge", "rebase"):
+        with pytest.raises(MergeRefused, match="conflicts with the target in m.txt"):
+            mirror.candidate(moved, clash, strategy, "unused", identity)
+    with pytest.raises(MergeRefused, match="nothing to merge"):
+        mirror.candidate(moved, root, "merge", "unused", identity)
+    assert feature != second
