@@ -95,8 +95,8 @@ class Dispatcher:
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
         self.bisector.advance()
-        if self.merge_queue is not None:
-            self.merge_queue.advance(force=bool(ended))  # a candidate that passed is pushed at once
+        if self.merge_queue is not None and ended:
+            self.merge_queue.poke()  # a candidate that passed is pushed at once
         while self._free_slots() and not self.ctx.abandon.is_set():
             if len(self._warm):  # in queue order, before any job that was not started warm
                 self._release_warm()
@@ -257,6 +257,8 @@ class Dispatcher:
         running). Then wait up to ``stop_grace`` for running jobs and leave the rest
         running, to be re-attached by the next start. With ``give_up_after``, an engine
         unreachable for that long raises EngineUnavailable (the queue stays as it is)."""
+        if self.merge_queue is not None:
+            self.merge_queue.start()
         try:
             while not stop.is_set():
                 self.step()
@@ -272,6 +274,8 @@ class Dispatcher:
     def shutdown(self) -> None:
         """Wait up to ``stop_grace`` for running jobs, leave the rest to the next start,
         and end what the dispatcher started (its threads)."""
+        if self.merge_queue is not None:
+            self.merge_queue.close()
         deadline = time.monotonic() + self.stop_grace
         while self._active and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -18,14 +18,16 @@ own answer to where the target is, at each step: a dispatcher that restarts, eve
 between a push and its record, carries on from there. A request is ``merging`` before its
 push is made, and recovery asks the repository whether the push landed.
 
-The steps run in the dispatcher's loop, at most every STEP_EVERY seconds and only while a
-request is open or a branch that asks for one moved.
+The steps run in a thread of their own (``start``), every STEP_EVERY seconds and at once
+when the dispatcher says a job ended (``poke``): asking the repository where the target is,
+making candidates and pushing never hold up the scheduling of jobs.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -61,6 +63,40 @@ class MergeQueue:
         self._next = 0.0
         self._asking: dict[str, str] = {}  # branch heads that asked for a merge, as last seen
         self._failing: set[str] = set()  # repositories whose last step could not reach them
+        self._poked = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- its thread ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Step the queues in a thread of their own, until ``close`` (nothing to do without one)."""
+        if not self.queues or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="merge-queue", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """A job ended: step now (a candidate that passed is pushed at once)."""
+        self._poked.set()
+
+    def close(self, patience: float = 30.0) -> None:
+        """Stop stepping (a push under way ends first: a stop in the middle is safe, but
+        needless)."""
+        self._closing.set()
+        self._poked.set()
+        if self._thread is not None:
+            self._thread.join(patience)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self.advance(force=True)
+            except Exception:  # noqa: BLE001  (a step that failed is taken again; the loop must not end)
+                log.exception("merge queue: a step failed")
+            self._poked.wait(STEP_EVERY)
+            self._poked.clear()
 
     # -- the dispatcher's step ----------------------------------------------------------
 
