@@ -322,9 +322,10 @@ def cancel(store: Store, merge: Merge, why: str = "cancelled") -> Merge | None:
 
 def drop_job(store: Store, merge: Merge) -> None:
     """A stale, rejected or cancelled candidate's job, if it is only the queue's (on no
-    branch) and has not started: cancelled, so that it takes no slot."""
+    branch): cancelled if queued, stopped if running, so that it takes no slot for a
+    result nobody will use."""
     for job in store.of_commit(merge.repository, merge.candidate or ""):
-        if job.status is JobStatus.QUEUED and not job.branches:
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and not job.branches:
             try:
                 store.request_cancel(job)
             except InvalidTransition:

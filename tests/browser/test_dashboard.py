@@ -252,3 +252,43 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).ok
     except requests.RequestException:
         return False
+
+
+def test_the_merge_queue_page_shows_a_request_and_its_cancel_button_takes_it_out(orch, browser) -> None:
+    """A request tested on its candidate (a slow suite), on /merges in the browser; its
+    Cancel button takes it out of the queue, and the page says so."""
+    orch.repo.git("config", "receive.denyCurrentBranch", "updateInstead")
+    orch.repo.commit("root", PASSING)
+    orch.repo.git("checkout", "-q", "-b", "alice")
+    orch.repo.commit("slow work", {"tests/test_slow.py": "import time\n\ndef test_slow():\n    time.sleep(30)\n"})
+    orch.repo.git("checkout", "-q", "main")
+    orch.configure(
+        runner={"parallelism": 1, "timeout": 120},
+        repository={"branches": ["main"], "merge_queue": {"target": "main"}},  # alice is tested only as a candidate
+    )
+    assert orch.cli("merge", "alice").returncode == 0
+    orch.start("run")
+    base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
+    orch.wait_for(lambda: _up(base), timeout=30)
+    state = lambda: requests.get(base + "/api/merges", timeout=5).json()[0]["state"]  # noqa: E731
+    assert orch.wait_for(lambda: state() == "testing", timeout=60)
+    browser.get(base + "/merges")
+    row = browser.find_element(By.CSS_SELECTOR, "table.merges tbody tr")
+    assert row.get_attribute("data-state") == "testing" and "alice" in row.text
+    row.find_element(By.CSS_SELECTOR, "button.cancel-merge").click()
+    assert orch.wait_for(lambda: state() == "cancelled", timeout=30)
+    assert orch.wait_for(
+        lambda: (
+            browser.find_element(By.CSS_SELECTOR, "table.merges tbody tr").get_attribute("data-state") == "cancelled"
+        ),
+        timeout=30,
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, "button.cancel-merge")
+    # and its candidate's job, which nobody needs now, is stopped
+    candidate_job = requests.get(base + "/api/merges", timeout=5).json()[0]["job_id"]
+    job = lambda: requests.get(f"{base}/api/jobs/{candidate_job}", timeout=5).json()["status"]  # noqa: E731
+    assert orch.wait_for(lambda: job() == "cancelled", timeout=60)
+    final = ("passed", "failed", "error", "timed_out", "cancelled", "skipped")
+    assert orch.wait_for(  # the root's own job too: nothing left running when the dispatcher stops
+        lambda: all(j["status"] in final for j in requests.get(base + "/api/jobs", timeout=5).json()), timeout=120
+    )
