@@ -186,6 +186,9 @@ class MergeQueue:
                 continue
             if not mirror.has_commit(merge.sha):
                 mirror.fetch()
+                if not mirror.has_commit(merge.sha):  # force-pushed away: nothing left to merge
+                    self._reject(merge, f"its commit {merge.sha[:12]} is no longer in the repository")
+                    continue
             if merge.state == TESTING:  # made on a base that is gone: made again
                 self._drop_job(merge)
             try:
@@ -226,7 +229,9 @@ class MergeQueue:
         job = failed[0]
         said = f": {job.message}" if job.message else ""
         counts = f" ({job.tests.failed} failed, {job.tests.errors} errors)" if job.tests else ""
-        return False, f"its candidate {job.commit[:12]} {job.status.value} (job {job.id}){counts}{said}"
+        tests = self.store.tests.failed_in(job.id, job.attempts)
+        named = f"; failing: {', '.join(tests)}" if tests else ""
+        return False, f"its candidate {job.commit[:12]} {job.status.value} (job {job.id}){counts}{said}{named}"
 
     def _push(self, mirror: Mirror, url: str, branch: str, merge: Merge) -> str | None:
         """Move the target to the head's candidate that passed; where it is then, or None

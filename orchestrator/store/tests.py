@@ -83,6 +83,15 @@ class Tests:
             sql, args = sql + " AND j.id < ?", [*args, before]
         return [Run(*row) for row in self._db.read(sql + " ORDER BY j.id DESC LIMIT ?", [*args, limit])]
 
+    def failed_in(self, job_id: int, attempt: int, limit: int = 5) -> list[str]:
+        """The tests that failed or erred in one attempt of a job, by id (at most ``limit``)."""
+        rows = self._db.read(
+            "SELECT test_id FROM test_cases WHERE job_id = ? AND attempt = ? AND outcome IN ('failed', 'error')"
+            " ORDER BY test_id LIMIT ?",
+            (job_id, attempt, limit),
+        )
+        return [r[0] for r in rows]
+
     def failing_tests_runs(self, repository: str, jobs: int) -> list[tuple[str, str, str, str]]:
         """(test id, python, outcome, commit) of every run, within the newest ``jobs`` jobs,
         of each test that failed, erred or was flaky there at least once; by test and

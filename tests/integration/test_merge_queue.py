@@ -70,6 +70,7 @@ def test_passing_requests_merge_a_failing_one_and_a_conflict_are_rejected(orch) 
     found = merges(orch)
     assert found["alice"]["state"] == "merged", found
     assert found["bob"]["state"] == "rejected" and "failed" in found["bob"]["message"], found["bob"]
+    assert found["bob"]["message"].endswith("failing: tests.test_bob::test_b"), found["bob"]
     assert found["carol"]["state"] == "rejected", found["carol"]
     assert found["carol"]["message"] == "conflicts with main in shared.txt" and found["carol"]["job_id"] is None
     merged = found["alice"]["candidate"]
@@ -128,7 +129,10 @@ def test_killed_around_the_push_the_request_is_merged_once(orch, point: str) -> 
 
 
 def test_a_request_asked_again_after_a_push_goes_to_the_back_at_its_new_head(orch) -> None:
-    queue_repo(orch)
+    """With the rebase strategy: alice asked for, then pushed again and asked again, goes
+    behind bob at her new head; bob cancelled; alice's two commits land on main replayed,
+    their author kept, the queue's identity their committer."""
+    root = queue_repo(orch, strategy="rebase")
     branch(orch, "alice", {"a.txt": "1\n"})
     branch(orch, "bob", {"b.txt": "1\n"})
     assert orch.cli("merge", "alice").returncode == 0
@@ -151,3 +155,11 @@ def test_a_request_asked_again_after_a_push_goes_to_the_back_at_its_new_head(orc
     started = time.monotonic()
     assert orch.cli("run", "--once", timeout=300).returncode == 0
     assert merges(orch)["alice"]["state"] == "merged" and time.monotonic() - started < 300
+    history = orch.repo.git("log", "--format=%P|%s|%an|%cn", "main").splitlines()
+    assert [line.split("|", 1)[1] for line in history] == [
+        "more of alice|Dev|orchestrator",
+        "work on alice|Dev|orchestrator",
+        "root|Dev|Dev",
+    ]
+    assert all(len(line.split("|")[0].split()) <= 1 for line in history)  # linear: no merge commit
+    assert orch.repo.git("rev-parse", "main~2") == root

@@ -166,3 +166,13 @@ def test_the_strategies_make_their_candidates_in_the_mirror(bed) -> None:
     with pytest.raises(MergeRefused, match="nothing to merge"):
         mirror.candidate(moved, root, "merge", "unused", identity)
     assert feature != second
+
+
+def test_a_request_whose_commit_is_gone_is_rejected_and_the_queue_goes_on(bed) -> None:
+    repo, root, _store, mirrors, queue = bed
+    queue.request("demo", "vanished", "f" * 40)  # as a branch force-pushed away would leave it
+    queue.request("demo", "alice", work(repo, "alice", {"x.txt": "1"}))
+    state = step(queue, mirrors)
+    assert state["vanished"].state == "rejected"
+    assert state["vanished"].message == "its commit ffffffffffff is no longer in the repository"
+    assert state["alice"].state == "testing" and state["alice"].base == root
