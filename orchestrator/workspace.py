@@ -113,11 +113,17 @@ class Workspaces:
 
 def remove_tree(path: Path) -> None:
     """Remove a folder whatever the container left in it (read-only folders included),
-    never following links out of it."""
+    never following links out of it. What vanishes meanwhile is gone as wanted: recovery's
+    sweep of set-aside workspaces and the cleaner of an adopted job may remove one at once."""
 
-    def _make_writable(func: Callable[..., Any], p: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(p), 0o700)
-        func(p)
+    def _make_writable(func: Callable[..., Any], p: str, exc: Any) -> None:
+        if isinstance(exc[1], FileNotFoundError):
+            return
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except FileNotFoundError:
+            pass
 
     if path.is_symlink():
         path.unlink()

@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
 from orchestrator.report import Report
 from orchestrator.results import ResultFiles
 from orchestrator.verdict import cause, classify
-from orchestrator.workspace import read_regular_file
+from orchestrator.workspace import read_regular_file, remove_tree
 
 JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="2" skipped="1" tests="7" time="0.1">
@@ -323,3 +324,29 @@ def test_the_history_records_a_forged_rerun_as_the_failure_it_hides(tmp_path: Pa
     outcome = run.outcome
     store.close()
     assert outcome == "failed"
+
+
+def test_a_tree_removed_by_two_at_once_is_removed_without_an_error(tmp_path: Path) -> None:
+    """Recovery's sweep of set-aside workspaces and the cleaner of a job it adopted may
+    remove the same folder at once (a fault test's restart died of it): what vanished
+    meanwhile is gone as wanted."""
+    errors: list[BaseException] = []
+
+    def remove(path: Path) -> None:
+        try:
+            remove_tree(path)
+        except BaseException as exc:  # noqa: BLE001  (collected, for the assertion)
+            errors.append(exc)
+
+    for round_ in range(10):
+        root = tmp_path / f"ws{round_}"
+        for i in range(200):
+            (root / f"d{i}").mkdir(parents=True)
+            (root / f"d{i}" / "f").write_text("x")
+        threads = [threading.Thread(target=remove, args=(root,)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not root.exists()
+    assert errors == []
