@@ -59,8 +59,8 @@ def test_shards_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     proc, result = smoke("shards.py", tmp_path)  # 0 only when every run passed and the shards ran every test
     cases = result["cases"]
     assert list(cases) == ["as recorded", "slower, fixed split", "slower, queue", "no history, queue"]
-    assert all(len(case["shards"]) == 4 and case["over_best"] > 0 for case in cases.values())
-    assert result["slower"]["tests"] > 0 and result["split_over_unsplit"] < 1
+    assert all(len(case["shards"]) == 4 and case["tests_run"] == result["tests"] for case in cases.values())
+    assert result["slower"]["tests"] > 0  # its ratios belong in the README: a 2 s suite's are noise
     assert "| slower, queue |" in proc.stdout
 
 
