@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from orchestrator import pythons
@@ -330,20 +330,26 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bisections(config: Config, args: argparse.Namespace) -> int:
-    documents = _jobs(config, args).bisections(args.repo)
-    if args.json:
+def _listing(documents: list[dict], as_json: bool, line: Callable[[dict], str], none: str) -> int:
+    """A list command's answer: the documents as a JSON array, or a line each (``none``
+    when there is nothing)."""
+    if as_json:
         print(json.dumps(documents, indent=2, ensure_ascii=False))
-        return 0
-    for b in documents:
-        outcome = f"culprit {b['culprit'][:12]}" if b["culprit"] else (b["reason"] or "in progress")
-        print(
-            f"{b['repository']}/{b['branch']}  {b['good'][:12]}..{b['bad'][:12]}  {b['range']} commits  "
-            f"{b['phase']}  {b['jobs']} jobs  {outcome}"
-        )
-    if not documents:
-        print("no bisection yet")
+    else:
+        print("\n".join(line(d) for d in documents) if documents else none)
     return 0
+
+
+def _bisection_line(b: dict) -> str:
+    outcome = f"culprit {b['culprit'][:12]}" if b["culprit"] else (b["reason"] or "in progress")
+    return (
+        f"{b['repository']}/{b['branch']}  {b['good'][:12]}..{b['bad'][:12]}  {b['range']} commits  "
+        f"{b['phase']}  {b['jobs']} jobs  {outcome}"
+    )
+
+
+def cmd_bisections(config: Config, args: argparse.Namespace) -> int:
+    return _listing(_jobs(config, args).bisections(args.repo), args.json, _bisection_line, "no bisection yet")
 
 
 def cmd_merge(config: Config, args: argparse.Namespace) -> int:
@@ -358,21 +364,17 @@ def cmd_merge(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_line(m: dict) -> str:
+    candidate = f"candidate {m['candidate'][:12]} (job {m['job_id']})" if m["candidate"] else "no candidate yet"
+    why = f"  {m['message']}" if m["message"] else ""
+    return (
+        f"{m['id']:>4}  {m['repository']}  {m['branch']} -> {m['target']}  {m['state']:<9}  {candidate}  "
+        f"waited {m['waited_s']:.0f} s{why}"
+    )
+
+
 def cmd_merges(config: Config, args: argparse.Namespace) -> int:
-    documents = _jobs(config, args).merges(args.repo)
-    if args.json:
-        print(json.dumps(documents, indent=2, ensure_ascii=False))
-        return 0
-    for m in documents:
-        candidate = f"candidate {m['candidate'][:12]} (job {m['job_id']})" if m["candidate"] else "no candidate yet"
-        why = f"  {m['message']}" if m["message"] else ""
-        print(
-            f"{m['id']:>4}  {m['repository']}  {m['branch']} -> {m['target']}  {m['state']:<9}  {candidate}  "
-            f"waited {m['waited_s']:.0f} s{why}"
-        )
-    if not documents:
-        print("no merge request yet")
-    return 0
+    return _listing(_jobs(config, args).merges(args.repo), args.json, _merge_line, "no merge request yet")
 
 
 def cmd_submit(config: Config, args: argparse.Namespace) -> int:

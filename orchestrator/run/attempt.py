@@ -114,24 +114,12 @@ class Attempt:
         with self.timings.measure("create"):
             self.container_id = steps.prepare(ctx, spec, runs_in)
             if self.warm is None:
-                self._record(
-                    container_id=self.container_id,
-                    image_tag=image.tag,
-                    image_id=image.id,
-                    environment=runs_in.document,
-                    message=None,
-                )
+                self._record_container(runs_in)
         crash_point("container-created")
         if self.warm is not None and not ctx.backend.warm_starts:  # prepared ahead: started once released
             self.job = self.warm.wait(ctx.abandon)
             self.warm = None  # from here on, an attempt like any other
-            self._record(
-                container_id=self.container_id,
-                image_tag=image.tag,
-                image_id=image.id,
-                environment=runs_in.document,
-                message=None,
-            )
+            self._record_container(runs_in)
         with self.timings.measure("start"):
             try:
                 state = ctx.backend.start(self.container_id)
@@ -171,6 +159,16 @@ class Attempt:
         if self.warm is None:
             log.info("job %s: %s", self.job.id, stage)
             self._record(message=stage)
+
+    def _record_container(self, runs_in: Setup) -> None:
+        """The claimed attempt's container and what it runs in, before it is started."""
+        self._record(
+            container_id=self.container_id,
+            image_tag=runs_in.image.tag,
+            image_id=runs_in.image.id,
+            environment=runs_in.document,
+            message=None,
+        )
 
     def _record(self, **facts: Any) -> None:
         """Facts about the running attempt, committed before they are acted on."""

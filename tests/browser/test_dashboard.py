@@ -20,6 +20,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
+SCREENSHOTS = "ORCHESTRATOR_SCREENSHOTS"  # a folder: the pages are saved there as pictures (docs: the README's)
 CHATTY_FAILING = (
     "import time\n"
     + "".join(f"def test_step_{i}():\n    time.sleep(0.7)\n" for i in range(6))
@@ -88,8 +89,8 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     assert "1 failed" in orch.wait_for(lambda: log.text if "1 failed" in log.text else "", timeout=15)
     record = browser.find_element(By.CSS_SELECTOR, ".failure .record")
     assert "new failure" in record.text and "no earlier run of it" in record.text  # it is a new test
-    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
-        browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "job.png"))
+    if os.environ.get(SCREENSHOTS):
+        browser.save_screenshot(os.path.join(os.environ[SCREENSHOTS], "job.png"))
     browser.get(base + "/")
     assert orch.wait_for(lambda: row_status(browser, slow) == "failed")
     assert orch.wait_for(lambda: row_status(browser, later) == "passed"), orch.cli("status").stdout
@@ -102,8 +103,8 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     chart = browser.find_element(By.CSS_SELECTOR, "#durations svg")
     assert "duration of the last 3 runs" in chart.get_attribute("aria-label")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#slowest .spark")) >= 1
-    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):  # ORCHESTRATOR_SCREENSHOTS=docs: the README's picture
-        browser.save_screenshot(os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "branch.png"))
+    if os.environ.get(SCREENSHOTS):  # SCREENSHOTS=docs: the README's picture
+        browser.save_screenshot(os.path.join(os.environ[SCREENSHOTS], "branch.png"))
     browser.get(base + "/")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".load rect.bar")) == 2 * 61
     run.send_signal(signal.SIGTERM)
@@ -136,10 +137,8 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     browser.get(base + "/flaky")
     row = orch.wait_for(lambda: browser.find_elements(By.XPATH, "//td[contains(., 'test_flaky_once')]"), timeout=15)
     assert "tests.test_f::test_flaky_once" in row[0].text
-    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
-        browser.find_element(By.TAG_NAME, "main").screenshot(
-            os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "flaky.png")
-        )
+    if os.environ.get(SCREENSHOTS):
+        browser.find_element(By.TAG_NAME, "main").screenshot(os.path.join(os.environ[SCREENSHOTS], "flaky.png"))
     browser.get(base + "/")
     summary = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs details.shards summary"), timeout=15)
     assert summary[0].text == "2 shards"
@@ -148,10 +147,8 @@ def test_a_flaky_test_is_ranked_and_a_split_suite_opens_to_its_shards(orch, brow
     assert len(orch.wait_for(shown, timeout=5)) == 2
     browser.execute_script("return new Promise(r => setTimeout(r, 2500));")  # two refreshes of the list
     assert [text.split()[0] for text in shown()] == ["passed", "passed"]
-    if os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
-        browser.find_element(By.ID, "jobs").screenshot(
-            os.path.join(os.environ["ORCHESTRATOR_SCREENSHOTS"], "shards.png")
-        )
+    if os.environ.get(SCREENSHOTS):
+        browser.find_element(By.ID, "jobs").screenshot(os.path.join(os.environ[SCREENSHOTS], "shards.png"))
     browser.get(base + f"/jobs/{orch.result(sha)['id']}")
     rows = orch.wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#shards tbody tr"), timeout=15)
     assert len(rows) == 2 and "output.1.log" in rows[0].text

@@ -44,7 +44,7 @@ def write_suite(root: Path, events: Path, slow: float = 1.0) -> None:
 
             def note(what):
                 with open({str(events)!r}, "a") as fh:
-                    fh.write(f"{{os.environ['ORCHESTRATOR_SHARD']}} {{what}}\\n")
+                    fh.write(f"{{os.environ['{protocol.SHARD}']}} {{what}}\\n")
 
             @pytest.fixture(scope="session")
             def session_thing():
