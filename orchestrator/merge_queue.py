@@ -202,6 +202,9 @@ class MergeQueue:
             except MergeRefused as exc:
                 self._reject(merge, str(exc).replace("the target", queue.target))
                 continue
+            except RepositoryError as exc:  # the request's own commits git will not build on (a bad ident, say):
+                self._reject(merge, f"its candidate could not be made: {exc}")  # never a queue stuck behind it
+                continue
             job = self._job_of(repo.name, candidate, mirror)
             tested = self.store.merges.move(merge, TESTING, base=expected, candidate=candidate, job_id=job.id)
             if tested is None:

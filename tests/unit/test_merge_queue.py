@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import NotifyConfig, load_config
-from orchestrator.errors import MergeRefused
+from orchestrator.errors import MergeRefused, RepositoryError
 from orchestrator.merge_queue import MergeQueue
 from orchestrator.mirror import Mirrors
 from orchestrator.models import JobStatus, utcnow
@@ -175,4 +175,23 @@ def test_a_request_whose_commit_is_gone_is_rejected_and_the_queue_goes_on(bed) -
     state = step(queue, mirrors)
     assert state["vanished"].state == "rejected"
     assert state["vanished"].message == "its commit ffffffffffff is no longer in the repository"
+    assert state["alice"].state == "testing" and state["alice"].base == root
+
+
+def test_a_request_git_cannot_make_a_candidate_of_is_rejected_not_retried_forever(bed, monkeypatch) -> None:
+    """Its commits are data git refuses to build on (a malformed author written with
+    plumbing, say): the request is rejected with git's reason and the next one goes on."""
+    repo, root, _store, mirrors, queue = bed
+    queue.request("demo", "odd", work(repo, "odd", {"o.txt": "1"}))
+    queue.request("demo", "alice", work(repo, "alice", {"x.txt": "1"}))
+    made = mirrors["demo"].candidate
+
+    def refuse_odd(base: str, head: str, *args: object) -> str:
+        if head == repo.head("odd"):
+            raise RepositoryError("git commit-tree failed in demo: fatal: malformed ident")
+        return made(base, head, *args)
+
+    monkeypatch.setattr(mirrors["demo"], "candidate", refuse_odd)
+    state = step(queue, mirrors)
+    assert state["odd"].state == "rejected" and "malformed ident" in state["odd"].message
     assert state["alice"].state == "testing" and state["alice"].base == root
