@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from orchestrator.errors import InvalidTransition
-from orchestrator.models import BISECT_PRIORITY, NORMAL_PRIORITY, Job, JobStatus, utcnow
+from orchestrator.models import BISECT_PRIORITY, BISECTION, NORMAL_PRIORITY, Job, JobStatus, utcnow
 from orchestrator.store import Store
 from orchestrator.store.bisections import ABANDONED, FLAKY, FOUND, SEARCH, VERIFY, Bisection
 
@@ -161,6 +161,7 @@ class Bisector:
                     job,
                     JobStatus.QUEUED,
                     priority=BISECT_PRIORITY,
+                    trigger=BISECTION,
                     message=f"bisecting {b.good[:12]}..{b.commits[-1][:12]}",
                 )
                 started = 1

@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import pythons
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config, client_settings, load_config
 from orchestrator.errors import OrchestratorError, RepositoryError, UsageError
 
 if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays short
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # the commands import what they use when they run: start-up s
 
 log = logging.getLogger("orchestrator")
 
+SERVER_VARIABLE, TOKEN_VARIABLE = "ORCHESTRATOR_SERVER", "ORCHESTRATOR_TOKEN"
 ONCE_ENGINE_PATIENCE = 120.0  # seconds `run --once` waits for an engine that went away
 
 
@@ -41,14 +44,25 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Test every new commit in its own container.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_: str, remote: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+    def command(
+        name: str, help_: str, remote: bool = False, within: argparse._SubParsersAction | None = None
+    ) -> argparse.ArgumentParser:
+        p = (within or sub).add_parser(name, help=help_, description=help_)
+        if name == "quarantine":  # its actions take the options (a default here would undo theirs)
+            return p
         p.add_argument("-c", "--config", default="config.yaml", help="config file (default ./config.yaml)")
         if remote:
             p.add_argument(
                 "--server",
                 metavar="URL",
-                help="a dispatcher's address (default: dispatcher.url, else this machine's state_dir)",
+                default=os.environ.get(SERVER_VARIABLE),
+                help=f"a dispatcher's address (default: ${SERVER_VARIABLE}, dispatcher.url, else this machine's "
+                "state_dir); no local config is needed then",
+            )
+            p.add_argument(
+                "--token",
+                default=os.environ.get(TOKEN_VARIABLE),
+                help=f"the dispatcher's api token (default: ${TOKEN_VARIABLE}, else the local config's api_token)",
             )
         return p
 
@@ -118,7 +132,42 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("sha", metavar="SHA")
         p.add_argument("--repo")
         p.add_argument("--python", metavar="V", help="only the commit's variant on this Python")
+        if name == "retry":
+            p.add_argument("--failed", action="store_true", help="re-run only the tests that failed")
+    p = command("pause", "start nothing of a repository until it is resumed (still observed and queued)", remote=True)
+    p.add_argument("repo", metavar="REPO")
+    p.add_argument("--reason", default="", help="what the dashboard and /healthz say")
+    p = command("resume", "let a paused repository's queued jobs start", remote=True)
+    p.add_argument("repo", metavar="REPO")
+    p = command("quarantine", "tests whose failures do not fail their jobs (still run and recorded)", remote=True)
+    action = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = command("add", "quarantine a test", remote=True, within=action)
+    q.add_argument("repo", metavar="REPO")
+    q.add_argument("test", metavar="TEST_ID", help="as the test history names it: module.Class::test_name")
+    q.add_argument("--reason", required=True)
+    q.add_argument("--until", type=_date, metavar="DATE", help="when it ends (default: quarantine.days from now)")
+    q = command("remove", "end a test's quarantine", remote=True, within=action)
+    q.add_argument("repo", metavar="REPO")
+    q.add_argument("test", metavar="TEST_ID")
+    q = command("list", "the tests in quarantine now", remote=True, within=action)
+    q.add_argument("--repo")
+    q.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("search", "search every job's log, failing tests and reasons", remote=True)
+    p.add_argument("query", metavar="TEXT", help='words, "a phrase", OR, NOT, prefix* (SQLite FTS5\'s syntax)')
+    p.add_argument("--repo")
+    p.add_argument("--since", type=_date, metavar="DATE", help="only jobs finished since (YYYY-MM-DD or ISO time)")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print a JSON array of hits")
     return parser
+
+
+def _date(value: str) -> datetime:
+    """A date or a time, as a user types it (no zone: UTC)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a date (YYYY-MM-DD) or ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     try:
+        remote = _remote(args)
+        if remote is not None:  # a dispatcher elsewhere: nothing of a local config is needed
+            args.remote = remote
+            return COMMANDS[args.command](None, args)
         config = load_config(args.config)
         return COMMANDS[args.command](config, args)
     except OrchestratorError as exc:
@@ -247,14 +300,28 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
 # -- operations on jobs ---------------------------------------------------------------------
 
 
-def _jobs(config: Config, args: argparse.Namespace, create: bool = False) -> Jobs:
-    """The jobs of the dispatcher at ``--server`` or ``dispatcher.url``, else of this
-    machine's state_dir (which only ``submit`` and ``poll`` may create)."""
-    server = args.server or config.dispatcher.url
-    if server:
-        from orchestrator.client import DispatcherClient, RemoteJobs
+def _remote(args: argparse.Namespace) -> Jobs | None:
+    """The jobs of a dispatcher on another machine, for a command that can reach one: at
+    ``--server`` (or $ORCHESTRATOR_SERVER), else at the local config's ``dispatcher.url``;
+    None: this machine's state_dir. Of a local config only ``dispatcher.url`` and
+    ``api_token`` are read then: its repositories are the dispatcher's machine's."""
+    if not hasattr(args, "server"):
+        return None
+    settings = client_settings(args.config) if args.server is None or args.token is None else None
+    server = args.server or (settings.url if settings else None)
+    if not server:
+        return None
+    from orchestrator.client import DispatcherClient, RemoteJobs
 
-        return RemoteJobs(DispatcherClient(server, config.dispatcher.api_token))
+    return RemoteJobs(DispatcherClient(server, args.token or (settings.api_token if settings else None)))
+
+
+def _jobs(config: Config | None, args: argparse.Namespace, create: bool = False) -> Jobs:
+    """The jobs of the dispatcher ``_remote`` found, else of this machine's state_dir
+    (which only ``submit``, ``poll`` and ``merge`` may create)."""
+    if getattr(args, "remote", None) is not None:
+        return args.remote
+    assert config is not None
     from orchestrator.service import local_jobs
     from orchestrator.store import Store
 
@@ -396,12 +463,60 @@ def _variant(document: dict) -> str:
 
 
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
-    for document in _jobs(config, args).retry(_ref(args)):
+    for document in _jobs(config, args).retry(_ref(args), failed=args.failed):
+        what = f"its {len(document['rerun']['tests'])} failed tests" if document.get("rerun") else "again"
         print(
-            f"queued job {document['id']} {document['commit']}{_variant(document)} again"
+            f"queued job {document['id']} {document['commit']}{_variant(document)} {what}"
             f" (attempt {document['attempts'] + 1})"
         )
     return 0
+
+
+def cmd_pause(config: Config, args: argparse.Namespace) -> int:
+    done = _jobs(config, args).pause(args.repo, args.reason)
+    print(f"{done['repository']}: paused since {done['since']} ({done['reason']}); running jobs finish")
+    return 0
+
+
+def cmd_resume(config: Config, args: argparse.Namespace) -> int:
+    done = _jobs(config, args).resume(args.repo)
+    print(f"{done['repository']}: resumed")
+    return 0
+
+
+def _quarantine_line(e: dict) -> str:
+    return f"{e['repository']}  {e['test']}  until {e['until']}  by {e['by']}: {e['reason']}"
+
+
+def cmd_quarantine(config: Config, args: argparse.Namespace) -> int:
+    jobs = _jobs(config, args)
+    if args.action == "list":
+        return _listing(jobs.quarantined(args.repo), args.json, _quarantine_line, "no test is quarantined")
+    if args.action == "remove":
+        done = jobs.quarantine_remove(args.repo, args.test)
+        print(f"{done['repository']}: {done['test']} is no longer quarantined")
+        return 0
+    entry = jobs.quarantine_add(args.repo, args.test, args.reason, args.until)
+    print(f"quarantined: {_quarantine_line(entry)}")
+    return 0
+
+
+def _hit_lines(hit: dict) -> str:
+    """A hit, its line marked among its neighbours; what came from the log printed as text."""
+    from orchestrator.console import printable
+
+    where = f"job {hit['job']} {hit['commit'][:12]} {printable(hit['repository'])}"
+    if hit["kind"] != "log":
+        return f"{where} ({hit['kind']}): {printable(hit['text'])}\n"
+    near = [f"  {n['line']:>6}  {printable(n['text'])}" for n in hit["before"]]
+    near.append(f"> {hit['line']:>6}  {printable(hit['text'])}")
+    near += [f"  {n['line']:>6}  {printable(n['text'])}" for n in hit["after"]]
+    return f"{where} line {hit['line']}  {hit['link']}\n" + "\n".join(near) + "\n"
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    hits = _jobs(config, args).search(args.query, args.repo, args.since, max(1, args.limit))
+    return _listing(hits, args.json, _hit_lines, "no match")
 
 
 def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
@@ -415,7 +530,7 @@ def cmd_cancel(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "run": cmd_run,
     "dispatcher": cmd_dispatcher,
     "observer": cmd_observer,
@@ -429,4 +544,8 @@ COMMANDS = {
     "merges": cmd_merges,
     "retry": cmd_retry,
     "cancel": cmd_cancel,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "quarantine": cmd_quarantine,
+    "search": cmd_search,
 }

@@ -9,13 +9,14 @@ status and says the same thing, wherever the dispatcher is.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import requests
 
 from orchestrator.errors import Conflict, DispatcherUnavailable, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.jobs import Document, JobRef
-from orchestrator.models import JobStatus
+from orchestrator.models import JobStatus, iso
 from orchestrator.store import NewCommit
 
 TIMEOUT = 30
@@ -130,8 +131,41 @@ class RemoteJobs:
             return [self.show(ref)]
         return self.client.call("GET", "/api/jobs/variants", params=self._params(ref)).json()
 
-    def retry(self, ref: JobRef) -> list[Document]:
+    def retry(self, ref: JobRef, failed: bool = False) -> list[Document]:
+        if failed:
+            return self._each(ref, "retry?only=failed", lambda d: d["status"] == "failed")
         return self._each(ref, "retry", lambda d: d["status"] in FINAL)
+
+    # -- an operator's controls (controls.py) ---------------------------------------------
+
+    def pause(self, repository: str, reason: str = "", by: str = "cli") -> Document:
+        return self.client.call("POST", f"/api/repositories/{repository}/pause", json={"reason": reason}).json()
+
+    def resume(self, repository: str) -> Document:
+        return self.client.call("POST", f"/api/repositories/{repository}/resume").json()
+
+    def paused(self) -> list[Document]:
+        return self.client.call("GET", "/api/paused").json()
+
+    def quarantine_add(
+        self, repository: str | None, test_id: str, reason: str, until: datetime | None = None, by: str = "cli"
+    ) -> Document:
+        body = {"repository": repository, "test": test_id, "reason": reason, "until": iso(until)}
+        return self.client.call("POST", "/api/quarantine", json={k: v for k, v in body.items() if v}).json()
+
+    def quarantine_remove(self, repository: str | None, test_id: str) -> Document:
+        body = {"repository": repository, "test": test_id}
+        return self.client.call("POST", "/api/quarantine/remove", json={k: v for k, v in body.items() if v}).json()
+
+    def quarantined(self, repository: str | None = None) -> list[Document]:
+        params = {"repository": repository} if repository else {}
+        return self.client.call("GET", "/api/quarantine", params=params).json()
+
+    def search(
+        self, query: str, repository: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[Document]:
+        params = {"q": query, "repository": repository, "since": iso(since), "limit": limit}
+        return self.client.call("GET", "/api/search", params={k: v for k, v in params.items() if v}).json()
 
     def cancel(self, ref: JobRef) -> list[Document]:
         return self._each(ref, "cancel", lambda d: d["status"] not in FINAL)

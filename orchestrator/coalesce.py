@@ -4,7 +4,9 @@ variants, one per Python), and the older ones end ``skipped`` ("covered by <sha>
 bisection may test later (bisection.py).
 
 Every repository without it keeps the plain order: highest priority first, then oldest.
-A bisection's jobs (a lower priority) are never coalesced, and never cover anything.
+Only pushes coalesce: a bisection's jobs (a lower priority), a user's, a schedule's and the
+merge queue's are never coalesced, and never cover anything (a nightly run of a branch's head
+must not skip the commits pushed before it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from orchestrator.errors import InvalidTransition
-from orchestrator.models import NORMAL_PRIORITY, Job, JobStatus
+from orchestrator.models import NORMAL_PRIORITY, PUSH, Job, JobStatus
 from orchestrator.store import Store
 
 log = logging.getLogger("orchestrator.coalesce")
@@ -29,7 +31,12 @@ class Picker:
         self.skipped = skipped  # told of each job ended skipped (its result files are written)
 
     def _coalesces(self, job: Job) -> bool:
-        return job.repository in self.coalescing and job.priority == NORMAL_PRIORITY and bool(job.branches)
+        return (
+            job.repository in self.coalescing
+            and job.priority == NORMAL_PRIORITY
+            and job.trigger == PUSH
+            and bool(job.branches)
+        )
 
     def pick(self, besides: frozenset[int] = frozenset()) -> Job | None:
         """The job to run next, not counting ``besides`` (already started warm) nor the
@@ -42,11 +49,7 @@ class Picker:
         job = self.store.next_queued(frozenset(excluded))
         if job is None or not self._coalesces(job):
             return job
-        newer = [
-            j
-            for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY)
-            if j.id not in excluded
-        ]
+        newer = [j for j in self._pushes(job) if j.id not in excluded]
         if not newer:
             return job
         return next(j for j in newer if j.commit == newer[-1].commit)  # the newest commit's first variant
@@ -71,10 +74,12 @@ class Picker:
 
     def _older(self, job: Job) -> list[Job]:
         """The older commits ``job`` covers: every variant of each (never ``job``'s own commit's)."""
+        return [j for j in self._pushes(job) if j.id < job.id and j.commit != job.commit]
+
+    def _pushes(self, job: Job) -> list[Job]:
+        """The pushed commits queued on ``job``'s branches, oldest first."""
         return [
-            j
-            for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY)
-            if j.id < job.id and j.commit != job.commit
+            j for j in self.store.queued_on_branches(job.repository, job.branches, NORMAL_PRIORITY) if j.trigger == PUSH
         ]
 
     def _skip(self, older: Job, newest: Job) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,6 +81,19 @@ class RepositoryConfig(_Strict):
     # shard's share is set at collection from the recorded durations (always so on a Swarm)
     shard_split: Literal["queue", "fixed"] = "queue"
     merge_queue: MergeQueueConfig | None = None  # none: no merge queue for this repository
+    # cron syntax, in the dispatcher's time zone: the head of each tracked branch tested again then
+    schedule: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(
+                f"{value[:80]!r} is not a cron expression (minute hour day month weekday, like '0 3 * * *')"
+            )
+        return value
 
     @field_validator("shards", mode="before")
     @classmethod
@@ -270,6 +284,23 @@ class EnvironmentsConfig(_Strict):
         return value
 
 
+class QuarantineConfig(_Strict):
+    """Quarantined tests (quarantine.py): how long an entry lasts unless given its own end,
+    and whether tests that flip often are quarantined automatically (off by default)."""
+
+    days: Annotated[float, Field(gt=0, le=3650)] = 14
+    auto: bool = False
+    flip_rate: Annotated[float, Field(gt=0, le=1)] = 0.3  # flips per run, over the last 500 jobs
+    min_runs: Annotated[int, Field(ge=2, le=10_000)] = 5  # a rate over fewer runs is not one
+
+
+class SearchConfig(_Strict):
+    """What the full-text index keeps of each job's log (search.py): its first and its last
+    ``log_mb`` megabytes, each line up to 2000 characters."""
+
+    log_mb: Annotated[float, Field(gt=0, le=1024)] = 1
+
+
 class Config(_Strict):
     repositories: Annotated[list[RepositoryConfig], Field(min_length=1)]
     poll_interval: Annotated[float, Field(gt=0)] = 5
@@ -280,6 +311,8 @@ class Config(_Strict):
     retries: Annotated[int, Field(ge=0, le=100)] = 2
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     environments: EnvironmentsConfig = Field(default_factory=EnvironmentsConfig)
+    quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     stop_grace: Annotated[float, Field(ge=0)] = 0
     source: Path = Path("config.yaml")
 
@@ -374,6 +407,32 @@ def load_config(path: str | Path) -> Config:
         if is_local_url(repo.url) and not Path(repo.url).is_dir():
             raise ConfigError(f"{path}: repositories[{i}].url: no such repository directory {repo.url}")
     return config
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    url: str | None
+    api_token: str | None
+
+
+def client_settings(path: str | Path) -> ClientSettings | None:
+    """What a command run against a dispatcher elsewhere reads of a local config:
+    ``dispatcher.url`` and ``dispatcher.api_token``, nothing else (its repositories are the
+    dispatcher machine's, and their paths need not exist here). None: no file to read."""
+    try:
+        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError):
+        return None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    dispatcher = raw.get("dispatcher") if isinstance(raw, dict) else None
+    if not isinstance(dispatcher, dict):
+        return ClientSettings(None, None)
+    url, token = dispatcher.get("url"), dispatcher.get("api_token")
+    for key, value in (("url", url), ("api_token", token)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: dispatcher.{key}: expected a string")
+    return ClientSettings(url, token)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

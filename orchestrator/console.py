@@ -5,7 +5,11 @@ as terminal commands."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 STYLE = {
     "passed": "green",
@@ -19,9 +23,10 @@ STYLE = {
 }
 
 
-def print_jobs(documents: list[dict[str, Any]]) -> None:
+def print_jobs(documents: list[dict[str, Any]], console: Console | None = None) -> None:
     """Jobs (``result.json`` documents) as a table: a terminal's width, else wide enough;
-    one row per commit, with a cell per Python where its commits run on several (the row's
+    one line per commit, however narrow the terminal (its subject, reason and branch are cut
+    with an ellipsis, never wrapped), with a cell per Python where its commits run on several (the row's
     status is the commit's: the worst of its variants'). Subjects, branch names and
     messages are Text, so ``[/]`` or ``[link=...]`` in a commit is shown as it is."""
     from rich.console import Console
@@ -33,13 +38,13 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
     rows = _commit_rows(documents)
     seen = {d["python"] for d in documents if d.get("python")}
     cells = [name for name in pythons.OFFERED if name in seen]  # a column per Python, in the offered order
-    table = Table(box=None, pad_edge=False)
     nodes = any(doc.get("node") for doc in documents)  # a column only where jobs ran on a Swarm
     columns = (
         "commit",
         "repository",
         "branch",
         "status",
+        "trigger",
         *cells,
         "tests",
         "duration",
@@ -48,8 +53,7 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
         "subject",
         "message",
     )
-    for column in columns:
-        table.add_column(column, no_wrap=column not in ("subject", "message", "branch"))
+    table_rows = []
     for doc, variants in rows:
         t = doc["tests"]
         tests = (
@@ -58,23 +62,58 @@ def print_jobs(documents: list[dict[str, Any]]) -> None:
         duration = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
         status = doc["status"]
         by_python = {v["python"]: v["status"] for v in variants}
-        table.add_row(
-            doc["commit"][:10],
-            Text(doc["repository"]),
-            Text(", ".join(doc["branches"])),
-            Text(status, style=STYLE.get(status, "dim")),
-            *(Text(by_python.get(name, ""), style=STYLE.get(by_python.get(name, ""), "dim")) for name in cells),
-            tests,
-            duration,
-            str(doc["attempts"]),
-            *((Text(doc.get("node") or "-"),) if nodes else ()),
-            Text(printable(doc["subject"])),
-            Text(printable(doc["message"] or "")),
+        table_rows.append(
+            (
+                Text(doc["commit"][:10]),
+                Text(doc["repository"]),
+                Text(printable(", ".join(doc["branches"]))),
+                Text(status, style=STYLE.get(status, "dim")),
+                Text(doc.get("trigger") or "push"),
+                *(Text(by_python.get(name, ""), style=STYLE.get(by_python.get(name, ""), "dim")) for name in cells),
+                Text(tests),
+                Text(duration),
+                Text(str(doc["attempts"])),
+                *((Text(doc.get("node") or "-"),) if nodes else ()),
+                Text(printable(doc["subject"])),
+                Text(printable(doc["message"] or "")),
+            )
         )
-    console = Console(highlight=False)
+    console = console or Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
+    widths = _widths(columns, table_rows, console.width, single=len({d["repository"] for d in documents}) <= 1)
+    table = Table(box=None, pad_edge=False)
+    kept = [k for k, column in enumerate(columns) if column in widths]
+    for k in kept:
+        table.add_column(columns[k], no_wrap=True, overflow="ellipsis", width=widths[columns[k]])
+    for row in table_rows:
+        table.add_row(*(row[k] for k in kept))
     console.print(table)
+
+
+CUT_FIRST = ("subject", "message", "branch")  # what a narrow terminal cuts, so that a commit keeps one line
+DROPPABLE_FIRST = ("repository", "attempts", "duration", "trigger")  # then left out, in this order
+ROOM_TO_CUT = 30  # what the cut columns keep, at least, before a droppable one goes
+
+
+def _widths(columns: tuple[str, ...], rows: list[tuple[Text, ...]], width: int, single: bool) -> dict[str, int]:
+    """Each column's width, for one line per commit: every column as wide as it needs, but
+    the subject, reason and branch share what the others leave; on a terminal too narrow
+    even for that, the repository (when there is one), attempts, duration and trigger go."""
+    needed = {c: max([len(c)] + [row[k].cell_len for row in rows]) for k, c in enumerate(columns)}
+    droppable = [c for c in DROPPABLE_FIRST if c != "repository" or single]
+
+    def room() -> int:
+        fixed = [w for c, w in needed.items() if c not in CUT_FIRST]
+        return width - sum(fixed) - 2 * (len(needed) - 1)
+
+    while room() < ROOM_TO_CUT and droppable:
+        del needed[droppable.pop(0)]
+    cut = {c: needed[c] for c in CUT_FIRST}
+    while sum(cut.values()) > max(room(), 3 * len(cut)):
+        widest = max(cut, key=lambda c: cut[c])
+        cut[widest] -= 1
+    return {**needed, **cut}
 
 
 def _commit_rows(documents: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:

@@ -28,6 +28,7 @@ from orchestrator.run.context import Context
 from orchestrator.run.recovery import Recovery
 from orchestrator.run.shards import SplitAttempt
 from orchestrator.run.warm import WarmPool, WarmStart
+from orchestrator.schedule import Scheduler
 from orchestrator.sharding import Planner
 
 log = logging.getLogger("orchestrator.dispatcher")
@@ -51,6 +52,7 @@ class Dispatcher:
         recovery: Recovery,
         metrics: Metrics,
         merge_queue: MergeQueue | None = None,
+        scheduler: Scheduler | None = None,
     ):
         self.runner = runner
         self.stop_grace = stop_grace
@@ -62,6 +64,7 @@ class Dispatcher:
         self.recovery = recovery
         self.metrics = metrics
         self.merge_queue = merge_queue
+        self.scheduler = scheduler
         # the warm jobs wait for a slot to free in workers of their own
         self._pool = ThreadPoolExecutor(max_workers=runner.parallelism + self._warm_wanted(), thread_name_prefix="job")
         self._active: dict[int, Future[Job]] = {}
@@ -95,6 +98,8 @@ class Dispatcher:
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
         self.bisector.advance()
+        if self.scheduler is not None:
+            self.scheduler.tick()
         if self.merge_queue is not None and ended:
             self.merge_queue.poke()  # a candidate that passed is pushed at once
         while self._free_slots() and not self.ctx.abandon.is_set():
@@ -105,6 +110,8 @@ class Dispatcher:
             if job is None:
                 break
             count = self.planner.count(job.repository, self._free(), job.python)
+            if job.rerun:  # only the failed tests: on as many shards as had failures
+                count = min(count, int(job.rerun.get("shards") or 1))
             if count > self._free():
                 break  # a split suite waits for its slots, and nothing overtakes it
             claimed = self.picker.claim(job, self._warm.job_ids)
@@ -208,7 +215,8 @@ class Dispatcher:
         if time.monotonic() < self._warm_after:
             return False
         job = self.picker.pick(besides=self._warm.job_ids)
-        if job is None or self.planner.wanted(job.repository) != 1:
+        one = job is not None and job.rerun is not None and job.rerun.get("shards") == 1
+        if job is None or (self.planner.wanted(job.repository) != 1 and not one):
             return False  # a split suite is not started warm (it waits for its slots instead)
         start = WarmStart()
         future = self._pool.submit(Attempt(self.ctx, job, warm_start=start).run)

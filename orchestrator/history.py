@@ -68,6 +68,8 @@ def record(store: Store, job: Job, report: Report, reruns: int = 0) -> int:
             [(c.test_id, c.seconds) for c in found.values() if c.outcome == "passed"],
             job.python,
         )
+    if job.rerun:  # only the failed tests ran: the suite's other outcomes are carried over
+        store.tests.carry(job.id, job.rerun["of_attempt"], job.attempts, list(found))
     return len(found)
 
 

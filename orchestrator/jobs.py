@@ -13,16 +13,18 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator import pythons, variants
+from orchestrator import pythons, rerun, variants
 from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
+from orchestrator.controls import Controls
 from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UsageError
 from orchestrator.mirror import Mirrors
-from orchestrator.models import MANUAL_PRIORITY, Job, JobStatus, iso
+from orchestrator.models import MANUAL, MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.store import NewCommit, Store
 
@@ -63,7 +65,7 @@ class Jobs(Protocol):
     ) -> list[Document]: ...
     def show(self, ref: JobRef) -> Document: ...
     def variants(self, ref: JobRef) -> list[Document]: ...
-    def retry(self, ref: JobRef) -> list[Document]: ...
+    def retry(self, ref: JobRef, failed: bool = False) -> list[Document]: ...
     def cancel(self, ref: JobRef) -> list[Document]: ...
     def open_log(
         self, ref: JobRef, follow: bool = True, shard: int | None = None
@@ -72,6 +74,17 @@ class Jobs(Protocol):
     def merge(self, branch: str, into: str | None = None, repository: str | None = None) -> tuple[Document, bool]: ...
     def merges(self, repository: str | None = None, limit: int = 50) -> list[Document]: ...
     def cancel_merge(self, branch: str, repository: str | None = None) -> Document: ...
+    def pause(self, repository: str, reason: str = "", by: str = "cli") -> Document: ...
+    def resume(self, repository: str) -> Document: ...
+    def paused(self) -> list[Document]: ...
+    def quarantine_add(
+        self, repository: str | None, test_id: str, reason: str, until: datetime | None = None, by: str = "cli"
+    ) -> Document: ...
+    def quarantine_remove(self, repository: str | None, test_id: str) -> Document: ...
+    def quarantined(self, repository: str | None = None) -> list[Document]: ...
+    def search(
+        self, query: str, repository: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[Document]: ...
 
 
 class Arrivals:
@@ -101,7 +114,7 @@ class Arrivals:
         return created
 
 
-class LocalJobs:
+class LocalJobs(Controls):
     """The operations on this machine's store, with the parts service.py gives it: the
     repositories' mirrors, the observer (``poll``, health), the insight (the pictures'
     reads), where commits arrive, and ``backend``, which reaches the engine for live logs
@@ -158,7 +171,7 @@ class LocalJobs:
         sha = mirror.resolve(rev)
         branches = tuple(b for b in mirror.branches_containing(sha) if repo.tracks(b))
         created = self.record_commits(
-            repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches, MANUAL_PRIORITY)]
+            repo.name, [NewCommit(sha, mirror.subjects([sha]).get(sha, ""), branches, MANUAL_PRIORITY, trigger=MANUAL)]
         )
         return self.document(self.store.find(sha, repo.name)), bool(created)
 
@@ -270,21 +283,36 @@ class LocalJobs:
             "queued": self.store.count(JobStatus.QUEUED),
             "running": self.store.count(JobStatus.RUNNING),
             "repositories": repositories,
+            **self.controls_health(),
         }
 
-    def retry(self, ref: JobRef) -> list[Document]:
+    def retry(self, ref: JobRef, failed: bool = False) -> list[Document]:
         """Queue a finished job again; a commit's variants without ``ref.python``: each
-        finished one (a Conflict if none is)."""
+        finished one (a Conflict if none is). With ``failed``, a new attempt runs only the
+        failing tests of each failed one (rerun.py)."""
         chosen = self._jobs_of(ref)
-        finished = [j for j in chosen if j.status.final]
+        finished = [j for j in chosen if j.status.final and (not failed or j.status is JobStatus.FAILED)]
         if not finished:
             job = chosen[0]
+            if failed:
+                rerun.plan(self.store, job, False)  # raises, saying why
             raise Conflict(f"job {job.id} ({job.commit[:12]}) is {job.status.value}: only finished jobs can be retried")
+        command = self.repository(finished[0].repository).command is not None
+        plans = [rerun.plan(self.store, job, command) if failed else None for job in finished]
         queued = [
             self.store.move(
-                job, JobStatus.QUEUED, message=f"retry asked after attempt {job.attempts}", priority=MANUAL_PRIORITY
+                job,
+                JobStatus.QUEUED,
+                message=(
+                    f"re-running the {len(plan['tests'])} failed tests of attempt {job.attempts}"
+                    if plan
+                    else f"retry asked after attempt {job.attempts}"
+                ),
+                priority=MANUAL_PRIORITY,
+                trigger=MANUAL,
+                rerun=plan,
             )
-            for job in finished
+            for job, plan in zip(finished, plans, strict=True)
         ]
         self.arrivals.wake()
         return [self.document(job) for job in queued]

@@ -35,7 +35,7 @@ from orchestrator.config import RepositoryConfig
 from orchestrator.errors import InvalidTransition, MergeRefused, OrchestratorError, RepositoryError
 from orchestrator.faults import crash_point
 from orchestrator.mirror import Mirror, Mirrors
-from orchestrator.models import Job, JobStatus
+from orchestrator.models import MERGE, Job, JobStatus
 from orchestrator.store import NewCommit, Store
 from orchestrator.store.merges import CANCELLED, MERGED, MERGING, QUEUED, REJECTED, TESTING, Merge
 
@@ -301,7 +301,7 @@ class MergeQueue:
         jobs = self.store.of_commit(repository, candidate)
         if not jobs:
             subject = mirror.subjects([candidate]).get(candidate, "")
-            self.record(repository, [NewCommit(candidate, subject, ())])
+            self.record(repository, [NewCommit(candidate, subject, (), trigger=MERGE)])
             jobs = self.store.of_commit(repository, candidate)
         for job in jobs:  # one this queue cancelled when it went stale, made again the same
             if job.status is JobStatus.CANCELLED and not job.branches:

@@ -100,6 +100,11 @@ class Job:
     artifacts: dict[str, Any] | None = _of_attempt(None)  # files collected for download: {"files", "refused", "bytes"}
     shards: tuple[dict[str, Any], ...] = _of_attempt(())  # a split suite's containers, one summary each
     python: str = ""  # the Python of this variant of the commit; "" where the repository names one Python
+    trigger: str = "push"  # what queued it last (TRIGGERS): set each time it is queued
+    quarantined: tuple[str, ...] = _of_attempt(())  # quarantined tests that failed: they did not fail the job
+    rerun: dict[str, Any] | None = (
+        None  # a re-run of only the failed tests: {"of_attempt", "tests", "counts", "shards"}
+    )
 
     @property
     def duration_s(self) -> float | None:
@@ -113,6 +118,11 @@ _ATTEMPT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Job) if f.met
 MANUAL_PRIORITY = 1  # submitted or retried by a user: before the pushes waiting, never coalesced
 NORMAL_PRIORITY = 0  # found by the observer
 BISECT_PRIORITY = -1  # a bisection's: after every new push
+
+# What queued a job: the observer found a push; a user asked (submit, retry); a repository's
+# schedule came round; a bisection tests a commit; the merge queue tests a candidate.
+PUSH, MANUAL, SCHEDULE, BISECTION, MERGE = "push", "manual", "schedule", "bisection", "merge"
+TRIGGERS = (PUSH, MANUAL, SCHEDULE, BISECTION, MERGE)
 
 MAX_SUBJECT = 1000  # characters of a commit's subject that are kept, wherever it is read
 

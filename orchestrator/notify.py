@@ -32,11 +32,12 @@ from urllib.parse import unquote, urlsplit
 
 from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
-from orchestrator.models import Job, JobStatus
+from orchestrator.models import Job, JobStatus, iso
 from orchestrator.results import commit_document, result_document
 from orchestrator.store import News, Store
 from orchestrator.store.merges import MERGED, REJECTED, Merge
 from orchestrator.store.outbox import Delivery
+from orchestrator.store.quarantine import Entry
 
 log = logging.getLogger("orchestrator.notify")
 
@@ -92,6 +93,16 @@ class Notifier:
         self._wake.clear()
         key = f"merge-{new.id}-{new.sha[:12]}-{new.state}"
         return [News(new.job_id or 0, 0, event, url, body, key) for url in self._config.webhooks]
+
+    def quarantine_news(self, entry: Entry, job_id: int, attempt: int) -> list[News]:
+        """A test quarantined automatically (the store writes it with the entry)."""
+        if not self._config.webhooks:
+            return []
+        body = {"event": "test.quarantined", "quarantine": entry.document(), "job": job_id}
+        self._wake.set()
+        self._wake.clear()
+        key = f"quarantine-{entry.repository}-{entry.test_id}-{iso(entry.added_at)}"
+        return [News(job_id, attempt, "test.quarantined", url, body, key) for url in self._config.webhooks]
 
     # -- sending ------------------------------------------------------------------------
 

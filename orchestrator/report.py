@@ -111,6 +111,15 @@ class Report:
         """The tests that failed and then passed when re-run in the same container."""
         return sorted(_recovered(*self.suites(reruns)))
 
+    def failing(self, reruns: int = 0) -> set[str]:
+        """The tests that failed or erred in the end: a counted re-run's outcome wins."""
+        ended: dict[str, str] = {}
+        for case, rerun in self.cases(reruns):
+            test, now = test_id(case), outcome(case)
+            if rerun or ended.get(test) not in ("failed", "error"):
+                ended[test] = now
+        return {test for test, now in ended.items() if now in ("failed", "error")}
+
     def cases(self, reruns: int = 0) -> Iterator[tuple[ET.Element, bool]]:
         """Every test case, and whether it is a counted re-run's: its own suites' first,
         then the re-runs' (so that, read in order, a re-run's outcome comes last)."""

@@ -45,6 +45,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
             "failed": tests.failed,
             "errors": tests.errors,
             "skipped": tests.skipped,
+            "quarantined": len(job.quarantined),  # failures of quarantined tests, among those counted
         },
         "queued_at": iso(job.queued_at),
         "started_at": iso(job.started_at),
@@ -65,6 +66,9 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "bisection": job.culprit,  # ... the range it bisected, and what it spent
         "shards": list(job.shards),  # a split suite's containers (repositories[].shards), else []
         "python": job.python or None,  # the variant's Python; null where the repository names one
+        "trigger": job.trigger,  # what queued it: push, manual, schedule, bisection or merge
+        "quarantined": list(job.quarantined),  # quarantined tests that failed: they did not fail the job
+        "rerun": job.rerun,  # a re-run of only the failed tests: which, of which attempt; else null
     }
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is 
     from orchestrator.insight import Insight
     from orchestrator.metrics import Metrics
     from orchestrator.observer import Observer
+    from orchestrator.schedule import Clock
 
 log = logging.getLogger("orchestrator")
 
@@ -45,11 +46,13 @@ def dispatcher_for(
     mirrors: Mirrors,
     metrics: Metrics,
     environments: Environments | None = None,
+    clock: Clock | None = None,
     **context: object,
 ) -> Dispatcher:
     """The dispatcher and its collaborators: the attempts' context, the queue, the bisector,
-    the planner and recovery, wired to the metrics and the result files (``context``: more
-    of the context's fields, a test's patience, say)."""
+    the planner, recovery and the schedules, wired to the metrics and the result files
+    (``clock``: the schedules' time, a test's own; ``context``: more of the context's
+    fields, a test's patience, say)."""
     from orchestrator.bisection import Bisector
     from orchestrator.coalesce import Picker
     from orchestrator.dispatcher import Dispatcher
@@ -57,6 +60,7 @@ def dispatcher_for(
     from orchestrator.results import ResultFiles
     from orchestrator.run.context import Context
     from orchestrator.run.recovery import Recovery
+    from orchestrator.schedule import Scheduler, local_now
     from orchestrator.sharding import Planner
 
     coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
@@ -70,6 +74,14 @@ def dispatcher_for(
     def finished(job: Job) -> None:
         metrics.job_finished(job)
         bisector.noticed(job)
+        quarantine_flaky(job)
+
+    def quarantine_flaky(job: Job) -> None:  # quarantine.auto: a test that flips too often
+        if config.quarantine.auto and (job.flaky or (job.tests and (job.tests.failed or job.tests.errors))):
+            from orchestrator import quarantine
+            from orchestrator.history import History
+
+            quarantine.automatic(store, config.quarantine, job, History(store).flaky(job.repository))
 
     def skipped(job: Job) -> None:  # a commit coalesced away: its files say by which commit
         results.write_without_run(job, store.attempt_history(job.id))
@@ -98,6 +110,7 @@ def dispatcher_for(
         Recovery(ctx),
         metrics,
         MergeQueue(store, config.repositories, mirrors, candidates.record_commits),
+        Scheduler(store, config.repositories, clock=clock or local_now),
     )
 
 
@@ -141,6 +154,7 @@ class Services:
         self.notifier = Notifier(config.notify, self.store)
         self.store.news = self.notifier.news  # deliveries written with the change they tell of
         self.store.merges.news = self.notifier.merge_news
+        self.store.quarantine.news = self.notifier.quarantine_news
         environments = Environments(
             config.state_dir, self.engine, Settings.of(config, self.store.instance_id()), self.backend.publish
         )

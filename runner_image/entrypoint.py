@@ -19,6 +19,10 @@ and the report holds every run (the orchestrator names those tests flaky). Each 
 testsuite named orchestrator-rerun-<k>, k from 1, appended after the suite's own report: the
 orchestrator counts such suites only when it asked for re-runs, only up to N, each k once.
 
+With ORCHESTRATOR_ONLY set (a path to a JSON list of test ids), only those of the collected
+tests run: the orchestrator re-runs a job's failed tests alone (``retry --failed``). They are
+kept before a shard takes its share, so a split re-run splits only them.
+
 With ORCHESTRATOR_SHARD=k/N (repositories[].shards), only this container's share of the
 suite runs: orchestrator_shard.py, beside this file, splits what pytest collected.
 
@@ -130,15 +134,36 @@ def main() -> int:
     shard = Shard.from_environment()
     sys.path.insert(0 if not os.environ.get(protocol.INSTALL) else 1, WORKSPACE)
     failed = FailedTests()
-    status = int(
-        pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"], plugins=[failed] + ([shard] if shard else []))
-    )
+    only = only_tests(pytest)
+    plugins = [failed] + ([shard] if shard else []) + ([only] if only else [])
+    status = int(pytest.main(["tests", *REPORT_OPTIONS.split(), "-v", "-rfE"], plugins=plugins))
     if status == 5 and shard and shard.collected:  # more shards than tests: this one's share is empty
         status = 0
     reruns = int(os.environ.get(protocol.RERUN_FAILURES) or 0)
     if status == 1 and reruns and 0 < len(failed.nodeids) <= MAX_RERUN_TESTS:
         status = rerun_failures(list(failed.nodeids), reruns)
     return status
+
+
+def only_tests(pytest):
+    """The plugin that keeps only the tests named in ORCHESTRATOR_ONLY's file, or None."""
+    path = os.environ.get(protocol.ONLY)
+    if not path:
+        return None
+    with open(path) as fh:
+        wanted = set(json.load(fh))
+
+    class OnlyTests:
+        @pytest.hookimpl(tryfirst=True)  # before a shard takes its share of what is left
+        def pytest_collection_modifyitems(self, session, config, items) -> None:
+            kept = [i for i in items if protocol.test_id_of_node(i.nodeid) in wanted]
+            dropped = [i for i in items if protocol.test_id_of_node(i.nodeid) not in wanted]
+            if dropped:
+                config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+            print(f"\norchestrator: re-running {len(kept)} of the {len(wanted)} failed tests", flush=True)
+
+    return OnlyTests()
 
 
 class FailedTests:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from orchestrator import artifacts, history
+from orchestrator import artifacts, history, quarantine, rerun, search
 from orchestrator.backends.base import ContainerState
 from orchestrator.errors import ResultsUnwritable
 from orchestrator.faults import crash_point
@@ -48,7 +48,7 @@ def verdict(
     """The job as its one container ended it (not yet saved)."""
     counted = reruns(ctx, job.repository)
     status, message = judge(ctx.config.runner, final, killed, report, log_head, counted)
-    return transition(
+    done = transition(
         job,
         status,
         utcnow(),
@@ -61,6 +61,15 @@ def verdict(
         finished_at=final.finished_at or utcnow(),
         node=final.node or job.node,
     )
+    return settled(ctx, done, report)
+
+
+def settled(ctx: Context, done: Job, report: Report) -> Job:
+    """A judged job as the user's controls make it: a re-run of the failed tests counted
+    with the suite's other outcomes (rerun.py), then quarantined failures forgiven
+    (quarantine.py)."""
+    done = rerun.combined(done)
+    return quarantine.judged(done, report, reruns(ctx, done.repository), ctx.store.quarantine.tests(done.repository))
 
 
 def with_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tuple[Path, str]]) -> tuple[Job, Path | None]:
@@ -124,4 +133,6 @@ def save(
         )
     except OSError as exc:
         raise ResultsUnwritable(f"results could not be written: {os_reason(exc)}") from None
+    with timings.measure("index"):  # after result.json: its timings do not hold this one
+        search.index(ctx.store, done, ctx.results.path(done, "output.log"), report, ctx.config.search.log_mb)
     crash_point("result-written")

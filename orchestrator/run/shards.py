@@ -83,6 +83,7 @@ class Shard:
         make_output(self.ws.out)
         ctx.mirrors[job.repository].checkout(job.commit, self.ws.src)
         (self.ws.out / PLAN_FILE).write_bytes(plan.document())
+        steps.write_inputs(job, self.ws.out)
         ctx.workspaces.hand_over(self.ws)
         assert attempt.runs_in is not None
         watched = [self.ws.src, self.ws.out] + ([attempt.claims] if attempt.claims else [])
@@ -233,7 +234,7 @@ class SplitAttempt:
             status, message = JobStatus.ERROR, why
         ends = [s.final.finished_at for s in self.shards if s.final is not None and s.final.finished_at]
         counted = collect.reruns(self.ctx, self.job.repository)
-        return transition(
+        done = transition(
             self.job,
             status,
             utcnow(),
@@ -245,6 +246,7 @@ class SplitAttempt:
             finished_at=max(ends) if ends else utcnow(),
             shards=tuple(s.summary() for s in self.shards),
         )
+        return collect.settled(self.ctx, done, report)
 
     def _combined_log(self, out: BinaryIO) -> None:
         for shard in self.shards:

@@ -64,6 +64,8 @@ def container_spec(
         protocol.COMMIT: job.commit,
         protocol.ATTEMPT: str(attempt),
     }
+    if job.rerun:
+        variables_[protocol.ONLY] = f"{protocol.OUTPUT_DIR}/{protocol.ONLY_FILE}"
     if warm:
         labels[LABEL_WARM] = "1"
         variables_[protocol.RELEASE] = f"{protocol.OUTPUT_DIR}/{protocol.RELEASE_FILE}"

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from orchestrator import rerun
 from orchestrator.backends.base import ContainerSpec
 from orchestrator.environment.setup import Setup, setup
 from orchestrator.errors import EngineUnavailable, ImageMissing, InfrastructureError
@@ -17,6 +18,7 @@ from orchestrator.faults import crash_point
 from orchestrator.models import Job
 from orchestrator.run.context import Context
 from orchestrator.workspace import Workspace, remove_tree
+from runner_image.orchestrator_protocol import ONLY_FILE
 
 log = logging.getLogger("orchestrator.run")
 
@@ -40,7 +42,15 @@ def checkout(ctx: Context, job: Job, ws: Workspace) -> None:
     if not mirror.has_commit(job.commit):
         mirror.fetch()
     mirror.checkout(job.commit, ws.src)
+    write_inputs(job, ws.out)
     ctx.workspaces.hand_over(ws)
+
+
+def write_inputs(job: Job, out: Path) -> None:
+    """What the container reads beside the checkout, in its output folder: the tests to keep
+    of a re-run of the failed ones (protocol.ONLY_FILE)."""
+    if (only := rerun.only_file(job)) is not None:
+        (out / ONLY_FILE).write_bytes(only)
 
 
 def environment(ctx: Context, job: Job, src: Path, on_build: Callable[[str], None]) -> Setup:

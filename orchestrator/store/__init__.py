@@ -3,7 +3,8 @@ the only place where SQL is written.
 
 ``Store`` is the jobs and the observer's progress (jobs.py), with the tables that hang off
 them: ``tests`` (the test history, tests.py), ``bisections`` (bisections.py), ``merges``
-(the merge queue's requests, merges.py) and ``outbox`` (webhook deliveries, outbox.py).
+(the merge queue's requests, merges.py), ``outbox`` (webhook deliveries, outbox.py), and an
+operator's: ``pauses``, ``quarantine``, ``schedules`` and ``search`` (the logs' full-text index).
 ``on_change(old, new)`` is asked, inside the transaction of every saved change of a job,
 what news it makes (webhook deliveries): they are written in that same transaction, so a
 crash between a final status and its webhook loses neither.
@@ -21,6 +22,10 @@ from orchestrator.store.db import Connection, Database
 from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
 from orchestrator.store.merges import Merges
 from orchestrator.store.outbox import News, Outbox
+from orchestrator.store.pauses import Pauses
+from orchestrator.store.quarantine import Quarantine
+from orchestrator.store.schedules import Schedules
+from orchestrator.store.search import SearchIndex
 from orchestrator.store.tests import Tests
 
 __all__ = ["NewCommit", "News", "Store"]
@@ -34,6 +39,10 @@ class Store(Jobs):
         self.bisections = Bisections(self._database)
         self.outbox = Outbox(self._database)
         self.merges = Merges(self._database)
+        self.pauses = Pauses(self._database)
+        self.quarantine = Quarantine(self._database)
+        self.schedules = Schedules(self._database)
+        self.search = SearchIndex(self._database)
         self.news: Callable[[Job, Job], Sequence[News]] | None = None
 
     def _write_news(self, db: Connection, old: Job, new: Job) -> None:

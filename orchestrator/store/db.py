@@ -138,11 +138,21 @@ def _version_4(db: Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS merges_open ON merges (state, position)")
 
 
+def _version_5(db: Connection) -> None:
+    """An operator's controls: paused repositories, quarantined tests, where schedules stand;
+    and the full-text index of every job's log."""
+    from orchestrator.store import pauses, quarantine, schedules, search
+
+    for statement in (pauses.TABLE, quarantine.TABLE, schedules.TABLE, *search.TABLES):
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[Connection, str], None]] = [
     lambda db, _table: _version_1(db),
     _version_2,
     lambda db, _table: _version_3(db),
     lambda db, _table: _version_4(db),
+    lambda db, _table: _version_5(db),
 ]
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator.errors import InvalidTransition, UnknownCommit, UsageError
 from orchestrator.models import (
     NORMAL_PRIORITY,
+    PUSH,
     TESTED_STATUSES,
     Job,
     JobStatus,
@@ -33,6 +34,7 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.store.db import Connection, Database, marks
+from orchestrator.store.pauses import NOT_PAUSED
 
 
 def _same(value: Any) -> Any:
@@ -105,6 +107,9 @@ FIELDS: tuple[Field, ...] = (
     Field("artifacts", "artifacts", "TEXT", _json_or_null, _from_json),
     Field("shards", "shards", "TEXT", _tuple_write, _tuple_read),
     Field("python", "python", "TEXT NOT NULL DEFAULT ''", saved=False),
+    Field("trigger", "trigger_kind", "TEXT NOT NULL DEFAULT 'push'"),
+    Field("quarantined", "quarantined", "TEXT", _tuple_write, _tuple_read),
+    Field("rerun", "rerun", "TEXT", _json_or_null, _from_json),
 )
 EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)  # the store's own, not the job's
 
@@ -140,6 +145,7 @@ class NewCommit:
     branches: tuple[str, ...]
     priority: int = NORMAL_PRIORITY
     pythons: tuple[str, ...] = ("",)  # a job for each: the variants of a repository with several Pythons
+    trigger: str = PUSH
 
 
 Changed = Callable[[Connection, Job, Job], None]
@@ -183,7 +189,7 @@ class Jobs:
                     if row is None:
                         cur = db.execute(
                             "INSERT INTO jobs (repository, commit_sha, branches, subject, status, queued_at, priority,"
-                            " python) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            " python, trigger_kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (
                                 repository,
                                 commit.sha,
@@ -193,6 +199,7 @@ class Jobs:
                                 now,
                                 commit.priority,
                                 python,
+                                commit.trigger,
                             ),
                         )
                         created.append(int(cur.lastrowid or 0))
@@ -295,8 +302,9 @@ class Jobs:
         return int(self._db.read("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,))[0][0])
 
     def has_queued(self) -> bool:
-        """Cheap enough to ask many times a second."""
-        return bool(self._db.read("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1"))
+        """Whether a job waits that may start (not of a paused repository): cheap enough to
+        ask many times a second."""
+        return bool(self._db.read(f"SELECT 1 FROM jobs WHERE status = 'queued' AND {NOT_PAUSED} LIMIT 1"))
 
     def cancel_requested(self, job_id: int) -> bool:
         rows = self._db.read("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
@@ -319,9 +327,9 @@ class Jobs:
 
     def next_queued(self, besides: frozenset[int] = frozenset()) -> Job | None:
         """The job ``claim_next`` would take, without taking it; the next after ``besides``
-        (jobs already started warm)."""
+        (jobs already started warm). A paused repository's jobs wait."""
         found = self._jobs(
-            f"WHERE status = 'queued' AND id NOT IN ({marks(tuple(besides))})",
+            f"WHERE status = 'queued' AND {NOT_PAUSED} AND id NOT IN ({marks(tuple(besides))})",
             tuple(besides),
             "ORDER BY priority DESC, id LIMIT 1",
         )
@@ -385,7 +393,8 @@ class Jobs:
         return job
 
     def claim(self, job: Job) -> Job | None:
-        """Move this queued job to running (a new attempt), unless it changed meanwhile."""
+        """Move this queued job to running (a new attempt), unless it changed meanwhile or
+        its repository was paused."""
         try:
             return self.move(job, JobStatus.RUNNING)
         except InvalidTransition:
@@ -408,6 +417,11 @@ class Jobs:
                     f"job {old.id} is {current.status.value} (attempt {current.attempts}), "
                     f"not {old.status.value} (attempt {old.attempts})"
                 )
+            if (
+                status is JobStatus.RUNNING
+                and db.execute("SELECT 1 FROM pauses WHERE repository = ?", (current.repository,)).fetchone()
+            ):
+                raise InvalidTransition(f"job {old.id}: {current.repository} is paused")
             new = transition(current, status, utcnow(), **changes)
             self._save(db, current, new)
             return new

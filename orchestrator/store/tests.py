@@ -56,6 +56,26 @@ class Tests:
             )
             db.executemany(_DURATION, [(repository, python, test, seconds, job_id) for test, seconds in passed])
 
+    def carry(self, job_id: int, source: int, target: int, besides: Sequence[str]) -> None:
+        """Copy attempt ``source``'s cases of a job to attempt ``target``, but ``besides``
+        (re-run alone: the new attempt's own): a re-run of the failed tests keeps the
+        suite's other outcomes in the job's current history."""
+        with self._db.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO test_cases (job_id, attempt, repository, test_id, outcome, seconds)"
+                " SELECT job_id, ?, repository, test_id, outcome, seconds FROM test_cases"
+                f" WHERE job_id = ? AND attempt = ? AND test_id NOT IN ({marks(besides)})",
+                [target, job_id, source, *besides],
+            )
+
+    def known(self, repository: str, test_id: str) -> bool:
+        """Whether the repository's history has this test."""
+        return bool(
+            self._db.read(
+                "SELECT 1 FROM test_cases WHERE repository = ? AND test_id = ? LIMIT 1", (repository, test_id)
+            )
+        )
+
     def count(self) -> int:
         return int(self._db.read("SELECT COUNT(*) FROM test_cases")[0][0])
 

@@ -30,7 +30,14 @@ def test_every_verdict_from_real_containers(orch) -> None:
     assert time.monotonic() - started < 60
     results = {name: orch.result(sha) for name, sha in shas.items()}
     assert results["fail"]["status"] == "failed" and results["fail"]["exit_code"] == 1
-    assert results["fail"]["tests"] == {"total": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0}
+    assert results["fail"]["tests"] == {
+        "total": 2,
+        "passed": 1,
+        "failed": 1,
+        "errors": 0,
+        "skipped": 0,
+        "quarantined": 0,
+    }
     assert b"arithmetic" in orch.log(shas["fail"])
     assert results["collect"]["status"] == "error" and "collection error" in results["collect"]["message"]
     assert results["fixed"]["status"] == "passed" and results["fixed"]["tests"]["passed"] == 1

@@ -85,7 +85,7 @@ def test_pypy_listed_by_name_runs_on_pypy(orch, matrix_runners) -> None:
             "python": "pypy3.11",
             "id": 1,
             "status": "passed",
-            "tests": {"total": 1, "passed": 1, "failed": 0, "errors": 0, "skipped": 0},
+            "tests": {"total": 1, "passed": 1, "failed": 0, "errors": 0, "skipped": 0, "quarantined": 0},
             "folder": "pypy3.11",
         }
     ]

@@ -88,3 +88,36 @@ def test_filter_is_the_same_whatever_the_chunks(size: int) -> None:
     f = TerminalFilter()
     out = b"".join(f.feed(ESCAPES[i : i + size]) for i in range(0, len(ESCAPES), size)) + f.close()
     assert out == b"plain \x1b[31mred\x1b[0m    link  end\n"
+
+
+def test_a_narrow_terminal_keeps_one_line_per_commit_and_cuts_the_subject() -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.console import print_jobs
+
+    document = {
+        "commit": "a" * 40,
+        "repository": "demo",
+        "branches": ["feature/a-long-branch-name"],
+        "status": "failed",
+        "trigger": "schedule",
+        "tests": {"total": 10, "passed": 9, "failed": 1},
+        "duration_s": 12.5,
+        "attempts": 1,
+        "subject": "a subject long enough to fill a narrow terminal twice over, and then some more",
+        "message": "1 failure: tests.test_a::test_something_that_failed",
+        "python": None,
+    }
+    out = io.StringIO()
+    narrow = Console(file=out, width=80, force_terminal=True, color_system=None)
+    print_jobs([document, {**document, "commit": "b" * 40}], narrow)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 3 and all(len(line) <= 80 for line in lines), out.getvalue()  # a header and a line each
+    assert "aaaaaaaaaa" in lines[1] and "failed" in lines[1] and "9/10" in lines[1]
+    assert "a subject lo…" in lines[1]  # the subject was cut, not the row
+    wider = io.StringIO()
+    print_jobs([document], Console(file=wider, width=110, force_terminal=True, color_system=None))
+    lines = [line for line in wider.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 2 and "schedule" in lines[1] and "12.5s" in lines[1]  # room for the trigger and the rest

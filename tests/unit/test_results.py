@@ -118,7 +118,7 @@ def test_result_files_written_and_older_attempt_archived(tmp_path: Path) -> None
     first = files.write(_job(1), lambda fh: fh.write(b"first log\n"), JUNIT)
     doc = json.loads((first / "result.json").read_text())
     assert doc["status"] == "failed" and doc["commit"] == "b" * 40 and doc["attempts"] == 1
-    assert doc["tests"] == {"total": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0}
+    assert doc["tests"] == {"total": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0, "quarantined": 0}
     assert set(doc) >= {
         "repository",
         "branches",
