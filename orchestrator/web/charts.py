@@ -1,12 +1,19 @@
 """Charts drawn on the server as SVG: readable without JavaScript, each with a text
-alternative (``aria-label`` on the chart, a ``<title>`` on every bar)."""
+alternative (``aria-label`` on the chart, a ``<title>`` on every bar: its value on hover),
+a value axis with a few labelled ticks, and under the bars what each one is (a commit, a
+day) wherever the labels fit."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
 
 COLOURS = {"passed": "#2ea44f", "failed": "#cb2431", "error": "#8250df", "skipped": "#afb8c1", "flaky": "#dbab09"}
+AXIS = 40  # room left of the bars for the value axis's labels
+BELOW = 18  # room under the bars for their labels
+CHAR = 6.2  # width of a label's character at font-size 10
+TICKS = 3  # labelled values on the axis besides 0
 
 
 @dataclass(frozen=True)
@@ -14,27 +21,66 @@ class Bar:
     label: str  # what the bar's tooltip says
     value: float
     kind: str  # a key of COLOURS
+    tick: str = ""  # written under the bar, where it fits (a commit, a day)
+    parts: tuple[tuple[float, str], ...] = ()  # a stacked bar: (value, kind) from the bottom up
+
+
+def nice_top(value: float) -> float:
+    """The axis's end: ``value`` rounded up to 1, 2, 2.5 or 5 times a power of ten."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value * (1 - 1e-9))
+
+
+def _number(value: float, unit: str) -> str:
+    text = f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
+    return f"{text}{'' if unit in ('', '%') else ' '}{unit}"
 
 
 def bar_chart(
     bars: list[Bar], summary: str, unit: str = "s", width: int = 720, height: int = 160, top: float | None = None
 ) -> str:
-    """One bar per value, oldest left; the tallest fills the height (or ``top`` does)."""
+    """One bar per value, oldest left, on an axis from 0 to ``top`` (else the largest value,
+    rounded up to a round number); a stacked bar's parts one above the other."""
     if not bars:
         return f'<p class="muted">{escape(summary)}: no runs yet</p>'
-    top = top or max(b.value for b in bars) or 1.0
-    step = width / len(bars)
+    top = top or nice_top(max(b.value for b in bars))
+    plot = width - AXIS
+    step = plot / len(bars)
+    labelled = any(b.tick for b in bars)
+    total_height = height + (BELOW if labelled else 6)
     parts = [
-        f'<svg class="chart" role="img" aria-label="{escape(summary)}" width="{width}" height="{height + 16}" '
-        f'viewBox="0 0 {width} {height + 16}" xmlns="http://www.w3.org/2000/svg">'
+        f'<svg class="chart" role="img" aria-label="{escape(summary)}" width="{width}" height="{total_height}" '
+        f'viewBox="0 0 {width} {total_height}" xmlns="http://www.w3.org/2000/svg">'
     ]
-    for i, bar in enumerate(bars):
-        h = max(1.0, bar.value / top * height)
+    for k in range(TICKS + 1):  # the value axis: gridlines and their labels
+        value = top * k / TICKS
+        y = height - value / top * (height - 6)
+        parts.append(f'<line class="grid" x1="{AXIS}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>')
         parts.append(
-            f'<rect class="bar" x="{i * step + 1:.1f}" y="{height - h:.1f}" width="{max(step - 2, 1):.1f}" '
-            f'height="{h:.1f}" fill="{COLOURS.get(bar.kind, "#6e7781")}"><title>{escape(bar.label)}</title></rect>'
+            f'<text class="tick" x="{AXIS - 4}" y="{y + 3.5:.1f}" font-size="10" fill="#57606a" '
+            f'text-anchor="end">{escape(_number(value, unit))}</text>'
         )
-    parts.append(f'<text x="0" y="{height + 13}" font-size="11" fill="#57606a">max {top:.3g} {escape(unit)}</text>')
+    for i, bar in enumerate(bars):
+        x = AXIS + i * step
+        base = float(height)
+        for value, kind in [p for p in bar.parts if p[0] > 0] or [(bar.value, bar.kind)]:
+            h = max(1.0, value / top * (height - 6))
+            parts.append(
+                f'<rect class="bar" x="{x + 1:.1f}" y="{base - h:.1f}" width="{max(step - 2, 1):.1f}" '
+                f'height="{h:.1f}" fill="{COLOURS.get(kind, "#6e7781")}"><title>{escape(bar.label)}</title></rect>'
+            )
+            base -= h
+    if labelled:  # every k-th bar's label, so that none overlaps the next
+        longest = max(len(b.tick) for b in bars) * CHAR + 6
+        every = max(1, math.ceil(longest / step))
+        for i in range(0, len(bars), every):
+            x = AXIS + i * step + step / 2
+            parts.append(
+                f'<text class="label" x="{x:.1f}" y="{height + 13}" font-size="10" fill="#57606a" '
+                f'text-anchor="middle">{escape(bars[i].tick)}</text>'
+            )
     parts.append("</svg>")
     return "".join(parts)
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from orchestrator.errors import UsageError
 from orchestrator.jobs import JobRef
 from orchestrator.web.api import Jobs
 from orchestrator.web.charts import Bar, bar_chart, sparkline
+from orchestrator.workspace import read_regular_file
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 JobId = Annotated[int, PathParam(ge=1, le=2**62)]
@@ -63,9 +65,16 @@ def _coverage_badge(jobs: Jobs, name: str, branch: str) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, jobs: Jobs) -> Response:
-    health = jobs.health()["repositories"]
+    health = jobs.health()
     repos = [
-        {"name": r.name, "url": r.url, "branches": jobs.branches(r.name), "health": health[r.name]}
+        {
+            "name": r.name,
+            "url": r.url,
+            "branches": jobs.branches(r.name),
+            "health": health["repositories"][r.name],
+            "paused": health["paused"].get(r.name),
+            "schedule": health["schedules"].get(r.name),
+        }
         for r in jobs.config.repositories
     ]
     load = jobs.insight.load()
@@ -73,7 +82,12 @@ def dashboard(request: Request, jobs: Jobs) -> Response:
         f"{kind}_chart": Markup(
             bar_chart(
                 [
-                    Bar(f"{p['at'][11:16]} UTC: {p[kind]} {kind}", p[kind], "skipped" if kind == "queued" else "passed")
+                    Bar(
+                        f"{p['at'][11:16]} UTC: {p[kind]} {kind}",
+                        p[kind],
+                        "skipped" if kind == "queued" else "passed",
+                        tick=p["at"][11:16],
+                    )
                     for p in load
                 ],
                 f"jobs {kind} each minute of the last hour, oldest first; now {load[-1][kind]}",
@@ -98,15 +112,94 @@ def dashboard(request: Request, jobs: Jobs) -> Response:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
-    job = jobs.show(JobRef(id=job_id))
+    """A job: rendered here, its failing tests and their records with it, so that it reads
+    with JavaScript off (the log is then a link); scripts only keep a running one live."""
+    ref = JobRef(id=job_id)
+    job = jobs.show(ref)
+    failures = jobs.failures(ref) if job["status"] not in ("queued", "running") else []
+    quarantined = {e["test"] for e in jobs.quarantined(job["repository"])}
+    for failure in failures:
+        failure["record"] = record_words(failure["history"])
+        failure["in_quarantine"] = failure["test"] in quarantined
     return TEMPLATES.TemplateResponse(
         request,
         "job.html",
         {
             "job": job,
-            "deliveries": jobs.deliveries(JobRef(id=job_id)),
+            "failures": failures,
+            "deliveries": jobs.deliveries(ref),
             "token_required": request.app.state.token_required,
         },
+    )
+
+
+def record_words(history: dict) -> str:
+    """A failing test's record in words: since when it fails on its branch, or how often
+    it failed in the runs there before ("first failure on main")."""
+    branch = history.get("branch") or "this branch"
+    if history.get("since"):
+        since = history["since"]
+        return f"failing on {branch} since {since['commit'][:10]} ({since['commits']} commits)"
+    runs, failed = len(history["recent"]), history["failed_recent"]
+    if not runs:
+        return f"first run of it on {branch}"
+    if not failed:
+        return f"first failure on {branch} (passed its last {runs} run{'s' if runs != 1 else ''})"
+    return f"failed {failed} of its last {runs} run{'s' if runs != 1 else ''} on {branch}"
+
+
+LOG_PAGE_BYTES = 16 * 1024 * 1024  # more of a log than that is a download, not a page
+
+
+@router.get("/jobs/{job_id}/log", response_class=HTMLResponse)
+def log_page(request: Request, job_id: JobId, jobs: Jobs) -> Response:
+    """A finished job's log with a number and an anchor on each line (``#L42``: where a
+    search hit links), escaped: the log is the suite's output, shown as text."""
+    job = jobs.job(JobRef(id=job_id))
+    path, _ = jobs.log_source(job)
+    data = read_regular_file(path, LOG_PAGE_BYTES) if job.status.final else None
+    lines = data.decode("utf-8", "replace").split("\n") if data is not None else []
+    if lines and lines[-1] == "":
+        lines.pop()
+    return TEMPLATES.TemplateResponse(
+        request,
+        "log.html",
+        {
+            "job": jobs.document(job),
+            "lines": lines,
+            "too_large": data is None and path.is_file(),
+            "token_required": request.app.state.token_required,
+        },
+    )
+
+
+@router.get("/search", response_class=HTMLResponse)
+def search_page(
+    request: Request,
+    jobs: Jobs,
+    q: Annotated[str, Query(max_length=500)] = "",
+    repository: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Every log, failing test and reason that matches, newest first; a query the index
+    cannot read is said on the page (422), not a server error."""
+    hits, error = [], None
+    if q.strip():
+        try:
+            hits = jobs.search(q, repository or None)
+        except UsageError as exc:
+            error = str(exc)
+    return TEMPLATES.TemplateResponse(
+        request,
+        "search.html",
+        {
+            "q": q,
+            "repository": repository or "",
+            "repositories": [r.name for r in jobs.config.repositories],
+            "hits": hits,
+            "error": error,
+            "token_required": request.app.state.token_required,
+        },
+        status_code=422 if error else 200,
     )
 
 
@@ -119,7 +212,12 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
     runs = data["runs"]
     durations = bar_chart(
         [
-            Bar(f"{r['commit'][:10]}: {r['status']}, {r['duration_s']:.1f} s", r["duration_s"], r["status"])
+            Bar(
+                f"{r['commit'][:10]}: {r['status']}, {r['duration_s']:.1f} s",
+                r["duration_s"],
+                r["status"],
+                tick=r["commit"][:7],
+            )
             for r in runs
         ],
         f"duration of the last {len(runs)} runs of {where}, oldest first, coloured by status",
@@ -128,20 +226,28 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
     pass_rate = bar_chart(
         [
             Bar(
-                f"{d['day']}: {d['passed']} of {d['tested']} passed",
-                100 * d["passed"] / d["tested"],
-                "passed" if d["passed"] == d["tested"] else "failed",
+                f"{d['day']}: {d['passed']} of {d['tested']} passed ({100 * d['passed'] / d['tested']:.0f} %)",
+                100,
+                "passed",
+                tick=d["day"][5:],
+                parts=(
+                    (100 * d["passed"] / d["tested"], "passed"),
+                    (100 * (d["tested"] - d["passed"]) / d["tested"], "failed"),
+                ),
             )
             for d in rates
         ],
-        f"pass rate per day of {where}, {len(rates)} days",
+        f"share of the runs that passed each day on {where} (green passed, red not), {len(rates)} days",
         unit="%",
         top=100,
         height=100,
     )
     covered = [r for r in runs if r.get("coverage") is not None]
     coverage = bar_chart(
-        [Bar(f"{r['commit'][:10]}: {r['coverage']:.1f} % of lines", r["coverage"], "passed") for r in covered],
+        [
+            Bar(f"{r['commit'][:10]}: {r['coverage']:.1f} % of lines", r["coverage"], "passed", tick=r["commit"][:7])
+            for r in covered
+        ],
         f"line coverage of the last {len(covered)} runs of {where} that measured it",
         unit="%",
         top=100,
@@ -185,7 +291,15 @@ def merges_page(request: Request, jobs: Jobs, name: str | None = None) -> Respon
 @router.get("/flaky", response_class=HTMLResponse)
 def flaky_page(request: Request, jobs: Jobs) -> Response:
     return TEMPLATES.TemplateResponse(
-        request, "flaky.html", {"tests": jobs.insight.flaky(), "token_required": request.app.state.token_required}
+        request,
+        "flaky.html",
+        {
+            "tests": jobs.insight.flaky(),
+            "quarantined": (entries := jobs.quarantined()),
+            "quarantined_ids": {(e["repository"], e["test"]) for e in entries},
+            "days": jobs.config.quarantine.days,
+            "token_required": request.app.state.token_required,
+        },
     )
 
 
@@ -200,7 +314,10 @@ def test_page(
     pythons = sorted({r["python"] for r in everywhere if r["python"]})
     chosen = jobs.insight.test_runs(name, test_id[:2000], branch, 100, python[:20]) if python else everywhere
     runs = list(reversed(chosen))
-    bars = [Bar(f"{r['commit'][:10]}: {r['outcome']}, {r['seconds']:.3f} s", r["seconds"], r["outcome"]) for r in runs]
+    bars = [
+        Bar(f"{r['commit'][:10]}: {r['outcome']}, {r['seconds']:.3f} s", r["seconds"], r["outcome"], r["commit"][:7])
+        for r in runs
+    ]
     failed = sum(1 for r in runs if r["outcome"] in ("failed", "error"))
     summary = (
         f"duration of {test_id[:200]} in its last {len(runs)} runs{' on ' + branch if branch else ''}"

@@ -11,6 +11,7 @@ from orchestrator import history
 from orchestrator.models import Job, JobStatus, TestCounts
 from orchestrator.notify import Notifier
 from orchestrator.report import Report
+from orchestrator.web.charts import COLOURS
 from tests.helpers import GitRepo, Web
 
 
@@ -442,7 +443,12 @@ def test_trends_in_pictures_on_the_repository_and_front_pages(tmp_path: Path, re
         durations = page.split('id="durations"')[1].split("</div>")[0]
         assert durations.count('class="bar"') == 3 and "coloured by status" in durations
         rate = page.split('id="pass-rate"')[1].split("</div>")[0]
-        assert rate.count('class="bar"') == 1 and "2 of 3 passed" in page  # one day: today
+        # one day, today: its passed share (2 of 3) in green under its failed share in red
+        assert rate.count('class="bar"') == 2 and "2 of 3 passed (67 %)" in page
+        green = rate.split(f'fill="{COLOURS["passed"]}"')[0].rsplit('height="', 1)[1].split('"')[0]
+        red = rate.split(f'fill="{COLOURS["failed"]}"')[0].rsplit('height="', 1)[1].split('"')[0]
+        assert float(green) == pytest.approx(2 * float(red), rel=0.01)
+        assert ">100%</text>" in rate and ">0%</text>" in rate  # a labelled value axis
         slowest = page.split('id="slowest"')[1]
         assert slowest.count("<tr>") == 4 and slowest.count('class="spark"') == 3  # a header and 3 tests
         assert client.get("/repos/demo").status_code == 200
@@ -519,3 +525,80 @@ def test_the_merge_queue_page_lists_requests_and_cancels_one(tmp_path: Path, rep
             assert 'class="cancel-merge"' not in client.get("/merges/demo").text
     finally:
         w.close()
+
+
+def _failed_with_report(w: Web) -> Job:
+    job = w.finish(JobStatus.FAILED, TestCounts(3, 2, 1, 0, 0))
+    report = junit(test_x="failed", test_y="passed", test_z="passed")
+    history.record(w.store, job, Report(report))
+    directory = w.results.path(job, "junit.xml").parent
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "junit.xml").write_bytes(report)
+    (directory / "output.log").write_bytes(b"collected 3 items\n<b>bold</b>\nAssertionError: x\n")
+    return job
+
+
+def test_the_job_page_renders_its_failures_and_their_record_without_scripts(web) -> None:
+    client, w, _, _ = web
+    job = _failed_with_report(w)
+    page = client.get(f"/jobs/{job.id}").text
+    failing = page.split('id="failures"')[1].split("<h2>Log</h2>")[0]
+    assert "tests.test_a::test_x" in failing and "first run of it on main" in failing  # rendered here, not by a script
+    assert "also failed in 0" not in page and 'id="retry-failed"' in page and 'class="quarantine"' in page
+    assert f'href="/jobs/{job.id}/log"' in page  # without scripts the log is a link
+    log = client.get(f"/jobs/{job.id}/log").text
+    assert 'id="L3"' in log and "AssertionError: x" in log and "&lt;b&gt;bold&lt;/b&gt;" in log
+
+
+def test_record_words_say_what_a_person_wants_to_know() -> None:
+    from orchestrator.web.pages import record_words
+
+    base = {"branch": "main", "since": None}
+    assert record_words({**base, "recent": [], "failed_recent": 0}) == "first run of it on main"
+    assert (
+        record_words({**base, "recent": ["passed"], "failed_recent": 0})
+        == "first failure on main (passed its last 1 run)"
+    )
+    assert (
+        record_words({**base, "recent": ["failed", "passed"], "failed_recent": 1})
+        == "failed 1 of its last 2 runs on main"
+    )
+    since = {**base, "since": {"commit": "a" * 40, "commits": 3}, "recent": ["failed"], "failed_recent": 1}
+    assert record_words(since) == "failing on main since aaaaaaaaaa (3 commits)"
+
+
+def test_pause_quarantine_and_search_through_the_api(web) -> None:
+    client, w, _, sha = web
+    paused = client.post("/api/repositories/demo/pause", json={"reason": "outage"})
+    assert paused.status_code == 200 and paused.json()["by"] == "api"
+    health = client.get("/healthz").json()
+    assert health["paused"]["demo"]["reason"] == "outage"
+    assert 'class="paused"' in client.get("/").text and "outage" in client.get("/").text
+    assert client.post("/api/repositories/nope/pause", json={}).status_code == 404
+    assert client.post("/api/repositories/demo/resume").status_code == 200
+    assert client.post("/api/repositories/demo/resume").status_code == 422  # not paused
+    job = _failed_with_report(w)
+    unknown = client.post("/api/quarantine", json={"repository": "demo", "test": "tests.nope::x", "reason": "r"})
+    assert unknown.status_code == 404 and "no test" in unknown.json()["detail"]
+    assert client.post("/api/quarantine", json={"repository": "demo", "test": "x"}).status_code == 422  # no reason
+    added = client.post("/api/quarantine", json={"test": "tests.test_a::test_x", "reason": "flaky", "by": "dashboard"})
+    assert added.status_code == 201 and added.json()["by"] == "dashboard"
+    assert [e["test"] for e in client.get("/api/quarantine").json()] == ["tests.test_a::test_x"]
+    assert "quarantined" in client.get("/flaky").text
+    assert client.post("/api/quarantine/remove", json={"test": "tests.test_a::test_x"}).status_code == 200
+    assert client.post("/api/quarantine/remove", json={"test": "tests.test_a::test_x"}).status_code == 404
+    from orchestrator import search
+
+    search.index(w.store, job, w.results.path(job, "output.log"), Report(None), 1)
+    hits = client.get("/api/search", params={"q": "AssertionError"}).json()
+    assert hits[0]["job"] == job.id and hits[0]["line"] == 3 and hits[0]["link"] == f"/jobs/{job.id}/log#L3"
+    bad = client.get("/api/search", params={"q": "AssertionError: x"})
+    assert bad.status_code == 422 and "search query" in bad.json()["detail"]
+    page = client.get("/search", params={"q": "AssertionError: x"})
+    assert page.status_code == 422 and "search query" in page.text
+    found = client.get("/search", params={"q": "AssertionError"}).text
+    assert f'href="/jobs/{job.id}/log#L3"' in found and "<mark>" in found
+    retried = client.post(f"/api/jobs/{job.id}/retry?only=failed")
+    assert retried.status_code == 202 and retried.json()["rerun"]["tests"] == ["tests.test_a::test_x"]
+    assert client.post("/api/jobs/1/retry?only=everything").status_code == 422
+    assert sha
