@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from html import escape
 
 COLOURS = {"passed": "#2ea44f", "failed": "#cb2431", "error": "#8250df", "skipped": "#afb8c1", "flaky": "#dbab09"}
-AXIS = 40  # room left of the bars for the value axis's labels
 BELOW = 18  # room under the bars for their labels
 CHAR = 6.2  # width of a label's character at font-size 10
-TICKS = 3  # labelled values on the axis besides 0
 
 
 @dataclass(frozen=True)
@@ -33,20 +31,47 @@ def nice_top(value: float) -> float:
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value * (1 - 1e-9))
 
 
+def _ticks(top: float) -> int:
+    """How many steps the axis has: 4 or 5, whichever makes each a round number (0, 25,
+    50, 75, 100 %; 0, 1, 2 ... 5 s), else 2."""
+    for count in (4, 5):
+        step = top / count
+        mantissa = step / 10 ** math.floor(math.log10(step))
+        if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 2.5, 5)):
+            return count
+    return 2
+
+
+def _whole_ticks(top: float) -> int:
+    """Steps of a count's axis: one per count up to 5, else 5, 4 or 2 whole steps."""
+    if top <= 5:
+        return max(1, int(top))
+    return next((c for c in (5, 4, 2) if float(top / c).is_integer()), 1)
+
+
 def _number(value: float, unit: str) -> str:
     text = f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
     return f"{text}{'' if unit in ('', '%') else ' '}{unit}"
 
 
 def bar_chart(
-    bars: list[Bar], summary: str, unit: str = "s", width: int = 720, height: int = 160, top: float | None = None
+    bars: list[Bar],
+    summary: str,
+    unit: str = "s",
+    width: int = 720,
+    height: int = 160,
+    top: float | None = None,
+    whole: bool = False,
 ) -> str:
     """One bar per value, oldest left, on an axis from 0 to ``top`` (else the largest value,
-    rounded up to a round number); a stacked bar's parts one above the other."""
+    rounded up to a round number); a stacked bar's parts one above the other. ``whole``:
+    the values are counts, and the axis says only whole numbers."""
     if not bars:
         return f'<p class="muted">{escape(summary)}: no runs yet</p>'
-    top = top or nice_top(max(b.value for b in bars))
-    plot = width - AXIS
+    top = top or nice_top(max(max(b.value for b in bars), 1 if whole else 0))
+    ticks = _whole_ticks(top) if whole else _ticks(top)
+    axis = max(len(_number(top * k / ticks, unit)) for k in range(ticks + 1)) * CHAR + 8
+    plot = width - axis
     step = plot / len(bars)
     labelled = any(b.tick for b in bars)
     total_height = height + (BELOW if labelled else 6)
@@ -54,16 +79,16 @@ def bar_chart(
         f'<svg class="chart" role="img" aria-label="{escape(summary)}" width="{width}" height="{total_height}" '
         f'viewBox="0 0 {width} {total_height}" xmlns="http://www.w3.org/2000/svg">'
     ]
-    for k in range(TICKS + 1):  # the value axis: gridlines and their labels
-        value = top * k / TICKS
+    for k in range(ticks + 1):  # the value axis: gridlines and their labels
+        value = top * k / ticks
         y = height - value / top * (height - 6)
-        parts.append(f'<line class="grid" x1="{AXIS}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>')
+        parts.append(f'<line class="grid" x1="{axis}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>')
         parts.append(
-            f'<text class="tick" x="{AXIS - 4}" y="{y + 3.5:.1f}" font-size="10" fill="#57606a" '
+            f'<text class="tick" x="{axis - 4}" y="{y + 3.5:.1f}" font-size="10" fill="#57606a" '
             f'text-anchor="end">{escape(_number(value, unit))}</text>'
         )
     for i, bar in enumerate(bars):
-        x = AXIS + i * step
+        x = axis + i * step
         base = float(height)
         for value, kind in [p for p in bar.parts if p[0] > 0] or [(bar.value, bar.kind)]:
             h = max(1.0, value / top * (height - 6))
@@ -76,7 +101,7 @@ def bar_chart(
         longest = max(len(b.tick) for b in bars) * CHAR + 6
         every = max(1, math.ceil(longest / step))
         for i in range(0, len(bars), every):
-            x = AXIS + i * step + step / 2
+            x = axis + i * step + step / 2
             parts.append(
                 f'<text class="label" x="{x:.1f}" y="{height + 13}" font-size="10" fill="#57606a" '
                 f'text-anchor="middle">{escape(bars[i].tick)}</text>'

@@ -94,6 +94,7 @@ def dashboard(request: Request, jobs: Jobs) -> Response:
                 unit="jobs",
                 width=360,
                 height=60,
+                whole=True,
             )
         )
         for kind in ("queued", "running")

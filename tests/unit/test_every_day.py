@@ -252,3 +252,18 @@ def test_search_finds_logs_tests_and_reasons_and_refuses_what_fts5_cannot_parse(
         search.search(store, "ConnectionResetError: peer")
     search.index(store, dataclasses.replace(job, attempts=2), log, Report(None), 1)  # a new attempt replaces
     assert len(search.search(store, "ConnectionResetError")) == 1 and store.search.indexed(1)[0] == 2
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def test_a_chart_has_round_ticks_and_labels_that_never_overlap() -> None:
+    from orchestrator.web.charts import Bar, bar_chart
+
+    bars = [Bar(f"run {n}: {n / 10} s", n / 10, "passed", tick=f"{n:07x}") for n in range(1, 61)]
+    svg = bar_chart(bars, "durations", width=720)
+    ticks = [t.split(">")[1].split("<")[0] for t in svg.split('class="tick"')[1:]]
+    assert ticks == ["0 s", "2.5 s", "5 s", "7.5 s", "10 s"]  # 6 s rounded up to 10, in 4 round steps
+    labels = [float(t.split('x="')[1].split('"')[0]) for t in svg.split('class="label"')[1:]]
+    assert 5 <= len(labels) < 60 and min(b - a for a, b in zip(labels, labels[1:], strict=False)) >= 7 * 6.2
+    assert svg.count("<title>") == 60  # every bar's value on hover
