@@ -70,7 +70,7 @@ def index(store: Store, job: Job, log_path: Path, report: Report, log_mb: float)
     if job.message:
         rows.append((MESSAGE, 0, job.message[:MAX_LINE]))
     try:
-        store.search.replace(job.id, job.attempts, rows, read)
+        store.search.replace(job.id, job.attempts, job.repository, rows, read)
     except sqlite3.Error as exc:
         log.warning("job %s: not indexed for search (%s)", job.id, exc)
 

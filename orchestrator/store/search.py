@@ -5,7 +5,11 @@ old ones.
 
 The lines of one job are inserted together, so their rowids follow each other: a hit's
 neighbours are the rows beside it, and a job's rows are the range ``indexed`` keeps (a
-delete by range, not a scan of the whole index for a job id).
+delete by range, not a scan of the whole index for a job id). Each row carries its
+repository as an indexed column, and a search of one repository asks the index for it
+(``repository : "name"``) rather than reading every match to filter it; the user's query is
+kept to the text (``text : (...)``). Rows are written in the order jobs end, so a search
+``since`` a time starts at the first row indexed since then.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ LOG, TEST, MESSAGE = "log", "test", "message"
 
 TABLES = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5("
-    "text, job_id UNINDEXED, line UNINDEXED, kind UNINDEXED, tokenize = 'unicode61')",
+    "text, repository, job_id UNINDEXED, line UNINDEXED, kind UNINDEXED, tokenize = 'unicode61')",
     "CREATE TABLE IF NOT EXISTS search_indexed (job_id INTEGER PRIMARY KEY, attempt INTEGER NOT NULL,"
     " first_row INTEGER NOT NULL, last_row INTEGER NOT NULL, lines INTEGER NOT NULL, bytes INTEGER NOT NULL)",
 )
@@ -59,7 +63,9 @@ class SearchIndex:
     def __init__(self, db: Database):
         self._db = db
 
-    def replace(self, job_id: int, attempt: int, rows: Sequence[tuple[str, int, str]], indexed_bytes: int) -> None:
+    def replace(
+        self, job_id: int, attempt: int, repository: str, rows: Sequence[tuple[str, int, str]], indexed_bytes: int
+    ) -> None:
         """The job's rows ((kind, line, text) each) in place of those of its earlier attempt."""
         with self._db.write() as db:
             old = db.execute("SELECT first_row, last_row FROM search_indexed WHERE job_id = ?", (job_id,)).fetchone()
@@ -69,7 +75,8 @@ class SearchIndex:
             for kind, line, text in rows:
                 last = (
                     db.execute(
-                        "INSERT INTO search (text, job_id, line, kind) VALUES (?, ?, ?, ?)", (text, job_id, line, kind)
+                        "INSERT INTO search (text, repository, job_id, line, kind) VALUES (?, ?, ?, ?, ?)",
+                        (text, repository, job_id, line, kind),
                     ).lastrowid
                     or 0
                 )
@@ -95,11 +102,18 @@ class SearchIndex:
             "SELECT s.rowid, s.job_id, j.repository, j.commit_sha, j.python, j.status, s.kind, s.line, s.text"
             " FROM search s JOIN jobs j ON j.id = s.job_id WHERE search MATCH ?"
         )
-        args: list[object] = [query]
+        match = f"text : ({query})"
+        args: list[object] = []
         if repository is not None:
+            match += ' AND repository : "' + repository.replace('"', '""') + '"'
             sql, args = sql + " AND j.repository = ?", [*args, repository]
         if since is not None:
-            sql, args = sql + " AND j.finished_at >= ?", [*args, since]
+            first = self._db.read(
+                "SELECT MIN(i.first_row) FROM search_indexed i JOIN jobs j ON j.id = i.job_id WHERE j.finished_at >= ?",
+                (since,),
+            )[0][0]
+            sql, args = sql + " AND s.rowid >= ? AND j.finished_at >= ?", [*args, first or 2**62, since]
+        args.insert(0, match)
         try:
             rows = self._db.read(sql + " ORDER BY s.rowid DESC LIMIT ?", [*args, limit])
         except sqlite3.OperationalError as exc:

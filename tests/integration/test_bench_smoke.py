@@ -77,3 +77,10 @@ def test_merge_queue_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> N
     assert list(cases) == ["speculative, all passing", "one at a time, all passing", "speculative, the 3rd failing"]
     assert cases["speculative, the 3rd failing"]["rejected"] == 1
     assert result["to_target_p50_s"] is not None and "| speculative, all passing |" in proc.stdout
+
+
+def test_search_benchmark_smoke_run(tmp_path: Path) -> None:
+    proc, result = smoke("search.py", tmp_path)
+    assert result["jobs"] == 200 and result["queries"]["a rare message (one job)"]["hits"] >= 1
+    assert result["queries"]["a word in every log"]["hits"] == 50  # the newest 50: a page, never every match
+    assert "| `GET /api/search`" in proc.stdout

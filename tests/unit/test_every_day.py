@@ -247,6 +247,8 @@ def test_search_finds_logs_tests_and_reasons_and_refuses_what_fts5_cannot_parse(
     assert search.search(store, "boom")[0]["kind"] == "test"  # a failure message, with its test's id
     assert search.search(store, "test_flaky")[0]["text"].startswith("tests.test_a::test_flaky")
     assert search.search(store, '"peer went away"', repository="other") == []
+    assert search.search(store, '"peer went away"', repository="demo")[0]["line"] == 4
+    assert search.search(store, "demo") == []  # the repository's own name is not in the text
     assert search.search(store, "peer", since=(utcnow() + timedelta(days=1)).isoformat()) == []
     with pytest.raises(UsageError, match="search query 'ConnectionResetError: peer'"):
         search.search(store, "ConnectionResetError: peer")
