@@ -70,7 +70,8 @@ def bar_chart(
         return f'<p class="muted">{escape(summary)}: no runs yet</p>'
     top = top or nice_top(max(max(b.value for b in bars), 1 if whole else 0))
     ticks = _whole_ticks(top) if whole else _ticks(top)
-    axis = max(len(_number(top * k / ticks, unit)) for k in range(ticks + 1)) * CHAR + 8
+    scale, shown = (1000, "ms") if unit == "s" and top < 1 else (1, unit)  # 250 ms, not 0.25 s
+    axis = max(len(_number(scale * top * k / ticks, shown)) for k in range(ticks + 1)) * CHAR + 8
     plot = width - axis
     step = plot / len(bars)
     labelled = any(b.tick for b in bars)
@@ -85,7 +86,7 @@ def bar_chart(
         parts.append(f'<line class="grid" x1="{axis}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>')
         parts.append(
             f'<text class="tick" x="{axis - 4}" y="{y + 3.5:.1f}" font-size="10" fill="#57606a" '
-            f'text-anchor="end">{escape(_number(value, unit))}</text>'
+            f'text-anchor="end">{escape(_number(scale * value, shown))}</text>'
         )
     for i, bar in enumerate(bars):
         x = axis + i * step

@@ -105,6 +105,12 @@ def test_dashboard_follows_a_commit_from_queued_to_failed(orch, browser) -> None
     assert len(browser.find_elements(By.CSS_SELECTOR, "#slowest .spark")) >= 1
     if os.environ.get(SCREENSHOTS):  # SCREENSHOTS=docs: the README's picture
         browser.save_screenshot(os.path.join(os.environ[SCREENSHOTS], "branch.png"))
+    # one test's page: its runs on the branch, a bar each, the commit under each
+    browser.get(base + "/tests/demo/tests.test_chatty::test_answer?branch=main")
+    assert "tests.test_chatty::test_answer" in browser.find_element(By.TAG_NAME, "main").text
+    assert [t.text for t in browser.find_elements(By.CSS_SELECTOR, "svg.chart text.label")] == [slow[:7]]
+    if os.environ.get(SCREENSHOTS):
+        browser.find_element(By.TAG_NAME, "main").screenshot(os.path.join(os.environ[SCREENSHOTS], "test.png"))
     browser.get(base + "/")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".load rect.bar")) == 2 * 61
     run.send_signal(signal.SIGTERM)
@@ -282,6 +288,8 @@ def test_the_merge_queue_page_shows_a_request_and_its_cancel_button_takes_it_out
     browser.get(base + "/merges")
     row = browser.find_element(By.CSS_SELECTOR, "table.merges tbody tr")
     assert row.get_attribute("data-state") == "testing" and "alice" in row.text
+    if os.environ.get(SCREENSHOTS):
+        browser.find_element(By.TAG_NAME, "main").screenshot(os.path.join(os.environ[SCREENSHOTS], "merges.png"))
     row.find_element(By.CSS_SELECTOR, "button.cancel-merge").click()
     assert orch.wait_for(lambda: state() == "cancelled", timeout=30)
     assert orch.wait_for(
@@ -365,6 +373,8 @@ def test_an_operators_day_quarantine_from_the_job_page_and_search_opens_a_line(o
     target = browser.execute_script("const t = document.querySelector(':target'); return t && t.textContent;")
     assert target is not None and "OSError: disk quota 57" in target  # the line itself, marked
     assert len(browser.find_elements(By.CSS_SELECTOR, "pre.numbered .line")) == 201
+    if os.environ.get(SCREENSHOTS):
+        browser.save_screenshot(os.path.join(os.environ[SCREENSHOTS], "log.png"))
     assert sha
 
 

@@ -111,6 +111,23 @@ def test_retry_failed_on_a_split_suite_runs_only_the_shards_with_failures(orch) 
     assert result["tests"] == {"total": 13, "passed": 13, "failed": 0, "errors": 0, "skipped": 0, "quarantined": 0}
 
 
+def test_retry_failed_on_two_failing_shards_runs_two_each_with_its_failing_test(orch) -> None:
+    files = {f"tests/test_{m}.py": "".join(OK.format(n=n) for n in range(3)) for m in "cd"}
+    files.update({f"tests/test_{m}.py": FLAKY_ON_FIRST_ATTEMPT for m in "ab"})
+    sha = orch.repo.commit("split, fixed", files)
+    # no history: whole files, heaviest first (c, d, then a and b), so a and b land apart
+    orch.configure(repository={"shards": 2, "shard_unit": "module", "shard_split": "fixed"}, runner={"parallelism": 2})
+    assert orch.cli("run", "--once").returncode == 1
+    first = orch.result(sha)
+    assert [s["tests"]["failed"] for s in first["shards"]] == [1, 1]
+    assert orch.cli("retry", sha[:12], "--failed").returncode == 0
+    assert orch.cli("run", "--once").returncode == 0
+    result = orch.result(sha)
+    assert result["rerun"]["shards"] == 2 and len(result["shards"]) == 2
+    assert [s["tests"]["total"] for s in result["shards"]] == [1, 1]  # each ran its one failed test
+    assert result["tests"] == {"total": 8, "passed": 8, "failed": 0, "errors": 0, "skipped": 0, "quarantined": 0}
+
+
 def test_a_pause_outlives_a_restart_and_resume_lets_the_queue_run(orch) -> None:
     orch.repo.commit("root", PASSING)
     orch.configure()
