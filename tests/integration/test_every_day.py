@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,10 @@ def test_a_quarantined_failure_turns_a_red_job_green_and_says_so(orch) -> None:
     assert unknown.returncode == 3 and unknown.stderr.strip().splitlines() == [
         "orchestrator: no test 'tests.test_ok::test_nope' in the history of demo"
     ]
-    added = orch.cli("quarantine", "add", "demo", "tests.test_ok::test_bad", "--reason", "flaky on CI")
+    until = datetime.now(UTC) + timedelta(seconds=15)  # it expires on its own, during this test
+    added = orch.cli(
+        "quarantine", "add", "demo", "tests.test_ok::test_bad", "--reason", "flaky on CI", "--until", until.isoformat()
+    )
     assert added.returncode == 0, added.stderr
     listed = json.loads(orch.cli("quarantine", "list", "--json").stdout)
     assert [(e["test"], e["reason"], e["by"]) for e in listed] == [("tests.test_ok::test_bad", "flaky on CI", "cli")]
@@ -50,9 +54,11 @@ def test_a_quarantined_failure_turns_a_red_job_green_and_says_so(orch) -> None:
     assert result["status"] == "passed" and result["quarantined"] == ["tests.test_ok::test_bad"]
     assert result["tests"]["failed"] == 1 and result["tests"]["quarantined"] == 1  # never silently green
     assert result["message"] == "passed with 1 quarantined test failing: tests.test_ok::test_bad"
-    assert orch.cli("quarantine", "remove", "demo", "tests.test_ok::test_bad").returncode == 0
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.5)
+    assert json.loads(orch.cli("quarantine", "list", "--json").stdout) == []  # expired
     assert orch.cli("retry", sha[:12]).returncode == 0
     assert orch.cli("run", "--once").returncode == 1  # red again once it is out
+    assert orch.result(sha)["quarantined"] == []
 
 
 def test_retry_failed_runs_only_the_failing_tests_and_counts_with_the_rest(orch) -> None:
@@ -217,11 +223,17 @@ def test_the_command_line_from_a_laptop_needs_no_config(orch, tmp_path: Path) ->
         cli("status"),  # a config whose repository paths are the CI machine's: only dispatcher.url is read
     ):
         assert shown.returncode == 0 and sha[:10] in shown.stdout, shown.stderr
-    assert (
-        cli("pause", "demo", "--reason", "from a laptop", where=bare, env={"ORCHESTRATOR_SERVER": base}).returncode == 0
-    )
+    remote = {"ORCHESTRATOR_SERVER": base}
+    assert cli("pause", "demo", "--reason", "from a laptop", where=bare, env=remote).returncode == 0
     assert http_get(f"{base}/healthz").json()["paused"]["demo"]["reason"] == "from a laptop"
     assert cli("resume", "demo").returncode == 0
+    for action in (
+        ["add", "demo", "tests.test_ok::test_ok", "--reason", "from afar"],
+        ["remove", "demo", "tests.test_ok::test_ok"],
+    ):
+        done = cli("quarantine", *action, where=bare, env=remote)
+        assert done.returncode == 0, done.stderr
+    assert http_get(f"{base}/api/quarantine").json() == []
     found = cli("search", "passed", "--json", "--server", base, where=bare)
     assert found.returncode == 0 and json.loads(found.stdout)[0]["commit"] == sha
     run.send_signal(signal.SIGTERM)
