@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import quarantine, search
-from orchestrator.errors import UnknownCommit, UsageError
+from orchestrator.errors import Conflict, UnknownCommit, UsageError
 from orchestrator.models import iso
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Controls:
     def resume(self, repository: str) -> Document:
         name = self.repository(repository).name
         if not self.store.pauses.resume(name):
-            raise UsageError(f"{name} is not paused")
+            raise Conflict(f"{name} is not paused")
         return {"repository": name, "paused": False}
 
     def paused(self) -> list[Document]:

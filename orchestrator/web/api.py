@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from orchestrator.backends.base import MAX_REPORT_BYTES
 from orchestrator.jobs import JobRef, LocalJobs
 from orchestrator.metrics import CONTENT_TYPE, Metrics
-from orchestrator.models import JobStatus, subject_line
+from orchestrator.models import MANUAL, PUSH, JobStatus, subject_line
 from orchestrator.store import NewCommit
 from orchestrator.workspace import read_regular_file
 
@@ -119,7 +119,8 @@ def post_commits(batch: CommitBatch, jobs: Jobs, request: Request) -> QueuedOut:
     jobs.repository(batch.repository)
     if batch.heads is None:
         jobs.require_commits(batch.repository, [c.sha for c in batch.commits])
-    commits = [NewCommit(c.sha, c.subject, tuple(c.branches)) for c in batch.commits]
+    trigger = PUSH if batch.heads is not None else MANUAL  # the observer's, or a user's submission
+    commits = [NewCommit(c.sha, c.subject, tuple(c.branches), trigger=trigger) for c in batch.commits]
     created = jobs.record_commits(batch.repository, commits, batch.heads)
     ids = [jobs.job(JobRef(commit=c.sha, repository=batch.repository)).id for c in batch.commits[:100]]
     return QueuedOut(created=created, jobs=ids)

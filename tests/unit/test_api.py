@@ -36,6 +36,7 @@ def test_submit_known_commit_wakes_dispatcher(api) -> None:
     new = repo.commit("second")
     resp = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new, "branches": ["main"]}]})
     assert resp.status_code == 201 and resp.json()["created"] == [2] and woken == [1]
+    assert client.get("/api/jobs/2").json()["trigger"] == "manual"  # a user's, not the observer's (no heads)
     again = client.post("/api/commits", json={"repository": "demo", "commits": [{"sha": new}]})
     assert again.json()["created"] == [] and again.json()["jobs"] == [2]
 

@@ -576,7 +576,7 @@ def test_pause_quarantine_and_search_through_the_api(web) -> None:
     assert 'class="paused"' in client.get("/").text and "outage" in client.get("/").text
     assert client.post("/api/repositories/nope/pause", json={}).status_code == 404
     assert client.post("/api/repositories/demo/resume").status_code == 200
-    assert client.post("/api/repositories/demo/resume").status_code == 422  # not paused
+    assert client.post("/api/repositories/demo/resume").status_code == 409  # not paused
     job = _failed_with_report(w)
     unknown = client.post("/api/quarantine", json={"repository": "demo", "test": "tests.nope::x", "reason": "r"})
     assert unknown.status_code == 404 and "no test" in unknown.json()["detail"]
