@@ -215,9 +215,16 @@ class Orchestrated:
             proc.communicate(timeout=30)
         if self.config_path is None or not self.config.db_path.exists():
             return []
-        leaked = [c.id for c in self.containers()]
-        for container_id in leaked:
-            self.engine.api.remove_container(container_id, force=True)
+        leaked = []
+        for container_id in [c.id for c in self.containers()]:
+            try:
+                self.engine.api.remove_container(container_id, force=True)
+                leaked.append(container_id)
+            except docker.errors.NotFound:
+                pass  # gone meanwhile: removed by the process before it was killed
+            except docker.errors.APIError as exc:  # its removal, asked by the process, was under way
+                if "already in progress" not in str(exc):
+                    raise
         return leaked
 
 
