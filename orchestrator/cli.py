@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
         help="prune: environment images kept per repository, newest first (default 1)",
     )
     p.add_argument("--repo", help="prune: only this repository's environment images (default: every repository's)")
+    p = command("store", "the store: `store migrate` copies the SQLite file into store.url's PostgreSQL")
+    p.add_argument("action", choices=["migrate"])
     p = command("status", "recent jobs as a table", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array of job objects")
@@ -297,6 +299,18 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(config: Config, args: argparse.Namespace) -> int:
+    from orchestrator.store.migrate import migrate
+
+    if config.store.url is None:
+        raise UsageError("store migrate copies into store.url: set it to a postgresql:// URL in config.yaml")
+    counts = migrate(config.db_path, config.store.url)
+    print(f"moved into PostgreSQL from {config.db_path}:")
+    for table, count in counts.items():
+        print(f"  {table:<15} {count:>9,} rows")
+    return 0
+
+
 # -- operations on jobs ---------------------------------------------------------------------
 
 
@@ -325,13 +339,13 @@ def _jobs(config: Config | None, args: argparse.Namespace, create: bool = False)
     from orchestrator.service import local_jobs
     from orchestrator.store import Store
 
-    if not create and not config.db_path.exists():
+    if not create and config.store.url is None and not config.db_path.exists():
         raise UsageError(f"no state in {config.state_dir} yet: run `orchestrator run` first")
     if create:
         from orchestrator.workspace import prepare_directories
 
         prepare_directories(config)
-    return local_jobs(config, Store(config.db_path), lambda: _backend(config))
+    return local_jobs(config, Store(config.store_location), lambda: _backend(config))
 
 
 def _backend(config: Config) -> Backend:
@@ -535,6 +549,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "dispatcher": cmd_dispatcher,
     "observer": cmd_observer,
     "image": cmd_image,
+    "store": cmd_store,
     "status": cmd_status,
     "logs": cmd_logs,
     "submit": cmd_submit,

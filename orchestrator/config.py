@@ -301,6 +301,13 @@ class SearchConfig(_Strict):
     log_mb: Annotated[float, Field(gt=0, le=1024)] = 1
 
 
+class StoreConfig(_Strict):
+    """Where the queue and every table of the store are: by default the SQLite file in
+    ``state_dir``; ``url: postgresql://user@host/db`` keeps them in PostgreSQL (store/postgres.py)."""
+
+    url: Annotated[str, Field(pattern=r"^postgres(ql)?://", max_length=2000)] | None = None
+
+
 class Config(_Strict):
     repositories: Annotated[list[RepositoryConfig], Field(min_length=1)]
     poll_interval: Annotated[float, Field(gt=0)] = 5
@@ -313,6 +320,7 @@ class Config(_Strict):
     environments: EnvironmentsConfig = Field(default_factory=EnvironmentsConfig)
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     stop_grace: Annotated[float, Field(ge=0)] = 0
     source: Path = Path("config.yaml")
 
@@ -337,6 +345,11 @@ class Config(_Strict):
         if repo is None:
             raise UnknownRepository(f"unknown repository {name[:64]!r}")
         return repo
+
+    @property
+    def store_location(self) -> Path | str:
+        """What ``Store`` opens: the PostgreSQL URL, or the SQLite file."""
+        return self.store.url or self.db_path
 
     @property
     def db_path(self) -> Path:

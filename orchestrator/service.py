@@ -147,7 +147,7 @@ class Services:
 
         self.config = config
         prepare_directories(config)
-        self.store = Store(config.db_path)
+        self.store = Store(config.store_location)
         self.engine = Engine(config.runner.docker_host)
         self.backend = connect(config.runner, self.engine)
         self.metrics = Metrics(self.store)

@@ -25,6 +25,19 @@ if ! command -v docker-registry >/dev/null 2>&1; then
   fi
 fi
 
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "Installing Debian's postgresql (the PostgreSQL store's tests make a cluster of their own; none is started)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: postgresql is missing; the PostgreSQL store's tests will fail without it" >&2
+  fi
+fi
+if [ "$(id -u)" = 0 ] && ! id ci-postgres >/dev/null 2>&1; then
+  # initdb refuses to run as root: the tests' clusters run as this user
+  useradd --system --no-create-home --shell /usr/sbin/nologin ci-postgres
+fi
+
 say "Installing the orchestrator and its test tools (pip)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 

@@ -188,7 +188,7 @@ class Orchestrated:
         return all(self.path(sha, "result.json").exists() for sha in shas)
 
     def instance(self) -> str:
-        store = Store(self.config.db_path)
+        store = Store(self.config.store_location)
         try:
             return store.instance_id()
         finally:
@@ -213,7 +213,7 @@ class Orchestrated:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=30)
-        if self.config_path is None or not self.config.db_path.exists():
+        if self.config_path is None or (self.config.store.url is None and not self.config.db_path.exists()):
             return []
         leaked = []
         for container_id in [c.id for c in self.containers()]:
@@ -236,12 +236,33 @@ def environment_images(orch, engine: docker.DockerClient):
     test of the same declarations (it would not build, and its log would not be there).
     Another test's job that found it a moment before is retried and builds it again."""
     yield
-    if orch.config_path is None or not orch.config.db_path.exists():
+    if orch.config_path is None or (orch.config.store.url is None and not orch.config.db_path.exists()):
         return
     labels = ["orchestrator.environment", f"orchestrator.instance={orch.instance()}"]
     for image in engine.images.list(filters={"label": labels}):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             engine.images.remove(image.id, force=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster of this test process's own (tests/postgres.py), ended by its pid."""
+    from tests.postgres import Cluster
+
+    try:
+        cluster = Cluster().start()
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"no PostgreSQL cluster for the store's tests: {exc} (scripts/setup.sh installs it)")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path: Path):
+    """Where a test's store is: a SQLite file, or a database of its own in the cluster."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "orchestrator.db"
+    return request.getfixturevalue("postgres").database()
 
 
 @pytest.fixture

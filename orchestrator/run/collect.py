@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from orchestrator.report import Report
 from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.steps import Timings
+from orchestrator.store.db import ERRORS
 from orchestrator.verdict import Kill, judge
 
 log = logging.getLogger("orchestrator.run")
@@ -117,7 +117,7 @@ def save(
     with timings.measure("history"):  # before the files, so that result.json has its time
         try:
             history.record(ctx.store, done, report, reruns(ctx, done.repository))
-        except sqlite3.Error as exc:  # a store that refuses them costs the history, not the job
+        except ERRORS as exc:  # a store that refuses them costs the history, not the job
             log.warning("job %s: test history not recorded (%s)", done.id, exc)
     built = ctx.environments.log_of(done.repository, done.environment) if ctx.environments else None
     try:

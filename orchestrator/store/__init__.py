@@ -18,7 +18,7 @@ from pathlib import Path
 from orchestrator.models import Job
 from orchestrator.store import outbox
 from orchestrator.store.bisections import Bisections
-from orchestrator.store.db import Connection, Database
+from orchestrator.store.db import Connection, Database, SqliteDatabase
 from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
 from orchestrator.store.merges import Merges
 from orchestrator.store.outbox import News, Outbox
@@ -32,8 +32,14 @@ __all__ = ["NewCommit", "News", "Store"]
 
 
 class Store(Jobs):
-    def __init__(self, path: Path):
-        self._database = Database(path, TABLE, ALL_COLUMNS)
+    def __init__(self, where: Path | str):
+        """``where``: the SQLite file, or a ``postgresql://`` URL (postgres.py)."""
+        if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
+            from orchestrator.store.postgres import PostgresDatabase
+
+            self._database: Database = PostgresDatabase(where, TABLE, ALL_COLUMNS)
+        else:
+            self._database = SqliteDatabase(Path(where), TABLE, ALL_COLUMNS)
         super().__init__(self._database, self._write_news)
         self.tests = Tests(self._database)
         self.bisections = Bisections(self._database)
@@ -48,6 +54,20 @@ class Store(Jobs):
     def _write_news(self, db: Connection, old: Job, new: Job) -> None:
         for news in self.news(old, new) if self.news is not None else ():
             outbox.add(db, news)
+
+    @property
+    def dialect(self) -> str:
+        return self._database.dialect
+
+    @property
+    def database(self) -> Database:
+        """The database under the tables (for migrate.py, which copies every one)."""
+        return self._database
+
+    def read_one(self, sql: str, args: tuple = ()) -> object:
+        """The first column of the first row of a read (None: no row)."""
+        rows = self._database.read(sql, args)
+        return rows[0][0] if rows else None
 
     def close(self) -> None:
         self._database.close()

@@ -14,13 +14,26 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
-Connection = sqlite3.Connection
+Connection = Any  # what a write transaction yields: sqlite3's connection, or postgres.py's
 
-_TABLES = """
+
+def _errors() -> tuple[type[Exception], ...]:
+    try:
+        import psycopg
+    except ImportError:  # the PostgreSQL store's driver is not installed: SQLite's alone
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+ERRORS = _errors()  # what a store that refuses raises, whichever database is under it
+
+TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS repositories (name TEXT PRIMARY KEY, first_seen_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS heads (
@@ -96,7 +109,7 @@ CREATE INDEX IF NOT EXISTS test_cases_by_test ON test_cases (repository, test_id
 def _version_1(db: Connection) -> None:
     """Every table as it was when versions began (an older state_dir's tables are kept:
     they are created only where missing, and its job columns are completed on open)."""
-    for statement in _TABLES.split(";"):  # one by one: executescript would end the transaction
+    for statement in TABLES.split(";"):  # one by one: executescript would end the transaction
         if statement.strip():
             db.execute(statement)
 
@@ -115,13 +128,16 @@ def _version_2(db: Connection, jobs_table: str) -> None:
     db.execute("ALTER TABLE jobs_new RENAME TO jobs")
 
 
+TEST_DURATIONS = (
+    "CREATE TABLE test_durations_new (repository TEXT NOT NULL, python TEXT NOT NULL DEFAULT '',"
+    " test_id TEXT NOT NULL, seconds REAL NOT NULL, runs INTEGER NOT NULL, job_id INTEGER NOT NULL,"
+    " PRIMARY KEY (repository, python, test_id)) WITHOUT ROWID"
+)
+
+
 def _version_3(db: Connection) -> None:
     """Test durations per variant: a suite is split by what it takes on its own Python."""
-    db.execute(
-        "CREATE TABLE test_durations_new (repository TEXT NOT NULL, python TEXT NOT NULL DEFAULT '',"
-        " test_id TEXT NOT NULL, seconds REAL NOT NULL, runs INTEGER NOT NULL, job_id INTEGER NOT NULL,"
-        " PRIMARY KEY (repository, python, test_id)) WITHOUT ROWID"
-    )
+    db.execute(TEST_DURATIONS)
     db.execute(
         "INSERT INTO test_durations_new (repository, test_id, seconds, runs, job_id)"
         " SELECT repository, test_id, seconds, runs, job_id FROM test_durations"
@@ -156,7 +172,35 @@ MIGRATIONS: list[Callable[[Connection, str], None]] = [
 ]
 
 
-class Database:
+class Database(ABC):
+    """Where the store's tables are: a SQLite file (``SqliteDatabase``, the default) or a
+    PostgreSQL database (postgres.py). Every module of the store writes its SQL once, in
+    SQLite's words; the PostgreSQL one translates the few that differ."""
+
+    dialect = "sqlite"
+
+    @abstractmethod
+    def write(self) -> AbstractContextManager[Connection]:
+        """One write transaction: all of it or nothing, one writer at a time."""
+
+    @abstractmethod
+    def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def instance_id(self) -> str:
+        """A random id made once per store: the ``orchestrator.instance`` label."""
+        with self.write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            if row:
+                return row[0]
+            value = uuid.uuid4().hex[:16]
+            db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (value,))
+            return value
+
+
+class SqliteDatabase(Database):
     def __init__(self, path: Path, jobs_table: str, job_columns: Sequence[tuple[str, str]]):
         """``jobs_table``: the job table's CREATE statement; ``job_columns``: (name,
         declaration) of each column it must have (jobs.py's field table)."""
@@ -198,16 +242,6 @@ class Database:
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
-
-    def instance_id(self) -> str:
-        """A random id made once per state_dir: the ``orchestrator.instance`` label."""
-        with self.write() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
-            if row:
-                return row[0]
-            value = uuid.uuid4().hex[:16]
-            db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (value,))
-            return value
 
 
 def marks(values: Sequence[object]) -> str:

@@ -102,11 +102,15 @@ class SearchIndex:
             "SELECT s.rowid, s.job_id, j.repository, j.commit_sha, j.python, j.status, s.kind, s.line, s.text"
             " FROM search s JOIN jobs j ON j.id = s.job_id WHERE search MATCH ?"
         )
-        match = f"text : ({query})"
+        if self._db.dialect == "postgres":  # PostgreSQL's own full-text search: web search syntax
+            sql, match = sql.replace("search MATCH ?", "s.words @@ websearch_to_tsquery('simple', ?)"), query
+        else:
+            match = f"text : ({query})"
         args: list[object] = []
         if repository is not None:
-            match += ' AND repository : "' + repository.replace('"', '""') + '"'
-            sql, args = sql + " AND j.repository = ?", [*args, repository]
+            if self._db.dialect != "postgres":
+                match += ' AND repository : "' + repository.replace('"', '""') + '"'
+            sql, args = sql + " AND s.repository = ? AND j.repository = ?", [*args, repository, repository]
         if since is not None:
             first = self._db.read(
                 "SELECT MIN(i.first_row) FROM search_indexed i JOIN jobs j ON j.id = i.job_id WHERE j.finished_at >= ?",

@@ -16,8 +16,8 @@ AVERAGE_WEIGHT = 0.3  # the newest run's weight in a test's moving average durat
 _DURATION = (
     "INSERT INTO test_durations (repository, python, test_id, seconds, runs, job_id) VALUES (?, ?, ?, ?, 1, ?)"
     " ON CONFLICT (repository, python, test_id) DO UPDATE SET"
-    f" seconds = seconds * {1 - AVERAGE_WEIGHT} + excluded.seconds * {AVERAGE_WEIGHT},"
-    " runs = runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id"
+    f" seconds = test_durations.seconds * {1 - AVERAGE_WEIGHT} + excluded.seconds * {AVERAGE_WEIGHT},"
+    " runs = test_durations.runs + 1, job_id = excluded.job_id WHERE excluded.job_id > test_durations.job_id"
 )
 _CURRENT = "t.attempt = j.attempts"  # a job's current attempt's cases
 # Every read of a test's history is of one variant (j.python: "" where the repository has one Python).

@@ -9,8 +9,8 @@ from orchestrator.store import NewCommit, Store
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "state" / "orchestrator.db")
+def store(store_location):
+    s = Store(store_location)
     yield s
     s.close()
 

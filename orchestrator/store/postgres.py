@@ -1,0 +1,168 @@
+"""The store's tables in PostgreSQL (``store.url: postgresql://…``), through psycopg 3 and its
+connection pool.
+
+Every module of the store writes its SQL once, in SQLite's words; the few words that differ
+are translated here, statement by statement (cached): placeholders, ``INSERT OR IGNORE`` /
+``OR REPLACE`` (``ON CONFLICT``), ``json_each``, ``julianday``, a boolean summed, an empty
+``IN ()``, and the id an insert made (``RETURNING``). The full-text index is PostgreSQL's own
+(a ``tsvector`` column and a GIN index; store/search.py asks it in its words).
+
+A write transaction takes a transaction-scoped advisory lock first: writers go one at a
+time, as SQLite's ``BEGIN IMMEDIATE`` makes them, so every read-then-write of the store
+(a compare-and-swap, a commit queued once) means the same on both. The schema is made at
+its newest; its version is a row of ``meta``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from orchestrator.errors import ConfigError
+from orchestrator.store import db as sqlite_schema
+from orchestrator.store.db import Database
+
+WRITE_LOCK = 7_214_001  # the advisory lock every write transaction holds: one writer at a time
+# the key of each table that INSERT OR REPLACE writes into
+_KEYS = {
+    "meta": ("key",),
+    "attempts": ("job_id", "attempt"),
+    "quarantine": ("repository", "test_id"),
+    "schedules": ("repository",),
+    "search_indexed": ("job_id",),
+    "test_cases": ("job_id", "attempt", "test_id"),
+}
+_SERIAL = {"jobs": "id", "merges": "id", "bisections": "id", "outbox": "id", "search": "rowid"}
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """A statement of the store in PostgreSQL's words."""
+    sql = re.sub(r"json_each\(([\w.]+)\)", r"jsonb_array_elements_text((\1)::jsonb)", sql)
+    sql = re.sub(r"julianday\(([\w.]+)\)", r"(extract(epoch from (\1)::timestamptz) / 86400.0)", sql)
+    sql = re.sub(r"SUM\((\w+) = '(\w+)'\)", r"SUM(CASE WHEN \1 = '\2' THEN 1 ELSE 0 END)", sql)
+    sql = re.sub(r"[\w.]+ NOT IN \(\)", "TRUE", sql)
+    sql = re.sub(r"[\w.]+ IN \(\)", "FALSE", sql)
+    insert = re.match(r"\s*INSERT OR (IGNORE|REPLACE) INTO (\w+) \(([^)]*)\)", sql)
+    if insert:
+        kind, table, columns = insert.groups()
+        sql = "INSERT INTO" + sql[insert.end(2) - len(table) - 1 :]
+        if kind == "IGNORE":
+            sql += " ON CONFLICT DO NOTHING"
+        else:
+            keys = _KEYS[table]
+            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in (c.strip() for c in columns.split(",")) if c not in keys)
+            sql += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    table = re.match(r"\s*INSERT INTO (\w+) ", sql)
+    if table and table.group(1) in _SERIAL:
+        sql += f" RETURNING {_SERIAL[table.group(1)]}"
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def ddl(statement: str) -> str:
+    """A CREATE statement of the SQLite schema in PostgreSQL's types."""
+    statement = statement.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    statement = re.sub(r"\bINTEGER\b", "BIGINT", statement)
+    statement = re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement)
+    return statement.replace("WITHOUT ROWID", "")
+
+
+SEARCH = (
+    "CREATE TABLE IF NOT EXISTS search (rowid BIGSERIAL PRIMARY KEY, text TEXT NOT NULL, repository TEXT NOT NULL,"
+    " job_id BIGINT NOT NULL, line BIGINT NOT NULL, kind TEXT NOT NULL,"
+    " words tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED)",
+    "CREATE INDEX IF NOT EXISTS search_words ON search USING gin (words)",
+)
+SCHEMA_VERSION = 1  # of the PostgreSQL schema (made at its newest: no step of SQLite's migrations)
+
+
+def schema(jobs_table: str) -> list[str]:
+    """Every table and index of the store, newest shape, in PostgreSQL's words."""
+    from orchestrator.store import merges, pauses, quarantine, schedules, search
+
+    statements = [ddl(jobs_table)]
+    for statement in sqlite_schema.TABLES.split(";"):
+        if statement.strip() and "test_durations (" not in statement:
+            statements.append(ddl(statement))
+    statements.append(ddl(sqlite_schema.TEST_DURATIONS.replace("test_durations_new", "IF NOT EXISTS test_durations")))
+    statements += [ddl(merges.TABLE), "CREATE INDEX IF NOT EXISTS merges_open ON merges (state, position)"]
+    statements += [ddl(pauses.TABLE), ddl(quarantine.TABLE), ddl(schedules.TABLE)]
+    statements += [*SEARCH, ddl(search.TABLES[1])]
+    statements += [
+        "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id)",
+    ]
+    return statements
+
+
+class _Cursor:
+    """What the store's modules read of an executed statement, as sqlite3's cursor has it."""
+
+    def __init__(self, cursor: Any, returning: bool):
+        self._cursor = cursor
+        self.rowcount = cursor.rowcount
+        self.lastrowid: int | None = None
+        self._first: tuple | None = None
+        if returning:
+            self._first = cursor.fetchone()
+            self.lastrowid = self._first[0] if self._first else None
+
+    def fetchone(self) -> tuple | None:
+        return self._cursor.fetchone() if self._cursor.description else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._cursor.fetchall() if self._cursor.description else []
+
+
+class _Connection:
+    def __init__(self, conn: Any):
+        self._conn = conn
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> _Cursor:
+        statement = translate(sql)
+        cursor = self._conn.execute(statement, tuple(args))
+        return _Cursor(cursor, statement.endswith(tuple(f"RETURNING {c}" for c in ("id", "rowid"))))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        rows = [tuple(r) for r in rows]
+        if rows:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(translate(sql).split(" RETURNING ")[0], rows)
+
+
+class PostgresDatabase(Database):
+    dialect = "postgres"
+
+    def __init__(self, url: str, jobs_table: str, job_columns: Sequence[tuple[str, str]]):
+        import psycopg
+        from psycopg_pool import ConnectionPool
+
+        try:  # once, at once: a wrong URL is one line now, not a pool retrying in the background
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"store.url: cannot connect to PostgreSQL: {reason}") from None
+        self._pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=30, name="orchestrator")
+        with self.write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None or int(row[0]) < SCHEMA_VERSION:
+                for statement in schema(jobs_table):
+                    db._conn.execute(statement)
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    @contextmanager
+    def write(self) -> Iterator[_Connection]:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            yield _Connection(conn)
+
+    def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._pool.connection() as conn:
+            return conn.execute(translate(sql), tuple(args)).fetchall()
+
+    def close(self) -> None:
+        self._pool.close()
