@@ -68,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("run", "observe, dispatch and serve the API in one process")
     p.add_argument("--once", action="store_true", help="test what is new and queued, print a summary, exit")
-    command("dispatcher", "run the dispatcher and its HTTP API only")
+    q = command("dispatcher", "run the dispatcher and its HTTP API only")
+    for serving in (p, q):
+        serving.add_argument("--name", help="this dispatcher's name among those sharing store.url (dispatcher.name)")
+        serving.add_argument("--port", type=int, help="its API's port (dispatcher.port)")
     p = command("observer", "watch the repositories and post new commits to a dispatcher")
     p.add_argument("--dispatcher-server", default="localhost:8888", metavar="HOST:PORT")
     p = command("image", "build the runner images, or prune environment images")
@@ -196,7 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    import threading
 
     from orchestrator.console import print_jobs
     from orchestrator.jobs import JobRef
@@ -204,9 +206,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()
-    with Services(config) as services:
+    with Services(config, args.name, args.port) as services:
         dispatcher, observer = services.dispatcher, services.observer
         if args.once:
+            if services.leadership is not None and not _wait_active(services, stop):
+                return 130
             dispatcher.step()  # recovers first, so an earlier process's jobs are collected
             observer.poll_once()  # new commits are queued durably even if the engine is away
             if dispatcher.engine_error is not None:
@@ -226,19 +230,31 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                 )
             return 1 if unfinished or any(d["status"] in ("failed", "error", "timed_out") for d in documents) else 0
         services.serve_api()
-        threading.Thread(target=observer.run, args=(stop,), name="observer", daemon=True).start()
         with live_view(services.store):  # in a terminal; piped, plain log lines
-            dispatcher.run(stop)
+            services.run(stop)
     return 0
+
+
+def _wait_active(services, stop) -> bool:
+    """`run --once` on a shared store: it takes the lease (waiting for an active one to let
+    it go), and gives it up when it ends."""
+    import threading
+
+    leadership = services.leadership
+    threading.Thread(target=leadership.run, args=(stop,), name="lease", daemon=True).start()
+    while not leadership.active.wait(0.2):
+        if stop.is_set():
+            return False
+    return True
 
 
 def cmd_dispatcher(config: Config, args: argparse.Namespace) -> int:
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()
-    with Services(config) as services:
+    with Services(config, args.name, args.port) as services:
         services.serve_api()
-        services.dispatcher.run(stop)
+        services.run(stop, observe=False)
     return 0
 
 

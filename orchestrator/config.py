@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -194,6 +195,11 @@ class DispatcherConfig(_Strict):
     allowed_hosts: Annotated[list[Annotated[str, Field(pattern=r"^[\w.*:\[\]-]+$")]], Field(min_length=1)] | None = None
     max_followers: Annotated[int, Field(ge=1, le=10_000)] = 512  # live log followers in all
     max_followers_per_job: Annotated[int, Field(ge=1, le=10_000)] = 256  # ... of one job
+    # several dispatchers on one PostgreSQL store (store.url): each one's name, and the active's lease
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")] = Field(
+        default_factory=lambda: re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63] or "dispatcher"
+    )
+    lease: Annotated[float, Field(ge=1, le=600)] = 10  # seconds: a standby takes over within this and a few more
 
     def hosts(self) -> list[str]:
         """Host headers the API answers: ``allowed_hosts``, else this machine's loopback

@@ -30,6 +30,7 @@ from orchestrator.run.shards import SplitAttempt
 from orchestrator.run.warm import WarmPool, WarmStart
 from orchestrator.schedule import Scheduler
 from orchestrator.sharding import Planner
+from orchestrator.store.db import ERRORS
 
 log = logging.getLogger("orchestrator.dispatcher")
 
@@ -267,11 +268,18 @@ class Dispatcher:
         unreachable for that long raises EngineUnavailable (the queue stays as it is)."""
         if self.merge_queue is not None:
             self.merge_queue.start()
+        store_away = Backoff(0.5, 5.0)
         try:
             while not stop.is_set():
-                self.step()
-                if until_idle and self.idle():
-                    break
+                try:
+                    self.step()
+                    if until_idle and self.idle():
+                        break
+                except ERRORS as exc:  # the store is away: nothing claimed; running attempts wait for it
+                    log.error("the store does not answer (%s): claiming nothing until it does", exc)
+                    stop.wait(store_away.next())
+                    continue
+                store_away.reset()
                 if give_up_after is not None and self.engine_error and self.engine_down_for() > give_up_after:
                     raise self.engine_error
                 self._wake.wait(IDLE_POLL)

@@ -44,6 +44,11 @@ class MergeRefused(OrchestratorError):
     be fast-forwarded, or has nothing to merge. The request is rejected, nothing tested."""
 
 
+class NotActive(OrchestratorError):
+    """This dispatcher no longer holds the active lease (another took over): it writes
+    nothing, and steps down (store/leases.py)."""
+
+
 class InfrastructureError(OrchestratorError):
     """Not the code under test speaking: a job that meets one is retried as a new attempt."""
 

@@ -134,6 +134,7 @@ class LocalJobs(Controls):
         self.config, self.store, self.mirrors = config, store, mirrors
         self._observer, self._insight, self.arrivals, self.backend = observer, insight, arrivals, backend
         self.results = ResultFiles(config.results_dir)
+        self.role: Callable[[], dict[str, Any]] | None = None  # this dispatcher's place among several (leadership.py)
 
     @cached_property
     def observer(self) -> Observer:
@@ -284,6 +285,7 @@ class LocalJobs(Controls):
             "running": self.store.count(JobStatus.RUNNING),
             "repositories": repositories,
             **self.controls_health(),
+            **({"dispatcher": self.role()} if self.role is not None else {}),
         }
 
     def retry(self, ref: JobRef, failed: bool = False) -> list[Document]:

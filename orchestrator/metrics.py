@@ -54,6 +54,26 @@ class _RepositoryHealth(Collector):
         yield failed
 
 
+class _Leadership(Collector):
+    """Of a dispatcher sharing its store: whether it is the active one, and the lease's age."""
+
+    def __init__(self, role: Callable[[], dict[str, Any]]):
+        self._role = role
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        role = self._role()
+        active = GaugeMetricFamily(
+            "orchestrator_dispatcher_active", "1 if this dispatcher holds the active lease", labels=["dispatcher"]
+        )
+        active.add_metric([role["name"]], 1.0 if role["role"] == "active" else 0.0)
+        yield active
+        age = GaugeMetricFamily(
+            "orchestrator_lease_age_seconds", "Seconds since the active's lease was last renewed, as last read"
+        )
+        age.add_metric([], float(role["lease_age_s"]) if role["lease_age_s"] is not None else float("nan"))
+        yield age
+
+
 class Metrics:
     def __init__(self, store: Store):
         self.registry = CollectorRegistry()
@@ -80,6 +100,10 @@ class Metrics:
     def watch_repositories(self, health: Callable[[], dict[str, Any]], failures: Callable[[], dict[str, int]]) -> None:
         """Export an observer's per-repository state (``Observer.health``, ``.failures``)."""
         self.registry.register(_RepositoryHealth(health, failures))
+
+    def watch_leadership(self, role: Callable[[], dict[str, Any]]) -> None:
+        """Export this dispatcher's place among those sharing a store (leadership.py)."""
+        self.registry.register(_Leadership(role))
 
     def job_finished(self, job: Job) -> None:
         self.finished.labels(status=job.status.value).inc()

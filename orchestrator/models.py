@@ -102,9 +102,8 @@ class Job:
     python: str = ""  # the Python of this variant of the commit; "" where the repository names one Python
     trigger: str = "push"  # what queued it last (TRIGGERS): set each time it is queued
     quarantined: tuple[str, ...] = _of_attempt(())  # quarantined tests that failed: they did not fail the job
-    rerun: dict[str, Any] | None = (
-        None  # a re-run of only the failed tests: {"of_attempt", "tests", "counts", "shards"}
-    )
+    rerun: dict[str, Any] | None = None  # a re-run of the failed tests alone: of_attempt, tests, counts, shards
+    dispatcher: str | None = _of_attempt(None)  # the dispatcher that claimed the attempt (several share a store)
 
     @property
     def duration_s(self) -> float | None:

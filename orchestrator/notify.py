@@ -112,6 +112,7 @@ class Notifier:
         longer configured."""
         if not self._config.webhooks or self._threads:
             return
+        self._stop.clear()  # started again: the active dispatcher's, each time it is the active one
         urls = list(dict.fromkeys(self._config.webhooks))
         for url in urls:
             self._threads.append(

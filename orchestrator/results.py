@@ -69,6 +69,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
         "trigger": job.trigger,  # what queued it: push, manual, schedule, bisection or merge
         "quarantined": list(job.quarantined),  # quarantined tests that failed: they did not fail the job
         "rerun": job.rerun,  # a re-run of only the failed tests: which, of which attempt; else null
+        "dispatcher": job.dispatcher,  # the dispatcher that ran the attempt, where several share a store
     }
 
 

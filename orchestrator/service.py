@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import NotActive, OrchestratorError
 from orchestrator.jobs import Arrivals, LocalJobs
+from orchestrator.leadership import Leadership
 from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
 from orchestrator.store import Store
+from orchestrator.store.db import ERRORS
 from orchestrator.variants import Variants
 
 if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is built: a command is quick
@@ -137,7 +139,9 @@ def local_jobs(
 class Services:
     """One dispatcher's process: ``with Services(config) as services: ...``."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, name: str | None = None, port: int | None = None):
+        """``name``: this dispatcher's among those sharing a store (default
+        ``dispatcher.name``); ``port``: its API's (default ``dispatcher.port``)."""
         from orchestrator.backends import connect
         from orchestrator.backends.engine import Engine
         from orchestrator.environment.build import Environments, Settings
@@ -146,6 +150,7 @@ class Services:
         from orchestrator.workspace import prepare_directories
 
         self.config = config
+        self.port = port or config.dispatcher.port
         prepare_directories(config)
         self.store = Store(config.store_location)
         self.engine = Engine(config.runner.docker_host)
@@ -158,15 +163,75 @@ class Services:
         environments = Environments(
             config.state_dir, self.engine, Settings.of(config, self.store.instance_id()), self.backend.publish
         )
+        self.environments = environments
         self.jobs = local_jobs(config, self.store, lambda: self.backend)
-        self.dispatcher = dispatcher_for(
-            config, self.store, self.backend, self.jobs.mirrors, self.metrics, environments
-        )
-        self.jobs.arrivals.wake = self.dispatcher.wake
+        self.dispatcher = self._dispatcher()
         self.observer = self.jobs.observer
         self.metrics.watch_repositories(self.observer.health, lambda: dict(self.observer.failures))
-        self.notifier.start()  # what a stop left in the outbox goes out now
+        self.leadership: Leadership | None = None
+        if config.store.url is not None:  # several dispatchers may share it: one is active at a time
+            self.leadership = Leadership(
+                self.store, name or config.dispatcher.name, self.address, config.dispatcher.lease
+            )
+            self.jobs.role = self.leadership.document
+            self.metrics.watch_leadership(self.leadership.document)
+        else:
+            self.notifier.start()  # what a stop left in the outbox goes out now
         self._server: Any = None  # uvicorn's, once serving (the web side is loaded only then)
+
+    @property
+    def address(self) -> str:
+        """Where this dispatcher's API answers (a standby names the active's)."""
+        config = self.config.dispatcher
+        return config.url or f"http://{config.host}:{self.port}"
+
+    def _dispatcher(self) -> Dispatcher:
+        """A dispatcher and its collaborators, fresh (each term of an active one has its own)."""
+        dispatcher = dispatcher_for(
+            self.config, self.store, self.backend, self.jobs.mirrors, self.metrics, self.environments
+        )
+        self.jobs.arrivals.wake = dispatcher.wake
+        return dispatcher
+
+    def run(self, stop: threading.Event, observe: bool = True) -> None:
+        """Dispatch (and with ``observe``, observe) until ``stop``. With a shared store,
+        only while this dispatcher holds the lease: between terms it is a standby, and a
+        term ends at once when the lease is lost (leadership.py)."""
+        if self.leadership is None:
+            if observe:
+                threading.Thread(target=self.observer.run, args=(stop,), name="observer", daemon=True).start()
+            self.dispatcher.run(stop)
+            return
+        leadership = self.leadership
+        threading.Thread(target=leadership.run, args=(stop,), name="lease", daemon=True).start()
+        first, swept = True, 0.0
+        while not stop.is_set():
+            if not leadership.active.wait(0.2):
+                if time.monotonic() - swept > leadership.ttl:  # a standby's own leftovers, once their jobs ended
+                    swept = time.monotonic()
+                    self._remove_ended_workspaces()
+                continue
+            term = threading.Event()
+
+            def end_term(term: threading.Event = term) -> None:
+                while not (stop.is_set() or leadership.lost.is_set() or term.is_set()):
+                    time.sleep(0.05)
+                term.set()
+
+            threading.Thread(target=end_term, name="term", daemon=True).start()
+            try:
+                if not first:
+                    self.dispatcher = self._dispatcher()  # recovery runs again: what the last active left
+                first = False
+                self.notifier.start()
+                if observe:
+                    threading.Thread(target=self.observer.run, args=(term,), name="observer", daemon=True).start()
+                self.dispatcher.run(term)
+            except NotActive:
+                leadership.step_down("a write was refused")
+            finally:
+                term.set()
+                self.notifier.close(timeout=0 if leadership.lost.is_set() else 10)
 
     def __enter__(self) -> Services:
         return self
@@ -179,6 +244,19 @@ class Services:
         self.backend.close()
         self.store.close()
 
+    def _remove_ended_workspaces(self) -> None:
+        """Of a standby (it stepped down with attempts in progress, which the active adopted):
+        the checkouts of its jobs that have ended since. Kept while they run: on one engine the
+        adopted containers still have them mounted."""
+        workspaces = self.dispatcher.ctx.workspaces
+        try:
+            for job_id in workspaces.job_ids():
+                job = self.store.get(job_id)
+                if job is None or job.status.final:
+                    workspaces.remove(job_id)
+        except ERRORS + (OSError,) as exc:
+            log.debug("standby: leftovers not removed yet (%s)", exc)
+
     def serve_api(self) -> None:
         """Serve the HTTP API on ``dispatcher.host:port`` from a thread of its own (the web
         side is loaded only here: `run --once` starts without it)."""
@@ -186,7 +264,7 @@ class Services:
 
         from orchestrator.web.app import create_app
 
-        host, port = self.config.dispatcher.host, self.config.dispatcher.port
+        host, port = self.config.dispatcher.host, self.port
         app = create_app(self.jobs, self.metrics, self.config)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
         thread = threading.Thread(target=server.run, name="api", daemon=True)

@@ -148,7 +148,18 @@ class DockerBackend(Backend):
         return self.engine.inspect(container_id)
 
     def report(self, container_id: str, output_dir: Path) -> bytes | None:
-        return read_regular_file(output_dir / "junit.xml", MAX_REPORT_BYTES)
+        """The report in ``output_dir``; else where the container's output folder really is
+        (a container adopted from another dispatcher on this engine, which shares its store
+        but not its state_dir: the engine says where its folder is)."""
+        found = read_regular_file(output_dir / "junit.xml", MAX_REPORT_BYTES)
+        if found is not None:
+            return found
+        with engine_call("inspect a container's mounts"):
+            mounts = self.engine.api.inspect_container(container_id).get("Mounts") or []
+        source = next((Path(m["Source"]) for m in mounts if m.get("Destination") == OUTPUT_DIR), None)
+        if source is None or source == output_dir.resolve():
+            return None
+        return read_regular_file(source / "junit.xml", MAX_REPORT_BYTES)
 
     def stop(self, container_id: str) -> None:
         self.engine.kill(container_id)

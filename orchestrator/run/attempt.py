@@ -20,7 +20,7 @@ from typing import Any
 from orchestrator.backends.base import ContainerState, Phase
 from orchestrator.backoff import Backoff
 from orchestrator.environment.setup import Setup
-from orchestrator.errors import ContainerGone, EngineUnavailable
+from orchestrator.errors import ContainerGone, EngineUnavailable, NotActive
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, utcnow
@@ -53,8 +53,8 @@ class Attempt:
     def run(self) -> Job:
         try:
             return self._run()
-        except Abandoned:
-            log.info("job %s: left running for the next start", self.job.id)
+        except (Abandoned, NotActive):  # leaving, or another dispatcher is the active one now
+            log.info("job %s: left running for the next start (or the active dispatcher)", self.job.id)
             return self.job
         except Exception as exc:
             try:
@@ -171,8 +171,11 @@ class Attempt:
         )
 
     def _record(self, **facts: Any) -> None:
-        """Facts about the running attempt, committed before they are acted on."""
-        self.job = self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
+        """Facts about the running attempt, committed before they are acted on (waiting for
+        a store that is away)."""
+        self.job = steps.patiently(
+            self.ctx, lambda: self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
+        )
 
     def _settle_start(self, container_id: str) -> ContainerState:
         """The engine went away while starting the container, which may or may not run

@@ -19,6 +19,7 @@ from orchestrator.errors import ResultsUnwritable
 from orchestrator.faults import crash_point
 from orchestrator.models import Job, transition, utcnow
 from orchestrator.report import Report
+from orchestrator.run import steps
 from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.steps import Timings
@@ -120,6 +121,8 @@ def save(
         except ERRORS as exc:  # a store that refuses them costs the history, not the job
             log.warning("job %s: test history not recorded (%s)", done.id, exc)
     built = ctx.environments.log_of(done.repository, done.environment) if ctx.environments else None
+    if ctx.store.holder is not None:  # several dispatchers: only the active writes result files
+        steps.patiently(ctx, ctx.store.check_active)
     try:
         ctx.results.write(
             done,

@@ -61,10 +61,12 @@ def plan(
     *,
     released: Callable[[Job, ContainerState], bool],
     completed: Callable[[Job], Job | None],
+    me: str | None = None,
 ) -> list[Decision]:
     """What to do with each running job and each container of this instance.
     ``released``: whether a warm container's tests began; ``completed``: the final job
-    that complete result files of the current attempt describe, if any."""
+    that complete result files of the current attempt describe, if any; ``me``: this
+    dispatcher's name (a job another one ran, and nothing of it found here, says it was lost)."""
     by_job: dict[int, list[ContainerState]] = {}
     decisions: list[Decision] = []
     for state in containers:
@@ -99,6 +101,8 @@ def plan(
                 if job.container_id is None
                 else f"container {job.container_id[:12]} is gone"
             )
+            if job.dispatcher is not None and job.dispatcher != me:  # its engine went with it
+                reason = f"dispatcher {job.dispatcher} lost: {reason}"
             decisions.append(Requeue(job, reason))
     decisions += [Discard(state) for states in by_job.values() for state in states]
     return decisions
@@ -115,7 +119,8 @@ class Recovery:
         running = ctx.store.with_status(JobStatus.RUNNING)
         containers = ctx.backend.find({LABEL_INSTANCE: ctx.instance})
         released = lambda job, state: not warm.never_released(state, ctx.workspaces.get(job.id).out)  # noqa: E731
-        for decision in plan(running, containers, released=released, completed=ctx.results.completed):
+        decisions = plan(running, containers, released=released, completed=ctx.results.completed, me=ctx.store.holder)
+        for decision in decisions:
             if isinstance(decision, Adopt):
                 adopt(decision.job, decision.container)
             elif isinstance(decision, AdoptFiles):

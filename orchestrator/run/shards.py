@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 from orchestrator.backends.base import ContainerState
 from orchestrator.environment.setup import Setup
-from orchestrator.errors import InfrastructureError
+from orchestrator.errors import InfrastructureError, NotActive
 from orchestrator.faults import crash_point
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
@@ -163,8 +163,8 @@ class SplitAttempt:
             self.job = steps.finish(self.ctx, self.job, self._run())
             self._clean_up()
             return self.job
-        except Abandoned:
-            log.info("job %s: its shards are left for the next start", self.job.id)
+        except (Abandoned, NotActive):
+            log.info("job %s: its shards are left for the next start (or the active dispatcher)", self.job.id)
             return self.job
         except Exception as exc:
             self._clean_up_quietly()

@@ -9,18 +9,23 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from orchestrator import rerun
 from orchestrator.backends.base import ContainerSpec
+from orchestrator.backoff import Backoff
 from orchestrator.environment.setup import Setup, setup
 from orchestrator.errors import EngineUnavailable, ImageMissing, InfrastructureError
 from orchestrator.faults import crash_point
 from orchestrator.models import Job
 from orchestrator.run.context import Context
+from orchestrator.run.watch import Abandoned
+from orchestrator.store.db import ERRORS
 from orchestrator.workspace import Workspace, remove_tree
 from runner_image.orchestrator_protocol import ONLY_FILE
 
 log = logging.getLogger("orchestrator.run")
+T = TypeVar("T")
 
 
 class Timings(dict[str, float]):
@@ -81,9 +86,26 @@ def prepare(ctx: Context, spec: ContainerSpec, runs_in: Setup) -> str:
         ) from None
 
 
+STORE_PATIENCE = (0.2, 5.0)  # the first and the longest wait between tries of a store that is away
+
+
+def patiently(ctx: Context, write: Callable[[], T]) -> T:
+    """``write`` to the store, tried again while the store is away (PostgreSQL restarted, a
+    network cut), for as long as it takes: what the attempt knows is kept, and its container
+    goes on. Leaving (``ctx.abandon``), or no longer the active dispatcher, ends the waiting."""
+    backoff = Backoff(*STORE_PATIENCE)
+    while True:
+        try:
+            return write()
+        except ERRORS as exc:
+            log.warning("the store does not answer (%s); trying again", str(exc).strip().splitlines()[0][:200])
+            if ctx.abandon.wait(backoff.next()):
+                raise Abandoned() from None
+
+
 def finish(ctx: Context, job: Job, done: Job) -> Job:
     """The final state committed (its files are written before), then told."""
-    job = ctx.store.apply(job, done)
+    job = patiently(ctx, lambda: ctx.store.apply(job, done))
     crash_point("job-finished")
     ctx.ended(job)
     log.info("job %s: %s %s %s", job.id, job.commit[:12], job.status.value, job.message or "")

@@ -22,6 +22,7 @@ from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, utcnow
 from orchestrator.run.context import Context
+from orchestrator.store.db import ERRORS
 from orchestrator.verdict import Kill
 from runner_image import orchestrator_protocol as protocol
 
@@ -113,6 +114,13 @@ class Watch:
             self._read_again()
         return final, killed
 
+    def _cancel_requested(self) -> bool:
+        """Whether a cancel was asked; not while the store is away (the container goes on)."""
+        try:
+            return self.ctx.store.cancel_requested(self.job.id)
+        except ERRORS:
+            return False
+
     def _wait(self, started: datetime) -> tuple[ContainerState, Kill | None]:
         ctx, cid, patience = self.ctx, self.container_id, self.ctx.patience
         timeout = ctx.config.runner.timeout
@@ -126,13 +134,7 @@ class Watch:
                 reason = (
                     Kill.TIMEOUT
                     if elapsed >= timeout
-                    else (
-                        Kill.CANCEL
-                        if ctx.store.cancel_requested(self.job.id)
-                        else Kill.DISK
-                        if self._disk.exceeded()
-                        else None
-                    )
+                    else (Kill.CANCEL if self._cancel_requested() else Kill.DISK if self._disk.exceeded() else None)
                 )
                 if reason and self._kill(reason):
                     killed, killed_at = reason, time.monotonic()

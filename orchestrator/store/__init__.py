@@ -20,6 +20,7 @@ from orchestrator.store import outbox
 from orchestrator.store.bisections import Bisections
 from orchestrator.store.db import Connection, Database, SqliteDatabase
 from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
+from orchestrator.store.leases import Leases
 from orchestrator.store.merges import Merges
 from orchestrator.store.outbox import News, Outbox
 from orchestrator.store.pauses import Pauses
@@ -49,11 +50,24 @@ class Store(Jobs):
         self.quarantine = Quarantine(self._database)
         self.schedules = Schedules(self._database)
         self.search = SearchIndex(self._database)
+        self.leases = Leases(self._database)
         self.news: Callable[[Job, Job], Sequence[News]] | None = None
 
     def _write_news(self, db: Connection, old: Job, new: Job) -> None:
         for news in self.news(old, new) if self.news is not None else ():
             outbox.add(db, news)
+
+    def fence_with(self, holder: str | None, epoch: int = 0) -> None:
+        """From now on every write checks, in its own transaction, that ``holder`` still holds
+        the active lease at ``epoch`` (None: no check; a dispatcher without a lease)."""
+        self.holder = holder
+        self._database.fence = self.leases.fence(holder, epoch) if holder is not None else None
+
+    def check_active(self) -> None:
+        """NotActive unless this store may still write (its lease, where it has one): asked
+        before what is written outside the store (result files), which the fence cannot guard."""
+        with self._database.write():
+            pass
 
     @property
     def dialect(self) -> str:

@@ -163,12 +163,20 @@ def _version_5(db: Connection) -> None:
         db.execute(statement)
 
 
+def _version_6(db: Connection) -> None:
+    """The active dispatcher's lease (leases.py)."""
+    from orchestrator.store import leases
+
+    db.execute(leases.TABLE)
+
+
 MIGRATIONS: list[Callable[[Connection, str], None]] = [
     lambda db, _table: _version_1(db),
     _version_2,
     lambda db, _table: _version_3(db),
     lambda db, _table: _version_4(db),
     lambda db, _table: _version_5(db),
+    lambda db, _table: _version_6(db),
 ]
 
 
@@ -178,10 +186,13 @@ class Database(ABC):
     SQLite's words; the PostgreSQL one translates the few that differ."""
 
     dialect = "sqlite"
+    # checked first in every write transaction while set: the active's lease (leases.py)
+    fence: Callable[[Connection], None] | None = None
 
     @abstractmethod
-    def write(self) -> AbstractContextManager[Connection]:
-        """One write transaction: all of it or nothing, one writer at a time."""
+    def write(self, fenced: bool = True) -> AbstractContextManager[Connection]:
+        """One write transaction: all of it or nothing, one writer at a time; ``fenced``:
+        refused (NotActive) unless ``fence`` passes inside it."""
 
     @abstractmethod
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]: ...
@@ -191,6 +202,9 @@ class Database(ABC):
 
     def instance_id(self) -> str:
         """A random id made once per store: the ``orchestrator.instance`` label."""
+        found = self.read("SELECT value FROM meta WHERE key = 'instance'")
+        if found:  # read, not written: a standby (its writes fenced off) asks it too
+            return found[0][0]
         with self.write() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
             if row:
@@ -228,11 +242,13 @@ class SqliteDatabase(Database):
             self._db.close()
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, fenced: bool = True) -> Iterator[Connection]:
         """One write transaction (BEGIN IMMEDIATE): all of it or nothing."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if fenced and self.fence is not None:
+                    self.fence(self._db)
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -110,6 +110,7 @@ FIELDS: tuple[Field, ...] = (
     Field("trigger", "trigger_kind", "TEXT NOT NULL DEFAULT 'push'"),
     Field("quarantined", "quarantined", "TEXT", _tuple_write, _tuple_read),
     Field("rerun", "rerun", "TEXT", _json_or_null, _from_json),
+    Field("dispatcher", "dispatcher", "TEXT"),
 )
 EXTRA_COLUMNS = (("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),)  # the store's own, not the job's
 
@@ -159,6 +160,7 @@ class Jobs:
     def __init__(self, db: Database, changed: Changed | None = None):
         self._db = db
         self._changed = changed
+        self.holder: str | None = None  # this dispatcher's name, where several share the store
 
     def instance_id(self) -> str:
         return self._db.instance_id()
@@ -396,7 +398,7 @@ class Jobs:
         """Move this queued job to running (a new attempt), unless it changed meanwhile or
         its repository was paused."""
         try:
-            return self.move(job, JobStatus.RUNNING)
+            return self.move(job, JobStatus.RUNNING, dispatcher=self.holder)
         except InvalidTransition:
             return None
 

@@ -76,12 +76,12 @@ SEARCH = (
     " words tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED)",
     "CREATE INDEX IF NOT EXISTS search_words ON search USING gin (words)",
 )
-SCHEMA_VERSION = 1  # of the PostgreSQL schema (made at its newest: no step of SQLite's migrations)
+SCHEMA_VERSION = 2  # of the PostgreSQL schema (made at its newest: no step of SQLite's migrations)
 
 
 def schema(jobs_table: str) -> list[str]:
     """Every table and index of the store, newest shape, in PostgreSQL's words."""
-    from orchestrator.store import merges, pauses, quarantine, schedules, search
+    from orchestrator.store import leases, merges, pauses, quarantine, schedules, search
 
     statements = [ddl(jobs_table)]
     for statement in sqlite_schema.TABLES.split(";"):
@@ -89,7 +89,7 @@ def schema(jobs_table: str) -> list[str]:
             statements.append(ddl(statement))
     statements.append(ddl(sqlite_schema.TEST_DURATIONS.replace("test_durations_new", "IF NOT EXISTS test_durations")))
     statements += [ddl(merges.TABLE), "CREATE INDEX IF NOT EXISTS merges_open ON merges (state, position)"]
-    statements += [ddl(pauses.TABLE), ddl(quarantine.TABLE), ddl(schedules.TABLE)]
+    statements += [ddl(pauses.TABLE), ddl(quarantine.TABLE), ddl(schedules.TABLE), ddl(leases.TABLE)]
     statements += [*SEARCH, ddl(search.TABLES[1])]
     statements += [
         "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
@@ -155,10 +155,13 @@ class PostgresDatabase(Database):
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     @contextmanager
-    def write(self) -> Iterator[_Connection]:
+    def write(self, fenced: bool = True) -> Iterator[_Connection]:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            yield _Connection(conn)
+            connection = _Connection(conn)
+            if fenced and self.fence is not None:
+                self.fence(connection)
+            yield connection
 
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._pool.connection() as conn:

@@ -96,9 +96,27 @@ def _authorised(request: Request) -> None:
     request.app.state.guard.change(request)
 
 
+def _active(request: Request) -> None:
+    """A change asked of a standby (several dispatchers on one store) is refused with 503,
+    naming the active in ``Location``: the client sends it there (never forwarded: a
+    standby holds no lease to write with, and a forwarded change could land twice)."""
+    role = request.app.state.jobs.role
+    if role is None:
+        return
+    state = role()
+    if state["role"] != "active":
+        where = state["active_address"]
+        raise HTTPException(
+            503,
+            f"this dispatcher ({state['name']}) is a standby: "
+            + (f"the active one is {state['active']} at {where}" if where else "no dispatcher is active now"),
+            headers={"Location": where} if where else None,
+        )
+
+
 Jobs = Annotated[LocalJobs, Depends(_jobs)]
 router = APIRouter()
-guarded = [Depends(_authorised)]
+guarded = [Depends(_authorised), Depends(_active)]
 
 
 @router.get("/healthz")

@@ -91,3 +91,28 @@ def test_a_store_url_that_cannot_be_reached_is_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="store.url: cannot connect to PostgreSQL"):
         Store(f"postgresql://nobody@/nothing?host={tmp_path}&connect_timeout=1")
+
+
+def test_one_holder_at_a_time_and_a_new_epoch_when_it_changes_hands(store_location) -> None:
+    import time
+
+    from orchestrator.errors import NotActive
+
+    alpha, beta = Store(store_location), Store(store_location)
+    first = alpha.leases.acquire("alpha", "http://alpha:8888", ttl=0.6)
+    assert first is not None and first.holder == "alpha" and first.epoch == 1
+    assert beta.leases.acquire("beta", "http://beta:8888", ttl=0.6) is None  # held by alpha: not beta's
+    assert alpha.leases.renew("alpha", 1, ttl=0.6) and not beta.leases.renew("beta", 1, ttl=0.6)
+    alpha.fence_with("alpha", 1)
+    alpha.record_commits("demo", [NewCommit("a" * 40, "", ())])  # the holder writes
+    time.sleep(0.8)  # alpha paused past its lease: beta takes it, at the next epoch
+    taken = beta.leases.acquire("beta", "http://beta:8888", ttl=5)
+    assert taken.holder == "beta" and taken.epoch == 2 and taken.address == "http://beta:8888"
+    with pytest.raises(NotActive, match="alpha no longer holds the lease"):
+        alpha.record_commits("demo", [NewCommit("b" * 40, "", ())])  # alpha wakes: refused, nothing written
+    assert [j.commit for j in beta.list_jobs()] == ["a" * 40]
+    assert not alpha.leases.renew("alpha", 1, ttl=5)
+    beta.leases.release("beta", 2)
+    assert alpha.leases.acquire("alpha", "http://alpha:8888", ttl=5).epoch == 3  # released: taken at once
+    alpha.close()
+    beta.close()

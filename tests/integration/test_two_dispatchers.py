@@ -1,0 +1,182 @@
+"""Two dispatcher processes on one PostgreSQL store (leadership.py), on the real engine with
+real commits: exactly one is active; a standby refuses a change with 503 and the active's
+address; the active killed (kill -9) or paused past its lease (SIGSTOP) is replaced within
+the lease and a few seconds, the new active re-adopts its containers, and no job runs twice;
+the paused one, woken, steps down and writes nothing.
+
+Each has its own state_dir, name and port; they share the store, the results_dir (one
+machine here, where a deployment shares it over NFS) and one engine: the new active finds
+the containers the old one started and adopts them by their labels (their reports read
+where the engine says their output folder is).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import yaml
+
+from tests.helpers import PASSING, free_port, http_get
+
+pytestmark = pytest.mark.docker
+
+LEASE = 3.0  # seconds: the tests' own, so that a take-over is quick (the default is 10)
+SLOW = "import time\n\ndef test_slow():\n    time.sleep({seconds})  # {n}\n"
+
+
+def _two(orch, postgres, **overrides: object):
+    """Two dispatchers on one store, each with its own state_dir (as on two machines), one
+    results_dir (shared storage in a deployment): (name, port, process) each."""
+    store = {"url": postgres.database()}
+    orch.configure(store=store, dispatcher={"host": "127.0.0.1", "port": free_port(), "lease": LEASE}, **overrides)
+    data = yaml.safe_load(orch.config_path.read_text())
+    data["state_dir"] = str(orch.dir / "beta-state")
+    beta_config = orch.dir / "beta.yaml"
+    beta_config.write_text(yaml.safe_dump(data))
+    started = []
+    for name, config in (("alpha", orch.config_path), ("beta", beta_config)):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", "--name", name, "--port", str(port), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(orch.dir / f"{name}.log", "w"),  # noqa: SIM115  (the process holds it; read when a test fails)
+            text=True,
+        )
+        orch.processes.append(proc)
+        started.append((name, port, proc))
+    for _, port, _ in started:
+        orch.wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+    return started
+
+
+def _role(port: int) -> dict | None:
+    answer = http_get(f"http://127.0.0.1:{port}/healthz")
+    return answer.json()["dispatcher"] if answer else None
+
+
+def _active(started) -> tuple[str, int, object]:
+    """The one active dispatcher, once there is exactly one."""
+
+    def one():
+        roles = [(d, _role(d[1])) for d in started]
+        active = [d for d, role in roles if role and role["role"] == "active"]
+        return active[0] if len(active) == 1 and all(r for _, r in roles) else None
+
+    return one()
+
+
+def test_exactly_one_is_active_and_a_standby_refuses_changes_naming_it(orch, postgres) -> None:
+    orch.repo.commit("root", PASSING)
+    started = _two(orch, postgres)
+    active = orch.wait_for(lambda: _active(started), timeout=30)
+    standby = next(d for d in started if d is not active)
+    time.sleep(LEASE)  # and it stays so
+    assert _active(started) == active
+    role = _role(standby[1])
+    assert role["role"] == "standby" and role["active"] == active[0] and role["lease_age_s"] < LEASE
+    refused = requests.post(f"http://127.0.0.1:{standby[1]}/api/poll", headers={"X-Orchestrator": "1"}, timeout=10)
+    assert refused.status_code == 503 and refused.headers["Location"] == f"http://127.0.0.1:{active[1]}"
+    assert f"the active one is {active[0]}" in refused.json()["detail"]
+    jobs = orch.wait_for(
+        lambda: [j for j in http_get(f"http://127.0.0.1:{standby[1]}/api/jobs").json() if j["status"] == "passed"]
+    )
+    assert jobs[0]["dispatcher"] == active[0]  # read from the standby: the same store
+    metrics = http_get(f"http://127.0.0.1:{standby[1]}/metrics").text
+    for _, _, proc in started:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert 'orchestrator_dispatcher_active{dispatcher="beta"}' in metrics or 'dispatcher="alpha"' in metrics
+
+
+def _slow_commits(orch, port: int, count: int, seconds: float) -> list[str]:
+    """``count`` commits whose test sleeps ``seconds``, once the repository's root was tested
+    (seen first, only a branch's head would be: these are each new)."""
+    orch.wait_for(
+        lambda: [j for j in (http_get(f"http://127.0.0.1:{port}/api/jobs") or _no()).json() if j["status"] == "passed"]
+    )
+    return [
+        orch.repo.commit(f"slow {n}", {f"tests/test_slow_{n}.py": SLOW.format(seconds=seconds, n=n)})
+        for n in range(count)
+    ]
+
+
+def _running(port: int) -> list[dict]:
+    answer = http_get(f"http://127.0.0.1:{port}/api/jobs")
+    return [j for j in answer.json() if j["status"] == "running" and j["container"]] if answer else []
+
+
+def test_the_active_killed_is_replaced_within_the_lease_and_its_jobs_pass_once(orch, postgres) -> None:
+    orch.repo.commit("root", PASSING)
+    started = _two(orch, postgres, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: _active(started), timeout=30)
+    standby = next(d for d in started if d is not active)
+    shas = _slow_commits(orch, standby[1], 4, 6)
+    orch.wait_for(lambda: len(_running(standby[1])) == 2, timeout=60)
+    active[2].send_signal(signal.SIGKILL)
+    active[2].wait(timeout=10)
+    killed = time.monotonic()
+    orch.wait_for(lambda: (_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
+    took = time.monotonic() - killed
+    assert took <= LEASE + 5, took
+    results = orch.wait_for(
+        lambda: (
+            [orch.result(s) for s in shas]
+            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
+            else None
+        ),
+        timeout=90,
+    )
+    assert all(r["attempts"] == 1 for r in results)  # adopted, not run again
+    assert {r["dispatcher"] for r in results} <= {active[0], standby[0]}
+    # the killed one's machine is gone with its disk: what it left in its state_dir is no one's
+    shutil.rmtree(orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work", ignore_errors=True)
+    standby[2].send_signal(signal.SIGTERM)
+    assert standby[2].wait(timeout=30) == 0
+
+
+def test_the_active_paused_past_its_lease_steps_down_when_it_wakes_and_writes_nothing(orch, postgres) -> None:
+    orch.repo.commit("root", PASSING)
+    started = _two(orch, postgres, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: _active(started), timeout=30)
+    standby = next(d for d in started if d is not active)
+    shas = _slow_commits(orch, standby[1], 2, 5)
+    orch.wait_for(lambda: len(_running(standby[1])) == 2, timeout=60)
+    active[2].send_signal(signal.SIGSTOP)
+    try:
+        orch.wait_for(lambda: (_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
+    finally:
+        active[2].send_signal(signal.SIGCONT)
+    orch.wait_for(lambda: (_role(active[1]) or {}).get("role") == "standby", timeout=LEASE + 10)
+    done = orch.wait_for(
+        lambda: (
+            [orch.result(s) for s in shas]
+            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
+            else None
+        ),
+        timeout=90,
+    )
+    assert all(r["attempts"] == 1 for r in done)  # no job ran twice
+    assert _active(started) == standby
+    paused_state = orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work"
+    orch.wait_for(lambda: not any(paused_state.iterdir()), timeout=LEASE + 10)  # its leftovers, once their jobs ended
+    for _, _, proc in started:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    jobs = json.loads(orch.cli("status", "--json").stdout)
+    assert all(j["status"] == "passed" and j["attempts"] == 1 for j in jobs)
+
+
+def _no():
+    class Nothing:
+        @staticmethod
+        def json() -> list:
+            return []
+
+    return Nothing()
