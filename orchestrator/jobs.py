@@ -27,6 +27,7 @@ from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL, MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.store import NewCommit, Store
+from orchestrator.store.db import ERRORS
 
 if TYPE_CHECKING:
     from orchestrator.insight import Insight
@@ -279,13 +280,19 @@ class LocalJobs(Controls):
             name: {"ok": state.ok, "error": state.error, "since": iso(state.since)}
             for name, state in self.observer.health().items()
         }
+        role = {"dispatcher": self.role()} if self.role is not None else {}
+        try:
+            counts = {"queued": self.store.count(JobStatus.QUEUED), "running": self.store.count(JobStatus.RUNNING)}
+            controls = self.controls_health()
+        except ERRORS as exc:  # the store is away: say so, with what this process knows without it
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            return {"status": "degraded", "store": f"unreachable: {reason}", "repositories": repositories, **role}
         return {
             "status": "ok" if all(r["ok"] for r in repositories.values()) else "degraded",
-            "queued": self.store.count(JobStatus.QUEUED),
-            "running": self.store.count(JobStatus.RUNNING),
+            **counts,
             "repositories": repositories,
-            **self.controls_health(),
-            **({"dispatcher": self.role()} if self.role is not None else {}),
+            **controls,
+            **role,
         }
 
     def retry(self, ref: JobRef, failed: bool = False) -> list[Document]:

@@ -48,6 +48,7 @@ class Leadership:
         self.last: Lease | None = None
         self.store_error: str | None = None
         self._healthy_since: float | None = None  # the database answered without a break since
+        store._leading = self.active.is_set
 
     @property
     def every(self) -> float:

@@ -62,6 +62,10 @@ class Cluster:
             capture_output=True,
             timeout=120,
         )
+        self._start_postmaster()
+        return self
+
+    def _start_postmaster(self) -> None:
         options = (
             f"-k {self.root} -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
@@ -84,7 +88,6 @@ class Cluster:
             timeout=90,
         )
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        return self
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.root}"
@@ -98,8 +101,19 @@ class Cluster:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def restart(self, down: float) -> None:
+        """Stop the server (a fast shutdown: connections cut), keep it down ``down`` seconds,
+        start it again on the same data and socket."""
+        self._end_postmaster()
+        time.sleep(down)
+        self._start_postmaster()
+
     def stop(self) -> None:
         """End the postmaster by its pid (a fast shutdown), then remove the folder."""
+        self._end_postmaster()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _end_postmaster(self) -> None:
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGINT)
@@ -110,4 +124,4 @@ class Cluster:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(self.root, ignore_errors=True)
+            self.pid = None

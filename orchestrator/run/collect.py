@@ -115,13 +115,15 @@ def save(
 ) -> None:
     """The test history, then the result files (``result.json`` last), before the final
     state is committed."""
+    if ctx.store.holder is not None:  # several dispatchers: only the active writes, files included
+        steps.patiently(ctx, ctx.store.check_active)
     with timings.measure("history"):  # before the files, so that result.json has its time
         try:
             history.record(ctx.store, done, report, reruns(ctx, done.repository))
         except ERRORS as exc:  # a store that refuses them costs the history, not the job
             log.warning("job %s: test history not recorded (%s)", done.id, exc)
     built = ctx.environments.log_of(done.repository, done.environment) if ctx.environments else None
-    if ctx.store.holder is not None:  # several dispatchers: only the active writes result files
+    if ctx.store.holder is not None:  # and still, just before the files
         steps.patiently(ctx, ctx.store.check_active)
     try:
         ctx.results.write(

@@ -15,7 +15,7 @@ from orchestrator import rerun
 from orchestrator.backends.base import ContainerSpec
 from orchestrator.backoff import Backoff
 from orchestrator.environment.setup import Setup, setup
-from orchestrator.errors import EngineUnavailable, ImageMissing, InfrastructureError
+from orchestrator.errors import EngineUnavailable, ImageMissing, InfrastructureError, NotActive
 from orchestrator.faults import crash_point
 from orchestrator.models import Job
 from orchestrator.run.context import Context
@@ -99,8 +99,12 @@ def patiently(ctx: Context, write: Callable[[], T]) -> T:
             return write()
         except ERRORS as exc:
             log.warning("the store does not answer (%s); trying again", str(exc).strip().splitlines()[0][:200])
-            if ctx.abandon.wait(backoff.next()):
-                raise Abandoned() from None
+        except NotActive:
+            if not ctx.store.still_active():
+                raise
+            log.warning("the lease is being renewed; trying again")  # it expired while the store was away
+        if ctx.abandon.wait(backoff.next()):
+            raise Abandoned() from None
 
 
 def finish(ctx: Context, job: Job, done: Job) -> Job:

@@ -52,10 +52,16 @@ class Store(Jobs):
         self.search = SearchIndex(self._database)
         self.leases = Leases(self._database)
         self.news: Callable[[Job, Job], Sequence[News]] | None = None
+        self._leading: Callable[[], bool] = lambda: False
 
     def _write_news(self, db: Connection, old: Job, new: Job) -> None:
         for news in self.news(old, new) if self.news is not None else ():
             outbox.add(db, news)
+
+    def still_active(self) -> bool:
+        """Whether this dispatcher takes itself for the active one (leadership.py sets it): a
+        write refused meanwhile is then its lease being taken back, worth waiting for."""
+        return self._leading()
 
     def fence_with(self, holder: str | None, epoch: int = 0) -> None:
         """From now on every write checks, in its own transaction, that ``holder`` still holds

@@ -75,7 +75,8 @@ class Leases:
 
     def acquire(self, holder: str, address: str, ttl: float) -> Lease | None:
         """Take the lease if nobody holds it, it expired, or ``holder`` holds it; the lease
-        then held, or None. A new holder gets the next epoch; the same one keeps its own."""
+        then held, or None. A new holder gets the next epoch; the same one keeps its own (had
+        another held it meanwhile, the epoch would have moved on with that one)."""
         with self._db.write(fenced=False) as db:
             lease = self._read(db)
             if lease is not None and not lease.expired and lease.holder != holder:
@@ -87,7 +88,9 @@ class Leases:
                     (ACTIVE, holder, address, ttl),
                 )
             else:
-                same = lease.holder == holder and not lease.expired
+                # its own lease, expired with nobody else having held it (the database was away):
+                # the same epoch, so that its writes under way go on; another's: the next one
+                same = lease.holder == holder
                 db.execute(
                     f"UPDATE leases SET holder = ?, address = ?, epoch = ?, acquired_at = "
                     f"{'acquired_at' if same else self._now}, renewed_at = {self._now}, expires_at = {self._now} + ?"

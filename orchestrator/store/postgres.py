@@ -25,6 +25,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.store import db as sqlite_schema
 from orchestrator.store.db import Database
 
+POOL_WAIT = 3.0  # seconds a call waits for a connection from the pool
 WRITE_LOCK = 7_214_001  # the advisory lock every write transaction holds: one writer at a time
 # the key of each table that INSERT OR REPLACE writes into
 _KEYS = {
@@ -145,7 +146,17 @@ class PostgresDatabase(Database):
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"store.url: cannot connect to PostgreSQL: {reason}") from None
-        self._pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=30, name="orchestrator")
+        # a connection is waited for POOL_WAIT seconds at most: with the server away, a call
+        # fails soon (and is tried again by its caller), /healthz says so, nothing hangs
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=8,
+            open=True,
+            timeout=POOL_WAIT,
+            name="orchestrator",
+            check=ConnectionPool.check_connection,
+        )
         with self.write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()

@@ -180,3 +180,44 @@ def _no():
             return []
 
     return Nothing()
+
+
+def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_place(orch, postgres) -> None:
+    orch.repo.commit("root", PASSING)
+    started = _two(orch, postgres, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: _active(started), timeout=30)
+    shas = _slow_commits(orch, active[1], 2, 10)
+    containers = orch.wait_for(
+        lambda: {j["container"] for j in _running(active[1])} if len(_running(active[1])) == 2 else None, timeout=60
+    )
+    seen_away = []
+
+    def watch() -> None:  # what the active's /healthz says while the database is away
+        answer = http_get(f"http://127.0.0.1:{active[1]}/healthz")
+        if answer is None:  # 2xx only: a degraded health is still an answer
+            answer = requests.get(f"http://127.0.0.1:{active[1]}/healthz", timeout=30)
+        seen_away.append(answer.json())
+
+    import threading
+
+    restart = threading.Thread(target=postgres.restart, args=(2 * LEASE,))
+    restart.start()
+    time.sleep(LEASE)
+    watch()
+    restart.join(60)
+    later = orch.repo.commit("after the restart", PASSING)
+    results = orch.wait_for(
+        lambda: (
+            [orch.result(s) for s in [*shas, later]]
+            if orch.has_result(*shas, later) and all(orch.result(s)["status"] == "passed" for s in [*shas, later])
+            else None
+        ),
+        timeout=120,
+    )
+    assert {r["container"] for r in results[:2]} == containers  # the same containers, kept through it
+    assert all(r["attempts"] == 1 for r in results)  # nothing lost, nothing run twice
+    assert seen_away[0]["status"] == "degraded" and seen_away[0]["store"].startswith("unreachable")
+    assert _active(started) == active  # the standby did not take over while the database was away
+    for _, _, proc in started:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

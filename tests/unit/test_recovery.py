@@ -72,3 +72,13 @@ def test_reconcile_adopts_requeues_and_cleans(tmp_path: Path) -> None:
     assert bed.backend.destroyed == [stray.id]
     assert sorted(p.name for p in (bed.config.state_dir / "work").iterdir()) == [str(job.id)]
     bed.close()
+
+
+def test_a_job_another_dispatcher_ran_and_nothing_of_it_here_was_lost_with_it() -> None:
+    """Several dispatchers on one store, each with its own engine: the new active finds
+    nothing of the lost one's running job on its engine, and says whose it was."""
+    theirs = dataclasses.replace(_job(1, container="c1"), dispatcher="alpha")
+    mine = dataclasses.replace(_job(2, container="c2"), dispatcher="beta")
+    decisions = plan([theirs, mine], [], released=lambda job, state: True, completed=lambda job: None, me="beta")
+    requeued = {d.job.id: d.reason for d in decisions if isinstance(d, Requeue)}
+    assert requeued == {1: "dispatcher alpha lost: container c1 is gone", 2: "container c2 is gone"}
