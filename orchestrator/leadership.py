@@ -47,7 +47,9 @@ class Leadership:
         self.epoch = 0
         self.last: Lease | None = None
         self.store_error: str | None = None
-        self._healthy_since: float | None = None  # the database answered without a break since
+        # the database answered without a break since (as if for a whole lease already, at start:
+        # only an outage this dispatcher saw makes it wait before taking an expired lease)
+        self._healthy_since: float | None = time.monotonic() - lease
         store._leading = self.active.is_set
 
     @property

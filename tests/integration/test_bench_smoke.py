@@ -84,3 +84,9 @@ def test_search_benchmark_smoke_run(tmp_path: Path) -> None:
     assert result["jobs"] == 200 and result["queries"]["a rare message (one job)"]["hits"] >= 1
     assert result["queries"]["a word in every log"]["hits"] == 50  # the newest 50: a page, never every match
     assert "| `GET /api/search`" in proc.stdout
+
+
+def test_postgres_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
+    proc, result = smoke("postgres.py", tmp_path)
+    assert result["overhead"]["per_job_overhead_s"]["postgres"] > 0 and result["takeover"]["runs"] == 1
+    assert result["api"]["jobs"] == 200 and "| take-over:" in proc.stdout

@@ -1,0 +1,203 @@
+"""The PostgreSQL store against SQLite's, in one run: per-job overhead, the take-over time of
+a standby, and the API over 10,000 jobs.
+
+    python bench/postgres.py            # about 5 minutes
+    python bench/postgres.py --smoke    # a tiny workload, with a 2 s lease
+
+On a PostgreSQL cluster of its own (tests/postgres.py: initdb in a temporary folder, a Unix
+socket, ended by its pid). Goals (issue 24): the per-job overhead on PostgreSQL within 1.1x
+SQLite's; a take-over's time (kill -9 of the active to the first job claimed by the new one),
+p50 over 5 runs, with the default lease of 10 s; ``GET /api/jobs``, a page of 50 with 10,000
+jobs, p50 under 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import Bench  # noqa: E402
+from workloads import FULL, SMOKE, pct, save, serving, sh, wait_http  # noqa: E402
+
+from orchestrator.config import load_config  # noqa: E402
+from orchestrator.models import JobStatus, TestCounts, parse_iso, transition, utcnow  # noqa: E402
+from orchestrator.store import NewCommit, Store  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+from tests.postgres import Cluster  # noqa: E402
+
+
+def with_store(config: Path, url: str, **dispatcher: object) -> Path:
+    data = yaml.safe_load(config.read_text())
+    data["store"] = {"url": url}
+    data["dispatcher"] = {**data.get("dispatcher", {}), **dispatcher}
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def overhead(bench: Bench, cluster: Cluster, rounds: int) -> dict:
+    """The same commits tested by `run --once` on each store, alternately, ``rounds`` times:
+    what each takes beyond the host's own run of them, per job."""
+    repo = bench.repo("overhead-repo")
+    root = sh("git", "rev-parse", "HEAD", cwd=repo)
+    shas = bench.io_series(repo)
+    floor = bench.host_floor(repo, shas)
+    per_job: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    for _ in range(rounds):
+        for kind in per_job:
+            config = bench.config(repo, None)
+            if kind == "postgres":
+                with_store(config, cluster.database())
+            store = Store(load_config(config).store_location)  # seen at the root: the series is new
+            store.record_commits("bench", [], {"main": root})
+            store.close()
+            total = bench.orchestrator("run", "--once", config=config)
+            per_job[kind].append((total - floor) / len(shas))
+    sqlite, postgres = statistics.median(per_job["sqlite"]), statistics.median(per_job["postgres"])
+    return {
+        "commits": len(shas),
+        "host_floor_s": floor,
+        "per_job_overhead_s": {"sqlite": sqlite, "postgres": postgres},
+        "ratio": postgres / sqlite if sqlite > 0 else None,
+        "rounds": rounds,
+    }
+
+
+def takeover(bench: Bench, cluster: Cluster, runs: int, lease: float) -> dict:
+    """Two dispatchers; the active kill -9ed; a commit pushed at that moment: from the kill to
+    that commit's job started by the new active."""
+    times = []
+    for n in range(runs):
+        repo = bench.repo(f"takeover-repo-{n}")
+        config = with_store(bench.config(repo, None), cluster.database(), lease=lease)
+        beta = config.parent / "beta.yaml"
+        data = yaml.safe_load(config.read_text())
+        data["state_dir"] = str(config.parent / "beta-state")
+        beta.write_text(yaml.safe_dump(data))
+        procs = {}
+        for name, path in (("alpha", config), ("beta", beta)):
+            port = free_port()
+            procs[name] = (
+                port,
+                subprocess.Popen(
+                    [sys.executable, "-m", "orchestrator", "run", "--name", name, "--port", str(port), "-c", str(path)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
+        try:
+            for port, _ in procs.values():
+                wait_http(f"http://127.0.0.1:{port}/healthz")
+
+            def role(port: int) -> str | None:
+                try:
+                    return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["dispatcher"]["role"]
+                except (requests.RequestException, KeyError, ValueError):
+                    return None
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(role(p) == "active" for p, _ in procs.values()):
+                time.sleep(0.05)
+            active = next(name for name, (p, _) in procs.items() if role(p) == "active")
+            other = "beta" if active == "alpha" else "alpha"
+            time.sleep(1)  # the repository observed at its root
+            procs[active][1].send_signal(signal.SIGKILL)
+            killed_at = utcnow()
+            (repo / "tests" / "test_after.py").write_text("def test_after():\n    pass\n")
+            sha = bench.commit(repo, "pushed as the active died")
+            port = procs[other][0]
+            deadline = time.monotonic() + 120
+            started = None
+            while time.monotonic() < deadline and started is None:
+                try:
+                    jobs = requests.get(f"http://127.0.0.1:{port}/api/jobs", timeout=5).json()
+                    started = next((j["started_at"] for j in jobs if j["commit"] == sha and j["started_at"]), None)
+                except requests.RequestException:
+                    pass
+                time.sleep(0.05)
+            if started is None:
+                raise TimeoutError("the standby never started the job")
+            times.append((parse_iso(started) - killed_at).total_seconds())
+        finally:
+            for _, proc in procs.values():
+                proc.send_signal(signal.SIGTERM)
+            for _, proc in procs.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return {"lease_s": lease, "runs": runs, "takeover_s": times, "p50_s": statistics.median(times)}
+
+
+def api_page(bench: Bench, cluster: Cluster, jobs: int, requests_n: int) -> dict:
+    repo = bench.repo("api-repo")
+    config = with_store(bench.config(repo, sh("git", "rev-parse", "HEAD", cwd=repo)), cluster.database())
+    store = Store(load_config(config).store_location)
+    store.record_commits("bench", [NewCommit(f"{i:040x}", f"synthetic {i}", ("main",)) for i in range(1, jobs + 1)])
+    while (job := store.claim_next()) is not None:
+        store.apply(job, transition(job, JobStatus.PASSED, utcnow(), exit_code=0, tests=TestCounts(3, 3)))
+    store.close()
+    with serving(config) as (base, _):
+        session = requests.Session()
+        times = []
+        for i in range(requests_n):
+            began = time.perf_counter()
+            resp = session.get(f"{base}/api/jobs", params={"limit": 50, "offset": (i * 50) % jobs})
+            times.append(time.perf_counter() - began)
+            assert resp.status_code == 200 and len(resp.json()) == 50
+    return {"jobs": jobs, "p50_s": statistics.median(times), "p95_s": pct(times, 0.95)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "postgres.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="orchestrator-bench-postgres-"))
+    cluster = Cluster().start()
+    try:
+        bench = Bench(work, SMOKE if args.smoke else FULL)
+        result = {
+            "smoke": args.smoke,
+            "overhead": overhead(bench, cluster, 1 if args.smoke else 3),
+            "takeover": takeover(bench, cluster, 1 if args.smoke else 5, 2.0 if args.smoke else 10.0),
+            "api": api_page(bench, cluster, 200 if args.smoke else 10_000, 10 if args.smoke else 200),
+        }
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    save(args.out, result)
+    o, t, a = result["overhead"], result["takeover"], result["api"]
+    print("| figure | measured | goal |\n|---|---|---|")
+    print(
+        f"| per-job overhead, {o['commits']} commits, median of {o['rounds']} alternate rounds | SQLite "
+        f"{o['per_job_overhead_s']['sqlite']:.3f} s, PostgreSQL {o['per_job_overhead_s']['postgres']:.3f} s: "
+        f"**{o['ratio']:.2f}x** | within 1.1x |"
+    )
+    print(
+        f"| take-over: kill -9 of the active to the first job started by the new one, lease {t['lease_s']:g} s "
+        f"| p50 **{t['p50_s']:.1f} s** over {t['runs']} ({', '.join(f'{x:.1f}' for x in t['takeover_s'])}) "
+        f"| within 15 s |"
+    )
+    print(
+        f"| `GET /api/jobs`, a page of 50, {a['jobs']:,} jobs on PostgreSQL | p50 **{a['p50_s'] * 1000:.1f} ms**, "
+        f"p95 {a['p95_s'] * 1000:.1f} ms | p50 under 50 ms |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
