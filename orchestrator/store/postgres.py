@@ -148,15 +148,9 @@ class PostgresDatabase(Database):
             raise ConfigError(f"store.url: cannot connect to PostgreSQL: {reason}") from None
         # a connection is waited for POOL_WAIT seconds at most: with the server away, a call
         # fails soon (and is tried again by its caller), /healthz says so, nothing hangs
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=8,
-            open=True,
-            timeout=POOL_WAIT,
-            name="orchestrator",
-            check=ConnectionPool.check_connection,
-        )
+        # (no check of each connection as it is taken: a round trip on every call; one the server
+        # dropped fails its call, which its caller tries again, and the pool replaces it)
+        self._pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=POOL_WAIT, name="orchestrator")
         with self.write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
