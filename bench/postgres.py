@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import docker
 import requests
 import yaml
 
@@ -139,7 +140,20 @@ def takeover(bench: Bench, cluster: Cluster, runs: int, lease: float) -> dict:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            remove_containers(load_config(config).store_location)
     return {"lease_s": lease, "runs": runs, "takeover_s": times, "p50_s": statistics.median(times)}
+
+
+def remove_containers(store_location: Path | str) -> None:
+    """What the two left (the killed one's, the job a stop left to a next start that never
+    comes): every container of this store's instance."""
+    store = Store(store_location)
+    instance = store.instance_id()
+    store.close()
+    engine = docker.from_env()
+    for container in engine.containers.list(all=True, filters={"label": f"orchestrator.instance={instance}"}):
+        container.remove(force=True)
+    engine.close()
 
 
 def api_page(bench: Bench, cluster: Cluster, jobs: int, requests_n: int) -> dict:

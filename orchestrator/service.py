@@ -11,6 +11,7 @@ so do the tests).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -241,6 +242,11 @@ class Services:
             self._server.should_exit = True
         self.dispatcher.shutdown()
         self.notifier.close()
+        if self.leadership is not None and self.leadership.active.is_set():  # a standby takes over at once
+            epoch = self.leadership.epoch
+            self.leadership.step_down("stopping")
+            with contextlib.suppress(*ERRORS):
+                self.store.leases.release(self.leadership.name, epoch)
         self.backend.close()
         self.store.close()
 
