@@ -11,8 +11,9 @@ standby again.
 
 While the database is away, nothing changes hands: the active keeps its containers and
 stops claiming work (``store_error`` says why in /healthz), and a standby takes over only
-after it has seen the database answer for a whole lease (so the active, which renews as
-soon as the database is back, keeps its place).
+after it has seen the database answer for two whole leases (so the active, which renews as
+soon as the database is back, keeps its place). The lease is read and written on a
+connection of its own each time, never the pool's: both see the database back at once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from orchestrator.store.db import ERRORS
 from orchestrator.store.leases import Lease
 
 log = logging.getLogger("orchestrator.leadership")
+
+AFTER_OUTAGE = 2  # leases a standby waits, after an outage of the database it saw, before taking an expired lease
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Leadership:
         self.store_error: str | None = None
         # the database answered without a break since (as if for a whole lease already, at start:
         # only an outage this dispatcher saw makes it wait before taking an expired lease)
-        self._healthy_since: float | None = time.monotonic() - lease
+        self._healthy_since: float | None = time.monotonic() - AFTER_OUTAGE * lease
         store._leading = self.active.is_set
 
     @property
@@ -101,7 +104,10 @@ class Leadership:
                 return
             self._answered()
             stopping = stop is not None and stop.is_set()
-            if not stopping and self._healthy_since is not None and time.monotonic() - self._healthy_since >= self.ttl:
+            waited = (
+                self._healthy_since is not None and time.monotonic() - self._healthy_since >= AFTER_OUTAGE * self.ttl
+            )
+            if not stopping and waited:
                 self._try()
             else:
                 self.last = self.store.leases.current()

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -324,3 +325,48 @@ class TestIndex:
         self._closing.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+# -- several dispatchers on one store (leadership.py) ------------------------------------
+
+
+def start_two_dispatchers(orch, store_url: str, lease: float, **overrides: object):
+    """Two dispatchers (alpha, beta) on one store, each with its own state_dir (as on two
+    machines), one results_dir (shared storage in a deployment), each its log in ``orch.dir``:
+    (name, port, process) each."""
+    store = {"url": store_url}
+    orch.configure(store=store, dispatcher={"host": "127.0.0.1", "port": free_port(), "lease": lease}, **overrides)
+    data = yaml.safe_load(orch.config_path.read_text())
+    data["state_dir"] = str(orch.dir / "beta-state")
+    beta_config = orch.dir / "beta.yaml"
+    beta_config.write_text(yaml.safe_dump(data))
+    started = []
+    for name, config in (("alpha", orch.config_path), ("beta", beta_config)):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", "--name", name, "--port", str(port), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(orch.dir / f"{name}.log", "w"),  # noqa: SIM115  (the process holds it; read when a test fails)
+            text=True,
+        )
+        orch.processes.append(proc)
+        started.append((name, port, proc))
+    for _, port, _ in started:
+        orch.wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+    return started
+
+
+def dispatcher_role(port: int) -> dict | None:
+    answer = http_get(f"http://127.0.0.1:{port}/healthz")
+    return answer.json()["dispatcher"] if answer else None
+
+
+def the_active(started) -> tuple[str, int, object]:
+    """The one active dispatcher, once there is exactly one."""
+
+    def one():
+        roles = [(d, dispatcher_role(d[1])) for d in started]
+        active = [d for d, role in roles if role and role["role"] == "active"]
+        return active[0] if len(active) == 1 and all(r for _, r in roles) else None
+
+    return one()

@@ -190,9 +190,10 @@ class Database(ABC):
     fence: Callable[[Connection], None] | None = None
 
     @abstractmethod
-    def write(self, fenced: bool = True) -> AbstractContextManager[Connection]:
+    def write(self, fenced: bool = True, direct: bool = False) -> AbstractContextManager[Connection]:
         """One write transaction: all of it or nothing, one writer at a time; ``fenced``:
-        refused (NotActive) unless ``fence`` passes inside it."""
+        refused (NotActive) unless ``fence`` passes inside it; ``direct``: on a connection of
+        its own, not one a pool may be slow to give back after the server was away (the lease's)."""
 
     @abstractmethod
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]: ...
@@ -242,7 +243,7 @@ class SqliteDatabase(Database):
             self._db.close()
 
     @contextmanager
-    def write(self, fenced: bool = True) -> Iterator[Connection]:
+    def write(self, fenced: bool = True, direct: bool = False) -> Iterator[Connection]:
         """One write transaction (BEGIN IMMEDIATE): all of it or nothing."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

@@ -70,14 +70,14 @@ class Leases:
         return Lease(*row) if row else None
 
     def current(self) -> Lease | None:
-        with self._db.write(fenced=False) as db:  # never fenced: it is how a dispatcher learns it lost
+        with self._db.write(fenced=False, direct=True) as db:  # never fenced: it is how a dispatcher learns it lost
             return self._read(db)
 
     def acquire(self, holder: str, address: str, ttl: float) -> Lease | None:
         """Take the lease if nobody holds it, it expired, or ``holder`` holds it; the lease
         then held, or None. A new holder gets the next epoch; the same one keeps its own (had
         another held it meanwhile, the epoch would have moved on with that one)."""
-        with self._db.write(fenced=False) as db:
+        with self._db.write(fenced=False, direct=True) as db:
             lease = self._read(db)
             if lease is not None and not lease.expired and lease.holder != holder:
                 return None
@@ -101,7 +101,7 @@ class Leases:
 
     def renew(self, holder: str, epoch: int, ttl: float) -> bool:
         """Extend the lease ``holder`` holds at ``epoch``, unless it expired or changed hands."""
-        with self._db.write(fenced=False) as db:
+        with self._db.write(fenced=False, direct=True) as db:
             changed = db.execute(
                 f"UPDATE leases SET renewed_at = {self._now}, expires_at = {self._now} + ?"
                 f" WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > {self._now}",
@@ -111,7 +111,7 @@ class Leases:
 
     def release(self, holder: str, epoch: int) -> None:
         """Give the lease up at once (a clean stop): a standby need not wait for it to expire."""
-        with self._db.write(fenced=False) as db:
+        with self._db.write(fenced=False, direct=True) as db:
             db.execute(
                 f"UPDATE leases SET expires_at = {self._now} WHERE name = ? AND holder = ? AND epoch = ?",
                 (ACTIVE, holder, epoch),

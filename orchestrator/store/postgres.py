@@ -26,6 +26,11 @@ from orchestrator.store import db as sqlite_schema
 from orchestrator.store.db import Database
 
 POOL_WAIT = 3.0  # seconds a call waits for a connection from the pool
+# A session that sits in a transaction doing nothing this long is ended by the server, and its
+# locks with it: a dispatcher paused (SIGSTOP) in the middle of a write never holds every other
+# writer, nor the standby taking its lease, for longer than this. The store's transactions last
+# milliseconds; one cut this way fails its call, which its caller tries again.
+SESSION = {"options": "-c idle_in_transaction_session_timeout=3000"}
 WRITE_LOCK = 7_214_001  # the advisory lock every write transaction holds: one writer at a time
 # the key of each table that INSERT OR REPLACE writes into
 _KEYS = {
@@ -150,7 +155,10 @@ class PostgresDatabase(Database):
         # fails soon (and is tried again by its caller), /healthz says so, nothing hangs
         # (no check of each connection as it is taken: a round trip on every call; one the server
         # dropped fails its call, which its caller tries again, and the pool replaces it)
-        self._pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=POOL_WAIT, name="orchestrator")
+        self._url = url
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=8, open=True, timeout=POOL_WAIT, name="orchestrator", kwargs=SESSION
+        )
         with self.write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -160,13 +168,27 @@ class PostgresDatabase(Database):
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     @contextmanager
-    def write(self, fenced: bool = True) -> Iterator[_Connection]:
-        with self._pool.connection() as conn, conn.transaction():
+    def write(self, fenced: bool = True, direct: bool = False) -> Iterator[_Connection]:
+        with self._connection(direct) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             connection = _Connection(conn)
             if fenced and self.fence is not None:
                 self.fence(connection)
             yield connection
+
+    @contextmanager
+    def _connection(self, direct: bool) -> Iterator[Any]:
+        """One of the pool's; or (``direct``) one of its own, made now and closed after: the
+        lease's, which must see the server back as soon as it is (a pool reconnects with a
+        back-off of its own) and not wait for a busy pool."""
+        if not direct:
+            with self._pool.connection() as conn:
+                yield conn
+            return
+        import psycopg
+
+        with psycopg.connect(self._url, connect_timeout=int(POOL_WAIT), options=SESSION["options"]) as conn:
+            yield conn
 
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._pool.connection() as conn:

@@ -15,15 +15,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import requests
-import yaml
 
-from tests.helpers import PASSING, free_port, http_get
+from tests.helpers import PASSING, dispatcher_role, http_get, start_two_dispatchers, the_active
 
 pytestmark = pytest.mark.docker
 
@@ -31,55 +28,14 @@ LEASE = 3.0  # seconds: the tests' own, so that a take-over is quick (the defaul
 SLOW = "import time\n\ndef test_slow():\n    time.sleep({seconds})  # {n}\n"
 
 
-def _two(orch, postgres, **overrides: object):
-    """Two dispatchers on one store, each with its own state_dir (as on two machines), one
-    results_dir (shared storage in a deployment): (name, port, process) each."""
-    store = {"url": postgres.database()}
-    orch.configure(store=store, dispatcher={"host": "127.0.0.1", "port": free_port(), "lease": LEASE}, **overrides)
-    data = yaml.safe_load(orch.config_path.read_text())
-    data["state_dir"] = str(orch.dir / "beta-state")
-    beta_config = orch.dir / "beta.yaml"
-    beta_config.write_text(yaml.safe_dump(data))
-    started = []
-    for name, config in (("alpha", orch.config_path), ("beta", beta_config)):
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "run", "--name", name, "--port", str(port), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(orch.dir / f"{name}.log", "w"),  # noqa: SIM115  (the process holds it; read when a test fails)
-            text=True,
-        )
-        orch.processes.append(proc)
-        started.append((name, port, proc))
-    for _, port, _ in started:
-        orch.wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/healthz"), timeout=30)
-    return started
-
-
-def _role(port: int) -> dict | None:
-    answer = http_get(f"http://127.0.0.1:{port}/healthz")
-    return answer.json()["dispatcher"] if answer else None
-
-
-def _active(started) -> tuple[str, int, object]:
-    """The one active dispatcher, once there is exactly one."""
-
-    def one():
-        roles = [(d, _role(d[1])) for d in started]
-        active = [d for d, role in roles if role and role["role"] == "active"]
-        return active[0] if len(active) == 1 and all(r for _, r in roles) else None
-
-    return one()
-
-
 def test_exactly_one_is_active_and_a_standby_refuses_changes_naming_it(orch, postgres) -> None:
     orch.repo.commit("root", PASSING)
-    started = _two(orch, postgres)
-    active = orch.wait_for(lambda: _active(started), timeout=30)
+    started = start_two_dispatchers(orch, postgres.database(), LEASE)
+    active = orch.wait_for(lambda: the_active(started), timeout=30)
     standby = next(d for d in started if d is not active)
     time.sleep(LEASE)  # and it stays so
-    assert _active(started) == active
-    role = _role(standby[1])
+    assert the_active(started) == active
+    role = dispatcher_role(standby[1])
     assert role["role"] == "standby" and role["active"] == active[0] and role["lease_age_s"] < LEASE
     refused = requests.post(f"http://127.0.0.1:{standby[1]}/api/poll", headers={"X-Orchestrator": "1"}, timeout=10)
     assert refused.status_code == 503 and refused.headers["Location"] == f"http://127.0.0.1:{active[1]}"
@@ -114,15 +70,15 @@ def _running(port: int) -> list[dict]:
 
 def test_the_active_killed_is_replaced_within_the_lease_and_its_jobs_pass_once(orch, postgres) -> None:
     orch.repo.commit("root", PASSING)
-    started = _two(orch, postgres, runner={"parallelism": 2})
-    active = orch.wait_for(lambda: _active(started), timeout=30)
+    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: the_active(started), timeout=30)
     standby = next(d for d in started if d is not active)
     shas = _slow_commits(orch, standby[1], 4, 6)
     orch.wait_for(lambda: len(_running(standby[1])) == 2, timeout=60)
     active[2].send_signal(signal.SIGKILL)
     active[2].wait(timeout=10)
     killed = time.monotonic()
-    orch.wait_for(lambda: (_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
+    orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
     took = time.monotonic() - killed
     assert took <= LEASE + 5, took
     results = orch.wait_for(
@@ -143,17 +99,17 @@ def test_the_active_killed_is_replaced_within_the_lease_and_its_jobs_pass_once(o
 
 def test_the_active_paused_past_its_lease_steps_down_when_it_wakes_and_writes_nothing(orch, postgres) -> None:
     orch.repo.commit("root", PASSING)
-    started = _two(orch, postgres, runner={"parallelism": 2})
-    active = orch.wait_for(lambda: _active(started), timeout=30)
+    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: the_active(started), timeout=30)
     standby = next(d for d in started if d is not active)
     shas = _slow_commits(orch, standby[1], 2, 5)
     orch.wait_for(lambda: len(_running(standby[1])) == 2, timeout=60)
     active[2].send_signal(signal.SIGSTOP)
     try:
-        orch.wait_for(lambda: (_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
+        orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
     finally:
         active[2].send_signal(signal.SIGCONT)
-    orch.wait_for(lambda: (_role(active[1]) or {}).get("role") == "standby", timeout=LEASE + 10)
+    orch.wait_for(lambda: (dispatcher_role(active[1]) or {}).get("role") == "standby", timeout=LEASE + 10)
     done = orch.wait_for(
         lambda: (
             [orch.result(s) for s in shas]
@@ -163,7 +119,7 @@ def test_the_active_paused_past_its_lease_steps_down_when_it_wakes_and_writes_no
         timeout=90,
     )
     assert all(r["attempts"] == 1 for r in done)  # no job ran twice
-    assert _active(started) == standby
+    assert the_active(started) == standby
     paused_state = orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work"
     orch.wait_for(lambda: not any(paused_state.iterdir()), timeout=LEASE + 10)  # its leftovers, once their jobs ended
     for _, _, proc in started:
@@ -184,8 +140,8 @@ def _no():
 
 def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_place(orch, postgres) -> None:
     orch.repo.commit("root", PASSING)
-    started = _two(orch, postgres, runner={"parallelism": 2})
-    active = orch.wait_for(lambda: _active(started), timeout=30)
+    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: the_active(started), timeout=30)
     shas = _slow_commits(orch, active[1], 2, 10)
     containers = orch.wait_for(
         lambda: {j["container"] for j in _running(active[1])} if len(_running(active[1])) == 2 else None, timeout=60
@@ -217,7 +173,7 @@ def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_
     assert {r["container"] for r in results[:2]} == containers  # the same containers, kept through it
     assert all(r["attempts"] == 1 for r in results)  # nothing lost, nothing run twice
     assert seen_away[0]["status"] == "degraded" and seen_away[0]["store"].startswith("unreachable")
-    assert _active(started) == active  # the standby did not take over while the database was away
+    assert the_active(started) == active  # the standby did not take over while the database was away
     for _, _, proc in started:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -86,7 +86,7 @@ def swarm_orch(orch, testbed: Testbed, engine: docker.DockerClient):
 
     orch.configure_swarm = configure
     yield orch
-    if orch.config_path is None or not orch.config.db_path.exists():
+    if orch.config_path is None or (orch.config.store.url is None and not orch.config.db_path.exists()):
         return
     prefix = f"orchestrator-{orch.instance()}-"
     for proc in orch.processes:  # a dispatcher still running could start another service
