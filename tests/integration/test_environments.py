@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 
 import docker
 import pytest
@@ -102,7 +103,7 @@ def test_a_dependency_that_cannot_be_resolved_is_an_error_with_its_log(orch) -> 
     assert orch.result(again)["timings"]["environment_s"] < 1
 
 
-def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> None:
+def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch, environment_images) -> None:
     """The trixie runner image: a compiled cp313 wheel, and a Debian package fetched from
     trixie (not from the host's bookworm) by a private apt tree."""
     sha = orch.repo.commit(
@@ -116,7 +117,13 @@ def test_a_project_on_python_3_13_gets_its_release_wheels_and_packages(orch) -> 
             "def test_a_trixie_package():\n    assert shutil.which('less')\n",
         },
     )
-    orch.configure(runner={"timeout": 300}, repository={"python": "3.13", "system_packages": ["less"]})
+    # a name of this run's own: an environment image of the same declarations left by an
+    # earlier run of the suite on this engine would be found, not built (and log nothing)
+    orch.configure(
+        f"py313-{uuid.uuid4().hex[:8]}",
+        runner={"timeout": 300},
+        repository={"python": "3.13", "system_packages": ["less"]},
+    )
     assert orch.cli("run", "--once", timeout=600).returncode == 0, orch.log(sha).decode()[-2000:]
     result = orch.result(sha)
     assert result["tests"]["passed"] == 3
