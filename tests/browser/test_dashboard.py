@@ -189,6 +189,14 @@ def test_a_commit_on_two_pythons_is_one_row_with_a_cell_each(orch, browser) -> N
     assert run.wait(timeout=30) == 0
 
 
+def _script(browser, script: str):
+    """What ``script`` returns; None while the page is between two loads."""
+    try:
+        return browser.execute_script(script)
+    except Exception:  # noqa: BLE001  (a page between two loads)
+        return None
+
+
 def text_of(browser, element_id: str) -> str | None:
     """An element's text, read in one go (the page may be reloading: never a stale element)."""
     try:
@@ -292,12 +300,9 @@ def test_the_merge_queue_page_shows_a_request_and_its_cancel_button_takes_it_out
         browser.find_element(By.TAG_NAME, "main").screenshot(os.path.join(os.environ[SCREENSHOTS], "merges.png"))
     row.find_element(By.CSS_SELECTOR, "button.cancel-merge").click()
     assert orch.wait_for(lambda: state() == "cancelled", timeout=30)
-    assert orch.wait_for(
-        lambda: (
-            browser.find_element(By.CSS_SELECTOR, "table.merges tbody tr").get_attribute("data-state") == "cancelled"
-        ),
-        timeout=30,
-    )
+    # the page reloads itself after the cancel: read the row in one go, never a stale element
+    first_row_state = "const r = document.querySelector('table.merges tbody tr'); return r && r.dataset.state;"
+    assert orch.wait_for(lambda: _script(browser, first_row_state) == "cancelled", timeout=30)
     assert not browser.find_elements(By.CSS_SELECTOR, "button.cancel-merge")
     # and its candidate's job, which nobody needs now, is stopped
     candidate_job = requests.get(base + "/api/merges", timeout=5).json()[0]["job_id"]
