@@ -101,6 +101,17 @@ def write_config(directory: Path, repos: dict[str, Path], **overrides: object) -
     return path
 
 
+class _NoAnswer:
+    """What a wait reads while a server does not answer yet: an empty list of jobs."""
+
+    @staticmethod
+    def json() -> list:
+        return []
+
+
+NO_ANSWER = _NoAnswer()
+
+
 def http_get(url: str):
     """The response if the server answered 2xx, else None (not up yet, or refused)."""
     import requests

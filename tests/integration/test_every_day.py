@@ -19,15 +19,17 @@ import pytest
 
 from orchestrator.backends import connect
 from orchestrator.backends.engine import Engine
+from orchestrator.cli import SERVER_VARIABLE, TOKEN_VARIABLE
 from orchestrator.models import JobStatus
 from orchestrator.store import Store
+from runner_image import orchestrator_protocol as protocol
 from tests import fakes
-from tests.helpers import FAILING, PASSING, http_get
+from tests.helpers import FAILING, NO_ANSWER, PASSING, http_get
 
 pytestmark = pytest.mark.docker
 
 FLAKY_ON_FIRST_ATTEMPT = (
-    "import os\ndef test_flaky():\n    assert os.environ['ORCHESTRATOR_ATTEMPT'] != '1', 'first attempt'\n"
+    f"import os\ndef test_flaky():\n    assert os.environ['{protocol.ATTEMPT}'] != '1', 'first attempt'\n"
 )
 BROKEN = "def test_broken():\n    assert 2 + 2 == 5, 'arithmetic'\n"
 OK = "def test_ok_{n}():\n    assert True\n"
@@ -198,14 +200,14 @@ def test_the_command_line_from_a_laptop_needs_no_config(orch, tmp_path: Path) ->
     orch.configure()
     base = f"http://127.0.0.1:{orch.config.dispatcher.port}"
     run = orch.start("run")
-    orch.wait_for(lambda: [j for j in (http_get(f"{base}/api/jobs") or _empty()).json() if j["status"] == "passed"])
+    orch.wait_for(lambda: [j for j in (http_get(f"{base}/api/jobs") or NO_ANSWER).json() if j["status"] == "passed"])
     laptop = tmp_path / "laptop"
     laptop.mkdir()
     elsewhere = {"repositories": [{"name": "demo", "url": "/srv/git/on-the-ci-machine"}], "dispatcher": {"url": base}}
     (laptop / "config.yaml").write_text(json.dumps(elsewhere))
 
     def cli(*args: str, env: dict | None = None, where: Path = laptop) -> subprocess.CompletedProcess:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+        environment = {k: v for k, v in os.environ.items() if k not in (SERVER_VARIABLE, TOKEN_VARIABLE)}
         return subprocess.run(
             [sys.executable, "-m", "orchestrator", *args],
             cwd=where,
@@ -219,11 +221,11 @@ def test_the_command_line_from_a_laptop_needs_no_config(orch, tmp_path: Path) ->
     bare.mkdir()
     for shown in (
         cli("status", "--server", base, where=bare),  # no config at all
-        cli("status", where=bare, env={"ORCHESTRATOR_SERVER": base}),
+        cli("status", where=bare, env={SERVER_VARIABLE: base}),
         cli("status"),  # a config whose repository paths are the CI machine's: only dispatcher.url is read
     ):
         assert shown.returncode == 0 and sha[:10] in shown.stdout, shown.stderr
-    remote = {"ORCHESTRATOR_SERVER": base}
+    remote = {SERVER_VARIABLE: base}
     assert cli("pause", "demo", "--reason", "from a laptop", where=bare, env=remote).returncode == 0
     assert http_get(f"{base}/healthz").json()["paused"]["demo"]["reason"] == "from a laptop"
     assert cli("resume", "demo").returncode == 0
@@ -238,12 +240,3 @@ def test_the_command_line_from_a_laptop_needs_no_config(orch, tmp_path: Path) ->
     assert found.returncode == 0 and json.loads(found.stdout)[0]["commit"] == sha
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) == 0
-
-
-def _empty():
-    class Nothing:
-        @staticmethod
-        def json() -> list:
-            return []
-
-    return Nothing()

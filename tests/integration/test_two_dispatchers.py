@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import PASSING, dispatcher_role, http_get, start_two_dispatchers, the_active
+from tests.helpers import NO_ANSWER, PASSING, dispatcher_role, http_get, start_two_dispatchers, the_active
 
 pytestmark = pytest.mark.docker
 
@@ -55,7 +55,9 @@ def _slow_commits(orch, port: int, count: int, seconds: float) -> list[str]:
     """``count`` commits whose test sleeps ``seconds``, once the repository's root was tested
     (seen first, only a branch's head would be: these are each new)."""
     orch.wait_for(
-        lambda: [j for j in (http_get(f"http://127.0.0.1:{port}/api/jobs") or _no()).json() if j["status"] == "passed"]
+        lambda: [
+            j for j in (http_get(f"http://127.0.0.1:{port}/api/jobs") or NO_ANSWER).json() if j["status"] == "passed"
+        ]
     )
     return [
         orch.repo.commit(f"slow {n}", {f"tests/test_slow_{n}.py": SLOW.format(seconds=seconds, n=n)})
@@ -81,14 +83,7 @@ def test_the_active_killed_is_replaced_within_the_lease_and_its_jobs_pass_once(o
     orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
     took = time.monotonic() - killed
     assert took <= LEASE + 5, took
-    results = orch.wait_for(
-        lambda: (
-            [orch.result(s) for s in shas]
-            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
-            else None
-        ),
-        timeout=90,
-    )
+    results = _all_passed(orch, shas, timeout=90)
     assert all(r["attempts"] == 1 for r in results)  # adopted, not run again
     assert {r["dispatcher"] for r in results} <= {active[0], standby[0]}
     # the killed one's machine is gone with its disk: what it left in its state_dir is no one's
@@ -110,14 +105,7 @@ def test_the_active_paused_past_its_lease_steps_down_when_it_wakes_and_writes_no
     finally:
         active[2].send_signal(signal.SIGCONT)
     orch.wait_for(lambda: (dispatcher_role(active[1]) or {}).get("role") == "standby", timeout=LEASE + 10)
-    done = orch.wait_for(
-        lambda: (
-            [orch.result(s) for s in shas]
-            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
-            else None
-        ),
-        timeout=90,
-    )
+    done = _all_passed(orch, shas, timeout=90)
     assert all(r["attempts"] == 1 for r in done)  # no job ran twice
     assert the_active(started) == standby
     paused_state = orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work"
@@ -127,15 +115,6 @@ def test_the_active_paused_past_its_lease_steps_down_when_it_wakes_and_writes_no
         assert proc.wait(timeout=30) == 0
     jobs = json.loads(orch.cli("status", "--json").stdout)
     assert all(j["status"] == "passed" and j["attempts"] == 1 for j in jobs)
-
-
-def _no():
-    class Nothing:
-        @staticmethod
-        def json() -> list:
-            return []
-
-    return Nothing()
 
 
 def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_place(orch, postgres) -> None:
@@ -162,14 +141,7 @@ def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_
     watch()
     restart.join(60)
     later = orch.repo.commit("after the restart", PASSING)
-    results = orch.wait_for(
-        lambda: (
-            [orch.result(s) for s in [*shas, later]]
-            if orch.has_result(*shas, later) and all(orch.result(s)["status"] == "passed" for s in [*shas, later])
-            else None
-        ),
-        timeout=120,
-    )
+    results = _all_passed(orch, [*shas, later], timeout=120)
     assert {r["container"] for r in results[:2]} == containers  # the same containers, kept through it
     assert all(r["attempts"] == 1 for r in results)  # nothing lost, nothing run twice
     assert seen_away[0]["status"] == "degraded" and seen_away[0]["store"].startswith("unreachable")
@@ -177,3 +149,15 @@ def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_
     for _, _, proc in started:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def _all_passed(orch, shas: list[str], timeout: float) -> list[dict]:
+    """The result of each commit, once every one has passed."""
+    return orch.wait_for(
+        lambda: (
+            [orch.result(s) for s in shas]
+            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
+            else None
+        ),
+        timeout=timeout,
+    )
