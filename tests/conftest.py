@@ -56,7 +56,11 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "share-engine-images" if nodeid.startswith(SHARE_ENGINE_IMAGES) else nodeid.split("::", 1)[0]
+            if nodeid.startswith(SHARE_ENGINE_IMAGES):
+                return "share-engine-images"
+            if nodeid.startswith("tests/swarm/"):  # one test bed: the engine's swarm is one per machine
+                return "swarm"
+            return nodeid.split("::", 1)[0]
 
     config.option.loadscopereorder = False  # in collection order: the long shared unit starts early
     return ByModule(config, log)
@@ -208,7 +212,17 @@ class Orchestrated:
             time.sleep(interval)
         raise AssertionError(f"condition not met within {timeout} s")
 
+    def workspaces(self) -> list[str]:
+        work = self.config.state_dir / "work"
+        return os.listdir(work) if work.exists() else []
+
     def close(self) -> list[str]:
+        if self.config_path is not None and any(proc.poll() is None for proc in self.processes):
+            # a job that ended a moment ago may still be on the cleaner's thread (its container
+            # removed, then its checkout): give it its time before the kill, bounded
+            deadline = time.monotonic() + 20
+            while self.workspaces() and time.monotonic() < deadline:
+                time.sleep(0.1)
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
@@ -272,8 +286,7 @@ def orch(tmp_path: Path, engine: docker.DockerClient, runner_image: str):
     leaked = o.close()
     assert not leaked, f"containers left behind: {leaked}"
     if o.config_path is not None:
-        work = o.config.state_dir / "work"
-        assert not work.exists() or not os.listdir(work), f"workspaces left behind: {os.listdir(work)}"
+        assert not o.workspaces(), f"workspaces left behind: {o.workspaces()}"
 
 
 @pytest.fixture

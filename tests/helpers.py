@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -73,6 +74,7 @@ test = ["pytest>=8.4"]
 """
 
 PASSING = {"tests/test_ok.py": "def test_ok():\n    assert 1 + 1 == 2\n"}
+SLOW = "import time\n\ndef test_slow():\n    time.sleep({seconds})  # {n}\n"  # a test file: .format(seconds=, n=)
 FAILING = {
     "tests/test_ok.py": (
         "def test_ok():\n    assert 1 + 1 == 2\n\ndef test_bad():\n    assert 2 + 2 == 5, 'arithmetic'\n"
@@ -341,14 +343,16 @@ class TestIndex:
 # -- several dispatchers on one store (leadership.py) ------------------------------------
 
 
-def start_two_dispatchers(orch, store_url: str, lease: float, **overrides: object):
+def start_two_dispatchers(orch, store_url: str, lease: float, beta_runner: dict | None = None, **overrides: object):
     """Two dispatchers (alpha, beta) on one store, each with its own state_dir (as on two
     machines), one results_dir (shared storage in a deployment), each its log in ``orch.dir``:
-    (name, port, process) each."""
+    (name, port, process) each. ``beta_runner``: what beta's runner section says otherwise
+    (its own engine, say)."""
     store = {"url": store_url}
     orch.configure(store=store, dispatcher={"host": "127.0.0.1", "port": free_port(), "lease": lease}, **overrides)
     data = yaml.safe_load(orch.config_path.read_text())
     data["state_dir"] = str(orch.dir / "beta-state")
+    data["runner"] = {**data.get("runner", {}), **(beta_runner or {})}
     beta_config = orch.dir / "beta.yaml"
     beta_config.write_text(yaml.safe_dump(data))
     started = []
@@ -365,6 +369,20 @@ def start_two_dispatchers(orch, store_url: str, lease: float, **overrides: objec
     for _, port, _ in started:
         orch.wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/healthz"), timeout=30)
     return started
+
+
+def never_two_active(started, seconds: float) -> list[set[str]]:
+    """The set of active names seen, sampled for ``seconds``; the test fails at the first
+    sample with two active at once."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        roles = {name: dispatcher_role(port) for name, port, _ in started}
+        active = {name for name, role in roles.items() if role and role["role"] == "active"}
+        assert len(active) <= 1, f"two active at once: {roles}"
+        seen.append(active)
+        time.sleep(0.05)
+    return seen
 
 
 def dispatcher_role(port: int) -> dict | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -403,46 +402,3 @@ def test_without_job_networks_a_task_has_no_network_at_all(swarm_orch, engine: d
     )
     prefix = f"orchestrator-{orch.instance()}-"
     assert not [e for e in created if e.get("Actor", {}).get("Attributes", {}).get("name", "").startswith(prefix)]
-
-
-def test_two_dispatchers_the_active_killed_while_four_services_run_the_standby_adopts_them(
-    swarm_orch, testbed: Testbed, engine: docker.DockerClient, postgres
-) -> None:
-    """Two dispatchers on one PostgreSQL store and the Swarm: the active kill -9ed while four
-    jobs run as services; the standby takes the lease, re-adopts the services by their labels
-    (their reports come back in their logs, framed), and every job passes once."""
-    from tests.helpers import dispatcher_role, start_two_dispatchers, the_active
-
-    orch = swarm_orch
-    commits(orch, 1, sleep=0)
-    lease = 3.0
-    swarm = {"backend": "swarm", "registry": testbed.registry, "constraints": ["node.role==worker"], "memory": "256m"}
-    started = start_two_dispatchers(
-        orch, postgres.database(), lease, runner={**swarm, "parallelism": 4, "timeout": 300}
-    )
-    active = orch.wait_for(lambda: the_active(started), timeout=60)
-    standby = next(d for d in started if d is not active)
-    orch.wait_for(lambda: orch.has_result(orch.repo.head()), timeout=180)  # the root, seen and tested first
-    shas = commits(orch, 4, sleep=15)
-
-    def services_running() -> int:
-        return sum(
-            1
-            for s in engine.services.list(filters={"label": f"orchestrator.instance={orch.instance()}"})
-            if any(t["Status"]["State"] == "running" for t in s.tasks())
-        )
-
-    orch.wait_for(lambda: services_running() == 4, timeout=180)
-    active[2].send_signal(signal.SIGKILL)
-    active[2].wait(timeout=30)
-    killed = time.monotonic()
-    orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=lease + 15)
-    assert time.monotonic() - killed <= lease + 5
-    orch.wait_for(lambda: orch.has_result(*shas), timeout=240)
-    for sha in shas:
-        result = orch.result(sha)
-        assert (result["status"], result["attempts"], result["tests"]["passed"]) == ("passed", 1, 2), result
-    standby[2].send_signal(signal.SIGTERM)
-    assert standby[2].wait(timeout=60) == 0
-    # the killed one's machine is gone with its disk: what it left in its state_dir is no one's
-    shutil.rmtree(orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work", ignore_errors=True)
