@@ -70,7 +70,10 @@ def settled(ctx: Context, done: Job, report: Report) -> Job:
     with the suite's other outcomes (rerun.py), then quarantined failures forgiven
     (quarantine.py)."""
     done = rerun.combined(done)
-    return quarantine.judged(done, report, reruns(ctx, done.repository), ctx.store.quarantine.tests(done.repository))
+    counted = reruns(ctx, done.repository)
+    if not report.failing(counted):  # nothing to forgive: the quarantine is not asked
+        return done
+    return quarantine.judged(done, report, counted, ctx.store.quarantine.tests(done.repository))
 
 
 def with_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tuple[Path, str]]) -> tuple[Job, Path | None]:

@@ -72,8 +72,7 @@ class Store(Jobs):
     def check_active(self) -> None:
         """NotActive unless this store may still write (its lease, where it has one): asked
         before what is written outside the store (result files), which the fence cannot guard."""
-        with self._database.write():
-            pass
+        self._database.check_fence()
 
     @property
     def dialect(self) -> str:

@@ -199,6 +199,11 @@ class Database(ABC):
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]: ...
 
     @abstractmethod
+    def check_fence(self) -> None:
+        """NotActive unless ``fence`` passes now, read outside any write transaction (what is
+        written elsewhere next, result files, needs to know; not the writers' lock)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def instance_id(self) -> str:
@@ -259,6 +264,11 @@ class SqliteDatabase(Database):
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def check_fence(self) -> None:
+        if self.fence is not None:
+            with self._lock:
+                self.fence(self._db)
 
 
 def marks(values: Sequence[object]) -> str:

@@ -15,6 +15,7 @@ its newest; its version is a row of ``meta``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Iterator, Sequence
@@ -124,12 +125,15 @@ class _Cursor:
 
 
 class _Connection:
-    def __init__(self, conn: Any):
+    def __init__(self, conn: Any, pipeline: Any = None):
         self._conn = conn
+        self.pipeline = pipeline  # while set, what is queued is sent with each statement, its result awaited
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> _Cursor:
         statement = translate(sql)
         cursor = self._conn.execute(statement, tuple(args))
+        if self.pipeline is not None:
+            self.pipeline.sync()
         return _Cursor(cursor, statement.endswith(tuple(f"RETURNING {c}" for c in ("id", "rowid"))))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
@@ -156,8 +160,16 @@ class PostgresDatabase(Database):
         # (no check of each connection as it is taken: a round trip on every call; one the server
         # dropped fails its call, which its caller tries again, and the pool replaces it)
         self._url = url
+        # autocommit: a read is one round trip (no BEGIN before it, no ROLLBACK as the pool takes
+        # the connection back); a write is its own transaction all the same (``write``)
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=8, open=True, timeout=POOL_WAIT, name="orchestrator", kwargs=SESSION
+            url,
+            min_size=1,
+            max_size=8,
+            open=True,
+            timeout=POOL_WAIT,
+            name="orchestrator",
+            kwargs={**SESSION, "autocommit": True},
         )
         with self.write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -169,12 +181,24 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def write(self, fenced: bool = True, direct: bool = False) -> Iterator[_Connection]:
-        with self._connection(direct) as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            connection = _Connection(conn)
-            if fenced and self.fence is not None:
-                self.fence(connection)
-            yield connection
+        """BEGIN, the writers' lock and the fence's check are pipelined: one round trip, the
+        server running them in the order sent (the check sees the lease as the lock found it).
+        Round trips are what a write costs here: under load each one waits for the GIL too."""
+        with self._connection(direct) as conn:
+            try:
+                with conn.pipeline() as pipeline:
+                    conn.execute("BEGIN")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    connection = _Connection(conn, pipeline)
+                    if fenced and self.fence is not None:
+                        self.fence(connection)
+                connection.pipeline = None
+                yield connection
+            except BaseException:
+                with contextlib.suppress(Exception):  # a connection the server dropped: the pool discards it
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def _connection(self, direct: bool) -> Iterator[Any]:
@@ -187,12 +211,19 @@ class PostgresDatabase(Database):
             return
         import psycopg
 
-        with psycopg.connect(self._url, connect_timeout=int(POOL_WAIT), options=SESSION["options"]) as conn:
+        with psycopg.connect(
+            self._url, connect_timeout=int(POOL_WAIT), options=SESSION["options"], autocommit=True
+        ) as conn:
             yield conn
 
     def read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
         with self._pool.connection() as conn:
             return conn.execute(translate(sql), tuple(args)).fetchall()
+
+    def check_fence(self) -> None:
+        if self.fence is not None:
+            with self._pool.connection() as conn:
+                self.fence(_Connection(conn))
 
     def close(self) -> None:
         self._pool.close()
