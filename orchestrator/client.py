@@ -34,10 +34,14 @@ class DispatcherClient:
             self._session.headers["X-Observer-Key"] = observer_key
 
     def call(self, method: str, path: str, stream: bool = False, **kwargs: Any) -> requests.Response:
-        try:
-            resp = self._session.request(method, self.base + path, timeout=TIMEOUT, stream=stream, **kwargs)
-        except requests.RequestException as exc:
-            raise DispatcherUnavailable(f"dispatcher at {self.base} unreachable: {type(exc).__name__}") from None
+        """``method path`` answered 2xx, else the error a local operation raises. A change a
+        standby refused (503 naming the active in ``Location``: it did nothing) is sent there,
+        once; the next call asks ``base`` again, which may be the active by then."""
+        resp = self._send(self.base, method, path, stream, **kwargs)
+        active = resp.headers.get("Location", "")
+        if resp.status_code == 503 and active.startswith(("http://", "https://")):
+            resp.close()
+            resp = self._send(active.rstrip("/"), method, path, stream, **kwargs)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail")
@@ -50,6 +54,12 @@ class DispatcherClient:
                 raise error(detail)
             raise DispatcherUnavailable(f"dispatcher refused {method} {path}: {resp.status_code} {detail}")
         return resp
+
+    def _send(self, base: str, method: str, path: str, stream: bool, **kwargs: Any) -> requests.Response:
+        try:
+            return self._session.request(method, base + path, timeout=TIMEOUT, stream=stream, **kwargs)
+        except requests.RequestException as exc:
+            raise DispatcherUnavailable(f"dispatcher at {base} unreachable: {type(exc).__name__}") from None
 
     # -- the observer's sink ----------------------------------------------------------------
 

@@ -48,6 +48,13 @@ def test_exactly_one_is_active_and_a_standby_refuses_changes_naming_it(orch, pos
     refused = requests.post(f"http://127.0.0.1:{standby[1]}/api/poll", headers={"X-Orchestrator": "1"}, timeout=10)
     assert refused.status_code == 503 and refused.headers["Location"] == f"http://127.0.0.1:{active[1]}"
     assert f"the active one is {active[0]}" in refused.json()["detail"]
+    # the command line, given the standby, sends the change where the 503 says: the active takes it
+    paused = orch.cli("pause", "demo", "--reason", "sent to a standby", "--server", f"http://127.0.0.1:{standby[1]}")
+    assert paused.returncode == 0, paused.stderr
+    pauses = http_get(f"http://127.0.0.1:{active[1]}/healthz").json()["paused"]
+    assert pauses["demo"]["reason"] == "sent to a standby", pauses
+    resumed = orch.cli("resume", "demo", "--server", f"http://127.0.0.1:{standby[1]}")
+    assert resumed.returncode == 0, resumed.stderr
     jobs = orch.wait_for(
         lambda: [j for j in http_get(f"http://127.0.0.1:{standby[1]}/api/jobs").json() if j["status"] == "passed"]
     )
