@@ -88,5 +88,6 @@ def test_search_benchmark_smoke_run(tmp_path: Path) -> None:
 
 def test_postgres_benchmark_smoke_run(tmp_path: Path, runner_image: str) -> None:
     proc, result = smoke("postgres.py", tmp_path)
-    assert result["overhead"]["per_job_overhead_s"]["postgres"] > 0 and result["takeover"]["runs"] == 1
+    assert result["overhead"]["over_floor"]["postgres"] > 0 and result["takeover"]["runs"] == 1
+    assert len(result["overhead"]["orchestrator_s"]["sqlite"]) == 1 and "| per-job overhead" in proc.stdout
     assert result["api"]["jobs"] == 200 and "| take-over:" in proc.stdout
