@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,34 @@ class Leadership:
             "epoch": lease.epoch if lease is not None else None,
             "store_error": self.store_error,
         }
+
+    def terms(self, stop: threading.Event, between: Callable[[], None]) -> Iterator[threading.Event]:
+        """Each term of this dispatcher as the active one, until ``stop``: an event, set as
+        soon as the term ends (``stop``, or the lease lost), which whatever the term runs
+        watches. The lease is kept meanwhile (``run``), and given up when they end; between
+        terms, a standby's, ``between`` is called once a lease."""
+        keeper = threading.Thread(target=self.run, args=(stop,), name="lease", daemon=True)
+        keeper.start()
+        chores = 0.0
+        while not stop.is_set():
+            if not self.active.wait(0.2):
+                if time.monotonic() - chores > self.ttl:
+                    chores = time.monotonic()
+                    between()
+                continue
+            term = threading.Event()
+
+            def end_term(term: threading.Event = term) -> None:
+                while not (stop.is_set() or self.lost.is_set() or term.is_set()):
+                    time.sleep(0.05)
+                term.set()
+
+            threading.Thread(target=end_term, name="term", daemon=True).start()
+            try:
+                yield term
+            finally:
+                term.set()
+        keeper.join(timeout=10)  # the lease given up, or left to expire if the store does not answer
 
     def run(self, stop: threading.Event) -> None:
         """Take and keep the lease until ``stop``; then give it up (a clean stop lets a

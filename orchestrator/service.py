@@ -204,26 +204,10 @@ class Services:
             self.dispatcher.run(stop)
             return
         leadership = self.leadership
-        threading.Thread(target=leadership.run, args=(stop,), name="lease", daemon=True).start()
-        first, swept = True, 0.0
-        while not stop.is_set():
-            if not leadership.active.wait(0.2):
-                if time.monotonic() - swept > leadership.ttl:  # a standby's own leftovers, once their jobs ended
-                    swept = time.monotonic()
-                    self._remove_ended_workspaces()
-                continue
-            term = threading.Event()
-
-            def end_term(term: threading.Event = term) -> None:
-                while not (stop.is_set() or leadership.lost.is_set() or term.is_set()):
-                    time.sleep(0.05)
-                term.set()
-
-            threading.Thread(target=end_term, name="term", daemon=True).start()
+        for number, term in enumerate(leadership.terms(stop, between=self._remove_ended_workspaces)):
             try:
-                if not first:
+                if number:
                     self.dispatcher = self._dispatcher()  # recovery runs again: what the last active left
-                first = False
                 self.notifier.start()
                 if observe:
                     threading.Thread(target=self.observer.run, args=(term,), name="observer", daemon=True).start()
