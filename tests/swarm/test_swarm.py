@@ -268,13 +268,17 @@ def test_a_registry_that_is_away_is_a_clear_error_after_retries(swarm_orch, test
     assert f"push to registry {host}:5999 failed" in result["message"]
 
 
-def test_image_build_pushes_the_runner_images_to_the_registry(swarm_orch, testbed: Testbed) -> None:
+def test_image_build_pushes_the_runner_images_to_the_registry(
+    swarm_orch, testbed: Testbed, engine: docker.DockerClient
+) -> None:
     orch = swarm_orch
     orch.configure_swarm()
     built = orch.cli("image", "build", "--python", "3.13", timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     assert f"pushed as {testbed.registry}/ci-runner@sha256:" in built.stderr
     assert {"latest", "py3.13"} <= set(registry_tags(testbed, "ci-runner"))
+    for tag in ("latest", "py3.13"):  # the names it pushed under, on this engine: the test bed's only
+        engine.images.remove(f"{testbed.registry}/ci-runner:{tag}")
 
 
 DISK_FILL = (
