@@ -1,7 +1,7 @@
 """The one exception root of the orchestrator.
 
 Every error a user can cause or meet derives from ``OrchestratorError`` and carries the
-exit status the command line uses for it, so the edge (``cli.py``) prints one line and
+exit status the command line uses for it, so the edge (``cli/``) prints one line and
 exits without a traceback. Library exceptions (docker-py, GitPython, sqlite3) are turned
 into these at the module that calls the library.
 """

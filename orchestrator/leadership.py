@@ -104,6 +104,15 @@ class Leadership:
                 term.set()
         keeper.join(timeout=10)  # the lease given up, or left to expire if the store does not answer
 
+    def hold(self, stop: threading.Event) -> bool:
+        """Take the lease (waiting for an active one to let it go) and keep it until ``stop``,
+        which gives it up: `run --once` on a shared store. False if stopped first."""
+        threading.Thread(target=self.run, args=(stop,), name="lease", daemon=True).start()
+        while not self.active.wait(0.2):
+            if stop.is_set():
+                return False
+        return True
+
     def run(self, stop: threading.Event) -> None:
         """Take and keep the lease until ``stop``; then give it up (a clean stop lets a
         standby take over at once, not a lease later)."""
