@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator.models import Job
-from orchestrator.store import outbox
+from orchestrator.store import outbox, schema
 from orchestrator.store.bisections import Bisections
 from orchestrator.store.db import Connection, Database, SqliteDatabase
 from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
@@ -40,7 +40,7 @@ class Store(Jobs):
 
             self._database: Database = PostgresDatabase(where, TABLE, ALL_COLUMNS)
         else:
-            self._database = SqliteDatabase(Path(where), TABLE, ALL_COLUMNS)
+            self._database = SqliteDatabase(Path(where), TABLE, ALL_COLUMNS, schema.MIGRATIONS)
         super().__init__(self._database, self._write_news)
         self.tests = Tests(self._database)
         self.bisections = Bisections(self._database)

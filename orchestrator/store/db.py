@@ -3,10 +3,10 @@ threads of one process, serialised by a lock (other processes, `orchestrator sub
 a running dispatcher, wait on SQLite's own lock through ``busy_timeout``); write
 transactions; and the schema, brought up to date on open.
 
-The schema's version is SQLite's ``PRAGMA user_version``: each entry of MIGRATIONS takes a
-database from one version to the next, once. The job table's columns come from its field
-table (jobs.py): a column a field names and the table lacks is added on open, so a new field
-of a job needs no migration of its own.
+The schema's version is SQLite's ``PRAGMA user_version``: each of the migrations it is given
+(schema.py) takes a database from one version to the next, once. The job table's columns come
+from its field table (jobs.py): a column a field names and the table lacks is added on open,
+so a new field of a job needs no migration of its own.
 """
 
 from __future__ import annotations
@@ -32,152 +32,6 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 ERRORS = _errors()  # what a store that refuses raises, whichever database is under it
-
-TABLES = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS repositories (name TEXT PRIMARY KEY, first_seen_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS heads (
-    repository TEXT NOT NULL, branch TEXT NOT NULL, sha TEXT NOT NULL,
-    PRIMARY KEY (repository, branch)
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    attempt INTEGER NOT NULL,
-    outcome TEXT NOT NULL,
-    message TEXT,
-    container_id TEXT,
-    started_at TEXT,
-    ended_at TEXT NOT NULL,
-    PRIMARY KEY (job_id, attempt)
-);
-CREATE TABLE IF NOT EXISTS bisections (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    repository TEXT NOT NULL,
-    branch TEXT NOT NULL,
-    bad_job INTEGER NOT NULL UNIQUE REFERENCES jobs (id),
-    good TEXT NOT NULL,
-    commits TEXT NOT NULL,
-    low INTEGER NOT NULL,
-    high INTEGER NOT NULL,
-    probe TEXT,
-    phase TEXT NOT NULL,
-    culprit TEXT,
-    jobs INTEGER NOT NULL DEFAULT 0,
-    reason TEXT,
-    started_at TEXT NOT NULL,
-    finished_at TEXT
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    attempt INTEGER NOT NULL,
-    event TEXT NOT NULL,
-    url TEXT NOT NULL,
-    body TEXT NOT NULL,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    tries INTEGER NOT NULL DEFAULT 0,
-    next_at TEXT NOT NULL,
-    last_error TEXT,
-    created_at TEXT NOT NULL,
-    sent_at TEXT,
-    UNIQUE (key, url)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
-CREATE INDEX IF NOT EXISTS outbox_by_job ON outbox (job_id);
-CREATE TABLE IF NOT EXISTS test_cases (
-    job_id INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    repository TEXT NOT NULL,
-    test_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    PRIMARY KEY (job_id, attempt, test_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS test_durations (
-    repository TEXT NOT NULL,
-    test_id TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    runs INTEGER NOT NULL,
-    job_id INTEGER NOT NULL,
-    PRIMARY KEY (repository, test_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS test_cases_by_test ON test_cases (repository, test_id, job_id);
-"""
-
-
-def _version_1(db: Connection) -> None:
-    """Every table as it was when versions began (an older state_dir's tables are kept:
-    they are created only where missing, and its job columns are completed on open)."""
-    for statement in TABLES.split(";"):  # one by one: executescript would end the transaction
-        if statement.strip():
-            db.execute(statement)
-
-
-def _version_2(db: Connection, jobs_table: str) -> None:
-    """A job per (repository, commit, python): the variants of a commit on several Pythons.
-    SQLite cannot change a table's UNIQUE: the table is made anew and its rows copied
-    (SQLite's documented procedure: new table, copy, drop, rename)."""
-    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()[0]
-    if "UNIQUE (repository, commit_sha, python)" in sql:
-        return
-    columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(jobs)"))
-    db.execute(jobs_table.replace("jobs (", "jobs_new (", 1))
-    db.execute(f"INSERT INTO jobs_new ({columns}) SELECT {columns} FROM jobs")
-    db.execute("DROP TABLE jobs")
-    db.execute("ALTER TABLE jobs_new RENAME TO jobs")
-
-
-TEST_DURATIONS = (
-    "CREATE TABLE test_durations_new (repository TEXT NOT NULL, python TEXT NOT NULL DEFAULT '',"
-    " test_id TEXT NOT NULL, seconds REAL NOT NULL, runs INTEGER NOT NULL, job_id INTEGER NOT NULL,"
-    " PRIMARY KEY (repository, python, test_id)) WITHOUT ROWID"
-)
-
-
-def _version_3(db: Connection) -> None:
-    """Test durations per variant: a suite is split by what it takes on its own Python."""
-    db.execute(TEST_DURATIONS)
-    db.execute(
-        "INSERT INTO test_durations_new (repository, test_id, seconds, runs, job_id)"
-        " SELECT repository, test_id, seconds, runs, job_id FROM test_durations"
-    )
-    db.execute("DROP TABLE test_durations")
-    db.execute("ALTER TABLE test_durations_new RENAME TO test_durations")
-
-
-def _version_4(db: Connection) -> None:
-    """The merge queue's requests (merges.py)."""
-    from orchestrator.store.merges import TABLE
-
-    db.execute(TABLE)
-    db.execute("CREATE INDEX IF NOT EXISTS merges_open ON merges (state, position)")
-
-
-def _version_5(db: Connection) -> None:
-    """An operator's controls: paused repositories, quarantined tests, where schedules stand;
-    and the full-text index of every job's log."""
-    from orchestrator.store import pauses, quarantine, schedules, search
-
-    for statement in (pauses.TABLE, quarantine.TABLE, schedules.TABLE, *search.TABLES):
-        db.execute(statement)
-
-
-def _version_6(db: Connection) -> None:
-    """The active dispatcher's lease (leases.py)."""
-    from orchestrator.store import leases
-
-    db.execute(leases.TABLE)
-
-
-MIGRATIONS: list[Callable[[Connection, str], None]] = [
-    lambda db, _table: _version_1(db),
-    _version_2,
-    lambda db, _table: _version_3(db),
-    lambda db, _table: _version_4(db),
-    lambda db, _table: _version_5(db),
-    lambda db, _table: _version_6(db),
-]
 
 
 class Database(ABC):
@@ -220,10 +74,20 @@ class Database(ABC):
             return value
 
 
+Migration = Callable[[Connection, str], None]  # a step of the schema: the database, the job table's CREATE
+
+
 class SqliteDatabase(Database):
-    def __init__(self, path: Path, jobs_table: str, job_columns: Sequence[tuple[str, str]]):
+    def __init__(
+        self,
+        path: Path,
+        jobs_table: str,
+        job_columns: Sequence[tuple[str, str]],
+        migrations: Sequence[Migration],
+    ):
         """``jobs_table``: the job table's CREATE statement; ``job_columns``: (name,
-        declaration) of each column it must have (jobs.py's field table)."""
+        declaration) of each column it must have (jobs.py's field table); ``migrations``:
+        the schema's steps (schema.MIGRATIONS)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -237,9 +101,9 @@ class SqliteDatabase(Database):
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            for migrate in MIGRATIONS[version:]:
+            for migrate in migrations[version:]:
                 migrate(db, jobs_table)
-            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            db.execute(f"PRAGMA user_version = {len(migrations)}")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (repository, id)")
 

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.store import db as sqlite_schema
+from orchestrator.store import leases, merges, pauses, quarantine, schedules, search
+from orchestrator.store import schema as sqlite_schema
 from orchestrator.store.db import Database
 
 POOL_WAIT = 3.0  # seconds a call waits for a connection from the pool
@@ -88,8 +89,6 @@ SCHEMA_VERSION = 2  # of the PostgreSQL schema (made at its newest: no step of S
 
 def schema(jobs_table: str) -> list[str]:
     """Every table and index of the store, newest shape, in PostgreSQL's words."""
-    from orchestrator.store import leases, merges, pauses, quarantine, schedules, search
-
     statements = [ddl(jobs_table)]
     for statement in sqlite_schema.TABLES.split(";"):
         if statement.strip() and "test_durations (" not in statement:

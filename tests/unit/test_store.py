@@ -93,8 +93,8 @@ def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> Non
     added, the schema's version is set, and the job reads and saves as any other."""
     import sqlite3
 
-    from orchestrator.store.db import MIGRATIONS
     from orchestrator.store.jobs import FIELDS
+    from orchestrator.store.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
