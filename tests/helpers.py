@@ -6,6 +6,8 @@ import http.server
 import itertools
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -383,6 +385,70 @@ def never_two_active(started, seconds: float) -> list[set[str]]:
         seen.append(active)
         time.sleep(0.05)
     return seen
+
+
+def becomes_active(orch, dispatcher, timeout: float) -> float:
+    """Seconds until ``dispatcher`` (name, port, process) says it is the active one."""
+    began = time.monotonic()
+    orch.wait_for(lambda: (dispatcher_role(dispatcher[1]) or {}).get("role") == "active", timeout=timeout)
+    return time.monotonic() - began
+
+
+def pause_past_the_lease(orch, paused, other, lease: float) -> None:
+    """SIGSTOP ``paused`` until ``other`` has taken the lease, then SIGCONT: it steps down."""
+    paused[2].send_signal(signal.SIGSTOP)
+    try:
+        becomes_active(orch, other, lease + 10)
+    finally:
+        paused[2].send_signal(signal.SIGCONT)
+    orch.wait_for(lambda: (dispatcher_role(paused[1]) or {}).get("role") == "standby", timeout=lease + 10)
+
+
+def health_while_the_store_restarts(postgres, port: int, lease: float) -> dict:
+    """What /healthz of the dispatcher at ``port`` says a lease into a restart of PostgreSQL
+    that keeps it away for two leases (a degraded health answers 503: read all the same);
+    the restart is over when this returns."""
+    import requests
+
+    restart = threading.Thread(target=postgres.restart, args=(2 * lease,))
+    restart.start()
+    try:
+        time.sleep(lease)
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
+    finally:
+        restart.join(60)
+
+
+def all_passed(orch, shas: list[str], timeout: float) -> list[dict]:
+    """The result of each commit, once every one has passed."""
+    return orch.wait_for(
+        lambda: (
+            [orch.result(s) for s in shas]
+            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
+            else None
+        ),
+        timeout=timeout,
+    )
+
+
+def running_jobs(port: int) -> list[dict]:
+    """The jobs a dispatcher's API lists as running in a container (none while it does not answer)."""
+    answer = http_get(f"http://127.0.0.1:{port}/api/jobs")
+    return [j for j in answer.json() if j["status"] == "running" and j["container"]] if answer else []
+
+
+def stop_dispatchers(started) -> None:
+    """SIGTERM to each that still runs; each ends cleanly."""
+    running = [proc for _, _, proc in started if proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    for proc in running:
+        assert proc.wait(timeout=60) == 0
+
+
+def forget_state(orch, name: str) -> None:
+    """A killed dispatcher's machine is gone with its disk: what it left in its state_dir is no one's."""
+    shutil.rmtree(orch.dir / ("state" if name == "alpha" else "beta-state") / "work", ignore_errors=True)
 
 
 def dispatcher_role(port: int) -> dict | None:

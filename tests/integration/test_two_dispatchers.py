@@ -13,9 +13,7 @@ where the engine says their output folder is).
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import time
 
 import pytest
 import requests
@@ -24,10 +22,17 @@ from tests.helpers import (
     NO_ANSWER,
     PASSING,
     SLOW,
+    all_passed,
+    becomes_active,
     dispatcher_role,
+    forget_state,
+    health_while_the_store_restarts,
     http_get,
     never_two_active,
+    pause_past_the_lease,
+    running_jobs,
     start_two_dispatchers,
+    stop_dispatchers,
     the_active,
 )
 
@@ -60,119 +65,67 @@ def test_exactly_one_is_active_and_a_standby_refuses_changes_naming_it(orch, pos
     )
     assert jobs[0]["dispatcher"] == active[0]  # read from the standby: the same store
     metrics = http_get(f"http://127.0.0.1:{standby[1]}/metrics").text
-    for _, _, proc in started:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+    stop_dispatchers(started)
     assert 'orchestrator_dispatcher_active{dispatcher="beta"}' in metrics or 'dispatcher="alpha"' in metrics
 
 
-def _slow_commits(orch, port: int, count: int, seconds: float) -> list[str]:
-    """``count`` commits whose test sleeps ``seconds``, once the repository's root was tested
-    (seen first, only a branch's head would be: these are each new)."""
-    orch.wait_for(
+def _two_with_jobs_running(orch, postgres, count: int, seconds: float):
+    """Two dispatchers (parallelism 2 each), the repository's root tested, then ``count``
+    commits whose test sleeps ``seconds``, two of them running: (started, active, standby,
+    the commits)."""
+    orch.repo.commit("root", PASSING)
+    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
+    active = orch.wait_for(lambda: the_active(started), timeout=30)
+    standby = next(d for d in started if d is not active)
+    orch.wait_for(  # seen first, only a branch's head would be tested: the slow commits are each new
         lambda: [
-            j for j in (http_get(f"http://127.0.0.1:{port}/api/jobs") or NO_ANSWER).json() if j["status"] == "passed"
+            j
+            for j in (http_get(f"http://127.0.0.1:{standby[1]}/api/jobs") or NO_ANSWER).json()
+            if j["status"] == "passed"
         ]
     )
-    return [
+    shas = [
         orch.repo.commit(f"slow {n}", {f"tests/test_slow_{n}.py": SLOW.format(seconds=seconds, n=n)})
         for n in range(count)
     ]
-
-
-def _running(port: int) -> list[dict]:
-    answer = http_get(f"http://127.0.0.1:{port}/api/jobs")
-    return [j for j in answer.json() if j["status"] == "running" and j["container"]] if answer else []
+    orch.wait_for(lambda: len(running_jobs(standby[1])) == 2, timeout=60)
+    return started, active, standby, shas
 
 
 def test_the_active_killed_is_replaced_within_the_lease_and_its_jobs_pass_once(orch, postgres) -> None:
-    orch.repo.commit("root", PASSING)
-    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
-    active = orch.wait_for(lambda: the_active(started), timeout=30)
-    standby = next(d for d in started if d is not active)
-    shas = _slow_commits(orch, standby[1], 4, 6)
-    orch.wait_for(lambda: len(_running(standby[1])) == 2, timeout=60)
+    started, active, standby, shas = _two_with_jobs_running(orch, postgres, 4, 6)
     active[2].send_signal(signal.SIGKILL)
     active[2].wait(timeout=10)
-    killed = time.monotonic()
-    orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
-    took = time.monotonic() - killed
+    took = becomes_active(orch, standby, LEASE + 10)
     assert took <= LEASE + 5, took
-    results = _all_passed(orch, shas, timeout=90)
+    results = all_passed(orch, shas, timeout=90)
     assert all(r["attempts"] == 1 for r in results)  # adopted, not run again
     assert {r["dispatcher"] for r in results} <= {active[0], standby[0]}
-    # the killed one's machine is gone with its disk: what it left in its state_dir is no one's
-    shutil.rmtree(orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work", ignore_errors=True)
-    standby[2].send_signal(signal.SIGTERM)
-    assert standby[2].wait(timeout=30) == 0
+    forget_state(orch, active[0])
+    stop_dispatchers([standby])
 
 
 def test_the_active_paused_past_its_lease_steps_down_when_it_wakes_and_writes_nothing(orch, postgres) -> None:
-    orch.repo.commit("root", PASSING)
-    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
-    active = orch.wait_for(lambda: the_active(started), timeout=30)
-    standby = next(d for d in started if d is not active)
-    shas = _slow_commits(orch, standby[1], 2, 5)
-    orch.wait_for(lambda: len(_running(standby[1])) == 2, timeout=60)
-    active[2].send_signal(signal.SIGSTOP)
-    try:
-        orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 10)
-    finally:
-        active[2].send_signal(signal.SIGCONT)
-    orch.wait_for(lambda: (dispatcher_role(active[1]) or {}).get("role") == "standby", timeout=LEASE + 10)
-    done = _all_passed(orch, shas, timeout=90)
+    started, active, standby, shas = _two_with_jobs_running(orch, postgres, 2, 5)
+    pause_past_the_lease(orch, active, standby, LEASE)
+    done = all_passed(orch, shas, timeout=90)
     assert all(r["attempts"] == 1 for r in done)  # no job ran twice
     assert the_active(started) == standby
     paused_state = orch.dir / ("state" if active[0] == "alpha" else "beta-state") / "work"
     orch.wait_for(lambda: not any(paused_state.iterdir()), timeout=LEASE + 10)  # its leftovers, once their jobs ended
-    for _, _, proc in started:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+    stop_dispatchers(started)
     jobs = json.loads(orch.cli("status", "--json").stdout)
     assert all(j["status"] == "passed" and j["attempts"] == 1 for j in jobs)
 
 
 def test_postgresql_restarted_under_load_loses_nothing_and_the_active_keeps_its_place(orch, postgres) -> None:
-    orch.repo.commit("root", PASSING)
-    started = start_two_dispatchers(orch, postgres.database(), LEASE, runner={"parallelism": 2})
-    active = orch.wait_for(lambda: the_active(started), timeout=30)
-    shas = _slow_commits(orch, active[1], 2, 10)
-    containers = orch.wait_for(
-        lambda: {j["container"] for j in _running(active[1])} if len(_running(active[1])) == 2 else None, timeout=60
-    )
-    seen_away = []
-
-    def watch() -> None:  # what the active's /healthz says while the database is away
-        answer = http_get(f"http://127.0.0.1:{active[1]}/healthz")
-        if answer is None:  # 2xx only: a degraded health is still an answer
-            answer = requests.get(f"http://127.0.0.1:{active[1]}/healthz", timeout=30)
-        seen_away.append(answer.json())
-
-    import threading
-
-    restart = threading.Thread(target=postgres.restart, args=(2 * LEASE,))
-    restart.start()
-    time.sleep(LEASE)
-    watch()
-    restart.join(60)
+    started, active, standby, shas = _two_with_jobs_running(orch, postgres, 2, 10)
+    containers = {j["container"] for j in running_jobs(standby[1])}
+    away = health_while_the_store_restarts(postgres, active[1], LEASE)  # the active's, while the database is away
     later = orch.repo.commit("after the restart", PASSING)
-    results = _all_passed(orch, [*shas, later], timeout=120)
+    results = all_passed(orch, [*shas, later], timeout=120)
     assert {r["container"] for r in results[:2]} == containers  # the same containers, kept through it
     assert all(r["attempts"] == 1 for r in results)  # nothing lost, nothing run twice
-    assert seen_away[0]["status"] == "degraded" and seen_away[0]["store"].startswith("unreachable")
+    assert away["status"] == "degraded" and away["store"].startswith("unreachable"), away
     assert the_active(started) == active  # the standby did not take over while the database was away
-    for _, _, proc in started:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-
-
-def _all_passed(orch, shas: list[str], timeout: float) -> list[dict]:
-    """The result of each commit, once every one has passed."""
-    return orch.wait_for(
-        lambda: (
-            [orch.result(s) for s in shas]
-            if orch.has_result(*shas) and all(orch.result(s)["status"] == "passed" for s in shas)
-            else None
-        ),
-        timeout=timeout,
-    )
+    stop_dispatchers(started)

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import threading
-import time
 from dataclasses import dataclass
 
 import docker
 import pytest
-import requests
 
 from tests.helpers import (
     PASSING,
     SLOW,
-    dispatcher_role,
+    becomes_active,
+    forget_state,
+    health_while_the_store_restarts,
     never_two_active,
+    pause_past_the_lease,
+    running_jobs,
     start_two_dispatchers,
+    stop_dispatchers,
     the_active,
 )
 from tests.swarm.conftest import Testbed
@@ -66,20 +67,6 @@ def _passed_once(orch, shas: list[str], timeout: float) -> list[dict]:
     return results
 
 
-def _stop(started) -> None:
-    for _, _, proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for _, _, proc in started:
-        if proc.returncode is None:
-            assert proc.wait(timeout=60) == 0
-
-
-def _forget_state(orch, name: str) -> None:
-    """The killed one's machine is gone with its disk: what it left in its state_dir is no one's."""
-    shutil.rmtree(orch.dir / ("state" if name == "alpha" else "beta-state") / "work", ignore_errors=True)
-
-
 def test_started_at_once_one_is_active_and_killed_while_four_services_run_the_standby_adopts_them(
     swarm_orch, testbed: Testbed, engine: docker.DockerClient, postgres
 ) -> None:
@@ -99,12 +86,11 @@ def test_started_at_once_one_is_active_and_killed_while_four_services_run_the_st
     orch.wait_for(lambda: len(_services_running(engine, orch.instance())) == 4, timeout=180)
     active[2].send_signal(signal.SIGKILL)
     active[2].wait(timeout=30)
-    killed = time.monotonic()
-    orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 15)
-    assert time.monotonic() - killed <= LEASE + 5
+    took = becomes_active(orch, standby, LEASE + 15)
+    assert took <= LEASE + 5, took
     _passed_once(orch, shas, timeout=240)
-    _stop([standby])
-    _forget_state(orch, active[0])
+    stop_dispatchers([standby])
+    forget_state(orch, active[0])
 
 
 def test_the_active_paused_steps_down_and_a_postgresql_restart_keeps_the_services(
@@ -122,12 +108,7 @@ def test_the_active_paused_steps_down_and_a_postgresql_restart_keeps_the_service
     orch.wait_for(lambda: orch.has_result(orch.repo.head()), timeout=180)
     paused_through = commits(orch, 2, sleep=20)
     orch.wait_for(lambda: len(_services_running(engine, orch.instance())) == 2, timeout=180)
-    first[2].send_signal(signal.SIGSTOP)
-    try:
-        orch.wait_for(lambda: (dispatcher_role(second[1]) or {}).get("role") == "active", timeout=LEASE + 10)
-    finally:
-        first[2].send_signal(signal.SIGCONT)
-    orch.wait_for(lambda: (dispatcher_role(first[1]) or {}).get("role") == "standby", timeout=LEASE + 10)
+    pause_past_the_lease(orch, first, second, LEASE)
     _passed_once(orch, paused_through, timeout=240)
 
     # PostgreSQL restarted under the new active's load
@@ -137,18 +118,13 @@ def test_the_active_paused_steps_down_and_a_postgresql_restart_keeps_the_service
     services = orch.wait_for(
         lambda: s if len(s := _services_running(engine, orch.instance())) == 2 else None, timeout=180
     )
-    health: list[dict] = []
-    restart = threading.Thread(target=postgres.restart, args=(2 * LEASE,))
-    restart.start()
-    time.sleep(LEASE)
-    health.append(requests.get(f"http://127.0.0.1:{second[1]}/healthz", timeout=30).json())  # degraded: 503
-    restart.join(60)
+    away = health_while_the_store_restarts(postgres, second[1], LEASE)
     results = _passed_once(orch, restarted_through, timeout=240)
     assert {r["container"] for r in results} == services  # the same services finished them: none started again
-    assert health[0].get("status") == "degraded" and health[0]["store"].startswith("unreachable"), health
+    assert away["status"] == "degraded" and away["store"].startswith("unreachable"), away
     assert the_active(started) == second  # the standby did not take over while the database was away
-    _stop(started)
-    _forget_state(orch, first[0])  # the paused one's, once its jobs ended: swept by it, or left here
+    stop_dispatchers(started)
+    forget_state(orch, first[0])  # the paused one's, once its jobs ended: swept by it, or left here
 
 
 PASS_SLOWLY = "import time\n\ndef test_one():\n    time.sleep(20)  # {n}\n\ndef test_two():\n    assert 1 + 1 == 2\n"
@@ -214,19 +190,16 @@ def test_each_with_its_own_engine_the_lost_actives_running_jobs_run_again_as_new
     standby = next(d for d in started if d is not active)
     orch.wait_for(lambda: orch.has_result(orch.repo.head()), timeout=120)
     shas = [orch.repo.commit(f"slow {n}", {f"tests/test_slow_{n}.py": SLOW.format(seconds=20, n=n)}) for n in range(2)]
-    running = lambda: [  # noqa: E731
-        j for j in requests.get(f"http://127.0.0.1:{standby[1]}/api/jobs", timeout=5).json() if j["status"] == "running"
-    ]
-    orch.wait_for(lambda: len([j for j in running() if j["container"]]) == 2, timeout=120)
+    orch.wait_for(lambda: len(running_jobs(standby[1])) == 2, timeout=120)
     active[2].send_signal(signal.SIGKILL)
     own_engines.kill(testbed, active[0])  # its machine is gone: its engine with it
     active[2].wait(timeout=30)
-    orch.wait_for(lambda: (dispatcher_role(standby[1]) or {}).get("role") == "active", timeout=LEASE + 15)
+    becomes_active(orch, standby, LEASE + 15)
     orch.wait_for(lambda: orch.has_result(*shas), timeout=180)
     for sha in shas:
         result = orch.result(sha)
         assert (result["status"], result["attempts"], result["dispatcher"]) == ("passed", 2, standby[0]), result
         first = result["attempt_history"][0]
         assert first["outcome"] == "retried" and f"dispatcher {active[0]} lost" in first["message"], first
-    _stop([standby])
-    _forget_state(orch, active[0])
+    stop_dispatchers([standby])
+    forget_state(orch, active[0])
