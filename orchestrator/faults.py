@@ -1,6 +1,6 @@
 """Named crash points for the fault-injection tests (the failpoint pattern).
 
-With ``ORCHESTRATOR_CRASH_AT=<name>`` in its environment, the process kills itself with
+With ``protocol.CRASH_AT=<name>`` in its environment, the process kills itself with
 SIGKILL when it reaches that point, exactly as a power cut or an OOM kill would, so the
 tests can show that recovery works from each step of a job's life.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-CRASH_AT = "ORCHESTRATOR_CRASH_AT"  # the variable that names the point
+from runner_image.orchestrator_protocol import CRASH_AT  # the variable that names the point
+
 POINTS = frozenset(
     {
         "job-claimed",

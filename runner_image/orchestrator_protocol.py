@@ -1,5 +1,6 @@
 """The contract between the orchestrator and the runner image: what the host tells the
-container, where each side reads and writes, and what the container's exit status means.
+container, where each side reads and writes, and what the container's exit status means;
+and every other ORCHESTRATOR_* variable the project reads (its command line's, its tests').
 
 One file for both sides, standard library only: the runner image carries it beside the
 entrypoint (/opt/runner, imported as ``orchestrator_protocol``: a name no project under test
@@ -38,6 +39,12 @@ NO_NETWORK = "ORCHESTRATOR_NO_NETWORK"  # "1": refuse to run in a task with any 
 DISK_LIMITS = "ORCHESTRATOR_DISK_LIMITS"  # JSON [[[folder, ...], bytes], ...]: supervise the suite
 COMMIT = "ORCHESTRATOR_COMMIT"  # the commit under test (information for the suite)
 ATTEMPT = "ORCHESTRATOR_ATTEMPT"  # the attempt's number (information for the suite)
+
+# -- what the host's own processes read from their environment ----------------------------
+SERVER = "ORCHESTRATOR_SERVER"  # the command line: a dispatcher's address (as --server)
+TOKEN = "ORCHESTRATOR_TOKEN"  # the command line: that dispatcher's api token (as --token)
+CRASH_AT = "ORCHESTRATOR_CRASH_AT"  # a crash point's name: the process kills itself there (faults.py)
+SCREENSHOTS = "ORCHESTRATOR_SCREENSHOTS"  # the browser tests: a folder to save each page's picture in
 
 # -- exit statuses beyond pytest's own 0-5 ------------------------------------------------
 EXIT_NO_TESTS_DIR = 100

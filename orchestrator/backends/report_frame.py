@@ -5,7 +5,7 @@ the reader keeps it out of the log.
 The suite writes to the same log, so the marker is a random secret of each attempt
 (``new_marker``), never in the task's environment: it travels as the file FRAME_FILE in the
 job's image, which the entrypoint reads and removes before the suite starts (see its
-docstring). ``ORCHESTRATOR_REPORT_FRAME=1`` only asks for the frame. Reading stops at the
+docstring). ``protocol.REPORT_FRAME=1`` only asks for the frame. Reading stops at the
 first frame with the marker: a frame the suite prints has no way to carry it."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Nothing is shared between the dispatcher and a node but the registry and the eng
 - the checkout travels as an image (backends/registry.py), run by digest, so every node
   runs the same bytes;
 - the output comes back through the engine's log of the task, and the JUnit report at its
-  end, framed (runner_image/entrypoint.py prints it when ORCHESTRATOR_REPORT_FRAME is set);
+  end, framed (runner_image/entrypoint.py prints it when protocol.REPORT_FRAME is set);
   the frame is kept out of the job's log;
 - what the dispatcher watches from the host on one engine, the task watches itself: the
   entrypoint supervises the suite and exits EXIT_DISK_LIMIT when the workspace (or /tmp)

@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.cli import operations, processes
-from orchestrator.cli.parser import SERVER_VARIABLE, TOKEN_VARIABLE, parser
+from orchestrator.cli.parser import parser
 from orchestrator.config import load_config
 from orchestrator.errors import OrchestratorError
 
-__all__ = ["SERVER_VARIABLE", "TOKEN_VARIABLE", "main"]
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the commands import what they use when they run: start-up s
 
 def remote(args: argparse.Namespace) -> Jobs | None:
     """The jobs of a dispatcher on another machine, for a command that can reach one: at
-    ``--server`` (or $ORCHESTRATOR_SERVER), else at the local config's ``dispatcher.url``;
+    ``--server`` (or the variable protocol.SERVER), else at the local config's ``dispatcher.url``;
     None: this machine's state_dir. Of a local config only ``dispatcher.url`` and
     ``api_token`` are read then: its repositories are the dispatcher's machine's."""
     if not hasattr(args, "server"):

@@ -1,5 +1,5 @@
 """What a user may type: every command, its arguments and their defaults (the client's
-$ORCHESTRATOR_SERVER and $ORCHESTRATOR_TOKEN among them), each value checked as it is read
+variables, protocol.SERVER and protocol.TOKEN, among them), each value checked as it is read
 (a Python that is not offered, a date that is not one: a usage error naming it)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import os
 from datetime import UTC, datetime
 
 from orchestrator import pythons
-
-SERVER_VARIABLE, TOKEN_VARIABLE = "ORCHESTRATOR_SERVER", "ORCHESTRATOR_TOKEN"
+from runner_image import orchestrator_protocol as protocol
 
 
 def _python_name(value: str) -> str:
@@ -35,14 +34,14 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--server",
                 metavar="URL",
-                default=os.environ.get(SERVER_VARIABLE),
-                help=f"a dispatcher's address (default: ${SERVER_VARIABLE}, dispatcher.url, else this machine's "
+                default=os.environ.get(protocol.SERVER),
+                help=f"a dispatcher's address (default: ${protocol.SERVER}, dispatcher.url, else this machine's "
                 "state_dir); no local config is needed then",
             )
             p.add_argument(
                 "--token",
-                default=os.environ.get(TOKEN_VARIABLE),
-                help=f"the dispatcher's api token (default: ${TOKEN_VARIABLE}, else the local config's api_token)",
+                default=os.environ.get(protocol.TOKEN),
+                help=f"the dispatcher's api token (default: ${protocol.TOKEN}, else the local config's api_token)",
             )
         return p
 

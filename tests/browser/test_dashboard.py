@@ -11,6 +11,7 @@ import tempfile
 import pytest
 import requests
 
+from runner_image import orchestrator_protocol as protocol
 from tests.helpers import PASSING, free_port
 
 pytestmark = pytest.mark.docker
@@ -20,7 +21,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-SCREENSHOTS = "ORCHESTRATOR_SCREENSHOTS"  # a folder: the pages are saved there as pictures (docs: the README's)
+SCREENSHOTS = protocol.SCREENSHOTS  # a folder: the pages are saved there as pictures (docs: the README's)
 CHATTY_FAILING = (
     "import time\n"
     + "".join(f"def test_step_{i}():\n    time.sleep(0.7)\n" for i in range(6))

@@ -19,7 +19,6 @@ import pytest
 
 from orchestrator.backends import connect
 from orchestrator.backends.engine import Engine
-from orchestrator.cli import SERVER_VARIABLE, TOKEN_VARIABLE
 from orchestrator.models import JobStatus
 from orchestrator.store import Store
 from runner_image import orchestrator_protocol as protocol
@@ -207,7 +206,7 @@ def test_the_command_line_from_a_laptop_needs_no_config(orch, tmp_path: Path) ->
     (laptop / "config.yaml").write_text(json.dumps(elsewhere))
 
     def cli(*args: str, env: dict | None = None, where: Path = laptop) -> subprocess.CompletedProcess:
-        environment = {k: v for k, v in os.environ.items() if k not in (SERVER_VARIABLE, TOKEN_VARIABLE)}
+        environment = {k: v for k, v in os.environ.items() if k not in (protocol.SERVER, protocol.TOKEN)}
         return subprocess.run(
             [sys.executable, "-m", "orchestrator", *args],
             cwd=where,
@@ -221,11 +220,11 @@ def test_the_command_line_from_a_laptop_needs_no_config(orch, tmp_path: Path) ->
     bare.mkdir()
     for shown in (
         cli("status", "--server", base, where=bare),  # no config at all
-        cli("status", where=bare, env={SERVER_VARIABLE: base}),
+        cli("status", where=bare, env={protocol.SERVER: base}),
         cli("status"),  # a config whose repository paths are the CI machine's: only dispatcher.url is read
     ):
         assert shown.returncode == 0 and sha[:10] in shown.stdout, shown.stderr
-    remote = {SERVER_VARIABLE: base}
+    remote = {protocol.SERVER: base}
     assert cli("pause", "demo", "--reason", "from a laptop", where=bare, env=remote).returncode == 0
     assert http_get(f"{base}/healthz").json()["paused"]["demo"]["reason"] == "from a laptop"
     assert cli("resume", "demo").returncode == 0
