@@ -18,6 +18,7 @@ connection of its own each time, never the pool's: both see the database back at
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,7 +55,7 @@ class Leadership:
         # the database answered without a break since (as if for a whole lease already, at start:
         # only an outage this dispatcher saw makes it wait before taking an expired lease)
         self._healthy_since: float | None = time.monotonic() - AFTER_OUTAGE * lease
-        store._leading = self.active.is_set
+        store.leading = self.active.is_set
 
     @property
     def every(self) -> float:
@@ -119,12 +120,17 @@ class Leadership:
         while not stop.is_set():
             self.step(stop)
             stop.wait(self.every)
-        if self.active.is_set():
-            self.step_down("stopping")
-            try:
-                self.store.leases.release(self.name, self.epoch)
-            except ERRORS:
-                pass
+        self.resign()
+
+    def resign(self) -> None:
+        """Give the lease up, if held (a clean stop): a standby takes over at once, not a
+        lease later. A store that does not answer lets it expire instead."""
+        if not self.active.is_set():
+            return
+        epoch = self.epoch
+        self.step_down("stopping")
+        with contextlib.suppress(*ERRORS):
+            self.store.leases.release(self.name, epoch)
 
     def step(self, stop: threading.Event | None = None) -> None:
         """Renew the lease held, or (a standby, not stopping) take one that is free."""

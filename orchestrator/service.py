@@ -11,7 +11,6 @@ so do the tests).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -226,11 +225,8 @@ class Services:
             self._server.should_exit = True
         self.dispatcher.shutdown()
         self.notifier.close()
-        if self.leadership is not None and self.leadership.active.is_set():  # a standby takes over at once
-            epoch = self.leadership.epoch
-            self.leadership.step_down("stopping")
-            with contextlib.suppress(*ERRORS):
-                self.store.leases.release(self.leadership.name, epoch)
+        if self.leadership is not None:
+            self.leadership.resign()
         self.backend.close()
         self.store.close()
 

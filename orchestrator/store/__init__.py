@@ -52,7 +52,8 @@ class Store(Jobs):
         self.search = SearchIndex(self._database)
         self.leases = Leases(self._database)
         self.news: Callable[[Job, Job], Sequence[News]] | None = None
-        self._leading: Callable[[], bool] = lambda: False
+        # whether this dispatcher takes itself for the active one (leadership.py sets it)
+        self.leading: Callable[[], bool] = lambda: False
 
     def _write_news(self, db: Connection, old: Job, new: Job) -> None:
         for news in self.news(old, new) if self.news is not None else ():
@@ -61,7 +62,7 @@ class Store(Jobs):
     def still_active(self) -> bool:
         """Whether this dispatcher takes itself for the active one (leadership.py sets it): a
         write refused meanwhile is then its lease being taken back, worth waiting for."""
-        return self._leading()
+        return self.leading()
 
     def fence_with(self, holder: str | None, epoch: int = 0) -> None:
         """From now on every write checks, in its own transaction, that ``holder`` still holds
