@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator import pythons
 from orchestrator.backends.engine import Engine
-from orchestrator.backends.images import build
+from orchestrator.backends.runner_images import build
 from orchestrator.config import load_config
 from orchestrator.store import Store
 from tests.helpers import GitRepo, WebhookReceiver, write_config

@@ -86,7 +86,7 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
 
     from orchestrator.backends import connect
     from orchestrator.backends.engine import Engine
-    from orchestrator.backends.images import build
+    from orchestrator.backends.runner_images import build
 
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
