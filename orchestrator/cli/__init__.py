@@ -4,7 +4,8 @@
 
 What a user may type is parser.py; the commands that run a process (``run``,
 ``dispatcher``, ``observer``) or prepare one (``image``, ``store``) are processes.py; those
-that act on jobs, here or through a dispatcher's HTTP API, are operations.py.
+that act on jobs, here or through a dispatcher's HTTP API, are operations.py; ``init``, which
+writes a config for a repository, is init.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.cli import operations, processes
+from orchestrator.cli import init, operations, processes
 from orchestrator.cli.parser import parser
 from orchestrator.config import load_config
 from orchestrator.errors import OrchestratorError
@@ -30,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     try:
+        if args.command == "init":  # writes the config: none to load yet
+            return init.cmd_init(args)
         remote = operations.remote(args)
         if remote is not None:  # a dispatcher elsewhere: nothing of a local config is needed
             args.remote = remote

@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
         p = (within or sub).add_parser(name, help=help_, description=help_)
         if name == "quarantine":  # its actions take the options (a default here would undo theirs)
             return p
-        p.add_argument("-c", "--config", default="config.yaml", help="config file (default ./config.yaml)")
+        written = " to write" if name == "init" else ""
+        p.add_argument("-c", "--config", default="config.yaml", help=f"config file{written} (default ./config.yaml)")
         if remote:
             p.add_argument(
                 "--server",
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
             )
         return p
 
+    p = command("init", "write a commented config.yaml for a repository (default: the one here)")
+    p.add_argument("source", nargs="?", default=".", metavar="PATH-OR-URL", help="a repository's folder or URL")
     p = command("run", "observe, dispatch and serve the API in one process")
     p.add_argument("--once", action="store_true", help="test what is new and queued, print a summary, exit")
     q = command("dispatcher", "run the dispatcher and its HTTP API only")
