@@ -20,9 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import Version
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+# packaging is imported where it is used: scripts/setup.sh reads which base each Python falls
+# back to from this module before anything is installed
 
 BASE_REVISION = "r2"  # r2: pip from PyPI, not Debian's python3-pip; a release's extra interpreters are in its own name
 
@@ -53,6 +57,8 @@ class Python:
     @property
     def version(self) -> Version:
         """The language version it implements (PyPy's too)."""
+        from packaging.version import Version
+
         return Version(self.name.removeprefix("pypy"))
 
     @property
@@ -107,6 +113,8 @@ def named(name: str) -> str:
 def allowed_by(requires_python: str | None, offered: Iterable[str] = OFFERED) -> tuple[str, ...]:
     """The offered CPythons a project's ``requires-python`` allows, oldest first; without
     one (or one that allows none, or cannot be read), the default alone."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     if not requires_python:
         return (DEFAULT,)
     try:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The main job on a demo repository: sets up what is missing, creates ./demo-repo with a
-# few commits (one passes, one fails, one cannot be collected, one fixes it), tests each
-# in its own container with config.yaml, and shows the results.
+# The main job on a demo repository: sets up only what the demo runs on (scripts/setup.sh
+# demo says what first), creates ./demo-repo with a few commits (one passes, one fails, one
+# cannot be collected, one fixes it), tests each in its own container with config.yaml, and
+# shows the results and how to see them on the dashboard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+started=$(date +%s)
+scripts/setup.sh demo
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 commit() { git -C demo-repo add -A && git -C demo-repo -c user.name=Demo -c user.email=demo@example.invalid commit -q -m "$1"; }
@@ -40,3 +42,8 @@ python3 -m orchestrator logs "${failing:0:8}" -c config.yaml | tail -n 12
 say "Result files are in ./test_results/demo/<sha>/ (result.json, output.log, junit.xml)"
 ls test_results/demo/*/
 echo "run --once exited $status (1: some commit failed, as this demo intends)" >&2
+say "Done in $(( $(date +%s) - started )) s. To see these results on the dashboard:"
+cat >&2 <<'EOF'
+    orchestrator run -c config.yaml      # then open http://127.0.0.1:8888/ (Ctrl-C to stop)
+  It keeps watching ./demo-repo: commit to it and the new commit is tested within seconds.
+EOF

@@ -1,62 +1,109 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs, idempotent: the package and its test tools, a Docker
-# engine that answers (installed and started if there is none), and the runner image
-# (with its Debian base built locally when no registry can be reached).
+# What a fresh machine needs, idempotent, for one of two uses:
+#
+#   scripts/setup.sh demo   this package without its test tools, a Docker engine that answers,
+#                           and the runner image of the default Python (what demo.sh runs on)
+#   scripts/setup.sh test   all of that, the test tools, Debian's chromium and chromium-driver,
+#                           docker-registry and postgresql, and the Python 3.13 runner image
+#
+# It says what it will install before it installs anything. Where no container registry
+# answers, a runner image's Debian base is built here (debootstrap, as root); that build and
+# the Python packages' install go side by side, as they wait on different servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+use=${1:-test}
+case $use in demo|test) ;; *) echo "usage: scripts/setup.sh demo|test" >&2; exit 2 ;; esac
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+is_root() { [ "$(id -u)" = 0 ]; }
+engine_answers() { timeout 20 docker info >/dev/null 2>&1; }
+has_image() { timeout 20 docker image inspect "$1" >/dev/null 2>&1; }
+python=$(python3 -c 'import sys; print(sys.executable)')
 
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "Installing Debian's chromium and chromium-driver (the dashboard's browser tests)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+# -- what is missing
+debs=()   # wanted first: the engine and the bases need them
+later=()  # the rest, installed while the bases build
+if [ "$use" = test ]; then
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || later+=(chromium chromium-driver)
+  command -v docker-registry >/dev/null 2>&1 || later+=(docker-registry)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || later+=(postgresql)
+fi
+engine_answers || command -v dockerd >/dev/null 2>&1 || debs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || debs+=(debootstrap)
+pythons=(3.11)
+[ "$use" = test ] && pythons+=(3.13)
+images=()
+for version in "${pythons[@]}"; do
+  tag=ci-runner:latest; [ "$version" = 3.11 ] || tag=ci-runner:py$version
+  engine_answers && has_image "$tag" || images+=("$tag")
+done
+extras=""; [ "$use" = test ] && extras="[test]"
+
+say "Setting up for the ${use}: what is missing will be installed"
+[ $((${#debs[@]} + ${#later[@]})) -eq 0 ] || echo "  Debian packages (apt): ${debs[*]} ${later[*]}" >&2
+echo "  Python packages (uv, into $python): this package${extras:+ with its test tools}, editable" >&2
+engine_answers || echo "  a Docker engine: dockerd, started in the background" >&2
+[ ${#images[@]} -eq 0 ] || echo "  runner images: ${images[*]} (each one's Debian base built here if no registry has one)" >&2
+
+apt_install() {
+  [ $# -gt 0 ] || return 0
+  if is_root && command -v apt-get >/dev/null 2>&1; then
+    say "apt-get install $*"
+    [ -n "${apt_updated:-}" ] || { apt-get update -qq; apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   else
-    echo "setup: chromium and chromium-driver are missing; the browser tests will fail without them" >&2
+    echo "setup: missing $*, and only root can install them (apt-get install $*)" >&2
   fi
+}
+apt_install "${debs[@]}"
+
+if ! engine_answers; then
+  say "Starting dockerd"
+  nohup dockerd >/var/log/orchestrator-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do timeout 5 docker info >/dev/null 2>&1 && break; sleep 1; done
+  engine_answers || { echo "setup: the Docker engine does not answer (see /var/log/orchestrator-dockerd.log)" >&2; exit 3; }
 fi
 
-if ! command -v docker-registry >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "Installing Debian's docker-registry (the Swarm tests' registry; not started as a service)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
-  else
-    echo "setup: docker-registry is missing; the Swarm tests will fail without it" >&2
-  fi
+# -- each Python's Debian base, built beside the installs when no registry has one
+bases=()
+if [ ${#images[@]} -gt 0 ]; then
+  for version in "${pythons[@]}"; do
+    # from the source: pythons.py needs nothing installed to say which base it falls back to
+    read -r official fallback release < <(PYTHONPATH=. python3 -c "from orchestrator import pythons as p
+d = p.OFFERED['$version']; print(d.base, d.fallback_base, d.debian)")
+    if ! has_image "$official" && ! has_image "$fallback" && ! timeout 60 docker pull -q "$official" >/dev/null 2>&1; then
+      say "Building the Debian $release base $fallback in the background (no registry has $official)"
+      BASE_NAME=$fallback bash runner_image/bootstrap-base.sh "$fallback" "$release" >"/tmp/orchestrator-base-$release.log" 2>&1 &
+      bases+=("$!:$release")
+    fi
+  done
 fi
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "Installing Debian's postgresql (the PostgreSQL store's tests make a cluster of their own; none is started)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  else
-    echo "setup: postgresql is missing; the PostgreSQL store's tests will fail without it" >&2
-  fi
-fi
-if [ "$(id -u)" = 0 ] && ! id ci-postgres >/dev/null 2>&1; then
+apt_install "${later[@]}"
+if [ "$use" = test ] && is_root && ! id ci-postgres >/dev/null 2>&1; then
   # initdb refuses to run as root: the tests' clusters run as this user
   useradd --system --no-create-home --shell /usr/sbin/nologin ci-postgres
 fi
 
-say "Installing the orchestrator and its test tools (pip)"
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+say "Installing the orchestrator${extras:+ and its test tools} (uv)"
+python3 -c 'import uv' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uv
+python3 -m uv pip install --quiet --python "$python" -e ".$extras"
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi   # pyenv's shims learn the new `orchestrator`
 
-if ! timeout 20 docker info >/dev/null 2>&1; then
-  if ! command -v dockerd >/dev/null 2>&1; then
-    say "No Docker engine: installing Debian's docker.io"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+for base in "${bases[@]}"; do
+  if ! wait "${base%%:*}"; then
+    tail -n 5 "/tmp/orchestrator-base-${base#*:}.log" >&2
+    echo "setup: building the Debian ${base#*:} base failed (the whole log: /tmp/orchestrator-base-${base#*:}.log)" >&2
+    exit 3
   fi
-  if ! timeout 20 docker info >/dev/null 2>&1; then
-    say "Starting dockerd"
-    nohup dockerd >/var/log/orchestrator-dockerd.log 2>&1 &
-    for _ in $(seq 1 60); do timeout 5 docker info >/dev/null 2>&1 && break; sleep 1; done
-  fi
-  timeout 20 docker info >/dev/null 2>&1 || { echo "setup: the Docker engine does not answer (see /var/log/orchestrator-dockerd.log)" >&2; exit 3; }
+done
+
+if [ ${#images[@]} -gt 0 ]; then
+  say "Building the runner images: Python ${pythons[*]}"
+  config=$(mktemp -d)
+  trap 'rm -rf "$config"' EXIT
+  printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
+    "$PWD" "$config" "$config" > "$config/config.yaml"
+  args=(); for version in "${pythons[@]}"; do args+=(--python "$version"); done
+  python3 -m orchestrator image build -c "$config/config.yaml" "${args[@]}"
 fi
-
-say "Building the runner images, Python 3.11 and 3.13 (seconds when nothing changed)"
-config=$(mktemp -d)
-trap 'rm -rf "$config"' EXIT
-printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
-  "$PWD" "$config" "$config" > "$config/config.yaml"
-python3 -m orchestrator image build -c "$config/config.yaml" --python 3.11 --python 3.13
