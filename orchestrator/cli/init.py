@@ -153,11 +153,6 @@ def _heads(listing: str) -> tuple[dict[str, str], str | None]:
     return heads, default
 
 
-def _glob_literal(branch: str) -> str:
-    """A branch name as a glob that matches it alone."""
-    return re.sub(r"([*?\[])", r"[\1]", branch)
-
-
 def _commented(text: str, comment: str) -> str:
     """A line with its comment in the file's one comment column."""
     return f"{text:<{COMMENT_COLUMN}}# {comment}" if len(text) < COMMENT_COLUMN else f"{text}  # {comment}"
@@ -213,8 +208,8 @@ def render(project: Project) -> str:
         "repositories:",
         _commented(f"  - name: {project.name}", "[a-z0-9._-]: in paths and the API"),
         _commented(f"    url: {json.dumps(project.url)}", "a folder, or any URL git can fetch"),
-        _commented(
-            f"    branches: [{json.dumps(_glob_literal(project.branch))}]",
+        _commented(  # a branch name is its own glob: git allows none of *?[ in one
+            f"    branches: [{json.dumps(project.branch)}]",
             f"globs; its other branches: {shown}" if shown else "globs of the branches to test",
         ),
         *_python_lines(project),
