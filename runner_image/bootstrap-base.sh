@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a minimal Debian image with Debian's Python 3 and pip from PyPI, for hosts that
-# reach no container registry: debootstrap fills a root file system from the host's own
-# Debian mirror and `docker import` turns it into an image.
+# reach no container registry: mmdebstrap fills a root file system from the host's own
+# Debian mirror and `docker import` turns it into an image. (mmdebstrap, not debootstrap:
+# it fetches with apt, in parallel, and takes about 40% of debootstrap's time here.)
 #
 #   bootstrap-base.sh TAG [SUITE [INTERPRETER...]]
 #
@@ -16,17 +17,18 @@ suite=${2:-bookworm}
 shift $(( $# < 2 ? $# : 2 ))
 interpreters=("$@")
 
-if ! command -v debootstrap >/dev/null 2>&1; then
+if ! command -v mmdebstrap >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "bootstrap-base: installing debootstrap" >&2
-    apt-get install -y -qq debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+    echo "bootstrap-base: installing mmdebstrap" >&2
+    install=(apt-get install -y -qq --no-install-recommends mmdebstrap)
+    "${install[@]}" >/dev/null 2>&1 || { apt-get update -qq && "${install[@]}" >/dev/null; }
   else
-    echo "bootstrap-base: debootstrap is not installed (apt-get install debootstrap)" >&2
+    echo "bootstrap-base: mmdebstrap is not installed (apt-get install mmdebstrap)" >&2
     exit 1
   fi
 fi
 if [ "$(id -u)" != 0 ]; then
-  echo "bootstrap-base: debootstrap needs root" >&2
+  echo "bootstrap-base: building a Debian base needs root" >&2
   exit 1
 fi
 
@@ -42,15 +44,15 @@ fi
 rootfs=$(mktemp -d "${TMPDIR:-/tmp}/orchestrator-rootfs.XXXXXX")
 trap 'rm -rf "$rootfs"' EXIT
 
-echo "bootstrap-base: debootstrap $suite from ${mirror:-the default mirror} (a few minutes)" >&2
+echo "bootstrap-base: mmdebstrap $suite from ${mirror:-the default mirror} (a minute or so)" >&2
 include=python3,ca-certificates
 for interpreter in "${interpreters[@]}"; do include=$include,$interpreter; done
-# A release newer than this host's debootstrap knows (forky on bookworm) is made by sid's
-# script: every release since buster is, with the same keyring.
-script=/usr/share/debootstrap/scripts/$suite
-[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
-debootstrap --variant=minbase --include="$include" \
-  "$suite" "$rootfs" "${mirror:-http://deb.debian.org/debian}" "$script" >&2
+# Signatures are checked with the host's keyring; the Release file's Valid-Until is not (a
+# snapshot mirror, or a host clock ahead of the mirror's, would refuse every release; the
+# debootstrap this replaced never checked it either).
+mmdebstrap --quiet --mode=root --variant=minbase --include="$include" \
+  --aptopt='Acquire::Check-Valid-Until "false"' \
+  "$suite" "$rootfs" "${mirror:-http://deb.debian.org/debian}" 2>&1 | { grep -v '^W: Download is performed unsandboxed' >&2 || true; }
 
 # pip from PyPI into /usr/local, as in the official python images, not Debian's python3-pip:
 # that one brings Debian's own copies of packaging, setuptools and friends, which pip cannot

@@ -29,12 +29,13 @@ if [ "$use" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || later+=(postgresql)
 fi
 engine_answers || command -v dockerd >/dev/null 2>&1 || debs+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || debs+=(debootstrap)
+command -v mmdebstrap >/dev/null 2>&1 || debs+=(mmdebstrap)
 pythons=(3.11)
-[ "$use" = test ] && pythons+=(3.13)
+[ "$use" = test ] && pythons+=(3.13 3.14 3.15 pypy3.11)   # the suite runs on each
 images=()
 for version in "${pythons[@]}"; do
   tag=ci-runner:latest; [ "$version" = 3.11 ] || tag=ci-runner:py$version
+  [ "$version" = pypy3.11 ] && tag=ci-runner:pypy3.11
   engine_answers && has_image "$tag" || images+=("$tag")
 done
 extras=""; [ "$use" = test ] && extras="[test]"
@@ -64,19 +65,34 @@ if ! engine_answers; then
   engine_answers || { echo "setup: the Docker engine does not answer (see /var/log/orchestrator-dockerd.log)" >&2; exit 3; }
 fi
 
-# -- each Python's Debian base, built beside the installs when no registry has one
+# -- each release's Debian base, built beside the installs when no registry has one
 bases=()
 if [ ${#images[@]} -gt 0 ]; then
-  for version in "${pythons[@]}"; do
-    # from the source: pythons.py needs nothing installed to say which base it falls back to
-    read -r official fallback release < <(PYTHONPATH=. python3 -c "from orchestrator import pythons as p
-d = p.OFFERED['$version']; print(d.base, d.fallback_base, d.debian)")
-    if ! has_image "$official" && ! has_image "$fallback" && ! timeout 60 docker pull -q "$official" >/dev/null 2>&1; then
-      say "Building the Debian $release base $fallback in the background (no registry has $official)"
-      BASE_NAME=$fallback bash runner_image/bootstrap-base.sh "$fallback" "$release" >"/tmp/orchestrator-base-$release.log" 2>&1 &
-      bases+=("$!:$release")
+  # from the source: pythons.py needs nothing installed to say which bases it falls back to
+  # (a line per Debian release: official base or None, local base, release, moving, interpreters)
+  while read -r official fallback release moving interpreters; do
+    if [ "$moving" = True ]; then   # a testing release: pinned by the day it was built
+      [ -n "$(docker images -q --filter "label=orchestrator.base=$fallback")" ] && continue
+      tag=$fallback-$(date -u +%Y%m%d)
+    else
+      has_image "$fallback" && continue
+      tag=$fallback
     fi
-  done
+    if [ "$official" != None ] && { has_image "$official" || timeout 60 docker pull -q "$official" >/dev/null 2>&1; }; then
+      continue
+    fi
+    say "Building the Debian $release base $tag in the background"
+    # shellcheck disable=SC2086 # interpreters: a list of package names
+    BASE_NAME=$fallback bash runner_image/bootstrap-base.sh "$tag" "$release" $interpreters \
+      >"/tmp/orchestrator-base-$release.log" 2>&1 &
+    bases+=("$!:$release")
+  done < <(PYTHONPATH=. python3 -c "from orchestrator import pythons as p
+releases = {}
+for name in '${pythons[*]}'.split():
+    d = p.OFFERED[name]
+    releases.setdefault(d.debian, d)
+for d in releases.values():
+    print(d.base, d.fallback_base, d.debian, d.release.moving, *d.release.interpreters)")
 fi
 
 apt_install "${later[@]}"

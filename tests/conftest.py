@@ -29,18 +29,24 @@ from tests.helpers import GitRepo, WebhookReceiver, write_config
 # Run in parallel (pytest-xdist, scripts/test.sh), each test has its own state_dir and
 # labels, so tests do not see each other; but these modules build environments for a
 # repository named "demo" and expect to find them as they left them (built anew, reused,
-# pruned). They are one unit of work, run one after the other in one worker, while every
-# other module is a unit of its own.
+# pruned). They are one unit of work, run one after the other in one worker; the Swarm's
+# modules are another (the engine's swarm is one per machine). The long tests whose
+# repositories have names of their own (real projects, the Pythons) are a unit each, so that
+# they spread over both workers; every other module is a unit of its own.
 SHARE_ENGINE_IMAGES = (
     "tests/faults/test_hostile_declarations.py",
     "tests/integration/test_environments.py",
+)
+EACH_TEST_A_UNIT = (
     "tests/integration/test_real_projects.py",
+    "tests/integration/test_pythons.py",
 )
 
 
-LONG_FIRST = (  # test_pythons first on its worker: its forky images build while the other worker tests
-    *SHARE_ENGINE_IMAGES,
+LONG_FIRST = (  # so that the two workers end together
+    "tests/integration/test_real_projects.py",
     "tests/integration/test_pythons.py",
+    *SHARE_ENGINE_IMAGES,
     "tests/swarm/",
     "tests/integration/test_bench_smoke.py",
 )
@@ -60,9 +66,11 @@ def pytest_xdist_make_scheduler(config, log):
                 return "share-engine-images"
             if nodeid.startswith("tests/swarm/"):  # one test bed: the engine's swarm is one per machine
                 return "swarm"
+            if nodeid.startswith(EACH_TEST_A_UNIT):
+                return nodeid
             return nodeid.split("::", 1)[0]
 
-    config.option.loadscopereorder = False  # in collection order: the long shared unit starts early
+    config.option.loadscopereorder = False  # in collection order: the long units start early
     return ByModule(config, log)
 
 
