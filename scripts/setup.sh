@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 use=${1:-test}
 case $use in demo|test) ;; *) echo "usage: scripts/setup.sh demo|test" >&2; exit 2 ;; esac
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+started=$SECONDS
+say() { printf '\033[1m==> [%3d s] %s\033[0m\n' $((SECONDS - started)) "$*" >&2; }
 is_root() { [ "$(id -u)" = 0 ]; }
 engine_answers() { timeout 20 docker info >/dev/null 2>&1; }
 has_image() { timeout 20 docker image inspect "$1" >/dev/null 2>&1; }
