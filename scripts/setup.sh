@@ -57,6 +57,14 @@ apt_install() {
     echo "setup: missing $*, and only root can install them (apt-get install $*)" >&2
   fi
 }
+# -- the Python packages, from the start: they wait on PyPI while apt and the bases wait on Debian
+say "Installing the orchestrator${extras:+ and its test tools} (uv), in the background"
+(
+  python3 -c 'import uv' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uv
+  python3 -m uv pip install --quiet --python "$python" -e ".$extras"
+) >/tmp/orchestrator-python.log 2>&1 &
+python_pid=$!
+
 apt_install "${debs[@]}"
 
 if ! engine_answers; then
@@ -102,9 +110,12 @@ if [ "$use" = test ] && is_root && ! id ci-postgres >/dev/null 2>&1; then
   useradd --system --no-create-home --shell /usr/sbin/nologin ci-postgres
 fi
 
-say "Installing the orchestrator${extras:+ and its test tools} (uv)"
-python3 -c 'import uv' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uv
-python3 -m uv pip install --quiet --python "$python" -e ".$extras"
+if ! wait "$python_pid"; then
+  tail -n 5 /tmp/orchestrator-python.log >&2
+  echo "setup: installing the Python packages failed (the whole log: /tmp/orchestrator-python.log)" >&2
+  exit 3
+fi
+say "The orchestrator is installed"
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi   # pyenv's shims learn the new `orchestrator`
 
 for base in "${bases[@]}"; do

@@ -87,10 +87,12 @@ def fill_wheelhouse(folder: Path, say: Say) -> None:
     stamp.write_text(digest + "\n")
 
 
-def context(folder: Path, into: IO[bytes]) -> None:
+def context(folder: Path, into: IO[bytes], interpreter: str = "python3") -> None:
     """The build context as a tar: the Dockerfile, the package's files at the paths it
-    copies them from, and the wheelhouse. Every member's time and owner are fixed, so that an
-    unchanged context is the builder's cache hit wherever the package is installed."""
+    copies them from, the wheelhouse, and the ``interpreter`` the image runs (a file, not a
+    build argument, which would cost the build a step). Every member's time and owner are
+    fixed, so that an unchanged context is the builder's cache hit wherever the package is
+    installed."""
 
     def fixed(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "", ""
@@ -176,29 +178,26 @@ def build(
     """Build the runner image of each Python on ``engine`` (``refresh_base``: the local
     Debian bases too, each release once)."""
     engine.ping()
+    with locked(folder := wheelhouse()):
+        fill_wheelhouse(folder, say)
     built = []
     refreshed: set[str] = set()
-    with tempfile.TemporaryFile() as tar:
-        with locked(folder := wheelhouse()):
-            fill_wheelhouse(folder, say)
-            context(folder, tar)
-        for version in dict.fromkeys(versions):
-            python = pythons.OFFERED[version]
-            wanted = config.runner.base_image if version == pythons.DEFAULT else python.base
-            refresh = refresh_base and python.debian not in refreshed
-            base = ensure_base(engine, wanted, python, say, refresh=refresh)
-            refreshed.add(python.debian)
-            tag = config.runner.image_for(version)
-            say(f"Building {tag} (Python {version}) from {DOCKERFILE} on {base}")
-            tar.seek(0)
-            labels = {"orchestrator.runner": "1", "orchestrator.python": version}
-            built.append(build_image(engine, tar, tag, labels, say, {"BASE_IMAGE": base, "PYTHON": python.command}))
+    for version in dict.fromkeys(versions):
+        python = pythons.OFFERED[version]
+        wanted = config.runner.base_image if version == pythons.DEFAULT else python.base
+        refresh = refresh_base and python.debian not in refreshed
+        base = ensure_base(engine, wanted, python, say, refresh=refresh)
+        refreshed.add(python.debian)
+        tag = config.runner.image_for(version)
+        say(f"Building {tag} (Python {version}) from {DOCKERFILE} on {base}")
+        with tempfile.TemporaryFile() as tar:
+            with locked(folder):
+                context(folder, tar, python.command)
+            built.append(build_image(engine, tar, tag, say, {"BASE_IMAGE": base}))
     return built
 
 
-def build_image(
-    engine: Engine, tar: IO[bytes], tag: str, labels: dict[str, str], say: Say, buildargs: dict[str, str]
-) -> ImageInfo:
+def build_image(engine: Engine, tar: IO[bytes], tag: str, say: Say, buildargs: dict[str, str]) -> ImageInfo:
     """The legacy builder (docker-py's), which needs no BuildKit plug-in. OrchestratorError
     with the builder's reason if a step fails."""
     image_id = None
@@ -213,7 +212,6 @@ def build_image(
                 rm=True,
                 forcerm=True,
                 decode=True,
-                labels=labels,
             ):
                 if "error" in chunk:
                     raise OrchestratorError(f"image build failed: {chunk['error'].strip()}")
