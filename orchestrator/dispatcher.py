@@ -30,7 +30,7 @@ from orchestrator.run.shards import SplitAttempt
 from orchestrator.run.warm import WarmPool, WarmStart
 from orchestrator.schedule import Scheduler
 from orchestrator.sharding import Planner
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 
 log = logging.getLogger("orchestrator.dispatcher")
 
@@ -275,7 +275,7 @@ class Dispatcher:
                     self.step()
                     if until_idle and self.idle():
                         break
-                except ERRORS as exc:  # the store is away: nothing claimed; running attempts wait for it
+                except store_errors() as exc:  # the store is away: nothing claimed; running attempts wait for it
                     log.error("the store does not answer (%s): claiming nothing until it does", exc)
                     stop.wait(store_away.next())
                     continue

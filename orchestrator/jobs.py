@@ -27,7 +27,7 @@ from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL, MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.results import ResultFiles, result_document
 from orchestrator.store import NewCommit, Store
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 
 if TYPE_CHECKING:
     from orchestrator.insight import Insight
@@ -284,7 +284,7 @@ class LocalJobs(Controls):
         try:
             counts = {"queued": self.store.count(JobStatus.QUEUED), "running": self.store.count(JobStatus.RUNNING)}
             controls = self.controls_health()
-        except ERRORS as exc:  # the store is away: say so, with what this process knows without it
+        except store_errors() as exc:  # the store is away: say so, with what this process knows without it
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             return {"status": "degraded", "store": f"unreachable: {reason}", "repositories": repositories, **role}
         return {

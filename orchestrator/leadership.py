@@ -28,7 +28,7 @@ from typing import Any
 
 from orchestrator.errors import NotActive
 from orchestrator.store import Store
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 from orchestrator.store.leases import Lease
 
 log = logging.getLogger("orchestrator.leadership")
@@ -129,7 +129,7 @@ class Leadership:
             return
         epoch = self.epoch
         self.step_down("stopping")
-        with contextlib.suppress(*ERRORS):
+        with contextlib.suppress(*store_errors()):
             self.store.leases.release(self.name, epoch)
 
     def step(self, stop: threading.Event | None = None) -> None:
@@ -157,7 +157,7 @@ class Leadership:
                 self.last = self.store.leases.current()
         except NotActive:
             self.step_down("its store refused a write")
-        except ERRORS as exc:
+        except store_errors() as exc:
             self.store_error = f"the store does not answer: {str(exc).strip().splitlines()[0] if str(exc) else exc}"
             self._healthy_since = None
             log.warning("%s: %s", self.name, self.store_error)

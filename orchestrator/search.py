@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator.models import Job
 from orchestrator.report import Report
 from orchestrator.store import Store
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 from orchestrator.store.search import LOG, MESSAGE, TEST
 
 log = logging.getLogger("orchestrator.search")
@@ -71,7 +71,7 @@ def index(store: Store, job: Job, log_path: Path, report: Report, log_mb: float)
         rows.append((MESSAGE, 0, job.message[:MAX_LINE]))
     try:
         store.search.replace(job.id, job.attempts, job.repository, rows, read)
-    except ERRORS as exc:
+    except store_errors() as exc:
         log.warning("job %s: not indexed for search (%s)", job.id, exc)
 
 

@@ -27,7 +27,7 @@ from orchestrator.leadership import Leadership
 from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
 from orchestrator.store import Store
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 from orchestrator.variants import Variants
 
 if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is built: a command is quick
@@ -240,7 +240,7 @@ class Services:
                 job = self.store.get(job_id)
                 if job is None or job.status.final:
                     workspaces.remove(job_id)
-        except ERRORS + (OSError,) as exc:
+        except store_errors() + (OSError,) as exc:
             log.debug("standby: leftovers not removed yet (%s)", exc)
 
     def serve_api(self) -> None:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.cli import init, operations, processes
+from orchestrator.cli import operations, processes
 from orchestrator.cli.parser import parser
 from orchestrator.config import load_config
 from orchestrator.errors import OrchestratorError
@@ -32,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     try:
         if args.command == "init":  # writes the config: none to load yet
-            return init.cmd_init(args)
+            from orchestrator.cli.init import cmd_init
+
+            return cmd_init(args)
         remote = operations.remote(args)
         if remote is not None:  # a dispatcher elsewhere: nothing of a local config is needed
             args.remote = remote

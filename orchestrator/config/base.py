@@ -27,11 +27,15 @@ def is_size(value: str) -> bool:
     return bool(_MEMORY.match(value))
 
 
-def memory_bytes(value: str) -> int:
-    """Bytes in a size like ``512m`` or ``1g``, as the engine reads it."""
-    from docker.utils import parse_bytes  # here: loading config.yaml should not load docker-py
+_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
-    return int(parse_bytes(value))
+
+def memory_bytes(value: str) -> int:
+    """Bytes in a size like ``512m`` or ``1g`` (``is_size``), as the engine reads it: binary
+    units, a bare number of bytes. Not docker-py's parse_bytes: loading config.yaml would
+    load all of docker-py, a command that never meets the engine included."""
+    unit = value[-1].lower()
+    return int(value[:-1]) * _UNITS[unit] if unit in _UNITS else int(value)
 
 
 def is_loopback(host: str) -> bool:

@@ -23,7 +23,7 @@ from orchestrator.run import steps
 from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.steps import Timings
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 from orchestrator.verdict import Kill, judge
 
 log = logging.getLogger("orchestrator.run")
@@ -123,7 +123,7 @@ def save(
     with timings.measure("history"):  # before the files, so that result.json has its time
         try:
             history.record(ctx.store, done, report, reruns(ctx, done.repository))
-        except ERRORS as exc:  # a store that refuses them costs the history, not the job
+        except store_errors() as exc:  # a store that refuses them costs the history, not the job
             log.warning("job %s: test history not recorded (%s)", done.id, exc)
     built = ctx.environments.log_of(done.repository, done.environment) if ctx.environments else None
     if ctx.store.holder is not None:  # and still, just before the files

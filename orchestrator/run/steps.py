@@ -20,7 +20,7 @@ from orchestrator.faults import crash_point
 from orchestrator.models import Job
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Abandoned
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 from orchestrator.workspace import Workspace, remove_tree
 from runner_image.orchestrator_protocol import ONLY_FILE
 
@@ -97,7 +97,7 @@ def patiently(ctx: Context, write: Callable[[], T]) -> T:
     while True:
         try:
             return write()
-        except ERRORS as exc:
+        except store_errors() as exc:
             log.warning("the store does not answer (%s); trying again", str(exc).strip().splitlines()[0][:200])
         except NotActive:
             if not ctx.store.still_active():

@@ -22,7 +22,7 @@ from orchestrator.errors import ContainerGone, EngineUnavailable
 from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, utcnow
 from orchestrator.run.context import Context
-from orchestrator.store.db import ERRORS
+from orchestrator.store.db import errors as store_errors
 from orchestrator.verdict import Kill
 from runner_image import orchestrator_protocol as protocol
 
@@ -118,7 +118,7 @@ class Watch:
         """Whether a cancel was asked; not while the store is away (the container goes on)."""
         try:
             return self.ctx.store.cancel_requested(self.job.id)
-        except ERRORS:
+        except store_errors():
             return False
 
     def _wait(self, started: datetime) -> tuple[ContainerState, Kill | None]:

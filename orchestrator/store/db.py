@@ -12,6 +12,7 @@ so a new field of a job needs no migration of its own.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -23,15 +24,12 @@ from typing import Any
 Connection = Any  # what a write transaction yields: sqlite3's connection, or postgres.py's
 
 
-def _errors() -> tuple[type[Exception], ...]:
-    try:
-        import psycopg
-    except ImportError:  # the PostgreSQL store's driver is not installed: SQLite's alone
-        return (sqlite3.Error,)
-    return (sqlite3.Error, psycopg.Error)
-
-
-ERRORS = _errors()  # what a store that refuses raises, whichever database is under it
+def errors() -> tuple[type[Exception], ...]:
+    """What a store that refuses raises, whichever database is under it: psycopg's errors
+    only once the PostgreSQL store has loaded it (a process on SQLite never imports it,
+    which would cost every command a third of a second)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
 
 class Database(ABC):
