@@ -50,8 +50,12 @@ for interpreter in "${interpreters[@]}"; do include=$include,$interpreter; done
 # Signatures are checked with the host's keyring; the Release file's Valid-Until is not (a
 # snapshot mirror, or a host clock ahead of the mirror's, would refuse every release; the
 # debootstrap this replaced never checked it either).
+# Documentation, manuals and translations are never unpacked: a smaller tree to import.
 mmdebstrap --quiet --mode=root --variant=minbase --include="$include" \
   --aptopt='Acquire::Check-Valid-Until "false"' \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' \
   "$suite" "$rootfs" "${mirror:-http://deb.debian.org/debian}" 2>&1 | { grep -v '^W: Download is performed unsandboxed' >&2 || true; }
 
 # pip from PyPI into /usr/local, as in the official python images, not Debian's python3-pip:
