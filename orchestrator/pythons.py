@@ -2,7 +2,7 @@
 
 One runner image per Python: the Debian release that ships that interpreter is the base
 (pulled as the official ``python`` image where a registry answers and one exists, else
-built here with debootstrap), and its glibc bounds which compiled wheels an environment may
+built here with mmdebstrap), and its glibc bounds which compiled wheels an environment may
 use. The interpreter is the image's ``python3`` (a release's second Python, or PyPy, is
 linked there), so the entrypoint and pip inside never need to know which one it is.
 

@@ -7,7 +7,7 @@
 #                           docker-registry and postgresql, and the Python 3.13 runner image
 #
 # It says what it will install before it installs anything. Where no container registry
-# answers, a runner image's Debian base is built here (debootstrap, as root); that build and
+# answers, a runner image's Debian base is built here (mmdebstrap, as root); that build and
 # the Python packages' install go side by side, as they wait on different servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,34 +74,37 @@ if ! engine_answers; then
   engine_answers || { echo "setup: the Docker engine does not answer (see /var/log/orchestrator-dockerd.log)" >&2; exit 3; }
 fi
 
-# -- each release's Debian base, built beside the installs when no registry has one
-bases=()
+# -- each release's Debian base, built beside the installs when no registry has one; then
+# its runner images, as soon as it is there (each release's images beside the others')
+declare -A building=() versions_of=()   # base build pid -> release; release -> its Pythons
+ready=()                                  # releases whose images can be built now
 if [ ${#images[@]} -gt 0 ]; then
   # from the source: pythons.py needs nothing installed to say which bases it falls back to
-  # (a line per Debian release: official base or None, local base, release, moving, interpreters)
-  while read -r official fallback release moving interpreters; do
+  # (a line per Debian release: its Pythons, official base or None, local base, moving, interpreters)
+  while read -r release names official fallback moving interpreters; do
+    versions_of[$release]=${names//,/ }
     if [ "$moving" = True ]; then   # a testing release: pinned by the day it was built
-      [ -n "$(docker images -q --filter "label=orchestrator.base=$fallback")" ] && continue
+      [ -n "$(docker images -q --filter "label=orchestrator.base=$fallback")" ] && { ready+=("$release"); continue; }
       tag=$fallback-$(date -u +%Y%m%d)
     else
-      has_image "$fallback" && continue
+      has_image "$fallback" && { ready+=("$release"); continue; }
       tag=$fallback
     fi
     if [ "$official" != None ] && { has_image "$official" || timeout 60 docker pull -q "$official" >/dev/null 2>&1; }; then
-      continue
+      ready+=("$release"); continue
     fi
     say "Building the Debian $release base $tag in the background"
     # shellcheck disable=SC2086 # interpreters: a list of package names
     BASE_NAME=$fallback bash runner_image/bootstrap-base.sh "$tag" "$release" $interpreters \
       >"/tmp/orchestrator-base-$release.log" 2>&1 &
-    bases+=("$!:$release")
+    building[$!]=$release
   done < <(PYTHONPATH=. python3 -c "from orchestrator import pythons as p
 releases = {}
 for name in '${pythons[*]}'.split():
-    d = p.OFFERED[name]
-    releases.setdefault(d.debian, d)
-for d in releases.values():
-    print(d.base, d.fallback_base, d.debian, d.release.moving, *d.release.interpreters)")
+    releases.setdefault(p.OFFERED[name].debian, []).append(name)
+for names in releases.values():
+    d = p.OFFERED[names[0]]
+    print(d.debian, ','.join(names), d.base, d.fallback_base, d.release.moving, *d.release.interpreters)")
 fi
 
 apt_install "${later[@]}"
@@ -118,20 +121,36 @@ fi
 say "The orchestrator is installed"
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi   # pyenv's shims learn the new `orchestrator`
 
-for base in "${bases[@]}"; do
-  if ! wait "${base%%:*}"; then
-    tail -n 5 "/tmp/orchestrator-base-${base#*:}.log" >&2
-    echo "setup: building the Debian ${base#*:} base failed (the whole log: /tmp/orchestrator-base-${base#*:}.log)" >&2
+[ ${#images[@]} -gt 0 ] || exit 0
+config=$(mktemp -d)
+trap 'rm -rf "$config"' EXIT
+printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
+  "$PWD" "$config" "$config" > "$config/config.yaml"
+rm -f /tmp/orchestrator-images-*.log
+declare -A imaging=()   # image build pid -> release
+build_images() {
+  local release=$1 args=()
+  for version in ${versions_of[$release]}; do args+=(--python "$version"); done
+  say "Building the runner images of Python ${versions_of[$release]} (Debian $release)"
+  python3 -m orchestrator image build -c "$config/config.yaml" "${args[@]}" >"/tmp/orchestrator-images-$release.log" 2>&1 &
+  imaging[$!]=$release
+}
+for release in "${ready[@]}"; do build_images "$release"; done
+while [ ${#building[@]} -gt 0 ]; do   # each base as it is done
+  status=0; wait -n -p done "${!building[@]}" || status=$?
+  release=${building[$done]}; unset "building[$done]"
+  if [ $status -ne 0 ]; then
+    tail -n 5 "/tmp/orchestrator-base-$release.log" >&2
+    echo "setup: building the Debian $release base failed (the whole log: /tmp/orchestrator-base-$release.log)" >&2
+    exit 3
+  fi
+  build_images "$release"
+done
+for pid in "${!imaging[@]}"; do
+  if ! wait "$pid"; then
+    tail -n 5 "/tmp/orchestrator-images-${imaging[$pid]}.log" >&2
+    echo "setup: building the runner images failed (the whole log: /tmp/orchestrator-images-${imaging[$pid]}.log)" >&2
     exit 3
   fi
 done
-
-if [ ${#images[@]} -gt 0 ]; then
-  say "Building the runner images: Python ${pythons[*]}"
-  config=$(mktemp -d)
-  trap 'rm -rf "$config"' EXIT
-  printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
-    "$PWD" "$config" "$config" > "$config/config.yaml"
-  args=(); for version in "${pythons[@]}"; do args+=(--python "$version"); done
-  python3 -m orchestrator image build -c "$config/config.yaml" "${args[@]}"
-fi
+say "The runner images are built: $(grep -h '^Built' /tmp/orchestrator-images-*.log | cut -d' ' -f2 | sort | tr '\n' ' ')"

@@ -53,7 +53,7 @@ def resource(name: str) -> bytes:
 
 
 def wheelhouse() -> Path:
-    """The user's cache, not a state_dir: the image is built by whoever may run debootstrap (root,
+    """The user's cache, not a state_dir: the image is built by whoever may build a Debian base (root,
     where no registry answers), and one wheelhouse serves every config of that user."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orchestrator" / "runner-wheelhouse"
 
@@ -99,10 +99,8 @@ def context(folder: Path, into: IO[bytes], interpreter: str = "python3") -> None
         return info
 
     with tarfile.open(fileobj=into, mode="w") as tar:
-        for name, data in (
-            (DOCKERFILE, resource(DOCKERFILE)),
-            *((f"runner_image/{n}", resource(n)) for n in IMAGE_FILES),
-        ):
+        files = [(DOCKERFILE, resource(DOCKERFILE)), *((f"runner_image/{n}", resource(n)) for n in IMAGE_FILES)]
+        for name, data in [*files, ("runner_image/interpreter", interpreter.encode())]:
             info = fixed(tarfile.TarInfo(name))
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -145,14 +143,14 @@ def ensure_base(engine: Engine, base: str | None, python: Python, say: Say, refr
         return fallback
     say(
         f"Building a Debian {python.debian} base image {fallback} (Python {python.name}) with "
-        "bootstrap-base.sh (debootstrap, a minute or more)"
+        "bootstrap-base.sh (mmdebstrap, about a minute)"
     )
     bootstrap(engine, fallback, python)
     return fallback
 
 
 def bootstrap(engine: Engine, tag: str, python: Python) -> None:
-    """Run the package's bootstrap-base.sh, which makes ``tag`` with debootstrap."""
+    """Run the package's bootstrap-base.sh, which makes ``tag`` with mmdebstrap."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-bootstrap-") as scratch:
         script = Path(scratch) / "bootstrap-base.sh"
         script.write_bytes(resource("bootstrap-base.sh"))

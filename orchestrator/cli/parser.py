@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         type=_python_name,
         metavar="VERSION",
-        help="build: also the runner image of this Python (default: the ones the repositories use)",
+        help="build: the runner image of this Python, once per --python, instead of those the repositories use",
     )
     p.add_argument(
         "--refresh-base",

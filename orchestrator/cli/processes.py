@@ -101,11 +101,7 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
             removed = prune(engine, args.repo, keep=max(0, args.keep))
             print("\n".join(removed) or "nothing to prune")
             return 0
-        listed = [repo.pythons_for(None) if repo.python != pythons.AUTO else () for repo in config.repositories]
-        auto = [
-            name for repo in config.repositories if repo.python == pythons.AUTO for name in pythons.allowed_by(">0")
-        ]
-        versions = [pythons.DEFAULT, *(name for names in listed for name in names), *auto, *args.python]
+        versions = args.python or used_pythons(config)
         built = build(
             config, engine, lambda line: console.print(line, markup=False), versions, refresh_base=args.refresh_base
         )
@@ -119,6 +115,15 @@ def cmd_image(config: Config, args: argparse.Namespace) -> int:
         )  # a digest is copied, not read: never cut
     console.print(f"in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def used_pythons(config: Config) -> list[str]:
+    """The runner images a config's jobs may run in: the default Python's, and each one a
+    repository lists (every offered CPython for ``auto``)."""
+    used = [pythons.DEFAULT]
+    for repo in config.repositories:
+        used += pythons.allowed_by(">0") if repo.python == pythons.AUTO else repo.pythons_for(None)
+    return list(dict.fromkeys(used))
 
 
 def cmd_store(config: Config, args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ class RunnerConfig(Strict):
     `py<version>` (`ci-runner:py3.13`)."""
     base_image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")] = str(pythons.OFFERED[pythons.DEFAULT].base)
     """`FROM` of the default (3.11) Python's runner image; where it can be neither found nor pulled, a Debian
-    bookworm base is built here with debootstrap. 3.13's is `python:3.13-slim-trixie`, else trixie built
+    bookworm base is built here with mmdebstrap. 3.13's is `python:3.13-slim-trixie`, else trixie built
     here; 3.14, 3.15 and PyPy's is forky, built here (docs/guide/pythons.md)."""
     parallelism: Annotated[int, Field(ge=1, le=256)] = 2
     """Containers at once."""

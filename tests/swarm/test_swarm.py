@@ -273,7 +273,7 @@ def test_image_build_pushes_the_runner_images_to_the_registry(
 ) -> None:
     orch = swarm_orch
     orch.configure_swarm()
-    built = orch.cli("image", "build", "--python", "3.13", timeout=600)
+    built = orch.cli("image", "build", "--python", "3.11", "--python", "3.13", timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     assert f"pushed as {testbed.registry}/ci-runner@sha256:" in built.stderr
     assert {"latest", "py3.13"} <= set(registry_tags(testbed, "ci-runner"))
