@@ -61,7 +61,10 @@ apt_install() {
 say "Installing the orchestrator${extras:+ and its test tools} (uv), in the background"
 (
   python3 -c 'import uv' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore uv
-  python3 -m uv pip install --quiet --python "$python" -e ".$extras"
+  # compiled now, as pip would: with PYTHONDONTWRITEBYTECODE set (these machines set it) every
+  # process would compile each module it imports, every time (1.8 s of a 2.7 s command here)
+  python3 -m uv pip install --quiet --compile-bytecode --python "$python" -e ".$extras"
+  python3 -m compileall -q -j 0 orchestrator runner_image
 ) >/tmp/orchestrator-python.log 2>&1 &
 python_pid=$!
 
