@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "bisect.json")
     args = parser.parse_args()
-    count = 8 if args.smoke else 32
+    count = 4 if args.smoke else 32  # --smoke: the bisection still has a range of 3 to search
     bad = count // 2 + 1
     work = Path(tempfile.mkdtemp(prefix="orchestrator-bench-bisect-"))
     try:

@@ -19,8 +19,10 @@ TESTS = "".join(
 )
 
 
-def measure(bench: Workloads, run) -> dict:
-    """``run(config) -> seconds`` runs `orchestrator run --once` on a config."""
+def measure(bench: Workloads, run, again: bool = True) -> dict:
+    """``run(config) -> seconds`` runs `orchestrator run --once` on a config; ``again``: each
+    cold build is followed by one of a new fingerprint of the same packages (a smoke run, which
+    only keeps the script working, leaves that second build of the same code out)."""
     commits = bench.sizes.commits
     flat, src = bench.work / "env-flat", bench.work / "env-src"
     for path, layout in ((flat, "flat"), (src, "src")):
@@ -54,6 +56,8 @@ def measure(bench: Workloads, run) -> dict:
         run(config, build=True)
         result = json.loads((_results(config) / sha / "result.json").read_text())
         cold[label] = result["timings"]["environment_s"]
+        if not again:
+            continue
         # a new fingerprint of the same packages on a machine that has built before (its wheels kept)
         _write(path, "src", 1, deps + ', "iniconfig>=1"')
         sha = bench.commit(path, f"{label}, again")

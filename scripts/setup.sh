@@ -130,13 +130,15 @@ trap 'rm -rf "$config"' EXIT
 printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
   "$PWD" "$config" "$config" > "$config/config.yaml"
 rm -f /tmp/orchestrator-images-*.log
-declare -A imaging=()   # image build pid -> release
-build_images() {
-  local release=$1 args=()
-  for version in ${versions_of[$release]}; do args+=(--python "$version"); done
+declare -A imaging=()   # image build pid -> its Python
+build_images() {   # each Python's image beside the others': a build mostly waits on the engine
+  local release=$1
   say "Building the runner images of Python ${versions_of[$release]} (Debian $release)"
-  python3 -m orchestrator image build -c "$config/config.yaml" "${args[@]}" >"/tmp/orchestrator-images-$release.log" 2>&1 &
-  imaging[$!]=$release
+  for version in ${versions_of[$release]}; do
+    python3 -m orchestrator image build -c "$config/config.yaml" --python "$version" \
+      >"/tmp/orchestrator-images-$version.log" 2>&1 &
+    imaging[$!]=$version
+  done
 }
 for release in "${ready[@]}"; do build_images "$release"; done
 while [ ${#building[@]} -gt 0 ]; do   # each base as it is done
@@ -152,7 +154,7 @@ done
 for pid in "${!imaging[@]}"; do
   if ! wait "$pid"; then
     tail -n 5 "/tmp/orchestrator-images-${imaging[$pid]}.log" >&2
-    echo "setup: building the runner images failed (the whole log: /tmp/orchestrator-images-${imaging[$pid]}.log)" >&2
+    echo "setup: building the Python ${imaging[$pid]} runner image failed (the whole log: /tmp/orchestrator-images-${imaging[$pid]}.log)" >&2
     exit 3
   fi
 done

@@ -13,7 +13,7 @@ from tests.helpers import PASSING
 
 pytestmark = pytest.mark.docker
 
-OUTAGE = 30
+OUTAGE = 12  # seconds: several back-off rounds (1, 2, 4, 8 s), and both slow tests end inside it
 
 
 @pytest.fixture

@@ -61,7 +61,14 @@ PROJECTS = [
         "testing",
         tag=True,
     ),
-    Project("more-itertools", "11.2.1", "requirements/testing.txt, flit", ()),
+    Project(  # its recipes' tests alone: 145 tests in 2 s, where the whole suite's 765 take 35 s here
+        "more-itertools",
+        "11.2.1",
+        "requirements/testing.txt, flit",
+        (),
+        {"command": "python -m pytest tests/test_recipes.py"},
+        "tests/test_recipes.py",
+    ),
     Project(
         "exceptiongroup",
         "1.3.2",

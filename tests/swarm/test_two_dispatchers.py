@@ -99,7 +99,9 @@ def test_the_active_paused_steps_down_and_a_postgresql_restart_keeps_the_service
     """The active SIGSTOPped past its lease while two services run: the standby takes over
     and re-adopts them; the paused one, woken, steps down and writes nothing. Then PostgreSQL
     restarted while the new active's services run: it keeps them (the same services, no
-    second attempt), says so in /healthz meanwhile, and the standby does not take over."""
+    second attempt), says so in /healthz meanwhile, the standby does not take over, and a
+    commit pushed after it is tested. (The one-engine run of this was the same dispatcher and
+    attempt code on another backend: this one covers both.)"""
     orch = swarm_orch
     commits(orch, 1, sleep=0)
     started = start_two_dispatchers(orch, postgres.database(), LEASE, runner=_swarm(testbed, parallelism=2))
@@ -119,8 +121,9 @@ def test_the_active_paused_steps_down_and_a_postgresql_restart_keeps_the_service
         lambda: s if len(s := _services_running(engine, orch.instance())) == 2 else None, timeout=180
     )
     away = health_while_the_store_restarts(postgres, second[1], LEASE)
-    results = _passed_once(orch, restarted_through, timeout=240)
-    assert {r["container"] for r in results} == services  # the same services finished them: none started again
+    later = orch.repo.commit("after the restart", {"tests/test_a.py": PASS_SLOWLY.format(n="later")})
+    results = _passed_once(orch, [*restarted_through, later], timeout=240)  # a push after it is tested too
+    assert {r["container"] for r in results[:2]} == services  # the same services finished them: none started again
     assert away["status"] == "degraded" and away["store"].startswith("unreachable"), away
     assert the_active(started) == second  # the standby did not take over while the database was away
     stop_dispatchers(started)
