@@ -177,6 +177,19 @@ class PostgresDatabase(Database):
                 for statement in schema(jobs_table):
                     db._conn.execute(statement)
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            # a job field added since this database was made: its column, as SQLite adds it
+            # (without it every write of a job would fail on a store that existed before)
+            # (only those missing: an ALTER locks the table, which the active dispatcher is using)
+            have = {
+                r[0]
+                for r in db.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = 'jobs'"
+                ).fetchall()
+            }
+            for name, declaration in job_columns:
+                if name not in have:
+                    db._conn.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {ddl(declaration)}")
 
     @contextmanager
     def write(self, fenced: bool = True, direct: bool = False) -> Iterator[_Connection]:

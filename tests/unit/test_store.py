@@ -129,3 +129,23 @@ def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> Non
     assert {f.column for f in FIELDS} | {"cancel_requested"} <= columns
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     db.close()
+
+
+def test_a_job_field_added_later_gets_its_column_on_a_store_that_exists(store_location, monkeypatch) -> None:
+    """A store made before a field was added to FIELDS (store/jobs.py) gains its column when
+    opened, on both databases: without it every write of a job would fail there."""
+    import orchestrator.store as store_module
+
+    old = Store(store_location)
+    old.record_commits("demo", [NewCommit("a" * 40, "before", ("main",))])
+    old.close()
+    added = ("lint_warnings", "INTEGER NOT NULL DEFAULT 0")
+    monkeypatch.setattr(store_module, "ALL_COLUMNS", [*store_module.ALL_COLUMNS, added])
+    reopened = Store(store_location)
+    try:
+        with reopened._database.write() as db:
+            assert db.execute("SELECT lint_warnings FROM jobs").fetchall() == [(0,)]  # the old job, the default
+        reopened.record_commits("demo", [NewCommit("b" * 40, "after", ("main",))])
+        assert reopened.claim_next().commit == "a" * 40
+    finally:
+        reopened.close()
