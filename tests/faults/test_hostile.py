@@ -76,7 +76,10 @@ def test_symlinks_out_of_the_checkout_do_not_reach_the_host(orch, tmp_path) -> N
     owner = victim.stat().st_uid
     orch.repo.path.mkdir(parents=True, exist_ok=True)
     os.symlink(victim, orch.repo.path / "escape")
-    os.symlink("/etc", orch.repo.path / "etc-link")
+    kept = tmp_path / "kept"  # a host folder a link in the checkout points to (not /etc: were
+    kept.mkdir()  # the clean-up to follow it, the test would break the machine it runs on)
+    (kept / "file").write_text("kept")
+    os.symlink(kept, orch.repo.path / "dir-link")
     probe = (
         "import os, pytest\n"
         "def test_link_target_is_not_the_host_file():\n"
@@ -86,7 +89,7 @@ def test_symlinks_out_of_the_checkout_do_not_reach_the_host(orch, tmp_path) -> N
     assert result["status"] == "passed"
     assert victim.read_text() == "untouched" and victim.stat().st_uid == owner
     assert oct(victim.stat().st_mode & 0o777) == "0o600"
-    assert os.path.isdir("/etc/apt") or os.path.isdir("/etc")  # the host's /etc survived the clean-up
+    assert (kept / "file").read_text() == "kept"  # the clean-up removed the link, not what it points to
 
 
 def test_gigabyte_log_flood_is_capped_with_flat_memory(orch) -> None:
