@@ -9,4 +9,4 @@ scripts/setup.sh test
 python3 -m ruff check --quiet .
 python3 -m ruff format --check --quiet .
 python3 -m mypy
-exec python3 -m pytest -q -n 2 --durations=15 tests "$@"   # two workers (tests/conftest.py: what stays one after the other)
+exec python3 -m pytest -q -n 3 --durations=15 tests "$@"   # three workers on two cores: most tests wait on containers (tests/conftest.py: what stays one after the other)

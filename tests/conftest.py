@@ -32,7 +32,7 @@ from tests.helpers import GitRepo, WebhookReceiver, write_config
 # pruned). They are one unit of work, run one after the other in one worker; the Swarm's
 # modules are another (the engine's swarm is one per machine). The long tests whose
 # repositories have names of their own (real projects, the Pythons) are a unit each, so that
-# they spread over both workers; every other module is a unit of its own.
+# they spread over the workers; every other module is a unit of its own.
 SHARE_ENGINE_IMAGES = (
     "tests/faults/test_hostile_declarations.py",
     "tests/integration/test_environments.py",
@@ -43,7 +43,7 @@ EACH_TEST_A_UNIT = (
 )
 
 
-LONG_FIRST = (  # so that the two workers end together
+LONG_FIRST = (  # so that the workers end together
     "tests/integration/test_real_projects.py",
     "tests/integration/test_pythons.py",
     *SHARE_ENGINE_IMAGES,
@@ -53,7 +53,7 @@ LONG_FIRST = (  # so that the two workers end together
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The longest units first, so that two workers end together."""
+    """The longest units first, so that the workers end together."""
     items.sort(key=lambda item: next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), 99))
 
 

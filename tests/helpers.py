@@ -437,8 +437,14 @@ def running_jobs(port: int) -> list[dict]:
     return [j for j in answer.json() if j["status"] == "running" and j["container"]] if answer else []
 
 
-def stop_dispatchers(started) -> None:
-    """SIGTERM to each that still runs; each ends cleanly."""
+def stop_dispatchers(started, settle: float = 30) -> None:
+    """SIGTERM to each that still runs, once none lists a running job (for up to ``settle``
+    seconds); each ends cleanly. A job's result files are written before the store hears of
+    its end: a stop at once after they appear (stop_grace 0) rightly leaves that job to the
+    next start, with its container and checkout, which is not what these tests stop for."""
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline and any(running_jobs(port) for _, port, proc in started if proc.poll() is None):
+        time.sleep(0.2)
     running = [proc for _, _, proc in started if proc.poll() is None]
     for proc in running:
         proc.send_signal(signal.SIGTERM)
