@@ -21,22 +21,22 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config
+from orchestrator.control.jobs import Arrivals, LocalJobs
+from orchestrator.dispatch.leadership import Leadership
 from orchestrator.errors import NotActive, OrchestratorError
-from orchestrator.jobs import Arrivals, LocalJobs
-from orchestrator.leadership import Leadership
-from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
+from orchestrator.observe.mirror import Mirrors
+from orchestrator.results.variants import Variants
 from orchestrator.store import Store
 from orchestrator.store.db import errors as store_errors
-from orchestrator.variants import Variants
 
 if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is built: a command is quick
-    from orchestrator.dispatcher import Dispatcher
+    from orchestrator.dispatch.dispatcher import Dispatcher
     from orchestrator.environment.build import Environments
-    from orchestrator.insight import Insight
-    from orchestrator.metrics import Metrics
-    from orchestrator.observer import Observer
-    from orchestrator.schedule import Clock
+    from orchestrator.observe.observer import Observer
+    from orchestrator.observe.schedule import Clock
+    from orchestrator.results.insight import Insight
+    from orchestrator.results.metrics import Metrics
 
 log = logging.getLogger("orchestrator")
 
@@ -55,15 +55,15 @@ def dispatcher_for(
     the planner, recovery and the schedules, wired to the metrics and the result files
     (``clock``: the schedules' time, a test's own; ``context``: more of the context's
     fields, a test's patience, say)."""
-    from orchestrator.bisection import Bisector
-    from orchestrator.coalesce import Picker
-    from orchestrator.dispatcher import Dispatcher
-    from orchestrator.merge_queue import MergeQueue
-    from orchestrator.results import ResultFiles
+    from orchestrator.dispatch.bisection import Bisector
+    from orchestrator.dispatch.coalesce import Picker
+    from orchestrator.dispatch.dispatcher import Dispatcher
+    from orchestrator.dispatch.merge_queue import MergeQueue
+    from orchestrator.observe.schedule import Scheduler, local_now
+    from orchestrator.results.files import ResultFiles
     from orchestrator.run.context import Context
     from orchestrator.run.recovery import Recovery
-    from orchestrator.schedule import Scheduler, local_now
-    from orchestrator.sharding import Planner
+    from orchestrator.run.sharding import Planner
 
     coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
     results = ResultFiles(config.results_dir)
@@ -80,8 +80,8 @@ def dispatcher_for(
 
     def quarantine_flaky(job: Job) -> None:  # quarantine.auto: a test that flips too often
         if config.quarantine.auto and (job.flaky or (job.tests and (job.tests.failed or job.tests.errors))):
-            from orchestrator import quarantine
-            from orchestrator.history import History
+            from orchestrator.results import quarantine
+            from orchestrator.results.history import History
 
             quarantine.automatic(store, config.quarantine, job, History(store).flaky(job.repository))
 
@@ -124,12 +124,12 @@ def local_jobs(
     arrivals = Arrivals(store, wake, Variants(config, mirrors))
 
     def observer() -> Observer:  # made, and its module loaded, when first used
-        from orchestrator import observer as observing
+        from orchestrator.observe import observer as observing
 
         return observing.Observer(config.repositories, config.poll_interval, mirrors, arrivals)
 
     def insight() -> Insight:
-        from orchestrator import insight as reading
+        from orchestrator.results import insight as reading
 
         return reading.Insight(store, config.named_repository, [r.name for r in config.repositories])
 
@@ -145,8 +145,8 @@ class Services:
         from orchestrator.backends import connect
         from orchestrator.backends.engine import Engine
         from orchestrator.environment.build import Environments, Settings
-        from orchestrator.metrics import Metrics
-        from orchestrator.notify import Notifier
+        from orchestrator.results.metrics import Metrics
+        from orchestrator.results.notify import Notifier
         from orchestrator.workspace import prepare_directories
 
         self.config = config

@@ -229,8 +229,8 @@ class Bed:
 
 def dispatcher(config, store: Store, backend: Backend, **context: object):
     """A dispatcher and its collaborators, as the composition root builds them."""
-    from orchestrator.metrics import Metrics
-    from orchestrator.mirror import Mirrors
+    from orchestrator.observe.mirror import Mirrors
+    from orchestrator.results.metrics import Metrics
     from orchestrator.service import dispatcher_for
 
     return dispatcher_for(
@@ -240,8 +240,8 @@ def dispatcher(config, store: Store, backend: Backend, **context: object):
 
 def observer(config, sink):
     """An observer of ``config``'s repositories that sends to ``sink``."""
-    from orchestrator.mirror import Mirrors
-    from orchestrator.observer import Observer
+    from orchestrator.observe.mirror import Mirrors
+    from orchestrator.observe.observer import Observer
 
     return Observer(config.repositories, config.poll_interval, Mirrors(config.state_dir, config.repositories), sink)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config import load_config
-from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
-from orchestrator.results import ResultFiles
+from orchestrator.results.files import ResultFiles
+from orchestrator.results.metrics import Metrics
 from orchestrator.service import local_jobs
 from orchestrator.store import Store
 

@@ -1,4 +1,6 @@
-"""Runner backends: where a job's container runs (one Docker engine, or a Swarm)."""
+"""Runner backends: where a job's container runs (one Docker engine, or a Swarm).
+
+May import: store, workspace and the ground floor below them (tests/unit/test_architecture.py)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ _ENDED = {"complete", "failed", "rejected", "orphaned", "shutdown", "remove"}
 _WAIT_POLL = 0.25  # the longest pause between two looks at a task
 _FIRST_POLL = 0.03  # the first: a task starts ~0.4 s after its service and ends just after its log
 LIMITS_ENV = protocol.DISK_LIMITS  # runner_image/entrypoint.py reads it
-LABEL_MARKER = "orchestrator.report-marker"  # on the service only, never on its container
+LABEL_MARKER = "orchestrator.results.report-marker"  # on the service only, never on its container
 NODE_CHECK = 2.0  # seconds a node's state is taken as known (the engine takes ~15 s to call a lost node Down)
 
 

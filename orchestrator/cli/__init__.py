@@ -6,7 +6,8 @@ What a user may type is parser.py; the commands that run a process (``run``,
 ``dispatcher``, ``observer``) or prepare one (``image``, ``store``) are processes.py; those
 that act on jobs, here or through a dispatcher's HTTP API, are operations.py; ``init``, which
 writes a config for a repository, is init.py.
-"""
+
+May import: every package (it is the top floor; tests/unit/test_architecture.py)."""
 
 from __future__ import annotations
 

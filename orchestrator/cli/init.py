@@ -24,7 +24,7 @@ from orchestrator import pythons
 from orchestrator.config import NAME_PATTERN, RepositoryConfig, is_local_url
 from orchestrator.environment.needs import BadDeclaration, Needs, detect, requires_python
 from orchestrator.errors import RepositoryError, UsageError
-from orchestrator.mirror import git_reason
+from orchestrator.observe.mirror import git_reason
 
 SHOWN_BRANCHES = 8  # other branches named in a comment
 COMMENT_COLUMN = 36

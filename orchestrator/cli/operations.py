@@ -16,7 +16,7 @@ from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays short
     from orchestrator.backends.base import Backend
-    from orchestrator.jobs import JobRef, Jobs
+    from orchestrator.control.jobs import JobRef, Jobs
 
 
 def remote(args: argparse.Namespace) -> Jobs | None:
@@ -30,7 +30,7 @@ def remote(args: argparse.Namespace) -> Jobs | None:
     server = args.server or (settings.url if settings else None)
     if not server:
         return None
-    from orchestrator.client import DispatcherClient, RemoteJobs
+    from orchestrator.control.client import DispatcherClient, RemoteJobs
 
     return RemoteJobs(DispatcherClient(server, args.token or (settings.api_token if settings else None)))
 
@@ -62,13 +62,13 @@ def _backend(config: Config) -> Backend:
 
 
 def _ref(args: argparse.Namespace) -> JobRef:
-    from orchestrator.jobs import JobRef
+    from orchestrator.control.jobs import JobRef
 
     return JobRef(commit=args.sha, repository=args.repo, python=getattr(args, "python", None))
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.console import print_jobs
+    from orchestrator.cli.console import print_jobs
 
     documents = _jobs(config, args).list_jobs(repository=args.repo, limit=max(1, args.limit))
     if args.json:
@@ -106,7 +106,7 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> int:
             out.write(chunk)
             out.flush()
         return 0
-    from orchestrator.console import TerminalFilter
+    from orchestrator.cli.console import TerminalFilter
 
     safe = TerminalFilter()  # a terminal gets its colours, never its window title or clipboard
     for chunk in stream:
@@ -222,7 +222,7 @@ def cmd_quarantine(config: Config, args: argparse.Namespace) -> int:
 
 def _hit_lines(hit: dict) -> str:
     """A hit, its line marked among its neighbours; what came from the log printed as text."""
-    from orchestrator.console import printable
+    from orchestrator.cli.console import printable
 
     where = f"job {hit['job']} {hit['commit'][:12]} {printable(hit['repository'])}"
     if hit["kind"] != "log":

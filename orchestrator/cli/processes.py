@@ -19,9 +19,9 @@ ONCE_ENGINE_PATIENCE = 120.0  # seconds `run --once` waits for an engine that we
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
-    from orchestrator.console import print_jobs
-    from orchestrator.jobs import JobRef
-    from orchestrator.live_view import live_view
+    from orchestrator.cli.console import print_jobs
+    from orchestrator.cli.live_view import live_view
+    from orchestrator.control.jobs import JobRef
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()
@@ -65,9 +65,9 @@ def cmd_dispatcher(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_observer(config: Config, args: argparse.Namespace) -> int:
-    from orchestrator.client import DispatcherClient
-    from orchestrator.mirror import Mirrors
-    from orchestrator.observer import Observer
+    from orchestrator.control.client import DispatcherClient
+    from orchestrator.observe.mirror import Mirrors
+    from orchestrator.observe.observer import Observer
     from orchestrator.service import stop_on_signals
     from orchestrator.web.guard import observer_key
 

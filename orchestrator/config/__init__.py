@@ -1,6 +1,8 @@
 """config.yaml: one model per section (repository.py, runner.py, sections.py, root.py), each
 field described where it is declared; load.py reads and checks a file, reference.py makes
-the configuration reference page from the descriptions."""
+the configuration reference page from the descriptions.
+
+May import: pythons and errors (tests/unit/test_architecture.py)."""
 
 from orchestrator.config.base import NAME_PATTERN, is_local_url, is_loopback, memory_bytes
 from orchestrator.config.load import ClientSettings, client_settings, load_config

@@ -22,9 +22,9 @@ from orchestrator.backoff import Backoff
 from orchestrator.environment.setup import Setup
 from orchestrator.errors import ContainerGone, EngineUnavailable, NotActive
 from orchestrator.faults import crash_point
-from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, utcnow
-from orchestrator.report import Report
+from orchestrator.results.logcapture import CappedLog
+from orchestrator.results.report import Report
 from orchestrator.run import collect, conclude, steps, warm
 from orchestrator.run.context import Context
 from orchestrator.run.spec import container_spec

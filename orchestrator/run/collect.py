@@ -13,18 +13,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from orchestrator import artifacts, history, quarantine, rerun, search
 from orchestrator.backends.base import ContainerState
 from orchestrator.errors import ResultsUnwritable
 from orchestrator.faults import crash_point
 from orchestrator.models import Job, transition, utcnow
-from orchestrator.report import Report
+from orchestrator.results import artifacts, history, quarantine, rerun, search
+from orchestrator.results.report import Report
+from orchestrator.results.verdict import Kill, judge
 from orchestrator.run import steps
 from orchestrator.run.conclude import os_reason
 from orchestrator.run.context import Context
 from orchestrator.run.steps import Timings
 from orchestrator.store.db import errors as store_errors
-from orchestrator.verdict import Kill, judge
 
 log = logging.getLogger("orchestrator.run")
 

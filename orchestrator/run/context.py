@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from orchestrator.backends.base import Backend
 from orchestrator.config import Config
 from orchestrator.environment.build import Environments
-from orchestrator.mirror import Mirrors
 from orchestrator.models import Job
-from orchestrator.results import ResultFiles
+from orchestrator.observe.mirror import Mirrors
+from orchestrator.results.files import ResultFiles
 from orchestrator.store import Store
 from orchestrator.workspace import Workspaces
 

@@ -25,16 +25,16 @@ from orchestrator.backends.base import ContainerState
 from orchestrator.environment.setup import Setup
 from orchestrator.errors import InfrastructureError, NotActive
 from orchestrator.faults import crash_point
-from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.report import Report, merge
+from orchestrator.results.logcapture import CappedLog
+from orchestrator.results.report import Report, merge
+from orchestrator.results.verdict import judge
 from orchestrator.run import collect, conclude, steps
 from orchestrator.run.context import Context
+from orchestrator.run.sharding import PLAN_FILE, Plan, mismatch, summary, unrun, worst
 from orchestrator.run.spec import Shard as ShardSpec
 from orchestrator.run.spec import container_spec
 from orchestrator.run.watch import Abandoned, Watch
-from orchestrator.sharding import PLAN_FILE, Plan, mismatch, summary, unrun, worst
-from orchestrator.verdict import judge
 from orchestrator.workspace import Workspace, make_output, remove_tree
 
 log = logging.getLogger("orchestrator.run")

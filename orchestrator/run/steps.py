@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from orchestrator import rerun
 from orchestrator.backends.base import ContainerSpec
 from orchestrator.backoff import Backoff
 from orchestrator.environment.setup import Setup, setup
 from orchestrator.errors import EngineUnavailable, ImageMissing, InfrastructureError, NotActive
 from orchestrator.faults import crash_point
 from orchestrator.models import Job
+from orchestrator.results import rerun
 from orchestrator.run.context import Context
 from orchestrator.run.watch import Abandoned
 from orchestrator.store.db import errors as store_errors

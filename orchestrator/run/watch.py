@@ -19,11 +19,11 @@ from orchestrator.backends.base import ContainerState
 from orchestrator.backoff import Backoff
 from orchestrator.config import memory_bytes
 from orchestrator.errors import ContainerGone, EngineUnavailable
-from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, utcnow
+from orchestrator.results.logcapture import CappedLog
+from orchestrator.results.verdict import Kill
 from orchestrator.run.context import Context
 from orchestrator.store.db import errors as store_errors
-from orchestrator.verdict import Kill
 from runner_image import orchestrator_protocol as protocol
 
 log = logging.getLogger("orchestrator.run")

@@ -8,7 +8,8 @@ operator's: ``pauses``, ``quarantine``, ``schedules`` and ``search`` (the logs' 
 ``on_change(old, new)`` is asked, inside the transaction of every saved change of a job,
 what news it makes (webhook deliveries): they are written in that same transaction, so a
 crash between a final status and its webhook loses neither.
-"""
+
+May import: models and errors (tests/unit/test_architecture.py)."""
 
 from __future__ import annotations
 

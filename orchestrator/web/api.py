@@ -18,9 +18,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.backends.base import MAX_REPORT_BYTES
-from orchestrator.jobs import JobRef, LocalJobs
-from orchestrator.metrics import CONTENT_TYPE, Metrics
+from orchestrator.control.jobs import JobRef, LocalJobs
 from orchestrator.models import MANUAL, PUSH, JobStatus, subject_line
+from orchestrator.results.metrics import CONTENT_TYPE, Metrics
 from orchestrator.store import NewCommit
 from orchestrator.workspace import read_regular_file
 

@@ -19,6 +19,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import Config
+from orchestrator.control.jobs import LocalJobs
 from orchestrator.errors import (
     Conflict,
     EngineUnavailable,
@@ -28,8 +29,7 @@ from orchestrator.errors import (
     UnknownRepository,
     UsageError,
 )
-from orchestrator.jobs import LocalJobs
-from orchestrator.metrics import Metrics
+from orchestrator.results.metrics import Metrics
 from orchestrator.web import api, pages
 from orchestrator.web.guard import Guard, observer_key
 from orchestrator.web.live import LiveLogs

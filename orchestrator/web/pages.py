@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from orchestrator.control.jobs import JobRef
 from orchestrator.errors import UsageError
-from orchestrator.jobs import JobRef
 from orchestrator.web.api import Jobs
 from orchestrator.web.charts import Bar, bar_chart, sparkline
 from orchestrator.workspace import read_regular_file

@@ -319,9 +319,9 @@ def test_an_operators_day_quarantine_from_the_job_page_and_search_opens_a_line(o
     """A failing test quarantined from its job's page (the button, a reason at the prompt),
     the job retried green and saying why; then a search across 100 indexed jobs, whose hit
     opens the log at its line; and a paused repository on the dashboard."""
-    from orchestrator import search
     from orchestrator.models import JobStatus, transition, utcnow
-    from orchestrator.report import Report
+    from orchestrator.results import search
+    from orchestrator.results.report import Report
     from orchestrator.store import NewCommit, Store
 
     sha = orch.repo.commit(

@@ -8,7 +8,7 @@ import os
 import resource
 from pathlib import Path
 
-from orchestrator import artifacts
+from orchestrator.results import artifacts
 
 
 def test_links_are_refused_and_sizes_capped(tmp_path: Path, monkeypatch) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bisection import ABANDONED, FLAKY, FOUND, Bisector
-from orchestrator.coalesce import Picker
+from orchestrator.dispatch.bisection import ABANDONED, FLAKY, FOUND, Bisector
+from orchestrator.dispatch.coalesce import Picker
 from orchestrator.models import BISECT_PRIORITY, MANUAL_PRIORITY, Job, JobStatus
 from orchestrator.store import NewCommit, Store
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.console import TerminalFilter
+from orchestrator.cli.console import TerminalFilter
 from orchestrator.models import JobStatus
 from tests.helpers import GitRepo, Web
 
@@ -95,7 +95,7 @@ def test_a_narrow_terminal_keeps_one_line_per_commit_and_cuts_the_subject() -> N
 
     from rich.console import Console
 
-    from orchestrator.console import print_jobs
+    from orchestrator.cli.console import print_jobs
 
     document = {
         "commit": "a" * 40,

@@ -35,7 +35,7 @@ def test_an_attempt_that_escapes_with_its_job_running_is_concluded(tmp_path: Pat
     timer = threading.Timer(20, stop.set)  # bounded, whatever happens
     timer.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="orchestrator.dispatcher"):
+        with caplog.at_level(logging.ERROR, logger="orchestrator.dispatch.dispatcher"):
             dispatcher.run(stop, until_idle=True)
     finally:
         timer.cancel()

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import quarantine, rerun, search
-from orchestrator.coalesce import Picker
 from orchestrator.config import QuarantineConfig, load_config
+from orchestrator.dispatch.coalesce import Picker
 from orchestrator.errors import Conflict, UnknownCommit, UsageError
 from orchestrator.models import MANUAL, PUSH, SCHEDULE, JobStatus, TestCounts, transition, utcnow
-from orchestrator.report import Report
-from orchestrator.schedule import Scheduler
+from orchestrator.observe.schedule import Scheduler
+from orchestrator.results import quarantine, rerun, search
+from orchestrator.results.report import Report
 from orchestrator.store import NewCommit, Store
 from tests.helpers import write_config
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from orchestrator.dispatch.leadership import Leadership
 from orchestrator.errors import NotActive
-from orchestrator.leadership import Leadership
 from orchestrator.store import NewCommit, Store
 
 TTL = 0.5  # seconds

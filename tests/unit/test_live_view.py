@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.live_view import render
+from orchestrator.cli.live_view import render
 from orchestrator.models import JobStatus, utcnow
 from orchestrator.store import NewCommit, Store
 from tests.helpers import GitRepo, write_config

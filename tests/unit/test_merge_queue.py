@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import NotifyConfig, load_config
+from orchestrator.dispatch.merge_queue import MergeQueue
 from orchestrator.errors import MergeRefused, RepositoryError
-from orchestrator.merge_queue import MergeQueue
-from orchestrator.mirror import Mirrors
 from orchestrator.models import JobStatus, utcnow
-from orchestrator.notify import Notifier
+from orchestrator.observe.mirror import Mirrors
+from orchestrator.results.notify import Notifier
 from orchestrator.store import Store
 from tests.helpers import GitRepo, write_config
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from orchestrator.models import JobStatus
-from orchestrator.notify import Notifier
+from orchestrator.results.notify import Notifier
 from tests.helpers import GitRepo, Web, WebhookReceiver
 
 

@@ -210,7 +210,7 @@ def test_a_subject_is_cut_where_it_is_read(world) -> None:
 def test_nothing_is_fetched_while_the_heads_stay_where_they_were_delivered(world, monkeypatch) -> None:
     """The cheap check: the repository's heads are asked first (no objects); only a moved
     head, a new or a deleted branch makes it fetch. Many repositories are polled side by side."""
-    from orchestrator.mirror import Mirror
+    from orchestrator.observe.mirror import Mirror
 
     repo, store, observer = world
     fetched: list[str] = []
@@ -251,7 +251,7 @@ def test_a_repository_on_this_machine_is_looked_at_with_stat_alone_until_it_move
     """The watching loop reads a local repository's refs with stat: no git at all while
     nothing moves; a push is seen at the next look; a poll that failed is tried again after
     its back-off though the refs did not move."""
-    from orchestrator.mirror import Mirror
+    from orchestrator.observe.mirror import Mirror
 
     repo, store, observer = world
     asked: list[str] = []

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import cli, search
+from orchestrator import cli
 from orchestrator.models import JobStatus, transition, utcnow
-from orchestrator.report import Report
+from orchestrator.results import search
+from orchestrator.results.report import Report
 from orchestrator.store import NewCommit, Store
 from orchestrator.store.postgres import translate
 from tests.helpers import write_config

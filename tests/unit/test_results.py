@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import history, verdict
-from orchestrator.logcapture import CappedLog
 from orchestrator.models import Job, JobStatus, TestCounts, transition, utcnow
-from orchestrator.report import Report
-from orchestrator.results import ResultFiles
-from orchestrator.verdict import cause, classify
+from orchestrator.results import history, verdict
+from orchestrator.results.files import ResultFiles
+from orchestrator.results.logcapture import CappedLog
+from orchestrator.results.report import Report
+from orchestrator.results.verdict import cause, classify
 from orchestrator.workspace import read_regular_file, remove_tree
 
 JUNIT = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -204,7 +204,7 @@ def test_a_rotated_copy_keeps_the_head_and_an_honest_count(tmp_path: Path) -> No
 
 
 def test_a_successor_keeps_the_head_a_crashed_process_captured(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("orchestrator.logcapture._NOTE_EVERY", 1024)  # the count is noted every KiB
+    monkeypatch.setattr("orchestrator.results.logcapture._NOTE_EVERY", 1024)  # the count is noted every KiB
     first = CappedLog(tmp_path / "spool", 10_000)
     for line in FLOOD[:2500]:
         first.write(line)

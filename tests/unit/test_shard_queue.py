@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from orchestrator.report import Report
-from orchestrator.sharding import unrun
+from orchestrator.results.report import Report
+from orchestrator.run.sharding import unrun
 from runner_image import orchestrator_protocol as protocol
 from runner_image import orchestrator_shard as plugin
 

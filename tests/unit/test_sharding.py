@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import history
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, LABEL_SHARD, ContainerState, Phase
 from orchestrator.config import load_config
 from orchestrator.models import Job, JobStatus, transition, utcnow
-from orchestrator.report import Report, merge
+from orchestrator.results import history
+from orchestrator.results.report import Report, merge
 from orchestrator.run.recovery import Discard, Requeue, plan
-from orchestrator.sharding import Planner, mismatch, worst
+from orchestrator.run.sharding import Planner, mismatch, worst
 from orchestrator.store import NewCommit, Store
 from runner_image import orchestrator_shard as plugin
 from tests.helpers import write_config
@@ -187,7 +187,7 @@ def test_recovery_never_re_attaches_a_split_attempt() -> None:
 
 
 def test_more_shards_than_slots_is_said_once_at_start(planned, caplog) -> None:
-    with caplog.at_level("WARNING", logger="orchestrator.sharding"):
+    with caplog.at_level("WARNING", logger="orchestrator.run.sharding"):
         planner = planned(8, parallelism=4)
     assert planner.count("demo", free=4) == 4
     assert "demo: shards 8 is more than runner.parallelism 4: its suite is split 4 ways" in caplog.text

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli.console import _commit_rows
 from orchestrator.config import NotifyConfig
-from orchestrator.console import _commit_rows
 from orchestrator.models import JobStatus, TestCounts
-from orchestrator.notify import Notifier
-from orchestrator.results import ResultFiles, result_document
+from orchestrator.results.files import ResultFiles, result_document
+from orchestrator.results.notify import Notifier
+from orchestrator.results.variants import overall
 from orchestrator.store import NewCommit, Store
-from orchestrator.variants import overall
 
 SHA = "a" * 40
 
@@ -119,7 +119,7 @@ def _tested(store: Store, sha: str, outcomes: dict[str, str], seconds: float = 1
 
 
 def test_a_test_failing_on_one_python_only_says_so_and_keeps_a_history_per_python(store: Store) -> None:
-    from orchestrator.history import History
+    from orchestrator.results.history import History
 
     _tested(store, "1" * 40, {"3.11": "passed", "3.13": "passed", "3.14": "failed"})
     ids = _tested(store, "2" * 40, {"3.11": "passed", "3.13": "passed", "3.14": "failed"}, seconds=3.0)
@@ -133,7 +133,7 @@ def test_a_test_failing_on_one_python_only_says_so_and_keeps_a_history_per_pytho
 
 
 def test_flakiness_is_ranked_per_python(store: Store) -> None:
-    from orchestrator.history import History
+    from orchestrator.results.history import History
 
     for i, outcome in enumerate(["passed", "failed", "passed", "failed"]):
         _tested(store, f"{i + 3}" * 40, {"3.11": "passed", "3.14": outcome})

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import history
 from orchestrator.models import Job, JobStatus, TestCounts
-from orchestrator.notify import Notifier
-from orchestrator.report import Report
+from orchestrator.results import history
+from orchestrator.results.notify import Notifier
+from orchestrator.results.report import Report
 from orchestrator.web.charts import COLOURS
 from tests.helpers import GitRepo, Web
 
@@ -400,7 +400,7 @@ def test_a_change_that_lost_a_race_is_a_conflict(web) -> None:
 
 def test_a_test_that_passed_on_re_run_is_flaky_and_ranked(tmp_path: Path, repo: GitRepo) -> None:
     """The report keeps every run; the job passes with ``flaky``; the page ranks by flip rate."""
-    from orchestrator.report import Report
+    from orchestrator.results.report import Report
 
     report = (
         b'<testsuites><testsuite name="pytest" tests="2" failures="1">'
@@ -587,7 +587,7 @@ def test_pause_quarantine_and_search_through_the_api(web) -> None:
     assert "quarantined" in client.get("/flaky").text
     assert client.post("/api/quarantine/remove", json={"test": "tests.test_a::test_x"}).status_code == 200
     assert client.post("/api/quarantine/remove", json={"test": "tests.test_a::test_x"}).status_code == 404
-    from orchestrator import search
+    from orchestrator.results import search
 
     search.index(w.store, job, w.results.path(job, "output.log"), Report(None), 1)
     hits = client.get("/api/search", params={"q": "AssertionError"}).json()

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from orchestrator.models import JobStatus, TestCounts
-from orchestrator.report import Report
+from orchestrator.results.report import Report
 from runner_image import orchestrator_protocol as protocol
 
 if TYPE_CHECKING:

@@ -34,12 +34,12 @@ from collections.abc import Callable, Sequence
 from orchestrator.config import RepositoryConfig
 from orchestrator.errors import InvalidTransition, MergeRefused, OrchestratorError, RepositoryError
 from orchestrator.faults import crash_point
-from orchestrator.mirror import Mirror, Mirrors
 from orchestrator.models import MERGE, Job, JobStatus
+from orchestrator.observe.mirror import Mirror, Mirrors
 from orchestrator.store import NewCommit, Store
 from orchestrator.store.merges import CANCELLED, MERGED, MERGING, QUEUED, REJECTED, TESTING, Merge
 
-log = logging.getLogger("orchestrator.merge_queue")
+log = logging.getLogger("orchestrator.dispatch.merge_queue")
 
 STEP_EVERY = 0.5  # seconds between two looks at the queues
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.models import Job
-from orchestrator.report import Report
+from orchestrator.results.report import Report
 from orchestrator.store import Store
 from orchestrator.store.db import errors as store_errors
 from orchestrator.store.search import LOG, MESSAGE, TEST
 
-log = logging.getLogger("orchestrator.search")
+log = logging.getLogger("orchestrator.results.search")
 
 MAX_LINE = 2000  # characters of a line that are indexed and shown
 MAX_TESTS = 200  # failing tests indexed per job

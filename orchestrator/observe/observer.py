@@ -22,11 +22,11 @@ from typing import Protocol
 from orchestrator.backoff import Backoff
 from orchestrator.config import RepositoryConfig
 from orchestrator.errors import OrchestratorError, RepositoryError
-from orchestrator.mirror import Mirror, Mirrors
 from orchestrator.models import utcnow
+from orchestrator.observe.mirror import Mirror, Mirrors
 from orchestrator.store import NewCommit
 
-log = logging.getLogger("orchestrator.observer")
+log = logging.getLogger("orchestrator.observe.observer")
 
 MAX_BACKOFF = 300.0
 POLLERS = 8  # repositories polled at a time

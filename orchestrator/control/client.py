@@ -14,8 +14,8 @@ from typing import Any
 
 import requests
 
+from orchestrator.control.jobs import Document, JobRef
 from orchestrator.errors import Conflict, DispatcherUnavailable, UnknownCommit, UnknownRepository, UsageError
-from orchestrator.jobs import Document, JobRef
 from orchestrator.models import JobStatus, iso
 from orchestrator.store import NewCommit
 

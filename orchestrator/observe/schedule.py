@@ -25,7 +25,7 @@ from orchestrator.errors import InvalidTransition
 from orchestrator.models import NORMAL_PRIORITY, SCHEDULE, JobStatus, iso
 from orchestrator.store import Store
 
-log = logging.getLogger("orchestrator.schedule")
+log = logging.getLogger("orchestrator.observe.schedule")
 
 Clock = Callable[[], datetime]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.models import Job
-from orchestrator.report import Report, outcome, test_id
+from orchestrator.results.report import Report, outcome, test_id
 from orchestrator.store import Store
 from orchestrator.store.tests import Run
 
@@ -156,7 +156,7 @@ class History:
         which it passed, and that in words ("fails on 3.14 only (passes on 3.11, 3.13)")."""
         if not job.python:
             return {}
-        from orchestrator import variants
+        from orchestrator.results import variants
 
         found = self.store.tests.by_python(job.repository, test_id, job.commit)
         order = [j.python for j in variants.ordered(self.store.of_commit(job.repository, job.commit))]

@@ -120,8 +120,8 @@ def _commit_rows(documents: list[dict[str, Any]]) -> list[tuple[dict[str, Any], 
     """One row per commit, in the order its first job comes: a single Python's job as it
     is; a commit's variants as one (the worst status, tests added up, the longest duration,
     the first failing variant's message), with the variants beside it."""
-    from orchestrator import variants as combine
     from orchestrator.models import JobStatus
+    from orchestrator.results import variants as combine
 
     grouped: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
     for doc in documents:

@@ -75,7 +75,7 @@ def result_document(job: Job, history: Sequence[dict[str, Any]] = ()) -> dict[st
 
 def commit_document(jobs: Sequence[Job]) -> dict[str, Any]:
     """The summary ``result.json`` of a commit's variants: its status and each variant's."""
-    from orchestrator import variants
+    from orchestrator.results import variants
 
     first = jobs[0]
     return {

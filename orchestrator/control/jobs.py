@@ -18,22 +18,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator import pythons, rerun, variants
+from orchestrator import pythons
 from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
-from orchestrator.controls import Controls
+from orchestrator.control.controls import Controls
 from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UsageError
-from orchestrator.mirror import Mirrors
 from orchestrator.models import MANUAL, MANUAL_PRIORITY, Job, JobStatus, iso
-from orchestrator.results import ResultFiles, result_document
+from orchestrator.observe.mirror import Mirrors
+from orchestrator.results import rerun, variants
+from orchestrator.results.files import ResultFiles, result_document
 from orchestrator.store import NewCommit, Store
 from orchestrator.store.db import errors as store_errors
 
 if TYPE_CHECKING:
-    from orchestrator.insight import Insight
-    from orchestrator.observer import Observer
+    from orchestrator.observe.observer import Observer
+    from orchestrator.results.insight import Insight
 
-log = logging.getLogger("orchestrator.jobs")
+log = logging.getLogger("orchestrator.control.jobs")
 
 
 Document = dict[str, Any]
@@ -202,7 +203,7 @@ class LocalJobs(Controls):
         return [m.document() for m in self.store.merges.recent(name, limit)]
 
     def cancel_merge(self, branch: str, repository: str | None = None) -> Document:
-        from orchestrator.merge_queue import cancel
+        from orchestrator.dispatch.merge_queue import cancel
 
         repo = self.repository(repository)
         merge = next((m for m in self.store.merges.open_requests(repo.name) if m.branch == branch), None)
@@ -379,11 +380,11 @@ class LocalJobs(Controls):
 
     def failures(self, ref: JobRef) -> list[dict[str, Any]]:
         """The failing tests, each with its record on the branch (history.py)."""
-        from orchestrator.history import History
+        from orchestrator.results.history import History
 
         job = self.job(ref)
         junit = self.results.report(job) if job.status.final else None
-        from orchestrator.report import Report
+        from orchestrator.results.report import Report
 
         found = Report(junit).failures()
         record = History(self.store)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import quarantine, search
 from orchestrator.errors import Conflict, UnknownCommit, UsageError
 from orchestrator.models import iso
+from orchestrator.results import quarantine, search
 
 if TYPE_CHECKING:
     from orchestrator.config import Config, RepositoryConfig
@@ -81,7 +81,7 @@ class Controls:
 
     def controls_health(self) -> Document:
         """Paused repositories, and each schedule with its next run in the dispatcher's zone."""
-        from orchestrator.schedule import next_runs
+        from orchestrator.observe.schedule import next_runs
 
         return {
             "paused": {p.repository: p.document() for p in self.store.pauses.all().values()},

@@ -33,13 +33,13 @@ from urllib.parse import unquote, urlsplit
 from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus, iso
-from orchestrator.results import commit_document, result_document
+from orchestrator.results.files import commit_document, result_document
 from orchestrator.store import News, Store
 from orchestrator.store.merges import MERGED, REJECTED, Merge
 from orchestrator.store.outbox import Delivery
 from orchestrator.store.quarantine import Entry
 
-log = logging.getLogger("orchestrator.notify")
+log = logging.getLogger("orchestrator.results.notify")
 
 POLL = 0.5  # seconds between looks at the outbox when nothing wakes a sender
 MAX_ANSWER = 4096  # bytes of a receiver's answer that are read (none of it is used)

@@ -26,7 +26,7 @@ from orchestrator.store.bisections import ABANDONED, FLAKY, FOUND, SEARCH, VERIF
 
 __all__ = ["ABANDONED", "FLAKY", "FOUND", "SEARCH", "VERIFY", "Bisection", "Bisector"]
 
-log = logging.getLogger("orchestrator.bisection")
+log = logging.getLogger("orchestrator.dispatch.bisection")
 
 
 class Bisector:

@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 from orchestrator.config import QuarantineConfig
 from orchestrator.errors import UnknownCommit, UsageError
 from orchestrator.models import Job, JobStatus, utcnow
-from orchestrator.report import Report
+from orchestrator.results.report import Report
 from orchestrator.store import Store
 from orchestrator.store.quarantine import Entry
 
-log = logging.getLogger("orchestrator.quarantine")
+log = logging.getLogger("orchestrator.results.quarantine")
 
 MAX_REASON = 500
 AUTO = "auto"  # who added an automatic entry

@@ -31,7 +31,7 @@ from orchestrator.store import Store
 from orchestrator.store.db import errors as store_errors
 from orchestrator.store.leases import Lease
 
-log = logging.getLogger("orchestrator.leadership")
+log = logging.getLogger("orchestrator.dispatch.leadership")
 
 AFTER_OUTAGE = 2  # leases a standby waits, after an outage of the database it saw, before taking an expired lease
 

@@ -15,24 +15,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from orchestrator.backends.base import LABEL_ATTEMPT, LABEL_JOB, ContainerState
 from orchestrator.backoff import Backoff
-from orchestrator.bisection import Bisector
-from orchestrator.coalesce import Picker
 from orchestrator.config import RunnerConfig, memory_bytes
+from orchestrator.dispatch.bisection import Bisector
+from orchestrator.dispatch.coalesce import Picker
+from orchestrator.dispatch.merge_queue import MergeQueue
 from orchestrator.errors import EngineUnavailable
-from orchestrator.merge_queue import MergeQueue
-from orchestrator.metrics import Metrics
 from orchestrator.models import Job, JobStatus
+from orchestrator.observe.schedule import Scheduler
+from orchestrator.results.metrics import Metrics
 from orchestrator.run.attempt import Attempt
 from orchestrator.run.conclude import conclude
 from orchestrator.run.context import Context
 from orchestrator.run.recovery import Recovery
+from orchestrator.run.sharding import Planner
 from orchestrator.run.shards import SplitAttempt
 from orchestrator.run.warm import WarmPool, WarmStart
-from orchestrator.schedule import Scheduler
-from orchestrator.sharding import Planner
 from orchestrator.store.db import errors as store_errors
 
-log = logging.getLogger("orchestrator.dispatcher")
+log = logging.getLogger("orchestrator.dispatch.dispatcher")
 
 IDLE_POLL = 0.05  # how often an idle dispatcher looks for work queued by another process
 WARM_RETRY = 2.0  # after a failed warm start (engine away, say), before the next one

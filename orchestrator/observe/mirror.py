@@ -25,7 +25,7 @@ from orchestrator.models import subject_line
 if TYPE_CHECKING:
     import git
 
-log = logging.getLogger("orchestrator.observer")
+log = logging.getLogger("orchestrator.observe.observer")
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 

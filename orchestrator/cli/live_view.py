@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.console import STYLE, printable
+from orchestrator.cli.console import STYLE, printable
 from orchestrator.models import FINAL_STATUSES, JobStatus, utcnow
 from orchestrator.store import Store
 

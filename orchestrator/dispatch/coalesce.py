@@ -18,7 +18,7 @@ from orchestrator.errors import InvalidTransition
 from orchestrator.models import NORMAL_PRIORITY, PUSH, Job, JobStatus
 from orchestrator.store import Store
 
-log = logging.getLogger("orchestrator.coalesce")
+log = logging.getLogger("orchestrator.dispatch.coalesce")
 
 
 class Picker:

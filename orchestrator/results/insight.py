@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator import trends
 from orchestrator.config import RepositoryConfig
-from orchestrator.history import History
 from orchestrator.models import iso
+from orchestrator.results import trends
+from orchestrator.results.history import History
 from orchestrator.store import Store
 
 Document = dict[str, Any]

@@ -24,11 +24,11 @@ from typing import Any
 
 from orchestrator.config import RepositoryConfig
 from orchestrator.models import JobStatus
-from orchestrator.report import Report
+from orchestrator.results.report import Report
 from orchestrator.store import Store
 from runner_image import orchestrator_protocol as protocol
 
-log = logging.getLogger("orchestrator.sharding")
+log = logging.getLogger("orchestrator.run.sharding")
 
 PLAN_FILE = protocol.SHARD_PLAN  # in the container's /ci-out, where the plugin reads it
 TARGET_SECONDS = 60.0  # what ``auto`` aims one shard's tests at

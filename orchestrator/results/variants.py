@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from orchestrator import pythons
 from orchestrator.config import Config
 from orchestrator.environment.needs import requires_python
-from orchestrator.mirror import Mirrors
 from orchestrator.models import Job, JobStatus
+from orchestrator.observe.mirror import Mirrors
 
 # worst first: the commit's status is the first of these that any variant has
 _WORST_FIRST = (

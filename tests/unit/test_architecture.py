@@ -1,0 +1,82 @@
+"""The package's layers, read from its import statements (every one: at the top, inside
+functions, under TYPE_CHECKING): each package of ``orchestrator/`` imports only the layers
+below it, so imports between packages run one way and there is no circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
+
+# top to bottom: a layer may import those after it, never those before it (nor itself
+# through another). The ground floor (workspace and below) is shared by all.
+LAYERS = (
+    "__main__",
+    "cli",
+    "service",
+    "web",
+    "control",
+    "dispatch",
+    "run",
+    "results",
+    "environment",
+    "observe",
+    "backends",
+    "store",
+    "workspace",
+    "config",
+    "pythons",
+    "models",
+    "backoff",
+    "faults",
+    "errors",
+)
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "orchestrator" and len(parts) > 1 else None
+
+
+def imports_between_layers() -> set[tuple[str, str, str]]:
+    """(importing layer, imported layer, importing file) for every import that crosses a layer."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        here = _layer(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top = node.module == "orchestrator"  # from orchestrator import errors
+                named = [f"{node.module}.{a.name}" for a in node.names] if top else [node.module]
+            elif isinstance(node, ast.Import):
+                named = [a.name for a in node.names]
+            else:
+                continue
+            for module in named:
+                there = _layer(module)
+                if there is not None and there != here:
+                    found.add((str(here), there, str(path.relative_to(PACKAGE.parent))))
+    return found
+
+
+def test_every_package_and_ground_module_has_a_layer() -> None:
+    on_disk = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()}
+    on_disk = {n for n in on_disk if not n.startswith(("_", ".")) or n == "__main__"} - {"__pycache__"}
+    assert on_disk == set(LAYERS), f"not in LAYERS: {on_disk - set(LAYERS)}; gone: {set(LAYERS) - on_disk}"
+
+
+def test_imports_between_packages_run_downwards_only() -> None:
+    upwards = sorted(
+        f"{where}: {here} imports {there}"
+        for here, there, where in imports_between_layers()
+        if LAYERS.index(there) < LAYERS.index(here)
+    )
+    assert not upwards, "imports against the layers:\n" + "\n".join(upwards)
+
+
+def test_the_layers_are_what_the_package_docstrings_say() -> None:
+    """Each package's __init__ says what it owns and what it may import."""
+    for package in (p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()):
+        docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert docstring and len(docstring) > 60, f"{package.name}/__init__.py says nothing of what it owns"
+        assert "May import:" in docstring, f"{package.name}/__init__.py does not say what it may import"
