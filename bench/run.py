@@ -36,9 +36,9 @@ import environments  # noqa: E402
 from workloads import FULL, SMOKE, Workloads, pct, rss, save, serving, sh, wait_http, wait_job  # noqa: E402
 
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.mirror import Mirrors  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, parse_iso, transition, utcnow  # noqa: E402
-from orchestrator.observer import Observer  # noqa: E402
+from orchestrator.observe.mirror import Mirrors  # noqa: E402
+from orchestrator.observe.observer import Observer  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 

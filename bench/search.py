@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import Bench  # noqa: E402
 from workloads import FULL, SMOKE, pct, save, serving, sh  # noqa: E402
 
-from orchestrator import search  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
 from orchestrator.models import JobStatus, TestCounts, iso, transition, utcnow  # noqa: E402
-from orchestrator.report import Report  # noqa: E402
+from orchestrator.results import search  # noqa: E402
+from orchestrator.results.report import Report  # noqa: E402
 from orchestrator.store import NewCommit, Store  # noqa: E402
 
 ERRORS = ("ConnectionResetError", "TimeoutError", "KeyError", "AssertionError", "PermissionError", "OSError")
