@@ -50,7 +50,8 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICKS  # utime stime cutime cstime
 
 
-def measure(work: Path, count: int, poll: float, pushes: int, window: float) -> dict:
+def repositories(work: Path, count: int) -> tuple[list[Path], str]:
+    """``count`` bare repositories of one root commit; and that commit."""
     seed = work / "seed"
     git("init", "-q", "-b", "main", str(seed))
     for key, value in (("user.email", "bench@example.invalid"), ("user.name", "bench")):
@@ -59,10 +60,14 @@ def measure(work: Path, count: int, poll: float, pushes: int, window: float) -> 
     (seed / "tests" / "test_a.py").write_text("def test_a():\n    pass\n")
     git("add", "-A", cwd=seed)
     git("commit", "-q", "-m", "root", cwd=seed)
-    head = git("rev-parse", "HEAD", cwd=seed)
     bares = [work / f"r{i}.git" for i in range(count)]
     for bare in bares:
         git("clone", "-q", "--bare", str(seed), str(bare))
+    return bares, git("rev-parse", "HEAD", cwd=seed)
+
+
+def measure(work: Path, count: int, poll: float, pushes: int, window: float) -> dict:
+    bares, head = repositories(work, count)
     port = free_port()
     config = work / "config.yaml"
     config.write_text(

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -82,6 +83,21 @@ def overhead(bench: Bench, cluster: Cluster, rounds: int) -> dict:
     }
 
 
+def started_by(port: int, sha: str, timeout: float = 120) -> datetime:
+    """When the dispatcher at ``port`` started ``sha``'s job (waited for, up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            jobs = requests.get(f"http://127.0.0.1:{port}/api/jobs", timeout=5).json()
+            started = next((j["started_at"] for j in jobs if j["commit"] == sha and j["started_at"]), None)
+            if started is not None:
+                return parse_iso(started)
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("the standby never started the job")
+
+
 def takeover(bench: Bench, cluster: Cluster, runs: int, lease: float) -> dict:
     """Two dispatchers; the active kill -9ed; a commit pushed at that moment: from the kill to
     that commit's job started by the new active."""
@@ -124,19 +140,7 @@ def takeover(bench: Bench, cluster: Cluster, runs: int, lease: float) -> dict:
             killed_at = utcnow()
             (repo / "tests" / "test_after.py").write_text("def test_after():\n    pass\n")
             sha = bench.commit(repo, "pushed as the active died")
-            port = procs[other][0]
-            deadline = time.monotonic() + 120
-            started = None
-            while time.monotonic() < deadline and started is None:
-                try:
-                    jobs = requests.get(f"http://127.0.0.1:{port}/api/jobs", timeout=5).json()
-                    started = next((j["started_at"] for j in jobs if j["commit"] == sha and j["started_at"]), None)
-                except requests.RequestException:
-                    pass
-                time.sleep(0.05)
-            if started is None:
-                raise TimeoutError("the standby never started the job")
-            times.append((parse_iso(started) - killed_at).total_seconds())
+            times.append((started_by(procs[other][0], sha) - killed_at).total_seconds())
         finally:
             for _, proc in procs.values():
                 proc.send_signal(signal.SIGTERM)

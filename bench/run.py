@@ -339,7 +339,9 @@ def main() -> int:
         result["latency"] = bench.latency()
         result["scale"] = bench.scale()
         result["environments"] = environments.measure(
-            bench, lambda config, build=False: bench.orchestrator("run", "--once", config=config), again=not args.smoke
+            bench,
+            lambda config, build=False: bench.orchestrator("run", "--once", config=config),  # noqa: ARG005 (the others' signature)
+            again=not args.smoke,
         )
     finally:
         environments.remove_images()

@@ -48,6 +48,8 @@ tests directory, 101 when pytest is missing, 102 when the commit could not be in
 The orchestrator reads the verdict from this status, never from the log.
 """
 
+from __future__ import annotations
+
 import base64
 import json
 import os
@@ -59,8 +61,15 @@ import sys
 import threading
 import time
 import traceback
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import orchestrator_protocol as protocol  # beside this file: the contract with the orchestrator
+if TYPE_CHECKING:  # as the host's checks see it
+    import pytest as _pytest
+
+    from runner_image import orchestrator_protocol as protocol
+else:
+    import orchestrator_protocol as protocol  # beside this file: the contract with the orchestrator
 
 WORKSPACE, JUNIT, SITE = protocol.WORKSPACE, protocol.JUNIT, protocol.SITE
 REPORT_OPTIONS = f"--junitxml={JUNIT} -o junit_family=xunit2 -p no:cacheprovider"
@@ -111,7 +120,7 @@ def main() -> int:
     release = os.environ.get(protocol.RELEASE)
     if release:
         try:
-            import pytest  # noqa: F401  (warm the import cache before the job is released)
+            import pytest  # warm the import cache before the job is released
         except ImportError:
             pass
         wait_for_release(release)
@@ -145,7 +154,7 @@ def main() -> int:
     return status
 
 
-def only_tests(pytest):
+def only_tests(pytest: ModuleType) -> object | None:
     """The plugin that keeps only the tests named in ORCHESTRATOR_ONLY's file, or None."""
     path = os.environ.get(protocol.ONLY)
     if not path:
@@ -155,7 +164,7 @@ def only_tests(pytest):
 
     class OnlyTests:
         @pytest.hookimpl(tryfirst=True)  # before a shard takes its share of what is left
-        def pytest_collection_modifyitems(self, session, config, items) -> None:
+        def pytest_collection_modifyitems(self, config: _pytest.Config, items: list[_pytest.Item]) -> None:
             kept = [i for i in items if protocol.test_id_of_node(i.nodeid) in wanted]
             dropped = [i for i in items if protocol.test_id_of_node(i.nodeid) not in wanted]
             if dropped:
@@ -172,7 +181,7 @@ class FailedTests:
     def __init__(self) -> None:
         self.nodeids: dict = {}  # in the order they failed, each once
 
-    def pytest_runtest_logreport(self, report) -> None:
+    def pytest_runtest_logreport(self, report: _pytest.TestReport) -> None:
         if report.failed:
             self.nodeids.setdefault(report.nodeid, None)
 

@@ -39,12 +39,18 @@ import os
 import re
 import statistics
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-try:
-    import orchestrator_protocol as protocol  # in the runner image: beside this file
-except ImportError:  # from the source tree, as the orchestrator's own tests import it
+if TYPE_CHECKING:  # as the host's checks see it
+    import pytest
+
     from runner_image import orchestrator_protocol as protocol
+else:
+    try:
+        import orchestrator_protocol as protocol  # in the runner image: beside this file
+    except ImportError:  # from the source tree, as the orchestrator's own tests import it
+        from runner_image import orchestrator_protocol as protocol
 
 PLAN = f"{protocol.OUTPUT_DIR}/{protocol.SHARD_PLAN}"
 test_id = protocol.test_id_of_node
@@ -141,12 +147,12 @@ class NextUnit:
     the queue then, after the test ran, rather than reserve a unit while the test runs; with
     nothing left it is false, and pytest tears everything down as after a last test."""
 
-    def __init__(self, take):
+    def __init__(self, take: Callable[[], pytest.Item | None]):
         self._take = take
         self._resolved = False
-        self.item = None
+        self.item: pytest.Item | None = None
 
-    def resolve(self):
+    def resolve(self) -> pytest.Item | None:
         if not self._resolved:
             self._resolved = True
             self.item = self._take()
@@ -159,7 +165,7 @@ class NextUnit:
         item = self.resolve()
         return item.listchain() if item is not None else []
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_take", "_resolved", "item"):
             raise AttributeError(name)
         item = self.resolve()
@@ -202,7 +208,7 @@ class Shard:
             int(tries) if tries.isdigit() else 1,
         )
 
-    def pytest_collection_modifyitems(self, session, config, items) -> None:
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         nodeids = [item.nodeid for item in items]
         self.collected = len(nodeids)
         if self.claims is not None:  # every item kept: the run loop takes units from the shared queue
@@ -234,7 +240,7 @@ class Shard:
             },
         )
 
-    def pytest_runtestloop(self, session) -> object:
+    def pytest_runtestloop(self, session: pytest.Session) -> object:
         """pytest's own loop, over the units this shard takes as it goes: the next unit is
         taken only once the current unit's last test has run, when pytest tears it down
         (see ``NextUnit``), so a shard never holds a unit it has not started. None (pytest's
@@ -247,10 +253,10 @@ class Shard:
             return True
         items = list(session.items)
         numbers = self.claims.taken(len(self.queue), again=self.tries > 1)
-        pending: deque = deque()
+        pending: deque[int] = deque()
         ran: set[int] = set()
 
-        def take_next() -> object:
+        def take_next() -> pytest.Item | None:
             for number in numbers:
                 pending.extend(self.queue[number])
                 return items[pending[0]]
@@ -274,7 +280,7 @@ class Shard:
         self._tell_report(session.config, **{protocol.RAN_PROPERTY: str(len(ran))})
         return True
 
-    def _tell_report(self, config, **properties: str) -> None:
+    def _tell_report(self, config: pytest.Config, **properties: str) -> None:
         try:
             from _pytest.junitxml import xml_key
 

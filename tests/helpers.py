@@ -298,7 +298,7 @@ class TestIndex:
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 index.requests.append(f"GET {self.path}")
                 if index.delay and index._closing.wait(index.delay):
                     return
@@ -363,7 +363,7 @@ def start_two_dispatchers(orch, store_url: str, lease: float, beta_runner: dict 
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "run", "--name", name, "--port", str(port), "-c", str(config)],
             stdout=subprocess.DEVNULL,
-            stderr=open(orch.dir / f"{name}.log", "w"),  # noqa: SIM115  (the process holds it; read when a test fails)
+            stderr=open(orch.dir / f"{name}.log", "w"),  # the process holds it; read when a test fails
             text=True,
         )
         orch.processes.append(proc)

@@ -123,13 +123,13 @@ class Backend(ABC):
         bounds how many may wait warm (None: no bound known)."""
         return None
 
-    def prioritise(self, container_id: str) -> None:
+    def prioritise(self, container_id: str) -> None:  # noqa: ARG002 (a default: no warm starts, nothing to do)
         """Give a released warm container the CPU weight of any other (it waited with the
         lowest, so that preparing it never slowed the jobs running). Nothing where there
         are no warm starts."""
         return None
 
-    def publish(self, image: ImageInfo) -> str | None:
+    def publish(self, image: ImageInfo) -> str | None:  # noqa: ARG002 (a default: one engine runs everything)
         """Make a built image reachable by every machine that runs jobs; where it now is
         (None: nothing to do, one engine runs everything). May block for a push."""
         return None

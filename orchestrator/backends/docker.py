@@ -120,7 +120,7 @@ class DockerBackend(Backend):
                 created = api.create_container(**args, host_config=host_config)
         except (NotFound, ImageNotFound):
             raise ImageMissing(f"runner image {spec.image} is missing: run `orchestrator image build`") from None
-        return created["Id"]
+        return str(created["Id"])
 
     def start(self, container_id: str) -> ContainerState:
         with engine_call("start a container"):

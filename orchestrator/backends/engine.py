@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 
 import docker
 import requests
@@ -147,11 +148,18 @@ class Engine:
                 raise
 
 
+class ClosableStream(Protocol):
+    """What docker-py streams a log as (its CancellableStream): chunks, and a close."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
 class Stream:
     """An engine output stream whose errors are EngineUnavailable, and whose connection
     ``close`` ends even when it was never read (a warm container discarded, say)."""
 
-    def __init__(self, stream, what: str):
+    def __init__(self, stream: ClosableStream, what: str):
         self._stream, self._what = stream, what
 
     def __iter__(self) -> Iterator[bytes]:

@@ -82,7 +82,7 @@ def commit(engine: Engine, container: str, runner: ImageInfo, tag: str, labels: 
     repository, _, version = tag.rpartition(":")
     with engine_call("commit an image"):
         committed = engine.api.commit(container, repository=repository, tag=version, changes=changes, pause=False)
-    return committed["Id"]
+    return str(committed["Id"])
 
 
 class LoadRefused(OrchestratorError):
@@ -129,7 +129,7 @@ def load_layer(engine: Engine, base: ImageInfo, layer: Path, diff_id: str, tag: 
     if errors:
         raise LoadRefused(f"the engine did not load the layer: {errors[0]}"[:300])
     with engine_call("inspect an image"):
-        return engine.api.inspect_image(tag)["Id"]
+        return str(engine.api.inspect_image(tag)["Id"])
 
 
 def dpkg_status(engine: Engine, image: str, cache: Path) -> Path:

@@ -14,7 +14,9 @@ import logging
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
+import docker
 import requests
 from docker.errors import APIError, NotFound
 
@@ -40,7 +42,7 @@ class JobImages:
         self.registry = registry
 
     @property
-    def api(self):
+    def api(self) -> docker.APIClient:
         return self.engine.api
 
     def tag_of(self, job: str) -> str:
@@ -104,7 +106,7 @@ class JobImages:
                 digest = chunk.get("aux", {}).get("Digest", digest)
         if digest is None:
             raise RegistryError(f"push to registry {self.registry} gave no digest")
-        return digest
+        return str(digest)
 
     def local_digest(self, job: str) -> str | None:
         """The registry digest of a job image still tagged here (a crash before its service)."""
@@ -160,7 +162,7 @@ def _without_registry(name: str) -> str:
     return rest if rest and ("." in first or ":" in first or first == "localhost") else name
 
 
-def checkout_archive(out, spec: ContainerSpec) -> None:
+def checkout_archive(out: BinaryIO, spec: ContainerSpec) -> None:
     """The checkout as a tar of ``WORKSPACE``, and ``OUTPUT_DIR`` with what the host folder
     holds before the start (a split suite's plan), owned by the container's user."""
     uid, _, gid = spec.user.partition(":")

@@ -136,7 +136,7 @@ def ensure_base(engine: Engine, base: str | None, python: Python, say: Say, refr
         ]
         if pinned and not refresh:
             say(f"Using the local Debian {python.debian} base {pinned[0]}")
-            return pinned[0]
+            return str(pinned[0])
         fallback = f"{fallback}-{time.strftime('%Y%m%d', time.gmtime())}"
     elif exists(engine, fallback) and not refresh:
         say(f"Using the local Debian base {fallback} built earlier by bootstrap-base.sh")

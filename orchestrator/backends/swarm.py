@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 from docker.errors import NotFound
 from docker.types import ContainerSpec as TaskContainer
 from docker.types import DriverConfig, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
@@ -94,7 +95,7 @@ class SwarmBackend(Backend):
         self._node_states: dict[str, tuple[float, bool]] = {}  # node id -> (when asked, down)
 
     @property
-    def api(self):
+    def api(self) -> docker.APIClient:
         return self.manager.api
 
     def ping(self) -> None:
@@ -200,8 +201,8 @@ class SwarmBackend(Backend):
         if LABEL_MARKER not in labels:
             return new_marker()  # no service, or none of ours: no frame can be read
         with self._lock:
-            self._markers[service] = labels[LABEL_MARKER]
-        return labels[LABEL_MARKER]
+            self._markers[service] = marker = str(labels[LABEL_MARKER])
+        return marker
 
     def _without_report(self, service: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The output up to the report's frame; the report is kept for ``report``."""
@@ -302,7 +303,7 @@ class SwarmBackend(Backend):
         self._node_states[node_id] = (time.monotonic(), down)
         return down
 
-    def report(self, container_id: str, output_dir: Path) -> bytes | None:
+    def report(self, container_id: str, output_dir: Path) -> bytes | None:  # noqa: ARG002 (framed in the log, not a file)
         with self._lock:
             if container_id in self._reports:
                 return self._reports.pop(container_id)

@@ -38,8 +38,9 @@ def remote(args: argparse.Namespace) -> Jobs | None:
 def _jobs(config: Config | None, args: argparse.Namespace, create: bool = False) -> Jobs:
     """The jobs of the dispatcher ``remote`` found, else of this machine's state_dir
     (which only ``submit``, ``poll`` and ``merge`` may create)."""
-    if getattr(args, "remote", None) is not None:
-        return args.remote
+    remote: Jobs | None = getattr(args, "remote", None)
+    if remote is not None:
+        return remote
     assert config is not None
     from orchestrator.service import local_jobs
     from orchestrator.store import Store

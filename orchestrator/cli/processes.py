@@ -126,7 +126,7 @@ def used_pythons(config: Config) -> list[str]:
     return list(dict.fromkeys(used))
 
 
-def cmd_store(config: Config, args: argparse.Namespace) -> int:
+def cmd_store(config: Config, args: argparse.Namespace) -> int:  # noqa: ARG001 (the commands' signature)
     from orchestrator.store.migrate import migrate
 
     if config.store.url is None:

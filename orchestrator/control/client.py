@@ -8,7 +8,7 @@ status and says the same thing, wherever the dispatcher is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,21 @@ class DispatcherClient:
             raise DispatcherUnavailable(f"dispatcher refused {method} {path}: {resp.status_code} {detail}")
         return resp
 
+    def document(self, method: str, path: str, **kwargs: Any) -> Document:
+        """The answer, which must be a JSON object (a dispatcher of another version, or a
+        proxy's page, is a clear error, not a KeyError further on)."""
+        answer = _json(self.call(method, path, **kwargs))
+        if not isinstance(answer, dict):
+            raise DispatcherUnavailable(f"dispatcher answered {method} {path} with something other than a JSON object")
+        return answer
+
+    def documents(self, method: str, path: str, **kwargs: Any) -> list[Document]:
+        """The answer, which must be a JSON list of objects."""
+        answer = _json(self.call(method, path, **kwargs))
+        if not isinstance(answer, list) or not all(isinstance(d, dict) for d in answer):
+            raise DispatcherUnavailable(f"dispatcher answered {method} {path} with something other than a JSON list")
+        return answer
+
     def _send(self, base: str, method: str, path: str, stream: bool, **kwargs: Any) -> requests.Response:
         try:
             return self._session.request(method, base + path, timeout=TIMEOUT, stream=stream, **kwargs)
@@ -64,7 +79,8 @@ class DispatcherClient:
     # -- the observer's sink ----------------------------------------------------------------
 
     def heads(self, repository: str) -> dict[str, str] | None:
-        return self.call("GET", f"/api/repositories/{repository}/heads").json()["heads"]
+        heads = self.document("GET", f"/api/repositories/{repository}/heads")["heads"]
+        return dict(heads) if heads is not None else None
 
     def record_commits(
         self, repository: str, commits: list[NewCommit], heads: dict[str, str] | None = None
@@ -74,7 +90,7 @@ class DispatcherClient:
             "commits": [{"sha": c.sha, "subject": c.subject, "branches": list(c.branches)} for c in commits],
             "heads": heads,
         }
-        return self.call("POST", "/api/commits", json=body).json()["created"]
+        return [int(n) for n in self.document("POST", "/api/commits", json=body)["created"]]
 
 
 FINAL = {"passed", "failed", "error", "timed_out", "cancelled", "skipped"}
@@ -87,13 +103,13 @@ class RemoteJobs:
         self.client = client
 
     def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]:
-        answer = self.client.call("POST", "/api/jobs", json={"rev": rev, "repository": repository}).json()
+        answer = self.client.document("POST", "/api/jobs", json={"rev": rev, "repository": repository})
         return answer["job"], answer["created"]
 
     def poll(self, repository: str | None = None) -> int:
         if repository is None:
-            return self.client.call("POST", "/api/poll").json()["queued"]
-        return self.client.call("POST", f"/api/repositories/{repository}/poll").json()["queued"]
+            return int(self.client.document("POST", "/api/poll")["queued"])
+        return int(self.client.document("POST", f"/api/repositories/{repository}/poll")["queued"])
 
     def list_jobs(
         self,
@@ -110,36 +126,34 @@ class RemoteJobs:
             "limit": limit,
             "offset": offset,
         }
-        return self.client.call("GET", "/api/jobs", params={k: v for k, v in params.items() if v is not None}).json()
+        return self.client.documents("GET", "/api/jobs", params={k: v for k, v in params.items() if v is not None})
 
     def show(self, ref: JobRef) -> Document:
-        return self.client.call("GET", f"/api/jobs/{self._id(ref)}").json()
+        return self.client.document("GET", f"/api/jobs/{self._id(ref)}")
 
     def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]:
         params = {"repository": repository, "limit": limit}
-        return self.client.call(
+        return self.client.documents(
             "GET", "/api/bisections", params={k: v for k, v in params.items() if v is not None}
-        ).json()
+        )
 
     def merge(self, branch: str, into: str | None = None, repository: str | None = None) -> tuple[Document, bool]:
         body = {"branch": branch, "into": into, "repository": repository}
-        answer = self.client.call("POST", "/api/merges", json={k: v for k, v in body.items() if v is not None}).json()
+        answer = self.client.document("POST", "/api/merges", json={k: v for k, v in body.items() if v is not None})
         return answer["merge"], answer["changed"]
 
     def merges(self, repository: str | None = None, limit: int = 50) -> list[Document]:
         params = {"repository": repository, "limit": limit}
-        return self.client.call("GET", "/api/merges", params={k: v for k, v in params.items() if v is not None}).json()
+        return self.client.documents("GET", "/api/merges", params={k: v for k, v in params.items() if v is not None})
 
     def cancel_merge(self, branch: str, repository: str | None = None) -> Document:
         body = {"branch": branch, "repository": repository}
-        return self.client.call(
-            "POST", "/api/merges/cancel", json={k: v for k, v in body.items() if v is not None}
-        ).json()
+        return self.client.document("POST", "/api/merges/cancel", json={k: v for k, v in body.items() if v is not None})
 
     def variants(self, ref: JobRef) -> list[Document]:
         if ref.id is not None:
             return [self.show(ref)]
-        return self.client.call("GET", "/api/jobs/variants", params=self._params(ref)).json()
+        return self.client.documents("GET", "/api/jobs/variants", params=self._params(ref))
 
     def retry(self, ref: JobRef, failed: bool = False) -> list[Document]:
         if failed:
@@ -149,43 +163,45 @@ class RemoteJobs:
     # -- an operator's controls (controls.py) ---------------------------------------------
 
     def pause(self, repository: str, reason: str = "", by: str = "cli") -> Document:
-        return self.client.call("POST", f"/api/repositories/{repository}/pause", json={"reason": reason}).json()
+        del by  # the dispatcher records a pause made through its API as by "api"
+        return self.client.document("POST", f"/api/repositories/{repository}/pause", json={"reason": reason})
 
     def resume(self, repository: str) -> Document:
-        return self.client.call("POST", f"/api/repositories/{repository}/resume").json()
+        return self.client.document("POST", f"/api/repositories/{repository}/resume")
 
     def paused(self) -> list[Document]:
-        return self.client.call("GET", "/api/paused").json()
+        return self.client.documents("GET", "/api/paused")
 
     def quarantine_add(
         self, repository: str | None, test_id: str, reason: str, until: datetime | None = None, by: str = "cli"
     ) -> Document:
+        del by  # through the API it is recorded as by "api" (the API takes "api" or "dashboard" only)
         body = {"repository": repository, "test": test_id, "reason": reason, "until": iso(until)}
-        return self.client.call("POST", "/api/quarantine", json={k: v for k, v in body.items() if v}).json()
+        return self.client.document("POST", "/api/quarantine", json={k: v for k, v in body.items() if v})
 
     def quarantine_remove(self, repository: str | None, test_id: str) -> Document:
         body = {"repository": repository, "test": test_id}
-        return self.client.call("POST", "/api/quarantine/remove", json={k: v for k, v in body.items() if v}).json()
+        return self.client.document("POST", "/api/quarantine/remove", json={k: v for k, v in body.items() if v})
 
     def quarantined(self, repository: str | None = None) -> list[Document]:
         params = {"repository": repository} if repository else {}
-        return self.client.call("GET", "/api/quarantine", params=params).json()
+        return self.client.documents("GET", "/api/quarantine", params=params)
 
     def search(
         self, query: str, repository: str | None = None, since: datetime | None = None, limit: int = 50
     ) -> list[Document]:
         params = {"q": query, "repository": repository, "since": iso(since), "limit": limit}
-        return self.client.call("GET", "/api/search", params={k: v for k, v in params.items() if v}).json()
+        return self.client.documents("GET", "/api/search", params={k: v for k, v in params.items() if v})
 
     def cancel(self, ref: JobRef) -> list[Document]:
         return self._each(ref, "cancel", lambda d: d["status"] not in FINAL)
 
-    def _each(self, ref: JobRef, action: str, fits) -> list[Document]:
+    def _each(self, ref: JobRef, action: str, fits: Callable[[Document], bool]) -> list[Document]:
         """``action`` on each job ``ref`` names that ``fits`` (the first one regardless, so
         that the dispatcher's own refusal is what the user reads)."""
         found = self.variants(ref)
         chosen = [d for d in found if fits(d)] or found[:1]
-        return [self.client.call("POST", f"/api/jobs/{d['id']}/{action}").json() for d in chosen]
+        return [self.client.document("POST", f"/api/jobs/{d['id']}/{action}") for d in chosen]
 
     def open_log(
         self, ref: JobRef, follow: bool = True, shard: int | None = None
@@ -205,7 +221,7 @@ class RemoteJobs:
     def _id(self, ref: JobRef) -> int:
         if ref.id is not None:
             return ref.id
-        return self.client.call("GET", "/api/jobs/find", params=self._params(ref)).json()["id"]
+        return int(self.client.document("GET", "/api/jobs/find", params=self._params(ref))["id"])
 
     @staticmethod
     def _params(ref: JobRef) -> dict[str, str]:
@@ -214,3 +230,10 @@ class RemoteJobs:
             **({"repository": ref.repository} if ref.repository else {}),
             **({"python": ref.python} if ref.python else {}),
         }
+
+
+def _json(resp: requests.Response) -> object:
+    try:
+        return resp.json()
+    except ValueError:
+        return None

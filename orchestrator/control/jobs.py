@@ -98,7 +98,7 @@ class Arrivals:
         self,
         store: Store,
         wake: Callable[[], None] = lambda: None,
-        variants: Callable[[str, str], tuple[str, ...]] = lambda repository, sha: ("",),
+        variants: Callable[[str, str], tuple[str, ...]] = lambda _repository, _sha: ("",),
     ):
         """``variants(repository, sha)``: the Pythons a commit runs on (variants.py)."""
         self.store, self.wake, self.variants = store, wake, variants
@@ -438,13 +438,13 @@ def _offered(python: str | None) -> str | None:
         raise UsageError(str(exc)) from None
 
 
-def _file(path) -> Iterator[bytes]:
+def _file(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while block := fh.read(1 << 16):
             yield block
 
 
-def _live(stream: Iterator[bytes], saved) -> Iterator[bytes]:
+def _live(stream: Iterator[bytes], saved: Path) -> Iterator[bytes]:
     """Follow the container; if it is already gone (finished and removed), the saved log."""
     sent = False
     try:

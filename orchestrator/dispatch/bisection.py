@@ -35,7 +35,7 @@ class Bisector:
         store: Store,
         coalescing: frozenset[str],
         first_parent: Callable[[str, str, str], list[str]],
-        named: Callable[[Job, Bisection], None] = lambda job, b: None,
+        named: Callable[[Job, Bisection], None] = lambda _job, _bisection: None,
     ):
         """``first_parent(repository, good, bad)``: the commits between (mirror.py);
         ``named(job, bisection)``: told when a bisection ends with a culprit."""

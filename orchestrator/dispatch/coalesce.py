@@ -25,7 +25,7 @@ class Picker:
     """Which queued job runs next (the store is the queue): ``pick`` it (without taking it:
     for a warm start), ``claim`` it."""
 
-    def __init__(self, store: Store, coalescing: frozenset[str], skipped: Callable[[Job], None] = lambda job: None):
+    def __init__(self, store: Store, coalescing: frozenset[str], skipped: Callable[[Job], None] = lambda _job: None):
         self.store = store
         self.coalescing = coalescing
         self.skipped = skipped  # told of each job ended skipped (its result files are written)

@@ -89,13 +89,7 @@ class Dispatcher:
 
     def step(self) -> None:
         """Collect finished attempts, then start queued jobs while slots are free."""
-        ended = [(j, f) for j, f in self._active.items() if f.done()]
-        for job_id, future in ended:
-            del self._active[job_id]
-            self._settle(job_id, future)
-        self._slots = {job_id: n for job_id, n in self._slots.items() if job_id in self._active}
-        if self._warm.failed():  # those jobs are still queued: try again later
-            self._warm_after = time.monotonic() + WARM_RETRY
+        ended = self._collect_ended()
         if time.monotonic() < self._engine_retry_at or not self._engine_answers():
             return
         self.bisector.advance()
@@ -103,24 +97,40 @@ class Dispatcher:
             self.scheduler.tick()
         if self.merge_queue is not None and ended:
             self.merge_queue.poke()  # a candidate that passed is pushed at once
+        self._fill_slots()
+        while not self._free_slots() and len(self._warm) < self._depth() and not self.ctx.abandon.is_set():
+            if not self._start_warm():
+                break
+
+    def _collect_ended(self) -> bool:
+        """Settle the attempts that ended, freeing their slots; whether any had."""
+        ended = [(j, f) for j, f in self._active.items() if f.done()]
+        for job_id, future in ended:
+            del self._active[job_id]
+            self._settle(job_id, future)
+        self._slots = {job_id: n for job_id, n in self._slots.items() if job_id in self._active}
+        if self._warm.failed():  # those jobs are still queued: try again later
+            self._warm_after = time.monotonic() + WARM_RETRY
+        return bool(ended)
+
+    def _fill_slots(self) -> None:
+        """Start queued jobs, warm ones first in queue order, while slots are free; a split
+        suite that needs more slots than are free waits for them, and nothing overtakes it."""
         while self._free_slots() and not self.ctx.abandon.is_set():
             if len(self._warm):  # in queue order, before any job that was not started warm
                 self._release_warm()
                 continue
             job = self.picker.pick(besides=self._warm.job_ids)
             if job is None:
-                break
+                return
             count = self.planner.count(job.repository, self._free(), job.python)
             if job.rerun:  # only the failed tests: on as many shards as had failures
                 count = min(count, int(job.rerun.get("shards") or 1))
             if count > self._free():
-                break  # a split suite waits for its slots, and nothing overtakes it
+                return
             claimed = self.picker.claim(job, self._warm.job_ids)
             if claimed is not None:
                 self._submit(claimed, None, count)
-        while not self._free_slots() and len(self._warm) < self._depth() and not self.ctx.abandon.is_set():
-            if not self._start_warm():
-                break
 
     def _settle(self, job_id: int, future: Future[Job]) -> None:
         """An attempt has ended: whatever escaped it is logged, and a job it left
@@ -134,7 +144,7 @@ class Dispatcher:
             log.error("job %s: its attempt ended and left it running; concluding it", job_id)
             try:
                 conclude(self.ctx, job, "internal error: the attempt ended without concluding the job")
-            except Exception:  # noqa: BLE001  (the next start's recovery re-queues it)
+            except Exception:  # the next start's recovery re-queues it
                 log.exception("job %s: could not be concluded", job_id)
 
     def _free_slots(self) -> bool:

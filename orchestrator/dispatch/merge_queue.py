@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from orchestrator.config import RepositoryConfig
+from orchestrator.config import MergeQueueConfig, RepositoryConfig
 from orchestrator.errors import InvalidTransition, MergeRefused, OrchestratorError, RepositoryError
 from orchestrator.faults import crash_point
 from orchestrator.models import MERGE, Job, JobStatus
@@ -51,7 +51,7 @@ class MergeQueue:
         repositories: Sequence[RepositoryConfig],
         mirrors: Mirrors,
         record: Callable[[str, list[NewCommit]], list[int]],
-        ended: Callable[[Merge], None] = lambda merge: None,
+        ended: Callable[[Merge], None] = lambda _merge: None,
     ):
         """``record(repository, commits)``: queue the candidates' jobs (jobs.Arrivals, which
         gives each its Pythons); ``ended``: a request merged or rejected (its webhook)."""
@@ -93,7 +93,7 @@ class MergeQueue:
         while not self._closing.is_set():
             try:
                 self.advance(force=True)
-            except Exception:  # noqa: BLE001  (a step that failed is taken again; the loop must not end)
+            except Exception:  # a step that failed is taken again; the loop must not end
                 log.exception("merge queue: a step failed")
             self._poked.wait(STEP_EVERY)
             self._poked.clear()
@@ -154,17 +154,9 @@ class MergeQueue:
         assert queue is not None
         mirror = self.mirrors[repo.name]
         url = queue.push_url or repo.url
-        target = mirror.head_of(url, queue.target)
-        requests = self.store.merges.open_requests(repo.name)
+        target = self._target(repo.name, queue, mirror, url)
         if target is None:
-            for merge in requests:
-                if merge.state != MERGING:
-                    self._reject(merge, f"the target branch {queue.target} does not exist")
             return
-        if not mirror.has_commit(target):  # moved since the observer's last fetch
-            mirror.fetch()
-        for merge in [m for m in requests if m.state == MERGING]:  # a push made, or about to be, when we stopped
-            target = self._settle_push(mirror, url, queue.target, merge, target)
         expected, testing = target, 0
         for merge in self.store.merges.open_requests(repo.name):
             if testing >= queue.depth:
@@ -175,36 +167,17 @@ class MergeQueue:
                     # running, or ended behind the head: a failure there may be the fault of a
                     # request ahead; it counts once everything ahead merged (it is the head)
                     expected, testing = merge.candidate, testing + 1
-                    continue
-                if verdict:  # the head passed: the target moves to it
+                elif verdict:  # the head passed: the target moves to it
                     moved = self._push(mirror, url, queue.target, merge)
                     if moved is None:
                         return  # the target moved meanwhile: the next step makes every candidate again
                     expected = target = moved
-                    continue
-                self._reject(merge, why)
+                else:
+                    self._reject(merge, why)
                 continue
-            if not mirror.has_commit(merge.sha):
-                mirror.fetch()
-                if not mirror.has_commit(merge.sha):  # force-pushed away: nothing left to merge
-                    self._reject(merge, f"its commit {merge.sha[:12]} is no longer in the repository")
-                    continue
-            if merge.state == TESTING:  # made on a base that is gone: made again
-                self._drop_job(merge)
-            try:
-                candidate = mirror.candidate(
-                    expected,
-                    merge.sha,
-                    queue.strategy,
-                    f"Merge branch '{merge.branch}' into {queue.target}",
-                    (queue.committer_name, queue.committer_email),
-                )
-            except MergeRefused as exc:
-                self._reject(merge, str(exc).replace("the target", queue.target))
-                continue
-            except RepositoryError as exc:  # the request's own commits git will not build on (a bad ident, say):
-                self._reject(merge, f"its candidate could not be made: {exc}")  # never a queue stuck behind it
-                continue
+            candidate = self._candidate(queue, mirror, merge, expected)
+            if candidate is None:
+                continue  # refused, and said why
             job = self._job_of(repo.name, candidate, mirror)
             tested = self.store.merges.move(merge, TESTING, base=expected, candidate=candidate, job_id=job.id)
             if tested is None:
@@ -218,6 +191,46 @@ class MergeQueue:
                 job.id,
             )
             expected, testing = candidate, testing + 1
+
+    def _target(self, repository: str, queue: MergeQueueConfig, mirror: Mirror, url: str) -> str | None:
+        """Where the target branch is now, a push left half-done when we stopped settled
+        first; None (and every waiting request refused) where the branch does not exist."""
+        target = mirror.head_of(url, queue.target)
+        requests = self.store.merges.open_requests(repository)
+        if target is None:
+            for merge in requests:
+                if merge.state != MERGING:
+                    self._reject(merge, f"the target branch {queue.target} does not exist")
+            return None
+        if not mirror.has_commit(target):  # moved since the observer's last fetch
+            mirror.fetch()
+        for merge in [m for m in requests if m.state == MERGING]:  # a push made, or about to be, when we stopped
+            target = self._settle_push(mirror, url, queue.target, merge, target)
+        return target
+
+    def _candidate(self, queue: MergeQueueConfig, mirror: Mirror, merge: Merge, base: str) -> str | None:
+        """The request's candidate made on ``base`` (one made on a base that is gone is
+        dropped first); None where it cannot be made, the request refused saying why."""
+        if not mirror.has_commit(merge.sha):
+            mirror.fetch()
+            if not mirror.has_commit(merge.sha):  # force-pushed away: nothing left to merge
+                self._reject(merge, f"its commit {merge.sha[:12]} is no longer in the repository")
+                return None
+        if merge.state == TESTING:  # made on a base that is gone: made again
+            self._drop_job(merge)
+        try:
+            return mirror.candidate(
+                base,
+                merge.sha,
+                queue.strategy,
+                f"Merge branch '{merge.branch}' into {queue.target}",
+                (queue.committer_name, queue.committer_email),
+            )
+        except MergeRefused as exc:
+            self._reject(merge, str(exc).replace("the target", queue.target))
+        except RepositoryError as exc:  # the request's own commits git will not build on (a bad ident, say):
+            self._reject(merge, f"its candidate could not be made: {exc}")  # never a queue stuck behind it
+        return None
 
     def _verdict(self, merge: Merge) -> tuple[bool | None, str]:
         """Whether the candidate's jobs (one per Python) passed: None while one has not ended."""

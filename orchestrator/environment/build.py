@@ -124,7 +124,7 @@ class Environments:
         state_dir: Path,
         engine: Engine,
         settings: Settings,
-        publish: Callable[[ImageInfo], str | None] = lambda image: None,
+        publish: Callable[[ImageInfo], str | None] = lambda _image: None,
     ):
         """``publish`` makes a new environment image reachable by every machine that runs
         jobs (Backend.publish: a Swarm's registry)."""
@@ -146,7 +146,7 @@ class Environments:
         needs: Needs,
         runner: ImageInfo,
         python: str,
-        on_build: Callable[[str], None] = lambda stage: None,
+        on_build: Callable[[str], None] = lambda _stage: None,
     ) -> Environment:
         """The environment image for ``needs``: found, or built now (once, however many
         jobs ask for it at the same time; ``on_build`` is told each stage of the build, in

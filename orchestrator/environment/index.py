@@ -237,7 +237,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection, the end of the body is the end of it
     timeout = 60
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+    def do_GET(self) -> None:  # http.server's name
         path = self.path.split("?", 1)[0]
         if found := _PROJECT.match(path):
             status, body = self.owner.page(int(found.group(1)), found.group(2))
@@ -255,7 +255,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._answer(404, b"", "text/plain")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         """uv asks a file's head first (to read a wheel's metadata by ranges): answered
         from here, without going upstream, and with no ranges offered, so it fetches the
         file whole."""
@@ -315,7 +315,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

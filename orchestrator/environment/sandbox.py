@@ -229,7 +229,7 @@ class Sandbox:
                 data = self.engine.api.logs(container, stdout=True, stderr=True, stream=False)
         except NotFound:
             data = b""
-        text = data[-MAX_LOG:].decode("utf-8", "replace")
+        text: str = data[-MAX_LOG:].decode("utf-8", "replace")
         out.write(text)
         out.flush()
         return text

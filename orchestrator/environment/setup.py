@@ -31,7 +31,7 @@ def setup(
     repository: str,
     src: Path,
     version: str | None,
-    on_build: Callable[[str], None] = lambda stage: None,
+    on_build: Callable[[str], None] = lambda _stage: None,
     python: str = "",
 ) -> Setup:
     """The image and variables for the checkout at ``src`` of ``repository``; ``version``

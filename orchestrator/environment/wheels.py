@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("orchestrator.environment")
 
@@ -92,7 +93,7 @@ class WheelCache:
 class Keeper:
     """Where a passing file is written and hashed; ``ok`` false once anything went wrong."""
 
-    def __init__(self, file):
+    def __init__(self, file: BinaryIO):
         self.file = file
         self.sha256 = hashlib.sha256()
         self.ok = True

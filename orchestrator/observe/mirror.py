@@ -44,7 +44,8 @@ class Mirror:
             yield
 
     def _git(self) -> git.Git:
-        return _gitpython().Git(str(self.path))
+        found: git.Git = _gitpython().Git(str(self.path))
+        return found
 
     def _run(self, *args: str, **kwargs: Any) -> str:
         return self._bytes(*args, **kwargs).decode("utf-8", "replace")

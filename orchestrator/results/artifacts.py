@@ -24,6 +24,7 @@ import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 ARTIFACTS_DIR = ".ci-artifacts"
 MAX_FILE = 20 * 1024 * 1024
@@ -144,7 +145,7 @@ def _copy(source: Path, dest: Path, size: int) -> bool:
 
 
 class _Limited:
-    def __init__(self, fh, limit: int):
+    def __init__(self, fh: BinaryIO, limit: int):
         self.fh, self.left = fh, limit
 
     def read(self, n: int = -1) -> bytes:
@@ -208,7 +209,7 @@ def _merge_lines(report: Path, lines: dict[tuple[str, str], bool]) -> bool:
     return True
 
 
-def _open_regular(path: Path):
+def _open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading only if it is (still) a regular file, never through a link."""
     fh = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
     if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):

@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from orchestrator.backoff import Backoff
@@ -128,7 +129,7 @@ class Notifier:
         for thread in self._threads:
             thread.start()
 
-    def _send_all(self, due) -> None:
+    def _send_all(self, due: Callable[[], list[Delivery]]) -> None:
         while not self._stop.is_set():
             deliveries = due()
             for delivery in deliveries:

@@ -33,7 +33,7 @@ def log_lines(path: Path, limit: int) -> tuple[list[tuple[int, str]], int]:
     the log at ``path``, and how many bytes were read."""
     try:
         size = path.stat().st_size
-        fh = open(path, "rb")  # noqa: SIM115  (closed below, whatever happens)
+        fh = open(path, "rb")  # closed below, whatever happens
     except OSError:
         return [], 0
     with fh:

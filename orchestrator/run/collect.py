@@ -85,7 +85,7 @@ def with_artifacts(ctx: Context, done: Job, root: Path, workspaces: list[tuple[P
         return done, None
     try:
         return _collect_artifacts(ctx, done, root, workspaces)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("job %s: artifacts not collected", done.id)
         return dataclasses.replace(
             done, artifacts={"files": [], "refused": [f"not collected: {type(exc).__name__}"], "bytes": 0}

@@ -47,7 +47,7 @@ class Context:
     instance: str
     abandon: threading.Event  # set when the dispatcher leaves: running containers are left to the next start
     cleaner: Executor  # removes finished containers and checkouts off the critical path
-    finished: Callable[[Job], None] = lambda job: None  # metrics, notifications
+    finished: Callable[[Job], None] = lambda _job: None  # metrics, notifications
     engine_error: Callable[[], None] = lambda: None
     patience: Patience = field(default_factory=Patience)
     environments: Environments | None = None  # builds environment images (None: every job in the runner image)

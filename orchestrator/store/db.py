@@ -62,11 +62,11 @@ class Database(ABC):
         """A random id made once per store: the ``orchestrator.instance`` label."""
         found = self.read("SELECT value FROM meta WHERE key = 'instance'")
         if found:  # read, not written: a standby (its writes fenced off) asks it too
-            return found[0][0]
+            return str(found[0][0])
         with self.write() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
             if row:
-                return row[0]
+                return str(row[0])
             value = uuid.uuid4().hex[:16]
             db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (value,))
             return value
@@ -110,7 +110,7 @@ class SqliteDatabase(Database):
             self._db.close()
 
     @contextmanager
-    def write(self, fenced: bool = True, direct: bool = False) -> Iterator[Connection]:
+    def write(self, fenced: bool = True, direct: bool = False) -> Iterator[Connection]:  # noqa: ARG002 (one connection)
         """One write transaction (BEGIN IMMEDIATE): all of it or nothing."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

@@ -107,7 +107,7 @@ class Leases:
                 f" WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > {self._now}",
                 (ttl, ACTIVE, holder, epoch),
             ).rowcount
-            return changed == 1
+            return bool(changed == 1)
 
     def release(self, holder: str, epoch: int) -> None:
         """Give the lease up at once (a clean stop): a standby need not wait for it to expire."""

@@ -48,7 +48,7 @@ class Pauses:
     def resume(self, repository: str) -> bool:
         """Whether it was paused."""
         with self._db.write() as db:
-            return db.execute("DELETE FROM pauses WHERE repository = ?", (repository,)).rowcount == 1
+            return bool(db.execute("DELETE FROM pauses WHERE repository = ?", (repository,)).rowcount == 1)
 
     def of(self, repository: str) -> Pause | None:
         rows = self._db.read(

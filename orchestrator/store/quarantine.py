@@ -89,13 +89,11 @@ class Quarantine:
     def remove(self, repository: str, test_id: str) -> bool:
         """Whether it was quarantined (and in force)."""
         with self._db.write() as db:
-            return (
-                db.execute(
-                    "DELETE FROM quarantine WHERE repository = ? AND test_id = ? AND until > ?",
-                    (repository, test_id, iso(utcnow())),
-                ).rowcount
-                == 1
-            )
+            removed: int = db.execute(
+                "DELETE FROM quarantine WHERE repository = ? AND test_id = ? AND until > ?",
+                (repository, test_id, iso(utcnow())),
+            ).rowcount
+            return removed == 1
 
     def active(self, repository: str | None = None, now: datetime | None = None) -> list[Entry]:
         """The entries in force at ``now``, by repository and test."""

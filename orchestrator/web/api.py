@@ -89,7 +89,8 @@ class MergeCancelIn(BaseModel):
 
 
 def _jobs(request: Request) -> LocalJobs:
-    return request.app.state.jobs
+    jobs: LocalJobs = request.app.state.jobs
+    return jobs
 
 
 def _authorised(request: Request) -> None:

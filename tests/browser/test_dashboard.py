@@ -194,7 +194,7 @@ def _script(browser, script: str):
     """What ``script`` returns; None while the page is between two loads."""
     try:
         return browser.execute_script(script)
-    except Exception:  # noqa: BLE001  (a page between two loads)
+    except Exception:  # a page between two loads
         return None
 
 
@@ -204,7 +204,7 @@ def text_of(browser, element_id: str) -> str | None:
         return browser.execute_script(
             "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;", element_id
         )
-    except Exception:  # noqa: BLE001  (a page between two loads)
+    except Exception:  # a page between two loads
         return None
 
 
@@ -387,5 +387,5 @@ def test_an_operators_day_quarantine_from_the_job_page_and_search_opens_a_line(o
 def _alert(browser):
     try:
         return browser.switch_to.alert
-    except Exception:  # noqa: BLE001  (none yet)
+    except Exception:  # none yet
         return None

@@ -335,7 +335,7 @@ def test_a_tree_removed_by_two_at_once_is_removed_without_an_error(tmp_path: Pat
     def remove(path: Path) -> None:
         try:
             remove_tree(path)
-        except BaseException as exc:  # noqa: BLE001  (collected, for the assertion)
+        except BaseException as exc:  # collected, for the assertion
             errors.append(exc)
 
     for round_ in range(10):
