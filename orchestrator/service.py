@@ -31,10 +31,12 @@ from orchestrator.store import Store
 from orchestrator.store.db import errors as store_errors
 
 if TYPE_CHECKING:  # the dispatcher's side is loaded only where a dispatcher is built: a command is quick
+    from orchestrator.dispatch.bisection import Bisector
     from orchestrator.dispatch.dispatcher import Dispatcher
     from orchestrator.environment.build import Environments
     from orchestrator.observe.observer import Observer
     from orchestrator.observe.schedule import Clock
+    from orchestrator.results.files import ResultFiles
     from orchestrator.results.insight import Insight
     from orchestrator.results.metrics import Metrics
 
@@ -66,36 +68,15 @@ def dispatcher_for(
     from orchestrator.run.sharding import Planner
 
     coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
-    results = ResultFiles(config.results_dir)
-
-    def annotate(job: Job, _bisection: object) -> None:  # a culprit named: its files say so
-        results.annotate(job, store.attempt_history(job.id))
-
-    bisector = Bisector(store, coalescing, mirrors.first_parent, named=annotate)
-
-    def finished(job: Job) -> None:
-        metrics.job_finished(job)
-        bisector.noticed(job)
-        quarantine_flaky(job)
-
-    def quarantine_flaky(job: Job) -> None:  # quarantine.auto: a test that flips too often
-        if config.quarantine.auto and (job.flaky or (job.tests and (job.tests.failed or job.tests.errors))):
-            from orchestrator.results import quarantine
-            from orchestrator.results.history import History
-
-            quarantine.automatic(store, config.quarantine, job, History(store).flaky(job.repository))
-
-    def skipped(job: Job) -> None:  # a commit coalesced away: its files say by which commit
-        results.write_without_run(job, store.attempt_history(job.id))
-        metrics.job_finished(job)
-
+    told = _Told(config, store, ResultFiles(config.results_dir), metrics)
+    bisector = told.bisector = Bisector(store, coalescing, mirrors.first_parent, named=told.culprit_named)
     ctx = Context.create(
         config,
         store,
         backend,
         mirrors,
-        results=results,
-        finished=finished,
+        results=told.results,
+        finished=told.finished,
         engine_error=metrics.engine_error,
         environments=environments,
         **context,
@@ -106,7 +87,7 @@ def dispatcher_for(
         config.runner,
         config.stop_grace,
         ctx,
-        Picker(store, coalescing, skipped=skipped),
+        Picker(store, coalescing, skipped=told.skipped),
         bisector,
         Planner(config.repositories, config.runner.parallelism, store),
         Recovery(ctx),
@@ -114,6 +95,35 @@ def dispatcher_for(
         MergeQueue(store, config.repositories, mirrors, candidates.record_commits),
         Scheduler(store, config.repositories, clock=clock or local_now),
     )
+
+
+class _Told:
+    """Who hears of a job's end, of a commit coalesced away and of a culprit named: the
+    result files, the metrics, the bisector, and the automatic quarantine."""
+
+    def __init__(self, config: Config, store: Store, results: ResultFiles, metrics: Metrics):
+        self.config, self.store, self.results, self.metrics = config, store, results, metrics
+        self.bisector: Bisector | None = None  # set once made (it is told of this, and tells it)
+
+    def culprit_named(self, job: Job, _bisection: object) -> None:  # its files say so
+        self.results.annotate(job, self.store.attempt_history(job.id))
+
+    def finished(self, job: Job) -> None:
+        self.metrics.job_finished(job)
+        if self.bisector is not None:
+            self.bisector.noticed(job)
+        self._quarantine_flaky(job)
+
+    def skipped(self, job: Job) -> None:  # its files say by which commit
+        self.results.write_without_run(job, self.store.attempt_history(job.id))
+        self.metrics.job_finished(job)
+
+    def _quarantine_flaky(self, job: Job) -> None:  # quarantine.auto: a test that flips too often
+        if self.config.quarantine.auto and (job.flaky or (job.tests and (job.tests.failed or job.tests.errors))):
+            from orchestrator.results import quarantine
+            from orchestrator.results.history import History
+
+            quarantine.automatic(self.store, self.config.quarantine, job, History(self.store).flaky(job.repository))
 
 
 def local_jobs(
@@ -144,7 +154,8 @@ class Services:
         ``dispatcher.name``); ``port``: its API's (default ``dispatcher.port``)."""
         from orchestrator.backends import connect
         from orchestrator.backends.engine import Engine
-        from orchestrator.environment.build import Environments, Settings
+        from orchestrator.environment.build import Environments
+        from orchestrator.environment.settings import Settings
         from orchestrator.results.metrics import Metrics
         from orchestrator.results.notify import Notifier
         from orchestrator.workspace import prepare_directories

@@ -31,7 +31,6 @@ def print_jobs(documents: list[dict[str, Any]], console: Console | None = None) 
     messages are Text, so ``[/]`` or ``[link=...]`` in a commit is shown as it is."""
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
     from orchestrator import pythons
 
@@ -53,31 +52,7 @@ def print_jobs(documents: list[dict[str, Any]], console: Console | None = None) 
         "subject",
         "message",
     )
-    table_rows = []
-    for doc, variants in rows:
-        t = doc["tests"]
-        tests = (
-            f"{t['passed']}/{t['total']}" + (f" ({t['failed']} failed)" if t["failed"] else "") if t["total"] else "-"
-        )
-        duration = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
-        status = doc["status"]
-        by_python = {v["python"]: v["status"] for v in variants}
-        table_rows.append(
-            (
-                Text(doc["commit"][:10]),
-                Text(doc["repository"]),
-                Text(printable(", ".join(doc["branches"]))),
-                Text(status, style=STYLE.get(status, "dim")),
-                Text(doc.get("trigger") or "push"),
-                *(Text(by_python.get(name, ""), style=STYLE.get(by_python.get(name, ""), "dim")) for name in cells),
-                Text(tests),
-                Text(duration),
-                Text(str(doc["attempts"])),
-                *((Text(doc.get("node") or "-"),) if nodes else ()),
-                Text(printable(doc["subject"])),
-                Text(printable(doc["message"] or "")),
-            )
-        )
+    table_rows = [_row(doc, variants, cells, nodes) for doc, variants in rows]
     console = console or Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
@@ -89,6 +64,31 @@ def print_jobs(documents: list[dict[str, Any]], console: Console | None = None) 
     for row in table_rows:
         table.add_row(*(row[k] for k in kept))
     console.print(table)
+
+
+def _row(doc: dict[str, Any], variants: list[dict[str, Any]], cells: list[str], nodes: bool) -> tuple[Text, ...]:
+    """One commit's cells: Text throughout, so that nothing of a commit is read as markup."""
+    from rich.text import Text
+
+    t = doc["tests"]
+    tests = f"{t['passed']}/{t['total']}" + (f" ({t['failed']} failed)" if t["failed"] else "") if t["total"] else "-"
+    duration = f"{doc['duration_s']:.1f}s" if doc["duration_s"] is not None else "-"
+    status = doc["status"]
+    by_python = {v["python"]: v["status"] for v in variants}
+    return (
+        Text(doc["commit"][:10]),
+        Text(doc["repository"]),
+        Text(printable(", ".join(doc["branches"]))),
+        Text(status, style=STYLE.get(status, "dim")),
+        Text(doc.get("trigger") or "push"),
+        *(Text(by_python.get(name, ""), style=STYLE.get(by_python.get(name, ""), "dim")) for name in cells),
+        Text(tests),
+        Text(duration),
+        Text(str(doc["attempts"])),
+        *((Text(doc.get("node") or "-"),) if nodes else ()),
+        Text(printable(doc["subject"])),
+        Text(printable(doc["message"] or "")),
+    )
 
 
 CUT_FIRST = ("subject", "message", "branch")  # what a narrow terminal cuts, so that a commit keeps one line

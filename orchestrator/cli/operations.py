@@ -16,7 +16,7 @@ from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays short
     from orchestrator.backends.base import Backend
-    from orchestrator.control.jobs import JobRef, Jobs
+    from orchestrator.control.port import JobRef, Jobs
 
 
 def remote(args: argparse.Namespace) -> Jobs | None:
@@ -63,7 +63,7 @@ def _backend(config: Config) -> Backend:
 
 
 def _ref(args: argparse.Namespace) -> JobRef:
-    from orchestrator.control.jobs import JobRef
+    from orchestrator.control.port import JobRef
 
     return JobRef(commit=args.sha, repository=args.repo, python=getattr(args, "python", None))
 

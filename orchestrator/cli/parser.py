@@ -22,41 +22,51 @@ def _python_name(value: str) -> str:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Test every new commit in its own container.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _processes(sub)
+    _job_commands(sub)
+    _operator_commands(sub)
+    return parser
 
-    def command(
-        name: str, help_: str, remote: bool = False, within: argparse._SubParsersAction | None = None
-    ) -> argparse.ArgumentParser:
-        p = (within or sub).add_parser(name, help=help_, description=help_)
-        if name == "quarantine":  # its actions take the options (a default here would undo theirs)
-            return p
-        written = " to write" if name == "init" else ""
-        p.add_argument("-c", "--config", default="config.yaml", help=f"config file{written} (default ./config.yaml)")
-        if remote:
-            p.add_argument(
-                "--server",
-                metavar="URL",
-                default=os.environ.get(protocol.SERVER),
-                help=f"a dispatcher's address (default: ${protocol.SERVER}, dispatcher.url, else this machine's "
-                "state_dir); no local config is needed then",
-            )
-            p.add_argument(
-                "--token",
-                default=os.environ.get(protocol.TOKEN),
-                help=f"the dispatcher's api token (default: ${protocol.TOKEN}, else the local config's api_token)",
-            )
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str, remote: bool = False
+) -> argparse.ArgumentParser:
+    """A command's parser, with -c and (``remote``: it may act through a dispatcher's API)
+    --server and --token."""
+    p = sub.add_parser(name, help=help_, description=help_)
+    if name == "quarantine":  # its actions take the options (a default here would undo theirs)
         return p
+    written = " to write" if name == "init" else ""
+    p.add_argument("-c", "--config", default="config.yaml", help=f"config file{written} (default ./config.yaml)")
+    if remote:
+        p.add_argument(
+            "--server",
+            metavar="URL",
+            default=os.environ.get(protocol.SERVER),
+            help=f"a dispatcher's address (default: ${protocol.SERVER}, dispatcher.url, else this machine's "
+            "state_dir); no local config is needed then",
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get(protocol.TOKEN),
+            help=f"the dispatcher's api token (default: ${protocol.TOKEN}, else the local config's api_token)",
+        )
+    return p
 
-    p = command("init", "write a commented config.yaml for a repository (default: the one here)")
+
+def _processes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that run a process, or prepare one."""
+    p = _command(sub, "init", "write a commented config.yaml for a repository (default: the one here)")
     p.add_argument("source", nargs="?", default=".", metavar="PATH-OR-URL", help="a repository's folder or URL")
-    p = command("run", "observe, dispatch and serve the API in one process")
+    p = _command(sub, "run", "observe, dispatch and serve the API in one process")
     p.add_argument("--once", action="store_true", help="test what is new and queued, print a summary, exit")
-    q = command("dispatcher", "run the dispatcher and its HTTP API only")
+    q = _command(sub, "dispatcher", "run the dispatcher and its HTTP API only")
     for serving in (p, q):
         serving.add_argument("--name", help="this dispatcher's name among those sharing store.url (dispatcher.name)")
         serving.add_argument("--port", type=int, help="its API's port (dispatcher.port)")
-    p = command("observer", "watch the repositories and post new commits to a dispatcher")
+    p = _command(sub, "observer", "watch the repositories and post new commits to a dispatcher")
     p.add_argument("--dispatcher-server", default="localhost:8888", metavar="HOST:PORT")
-    p = command("image", "build the runner images, or prune environment images")
+    p = _command(sub, "image", "build the runner images, or prune environment images")
     p.add_argument("action", choices=["build", "prune"])
     p.add_argument(
         "--python",
@@ -79,13 +89,17 @@ def parser() -> argparse.ArgumentParser:
         help="prune: environment images kept per repository, newest first (default 1)",
     )
     p.add_argument("--repo", help="prune: only this repository's environment images (default: every repository's)")
-    p = command("store", "the store: `store migrate` copies the SQLite file into store.url's PostgreSQL")
+    p = _command(sub, "store", "the store: `store migrate` copies the SQLite file into store.url's PostgreSQL")
     p.add_argument("action", choices=["migrate"])
-    p = command("status", "recent jobs as a table", remote=True)
+
+
+def _job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that read or act on jobs, here or through a dispatcher's API."""
+    p = _command(sub, "status", "recent jobs as a table", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array of job objects")
     p.add_argument("--limit", type=int, default=30)
-    p = command("logs", "a commit's container log", remote=True)
+    p = _command(sub, "logs", "a commit's container log", remote=True)
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--repo")
     p.add_argument("-f", "--follow", action="store_true", help="follow a running container live")
@@ -95,57 +109,62 @@ def parser() -> argparse.ArgumentParser:
         metavar="V",
         help="the commit's variant on this Python (default: the first failing)",
     )
-    p = command("submit", "queue a commit by hand", remote=True)
+    p = _command(sub, "submit", "queue a commit by hand", remote=True)
     p.add_argument("rev", metavar="REV")
     p.add_argument("--repo")
-    p = command("bisections", "recent bisections: the range, where each is, the culprit it named", remote=True)
+    p = _command(sub, "bisections", "recent bisections: the range, where each is, the culprit it named", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array")
-    p = command("merge", "ask for a branch to be merged by the merge queue, tested merged first", remote=True)
+    p = _command(sub, "merge", "ask for a branch to be merged by the merge queue, tested merged first", remote=True)
     p.add_argument("branch", metavar="BRANCH")
     p.add_argument("--into", metavar="TARGET", help="the target (it must be the merge queue's own)")
     p.add_argument("--repo")
     p.add_argument("--cancel", action="store_true", help="take the branch's open request out of the queue")
-    p = command("merges", "the merge queue: open requests in order, then the ended ones", remote=True)
+    p = _command(sub, "merges", "the merge queue: open requests in order, then the ended ones", remote=True)
     p.add_argument("--repo")
     p.add_argument("--json", action="store_true", help="print a JSON array")
-    p = command("poll", "fetch now and queue every new commit (what the post-receive hook runs)", remote=True)
+    p = _command(sub, "poll", "fetch now and queue every new commit (what the post-receive hook runs)", remote=True)
     p.add_argument("--repo", help="only this repository")
     for name, help_ in (
         ("retry", "test a finished commit again, as a new attempt"),
         ("cancel", "cancel a queued or running job"),
     ):
-        p = command(name, help_, remote=True)
+        p = _command(sub, name, help_, remote=True)
         p.add_argument("sha", metavar="SHA")
         p.add_argument("--repo")
         p.add_argument("--python", metavar="V", help="only the commit's variant on this Python")
         if name == "retry":
             p.add_argument("--failed", action="store_true", help="re-run only the tests that failed")
-    p = command("pause", "start nothing of a repository until it is resumed (still observed and queued)", remote=True)
+
+
+def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """An operator's controls: pause, quarantine, search."""
+    p = _command(
+        sub, "pause", "start nothing of a repository until it is resumed (still observed and queued)", remote=True
+    )
     p.add_argument("repo", metavar="REPO")
     p.add_argument("--reason", default="", help="what the dashboard and /healthz say")
-    p = command("resume", "let a paused repository's queued jobs start", remote=True)
+    p = _command(sub, "resume", "let a paused repository's queued jobs start", remote=True)
     p.add_argument("repo", metavar="REPO")
-    p = command("quarantine", "tests whose failures do not fail their jobs (still run and recorded)", remote=True)
+    p = _command(sub, "quarantine", "tests whose failures do not fail their jobs (still run and recorded)", remote=True)
     action = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = command("add", "quarantine a test", remote=True, within=action)
+    q = _command(action, "add", "quarantine a test", remote=True)
     q.add_argument("repo", metavar="REPO")
     q.add_argument("test", metavar="TEST_ID", help="as the test history names it: module.Class::test_name")
     q.add_argument("--reason", required=True)
     q.add_argument("--until", type=_date, metavar="DATE", help="when it ends (default: quarantine.days from now)")
-    q = command("remove", "end a test's quarantine", remote=True, within=action)
+    q = _command(action, "remove", "end a test's quarantine", remote=True)
     q.add_argument("repo", metavar="REPO")
     q.add_argument("test", metavar="TEST_ID")
-    q = command("list", "the tests in quarantine now", remote=True, within=action)
+    q = _command(action, "list", "the tests in quarantine now", remote=True)
     q.add_argument("--repo")
     q.add_argument("--json", action="store_true", help="print a JSON array")
-    p = command("search", "search every job's log, failing tests and reasons", remote=True)
+    p = _command(sub, "search", "search every job's log, failing tests and reasons", remote=True)
     p.add_argument("query", metavar="TEXT", help='words, "a phrase", OR, NOT, prefix* (SQLite FTS5\'s syntax)')
     p.add_argument("--repo")
     p.add_argument("--since", type=_date, metavar="DATE", help="only jobs finished since (YYYY-MM-DD or ISO time)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print a JSON array of hits")
-    return parser
 
 
 def _date(value: str) -> datetime:

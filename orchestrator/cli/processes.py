@@ -21,7 +21,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     from orchestrator.cli.console import print_jobs
     from orchestrator.cli.live_view import live_view
-    from orchestrator.control.jobs import JobRef
+    from orchestrator.control.port import JobRef
     from orchestrator.service import Services, stop_on_signals
 
     stop = stop_on_signals()

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from orchestrator.control.jobs import Document, JobRef
+from orchestrator.control.port import Document, JobRef
 from orchestrator.errors import Conflict, DispatcherUnavailable, UnknownCommit, UnknownRepository, UsageError
 from orchestrator.models import JobStatus, iso
 from orchestrator.store import NewCommit

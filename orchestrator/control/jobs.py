@@ -1,27 +1,21 @@
-"""What users do to jobs: submit, poll, list, show, retry, cancel, read the log.
-
-These operations are the only way the command line and the HTTP API act on jobs, so the
-two always agree. ``LocalJobs`` works on a state_dir (the dispatcher's own process, or a
-command beside it); ``RemoteJobs`` (``client.py``) does the same through the HTTP API of
-a dispatcher on another machine. Jobs are named by a ``JobRef``; every answer is the
-job's ``result.json`` document.
-"""
+"""``LocalJobs``: the operations of the port (port.py) on this machine's store, in the
+dispatcher's own process or a command beside it: submit, poll, list, show, retry, cancel,
+read the log, the merge queue's requests, and an operator's controls (controls.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import pythons
 from orchestrator.backends.base import Backend, container_name
 from orchestrator.config import Config, RepositoryConfig
 from orchestrator.control.controls import Controls
+from orchestrator.control.port import Document, JobRef
 from orchestrator.errors import Conflict, RepositoryError, UnknownCommit, UsageError
 from orchestrator.models import MANUAL, MANUAL_PRIORITY, Job, JobStatus, iso
 from orchestrator.observe.mirror import Mirrors
@@ -35,58 +29,6 @@ if TYPE_CHECKING:
     from orchestrator.results.insight import Insight
 
 log = logging.getLogger("orchestrator.control.jobs")
-
-
-Document = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """A job as a user names it: its id (the API), or a prefix of its commit's sha and,
-    where several repositories could match, the repository (the command line)."""
-
-    id: int | None = None
-    commit: str | None = None
-    repository: str | None = None
-    python: str | None = None  # one variant of a commit on several Pythons (None: as the operation chooses)
-
-    def __str__(self) -> str:
-        return f"job {self.id}" if self.id is not None else f"commit {self.commit}"
-
-
-class Jobs(Protocol):
-    def submit(self, rev: str, repository: str | None = None) -> tuple[Document, bool]: ...
-    def poll(self, repository: str | None = None) -> int: ...
-    def list_jobs(
-        self,
-        repository: str | None = None,
-        status: JobStatus | None = None,
-        branch: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Document]: ...
-    def show(self, ref: JobRef) -> Document: ...
-    def variants(self, ref: JobRef) -> list[Document]: ...
-    def retry(self, ref: JobRef, failed: bool = False) -> list[Document]: ...
-    def cancel(self, ref: JobRef) -> list[Document]: ...
-    def open_log(
-        self, ref: JobRef, follow: bool = True, shard: int | None = None
-    ) -> tuple[Document, Iterator[bytes] | None]: ...
-    def bisections(self, repository: str | None = None, limit: int = 20) -> list[Document]: ...
-    def merge(self, branch: str, into: str | None = None, repository: str | None = None) -> tuple[Document, bool]: ...
-    def merges(self, repository: str | None = None, limit: int = 50) -> list[Document]: ...
-    def cancel_merge(self, branch: str, repository: str | None = None) -> Document: ...
-    def pause(self, repository: str, reason: str = "", by: str = "cli") -> Document: ...
-    def resume(self, repository: str) -> Document: ...
-    def paused(self) -> list[Document]: ...
-    def quarantine_add(
-        self, repository: str | None, test_id: str, reason: str, until: datetime | None = None, by: str = "cli"
-    ) -> Document: ...
-    def quarantine_remove(self, repository: str | None, test_id: str) -> Document: ...
-    def quarantined(self, repository: str | None = None) -> list[Document]: ...
-    def search(
-        self, query: str, repository: str | None = None, since: datetime | None = None, limit: int = 50
-    ) -> list[Document]: ...
 
 
 class Arrivals:

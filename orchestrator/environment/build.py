@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,21 +34,25 @@ from orchestrator import pythons
 from orchestrator.backends.base import LABEL_INSTANCE, ImageInfo
 from orchestrator.backends.engine import Engine
 from orchestrator.backends.images import LoadRefused, dpkg_status, find_images, load_layer, remove_image
-from orchestrator.config import Config, memory_bytes
 from orchestrator.environment.debs import Apt, AptTimedOut
 from orchestrator.environment.index import IndexProxy, host_index_url
 from orchestrator.environment.layer import BadSite, Layer, Site
 from orchestrator.environment.needs import Needs
-from orchestrator.environment.sandbox import Ended, Limits, Sandbox, TimedOut, socket_folder
+from orchestrator.environment.sandbox import Ended, Sandbox, TimedOut, socket_folder
+from orchestrator.environment.settings import (
+    KEEP,
+    LABEL_ENVIRONMENT,
+    LABEL_REPOSITORY,
+    Environment,
+    EnvironmentBroken,
+    IndexUnreachable,
+    Settings,
+)
 from orchestrator.environment.wheels import WheelCache
-from orchestrator.errors import InfrastructureError, OrchestratorError
-from orchestrator.workspace import container_user
+from orchestrator.errors import OrchestratorError
 
 log = logging.getLogger("orchestrator.environment")
 
-LABEL_ENVIRONMENT = "orchestrator.environment"
-LABEL_REPOSITORY = "orchestrator.repository"
-KEEP = 3  # environment images kept per repository, newest first
 # the resolver's words for a failure that the same declarations meet again whatever the
 # network does (uv's, and dpkg's)
 _REPEATS = re.compile(
@@ -57,65 +60,6 @@ _REPEATS = re.compile(
     r"unsatisfiable|requires a different Python|Invalid requirement|Failed to parse|"
     r"has no installation candidate|Unable to locate package"
 )
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How environments are made (config.yaml's ``environments`` and ``runner``)."""
-
-    @classmethod
-    def of(cls, config: Config, instance: str) -> Settings:
-        runner, environments = config.runner, config.environments
-        return cls(
-            environments.index_url,
-            tuple(environments.extra_index_urls),
-            environments.timeout,
-            memory_bytes(environments.cache_size),
-            Limits(runner.memory, runner.cpus, runner.pids, runner.tmp_size),
-            container_user(),
-            instance,
-        )
-
-    index_url: str | None  # None: the index pip on this host is configured with (read once)
-    extra_index_urls: tuple[str, ...]
-    timeout: float  # the whole build, from its first step to the image
-    cache_size: int  # bytes of wheel files kept, for every environment (the least recently used go first)
-    limits: Limits  # of each build container, as of a test container
-    user: str  # the runner's unprivileged user
-    instance: str = ""  # the label the build containers carry (recovery removes leftovers)
-
-
-class IndexUnreachable(InfrastructureError):
-    """The package index did not answer as an index does: the job is tried again later."""
-
-
-class EnvironmentBroken(OrchestratorError):
-    """The environment could not be built: the job's result, not an infrastructure retry."""
-
-    def __init__(self, reason: str, log_path: Path | None):
-        super().__init__(f"environment build failed: {reason}")
-        self.log_path = log_path
-
-
-@dataclass(frozen=True)
-class Environment:
-    fingerprint: str
-    image: ImageInfo
-    needs: Needs
-    python: str
-    built: bool  # built for this job (else reused)
-
-    def document(self) -> dict[str, Any]:
-        """What result.json says of it."""
-        return {
-            "fingerprint": self.fingerprint,
-            "image": self.image.tag,
-            "python": self.python,
-            "detected": list(self.needs.sources),
-            "requirements": list(self.needs.requirements),
-            "system_packages": list(self.needs.system_packages),
-            "built": self.built,
-        }
 
 
 class Environments:
@@ -216,11 +160,7 @@ class Environments:
         stage: Callable[[str], None],
     ) -> ImageInfo:
         deadline = time.monotonic() + self.settings.timeout
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("out", "debs"):
-            _fresh_folder(folder / name, self.settings.user)
-        (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
-        (folder / "constraints.txt").write_text("".join(f"{line}\n" for line in needs.constraints))
+        self._lay_out(folder, needs)
         log.info("%s: building environment %s (%d requirements)", repository, fingerprint[:12], len(needs.requirements))
         labels = {LABEL_ENVIRONMENT: fingerprint, LABEL_REPOSITORY: repository}
         sandbox = Sandbox(
@@ -262,16 +202,30 @@ class Environments:
                 if exc.repeats:
                     _write_json(folder / "failed.json", {"reason": reason})
                 raise EnvironmentBroken(reason, folder / "environment.log") from None
-            finally:  # the image has them, or nothing needs them: the log and the declarations stay
-                for name in ("out", "debs"):
-                    shutil.rmtree(folder / name, ignore_errors=True)
-                for name in ("layer.tar", "removed"):
-                    (folder / name).unlink(missing_ok=True)
-                if below is not None:  # its layers are the environment's now; only its name goes
-                    try:
-                        remove_image(self.engine, below.id, [f"{tag}-system"])
-                    except OrchestratorError as exc:  # never in place of the build's own outcome
-                        log.warning("%s: %s-system not removed (%s)", repository, tag, exc)
+            finally:
+                self._tidy(repository, folder, tag, below)
+
+    def _lay_out(self, folder: Path, needs: Needs) -> None:
+        """The build's folder: its scratch folders fresh, the declarations written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("out", "debs"):
+            _fresh_folder(folder / name, self.settings.user)
+        (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in needs.requirements))
+        (folder / "constraints.txt").write_text("".join(f"{line}\n" for line in needs.constraints))
+
+    def _tidy(self, repository: str, folder: Path, tag: str, below: ImageInfo | None) -> None:
+        """After a build, whatever its outcome: the image has the scratch files, or nothing
+        needs them (the log and the declarations stay); the system packages' image, whose
+        layers are the environment's now, loses only its name."""
+        for name in ("out", "debs"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        for name in ("layer.tar", "removed"):
+            (folder / name).unlink(missing_ok=True)
+        if below is not None:
+            try:
+                remove_image(self.engine, below.id, [f"{tag}-system"])
+            except OrchestratorError as exc:  # never in place of the build's own outcome
+                log.warning("%s: %s-system not removed (%s)", repository, tag, exc)
 
     def _system_packages(
         self, folder: Path, packages: tuple[str, ...], runner: ImageInfo, python: str, out: IO[str], deadline: float

@@ -12,8 +12,9 @@ from typing import Any
 
 from orchestrator.backends.base import Backend, ImageInfo
 from orchestrator.config import Config
-from orchestrator.environment.build import EnvironmentBroken, Environments
+from orchestrator.environment.build import Environments
 from orchestrator.environment.needs import BadDeclaration, detect
+from orchestrator.environment.settings import EnvironmentBroken
 from runner_image import orchestrator_protocol as protocol
 
 

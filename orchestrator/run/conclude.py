@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from orchestrator.environment.build import EnvironmentBroken
+from orchestrator.environment.settings import EnvironmentBroken
 from orchestrator.errors import ImageMissing, InfrastructureError, InvalidTransition
 from orchestrator.models import Job, JobStatus, after_infrastructure_failure, transition, utcnow
 from orchestrator.run.context import Context

@@ -20,7 +20,8 @@ from orchestrator.models import Job
 from orchestrator.store import outbox, schema
 from orchestrator.store.bisections import Bisections
 from orchestrator.store.db import Connection, Database, SqliteDatabase
-from orchestrator.store.jobs import ALL_COLUMNS, TABLE, Jobs, NewCommit
+from orchestrator.store.fields import ALL_COLUMNS, TABLE
+from orchestrator.store.jobs import Jobs, NewCommit
 from orchestrator.store.leases import Leases
 from orchestrator.store.merges import Merges
 from orchestrator.store.outbox import News, Outbox

@@ -8,7 +8,6 @@ set by ``app.create_app``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -18,14 +17,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.backends.base import MAX_REPORT_BYTES
-from orchestrator.control.jobs import JobRef, LocalJobs
+from orchestrator.control.jobs import LocalJobs
+from orchestrator.control.port import JobRef
 from orchestrator.models import MANUAL, PUSH, JobStatus, subject_line
 from orchestrator.results.metrics import CONTENT_TYPE, Metrics
 from orchestrator.store import NewCommit
 from orchestrator.workspace import read_regular_file
 
 
-def _text(value: str) -> str:
+def safe_text(value: str) -> str:
     """Text that can reach git and the store: no control characters, no lone surrogates."""
     if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
         raise ValueError("control characters and unpaired surrogates are not allowed")
@@ -38,7 +38,7 @@ def _subject(value: str) -> str:
 
 
 Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
-BranchName = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_text)]
+BranchName = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(safe_text)]
 RepositoryName = Annotated[str, Field(max_length=64)]
 JobId = Annotated[int, PathParam(ge=1, le=2**62)]
 
@@ -69,7 +69,7 @@ class SubmitIn(BaseModel):
     """A commit named as a user names it: a branch, a tag or a sha prefix."""
 
     model_config = ConfigDict(extra="forbid")
-    rev: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_text)]
+    rev: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(safe_text)]
     repository: RepositoryName | None = None
 
 
@@ -341,72 +341,3 @@ def cancel(job_id: JobId, jobs: Jobs) -> dict[str, Any]:
 def retry(job_id: JobId, jobs: Jobs, only: Literal["failed"] | None = None) -> dict[str, Any]:
     """A new attempt: of the whole suite, or (``only=failed``) of its failing tests alone."""
     return jobs.retry(JobRef(id=job_id), failed=only == "failed")[0]
-
-
-class PauseIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: Annotated[str, StringConstraints(max_length=500), AfterValidator(_text)] = ""
-
-
-@router.post("/api/repositories/{name}/pause", dependencies=guarded)
-def pause(name: RepositoryName, jobs: Jobs, body: PauseIn | None = None) -> dict[str, Any]:
-    return jobs.pause(name, body.reason if body else "", by="api")
-
-
-@router.post("/api/repositories/{name}/resume", dependencies=guarded)
-def resume(name: RepositoryName, jobs: Jobs) -> dict[str, Any]:
-    return jobs.resume(name)
-
-
-@router.get("/api/paused")
-def list_paused(jobs: Jobs) -> list[dict[str, Any]]:
-    return jobs.paused()
-
-
-TestId = Annotated[str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_text)]
-
-
-class QuarantineIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    repository: RepositoryName | None = None
-    test: TestId
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_text)]
-    until: datetime | None = None
-    by: Literal["api", "dashboard"] = "api"
-
-
-class QuarantineOut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    repository: RepositoryName | None = None
-    test: TestId
-
-
-@router.post("/api/quarantine", status_code=201, dependencies=guarded)
-def quarantine_add(body: QuarantineIn, jobs: Jobs) -> dict[str, Any]:
-    until = body.until if body.until is None or body.until.tzinfo else body.until.replace(tzinfo=UTC)
-    return jobs.quarantine_add(body.repository, body.test, body.reason, until, by=body.by)
-
-
-@router.post("/api/quarantine/remove", dependencies=guarded)
-def quarantine_remove(body: QuarantineOut, jobs: Jobs) -> dict[str, Any]:
-    return jobs.quarantine_remove(body.repository, body.test)
-
-
-@router.get("/api/quarantine")
-def list_quarantine(jobs: Jobs, repository: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
-    return jobs.quarantined(repository)
-
-
-@router.get("/api/search")
-def search(
-    jobs: Jobs,
-    q: Annotated[str, Query(min_length=1, max_length=500)],
-    repository: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> list[dict[str, Any]]:
-    """Every indexed log line, failing test and reason that matches ``q`` (FTS5's syntax),
-    newest first; a query it cannot parse is a 422 naming why."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    return jobs.search(q, repository, since, limit)

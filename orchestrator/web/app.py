@@ -30,7 +30,7 @@ from orchestrator.errors import (
     UsageError,
 )
 from orchestrator.results.metrics import Metrics
-from orchestrator.web import api, pages
+from orchestrator.web import api, operator_api, pages
 from orchestrator.web.guard import Guard, observer_key
 from orchestrator.web.live import LiveLogs
 
@@ -63,6 +63,7 @@ def create_app(jobs: LocalJobs, metrics: Metrics, config: Config) -> FastAPI:
         overall=config.dispatcher.max_followers,
     )
     app.include_router(api.router)
+    app.include_router(operator_api.router)
     app.include_router(pages.router)
     return app
 

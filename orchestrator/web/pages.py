@@ -4,7 +4,7 @@ read through ``jobs.py`` like the JSON API; their live parts call that API."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from orchestrator.control.jobs import JobRef
+from orchestrator.control.port import JobRef
 from orchestrator.errors import UsageError
 from orchestrator.web.api import Jobs
 from orchestrator.web.charts import Bar, bar_chart, sparkline
@@ -210,7 +210,35 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
     """A repository's (or one branch's) trends, in pictures with their text alternatives."""
     data = jobs.insight.trends(name, branch[:255] if branch else None)
     where = f"{name}{'/' + branch if branch else ''}"
-    runs = data["runs"]
+    runs, rates = data["runs"], data["pass_rate"]
+    durations, pass_rate, coverage = _trend_charts(runs, rates, where)
+    covered = any(r.get("coverage") is not None for r in runs)
+    slowest = [
+        {**s, "spark": Markup(sparkline(s["recent_s"], f"{s['test_id']}: last {len(s['recent_s'])} durations"))}
+        for s in data["slowest"]
+    ]
+    branches = [b for b, _ in jobs.branches(name)]
+    return TEMPLATES.TemplateResponse(
+        request,
+        "repository.html",
+        {
+            "repository": name,
+            "branch": branch,
+            "branches": branches,
+            "runs": runs,
+            "rates": rates,
+            "durations": Markup(durations),
+            "pass_rate": Markup(pass_rate),
+            "slowest": slowest,
+            "coverage": Markup(coverage) if covered else None,
+            "token_required": request.app.state.token_required,
+        },
+    )
+
+
+def _trend_charts(runs: list[dict[str, Any]], rates: list[dict[str, Any]], where: str) -> tuple[str, str, str]:
+    """The repository page's three charts: each run's duration, each day's pass rate, each
+    run's line coverage (SVG, each with its text alternative)."""
     durations = bar_chart(
         [
             Bar(
@@ -223,7 +251,6 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
         ],
         f"duration of the last {len(runs)} runs of {where}, oldest first, coloured by status",
     )
-    rates = data["pass_rate"]
     pass_rate = bar_chart(
         [
             Bar(
@@ -254,27 +281,7 @@ def repository_page(request: Request, name: str, jobs: Jobs, branch: str | None 
         top=100,
         height=80,
     )
-    slowest = [
-        {**s, "spark": Markup(sparkline(s["recent_s"], f"{s['test_id']}: last {len(s['recent_s'])} durations"))}
-        for s in data["slowest"]
-    ]
-    branches = [b for b, _ in jobs.branches(name)]
-    return TEMPLATES.TemplateResponse(
-        request,
-        "repository.html",
-        {
-            "repository": name,
-            "branch": branch,
-            "branches": branches,
-            "runs": runs,
-            "rates": rates,
-            "durations": Markup(durations),
-            "pass_rate": Markup(pass_rate),
-            "slowest": slowest,
-            "coverage": Markup(coverage) if covered else None,
-            "token_required": request.app.state.token_required,
-        },
-    )
+    return durations, pass_rate, coverage
 
 
 @router.get("/merges", response_class=HTMLResponse)

@@ -12,7 +12,7 @@ import uuid
 import docker
 import pytest
 
-from orchestrator.environment.build import LABEL_ENVIRONMENT
+from orchestrator.environment.settings import LABEL_ENVIRONMENT
 from tests.helpers import SRC_PYPROJECT, TestIndex, http_get, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("environment_images")]
@@ -230,9 +230,10 @@ def test_an_engine_that_cannot_load_a_layer_gets_the_same_environment_committed(
     the real engine: a root container removes what the layer replaces, puts its files in
     place, and is committed. The image runs the declared packages, one pytest, nothing setuid."""
     from orchestrator.backends.engine import Engine
-    from orchestrator.environment.build import Environments, Settings
+    from orchestrator.environment.build import Environments
     from orchestrator.environment.needs import detect
     from orchestrator.environment.sandbox import Limits
+    from orchestrator.environment.settings import Settings
 
     src = tmp_path / "src"
     src.mkdir()

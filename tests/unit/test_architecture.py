@@ -80,3 +80,23 @@ def test_the_layers_are_what_the_package_docstrings_say() -> None:
         docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert docstring and len(docstring) > 60, f"{package.name}/__init__.py says nothing of what it owns"
         assert "May import:" in docstring, f"{package.name}/__init__.py does not say what it may import"
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def test_no_module_and_no_function_is_past_its_size() -> None:
+    """Rooms stay small: a module past 400 lines or a function past 60 is split where its
+    parts have names of their own."""
+    too_big = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "runner_image").rglob("*.py")]):
+        text = path.read_text()
+        where = path.relative_to(PACKAGE.parent)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_big.append(f"{where}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_big.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    assert not too_big, "past the size limits:\n" + "\n".join(too_big)

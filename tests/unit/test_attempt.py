@@ -249,7 +249,7 @@ def test_a_warm_job_released_while_its_environment_builds_still_ends(bed: Bed, m
     """Started warm; a slot frees and the dispatcher claims it while its environment is
     still being built; then the build fails. The claimed job ends (or is re-queued): it
     never stays `running` with a stale copy's compare-and-swap lost in its future."""
-    from orchestrator.environment.build import EnvironmentBroken
+    from orchestrator.environment.settings import EnvironmentBroken
     from orchestrator.errors import EngineUnavailable
     from orchestrator.run import steps as steps_module
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from docker.errors import APIError
 
 from orchestrator.backends.base import ImageInfo
-from orchestrator.environment.build import Environments, Settings
+from orchestrator.environment.build import Environments
 from orchestrator.environment.layer import Layer, Site
 from orchestrator.environment.sandbox import Ended, Limits
+from orchestrator.environment.settings import Settings
 
 
 class RefusingApi:

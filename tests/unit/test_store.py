@@ -93,7 +93,7 @@ def test_a_state_dir_of_version_0_1_is_brought_up_to_date(tmp_path: Path) -> Non
     added, the schema's version is set, and the job reads and saves as any other."""
     import sqlite3
 
-    from orchestrator.store.jobs import FIELDS
+    from orchestrator.store.fields import FIELDS
     from orchestrator.store.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
