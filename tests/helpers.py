@@ -395,10 +395,15 @@ def becomes_active(orch, dispatcher, timeout: float) -> float:
 
 
 def pause_past_the_lease(orch, paused, other, lease: float) -> None:
-    """SIGSTOP ``paused`` until ``other`` has taken the lease, then SIGCONT: it steps down."""
+    """SIGSTOP ``paused`` until ``other`` has taken the lease, then SIGCONT: it steps down.
+    The take-over may wait for more than the lease here: paused in the middle of a write,
+    the paused one holds the writers' lock until PostgreSQL ends its session (store/
+    postgres.py's idle_in_transaction_session_timeout), and a standby that saw its store
+    stall waits two leases more (dispatch/leadership.py); how soon a kill is replaced is
+    another test's bound."""
     paused[2].send_signal(signal.SIGSTOP)
     try:
-        becomes_active(orch, other, lease + 10)
+        becomes_active(orch, other, 4 * lease + 10)
     finally:
         paused[2].send_signal(signal.SIGCONT)
     orch.wait_for(lambda: (dispatcher_role(paused[1]) or {}).get("role") == "standby", timeout=lease + 10)
