@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from docker.errors import APIError, ImageNotFound, NotFound
-from docker.types import LogConfig
 
 from orchestrator.backends.base import (
     CLAIMS_DIR,
@@ -27,6 +26,7 @@ from orchestrator.backends.base import (
     ContainerState,
     ImageInfo,
 )
+from orchestrator.backends.confinement import confined
 from orchestrator.backends.engine import Engine, Stream, engine_call
 from orchestrator.errors import EngineUnavailable, ImageMissing
 from orchestrator.workspace import read_regular_file
@@ -36,9 +36,8 @@ DEFAULT_CPU_SHARES = 1024  # the engine's weight for a container that names none
 
 def create_args(spec: ContainerSpec) -> dict[str, Any]:
     """docker-py's ``create_container`` arguments for ``spec``, with ``host_config`` as the
-    arguments of ``create_host_config``: the workspace and output folders, the limits (no
-    swap beyond the memory), no capability, no new privilege, a read-only root with an exec
-    /tmp, an init, and a log of bounded size."""
+    arguments of ``create_host_config``: the workspace and output folders, and the
+    confinement every container of the project has (confinement.py)."""
     return {
         "image": spec.image,
         "name": spec.name,
@@ -54,19 +53,15 @@ def create_args(spec: ContainerSpec) -> dict[str, Any]:
                 str(spec.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"},
                 **({str(spec.claims): {"bind": CLAIMS_DIR, "mode": "rw"}} if spec.claims else {}),
             },
-            "network_mode": spec.network,
-            "mem_limit": spec.memory,
-            "memswap_limit": spec.memory,
-            "nano_cpus": int(spec.cpus * 1e9),
-            "cpu_shares": spec.cpu_shares,
-            "pids_limit": spec.pids,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "read_only": True,
-            "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={spec.tmp_size}"},
-            "init": True,
-            "log_config": LogConfig(
-                type="json-file", config={"max-size": str(max(spec.log_max_bytes, 1 << 20)), "max-file": "2"}
+            **confined(
+                network=spec.network,
+                memory=spec.memory,
+                cpus=spec.cpus,
+                pids=spec.pids,
+                tmp_size=spec.tmp_size,
+                log_bytes=max(spec.log_max_bytes, 1 << 20),
+                log_files=2,
+                cpu_shares=spec.cpu_shares,
             ),
         },
     }

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import IO
 
 from docker.errors import APIError, NotFound
-from docker.types import LogConfig
 
 from orchestrator.backends.base import ImageInfo
+from orchestrator.backends.confinement import confined
 from orchestrator.backends.engine import Engine, engine_call
 from orchestrator.backends.images import commit
 from orchestrator.errors import EngineUnavailable, InfrastructureError, OrchestratorError
@@ -176,17 +176,16 @@ class Sandbox:
         api = self.engine.api
         host_config = api.create_host_config(
             binds={host: {"bind": inside, "mode": mode} for host, (inside, mode) in binds.items()},
-            network_mode="none",
-            mem_limit=self.limits.memory,
-            memswap_limit=self.limits.memory,
-            nano_cpus=int(self.limits.cpus * 1e9),
-            pids_limit=self.limits.pids,
-            security_opt=["no-new-privileges"],
-            cap_drop=None if root else ["ALL"],
-            read_only=not root,
-            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={self.limits.tmp_size}"},
-            init=True,
-            log_config=LogConfig(type="json-file", config={"max-size": str(MAX_LOG), "max-file": "1"}),
+            **confined(
+                network="none",
+                memory=self.limits.memory,
+                cpus=self.limits.cpus,
+                pids=self.limits.pids,
+                tmp_size=self.limits.tmp_size,
+                log_bytes=MAX_LOG,
+                log_files=1,
+                installs_packages=root,
+            ),
         )
         with engine_call("create an environment build's container"):
             created = api.create_container(

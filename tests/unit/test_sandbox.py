@@ -109,3 +109,23 @@ def test_the_system_packages_are_confined_and_a_build_past_its_deadline_is_kille
     assert created["user"] == "0" and created["environment"] is None  # nothing of ours in the committed image
     assert "dpkg -i" in created["entrypoint"][-1] and "chmod a-s" in created["entrypoint"][-1]
     assert box.engine.stopped == ["c1"] and api.removed == ["c1"]
+
+
+def test_a_build_container_is_confined_as_a_job_container_is(tmp_path: Path) -> None:
+    """One spelling of the confinement (backends/confinement.py): the unpack's container and
+    a job's differ only in their mounts, limits and log size, never in what confines them."""
+    from orchestrator.backends.docker import create_args
+    from tests.unit.test_docker_backend import SPEC
+
+    api = RecordingApi()
+    for name in ("requirements.txt", "constraints.txt"):
+        (tmp_path / name).write_text("x\n")
+    sandbox(api, time.monotonic() + 30).unpack(
+        "runner", tmp_path, 0, tmp_path, tmp_path / "uv", open(tmp_path / "log", "w")
+    )
+    build = api.created[0]["host_config"]
+    job = create_args(SPEC)["host_config"]
+    assert build.keys() == job.keys()
+    for key in ("cap_drop", "security_opt", "read_only", "init"):
+        assert build[key] == job[key], key
+    assert build["tmpfs"]["/tmp"].split(",size=")[0] == job["tmpfs"]["/tmp"].split(",size=")[0]
