@@ -11,29 +11,22 @@ when a bisection names a commit, and ``merge.merged`` and ``merge.rejected`` whe
 queue ends a request (whatever ``notify.on`` says: they are not a job's verdict). Each
 request carries ``Idempotency-Key`` (job, attempt, event; a merge request's id, head and
 state): delivery is at least once, and a repeat has the same key.
-
-A receiver is somebody else's server, so each request is bounded: no redirect is followed
-(a 3xx is a failed try: the body goes only to the URL of config.yaml), at most
-``MAX_ANSWER`` bytes of the answer are read, and the whole request, from connecting to the
-last byte read, ends by ``notify.timeout`` (a receiver that answers a byte at a time is cut).
+How each delivery is formatted and carried, bounded, is channels.py's.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
-import json
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
 
 from orchestrator.backoff import Backoff
 from orchestrator.config import NotifyConfig
 from orchestrator.models import Job, JobStatus, iso
+from orchestrator.results.channels import JSON, Channel, post
 from orchestrator.results.files import commit_document, result_document
 from orchestrator.store import News, Store
 from orchestrator.store.merges import MERGED, REJECTED, Merge
@@ -43,11 +36,14 @@ from orchestrator.store.quarantine import Entry
 log = logging.getLogger("orchestrator.results.notify")
 
 POLL = 0.5  # seconds between looks at the outbox when nothing wakes a sender
-MAX_ANSWER = 4096  # bytes of a receiver's answer that are read (none of it is used)
 
 
 class Notifier:
-    def __init__(self, config: NotifyConfig, store: Store):
+    """Which changes are news, and their delivery through ``channel`` (channels.py: the
+    format of a body, and the HTTP POST that carries it)."""
+
+    def __init__(self, config: NotifyConfig, store: Store, channel: Channel = JSON):
+        self.channel = channel
         self._config = config
         self._store = store
         self.outbox = store.outbox
@@ -141,12 +137,8 @@ class Notifier:
 
     def _send(self, delivery: Delivery) -> None:
         try:
-            status = post(
-                delivery.url,
-                json.dumps(delivery.body).encode(),
-                {"Idempotency-Key": delivery.key},
-                self._config.timeout,
-            )
+            payload, content_type = self.channel.payload(delivery.body)
+            status = post(delivery.url, payload, content_type, {"Idempotency-Key": delivery.key}, self._config.timeout)
             if 200 <= status < 300:
                 self.outbox.sent(delivery)
                 return
@@ -184,38 +176,3 @@ class Notifier:
         for thread in self._threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         self._threads = []
-
-
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
-    """POST ``body`` as JSON to ``url``; the answer's status. The whole request ends by
-    ``timeout`` (connecting has ``timeout`` of its own): past it, the connection is cut."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    connection: http.client.HTTPConnection = (
-        http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=ssl.create_default_context())
-        if parts.scheme == "https"
-        else http.client.HTTPConnection(host, parts.port, timeout=timeout)
-    )
-    sent = dict(headers, **{"Content-Type": "application/json", "User-Agent": "orchestrator"})
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        sent["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-    connection.connect()
-    cut = threading.Timer(timeout, _cut, args=(connection,))
-    cut.start()
-    try:
-        connection.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, sent)
-        answer = connection.getresponse()
-        answer.read(MAX_ANSWER)
-        return answer.status
-    finally:
-        cut.cancel()
-        connection.close()
-
-
-def _cut(connection: http.client.HTTPConnection) -> None:
-    try:
-        if connection.sock is not None:
-            connection.sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

@@ -4,6 +4,7 @@ deliveries to other receivers. Real HTTP servers on loopback (tests.helpers.Webh
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from pathlib import Path
@@ -97,3 +98,34 @@ def test_a_trickling_receiver_holds_back_no_other_and_is_cut_at_the_deadline(tmp
     finally:
         slow.close()
         fast.close()
+
+
+class ChatChannel:
+    """A second format, as a chat service's webhook wants it: one line of text."""
+
+    def payload(self, body: dict) -> tuple[bytes, str]:
+        job = body.get("job") or {}
+        text = f"{body['event']}: {job.get('repository')} {str(job.get('commit'))[:10]} {job.get('status')}"
+        return json.dumps({"text": text}).encode(), "application/json"
+
+
+def test_a_second_format_is_one_channel_given_to_the_notifier(tmp_path: Path) -> None:
+    """The news (which events, what they say) stays notify.py's; a channel (channels.py)
+    only formats it, and the same bounded POST carries it."""
+    receiver = WebhookReceiver()
+    try:
+        repo = GitRepo(tmp_path / "upstream")
+        repo.commit("root")
+        w = Web(tmp_path, repo, notify={"webhooks": [receiver.url], "on": "all", "retries": 0, "timeout": 2})
+        w.jobs.poll()
+        notifier = Notifier(w.config.notify, w.store, channel=ChatChannel())
+        w.store.news = notifier.news
+        notifier.start()
+        job = w.finish(JobStatus.FAILED)
+        (delivery,) = ended(notifier, job.id)
+        notifier.close()
+        assert delivery.state == "sent"
+        assert receiver.received == [{"text": f"job.finished: demo {job.commit[:10]} failed"}]
+        w.close()
+    finally:
+        receiver.close()
