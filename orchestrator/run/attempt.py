@@ -12,7 +12,6 @@ The steps it shares with a split attempt are in run/steps.py and run/collect.py.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -147,11 +146,8 @@ class Attempt:
 
     def _checkout_and_environment(self) -> Setup:
         """The commit checked out, and what its container runs in (built now if need be)."""
-        with self.timings.measure("checkout"):
-            self.ws = self.ctx.workspaces.prepare(self.job.id)
-            steps.checkout(self.ctx, self.job, self.ws)
-        with self.timings.measure("environment"):
-            return steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
+        self.ws, runs_in = steps.checkout_and_environment(self.ctx, self.job, self.timings, self._building_environment)
+        return runs_in
 
     def _building_environment(self, stage: str) -> None:
         """Say what it is doing while it takes: the job's message, which the live view and
@@ -173,9 +169,7 @@ class Attempt:
     def _record(self, **facts: Any) -> None:
         """Facts about the running attempt, committed before they are acted on (waiting for
         a store that is away)."""
-        self.job = steps.patiently(
-            self.ctx, lambda: self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
-        )
+        self.job = steps.record(self.ctx, self.job, **facts)
 
     def _settle_start(self, container_id: str) -> ContainerState:
         """The engine went away while starting the container, which may or may not run
@@ -225,7 +219,4 @@ class Attempt:
         steps.clean_up(self.ctx, self.job.id, [self.container_id] if self.container_id else [])
 
     def _clean_up_quietly(self) -> None:
-        try:
-            self._clean_up()
-        except Exception as exc:  # recovery removes what is left
-            log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)
+        steps.clean_up_quietly(self.ctx, self.job.id, [self.container_id] if self.container_id else [])

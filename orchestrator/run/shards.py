@@ -14,7 +14,6 @@ re-queues it (run/recovery.py), as it does an attempt whose container is gone.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -173,11 +172,10 @@ class SplitAttempt:
 
     def _run(self) -> Job:
         crash_point("job-claimed")
-        with self.timings.measure("checkout"):  # for the environment; each shard then checks out its own
-            self.ws = self.ctx.workspaces.prepare(self.job.id)
-            steps.checkout(self.ctx, self.job, self.ws)
-        with self.timings.measure("environment"):
-            self.runs_in = steps.environment(self.ctx, self.job, self.ws.src, self._building_environment)
+        # for the environment; each shard then checks out its own
+        self.ws, self.runs_in = steps.checkout_and_environment(
+            self.ctx, self.job, self.timings, self._building_environment
+        )
         image = self.runs_in.image
         if self.plan.queue and self.ctx.backend.shares_workspace:  # a Swarm's tasks share no folder
             self.claims = self.ws.root / "claims"
@@ -221,7 +219,7 @@ class SplitAttempt:
         self._record(message=stage)
 
     def _record(self, **facts: Any) -> None:
-        self.job = self.ctx.store.apply(self.job, dataclasses.replace(self.job, **facts))
+        self.job = steps.record(self.ctx, self.job, **facts)
 
     def _verdict(self, report: Report) -> Job:
         """The worst shard's status is the commit's; shards that collected different tests
@@ -258,7 +256,4 @@ class SplitAttempt:
         steps.clean_up(self.ctx, self.job.id, [c for shard in self.shards for c in shard.containers])
 
     def _clean_up_quietly(self) -> None:
-        try:
-            self._clean_up()
-        except Exception as exc:  # recovery removes what is left
-            log.warning("job %s: clean-up incomplete: %s", self.job.id, exc)
+        steps.clean_up_quietly(self.ctx, self.job.id, [c for shard in self.shards for c in shard.containers])

@@ -5,11 +5,12 @@ it leaves removed off the critical path."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from orchestrator.backends.base import ContainerSpec
 from orchestrator.backoff import Backoff
@@ -49,6 +50,24 @@ def checkout(ctx: Context, job: Job, ws: Workspace) -> None:
     mirror.checkout(job.commit, ws.src)
     write_inputs(job, ws.out)
     ctx.workspaces.hand_over(ws)
+
+
+def checkout_and_environment(
+    ctx: Context, job: Job, timings: Timings, on_stage: Callable[[str], None]
+) -> tuple[Workspace, Setup]:
+    """A fresh workspace with the commit checked out, and what its containers run in (built
+    now if need be, ``on_stage`` told what it is doing meanwhile)."""
+    with timings.measure("checkout"):
+        ws = ctx.workspaces.prepare(job.id)
+        checkout(ctx, job, ws)
+    with timings.measure("environment"):
+        return ws, environment(ctx, job, ws.src, on_stage)
+
+
+def record(ctx: Context, job: Job, **facts: Any) -> Job:
+    """Facts about a running attempt, committed before they are acted on (waiting for a
+    store that is away, as every write of an attempt does)."""
+    return patiently(ctx, lambda: ctx.store.apply(job, dataclasses.replace(job, **facts)))
 
 
 def write_inputs(job: Job, out: Path) -> None:
@@ -121,6 +140,14 @@ def clean_up(ctx: Context, job_id: int, containers: Sequence[str]) -> None:
     the slot is free for the next job at once; what a crash leaves, recovery removes."""
     trash = ctx.workspaces.discard(job_id)
     ctx.cleaner.submit(remove_leftovers, ctx, list(containers), trash, job_id)
+
+
+def clean_up_quietly(ctx: Context, job_id: int, containers: Sequence[str]) -> None:
+    """``clean_up`` after an attempt that failed: what cannot be set aside now, recovery removes."""
+    try:
+        clean_up(ctx, job_id, containers)
+    except Exception as exc:
+        log.warning("job %s: clean-up incomplete: %s", job_id, exc)
 
 
 def remove_leftovers(ctx: Context, containers: list[str], trash: Path | None, job_id: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -168,11 +169,15 @@ def test_where_nothing_starts_warm_a_job_is_prepared_ahead_and_started_once_rele
     seen_at_release: list[list[str]] = []
     claimed = bed.store.claim(job)
 
-    def give() -> None:
+    def give() -> None:  # once the job is prepared (bounded), and a moment more: nothing may start before it
+        deadline = time.monotonic() + 10
+        while "prepare" not in bed.backend.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
         seen_at_release.append(list(bed.backend.calls))
         release.give(claimed)
 
-    timer = threading.Timer(0.3, give)
+    timer = threading.Thread(target=give)
     timer.start()
     done = attempt.run()
     timer.join()
