@@ -23,8 +23,8 @@ from orchestrator.errors import ImageMissing
 from orchestrator.workspace import RUNNER_UID, container_user, make_output
 from tests.fakes import JUNIT_FAILED, JUNIT_PASSED, FakeBackend, behaving
 
-SAYS = "contract-{verdict}-output"
-SUITE = "def test_one():\n    print({says!r})\n    assert {passes}\n"
+SAYS = "test_contract_{verdict}"  # the test's name: pytest -v prints it, passed or failed
+SUITE = "def {says}():\n    assert {passes}\n"
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _spec(workspace: Path, image: str, instance: str, job: str) -> ContainerSpec
 
 
 def _lay_out(workspace: Path, passes: bool) -> None:
-    """A checkout whose one test prints what it says, and passes or fails."""
+    """A checkout whose one test, named as it ends, passes or fails."""
     (workspace / "src" / "tests").mkdir(parents=True)
     says = SAYS.format(verdict="passed" if passes else "failed")
     (workspace / "src" / "tests" / "test_contract.py").write_text(SUITE.format(says=says, passes=passes))
@@ -74,7 +74,7 @@ def side(request, tmp_path: Path) -> Iterator[Side]:
         def fake_spec(folder: Path, job: str, passes: bool) -> ContainerSpec:
             fake.behaviour = behaving(
                 exit_code=0 if passes else 1,
-                output=(f"{SAYS.format(verdict='passed' if passes else 'failed')}\n".encode(),),
+                output=(f"tests/test_contract.py::{SAYS.format(verdict='passed' if passes else 'failed')}\n".encode(),),
                 report=JUNIT_PASSED if passes else JUNIT_FAILED,
             )
             _lay_out(folder, passes)

@@ -74,10 +74,13 @@ def test_a_split_suite_takes_each_test_once_from_the_shared_queue_and_fails_by_i
     for index in range(1, 5):
         log = orch.path(split, f"output.{index}.log").read_text()
         assert f"shard {index} of 4: taking the 10 tests from a queue shared with the other shards" in log
-    # the longest test (2.0 s) bounds the split; the queue keeps every shard near it
+    # the longest test (2.0 s) bounds the split, and the queue keeps every shard near it: a
+    # shard takes its next test only once free, so none takes more than one test past the
+    # longest (a shard whose container starts late under load takes less, the others a test more)
     logs = [orch.path(split, f"output.{k}.log").read_text() for k in range(1, 5)]
     loads = [sum(recorded[t] for t in unsplit if f"{nodeid(t)} PASSED" in log) for log in logs]
-    assert sum(loads) == pytest.approx(sum(recorded.values())) and max(loads) <= 2.0 * 1.3, loads
+    longest, second = sorted(recorded.values(), reverse=True)[:2]
+    assert sum(loads) == pytest.approx(sum(recorded.values())) and max(loads) <= (longest + second) * 1.01, loads
     combined = orch.log(split).decode()
     assert all(f"===== shard {k} of 4: passed =====" in combined for k in range(1, 5))
 
