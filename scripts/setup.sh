@@ -159,3 +159,4 @@ for pid in "${!imaging[@]}"; do
   fi
 done
 say "The runner images are built: $(grep -h '^Built' /tmp/orchestrator-images-*.log | cut -d' ' -f2 | sort | tr '\n' ' ')"
+rm -f /tmp/orchestrator-python.log /tmp/orchestrator-base-*.log /tmp/orchestrator-images-*.log   # kept only to read a failure
