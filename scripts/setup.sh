@@ -124,7 +124,8 @@ fi
 say "The orchestrator is installed"
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi   # pyenv's shims learn the new `orchestrator`
 
-[ ${#images[@]} -gt 0 ] || exit 0
+tidy() { rm -f /tmp/orchestrator-python.log /tmp/orchestrator-base-*.log /tmp/orchestrator-images-*.log; }   # kept only to read a failure
+[ ${#images[@]} -gt 0 ] || { tidy; exit 0; }
 config=$(mktemp -d)
 trap 'rm -rf "$config"' EXIT
 printf 'repositories:\n  - name: setup\n    url: %s\nstate_dir: %s/state\nresults_dir: %s/results\n' \
@@ -159,4 +160,4 @@ for pid in "${!imaging[@]}"; do
   fi
 done
 say "The runner images are built: $(grep -h '^Built' /tmp/orchestrator-images-*.log | cut -d' ' -f2 | sort | tr '\n' ' ')"
-rm -f /tmp/orchestrator-python.log /tmp/orchestrator-base-*.log /tmp/orchestrator-images-*.log   # kept only to read a failure
+tidy
