@@ -100,3 +100,33 @@ def test_no_module_and_no_function_is_past_its_size() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_big.append(f"{where}:{node.lineno} {node.name}: {length} lines")
     assert not too_big, "past the size limits:\n" + "\n".join(too_big)
+
+
+def test_every_library_the_package_imports_is_a_declared_dependency() -> None:
+    """A wheel installed without the test extras has only what pyproject.toml declares: a
+    library that arrives only as another's dependency may not stay one."""
+    import importlib.metadata
+    import re
+    import sys
+    import tomllib
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    declared = {norm(re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0]) for d in pyproject["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            ours = set(sys.stdlib_module_names) | {"orchestrator", "runner_image"}
+            for top in {n.split(".")[0] for n in names} - ours:
+                if not {norm(d) for d in distributions.get(top, [])} & declared:
+                    undeclared.add(f"{top} ({path.relative_to(PACKAGE.parent)})")
+    assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"
