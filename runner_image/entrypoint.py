@@ -1,32 +1,32 @@
 """Runs inside the runner container: the commit's tests, with pytest, writing junit.xml.
 
-With ORCHESTRATOR_INSTALL set (the commit has a pyproject.toml or setup.py, and an
+With ``protocol.INSTALL`` set (the commit has a pyproject.toml or setup.py, and an
 environment image holds its dependencies), the commit itself is installed first, last of
 all and without its dependencies, into a folder of this job's own (the root file system
 stays read-only), which then comes first on the path: the code under test is the commit's,
 never a released copy that arrived as a dependency.
 
-With ORCHESTRATOR_RELEASE_FILE set, the container starts warm: it installs the commit and
+With ``protocol.RELEASE`` set, the container starts warm: it installs the commit and
 imports pytest, then waits for the orchestrator to create that file (the previous job's
 slot is free), so that all this overlaps the job before.
 
-ORCHESTRATOR_COMMAND replaces the default `pytest tests` (run by /bin/sh); pytest still
+``protocol.COMMAND`` replaces the default `pytest tests` (run by /bin/sh); pytest still
 writes its JUnit report, through PYTEST_ADDOPTS.
 
-With ORCHESTRATOR_RERUN_FAILURES=N (repositories[].rerun_failures), tests that failed are
+With ``protocol.RERUN_FAILURES``=N (repositories[].rerun_failures), tests that failed are
 run again, only they, up to N times, until a run passes them all: then the exit status is 0,
 and the report holds every run (the orchestrator names those tests flaky). Each re-run is a
 testsuite named orchestrator-rerun-<k>, k from 1, appended after the suite's own report: the
 orchestrator counts such suites only when it asked for re-runs, only up to N, each k once.
 
-With ORCHESTRATOR_ONLY set (a path to a JSON list of test ids), only those of the collected
+With ``protocol.ONLY`` set (a path to a JSON list of test ids), only those of the collected
 tests run: the orchestrator re-runs a job's failed tests alone (``retry --failed``). They are
 kept before a shard takes its share, so a split re-run splits only them.
 
-With ORCHESTRATOR_SHARD=k/N (repositories[].shards), only this container's share of the
+With ``protocol.SHARD``=k/N (repositories[].shards), only this container's share of the
 suite runs: orchestrator_shard.py, beside this file, splits what pytest collected.
 
-With ORCHESTRATOR_REPORT_FRAME set (a Swarm task: no folder is shared with the dispatcher,
+With ``protocol.REPORT_FRAME`` set (a Swarm task: no folder is shared with the dispatcher,
 and the container has no network), the JUnit report is printed at the end of the output,
 base64 between two marker lines, and the engine's log carries it back. The suite writes to
 that same log, so the marker is a secret of this attempt that the suite never sees: it
@@ -36,7 +36,7 @@ one makes itself undumpable (its memory and environment unreadable to the suite,
 as the same user). A frame the suite prints itself cannot carry the marker.
 
 There, too, the dispatcher cannot watch the workspace, nor the engine tell an OOM kill:
-with ORCHESTRATOR_DISK_LIMITS set (JSON: [[[folder, ...], bytes], ...]) the suite runs in a
+with ``protocol.DISK_LIMITS`` set (JSON: [[[folder, ...], bytes], ...]) the suite runs in a
 child that this process supervises, ending it when any group of folders holds more than
 its bytes (exit 103), and telling an end by the kernel's OOM killer (exit 104) from the
 memory cgroup's count of OOM kills.
@@ -155,7 +155,7 @@ def main() -> int:
 
 
 def only_tests(pytest: ModuleType) -> object | None:
-    """The plugin that keeps only the tests named in ORCHESTRATOR_ONLY's file, or None."""
+    """The plugin that keeps only the tests named in ``protocol.ONLY``'s file, or None."""
     path = os.environ.get(protocol.ONLY)
     if not path:
         return None

@@ -6,7 +6,7 @@ then this plugin splits the items into N groups and deselects all but its own. E
 container computes the same split from the same inputs, so the groups are a partition:
 no test runs twice, none is missed. Nothing is collected on the host.
 
-Its inputs, from the orchestrator: ``ORCHESTRATOR_SHARD`` ("k/N", k from 1) and the plan
+Its inputs, from the orchestrator: ``protocol.SHARD`` ("k/N", k from 1) and the plan
 file ``/ci-out/shard-plan.json``: {"durations": {test id: seconds}, "unit": "test" |
 "class" | "module"}. The split is the greedy longest-first one (LPT) over units: each
 unit, longest first, goes to the group with the least time so far. A test with no
@@ -14,7 +14,7 @@ recorded duration counts as the median of those recorded; with none recorded at 
 units are test files weighed by their number of tests. ``unit`` keeps the tests of one
 class or one module together (a costly fixture of that scope is then set up once).
 
-On one engine the shards also share a folder (``ORCHESTRATOR_SHARD_CLAIMS``, mounted at
+On one engine the shards also share a folder (``protocol.SHARD_CLAIMS``, mounted at
 /ci-claims), and then no share is fixed in advance: every shard keeps the whole collection
 and takes units one at a time, in the same longest-first order, from that shared queue. A
 unit is taken by creating its claim, a symbolic link named after the unit's place in the
@@ -175,7 +175,7 @@ class NextUnit:
 
 
 class Shard:
-    """The plugin object, registered by the entrypoint when ``ORCHESTRATOR_SHARD`` is set."""
+    """The plugin object, registered by the entrypoint when ``protocol.SHARD`` is set."""
 
     def __init__(self, index: int, count: int, plan: dict, claims: str | None = None, tries: int = 1):
         self.index, self.count, self.tries = index, count, tries

@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import Store
+from runner_image import orchestrator_protocol as protocol
 from tests.swarm.conftest import Testbed, registry_tags
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
@@ -57,14 +58,14 @@ def readable_memory(pid):
 
 
 def guesses():
-    found = {os.environ.get("ORCHESTRATOR_REPORT_FRAME", "").encode()}
+    found = {os.environ.get("@FRAME_VARIABLE@", "").encode()}
     for path in ["/ci-out/.report-frame", *glob.glob("/proc/*/environ"), *glob.glob("/proc/*/cmdline")]:
         try:
             data = open(path, "rb").read()
         except OSError:
             continue
         found.update(HEX.findall(data))
-        found.update(re.findall(rb"ORCHESTRATOR_REPORT_FRAME=([^\0]*)", data))
+        found.update(re.findall(rb"@FRAME_VARIABLE@=([^\0]*)", data))
     for pid in [p.split("/")[2] for p in glob.glob("/proc/[0-9]*")]:
         if int(pid) != os.getpid():
             found |= readable_memory(pid)
@@ -81,7 +82,7 @@ def test_broken():
 
 def test_fine():
     pass
-"""
+""".replace("@FRAME_VARIABLE@", protocol.REPORT_FRAME)  # what the entrypoint is told the frame by
 
 
 def commits(orch, count: int, sleep: float = 2, failing: int | None = None) -> list[str]:

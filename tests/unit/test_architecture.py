@@ -130,3 +130,17 @@ def test_every_library_the_package_imports_is_a_declared_dependency() -> None:
                 if not {norm(d) for d in distributions.get(top, [])} & declared:
                     undeclared.add(f"{top} ({path.relative_to(PACKAGE.parent)})")
     assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"
+
+
+def test_every_orchestrator_variable_is_spelled_in_the_contract_module_only() -> None:
+    """Host and container speak through runner_image/orchestrator_protocol.py: a variable's
+    name written anywhere else could drift from it unseen."""
+    contract = PACKAGE.parent / "runner_image" / "orchestrator_protocol.py"
+    prefix = "ORCHESTRATOR" + "_"  # not spelled here either
+    spelled = [
+        str(path.relative_to(PACKAGE.parent))
+        for folder in ("orchestrator", "runner_image", "tests", "bench", "scripts")
+        for path in sorted((PACKAGE.parent / folder).rglob("*"))
+        if path.suffix in (".py", ".sh") and path != contract and prefix in path.read_text()
+    ]
+    assert not spelled, f"{prefix}* spelled outside the contract module: {spelled}"
