@@ -68,8 +68,13 @@ def dispatcher_for(
     from orchestrator.run.sharding import Planner
 
     coalescing = frozenset(r.name for r in config.repositories if r.coalesce)
-    told = _Told(config, store, ResultFiles(config.results_dir), metrics)
-    bisector = told.bisector = Bisector(store, coalescing, mirrors.first_parent, named=told.culprit_named)
+    results = ResultFiles(config.results_dir)
+
+    def culprit_named(job: Job, _bisection: object) -> None:  # its files say so
+        results.annotate(job, store.attempt_history(job.id))
+
+    bisector = Bisector(store, coalescing, mirrors.first_parent, named=culprit_named)
+    told = _Told(config, store, results, metrics, bisector)
     ctx = Context.create(
         config,
         store,
@@ -98,20 +103,15 @@ def dispatcher_for(
 
 
 class _Told:
-    """Who hears of a job's end, of a commit coalesced away and of a culprit named: the
-    result files, the metrics, the bisector, and the automatic quarantine."""
+    """Who hears of a job's end and of a commit coalesced away: the result files, the
+    metrics, the bisector, and the automatic quarantine."""
 
-    def __init__(self, config: Config, store: Store, results: ResultFiles, metrics: Metrics):
-        self.config, self.store, self.results, self.metrics = config, store, results, metrics
-        self.bisector: Bisector | None = None  # set once made (it is told of this, and tells it)
-
-    def culprit_named(self, job: Job, _bisection: object) -> None:  # its files say so
-        self.results.annotate(job, self.store.attempt_history(job.id))
+    def __init__(self, config: Config, store: Store, results: ResultFiles, metrics: Metrics, bisector: Bisector):
+        self.config, self.store, self.results, self.metrics, self.bisector = config, store, results, metrics, bisector
 
     def finished(self, job: Job) -> None:
         self.metrics.job_finished(job)
-        if self.bisector is not None:
-            self.bisector.noticed(job)
+        self.bisector.noticed(job)
         self._quarantine_flaky(job)
 
     def skipped(self, job: Job) -> None:  # its files say by which commit
